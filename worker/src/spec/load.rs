@@ -1,0 +1,145 @@
+//! Reading a job from YAML: a bare job spec, or a whole `StreamingJob` manifest.
+//!
+//! The worker runs the same manifest a user applies with kubectl, so examples work both ways.
+//! Unknown fields are errors with their path (a typo must not silently fall back to a default),
+//! except the Kubernetes-only fields of a manifest, which the operator acts on.
+
+use std::path::Path;
+
+use super::{JobSpec, ValidationErrors};
+
+/// `StreamingJob` spec fields that only the operator uses; the worker ignores them.
+pub const KUBERNETES_ONLY_FIELDS: &[&str] = &[
+    "image",
+    "imagePullPolicy",
+    "resources",
+    "podTemplate",
+    "workers",
+    "restartPolicy",
+    "suspend",
+];
+
+/// Largest job file accepted: a job spec is small, and this bounds what the parser reads.
+pub const MAX_JOB_FILE_BYTES: usize = 1 << 20;
+
+const API_VERSION: &str = "weir.dev/v1alpha1";
+
+/// A loaded job: its identity and its validated spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFile {
+    pub name: String,
+    pub namespace: String,
+    pub spec: JobSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read job file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("job file is {0} bytes; the limit is {MAX_JOB_FILE_BYTES}")]
+    TooLarge(usize),
+    #[error("job file is not valid YAML: {0}")]
+    Yaml(String),
+    #[error("{0}")]
+    Shape(String),
+    #[error("unknown field{} {}; check the spelling against `weir-worker schema`", if .0.len() > 1 { "s" } else { "" }, .0.join(", "))]
+    UnknownFields(Vec<String>),
+    #[error("invalid job spec: {0}")]
+    Invalid(#[from] ValidationErrors),
+}
+
+/// Reads, parses and validates a job file. The job name defaults to the file's stem.
+///
+/// # Errors
+/// When the file cannot be read, is not a job, has unknown fields or fails validation.
+pub fn load_job_file(path: &Path) -> Result<JobFile, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("job")
+        .to_string();
+    parse_job(&text, &stem)
+}
+
+/// Parses and validates a job from YAML text.
+///
+/// # Errors
+/// As [`load_job_file`].
+pub fn parse_job(text: &str, default_name: &str) -> Result<JobFile, LoadError> {
+    if text.len() > MAX_JOB_FILE_BYTES {
+        return Err(LoadError::TooLarge(text.len()));
+    }
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| LoadError::Yaml(e.to_string()))?;
+    let serde_yaml::Value::Mapping(mut top) = doc else {
+        return Err(LoadError::Shape(
+            "a job file is a YAML mapping: a StreamingJob manifest or a job spec".into(),
+        ));
+    };
+    let (name, namespace, spec_value, prefix) = if top.contains_key("kind") {
+        let kind = top.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
+        let api = top
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        if kind != "StreamingJob" || api != API_VERSION {
+            return Err(LoadError::Shape(format!(
+                "this is a {kind} of {api:?}; expected kind StreamingJob of apiVersion {API_VERSION}"
+            )));
+        }
+        let meta = top.get("metadata");
+        let field = |k: &str| {
+            meta.and_then(|m| m.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let name = field("name")
+            .ok_or_else(|| LoadError::Shape("metadata.name is missing; name the job".into()))?;
+        let namespace = field("namespace").unwrap_or_else(|| "default".into());
+        let mut spec = top
+            .remove("spec")
+            .ok_or_else(|| LoadError::Shape("spec is missing".into()))?;
+        if let serde_yaml::Value::Mapping(m) = &mut spec {
+            for k in KUBERNETES_ONLY_FIELDS {
+                m.remove(*k);
+            }
+        }
+        (name, namespace, spec, "spec.")
+    } else {
+        (
+            default_name.to_string(),
+            "default".to_string(),
+            serde_yaml::Value::Mapping(top),
+            "",
+        )
+    };
+
+    let mut unknown = Vec::new();
+    let mut on_unknown = |path: serde_ignored::Path| unknown.push(format!("{prefix}{path}"));
+    let de = serde_ignored::Deserializer::new(spec_value, &mut on_unknown);
+    let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            prefix.trim_end_matches('.').to_string()
+        } else {
+            format!("{prefix}{path}")
+        };
+        LoadError::Shape(format!("{at}: {}", e.into_inner()))
+    })?;
+    if !unknown.is_empty() {
+        return Err(LoadError::UnknownFields(unknown));
+    }
+    spec.validate()?;
+    Ok(JobFile {
+        name,
+        namespace,
+        spec,
+    })
+}

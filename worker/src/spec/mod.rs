@@ -1,0 +1,436 @@
+//! The job spec: what a user writes, in the worker's YAML file and inside a `StreamingJob`.
+//!
+//! One set of types feeds serde (both the file and the CRD), schemars (the CRD schema) and
+//! validation. Every field has a safe default where one exists; fields that select a kind of
+//! thing (`sink`, a pipeline step) are structs of optional members with exactly one set, because
+//! that is the shape Kubernetes structural schemas and `kubectl explain` handle well.
+
+mod duration;
+mod load;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use duration::{Duration, DurationError, DURATION_PATTERN};
+pub use load::{load_job_file, parse_job, JobFile, LoadError, KUBERNETES_ONLY_FIELDS};
+pub use validate::{FieldError, ValidationErrors};
+
+/// A streaming job: where records come from, what happens to them, where results go.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    /// How often a batch is planned, e.g. "5s". Window lengths and slides are multiples of it.
+    pub batch_interval: Duration,
+    pub source: SourceSpec,
+    /// Steps applied in order to each partition's records.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub pipeline: Vec<StepSpec>,
+    pub sink: SinkSpec,
+    /// Where records that cannot be decoded or processed go. Without it they are counted,
+    /// logged and skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterSpec>,
+    /// Keyed-state settings: local snapshots and explicit state resets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    pub kafka: KafkaSource,
+    /// How record values are decoded.
+    #[serde(default)]
+    pub format: Format,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSource {
+    /// Comma-separated host:port list.
+    #[schemars(length(min = 1, max = 2048))]
+    pub bootstrap_servers: String,
+    /// Input topics; several topics are read as one stream (a union).
+    #[schemars(length(min = 1, max = 64))]
+    pub topics: Vec<String>,
+    /// "earliest", "latest", or an RFC 3339 timestamp. Used for partitions the job has no
+    /// committed offset for.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+    /// Explicit offsets that win over committed ones, for a rewind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub specific_offsets: Vec<PartitionOffset>,
+    /// Records per second per partition; a batch reads at most this times the batch interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_rate_per_partition: Option<u64>,
+    #[serde(default)]
+    pub backpressure: BackpressureSpec,
+    #[serde(default)]
+    pub retries: RetrySpec,
+    /// Consumer group that holds the job's offsets. Default: `weir.<namespace>.<job>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Name of a Secret (or, outside Kubernetes, an env file) with SASL/TLS settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Extra librdkafka client settings (never credentials: those come from the secret).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Where a partition without a committed offset starts.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum StartingOffsets {
+    Earliest,
+    #[default]
+    Latest,
+    /// The first offset whose record timestamp is at or after this time.
+    Timestamp(chrono::DateTime<chrono::Utc>),
+}
+
+impl std::fmt::Display for StartingOffsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Earliest => f.write_str("earliest"),
+            Self::Latest => f.write_str("latest"),
+            Self::Timestamp(t) => {
+                f.write_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for StartingOffsets {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "earliest" => Ok(Self::Earliest),
+            "latest" => Ok(Self::Latest),
+            other => chrono::DateTime::parse_from_rfc3339(other)
+                .map(|t| Self::Timestamp(t.with_timezone(&chrono::Utc)))
+                .map_err(|_| {
+                    format!("startingOffsets {other:?} is not \"earliest\", \"latest\" or an RFC 3339 timestamp such as \"2026-11-01T00:00:00Z\"")
+                }),
+        }
+    }
+}
+
+impl Serialize for StartingOffsets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for StartingOffsets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for StartingOffsets {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StartingOffsets".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "maxLength": 64,
+            "default": "latest",
+            "description": "\"earliest\", \"latest\", or an RFC 3339 timestamp.",
+            "x-kubernetes-validations": [{
+                "rule": "self == 'earliest' || self == 'latest' || self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')",
+                "message": "startingOffsets must be \"earliest\", \"latest\" or an RFC 3339 timestamp such as 2026-11-01T00:00:00Z"
+            }]
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionOffset {
+    pub topic: String,
+    #[schemars(range(min = 0))]
+    pub partition: i32,
+    #[schemars(range(min = 0))]
+    pub offset: i64,
+}
+
+/// Spark's PID rate estimator: the rate follows what the job managed to process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackpressureSpec {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Records per second per partition before the first estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub initial_rate: Option<u64>,
+    /// The estimator never goes below this rate (records/s per partition).
+    #[serde(default = "default_min_rate")]
+    #[schemars(range(min = 1))]
+    pub min_rate: u64,
+}
+
+impl Default for BackpressureSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_rate: None,
+            min_rate: default_min_rate(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Attempts after the first for a failing broker call, before the worker gives up.
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(max = 100))]
+    pub max_retries: u32,
+    /// First wait between attempts; it doubles each time, up to 30 times this.
+    #[serde(default = "default_backoff")]
+    pub backoff: Duration,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            max_retries: default_max_retries(),
+            backoff: default_backoff(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Format {
+    /// A JSON document per record; `value` is the parsed document.
+    #[default]
+    Json,
+    /// UTF-8 text; `value` is a string.
+    Text,
+    /// Raw bytes; `value` is bytes.
+    Bytes,
+}
+
+/// One pipeline step: an id and exactly one operation.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSpec {
+    /// Stable name of the step; keyed state is stored under it, so keep it when editing.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub id: String,
+    /// CEL boolean: keep the record when true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Expr>,
+    /// CEL expression whose result becomes the record's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<Expr>,
+    /// Computed fields: the new value is an object with one field per entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<BTreeMap<String, Expr>>,
+    /// CEL list expression: one output record per element, seen as `item`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flat_map: Option<Expr>,
+    /// CEL expression whose result becomes the record's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_by: Option<Expr>,
+    /// Per-key aggregation of each batch (or of each window, with `window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateSpec>,
+    /// Windowing for `aggregate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+    /// Per-key state updated every batch (mapWithState).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateStepSpec>,
+    /// Re-key through a Kafka topic so that keyed steps after it see every record of a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repartition: Option<RepartitionSpec>,
+}
+
+/// A CEL expression, checked when the job loads.
+pub type Expr = String;
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregateSpec {
+    /// Number of records per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<Empty>,
+    /// Sum of a numeric CEL expression per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum: Option<Expr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<Expr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Expr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg: Option<Expr>,
+    /// reduceByKey: a CEL expression of `a` and `b` combining two values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<Expr>,
+}
+
+/// An empty object, for options that take no settings (`count: {}`).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Empty {}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowSpec {
+    /// Multiple of the batch interval.
+    pub length: Duration,
+    /// Multiple of the batch interval; default: the batch interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StateStepSpec {
+    /// CEL: the state of a key seen for the first time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<Expr>,
+    /// CEL of `key`, `values` and `state`: the new state.
+    pub update: Expr,
+    /// CEL of `key` and `state`: drop the key's state when true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove: Option<Expr>,
+    /// Remove a key not seen for this long, emitting a final record for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Also emit the full state every batch (stateSnapshots).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshots: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepartitionSpec {
+    /// Topic to shuffle through; default `<job>-<step>-repartition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+/// Where results go: exactly one member set.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<StdoutSink>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSink>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSink>,
+}
+
+/// Spark's `print()`: the first records of each batch to standard output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StdoutSink {
+    /// Records shown per batch.
+    #[serde(default = "default_print_limit")]
+    #[schemars(range(max = 100000))]
+    pub limit: u32,
+}
+
+impl Default for StdoutSink {
+    fn default() -> Self {
+        Self {
+            limit: default_print_limit(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSink {
+    #[schemars(length(min = 1, max = 249))]
+    pub topic: String,
+    /// Default: the source's bootstrap servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_servers: Option<String>,
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Delivery {
+    /// Output is written, then offsets are committed: a crash may repeat a batch's output.
+    #[default]
+    AtLeastOnce,
+    /// Output, state changes and offsets commit in one Kafka transaction per partition batch.
+    ExactlyOnce,
+}
+
+/// Files named by batch time and partition, so a replayed batch overwrites its own file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileSink {
+    /// Directory the batch files go to.
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterSpec {
+    /// Topic that receives the raw record, with the error in headers.
+    #[schemars(length(min = 1, max = 249))]
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSpec {
+    /// Write a local snapshot of keyed state this often; it only shortens the changelog replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_interval: Option<Duration>,
+    /// Step ids whose state is dropped on the next start, for an incompatible change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reset_state: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_min_rate() -> u64 {
+    100
+}
+fn default_max_retries() -> u32 {
+    5
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_print_limit() -> u32 {
+    10
+}
+
+impl JobSpec {
+    /// The consumer group that holds this job's offsets.
+    pub fn group_id(&self, namespace: &str, job: &str) -> String {
+        self.source
+            .kafka
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("weir.{namespace}.{job}"))
+    }
+}

@@ -1,0 +1,433 @@
+//! Checks a job spec once, at load: everything that can be known before the first batch.
+//!
+//! Each problem names the field (a path from the spec's root) and says what to set. All problems
+//! are reported together, so a user fixes a manifest in one round.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use super::{JobSpec, StepSpec};
+use crate::expr;
+
+/// One problem in a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path from the spec's root, e.g. `pipeline[2].window.length`.
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found in a spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.field, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// librdkafka settings that hold secrets: they belong in the credentials secret.
+const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "sasl.username",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+];
+
+/// Settings Weir owns: changing them would break its offset guarantees.
+const RESERVED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "isolation.level",
+    "transactional.id",
+    "enable.idempotence",
+];
+
+/// The smallest batch interval: below it, broker round trips dominate every batch.
+pub const MIN_BATCH_INTERVAL_MS: u128 = 10;
+
+struct Checker {
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn expr(&mut self, field: String, source: &str, vars: &[&str]) {
+        if let Err(e) = expr::check(source, vars) {
+            self.err(field, e.to_string());
+        }
+    }
+
+    fn topic(&mut self, field: String, topic: &str) {
+        if let Err(why) = check_topic_name(topic) {
+            self.err(field, why);
+        }
+    }
+}
+
+/// Kafka's own rule for topic names.
+pub fn check_topic_name(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > 249 {
+        return Err(format!("topic name {topic:?} must be 1 to 249 characters"));
+    }
+    if topic == "." || topic == ".." {
+        return Err(format!("topic name {topic:?} is not allowed by Kafka"));
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {topic:?} has {c:?}; Kafka allows letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// The variables a step's expressions see, given whether an earlier step produced `item`.
+fn record_vars() -> &'static [&'static str] {
+    &[
+        "key",
+        "value",
+        "partition",
+        "offset",
+        "timestamp",
+        "headers",
+        "topic",
+    ]
+}
+
+impl JobSpec {
+    /// Checks the whole spec.
+    ///
+    /// # Errors
+    /// Every problem found, each naming its field and what to set.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut c = Checker { errors: Vec::new() };
+        let interval = self.batch_interval.as_millis();
+        if interval < MIN_BATCH_INTERVAL_MS {
+            c.err(
+                "batchInterval",
+                format!(
+                    "{} is too short; set at least {MIN_BATCH_INTERVAL_MS}ms",
+                    self.batch_interval
+                ),
+            );
+        }
+
+        let k = &self.source.kafka;
+        if k.bootstrap_servers.trim().is_empty() {
+            c.err(
+                "source.kafka.bootstrapServers",
+                "is empty; set host:port of at least one broker",
+            );
+        }
+        if k.topics.is_empty() {
+            c.err(
+                "source.kafka.topics",
+                "is empty; list at least one input topic",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, t) in k.topics.iter().enumerate() {
+            c.topic(format!("source.kafka.topics[{i}]"), t);
+            if !seen.insert(t) {
+                c.err(
+                    format!("source.kafka.topics[{i}]"),
+                    format!("topic {t:?} is listed twice"),
+                );
+            }
+        }
+        for (i, o) in k.specific_offsets.iter().enumerate() {
+            if !k.topics.contains(&o.topic) {
+                c.err(
+                    format!("source.kafka.specificOffsets[{i}].topic"),
+                    format!("{:?} is not one of source.kafka.topics", o.topic),
+                );
+            }
+            if o.partition < 0 || o.offset < 0 {
+                c.err(
+                    format!("source.kafka.specificOffsets[{i}]"),
+                    "partition and offset must be >= 0",
+                );
+            }
+        }
+        if k.max_rate_per_partition == Some(0) {
+            c.err(
+                "source.kafka.maxRatePerPartition",
+                "must be at least 1 (records per second), or left out for no limit",
+            );
+        }
+        if k.backpressure.min_rate == 0 {
+            c.err("source.kafka.backpressure.minRate", "must be at least 1");
+        }
+        if k.backpressure.initial_rate == Some(0) {
+            c.err(
+                "source.kafka.backpressure.initialRate",
+                "must be at least 1",
+            );
+        }
+        if k.retries.backoff.as_millis() == 0 {
+            c.err(
+                "source.kafka.retries.backoff",
+                "must be longer than 0s, e.g. 500ms",
+            );
+        }
+        if let Some(g) = &k.group_id {
+            if g.trim().is_empty() {
+                c.err(
+                    "source.kafka.groupId",
+                    "is empty; leave it out for the default weir.<namespace>.<job>",
+                );
+            }
+        }
+        for key in k.properties.keys() {
+            let field = format!("source.kafka.properties[{key:?}]");
+            if SECRET_PROPERTIES.contains(&key.as_str()) {
+                c.err(
+                    field,
+                    "holds a credential; put it in the Secret named by credentialsSecret instead",
+                );
+            } else if RESERVED_PROPERTIES.contains(&key.as_str()) {
+                c.err(field, "is set by Weir to keep its offset guarantees; remove it (use groupId or startingOffsets)");
+            }
+        }
+
+        self.validate_pipeline(&mut c, interval);
+        self.validate_sink(&mut c);
+
+        if let Some(d) = &self.dead_letter {
+            c.topic("deadLetter.topic".into(), &d.topic);
+        }
+        if let Some(cp) = &self.checkpoint {
+            if cp.snapshot_interval.is_some_and(|d| d.as_millis() == 0) {
+                c.err("checkpoint.snapshotInterval", "must be longer than 0s");
+            }
+            for (i, id) in cp.reset_state.iter().enumerate() {
+                if !self.pipeline.iter().any(|s| &s.id == id) {
+                    c.err(
+                        format!("checkpoint.resetState[{i}]"),
+                        format!("no pipeline step has id {id:?}"),
+                    );
+                }
+            }
+        }
+
+        if c.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(c.errors))
+        }
+    }
+
+    fn validate_pipeline(&self, c: &mut Checker, interval: u128) {
+        let mut ids = HashSet::new();
+        let mut item = false;
+        for (i, step) in self.pipeline.iter().enumerate() {
+            let at = format!("pipeline[{i}]");
+            if !is_dns_label(&step.id) {
+                c.err(
+                    format!("{at}.id"),
+                    format!("{:?} must be lower-case letters, digits and '-', 1 to 63 characters, starting and ending with a letter or digit", step.id),
+                );
+            }
+            if !ids.insert(step.id.as_str()) {
+                c.err(
+                    format!("{at}.id"),
+                    format!(
+                        "{:?} is used by an earlier step; step ids must be unique",
+                        step.id
+                    ),
+                );
+            }
+            let ops = step_operations(step);
+            match ops.as_slice() {
+                [] => c.err(&at, "has no operation; set one of filter, map, select, flatMap, keyBy, aggregate, state, repartition"),
+                [_] => {}
+                many => c.err(&at, format!("sets {}; a step does exactly one thing, split it into several steps", many.join(" and "))),
+            }
+            let mut vars: Vec<&str> = record_vars().to_vec();
+            if item {
+                vars.push("item");
+            }
+            if let Some(e) = &step.filter {
+                c.expr(format!("{at}.filter"), e, &vars);
+            }
+            if let Some(e) = &step.map {
+                c.expr(format!("{at}.map"), e, &vars);
+            }
+            if let Some(fields) = &step.select {
+                if fields.is_empty() {
+                    c.err(format!("{at}.select"), "is empty; name at least one field");
+                }
+                for (name, e) in fields {
+                    c.expr(format!("{at}.select.{name}"), e, &vars);
+                }
+            }
+            if let Some(e) = &step.flat_map {
+                c.expr(format!("{at}.flatMap"), e, &vars);
+                item = true;
+            }
+            if let Some(e) = &step.key_by {
+                c.expr(format!("{at}.keyBy"), e, &vars);
+            }
+            if let Some(a) = &step.aggregate {
+                let members: Vec<(&str, Option<&String>)> = vec![
+                    ("sum", a.sum.as_ref()),
+                    ("min", a.min.as_ref()),
+                    ("max", a.max.as_ref()),
+                    ("avg", a.avg.as_ref()),
+                ];
+                let set = members.iter().filter(|(_, e)| e.is_some()).count()
+                    + usize::from(a.count.is_some())
+                    + usize::from(a.reduce.is_some());
+                if set != 1 {
+                    c.err(
+                        format!("{at}.aggregate"),
+                        "set exactly one of count, sum, min, max, avg, reduce",
+                    );
+                }
+                for (name, e) in members {
+                    if let Some(e) = e {
+                        c.expr(format!("{at}.aggregate.{name}"), e, &vars);
+                    }
+                }
+                if let Some(e) = &a.reduce {
+                    c.expr(format!("{at}.aggregate.reduce"), e, &["a", "b", "key"]);
+                }
+            }
+            if let Some(w) = &step.window {
+                if step.aggregate.is_none() {
+                    c.err(
+                        format!("{at}.window"),
+                        "applies to an aggregate; add aggregate to this step",
+                    );
+                }
+                let len = w.length.as_millis();
+                let slide = w.slide.map_or(interval, |s| s.as_millis());
+                if interval > 0 {
+                    if len == 0 || len % interval != 0 {
+                        c.err(
+                            format!("{at}.window.length"),
+                            format!("{} is not a multiple of batchInterval {}; set it to a multiple such as {}", w.length, self.batch_interval, round_up(len, interval)),
+                        );
+                    }
+                    if slide == 0 || slide % interval != 0 {
+                        c.err(
+                            format!("{at}.window.slide"),
+                            format!("{} is not a multiple of batchInterval {}; set it to a multiple such as {}", w.slide.unwrap_or_default(), self.batch_interval, round_up(slide, interval)),
+                        );
+                    }
+                }
+                if slide > len {
+                    c.err(format!("{at}.window.slide"), "is longer than the window length; records between windows would be skipped, set slide <= length");
+                }
+            }
+            if let Some(s) = &step.state {
+                let state_vars = ["key", "values", "state"];
+                if let Some(e) = &s.initial {
+                    c.expr(format!("{at}.state.initial"), e, &["key"]);
+                }
+                c.expr(format!("{at}.state.update"), &s.update, &state_vars);
+                if let Some(e) = &s.remove {
+                    c.expr(format!("{at}.state.remove"), e, &["key", "state"]);
+                }
+                if s.timeout.is_some_and(|t| t.as_millis() < interval) {
+                    c.err(
+                        format!("{at}.state.timeout"),
+                        format!(
+                            "is shorter than batchInterval {}; set at least that",
+                            self.batch_interval
+                        ),
+                    );
+                }
+            }
+            if let Some(r) = &step.repartition {
+                if let Some(t) = &r.topic {
+                    c.topic(format!("{at}.repartition.topic"), t);
+                }
+            }
+        }
+    }
+
+    fn validate_sink(&self, c: &mut Checker) {
+        let s = &self.sink;
+        let set = usize::from(s.stdout.is_some())
+            + usize::from(s.kafka.is_some())
+            + usize::from(s.file.is_some());
+        if set != 1 {
+            c.err("sink", "set exactly one of stdout, kafka, file");
+        }
+        if let Some(k) = &s.kafka {
+            c.topic("sink.kafka.topic".into(), &k.topic);
+            if self.source.kafka.topics.contains(&k.topic) {
+                c.err(
+                    "sink.kafka.topic",
+                    format!(
+                        "{:?} is also an input topic; the job would read its own output",
+                        k.topic
+                    ),
+                );
+            }
+        }
+        if let Some(f) = &s.file {
+            if f.path.trim().is_empty() {
+                c.err(
+                    "sink.file.path",
+                    "is empty; set the directory for batch files",
+                );
+            }
+        }
+    }
+}
+
+/// The operations a step sets, by their field names.
+pub fn step_operations(step: &StepSpec) -> Vec<&'static str> {
+    [
+        ("filter", step.filter.is_some()),
+        ("map", step.map.is_some()),
+        ("select", step.select.is_some()),
+        ("flatMap", step.flat_map.is_some()),
+        ("keyBy", step.key_by.is_some()),
+        ("aggregate", step.aggregate.is_some()),
+        ("state", step.state.is_some()),
+        ("repartition", step.repartition.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(n, set)| set.then_some(n))
+    .collect()
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn round_up(ms: u128, interval: u128) -> super::Duration {
+    let n = ms.div_ceil(interval).max(1) * interval;
+    super::Duration::from_millis(u64::try_from(n).unwrap_or(u64::MAX))
+}
