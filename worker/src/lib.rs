@@ -6,4 +6,6 @@
 //! - [`expr`]: CEL expressions, checked at load and compiled to closures.
 
 pub mod expr;
+pub mod pipeline;
+pub mod record;
 pub mod spec;

@@ -1,15 +1,91 @@
 //! CEL record logic: parsed and checked at load, compiled to closures for the hot path.
+//!
+//! A record is seen as `key`, `value`, `partition`, `offset`, `timestamp` (ms), `headers` and
+//! `topic`; after a `flatMap`, `item`; keyed steps see `key`, `values` and `state`; a reduce sees
+//! `a` and `b`. An expression that names anything else, or does not parse, is refused at load
+//! with its line and column.
 
+mod compile;
+pub mod value;
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+
+use cel::common::ast::{Expr, IdedExpr};
 use cel::parser::Parser;
+
+pub(crate) use compile::compare;
+pub use value::Val;
 
 /// Deepest nesting an expression may have; deeper input is refused at load, not at run time.
 pub const MAX_DEPTH: u16 = 64;
 /// Longest expression source accepted.
 pub const MAX_SOURCE_BYTES: usize = 4096;
 
+/// A variable an expression can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Var {
+    Key,
+    Value,
+    Partition,
+    Offset,
+    Timestamp,
+    Headers,
+    Topic,
+    Item,
+    Values,
+    State,
+    A,
+    B,
+}
+
+impl Var {
+    const ALL: [Var; 12] = [
+        Var::Key,
+        Var::Value,
+        Var::Partition,
+        Var::Offset,
+        Var::Timestamp,
+        Var::Headers,
+        Var::Topic,
+        Var::Item,
+        Var::Values,
+        Var::State,
+        Var::A,
+        Var::B,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Var::Key => "key",
+            Var::Value => "value",
+            Var::Partition => "partition",
+            Var::Offset => "offset",
+            Var::Timestamp => "timestamp",
+            Var::Headers => "headers",
+            Var::Topic => "topic",
+            Var::Item => "item",
+            Var::Values => "values",
+            Var::State => "state",
+            Var::A => "a",
+            Var::B => "b",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Var> {
+        Var::ALL.into_iter().find(|v| v.name() == name)
+    }
+}
+
+/// Where an expression finds its variables.
+pub trait Vars {
+    fn var(&self, v: Var) -> Option<Cow<'_, Val>>;
+}
+
 /// Why an expression was refused at load.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("CEL expression {source_text:?} at line {line}, column {column}: {reason}")]
+#[error("CEL expression {source_text:?}, line {line} column {column}: {reason}")]
 pub struct ExprError {
     pub source_text: String,
     pub line: usize,
@@ -17,11 +93,146 @@ pub struct ExprError {
     pub reason: String,
 }
 
-/// Parses `source` and checks that it only names the given variables.
+/// An expression that failed on a record (a CEL runtime error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EvalError(pub String);
+
+/// Functions an expression may call: the fast path's and the interpreter's standard library,
+/// with the strings extension. Calling anything else is a load error, not a per-record one.
+const FUNCTIONS: &[&str] = &[
+    "size",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "type",
+    "dyn",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "split",
+    "lowerAscii",
+    "upperAscii",
+    "trim",
+    "replace",
+    "join",
+    "substring",
+    "indexOf",
+    "lastIndexOf",
+    "charAt",
+    "reverse",
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "duration",
+    "timestamp",
+    "getFullYear",
+    "getMonth",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getDayOfYear",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+    "max",
+    "min",
+];
+
+fn env() -> Arc<cel::Env> {
+    static ENV: OnceLock<Arc<cel::Env>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = cel::Env::stdlib();
+        // The strings extension only fails on a duplicate declaration, which a fresh stdlib
+        // environment cannot have; keep going without it rather than fail every expression.
+        let _ = env.add_extension(cel::extensions::strings);
+        Arc::new(env)
+    })
+    .clone()
+}
+
+/// A compiled expression.
+pub struct Program {
+    source: Arc<str>,
+    root: compile::Node,
+    interpreted: usize,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Program({:?})", self.source)
+    }
+}
+
+impl Program {
+    /// Parses, checks and compiles `source`, which may name only `vars`.
+    ///
+    /// # Errors
+    /// A syntax error, an unknown variable or function, or a too long or too deep expression,
+    /// with its position.
+    pub fn compile(source: &str, vars: &[Var]) -> Result<Program, ExprError> {
+        let names: Vec<&str> = vars.iter().map(|v| v.name()).collect();
+        let ast = parse_checked(source, &names)?;
+        let mut c = compile::Compiler {
+            env: env(),
+            interpreted: 0,
+        };
+        let root = c.compile(&ast);
+        Ok(Program {
+            source: Arc::from(source),
+            root,
+            interpreted: c.interpreted,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// How many subtrees run in the interpreter rather than as closures.
+    pub fn interpreted_subtrees(&self) -> usize {
+        self.interpreted
+    }
+
+    /// Evaluates against a record's variables; the result borrows from them where it can.
+    ///
+    /// # Errors
+    /// CEL runtime errors: a missing field, a type mismatch, division by zero, overflow.
+    pub fn eval<'s>(&self, vars: &'s dyn Vars) -> Result<Cow<'s, Val>, EvalError> {
+        (self.root)(vars)
+    }
+
+    /// Evaluates an expression that must yield a bool.
+    ///
+    /// # Errors
+    /// As [`Program::eval`], or when the result is not a bool.
+    pub fn eval_bool(&self, vars: &dyn Vars) -> Result<bool, EvalError> {
+        match &*self.eval(vars)? {
+            Val::Bool(b) => Ok(*b),
+            other => Err(EvalError(format!(
+                "expected a bool, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+}
+
+/// Checks an expression without keeping it (used by spec validation).
 ///
 /// # Errors
-/// A syntax error or an unknown variable, with its position.
+/// As [`Program::compile`].
 pub fn check(source: &str, vars: &[&str]) -> Result<(), ExprError> {
+    parse_checked(source, vars).map(|_| ())
+}
+
+fn parse_checked(source: &str, vars: &[&str]) -> Result<IdedExpr, ExprError> {
     let err = |line: usize, column: usize, reason: String| ExprError {
         source_text: source.chars().take(200).collect(),
         line,
@@ -29,22 +240,143 @@ pub fn check(source: &str, vars: &[&str]) -> Result<(), ExprError> {
         reason,
     };
     if source.len() > MAX_SOURCE_BYTES {
-        return Err(err(1, 1, format!("longer than {MAX_SOURCE_BYTES} bytes")));
+        return Err(err(
+            1,
+            1,
+            format!("longer than {MAX_SOURCE_BYTES} bytes; split the logic into several steps"),
+        ));
     }
-    let parsed = Parser::new()
+    if source.trim().is_empty() {
+        return Err(err(1, 1, "the expression is empty".into()));
+    }
+    let (ast, info) = Parser::new()
         .max_recursion_depth(MAX_DEPTH)
-        .parse_with_source_info(source);
-    let (_ast, _info) = parsed.map_err(|e| {
-        let first = e.errors.first();
-        let (line, col) = first.map_or((1, 1), |p| {
-            (p.pos.0.max(1) as usize, p.pos.1.max(0) as usize + 1)
-        });
-        err(
-            line,
-            col,
-            first.map_or_else(|| "syntax error".into(), |p| p.msg.clone()),
-        )
-    })?;
-    let _ = vars;
-    Ok(())
+        .parse_with_source_info(source)
+        .map_err(|e| {
+            let first = e.errors.first();
+            let (line, col) = first.map_or((1, 1), |p| {
+                (p.pos.0.max(1) as usize, p.pos.1.max(0) as usize + 1)
+            });
+            err(
+                line,
+                col,
+                first.map_or_else(|| "syntax error".into(), |p| p.msg.clone()),
+            )
+        })?;
+    let position = |id: u64| -> (usize, usize) {
+        let Some((start, _)) = info.offset_for(id) else {
+            return (1, 1);
+        };
+        let before = &source[..(start as usize).min(source.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    };
+    let mut problem = None;
+    walk(&ast, &mut Vec::new(), &mut |e, bound| {
+        if problem.is_some() {
+            return;
+        }
+        match &e.expr {
+            Expr::Ident(name)
+                if !bound.contains(&name.as_str()) && !vars.contains(&name.as_str()) =>
+            {
+                let (l, c) = position(e.id);
+                let known = if vars.is_empty() {
+                    "none".to_string()
+                } else {
+                    vars.join(", ")
+                };
+                problem = Some(err(
+                    l,
+                    c,
+                    format!("unknown variable '{name}'; this step can use: {known}"),
+                ));
+            }
+            Expr::Call(call)
+                if !call.func_name.starts_with('_')
+                    && !call.func_name.starts_with('@')
+                    && !call.func_name.starts_with('!')
+                    && !call.func_name.starts_with('-')
+                    && !FUNCTIONS.contains(&call.func_name.as_str()) =>
+            {
+                // The parser places a call at its '('; point at the name instead.
+                let (l, c) = position(e.id);
+                let c = c.saturating_sub(call.func_name.chars().count()).max(1);
+                problem = Some(err(l, c, format!("unknown function '{}'", call.func_name)));
+            }
+            _ => {}
+        }
+    });
+    match problem {
+        Some(p) => Err(p),
+        None => Ok(ast),
+    }
 }
+
+/// Visits every node with the comprehension variables bound at that point.
+fn walk<'a>(
+    e: &'a IdedExpr,
+    bound: &mut Vec<&'a str>,
+    f: &mut dyn FnMut(&'a IdedExpr, &[&'a str]),
+) {
+    f(e, bound);
+    match &e.expr {
+        Expr::Call(c) => {
+            if let Some(t) = &c.target {
+                walk(t, bound, f);
+            }
+            for a in &c.args {
+                walk(a, bound, f);
+            }
+        }
+        Expr::Select(s) => walk(&s.operand, bound, f),
+        Expr::List(l) => l.elements.iter().for_each(|x| walk(x, bound, f)),
+        Expr::Map(m) => {
+            for entry in &m.entries {
+                if let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr {
+                    walk(&me.key, bound, f);
+                    walk(&me.value, bound, f);
+                }
+            }
+        }
+        Expr::Struct(s) => {
+            for entry in &s.entries {
+                if let cel::common::ast::EntryExpr::StructField(sf) = &entry.expr {
+                    walk(&sf.value, bound, f);
+                }
+            }
+        }
+        Expr::Comprehension(c) => {
+            walk(&c.iter_range, bound, f);
+            walk(&c.accu_init, bound, f);
+            let depth = bound.len();
+            bound.push(&c.iter_var);
+            if let Some(v2) = &c.iter_var2 {
+                bound.push(v2);
+            }
+            bound.push(&c.accu_var);
+            walk(&c.loop_cond, bound, f);
+            walk(&c.loop_step, bound, f);
+            walk(&c.result, bound, f);
+            bound.truncate(depth);
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// The free variables of an expression (those not bound by a comprehension inside it).
+pub(crate) fn free_vars(e: &IdedExpr) -> HashSet<&str> {
+    let mut out = HashSet::new();
+    walk(e, &mut Vec::new(), &mut |n, bound| {
+        if let Expr::Ident(name) = &n.expr {
+            if !bound.contains(&name.as_str()) {
+                out.insert(name.as_str());
+            }
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests;

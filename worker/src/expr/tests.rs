@@ -1,0 +1,153 @@
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use super::*;
+
+struct Rec(HashMap<Var, Val>);
+
+impl Vars for Rec {
+    fn var(&self, v: Var) -> Option<Cow<'_, Val>> {
+        self.0.get(&v).map(Cow::Borrowed)
+    }
+}
+
+fn rec(json: &str) -> Rec {
+    let mut m = HashMap::new();
+    m.insert(Var::Value, Val::from_json(json.as_bytes(), 64).unwrap());
+    m.insert(Var::Key, Val::str("k1"));
+    m.insert(Var::Partition, Val::Int(3));
+    Rec(m)
+}
+
+const REC: &[Var] = &[Var::Key, Var::Value, Var::Partition, Var::Offset];
+
+fn eval(src: &str, json: &str) -> Result<Val, EvalError> {
+    let p = Program::compile(src, REC).unwrap();
+    p.eval(&rec(json)).map(Cow::into_owned)
+}
+
+#[test]
+fn common_forms_compile_to_closures_and_agree_with_the_interpreter() {
+    let json = r#"{"page":"/home","n":7,"tags":["a","b"],"user":{"id":42},"price":2.5}"#;
+    let cases = [
+        ("has(value.page) && value.page != ''", Val::Bool(true)),
+        ("value.n * 2 + 1", Val::Int(15)),
+        ("value.n > 5 ? 'big' : 'small'", Val::str("big")),
+        ("value.user.id == 42u", Val::Bool(true)),
+        (
+            "size(value.tags) == 2 && 'a' in value.tags",
+            Val::Bool(true),
+        ),
+        (
+            "value.page.startsWith('/h') && !value.page.contains('x')",
+            Val::Bool(true),
+        ),
+        (
+            "'a b c'.split(' ')",
+            Val::List(std::sync::Arc::new(vec![
+                Val::str("a"),
+                Val::str("b"),
+                Val::str("c"),
+            ])),
+        ),
+        ("value.price * 2", Val::Float(5.0)),
+        ("key + '-' + string(partition)", Val::str("k1-3")),
+        ("value.tags[1]", Val::str("b")),
+        ("value['page'].upperAscii()", Val::str("/HOME")),
+        ("{'p': value.page, 'n': value.n}.n", Val::Int(7)),
+    ];
+    for (src, want) in cases {
+        let p = Program::compile(src, REC).unwrap();
+        assert_eq!(
+            p.interpreted_subtrees(),
+            0,
+            "{src} should not need the interpreter"
+        );
+        let got = p.eval(&rec(json)).unwrap().into_owned();
+        assert_eq!(got, want, "{src}");
+        // The same expression through the cel interpreter gives the same answer.
+        let mut ctx = cel::Context::with_env(env());
+        ctx.add_variable_from_value(
+            "value",
+            value::to_cel(&Val::from_json(json.as_bytes(), 64).unwrap()),
+        );
+        ctx.add_variable_from_value("key", "k1");
+        ctx.add_variable_from_value("partition", 3i64);
+        let interp = cel::Program::compile(src).unwrap().execute(&ctx);
+        if let Ok(v) = interp {
+            assert_eq!(
+                value::from_cel(&v).unwrap(),
+                want,
+                "interpreter disagrees on {src}"
+            );
+        }
+    }
+}
+
+#[test]
+fn macros_fall_back_to_the_interpreter() {
+    let p = Program::compile("value.tags.exists(t, t == 'b')", REC).unwrap();
+    assert_eq!(p.interpreted_subtrees(), 1);
+    assert_eq!(
+        p.eval(&rec(r#"{"tags":["a","b"]}"#)).unwrap().into_owned(),
+        Val::Bool(true)
+    );
+    let p = Program::compile("value.tags.map(t, t + '!')", REC).unwrap();
+    assert_eq!(
+        p.eval(&rec(r#"{"tags":["a"]}"#)).unwrap().into_owned(),
+        Val::List(std::sync::Arc::new(vec![Val::str("a!")]))
+    );
+}
+
+#[test]
+fn runtime_errors_are_errors_not_panics() {
+    assert!(eval("value.missing == 1", "{}")
+        .unwrap_err()
+        .0
+        .contains("no such key"));
+    assert!(eval("value.n / 0", r#"{"n":1}"#)
+        .unwrap_err()
+        .0
+        .contains("division by zero"));
+    assert!(eval("value.n + 1", r#"{"n":9223372036854775807}"#)
+        .unwrap_err()
+        .0
+        .contains("overflow"));
+    assert!(eval("value.s + 1", r#"{"s":"x"}"#).is_err());
+    assert!(eval("value.tags[5]", r#"{"tags":[]}"#)
+        .unwrap_err()
+        .0
+        .contains("out of range"));
+    // A decisive operand wins over an error on the other side, as CEL specifies.
+    assert_eq!(
+        eval("value.missing == 1 || true", "{}").unwrap(),
+        Val::Bool(true)
+    );
+    assert_eq!(
+        eval("false && value.missing == 1", "{}").unwrap(),
+        Val::Bool(false)
+    );
+}
+
+#[test]
+fn load_errors_give_position_and_reason() {
+    let e = Program::compile("value.page ==", REC).unwrap_err();
+    assert_eq!(e.line, 1);
+    assert!(e.column > 1, "{e}");
+    let e = Program::compile("valu.page == 'x'", REC).unwrap_err();
+    assert_eq!((e.line, e.column), (1, 1));
+    assert!(e.reason.contains("unknown variable 'valu'"), "{e}");
+    assert!(e.reason.contains("value"), "lists what can be used: {e}");
+    let e = Program::compile("value.a &&\n  frobnicate(value.b)", REC).unwrap_err();
+    assert_eq!((e.line, e.column), (2, 3), "{e}");
+    assert!(e.reason.contains("unknown function 'frobnicate'"));
+    // Comprehension variables are bound, not unknown.
+    assert!(Program::compile("value.xs.all(x, x > 0)", REC).is_ok());
+    let deep = "(".repeat(200) + "1" + &")".repeat(200);
+    assert!(Program::compile(&deep, REC).is_err());
+    assert!(Program::compile(&"1+".repeat(3000), REC)
+        .unwrap_err()
+        .reason
+        .contains("longer than"));
+    assert!(Program::compile("  ", REC).is_err());
+}

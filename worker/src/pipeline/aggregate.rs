@@ -1,0 +1,203 @@
+//! Per-key aggregation of one batch of one partition (reduceByKey, count, sum, min, max, avg).
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use crate::expr::value::Val;
+use crate::expr::{EvalError, Program, Var, Vars};
+use crate::spec::AggregateSpec;
+
+/// What an aggregate computes.
+#[derive(Debug)]
+pub enum AggKind {
+    Count,
+    Sum(Program),
+    Min(Program),
+    Max(Program),
+    Avg(Program),
+    Reduce(Program),
+}
+
+impl AggKind {
+    pub(crate) fn compile(
+        a: &AggregateSpec,
+        vars: &[Var],
+    ) -> Result<AggKind, crate::expr::ExprError> {
+        let c = |e: &str| Program::compile(e, vars);
+        Ok(match a {
+            AggregateSpec { sum: Some(e), .. } => AggKind::Sum(c(e)?),
+            AggregateSpec { min: Some(e), .. } => AggKind::Min(c(e)?),
+            AggregateSpec { max: Some(e), .. } => AggKind::Max(c(e)?),
+            AggregateSpec { avg: Some(e), .. } => AggKind::Avg(c(e)?),
+            AggregateSpec {
+                reduce: Some(e), ..
+            } => AggKind::Reduce(Program::compile(e, &[Var::A, Var::B, Var::Key])?),
+            _ => AggKind::Count,
+        })
+    }
+
+    /// The value a record contributes, checked so that accumulating it cannot fail.
+    pub(crate) fn input(&self, rec: &crate::record::Record) -> Result<Val, EvalError> {
+        match self {
+            AggKind::Count => Ok(Val::Null),
+            AggKind::Sum(p) | AggKind::Avg(p) => {
+                let v = p.eval(rec)?.into_owned();
+                match v {
+                    Val::Int(_) | Val::UInt(_) | Val::Float(_) => Ok(v),
+                    other => Err(EvalError(format!(
+                        "sum and avg need numbers, got {}",
+                        other.type_name()
+                    ))),
+                }
+            }
+            AggKind::Min(p) | AggKind::Max(p) => Ok(p.eval(rec)?.into_owned()),
+            AggKind::Reduce(_) => Ok(rec.output().clone()),
+        }
+    }
+}
+
+/// One key's running value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acc {
+    Count(i64),
+    Value(Val),
+    Avg { sum: f64, n: u64 },
+}
+
+/// Accumulators of one aggregate step for one partition's batch.
+#[derive(Debug, Default)]
+pub struct Accumulators {
+    pub(crate) keys: HashMap<Val, Acc>,
+}
+
+struct ReduceVars<'a> {
+    a: &'a Val,
+    b: &'a Val,
+    key: &'a Val,
+}
+
+impl Vars for ReduceVars<'_> {
+    fn var(&self, v: Var) -> Option<std::borrow::Cow<'_, Val>> {
+        match v {
+            Var::A => Some(std::borrow::Cow::Borrowed(self.a)),
+            Var::B => Some(std::borrow::Cow::Borrowed(self.b)),
+            Var::Key => Some(std::borrow::Cow::Borrowed(self.key)),
+            _ => None,
+        }
+    }
+}
+
+impl Accumulators {
+    /// Adds a checked input. Only a user's reduce expression can fail here; the key then keeps
+    /// its previous value.
+    pub fn add(&mut self, kind: &AggKind, key: Val, input: Val) -> Result<(), EvalError> {
+        use std::collections::hash_map::Entry;
+        match (kind, self.keys.entry(key)) {
+            (AggKind::Count, Entry::Occupied(mut e)) => {
+                if let Acc::Count(n) = e.get_mut() {
+                    *n += 1;
+                }
+            }
+            (AggKind::Count, Entry::Vacant(e)) => {
+                e.insert(Acc::Count(1));
+            }
+            (AggKind::Avg(_), e) => {
+                let x = crate::expr::value::num(&input).map_or(0.0, |n| n.as_f64());
+                match e.or_insert(Acc::Avg { sum: 0.0, n: 0 }) {
+                    Acc::Avg { sum, n } => {
+                        *sum += x;
+                        *n += 1;
+                    }
+                    other => *other = Acc::Avg { sum: x, n: 1 },
+                }
+            }
+            (_, Entry::Vacant(e)) => {
+                e.insert(Acc::Value(input));
+            }
+            (kind, Entry::Occupied(mut e)) => {
+                let key = e.key().clone();
+                let Acc::Value(cur) = e.get_mut() else {
+                    return Ok(());
+                };
+                let next = match kind {
+                    AggKind::Sum(_) => add_numbers(cur, &input),
+                    AggKind::Min(_) => std::cmp::min_by(cur.clone(), input, total_order),
+                    AggKind::Max(_) => std::cmp::max_by(cur.clone(), input, total_order),
+                    AggKind::Reduce(p) => p
+                        .eval(&ReduceVars {
+                            a: cur,
+                            b: &input,
+                            key: &key,
+                        })?
+                        .into_owned(),
+                    AggKind::Count | AggKind::Avg(_) => return Ok(()),
+                };
+                *cur = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch's results, ordered by key so that a replayed batch writes the same output.
+    pub fn drain_sorted(&mut self) -> Vec<(Val, Val)> {
+        let mut out: Vec<(Val, Val)> = self
+            .keys
+            .drain()
+            .map(|(k, acc)| {
+                let v = match acc {
+                    Acc::Count(n) => Val::Int(n),
+                    Acc::Value(v) => v,
+                    Acc::Avg { sum, n } => Val::Float(if n == 0 { 0.0 } else { sum / n as f64 }),
+                };
+                (k, v)
+            })
+            .collect();
+        out.sort_by(|a, b| total_order(&a.0, &b.0));
+        out
+    }
+}
+
+/// Sums that stay integers while they fit, and turn into doubles when they do not.
+fn add_numbers(a: &Val, b: &Val) -> Val {
+    match (a, b) {
+        (Val::Int(x), Val::Int(y)) => x
+            .checked_add(*y)
+            .map_or(Val::Float(*x as f64 + *y as f64), Val::Int),
+        (Val::UInt(x), Val::UInt(y)) => x
+            .checked_add(*y)
+            .map_or(Val::Float(*x as f64 + *y as f64), Val::UInt),
+        _ => {
+            let f = |v: &Val| crate::expr::value::num(v).map_or(0.0, |n| n.as_f64());
+            Val::Float(f(a) + f(b))
+        }
+    }
+}
+
+/// A total order over values: by type (null, bool, number, string, bytes, list, map), then
+/// value. Gives min/max and output order a meaning for any mix of types.
+pub fn total_order(a: &Val, b: &Val) -> Ordering {
+    fn rank(v: &Val) -> u8 {
+        match v {
+            Val::Null => 0,
+            Val::Bool(_) => 1,
+            Val::Int(_) | Val::UInt(_) | Val::Float(_) => 2,
+            Val::Str(_) => 3,
+            Val::Bytes(_) => 4,
+            Val::List(_) => 5,
+            Val::Map(_) => 6,
+        }
+    }
+    match rank(a).cmp(&rank(b)) {
+        Ordering::Equal => match (a, b) {
+            (Val::List(x), Val::List(y)) => x
+                .iter()
+                .zip(y.iter())
+                .map(|(p, q)| total_order(p, q))
+                .find(|o| o.is_ne())
+                .unwrap_or_else(|| x.len().cmp(&y.len())),
+            (Val::Map(_), Val::Map(_)) => a.to_string().cmp(&b.to_string()),
+            _ => crate::expr::compare(a, b).unwrap_or(Ordering::Equal),
+        },
+        o => o,
+    }
+}

@@ -1,0 +1,131 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::record::decode_value;
+use crate::spec::{parse_job, Format};
+
+fn job(pipeline: &str, format: &str) -> JobSpec {
+    let text = format!(
+        "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'x:9092', topics: [in]}}, format: {format}}}\nsink: {{stdout: {{}}}}\npipeline:\n{pipeline}"
+    );
+    parse_job(&text, "t").unwrap().spec
+}
+
+fn rec(offset: i64, format: Format, payload: &str) -> Record {
+    Record {
+        topic: Arc::from("in"),
+        partition: 0,
+        offset,
+        timestamp: Some(1_000),
+        key: Val::Null,
+        value: decode_value(format, Some(payload.as_bytes())).unwrap(),
+        headers: Val::Null,
+        item: Val::Null,
+        item_is_output: false,
+    }
+}
+
+const WORD_COUNT: &str = "- {id: words, flatMap: \"value.split(' ')\"}\n- {id: non-empty, filter: \"item != ''\"}\n- {id: by-word, keyBy: item}\n- {id: counts, aggregate: {count: {}}}\n";
+
+#[test]
+fn word_count_per_batch() {
+    let p = Pipeline::compile(&job(WORD_COUNT, "text")).unwrap();
+    let mut run = p.start();
+    for (i, line) in ["the cat", "the  dog", "a cat the"].iter().enumerate() {
+        run.push(rec(i as i64, Format::Text, line)).unwrap();
+    }
+    let (out, failures) = run.finish(&Arc::from("in"), 0, 5_000);
+    assert!(failures.is_empty());
+    let got: Vec<(String, Val)> = out
+        .into_iter()
+        .map(|o| (o.key.to_string(), o.value))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a".to_string(), Val::Int(1)),
+            ("cat".to_string(), Val::Int(2)),
+            ("dog".to_string(), Val::Int(1)),
+            ("the".to_string(), Val::Int(3)),
+        ]
+    );
+}
+
+#[test]
+fn stateless_steps_keep_offsets_and_items_become_output() {
+    let steps = "- {id: big, filter: 'value.n > 1'}\n- {id: shape, select: {n: 'value.n', page: 'value.page'}}\n- {id: k, keyBy: 'value.page'}\n";
+    let p = Pipeline::compile(&job(steps, "json")).unwrap();
+    let mut run = p.start();
+    run.push(rec(7, Format::Json, r#"{"n":1,"page":"a"}"#))
+        .unwrap();
+    run.push(rec(8, Format::Json, r#"{"n":5,"page":"b","x":0}"#))
+        .unwrap();
+    let (out, _) = run.finish(&Arc::from("in"), 0, 0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].key, Val::str("b"));
+    assert_eq!(out[0].source_offset, Some(8));
+    assert_eq!(out[0].value.to_string(), r#"{"n":5,"page":"b"}"#);
+
+    let p = Pipeline::compile(&job("- {id: tags, flatMap: 'value.tags'}\n", "json")).unwrap();
+    let mut run = p.start();
+    run.push(rec(1, Format::Json, r#"{"tags":["x","y"]}"#))
+        .unwrap();
+    let (out, _) = run.finish(&Arc::from("in"), 0, 0);
+    assert_eq!(
+        out.iter().map(|o| o.value.to_string()).collect::<Vec<_>>(),
+        ["x", "y"]
+    );
+}
+
+#[test]
+fn a_failing_record_changes_nothing_and_names_the_step() {
+    let steps = "- {id: words, flatMap: 'value.words'}\n- {id: lengths, map: 'size(item) * value.factor'}\n- {id: total, aggregate: {sum: value}}\n";
+    let p = Pipeline::compile(&job(steps, "json")).unwrap();
+    let mut run = p.start();
+    run.push(rec(0, Format::Json, r#"{"words":["ab","c"],"factor":2}"#))
+        .unwrap();
+    // The second word fails (factor is a string): the first word's contribution must not count.
+    let f = run
+        .push(rec(1, Format::Json, r#"{"words":["abc", 5],"factor":1}"#))
+        .unwrap_err();
+    assert_eq!(&*f.step, "lengths");
+    let (out, _) = run.finish(&Arc::from("in"), 0, 0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].value, Val::Int(6));
+}
+
+#[test]
+fn aggregates_sum_min_max_avg_reduce() {
+    let cases = [
+        ("{sum: 'value.n'}", Val::Int(9)),
+        ("{min: 'value.n'}", Val::Int(1)),
+        ("{max: 'value.n'}", Val::Int(5)),
+        ("{avg: 'value.n'}", Val::Float(3.0)),
+        (
+            "{reduce: '{\"n\": a.n * b.n}'}",
+            Val::Map(Arc::new(vec![(Arc::from("n"), Val::Int(15))])),
+        ),
+    ];
+    for (agg, want) in cases {
+        let steps = format!("- {{id: k, keyBy: \"'all'\"}}\n- {{id: agg, aggregate: {agg}}}\n");
+        let p = Pipeline::compile(&job(&steps, "json")).unwrap();
+        let mut run = p.start();
+        for (i, n) in [3, 1, 5].iter().enumerate() {
+            run.push(rec(i as i64, Format::Json, &format!(r#"{{"n":{n}}}"#)))
+                .unwrap();
+        }
+        let (out, _) = run.finish(&Arc::from("in"), 0, 0);
+        assert_eq!(out.len(), 1, "{agg}");
+        assert_eq!(out[0].value, want, "{agg}");
+    }
+}
+
+#[test]
+fn steps_this_worker_cannot_run_are_refused_by_name() {
+    let steps = "- {id: k, keyBy: 'value.page'}\n- {id: views, window: {length: 4s, slide: 2s}, aggregate: {count: {}}}\n";
+    let e = Pipeline::compile(&job(steps, "json"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("\"views\"") && e.contains("window"), "{e}");
+}

@@ -1,0 +1,144 @@
+//! A Kafka record as the pipeline sees it, decoded per the job's format.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::expr::{Val, Var, Vars};
+use crate::spec::Format;
+
+/// Largest record value decoded; bigger ones go to the dead-letter path with this reason.
+pub const MAX_RECORD_BYTES: usize = 8 << 20;
+/// Deepest JSON nesting decoded.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// One record flowing through a partition's pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the epoch, when the broker or producer set one.
+    pub timestamp: Option<i64>,
+    pub key: Val,
+    pub value: Val,
+    pub headers: Val,
+    /// The element a `flatMap` produced; null before any.
+    pub item: Val,
+    /// Whether the record's result is `item` (after a flatMap) rather than `value` (after a
+    /// map or select, or with no flatMap).
+    pub item_is_output: bool,
+}
+
+impl Record {
+    /// The record's result: what an aggregate or a sink takes.
+    pub fn output(&self) -> &Val {
+        if self.item_is_output {
+            &self.item
+        } else {
+            &self.value
+        }
+    }
+}
+
+impl Vars for Record {
+    fn var(&self, v: Var) -> Option<Cow<'_, Val>> {
+        Some(match v {
+            Var::Key => Cow::Borrowed(&self.key),
+            Var::Value => Cow::Borrowed(&self.value),
+            Var::Item => Cow::Borrowed(&self.item),
+            Var::Headers => Cow::Borrowed(&self.headers),
+            Var::Partition => Cow::Owned(Val::Int(i64::from(self.partition))),
+            Var::Offset => Cow::Owned(Val::Int(self.offset)),
+            Var::Timestamp => Cow::Owned(self.timestamp.map_or(Val::Null, Val::Int)),
+            Var::Topic => Cow::Owned(Val::Str(self.topic.clone())),
+            Var::Values | Var::State | Var::A | Var::B => return None,
+        })
+    }
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record value is {0} bytes; the limit is {MAX_RECORD_BYTES}")]
+    TooLarge(usize),
+    #[error("value is not valid JSON: {0}")]
+    Json(String),
+    #[error("value is not valid UTF-8 text: {0}")]
+    Utf8(String),
+}
+
+/// Decodes a record value per the source format. An absent value (a tombstone) is null.
+///
+/// # Errors
+/// When the value is too large or not of the format.
+pub fn decode_value(format: Format, payload: Option<&[u8]>) -> Result<Val, DecodeError> {
+    let Some(bytes) = payload else {
+        return Ok(Val::Null);
+    };
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    match format {
+        Format::Json => {
+            Val::from_json(bytes, MAX_JSON_DEPTH).map_err(|e| DecodeError::Json(e.to_string()))
+        }
+        Format::Text => std::str::from_utf8(bytes)
+            .map(Val::str)
+            .map_err(|e| DecodeError::Utf8(e.to_string())),
+        Format::Bytes => Ok(Val::Bytes(Arc::from(bytes))),
+    }
+}
+
+/// Keys are text when they are UTF-8 (as almost all are), bytes otherwise.
+pub fn decode_key(key: Option<&[u8]>) -> Val {
+    match key {
+        None => Val::Null,
+        Some(k) => match std::str::from_utf8(k) {
+            Ok(s) => Val::str(s),
+            Err(_) => Val::Bytes(Arc::from(k)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_each_format_and_refuses_bad_input_with_the_reason() {
+        assert_eq!(
+            decode_value(Format::Json, Some(br#"{"a":1}"#))
+                .unwrap()
+                .field("a"),
+            Some(&Val::Int(1))
+        );
+        assert_eq!(
+            decode_value(Format::Text, Some(b"hi")).unwrap(),
+            Val::str("hi")
+        );
+        assert_eq!(
+            decode_value(Format::Bytes, Some(&[0xff])).unwrap(),
+            Val::Bytes(Arc::from(&[0xffu8][..]))
+        );
+        assert_eq!(decode_value(Format::Json, None).unwrap(), Val::Null);
+        assert!(matches!(
+            decode_value(Format::Json, Some(b"{\"a\":")),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            decode_value(Format::Json, Some(b"{} trailing")),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            decode_value(Format::Text, Some(&[0xc3, 0x28])),
+            Err(DecodeError::Utf8(_))
+        ));
+        let big = vec![b' '; MAX_RECORD_BYTES + 1];
+        assert!(matches!(
+            decode_value(Format::Bytes, Some(&big)),
+            Err(DecodeError::TooLarge(_))
+        ));
+        assert_eq!(decode_key(Some(b"k")), Val::str("k"));
+        assert!(matches!(decode_key(Some(&[0xff])), Val::Bytes(_)));
+    }
+}
