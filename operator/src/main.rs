@@ -1,1 +1,197 @@
-fn main() {}
+//! `weir-operator`: wiring only. `crd` prints the CRD; `run` runs the controller behind a
+//! leader lease, with `/metrics` and `/healthz`, until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use weir_operator::controller::{self, Context, Scope, Settings};
+use weir_operator::desired::Defaults;
+use weir_operator::leader::{self, LeaseConfig};
+use weir_operator::metrics::Metrics;
+use weir_operator::{crd_yaml, http, telemetry};
+
+#[derive(Parser)]
+#[command(version, about = "Weir's Kubernetes operator for StreamingJobs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the StreamingJob CustomResourceDefinition as YAML.
+    Crd,
+    /// Run the controller.
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Namespaces to watch, comma-separated; empty watches all namespaces.
+    #[arg(long, env = "WEIR_WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Address of /metrics, /healthz and /loglevel.
+    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Log filter, e.g. "info" or "weir_operator=debug,kube=info".
+    #[arg(long, env = "WEIR_LOG", default_value = "info")]
+    log_level: String,
+    /// Log as JSON lines (for collectors) instead of text.
+    #[arg(long, env = "WEIR_LOG_JSON", default_value_t = false)]
+    log_json: bool,
+    /// Turn leader election off (only safe with one replica).
+    #[arg(long, env = "WEIR_NO_LEADER_ELECTION", default_value_t = false)]
+    no_leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "WEIR_LEADER_ELECTION_NAME",
+        default_value = "weir-operator"
+    )]
+    leader_election_name: String,
+    /// Namespace of the lease. Default: the pod's namespace (POD_NAMESPACE), else the client's.
+    #[arg(long, env = "WEIR_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// This replica's identity in the lease. Default: POD_NAME, else the host name.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE", hide = true)]
+    pod_namespace: Option<String>,
+    /// Worker image for jobs that do not set spec.image.
+    #[arg(long, env = "WEIR_WORKER_IMAGE")]
+    worker_image: Option<String>,
+    /// Reconcile every job at least this often, e.g. "5m".
+    #[arg(long, env = "WEIR_RESYNC", default_value = "5m", value_parser = parse_duration)]
+    resync: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    weir_worker::spec::Duration::parse(s)
+        .map(|d| d.as_std())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => {
+            print!("{}", crd_yaml().context("rendering the CRD")?);
+            Ok(())
+        }
+        Command::Run(args) => run(*args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let log_level = telemetry::init(&args.log_level, args.log_json).map_err(anyhow::Error::msg)?;
+    let metrics = Metrics::new().context("setting up metrics")?;
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?;
+
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let server = tokio::spawn(http::serve(
+        args.metrics_addr,
+        http::router(metrics.clone(), Some(log_level)),
+        shutdown.clone().cancelled_owned(),
+    ));
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "weir-operator".into()));
+    let settings = Settings {
+        scope: if args.namespaces.is_empty() {
+            Scope::All
+        } else {
+            Scope::Namespaces(args.namespaces.clone())
+        },
+        defaults: args
+            .worker_image
+            .clone()
+            .map_or_else(Defaults::default, |image| Defaults { image }),
+        resync: args.resync,
+        instance: Some(identity.clone()),
+    };
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
+
+    let (lead_tx, mut lead_rx) = watch::channel(args.no_leader_election);
+    let campaign = (!args.no_leader_election).then(|| {
+        let namespace = args
+            .leader_election_namespace
+            .or(args.pod_namespace)
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let cfg = LeaseConfig {
+            name: args.leader_election_name,
+            namespace: namespace.clone(),
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        };
+        info!(lease = %cfg.name, %namespace, "waiting to lead");
+        tokio::spawn(leader::run(
+            Api::namespaced(client.clone(), &namespace),
+            cfg,
+            lead_tx,
+            shutdown.clone(),
+        ))
+    });
+
+    tokio::select! {
+        _ = lead_rx.wait_for(|leading| *leading) => {}
+        () = shutdown.cancelled() => {}
+    }
+    let mut lost_lease = false;
+    if !shutdown.is_cancelled() {
+        info!("leading: starting the controller");
+        let stop = shutdown.child_token();
+        let run = controller::run(ctx, stop.clone());
+        tokio::pin!(run);
+        tokio::select! {
+            () = &mut run => {}
+            _ = lead_rx.wait_for(|leading| !*leading) => {
+                error!("lost the leader lease; stopping the controller");
+                lost_lease = true;
+                stop.cancel();
+                run.await;
+            }
+        }
+    }
+    shutdown.cancel();
+    if let Some(c) = campaign {
+        c.await.ok();
+    }
+    server.await.ok().transpose().context("serving /metrics")?;
+    signals.abort();
+    if lost_lease {
+        anyhow::bail!(
+            "lost the leader lease; exiting so this replica rejoins the election from scratch"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Kubernetes stops pods with SIGTERM; a terminal sends SIGINT.
+async fn cancel_on_signal(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,68 @@
+//! Server-side apply of a job's children and the job's status patch.
+//!
+//! One field manager owns every field Weir sets; `force` takes fields back from anyone who
+//! edited them by hand, since the job spec is the single source of truth for its children.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::crd::{StreamingJob, StreamingJobStatus};
+use crate::desired::Children;
+use crate::Result;
+
+pub const FIELD_MANAGER: &str = "weir-operator";
+
+fn params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn apply_one<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .patch(&obj.name_any(), &params(), &Patch::Apply(obj))
+        .await?)
+}
+
+/// Applies all children, the ConfigMap first so that new pods find their job file.
+/// Returns the StatefulSet as the server stored it, with its current status.
+///
+/// # Errors
+/// The first API error; later children are not applied then (the next reconcile retries).
+pub async fn children(client: &Client, ns: &str, c: &Children) -> Result<StatefulSet> {
+    apply_one(client, ns, &c.config_map).await?;
+    apply_one(client, ns, &c.service).await?;
+    let sts = apply_one(client, ns, &c.stateful_set).await?;
+    apply_one(client, ns, &c.pdb).await?;
+    Ok(sts)
+}
+
+/// Writes `status` through the status subresource (a merge patch: only Weir writes status).
+///
+/// # Errors
+/// When the API server refuses the patch.
+pub async fn status(
+    client: &Client,
+    job: &StreamingJob,
+    status: &StreamingJobStatus,
+) -> Result<()> {
+    let api: Api<StreamingJob> =
+        Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}

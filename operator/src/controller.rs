@@ -1,0 +1,184 @@
+//! The controller: watches jobs and their children, runs [`reconcile`], retries with backoff
+//! per error class, and stops cleanly when told to (SIGTERM, or a lost leader lease).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::crd::StreamingJob;
+use crate::desired::Defaults;
+use crate::metrics::Metrics;
+use crate::reconcile::reconcile;
+use crate::{Error, ErrorClass};
+
+/// Which namespaces the operator watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Namespaces(Vec<String>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub scope: Scope,
+    pub defaults: Defaults,
+    /// Reconcile every job at least this often, to repair drift nobody was told about.
+    pub resync: Duration,
+    /// `reportingInstance` of Events: the operator pod's name.
+    pub instance: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            scope: Scope::All,
+            defaults: Defaults::default(),
+            resync: Duration::from_secs(300),
+            instance: None,
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Consecutive failures per job, for exponential backoff; cleared on success.
+    failures: Mutex<HashMap<ObjectRef<StreamingJob>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Metrics) -> Self {
+        let reporter = Reporter {
+            controller: "weir-operator".into(),
+            instance: settings.instance.clone(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn forget_failures(&self, job: &StreamingJob) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(&ObjectRef::from_obj(job));
+        }
+    }
+
+    fn count_failure(&self, job: &StreamingJob) -> u32 {
+        let Ok(mut f) = self.failures.lock() else {
+            return 1;
+        };
+        let n = f.entry(ObjectRef::from_obj(job)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+}
+
+/// The wait before retry number `attempt` (1-based) after an error of `class`.
+pub fn backoff(class: ErrorClass, attempt: u32) -> Duration {
+    let (base, cap) = match class {
+        ErrorClass::Conflict => (Duration::from_millis(500), Duration::from_secs(10)),
+        ErrorClass::Transient => (Duration::from_secs(2), Duration::from_secs(300)),
+        ErrorClass::Rejected => (Duration::from_secs(30), Duration::from_secs(900)),
+        ErrorClass::Permanent => (Duration::from_secs(300), Duration::from_secs(1800)),
+    };
+    let factor = 1u32 << attempt.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(cap)
+}
+
+pub fn error_policy(job: Arc<StreamingJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempt = ctx.count_failure(&job);
+    let wait = backoff(error.class(), attempt);
+    warn!(error = %error, class = ?error.class(), attempt, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// Only Weir's children are cached, not every ConfigMap in the cluster.
+fn owned() -> watcher::Config {
+    watcher::Config::default().labels("app.kubernetes.io/managed-by=weir-operator")
+}
+
+fn controller(
+    api: Api<StreamingJob>,
+    client: &Client,
+    ns: Option<&str>,
+) -> Controller<StreamingJob> {
+    fn child<K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
+        client: &Client,
+        ns: Option<&str>,
+    ) -> Api<K>
+    where
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    Controller::new(api, watcher::Config::default())
+        .owns(child::<StatefulSet>(client, ns), owned())
+        .owns(child::<ConfigMap>(client, ns), owned())
+        .owns(child::<Service>(client, ns), owned())
+        .owns(child::<PodDisruptionBudget>(client, ns), owned())
+}
+
+/// Runs until `shutdown` is cancelled; reconciles in flight finish first.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    let apis: Vec<(Api<StreamingJob>, Option<String>)> = match &ctx.settings.scope {
+        Scope::All => vec![(Api::all(client.clone()), None)],
+        Scope::Namespaces(list) => list
+            .iter()
+            .map(|ns| (Api::namespaced(client.clone(), ns), Some(ns.clone())))
+            .collect(),
+    };
+    let runs = apis.into_iter().map(|(api, ns)| {
+        let token = shutdown.clone();
+        controller(api, &client, ns.as_deref())
+            .graceful_shutdown_on(async move { token.cancelled().await })
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((job, _)) => debug!(job = %job.name, "reconciled"),
+                    Err(e) => debug!(error = %e, "controller event"),
+                }
+            })
+    });
+    futures::future::join_all(runs).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_per_class_and_stops_at_its_cap() {
+        assert_eq!(backoff(ErrorClass::Conflict, 1), Duration::from_millis(500));
+        assert_eq!(backoff(ErrorClass::Transient, 1), Duration::from_secs(2));
+        assert_eq!(backoff(ErrorClass::Transient, 3), Duration::from_secs(8));
+        assert_eq!(
+            backoff(ErrorClass::Transient, 100),
+            Duration::from_secs(300)
+        );
+        assert_eq!(backoff(ErrorClass::Rejected, 1), Duration::from_secs(30));
+        assert!(backoff(ErrorClass::Permanent, 1) > backoff(ErrorClass::Rejected, 1));
+    }
+}

@@ -1,0 +1,323 @@
+//! The `StreamingJob` API: the worker's job spec plus the parts only Kubernetes needs.
+//!
+//! The pipeline half of the spec is `weir_worker::spec::JobSpec`, flattened in, so a manifest
+//! and the worker's YAML file are the same document. Checks the API server can make itself are
+//! CEL rules in the schema; the rest are made by the controller and reported in status.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use weir_worker::spec::{Duration, JobSpec};
+
+/// Job-wide rules. They sit on the spec, not on the worker's types, so that the worker's crate
+/// stays free of Kubernetes; `fieldPath` points `kubectl` users at the field to fix.
+const JOB_RULES: &str = r#"[
+  {
+    "rule": "!has(self.pipeline) || self.pipeline.all(s, [has(s.filter), has(s.map), has(s.select), has(s.flatMap), has(s.keyBy), has(s.aggregate), has(s.state), has(s.repartition)].filter(x, x).size() == 1)",
+    "message": "each pipeline step sets exactly one of filter, map, select, flatMap, keyBy, aggregate, state, repartition; split a step that does several things",
+    "fieldPath": ".pipeline",
+    "reason": "FieldValueInvalid"
+  },
+  {
+    "rule": "duration(self.batchInterval).getMilliseconds() == 0 || !has(self.pipeline) || self.pipeline.all(s, !has(s.window) || duration(s.window.length).getMilliseconds() % duration(self.batchInterval).getMilliseconds() == 0)",
+    "message": "pipeline[].window.length must be a multiple of batchInterval; set it to e.g. 6 x batchInterval",
+    "fieldPath": ".pipeline",
+    "reason": "FieldValueInvalid"
+  },
+  {
+    "rule": "duration(self.batchInterval).getMilliseconds() == 0 || !has(self.pipeline) || self.pipeline.all(s, !has(s.window) || !has(s.window.slide) || duration(s.window.slide).getMilliseconds() % duration(self.batchInterval).getMilliseconds() == 0)",
+    "message": "pipeline[].window.slide must be a multiple of batchInterval; set it to batchInterval or a multiple of it",
+    "fieldPath": ".pipeline",
+    "reason": "FieldValueInvalid"
+  },
+  {
+    "rule": "[has(self.sink.stdout), has(self.sink.kafka), has(self.sink.file)].filter(x, x).size() == 1",
+    "message": "sink sets exactly one of stdout, kafka, file",
+    "fieldPath": ".sink",
+    "reason": "FieldValueInvalid"
+  }
+]"#;
+
+fn job_rules(schema: &mut schemars::Schema) {
+    let rules: serde_json::Value =
+        serde_json::from_str(JOB_RULES).expect("JOB_RULES is valid JSON");
+    schema.insert("x-kubernetes-validations".into(), rules);
+}
+
+/// A micro-batch streaming job over Kafka, run as a StatefulSet of workers.
+// clippy reads the repeated `type_ = ...` of separate printcolumns as one duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "StreamingJob",
+    plural = "streamingjobs",
+    shortname = "sj",
+    category = "weir",
+    namespaced,
+    status = "StreamingJobStatus",
+    doc = "A micro-batch streaming job over Kafka, run by Weir as a StatefulSet of workers.",
+    scale(
+        spec_replicas_path = ".spec.workers.replicas",
+        status_replicas_path = ".status.workers.ready",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        json_path = ".status.workers.ready",
+        description = "Workers ready"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.workers.desired",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.lag.records",
+        description = "Records behind the end of the input topics"
+    ),
+    printcolumn(
+        name = "Batch Lag",
+        type_ = "integer",
+        json_path = ".status.batchLag",
+        description = "Batches waiting to run"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = job_rules)]
+pub struct StreamingJobSpec {
+    /// What the workers run; this part is the worker's own job file.
+    #[serde(flatten)]
+    pub job: JobSpec,
+    /// Worker image. Default: the image matching the operator's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Each worker's container resources. Default: 100m CPU and 256Mi requested, 512Mi limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Scheduling and identity settings for the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+    #[serde(default)]
+    pub workers: WorkersSpec,
+    #[serde(default)]
+    pub restart_policy: RestartPolicySpec,
+    /// Scale the workers to zero, keeping offsets and state for a later resume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// How many workers run: one per `partitionsPerWorker` input partitions, within [min, max].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.min <= self.max",
+    "message": "workers.min must not exceed workers.max; lower min or raise max",
+    "reason": "FieldValueInvalid"
+}]))]
+pub struct WorkersSpec {
+    #[serde(default = "default_partitions_per_worker")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions_per_worker: u32,
+    #[serde(default = "default_min")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min: u32,
+    #[serde(default = "default_max")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max: u32,
+    /// A fixed worker count, kept within [min, max]; this is what `kubectl scale` and an
+    /// autoscaler write through the `/scale` subresource. Unset: derived from partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<u32>,
+}
+
+impl Default for WorkersSpec {
+    fn default() -> Self {
+        Self {
+            partitions_per_worker: default_partitions_per_worker(),
+            min: default_min(),
+            max: default_max(),
+            replicas: None,
+        }
+    }
+}
+
+fn default_partitions_per_worker() -> u32 {
+    4
+}
+fn default_min() -> u32 {
+    1
+}
+fn default_max() -> u32 {
+    16
+}
+
+/// When a job that keeps failing is stopped instead of restarted again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartPolicySpec {
+    /// Worker restarts tolerated within `window` before the job is marked Failed.
+    #[serde(default = "default_max_restarts")]
+    #[schemars(range(max = 10000))]
+    pub max_restarts: u32,
+    #[serde(default = "default_restart_window")]
+    pub window: Duration,
+    /// First wait before a failed job is started again; doubles up to `maxBackoff`.
+    #[serde(default = "default_restart_backoff")]
+    pub backoff: Duration,
+    #[serde(default = "default_max_restart_backoff")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RestartPolicySpec {
+    fn default() -> Self {
+        Self {
+            max_restarts: default_max_restarts(),
+            window: default_restart_window(),
+            backoff: default_restart_backoff(),
+            max_backoff: default_max_restart_backoff(),
+        }
+    }
+}
+
+fn default_max_restarts() -> u32 {
+    5
+}
+fn default_restart_window() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_restart_backoff() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_restart_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The pod settings a job may change. A closed list: everything else (security context,
+/// probes, volumes) is Weir's, so a job cannot weaken the workers' guarantees.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverrides {
+    /// Extra pod labels; Weir's own selector labels win on conflict.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Needed only for workload identity to reach Kafka; the token is not mounted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+}
+
+/// What the operator last saw of the job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamingJobStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default)]
+    pub workers: WorkersStatus,
+    /// Label selector of the worker pods, for the `/scale` subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<LagStatus>,
+    /// Batches planned but not yet run, summed over workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_lag: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_batch: Option<LastBatchStatus>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Running,
+    Rescaling,
+    Degraded,
+    Suspended,
+    Failed,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersStatus {
+    pub desired: u32,
+    pub ready: u32,
+    /// Why `desired` has its value, e.g. "12 partitions / 4 per worker".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LagStatus {
+    /// End offsets minus the job's committed offsets, summed over partitions.
+    pub records: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastBatchStatus {
+    /// The batch time, RFC 3339.
+    pub time: String,
+    pub records: u64,
+    pub processing_time: Duration,
+}

@@ -1,0 +1,377 @@
+//! (cfg(test)) A scripted Kubernetes API server on a `tower_test` mock, in the manner of
+//! kube-rs's controller-rs example, extended with LIST and WATCH so the real `Controller` runs
+//! against it. It keeps objects in memory, answers by method and path like the API server
+//! would, keeps watch streams open, and records every request for assertions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use futures::channel::mpsc;
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use serde_json::{json, Value};
+
+/// One request as the API server received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub content_type: Option<String>,
+    pub body: Value,
+}
+
+impl Recorded {
+    pub fn is(&self, method: &Method, path: &str) -> bool {
+        self.method == *method && self.path == path
+    }
+}
+
+/// Where a path points: `/api/v1` or `/apis/<group>/<version>`, then the resource.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Loc {
+    prefix: String,
+    namespace: Option<String>,
+    plural: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse(path: &str) -> Option<Loc> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (prefix, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => (format!("/api/{v}"), rest),
+        ["apis", g, v, rest @ ..] => (format!("/apis/{g}/{v}"), rest),
+        _ => return None,
+    };
+    let s = |x: &&str| (*x).to_string();
+    let loc = |namespace, plural: &&str, name: Option<&&str>, sub: Option<&&str>| Loc {
+        prefix: prefix.clone(),
+        namespace,
+        plural: s(plural),
+        name: name.map(s),
+        sub: sub.map(s),
+    };
+    Some(match rest {
+        [plural] => loc(None, plural, None, None),
+        ["namespaces", ns, plural] => loc(Some(s(ns)), plural, None, None),
+        ["namespaces", ns, plural, name] => loc(Some(s(ns)), plural, Some(name), None),
+        ["namespaces", ns, plural, name, sub] => loc(Some(s(ns)), plural, Some(name), Some(sub)),
+        _ => return None,
+    })
+}
+
+type WatchSender = mpsc::Sender<Result<Bytes, Infallible>>;
+/// Open watches by (API prefix, plural), each with the namespace it covers (None: all).
+type Watches = HashMap<(String, String), Vec<(Option<String>, WatchSender)>>;
+
+#[derive(Default)]
+struct State {
+    /// Objects by (prefix, namespace, plural, name).
+    objects: BTreeMap<(String, String, String, String), Value>,
+    watchers: Watches,
+    requests: Vec<Recorded>,
+    resource_version: u64,
+}
+
+/// The scripted server; dropping it stops answering.
+pub struct ApiServer {
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A client whose every request goes to a new scripted server.
+pub fn start() -> (Client, ApiServer) {
+    let (service, mut handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
+    let state = Arc::new(Mutex::new(State::default()));
+    let shared = state.clone();
+    let task = tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let response = answer(&shared, request).await;
+            send.send_response(response);
+        }
+    });
+    (Client::new(service, "default"), ApiServer { state, task })
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("static response parts are valid")
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    json_response(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": reason, "message": message, "code": code.as_u16()}),
+    )
+}
+
+async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(Body::new(body), 16 << 20)
+        .await
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes)
+        .or_else(|_| serde_yaml::from_slice(&bytes))
+        .unwrap_or(Value::Null);
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or_default().to_string();
+    let mut st = state.lock().expect("fixture state lock");
+    st.requests.push(Recorded {
+        method: parts.method.clone(),
+        path: path.clone(),
+        query: query.clone(),
+        content_type: parts
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: body.clone(),
+    });
+    let Some(loc) = parse(&path) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("no route for {path}"),
+        );
+    };
+    let ns = loc.namespace.clone().unwrap_or_default();
+    let key = |name: &str| {
+        (
+            loc.prefix.clone(),
+            ns.clone(),
+            loc.plural.clone(),
+            name.to_string(),
+        )
+    };
+    match (parts.method.clone(), loc.name.clone()) {
+        (Method::GET, None)
+            if query
+                .split('&')
+                .any(|q| q == "watch=true" || q == "watch=1") =>
+        {
+            let (tx, rx) = mpsc::channel(64);
+            st.watchers
+                .entry((loc.prefix.clone(), loc.plural.clone()))
+                .or_default()
+                .push((loc.namespace.clone(), tx));
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from_stream(rx))
+                .expect("static response parts are valid")
+        }
+        (Method::GET, None) => {
+            let items: Vec<Value> = st
+                .objects
+                .iter()
+                .filter(|((p, n, pl, _), _)| {
+                    *p == loc.prefix && *pl == loc.plural && (loc.namespace.is_none() || *n == ns)
+                })
+                .map(|(_, v)| v.clone())
+                .collect();
+            let rv = st.resource_version.to_string();
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": items}),
+            )
+        }
+        (Method::GET, Some(name)) => match st.objects.get(&key(&name)) {
+            Some(obj) => json_response(StatusCode::OK, obj),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{} {name} not found", loc.plural),
+            ),
+        },
+        (Method::POST, None) => {
+            let name = body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if st.objects.contains_key(&key(&name)) {
+                return status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    &format!("{name} exists"),
+                );
+            }
+            let obj = st.store(key(&name), body);
+            json_response(StatusCode::CREATED, &obj)
+        }
+        (Method::PUT, Some(name)) => {
+            let current = st
+                .objects
+                .get(&key(&name))
+                .map(|o| o["metadata"]["resourceVersion"].clone());
+            if current.is_some_and(|rv| rv != body["metadata"]["resourceVersion"]) {
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    "the object has been modified",
+                );
+            }
+            let obj = st.store(key(&name), body);
+            json_response(StatusCode::OK, &obj)
+        }
+        (Method::PATCH, Some(name)) => {
+            let mut obj = st
+                .objects
+                .get(&key(&name))
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            if loc.sub.as_deref() == Some("status") {
+                obj["status"] = body["status"].clone();
+            } else {
+                // Server-side apply and merge patches: the fields sent win.
+                merge(&mut obj, &body);
+            }
+            let obj = st.store(key(&name), obj);
+            json_response(StatusCode::OK, &obj)
+        }
+        (Method::DELETE, Some(name)) => {
+            let obj = st.objects.remove(&key(&name)).unwrap_or(Value::Null);
+            json_response(StatusCode::OK, &obj)
+        }
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "not scripted",
+        ),
+    }
+}
+
+fn merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
+}
+
+impl State {
+    fn store(&mut self, key: (String, String, String, String), mut obj: Value) -> Value {
+        self.resource_version += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] = json!(format!("uid-{}", self.resource_version));
+        }
+        self.objects.insert(key, obj.clone());
+        obj
+    }
+}
+
+impl ApiServer {
+    /// Stores `obj` as if created earlier; it shows up in LISTs and GETs.
+    pub fn insert(&self, collection: &str, obj: Value) {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .expect("object has a name")
+            .to_string();
+        let loc = parse(&format!("{collection}/{name}")).expect("a namespaced collection path");
+        let mut st = self.state.lock().expect("fixture state lock");
+        st.resource_version += 1;
+        let ns = loc.namespace.unwrap_or_default();
+        st.objects.insert((loc.prefix, ns, loc.plural, name), obj);
+    }
+
+    /// Sends a watch event to every open watch of `collection`'s kind (in any namespace the
+    /// watch covers), waiting up to 5 s for one to be open.
+    pub async fn push_event(&self, collection: &str, kind: &str, obj: Value) {
+        let loc = parse(collection).expect("a collection path");
+        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
+        for _ in 0..500 {
+            let senders: Vec<WatchSender> = {
+                let st = self.state.lock().expect("fixture state lock");
+                st.watchers
+                    .get(&(loc.prefix.clone(), loc.plural.clone()))
+                    .into_iter()
+                    .flatten()
+                    .filter(|(ns, _)| ns.is_none() || *ns == loc.namespace)
+                    .map(|(_, tx)| tx.clone())
+                    .collect()
+            };
+            if !senders.is_empty() {
+                for mut tx in senders {
+                    let _ = futures::SinkExt::send(&mut tx, Ok(line.clone())).await;
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("nobody watches {collection}");
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state
+            .lock()
+            .expect("fixture state lock")
+            .requests
+            .clone()
+    }
+
+    /// Waits until `done` holds for the requests so far; panics with them after `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Recorded]) -> bool,
+    ) -> Vec<Recorded> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let requests = self.requests();
+            if done(&requests) {
+                return requests;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let seen: Vec<String> = requests
+                    .iter()
+                    .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+                    .collect();
+                panic!("timed out; requests so far:\n{}", seen.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A valid job manifest as the API server would return it (uid, generation set).
+pub fn job(name: &str, generation: i64, spec: Value) -> Value {
+    json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "StreamingJob",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                     "generation": generation, "resourceVersion": "1"},
+        "spec": spec,
+    })
+}
+
+/// The spec of a small valid job.
+pub fn spec() -> Value {
+    json!({
+        "batchInterval": "5s",
+        "source": {"kafka": {"bootstrapServers": "kafka:9092", "topics": ["lines"]}, "format": "text"},
+        "pipeline": [
+            {"id": "words", "flatMap": "value.split(' ')"},
+            {"id": "by-word", "keyBy": "item"},
+            {"id": "counts", "aggregate": {"count": {}}}
+        ],
+        "sink": {"kafka": {"topic": "word-counts"}},
+        "workers": {"partitionsPerWorker": 4, "min": 2, "max": 6}
+    })
+}

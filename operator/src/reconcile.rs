@@ -1,0 +1,124 @@
+//! One reconcile of one job: validate -> desired -> apply -> observe -> status.
+//!
+//! Level-triggered: every pass recomputes everything from the job as it is now. An invalid
+//! spec is reported (status and an Event), never returned as an error, so a typo does not
+//! turn into a retry loop; the children keep running the last valid spec.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+use weir_worker::spec::FieldError;
+
+use crate::controller::Context;
+use crate::crd::StreamingJob;
+use crate::status::{self, Observation};
+use crate::{apply, desired, Result};
+
+/// Checks the job spec the way the worker will (`JobSpec::validate`), plus what the operator
+/// needs. Field paths are relative to `spec`.
+pub fn validate(job: &StreamingJob) -> Vec<FieldError> {
+    let mut errors = match job.spec.job.validate() {
+        Ok(()) => Vec::new(),
+        Err(e) => e.0,
+    };
+    let w = &job.spec.workers;
+    // The CRD rule says the same; this catches objects stored before the rule existed.
+    if w.min > w.max {
+        errors.push(FieldError {
+            field: "workers.min".into(),
+            message: format!(
+                "{} exceeds workers.max {}; lower min or raise max",
+                w.min, w.max
+            ),
+        });
+    }
+    if job
+        .spec
+        .image
+        .as_deref()
+        .is_some_and(|i| i.trim().is_empty())
+    {
+        errors.push(FieldError {
+            field: "image".into(),
+            message: "is empty; leave it out for the operator's default worker image".into(),
+        });
+    }
+    errors
+}
+
+#[instrument(skip_all, fields(job = %job.name_any(), namespace = job.namespace().as_deref().unwrap_or_default()))]
+pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_inner(&job, &ctx).await;
+    match &result {
+        Ok(outcome) => {
+            ctx.metrics.reconciled(outcome, started.elapsed());
+            ctx.forget_failures(&job);
+        }
+        Err(e) => ctx.metrics.failed(e),
+    }
+    result.map(|_| Action::requeue(ctx.settings.resync))
+}
+
+/// Returns a fixed outcome name for the metrics.
+async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static str> {
+    let errors = validate(job);
+    let (observation, outcome) = if errors.is_empty() {
+        let children = desired::children(job, &ctx.settings.defaults)?;
+        let ns = job.namespace().unwrap_or_default();
+        let sts = apply::children(&ctx.client, &ns, &children).await?;
+        let st = sts.status.unwrap_or_default();
+        let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
+        (
+            Observation::Applied {
+                desired: children.workers.0,
+                reason: children.workers.1,
+                suspended: job.spec.suspend,
+                current: u32::try_from(st.replicas).unwrap_or(0),
+                ready: count(st.ready_replicas),
+                selector: desired::selector_string(&job.name_any()),
+            },
+            "applied",
+        )
+    } else {
+        (Observation::Invalid(errors), "invalid")
+    };
+
+    let previous = job.status.as_ref();
+    let new = status::compute(
+        previous,
+        job.meta().generation,
+        &observation,
+        Timestamp::now(),
+    );
+    if !status::changed(previous, &new) {
+        return Ok(outcome);
+    }
+    apply::status(&ctx.client, job, &new).await?;
+    if let Observation::Invalid(_) = observation {
+        let message = status::ready_condition(&new).map(|c| c.message.clone());
+        warn!(
+            message = message.as_deref().unwrap_or_default(),
+            "invalid spec; children left as they were"
+        );
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".into(),
+            note: message,
+            action: "Validate".into(),
+            secondary: None,
+        };
+        // An Event is a courtesy; the status already says it, so a failed post is only logged.
+        if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+            warn!(error = %e, "cannot publish event");
+        }
+    } else {
+        info!(phase = ?new.phase, desired = new.workers.desired, ready = new.workers.ready, "status updated");
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,269 @@
+//! PURE: what the operator observed -> the job's status and its Ready condition.
+//!
+//! `lastTransitionTime` moves only when a condition's status flips, as Kubernetes conventions
+//! ask, so recomputing an unchanged status yields an equal value and no write.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use weir_worker::spec::FieldError;
+
+use crate::crd::{Phase, StreamingJobStatus, WorkersStatus};
+
+pub const READY: &str = "Ready";
+
+/// What one reconcile saw.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observation {
+    /// The spec failed validation; nothing was applied.
+    Invalid(Vec<FieldError>),
+    /// The children were applied; this is the StatefulSet's state.
+    Applied {
+        desired: u32,
+        reason: String,
+        suspended: bool,
+        /// `status.replicas` of the StatefulSet: pods that exist.
+        current: u32,
+        ready: u32,
+        selector: String,
+    },
+}
+
+/// The status for `observation`, keeping what `previous` knew that this reconcile did not
+/// look at (lag, last batch: filled by later observers).
+pub fn compute(
+    previous: Option<&StreamingJobStatus>,
+    generation: Option<i64>,
+    observation: &Observation,
+    now: Timestamp,
+) -> StreamingJobStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.observed_generation = generation;
+    let (phase, ready_status, reason, message) = match observation {
+        Observation::Invalid(errors) => {
+            status.workers.reason = None;
+            (
+                Phase::Failed,
+                "False",
+                "InvalidSpec",
+                invalid_message(errors),
+            )
+        }
+        Observation::Applied {
+            desired,
+            reason,
+            suspended,
+            current,
+            ready,
+            selector,
+        } => {
+            status.workers = WorkersStatus {
+                desired: *desired,
+                ready: *ready,
+                reason: Some(reason.clone()),
+            };
+            status.selector = Some(selector.clone());
+            let (d, r, c) = (*desired, *ready, *current);
+            if *suspended {
+                (
+                    Phase::Suspended,
+                    "False",
+                    "Suspended",
+                    "spec.suspend is true; workers are scaled to zero".to_string(),
+                )
+            } else if r >= d {
+                (
+                    Phase::Running,
+                    "True",
+                    "WorkersReady",
+                    format!("{r}/{d} workers ready"),
+                )
+            } else if c != 0 && c != d {
+                (
+                    Phase::Rescaling,
+                    "False",
+                    "Rescaling",
+                    format!("moving from {c} to {d} workers ({reason})"),
+                )
+            } else if r == 0 {
+                (
+                    Phase::Pending,
+                    "False",
+                    "WorkersNotReady",
+                    format!("0/{d} workers ready"),
+                )
+            } else {
+                (
+                    Phase::Degraded,
+                    "False",
+                    "WorkersNotReady",
+                    format!("{r}/{d} workers ready"),
+                )
+            }
+        }
+    };
+    status.phase = Some(phase);
+    set_condition(
+        &mut status.conditions,
+        Condition {
+            type_: READY.into(),
+            status: ready_status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        },
+    );
+    status
+}
+
+/// One line naming every bad field from the manifest's root (`spec.…`), with what to set.
+pub fn invalid_message(errors: &[FieldError]) -> String {
+    let mut msg = errors
+        .iter()
+        .map(|e| format!("spec.{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    // Conditions are shown in `kubectl describe`; keep them readable and the status small.
+    if msg.len() > 1024 {
+        let mut cut = 1024;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push('…');
+    }
+    msg
+}
+
+/// Replaces the condition of the same type, keeping its transition time if status is unchanged.
+fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            if old.status == new.status {
+                new.last_transition_time = old.last_transition_time.clone();
+            }
+            *old = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+/// Whether the status must be written: any difference at all.
+pub fn changed(previous: Option<&StreamingJobStatus>, new: &StreamingJobStatus) -> bool {
+    previous != Some(new)
+}
+
+/// The Ready condition, if any.
+pub fn ready_condition(status: &StreamingJobStatus) -> Option<&Condition> {
+    status.conditions.iter().find(|c| c.type_ == READY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(desired: u32, current: u32, ready: u32) -> Observation {
+        Observation::Applied {
+            desired,
+            reason: "test".into(),
+            suspended: false,
+            current,
+            ready,
+            selector: "weir.dev/job=j".into(),
+        }
+    }
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn phase_follows_the_statefulset() {
+        let phase = |o| compute(None, Some(1), &o, t(0)).phase.unwrap();
+        assert_eq!(phase(applied(3, 3, 3)), Phase::Running);
+        assert_eq!(phase(applied(3, 3, 0)), Phase::Pending);
+        assert_eq!(phase(applied(3, 3, 1)), Phase::Degraded);
+        assert_eq!(phase(applied(4, 3, 3)), Phase::Rescaling);
+        assert_eq!(
+            phase(applied(3, 0, 0)),
+            Phase::Pending,
+            "a new job has no pods yet"
+        );
+        let suspended = Observation::Applied {
+            desired: 0,
+            reason: "suspended".into(),
+            suspended: true,
+            current: 0,
+            ready: 0,
+            selector: String::new(),
+        };
+        assert_eq!(phase(suspended), Phase::Suspended);
+    }
+
+    #[test]
+    fn running_job_is_ready_with_counts() {
+        let s = compute(None, Some(7), &applied(2, 2, 2), t(0));
+        assert_eq!(s.observed_generation, Some(7));
+        assert_eq!((s.workers.desired, s.workers.ready), (2, 2));
+        let c = ready_condition(&s).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "WorkersReady")
+        );
+        assert_eq!(c.observed_generation, Some(7));
+    }
+
+    #[test]
+    fn invalid_spec_names_the_field_from_spec() {
+        let errors = vec![FieldError {
+            field: "pipeline[1].window.length".into(),
+            message: "7s is not a multiple of batchInterval 5s".into(),
+        }];
+        let s = compute(None, Some(2), &Observation::Invalid(errors), t(0));
+        assert_eq!(s.phase, Some(Phase::Failed));
+        let c = ready_condition(&s).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(
+            c.message.starts_with("spec.pipeline[1].window.length: 7s"),
+            "{}",
+            c.message
+        );
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let first = compute(None, Some(1), &applied(2, 2, 1), t(100));
+        let same = compute(Some(&first), Some(1), &applied(2, 2, 1), t(200));
+        assert!(
+            !changed(Some(&first), &same),
+            "recomputing must not cause a write"
+        );
+        let flipped = compute(Some(&same), Some(1), &applied(2, 2, 2), t(300));
+        assert!(changed(Some(&same), &flipped));
+        assert_eq!(
+            ready_condition(&flipped).unwrap().last_transition_time,
+            Time(t(300))
+        );
+        let degraded_again = compute(Some(&flipped), Some(1), &applied(2, 2, 1), t(400));
+        assert_eq!(
+            ready_condition(&degraded_again)
+                .unwrap()
+                .last_transition_time,
+            Time(t(400))
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let errors: Vec<_> = (0..200)
+            .map(|i| FieldError {
+                field: format!("pipeline[{i}].id"),
+                message: "is used by an earlier step".into(),
+            })
+            .collect();
+        assert!(invalid_message(&errors).len() <= 1024 + '…'.len_utf8());
+    }
+}

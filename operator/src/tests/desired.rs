@@ -1,0 +1,221 @@
+//! PURE: the children built from a job.
+
+use k8s_openapi::api::core::v1::Container;
+use serde_json::json;
+use weir_worker::spec::JobSpec;
+
+use crate::crd::StreamingJob;
+use crate::desired::{children, Children, Defaults, CONFIG_HASH_ANNOTATION, JOB_FILE_KEY};
+use crate::fixtures;
+
+fn job(spec: serde_json::Value) -> StreamingJob {
+    serde_json::from_value(fixtures::job("wc", 1, spec)).unwrap()
+}
+
+fn build(spec: serde_json::Value) -> Children {
+    children(&job(spec), &Defaults::default()).unwrap()
+}
+
+fn worker(c: &Children) -> Container {
+    c.stateful_set
+        .spec
+        .clone()
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .clone()
+}
+
+#[test]
+fn config_map_holds_the_bare_job_spec() {
+    let c = build(fixtures::spec());
+    let yaml = &c.config_map.data.as_ref().unwrap()[JOB_FILE_KEY];
+    let parsed: JobSpec = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(parsed, job(fixtures::spec()).spec.job);
+    assert!(
+        !yaml.contains("workers"),
+        "Kubernetes-only fields stay out of the worker's file"
+    );
+    weir_worker::spec::parse_job(yaml, "wc").expect("the worker accepts its file");
+}
+
+#[test]
+fn every_child_is_owned_by_the_job_and_labelled() {
+    let c = build(fixtures::spec());
+    let metas = [
+        &c.config_map.metadata,
+        &c.service.metadata,
+        &c.stateful_set.metadata,
+        &c.pdb.metadata,
+    ];
+    for m in metas {
+        assert_eq!(m.name.as_deref(), Some("wc"));
+        assert_eq!(m.namespace.as_deref(), Some("default"));
+        let owner = &m.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("StreamingJob", "wc", "uid-wc")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let labels = m.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/name"], "weir-worker");
+        assert_eq!(labels["app.kubernetes.io/instance"], "wc");
+        assert_eq!(labels["weir.dev/job"], "wc");
+    }
+}
+
+#[test]
+fn statefulset_runs_the_workers_safely() {
+    let c = build(fixtures::spec());
+    let sts = c.stateful_set.spec.clone().unwrap();
+    assert_eq!(
+        sts.replicas,
+        Some(2),
+        "workers.min while partitions are unknown"
+    );
+    assert_eq!(sts.pod_management_policy.as_deref(), Some("Parallel"));
+    assert_eq!(sts.service_name.as_deref(), Some("wc"));
+    let pod = sts.template.spec.unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    let w = worker(&c);
+    assert_eq!(w.name, "worker");
+    assert_eq!(w.image.as_deref(), Some(Defaults::default().image.as_str()));
+    assert_eq!(
+        w.args,
+        Some(vec!["run".to_string(), "/etc/weir/job.yaml".into()])
+    );
+    let env = serde_json::to_value(w.env.unwrap()).unwrap();
+    assert!(env
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "WEIR_WORKERS", "value": "2"})));
+    assert!(env.as_array().unwrap().contains(&json!({"name": "WEIR_WORKER_ORDINAL",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}})));
+    assert!(env
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "WEIR_HTTP_ADDR", "value": "0.0.0.0:8080"})));
+    let sc = w.security_context.unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.run_as_user, Some(65532));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    assert_eq!(
+        w.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
+    );
+    for probe in [w.readiness_probe.unwrap(), w.liveness_probe.unwrap()] {
+        let get = probe.http_get.unwrap();
+        assert_eq!(get.path.as_deref(), Some("/healthz"));
+    }
+    assert_eq!(w.ports.unwrap()[0].container_port, 8080);
+    let mount = &w.volume_mounts.unwrap()[0];
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/etc/weir", Some(true))
+    );
+    assert!(
+        w.resources.unwrap().requests.is_some(),
+        "safe default resources"
+    );
+}
+
+#[test]
+fn service_is_headless_and_pdb_allows_one_disruption() {
+    let c = build(fixtures::spec());
+    let svc = c.service.spec.unwrap();
+    assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+    let port = &svc.ports.unwrap()[0];
+    assert_eq!((port.port, port.name.as_deref()), (8080, Some("http")));
+    let pdb = c.pdb.spec.unwrap();
+    assert_eq!(
+        pdb.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+}
+
+#[test]
+fn spec_change_changes_the_pod_template_hash_and_nothing_else_does() {
+    let a = build(fixtures::spec());
+    let again = build(fixtures::spec());
+    assert_eq!(a, again, "building is deterministic");
+    let mut changed = fixtures::spec();
+    changed["pipeline"][0]["flatMap"] = json!("value.split(',')");
+    let b = build(changed);
+    let hash = |c: &Children| {
+        c.stateful_set
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(hash(&a), hash(&b));
+}
+
+#[test]
+fn job_settings_reach_the_pods() {
+    let mut spec = fixtures::spec();
+    spec["image"] = json!("registry.example/weir-worker:dev");
+    spec["imagePullPolicy"] = json!("Always");
+    spec["batchInterval"] = json!("1m");
+    spec["workers"]["replicas"] = json!(4);
+    spec["resources"] = json!({"limits": {"memory": "2Gi"}});
+    spec["podTemplate"] = json!({
+        "nodeSelector": {"pool": "streaming"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        "labels": {"team": "data", "weir.dev/job": "hijack"},
+        "serviceAccountName": "kafka-reader"
+    });
+    let c = build(spec);
+    let sts = c.stateful_set.spec.clone().unwrap();
+    assert_eq!(sts.replicas, Some(4));
+    let meta = sts.template.metadata.unwrap();
+    let labels = meta.labels.unwrap();
+    assert_eq!(labels["team"], "data");
+    assert_eq!(
+        labels["weir.dev/job"], "wc",
+        "selector labels cannot be overridden"
+    );
+    let pod = sts.template.spec.unwrap();
+    assert_eq!(pod.node_selector.unwrap()["pool"], "streaming");
+    assert_eq!(pod.tolerations.unwrap().len(), 1);
+    assert_eq!(pod.service_account_name.as_deref(), Some("kafka-reader"));
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(195),
+        "3 batches of 1m + 15s"
+    );
+    let w = &pod.containers[0];
+    assert_eq!(w.image.as_deref(), Some("registry.example/weir-worker:dev"));
+    assert_eq!(w.image_pull_policy.as_deref(), Some("Always"));
+    assert_eq!(
+        w.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
+        "2Gi"
+    );
+}
+
+#[test]
+fn suspended_job_scales_to_zero() {
+    let mut spec = fixtures::spec();
+    spec["suspend"] = json!(true);
+    let c = build(spec);
+    assert_eq!(c.stateful_set.spec.unwrap().replicas, Some(0));
+    assert_eq!(c.workers.1, "suspended");
+}
+
+#[test]
+fn a_job_without_uid_is_refused() {
+    let mut j = job(fixtures::spec());
+    j.metadata.uid = None;
+    assert!(children(&j, &Defaults::default()).is_err());
+}
