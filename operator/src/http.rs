@@ -61,3 +61,58 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_health_and_metrics_until_shutdown() {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let metrics = Metrics::new().unwrap();
+            metrics.reconciled("applied", std::time::Duration::from_millis(5));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            drop(listener);
+            let token = tokio_util::sync::CancellationToken::new();
+            let server = tokio::spawn(serve(
+                addr,
+                router(metrics, None),
+                token.clone().cancelled_owned(),
+            ));
+            let mut health = String::new();
+            for _ in 0..100 {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                    s.shutdown().await.ok();
+                    health = get(addr, "/healthz").await;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(
+                health.starts_with("HTTP/1.1 200") && health.ends_with("ok"),
+                "{health}"
+            );
+            let m = get(addr, "/metrics").await;
+            assert!(
+                m.contains("weir_operator_reconciles_total{outcome=\"applied\""),
+                "{m}"
+            );
+            token.cancel();
+            server.await.unwrap().unwrap();
+        })
+        .await
+        .expect("test timed out");
+    }
+}
