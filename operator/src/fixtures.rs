@@ -22,6 +22,7 @@ pub struct Recorded {
     pub query: String,
     pub content_type: Option<String>,
     pub body: Value,
+    pub at: tokio::time::Instant,
 }
 
 impl Recorded {
@@ -75,6 +76,8 @@ struct State {
     watchers: Watches,
     requests: Vec<Recorded>,
     resource_version: u64,
+    /// Scripted failures: (method, path, status code, how many more times).
+    failures: Vec<(Method, String, StatusCode, usize)>,
 }
 
 /// The scripted server; dropping it stops answering.
@@ -141,7 +144,16 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         body: body.clone(),
+        at: tokio::time::Instant::now(),
     });
+    if let Some(f) = st
+        .failures
+        .iter_mut()
+        .find(|(m, p, _, left)| *m == parts.method && *p == path && *left > 0)
+    {
+        f.3 -= 1;
+        return status(f.2, "InternalError", "scripted failure");
+    }
     let Some(loc) = parse(&path) else {
         return status(
             StatusCode::NOT_FOUND,
@@ -316,6 +328,12 @@ impl ApiServer {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("nobody watches {collection}");
+    }
+
+    /// Answers the next `times` requests of `method` to `path` with `code`.
+    pub fn fail(&self, method: Method, path: &str, code: StatusCode, times: usize) {
+        let mut st = self.state.lock().expect("fixture state lock");
+        st.failures.push((method, path.to_string(), code, times));
     }
 
     pub fn requests(&self) -> Vec<Recorded> {

@@ -24,13 +24,19 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Starts the controller on a scripted server holding `job`.
 fn start(job: Value) -> (ApiServer, CancellationToken, tokio::task::JoinHandle<()>) {
+    start_with(job, Metrics::new().unwrap(), |_| {})
+}
+
+/// As [`start`], with the metrics to assert on and failures scripted before the first request.
+fn start_with(
+    job: Value,
+    metrics: Metrics,
+    script: impl FnOnce(&ApiServer),
+) -> (ApiServer, CancellationToken, tokio::task::JoinHandle<()>) {
     let (client, server) = fixtures::start();
     server.insert(JOBS, job);
-    let ctx = Arc::new(Context::new(
-        client,
-        Settings::default(),
-        Metrics::new().unwrap(),
-    ));
+    script(&server);
+    let ctx = Arc::new(Context::new(client, Settings::default(), metrics));
     let token = CancellationToken::new();
     let run = tokio::spawn(controller::run(ctx, token.clone()));
     (server, token, run)
@@ -253,5 +259,46 @@ async fn unchanged_status_is_not_written_again() {
         status_patches(&r2).len(),
         1,
         "same observations, no second status write"
+    );
+}
+
+#[tokio::test]
+async fn api_errors_are_retried_after_a_backoff_and_counted() {
+    let metrics = Metrics::new().unwrap();
+    let (server, token, run) = start_with(
+        fixtures::job("wc", 1, fixtures::spec()),
+        metrics.clone(),
+        |s| {
+            s.fail(
+                Method::PATCH,
+                STS,
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                1,
+            );
+        },
+    );
+    let r = server
+        .wait_for(WAIT, |r| !status_patches(r).is_empty())
+        .await;
+    stop(token, run).await;
+
+    let stss = applies(&r, STS);
+    assert_eq!(stss.len(), 2, "the failed apply is retried");
+    let waited = stss[1].at - stss[0].at;
+    let first = controller::backoff(crate::ErrorClass::Transient, 1);
+    assert!(
+        waited >= first,
+        "retried after {waited:?}, before the {first:?} backoff"
+    );
+    assert!(
+        applies(&r, PDB).len() == 1,
+        "children after the failed one wait for the retry"
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("weir_operator_reconcile_errors_total{error=\"kube\""),
+        "{}",
+        metrics.render()
     );
 }
