@@ -1,1 +1,160 @@
-fn main() {}
+//! The `weir-worker` binary: wiring only; everything lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weir_worker::app::{self, RunConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "weir-worker",
+    version,
+    about = "Runs one worker of a Weir streaming job"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "WEIR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    log_format: String,
+    /// Log filter, e.g. "info" or "weir_worker=debug".
+    #[arg(long, env = "WEIR_LOG", default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job: a StreamingJob manifest or a bare job spec in YAML.
+    Run(RunArgs),
+    /// Check a job file and exit.
+    Validate { file: PathBuf },
+    /// Print the JSON schema of the job spec.
+    Schema,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    file: PathBuf,
+    /// Start an in-process Kafka (librdkafka's mock cluster) with sample records.
+    #[arg(long)]
+    embedded: bool,
+    /// Stop after this many batches.
+    #[arg(long)]
+    max_batches: Option<u64>,
+    /// This worker's ordinal, 0-based.
+    #[arg(long, env = "WEIR_WORKER_ORDINAL", default_value_t = 0)]
+    worker: u32,
+    /// Number of workers of the job.
+    #[arg(long, env = "WEIR_WORKERS", default_value_t = 1)]
+    workers: u32,
+    /// Job name (default: the manifest's name or the file name).
+    #[arg(long, env = "WEIR_JOB_NAME")]
+    name: Option<String>,
+    #[arg(long, env = "WEIR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Overrides source.kafka.bootstrapServers.
+    #[arg(long, env = "WEIR_BOOTSTRAP_SERVERS")]
+    bootstrap_servers: Option<String>,
+    /// Address of /progress, /healthz and /metrics.
+    #[arg(long, env = "WEIR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: String,
+    /// Also print the first N results of every batch.
+    #[arg(long)]
+    print: Option<u32>,
+    /// Where a fatal error's message goes (Kubernetes' termination message).
+    #[arg(long, env = "WEIR_TERMINATION_LOG")]
+    termination_log: Option<PathBuf>,
+}
+
+fn init_tracing(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format, &cli.log_level);
+    match cli.command {
+        Command::Schema => {
+            let schema = schemars::schema_for!(weir_worker::spec::JobSpec);
+            match serde_json::to_string_pretty(&schema) {
+                Ok(s) => {
+                    println!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Validate { file } => match weir_worker::spec::load_job_file(&file) {
+            Ok(job) => {
+                println!(
+                    "{}: job {:?} is valid ({} pipeline steps)",
+                    file.display(),
+                    job.name,
+                    job.spec.pipeline.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", file.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(a) => {
+            let termination_log = a.termination_log.clone().or_else(|| {
+                std::env::var_os("KUBERNETES_SERVICE_HOST")
+                    .map(|_| PathBuf::from("/dev/termination-log"))
+            });
+            let cfg = RunConfig {
+                file: a.file,
+                embedded: a.embedded,
+                max_batches: a.max_batches,
+                ordinal: a.worker,
+                workers: a.workers,
+                name: a.name,
+                namespace: a.namespace,
+                bootstrap_servers: a.bootstrap_servers,
+                http_addr: a.http_addr,
+                print: a.print,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(app::run(cfg)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let msg = format!("weir-worker: {e}");
+                    eprintln!("error: {msg}");
+                    if let Some(path) = termination_log {
+                        let _ = std::fs::write(path, &msg);
+                    }
+                    ExitCode::from(if matches!(e, weir_worker::error::Error::Load(_)) {
+                        2
+                    } else {
+                        1
+                    })
+                }
+            }
+        }
+    }
+}

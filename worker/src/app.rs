@@ -1,0 +1,126 @@
+//! `weir-worker run`: wires the job file, the engine, the HTTP endpoints and signals.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::client::Identity;
+use crate::embedded::Embedded;
+use crate::engine::{Engine, Options};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::spec::load_job_file;
+
+/// What `run` needs besides the job file.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub file: PathBuf,
+    pub embedded: bool,
+    pub max_batches: Option<u64>,
+    pub ordinal: u32,
+    pub workers: u32,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub bootstrap_servers: Option<String>,
+    pub http_addr: String,
+    pub print: Option<u32>,
+}
+
+/// Runs the job until SIGTERM/SIGINT (the batch in flight finishes and commits) or until
+/// `max_batches`.
+///
+/// # Errors
+/// An invalid job, or a fatal error of the engine.
+pub async fn run(cfg: RunConfig) -> Result<u64> {
+    if cfg.workers == 0 || cfg.ordinal >= cfg.workers {
+        return Err(Error::Fatal(format!(
+            "worker ordinal {} is not below the worker count {}; set WEIR_WORKER_ORDINAL to 0..WEIR_WORKERS-1",
+            cfg.ordinal, cfg.workers
+        )));
+    }
+    let mut job = load_job_file(&cfg.file)?;
+    if let Some(n) = &cfg.name {
+        job.name.clone_from(n);
+    }
+    if let Some(ns) = &cfg.namespace {
+        job.namespace.clone_from(ns);
+    }
+    if let Some(b) = &cfg.bootstrap_servers {
+        job.spec.source.kafka.bootstrap_servers.clone_from(b);
+    }
+    // The mock cluster lives as long as this function; it is not Send, so it stays here.
+    let embedded = if cfg.embedded {
+        Some(Embedded::start(&mut job.spec)?)
+    } else {
+        None
+    };
+
+    let id = Identity {
+        namespace: job.namespace.clone(),
+        job: job.name.clone(),
+        ordinal: cfg.ordinal,
+        workers: cfg.workers,
+    };
+    let group = job.spec.group_id(&id.namespace, &id.job);
+    let progress = Arc::new(Progress::new(
+        id.clone(),
+        group.clone(),
+        job.spec.batch_interval.as_std(),
+    ));
+    let cancel = CancellationToken::new();
+    let http_stop = CancellationToken::new();
+    let (addr, http) = crate::http::serve(&cfg.http_addr, progress.clone(), http_stop.clone())
+        .await
+        .map_err(|e| {
+            Error::Fatal(format!(
+                "cannot listen on {} ({e}); set --http-addr",
+                cfg.http_addr
+            ))
+        })?;
+    info!(job = %id.job, worker = id.ordinal, workers = id.workers, group = %group, progress = %format!("http://{addr}/progress"), "worker starting");
+    let signals = tokio::spawn(on_signal(cancel.clone()));
+
+    let print = cfg.print.or(embedded.as_ref().map(|_| 10));
+    let opts = Options {
+        max_batches: cfg.max_batches,
+    };
+    let engine_cancel = cancel.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let sink = crate::sink::build(&job.spec, &id, print)?;
+        let mut engine = Engine::connect(job, &id, sink, progress)?;
+        engine.run(&opts, &engine_cancel)
+    })
+    .await
+    .map_err(|e| Error::Fatal(format!("the engine thread failed: {e}")))?;
+
+    signals.abort();
+    http_stop.cancel();
+    let _ = http.await;
+    drop(embedded);
+    match &result {
+        Ok(n) => info!(batches = n, "worker stopped"),
+        Err(e) => error!(error = %e, "worker failed"),
+    }
+    result
+}
+
+async fn on_signal(cancel: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: finishing the batch in flight, then exiting"),
+            _ = tokio::signal::ctrl_c() => info!("interrupted: finishing the batch in flight, then exiting"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    cancel.cancel();
+}

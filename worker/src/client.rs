@@ -1,0 +1,59 @@
+//! librdkafka client settings shared by the worker's consumer and producers.
+
+use rdkafka::ClientConfig;
+
+use crate::spec::KafkaSource;
+
+/// Who a client belongs to, for client ids and logs.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub namespace: String,
+    pub job: String,
+    pub ordinal: u32,
+    pub workers: u32,
+}
+
+impl Identity {
+    pub fn client_id(&self, role: &str) -> String {
+        format!("weir-{}-{}-{role}", self.job, self.ordinal)
+    }
+}
+
+/// Base settings: the user's extra properties first, so Weir's own settings win.
+pub fn base(bootstrap: &str, source: &KafkaSource) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &source.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+/// The direct-stream consumer: assigned partitions, no auto commit, no silent offset resets.
+pub fn consumer(source: &KafkaSource, id: &Identity, group: &str) -> ClientConfig {
+    let mut c = base(&source.bootstrap_servers, source);
+    c.set("group.id", group)
+        .set("client.id", id.client_id("source"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A position outside the log is handled by the worker (and logged), never skipped silently.
+        .set("auto.offset.reset", "error")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed");
+    if !source.properties.contains_key("fetch.wait.max.ms") {
+        c.set("fetch.wait.max.ms", "100");
+    }
+    c
+}
+
+/// An idempotent producer: retries never duplicate a record.
+pub fn producer(bootstrap: &str, source: &KafkaSource, id: &Identity, role: &str) -> ClientConfig {
+    let mut c = base(bootstrap, source);
+    c.set("client.id", id.client_id(role))
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+    if !source.properties.contains_key("linger.ms") {
+        c.set("linger.ms", "5");
+    }
+    c
+}

@@ -1,0 +1,151 @@
+//! The embedded default: librdkafka's mock cluster in-process, fed with sample records, so a
+//! job runs on a laptop with no broker and no cluster.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::ClientConfig;
+use tracing::info;
+
+use crate::error::{Error, Result};
+use crate::spec::{Format, JobSpec};
+
+/// Partitions of each topic the embedded cluster creates.
+pub const PARTITIONS: i32 = 4;
+
+/// Sample records per second the generator writes.
+pub const RATE: u32 = 2_000;
+
+const WORDS: &[&str] = &[
+    "stream",
+    "batch",
+    "offset",
+    "kafka",
+    "weir",
+    "window",
+    "state",
+    "record",
+    "partition",
+    "lag",
+    "the",
+    "a",
+    "of",
+    "and",
+];
+const PAGES: &[&str] = &["/", "/home", "/pricing", "/docs", "/blog", "/signup"];
+
+pub struct Embedded {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+    stop: Arc<AtomicBool>,
+    generator: Option<JoinHandle<()>>,
+}
+
+impl Embedded {
+    /// Starts the mock cluster, creates the job's topics, points the job at it, and starts
+    /// writing sample records in the job's input format.
+    ///
+    /// # Errors
+    /// When the mock cluster cannot start.
+    pub fn start(spec: &mut JobSpec) -> Result<Embedded> {
+        let cluster =
+            MockCluster::new(1).map_err(Error::kafka("starting the embedded mock cluster"))?;
+        let bootstrap = cluster.bootstrap_servers();
+        let create = |t: &str, n| {
+            cluster
+                .create_topic(t, n, 1)
+                .map_err(Error::kafka("creating a topic"))
+        };
+        for t in &spec.source.kafka.topics {
+            create(t, PARTITIONS)?;
+        }
+        if let Some(k) = &mut spec.sink.kafka {
+            create(&k.topic, PARTITIONS)?;
+            k.bootstrap_servers = None;
+        }
+        if let Some(d) = &spec.dead_letter {
+            create(&d.topic, 1)?;
+        }
+        spec.source.kafka.bootstrap_servers = bootstrap.clone();
+        info!(bootstrap = %bootstrap, topics = ?spec.source.kafka.topics, "embedded mock cluster started");
+
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "5")
+            .create()
+            .map_err(Error::kafka("creating the sample producer"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let topics = spec.source.kafka.topics.clone();
+        let format = spec.source.format;
+        let flag = stop.clone();
+        let generator = std::thread::spawn(move || generate(&producer, &topics, format, &flag));
+        Ok(Embedded {
+            cluster,
+            stop,
+            generator: Some(generator),
+        })
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(g) = self.generator.take() {
+            let _ = g.join();
+        }
+    }
+}
+
+/// One sample record; about one in 500 is malformed, to show the dead-letter path.
+fn sample(rng: &mut impl Rng, format: Format, n: u64) -> Vec<u8> {
+    let broken = n % 500 == 499;
+    match format {
+        Format::Text if broken => vec![0xc3, 0x28],
+        Format::Text => {
+            let len = rng.random_range(3..9);
+            (0..len)
+                .map(|_| *WORDS.choose(rng).unwrap_or(&"weir"))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .into_bytes()
+        }
+        Format::Json if broken => b"{\"page\": \"/home\", ".to_vec(),
+        Format::Json => serde_json::json!({
+            "page": PAGES.choose(rng).unwrap_or(&"/"),
+            "user": format!("u{}", rng.random_range(0..50)),
+            "ms": rng.random_range(5..900),
+        })
+        .to_string()
+        .into_bytes(),
+        Format::Bytes => (0..16).map(|_| rng.random()).collect(),
+    }
+}
+
+fn generate(producer: &BaseProducer, topics: &[String], format: Format, stop: &AtomicBool) {
+    let mut rng = rand::rng();
+    let mut n = 0u64;
+    let tick = Duration::from_millis(100);
+    let per_tick = u64::from(RATE / 10);
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..per_tick {
+            let payload = sample(&mut rng, format, n);
+            let key = format!("k{}", n % 64);
+            let topic = &topics[(n % topics.len() as u64) as usize];
+            // A full local queue only delays samples; the generator is best effort.
+            let _ = producer.send(BaseRecord::to(topic).key(&key).payload(&payload));
+            n += 1;
+        }
+        producer.poll(Duration::ZERO);
+        std::thread::sleep(tick);
+    }
+    let _ = producer.flush(Duration::from_secs(5));
+}

@@ -1,0 +1,310 @@
+//! The batch loop: plan -> read + run the pipeline -> write -> commit -> progress.
+//!
+//! Runs on its own thread, since librdkafka's calls block. Batches start on wall-clock ticks of
+//! the batch interval; a batch that overruns delays the next ones, and how many are due is the
+//! batch lag. Offsets are committed only after the sink and the dead-letter topic acknowledged
+//! the batch: a crash anywhere replays, never skips.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn};
+
+use crate::client::Identity;
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::error::{Class, Error, Result};
+use crate::expr::Val;
+use crate::pipeline::{Output, Pipeline};
+use crate::plan::{OffsetRange, Planner, RateEstimator};
+use crate::progress::{BatchInfo, Progress, RangeInfo};
+use crate::record::{decode_key, decode_value, Record};
+use crate::sink::{BatchOutput, PartitionOutput, Sink};
+use crate::source::Source;
+use crate::spec::JobFile;
+
+/// How a run ends early.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Stop after this many batches.
+    pub max_batches: Option<u64>,
+}
+
+/// The worker's engine, connected and resumed.
+pub struct Engine {
+    job: JobFile,
+    pipeline: Pipeline,
+    source: Source,
+    sink: Box<dyn Sink>,
+    dead: DeadLetters,
+    progress: Arc<Progress>,
+    planner: Planner,
+    estimator: Option<RateEstimator>,
+    needs_headers: bool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    /// Compiles the pipeline, connects to Kafka and resumes from the committed offsets.
+    ///
+    /// # Errors
+    /// A pipeline this worker cannot run, or brokers it cannot reach.
+    pub fn connect(
+        job: JobFile,
+        id: &Identity,
+        sink: Box<dyn Sink>,
+        progress: Arc<Progress>,
+    ) -> Result<Engine> {
+        let pipeline = Pipeline::compile(&job.spec)?;
+        let group = job.spec.group_id(&id.namespace, &id.job);
+        let interval = job.spec.batch_interval.as_std();
+        let source = Source::connect(&job.spec.source.kafka, id, &group, interval)?;
+        let dead = DeadLetters::new(&job.spec, id)?;
+        let k = &job.spec.source.kafka;
+        let interval_ms = interval.as_millis().max(1) as u64;
+        let planner = Planner {
+            batch_interval_ms: interval_ms,
+            max_rate_per_partition: k.max_rate_per_partition,
+            estimated_rate: None,
+            initial_rate: k.backpressure.initial_rate,
+        };
+        let estimator = k
+            .backpressure
+            .enabled
+            .then(|| RateEstimator::new(interval_ms, k.backpressure.min_rate as f64));
+        let needs_headers = job
+            .spec
+            .pipeline
+            .iter()
+            .any(|s| serde_json::to_string(s).is_ok_and(|j| j.contains("headers")));
+        Ok(Engine {
+            job,
+            pipeline,
+            source,
+            sink,
+            dead,
+            progress,
+            planner,
+            estimator,
+            needs_headers,
+        })
+    }
+
+    /// Runs batches until cancelled (the batch in flight finishes and commits) or until
+    /// `max_batches`. Returns the number of batches run.
+    ///
+    /// # Errors
+    /// A fatal error, or an error that outlasted its retries.
+    pub fn run(&mut self, opts: &Options, cancel: &CancellationToken) -> Result<u64> {
+        let interval = self.planner.batch_interval_ms as i64;
+        let mut next = (now_ms() / interval + 1) * interval;
+        let mut seq = 0u64;
+        while !cancel.is_cancelled() && opts.max_batches.is_none_or(|m| seq < m) {
+            let now = now_ms();
+            if now < next {
+                std::thread::sleep(Duration::from_millis((next - now).min(100) as u64));
+                continue;
+            }
+            let pending = ((now - next) / interval) as u64;
+            let span = info_span!("batch", job = %self.job.name, worker = self.progress.identity().ordinal, batch = seq);
+            let _enter = span.enter();
+            let Some(info) = self.batch_with_retries(seq, next, pending, cancel)? else {
+                info!("stopping with the failed batch uncommitted; it runs again on restart");
+                break;
+            };
+            info!(
+                records_in = info.records_in,
+                records_out = info.records_out,
+                dead_lettered = info.dead_lettered,
+                processing_ms = info.processing_ms,
+                scheduling_delay_ms = info.scheduling_delay_ms,
+                lag = info.lag,
+                pending_batches = info.pending_batches,
+                "batch completed"
+            );
+            if let Some(est) = &mut self.estimator {
+                if let Some(rate) = est.compute(
+                    now_ms(),
+                    info.records_in,
+                    info.processing_ms,
+                    info.scheduling_delay_ms,
+                ) {
+                    self.planner.estimated_rate = Some(rate);
+                }
+            }
+            self.progress.record(info);
+            seq += 1;
+            next += interval;
+        }
+        Ok(seq)
+    }
+
+    /// Runs a batch, replaying it after abortable errors. `None` when cancelled while the
+    /// batch kept failing.
+    fn batch_with_retries(
+        &mut self,
+        seq: u64,
+        time: i64,
+        pending: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Option<BatchInfo>> {
+        let retries = self.job.spec.source.kafka.retries.clone();
+        let mut wait = retries.backoff.as_std();
+        let mut attempt = 0;
+        loop {
+            match self.batch(seq, time, pending) {
+                Ok(info) => return Ok(Some(info)),
+                Err((e, ranges)) => {
+                    if let Some(r) = &ranges {
+                        self.source.rewind(r);
+                    }
+                    if matches!(&e, Error::Kafka { source, .. } if source.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange))
+                    {
+                        let lost = self.source.skip_to_log_start()?;
+                        warn!(
+                            lost,
+                            "resuming at the log start after retention deleted unread records"
+                        );
+                        continue;
+                    }
+                    if e.class() == Class::Fatal || attempt >= retries.max_retries {
+                        return Err(e);
+                    }
+                    if cancel.is_cancelled() {
+                        warn!(error = %e, "batch failed during shutdown");
+                        return Ok(None);
+                    }
+                    attempt += 1;
+                    warn!(error = %e, attempt, "batch failed; replaying it from the committed offsets in {wait:?}");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(retries.backoff.as_std() * 30);
+                }
+            }
+        }
+    }
+
+    /// One batch. On error, returns the ranges it had planned so they can be rewound.
+    fn batch(
+        &mut self,
+        seq: u64,
+        time: i64,
+        pending: u64,
+    ) -> std::result::Result<BatchInfo, (Error, Option<Vec<OffsetRange>>)> {
+        let started = Instant::now();
+        let scheduling_delay_ms = (now_ms() - time).max(0) as u64;
+        let marks = self.source.watermarks().map_err(|e| (e, None))?;
+        let highs: Vec<i64> = marks.iter().map(|(_, h)| *h).collect();
+        let ranges = self.planner.plan(&self.source.positions(), &highs);
+        let fail = |e: Error| (e, Some(ranges.clone()));
+
+        let owned = self.source.owned().to_vec();
+        let format = self.job.spec.source.format;
+        let needs_headers = self.needs_headers;
+        let mut runs: Vec<_> = owned.iter().map(|_| self.pipeline.start()).collect();
+        let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut records_in = 0u64;
+        self.source
+            .read(&ranges, |raw| {
+                records_in += 1;
+                let tp = &owned[raw.index];
+                let letter = |step, error: String| DeadLetter {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: raw.offset,
+                    key: raw.key.map(<[u8]>::to_vec),
+                    payload: raw.payload.map(<[u8]>::to_vec),
+                    step,
+                    error,
+                };
+                match decode_value(format, raw.payload) {
+                    Err(e) => dead.push(letter(None, e.to_string())),
+                    Ok(value) => {
+                        let rec = Record {
+                            topic: tp.topic.clone(),
+                            partition: tp.partition,
+                            offset: raw.offset,
+                            timestamp: raw.timestamp,
+                            key: decode_key(raw.key),
+                            value,
+                            headers: if needs_headers {
+                                raw.headers()
+                            } else {
+                                Val::Null
+                            },
+                            item: Val::Null,
+                            item_is_output: false,
+                        };
+                        if let Err(f) = runs[raw.index].push(rec) {
+                            dead.push(letter(Some(f.step), f.error.0));
+                        }
+                    }
+                }
+            })
+            .map_err(fail)?;
+
+        let mut outputs: Vec<Vec<Output>> = Vec::with_capacity(owned.len());
+        for (tp, run) in owned.iter().zip(runs) {
+            let (out, failures) = run.finish(&tp.topic, tp.partition, time);
+            for (o, f) in failures {
+                dead.push(DeadLetter {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: -1,
+                    key: Some(o.key.to_payload()),
+                    payload: Some(o.value.to_payload()),
+                    step: Some(f.step),
+                    error: f.error.0,
+                });
+            }
+            outputs.push(out);
+        }
+        let batch = BatchOutput {
+            batch_time_ms: time,
+            partitions: ranges
+                .iter()
+                .zip(&outputs)
+                .map(|(range, outputs)| PartitionOutput { range, outputs })
+                .collect(),
+        };
+        let records_out = batch.records() as u64;
+        self.sink.write(&batch).map_err(fail)?;
+        self.dead.write(&dead).map_err(fail)?;
+        self.source.commit(&ranges).map_err(fail)?;
+
+        let processing_ms = started.elapsed().as_millis() as u64;
+        let range_info: Vec<RangeInfo> = ranges
+            .iter()
+            .zip(&highs)
+            .map(|(r, h)| RangeInfo {
+                topic: r.topic.to_string(),
+                partition: r.partition,
+                from: r.from,
+                until: r.until,
+                high_watermark: *h,
+                lag: (h - r.until).max(0),
+            })
+            .collect();
+        Ok(BatchInfo {
+            batch: seq,
+            batch_time: chrono::DateTime::from_timestamp_millis(time)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            batch_time_ms: time,
+            lag: range_info.iter().map(|r| r.lag).sum(),
+            ranges: range_info,
+            records_in,
+            records_out,
+            dead_lettered: dead.len() as u64,
+            scheduling_delay_ms,
+            processing_ms,
+            total_delay_ms: scheduling_delay_ms + processing_ms,
+            pending_batches: pending,
+            rate_limit: self.planner.estimated_rate,
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! The worker's errors, classified by what the engine does about them.
+
+use rdkafka::error::KafkaError;
+
+/// What the engine does about an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Try the same call again after a backoff.
+    Retriable,
+    /// Give up the batch: rewind to the committed offsets and run it again.
+    Abortable,
+    /// Stop the worker with a clear message and a non-zero exit.
+    Fatal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kafka {op} failed: {source}")]
+    Kafka {
+        op: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("reading the batch timed out: {0}")]
+    ReadTimeout(String),
+    #[error("sink failed: {0}")]
+    Sink(String),
+    #[error("{0}")]
+    Load(#[from] crate::spec::LoadError),
+    #[error("{0}")]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl Error {
+    pub fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> Error {
+        move |source| Error::Kafka { op, source }
+    }
+
+    pub fn class(&self) -> Class {
+        match self {
+            Error::Kafka { source, .. } if is_fatal_kafka(source) => Class::Fatal,
+            Error::Kafka { .. } => Class::Retriable,
+            Error::ReadTimeout(_) | Error::Sink(_) => Class::Abortable,
+            Error::Load(_) | Error::Pipeline(_) | Error::Fatal(_) => Class::Fatal,
+        }
+    }
+
+    /// A fixed name for metric labels (never a message: label values must stay few).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kafka { .. } => "kafka",
+            Error::ReadTimeout(_) => "read_timeout",
+            Error::Sink(_) => "sink",
+            Error::Load(_) => "load",
+            Error::Pipeline(_) => "pipeline",
+            Error::Fatal(_) => "fatal",
+        }
+    }
+}
+
+fn is_fatal_kafka(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::SaslAuthenticationFailed
+                | C::Authentication
+        )
+    )
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,178 @@
+//! Writing records to Kafka with an idempotent producer, and waiting for every ack.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+use super::{BatchOutput, Sink};
+use crate::client::{self, Identity};
+use crate::error::{Error, Result};
+use crate::spec::KafkaSource;
+
+/// How long a batch may wait for its acks before the batch is replayed.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Counts failed deliveries, keeping the first error to report.
+#[derive(Default)]
+pub struct Deliveries {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut first) = self.first_error.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// An idempotent producer that knows whether everything it sent was acknowledged.
+pub struct KafkaWriter {
+    producer: BaseProducer<Deliveries>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl KafkaWriter {
+    /// # Errors
+    /// When the client cannot be created.
+    pub fn new(bootstrap: &str, source: &KafkaSource, id: &Identity, role: &str) -> Result<Self> {
+        let producer = client::producer(bootstrap, source, id, role)
+            .create_with_context(Deliveries::default())
+            .map_err(Error::kafka("creating a producer"))?;
+        Ok(Self {
+            producer,
+            key: Vec::new(),
+            value: Vec::new(),
+        })
+    }
+
+    /// Queues a record, waiting for room when the local queue is full.
+    ///
+    /// # Errors
+    /// When the record is refused (for example, too large).
+    pub fn send(
+        &mut self,
+        topic: &str,
+        key: &crate::expr::Val,
+        value: &crate::expr::Val,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<()> {
+        self.key.clear();
+        self.value.clear();
+        key.write_payload(&mut self.key);
+        value.write_payload(&mut self.value);
+        let mut headers = headers;
+        loop {
+            let mut rec = BaseRecord::to(topic).payload(&self.value);
+            if !matches!(key, crate::expr::Val::Null) {
+                rec = rec.key(&self.key);
+            }
+            if let Some(h) = headers.take() {
+                rec = rec.headers(h);
+            }
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                    headers = rec.headers;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(Error::Sink(format!("producing to {topic}: {e}"))),
+            }
+        }
+    }
+
+    /// Sends a record as raw bytes (dead letters keep the original bytes).
+    ///
+    /// # Errors
+    /// When the record is refused.
+    pub fn send_raw(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) -> Result<()> {
+        let mut headers = Some(headers);
+        loop {
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            if let Some(k) = key {
+                rec = rec.key(k);
+            }
+            if let Some(p) = payload {
+                rec = rec.payload(p);
+            }
+            if let Some(h) = headers.take() {
+                rec = rec.headers(h);
+            }
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                    headers = rec.headers;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(Error::Sink(format!("producing to {topic}: {e}"))),
+            }
+        }
+    }
+
+    /// Waits until everything sent so far is acknowledged.
+    ///
+    /// # Errors
+    /// When a delivery failed or the acks did not arrive in time.
+    pub fn flush(&mut self) -> Result<()> {
+        self.producer
+            .flush(FLUSH_TIMEOUT)
+            .map_err(|e| Error::Sink(format!("waiting for acks: {e}")))?;
+        let deliveries = self.producer.context();
+        let failed = deliveries.failed.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            let first = deliveries
+                .first_error
+                .lock()
+                .ok()
+                .and_then(|mut f| f.take())
+                .unwrap_or_default();
+            return Err(Error::Sink(format!(
+                "{failed} records were not acknowledged; first error: {first}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The Kafka sink (at-least-once): results are produced, then acked, then offsets commit.
+pub struct KafkaSink {
+    writer: KafkaWriter,
+    topic: Arc<str>,
+}
+
+impl KafkaSink {
+    pub fn new(writer: KafkaWriter, topic: Arc<str>) -> Self {
+        Self { writer, topic }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()> {
+        for p in &batch.partitions {
+            for o in p.outputs {
+                self.writer.send(&self.topic, &o.key, &o.value, None)?;
+            }
+        }
+        self.writer.flush()
+    }
+}

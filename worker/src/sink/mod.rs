@@ -1,0 +1,85 @@
+//! Where a batch's results go. A sink writes and waits for acknowledgement; only then does
+//! the engine commit offsets, so a crash repeats output rather than losing it.
+
+mod file;
+mod kafka;
+mod stdout;
+
+use std::sync::Arc;
+
+pub use file::FileSink;
+pub use kafka::{KafkaSink, KafkaWriter};
+pub use stdout::StdoutSink;
+
+use crate::client::Identity;
+use crate::error::Result;
+use crate::pipeline::Output;
+use crate::plan::OffsetRange;
+use crate::spec::JobSpec;
+
+/// One partition's results in a batch.
+pub struct PartitionOutput<'a> {
+    pub range: &'a OffsetRange,
+    pub outputs: &'a [Output],
+}
+
+/// A batch's results.
+pub struct BatchOutput<'a> {
+    pub batch_time_ms: i64,
+    pub partitions: Vec<PartitionOutput<'a>>,
+}
+
+impl BatchOutput<'_> {
+    pub fn records(&self) -> usize {
+        self.partitions.iter().map(|p| p.outputs.len()).sum()
+    }
+}
+
+pub trait Sink: Send {
+    /// Writes the batch and returns once it is durable (acknowledged, flushed, renamed).
+    ///
+    /// # Errors
+    /// When any part of the batch was not written; the engine then replays the batch.
+    fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()>;
+}
+
+/// Builds the job's sink; with `print`, results are also shown on standard output.
+///
+/// # Errors
+/// When the sink's client cannot be created.
+pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dyn Sink>> {
+    let s = &spec.sink;
+    let main: Box<dyn Sink> = if let Some(o) = &s.stdout {
+        Box::new(StdoutSink::new(o.limit, std::io::stdout()))
+    } else if let Some(k) = &s.kafka {
+        let bootstrap = k
+            .bootstrap_servers
+            .as_deref()
+            .unwrap_or(&spec.source.kafka.bootstrap_servers);
+        Box::new(KafkaSink::new(
+            KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?,
+            Arc::from(k.topic.as_str()),
+        ))
+    } else if let Some(f) = &s.file {
+        Box::new(FileSink::new(f.path.clone().into())?)
+    } else {
+        return Err(crate::error::Error::Fatal(
+            "the job has no sink; set sink.stdout, sink.kafka or sink.file".into(),
+        ));
+    };
+    Ok(match print {
+        Some(limit) if s.stdout.is_none() => {
+            Box::new(Tee(main, StdoutSink::new(limit, std::io::stdout())))
+        }
+        _ => main,
+    })
+}
+
+struct Tee(Box<dyn Sink>, StdoutSink<std::io::Stdout>);
+
+impl Sink for Tee {
+    fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()> {
+        self.0.write(batch)?;
+        self.1.write(batch)
+    }
+}

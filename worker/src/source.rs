@@ -1,0 +1,465 @@
+//! The direct Kafka stream: this worker's partitions, read range by range.
+//!
+//! No consumer-group membership: worker i of N owns partition p of every input topic when
+//! p mod N == i, so a partition (and its state) has one owner across restarts. Offsets live in
+//! the job's consumer group, written only after a batch's output.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::client::{self, Identity};
+use crate::error::{Error, Result};
+use crate::expr::Val;
+use crate::plan::{OffsetRange, TopicPartition};
+use crate::spec::{KafkaSource, RetrySpec, StartingOffsets};
+
+/// Timeout of one broker request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which partitions of `partitions_per_topic` worker `ordinal` of `workers` owns.
+pub fn assignment(
+    partitions_per_topic: &[(String, i32)],
+    ordinal: u32,
+    workers: u32,
+) -> Vec<TopicPartition> {
+    let mut owned: Vec<TopicPartition> = partitions_per_topic
+        .iter()
+        .flat_map(|(topic, n)| {
+            (0..*n)
+                .filter(move |p| (*p as u32) % workers.max(1) == ordinal)
+                .map(move |p| TopicPartition::new(topic, p))
+        })
+        .collect();
+    owned.sort();
+    owned
+}
+
+/// Runs `f` until it succeeds, a non-retriable error occurs, or the retries are spent.
+///
+/// # Errors
+/// The last error.
+pub fn with_retries<T>(
+    retries: &RetrySpec,
+    what: &str,
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut wait = retries.backoff.as_std();
+    let cap = wait.saturating_mul(30);
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if e.class() == crate::error::Class::Retriable && attempt < retries.max_retries =>
+            {
+                attempt += 1;
+                warn!(error = %e, attempt, max = retries.max_retries, "{what} failed; retrying in {wait:?}");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(cap);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A record as read from the broker, before decoding.
+pub struct RawRecord<'a> {
+    /// Index of the partition in [`Source::owned`].
+    pub index: usize,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub message: &'a BorrowedMessage<'a>,
+}
+
+impl RawRecord<'_> {
+    /// The record's headers as a map of strings (bytes when not UTF-8).
+    pub fn headers(&self) -> Val {
+        let Some(h) = self.message.headers() else {
+            return Val::Map(Default::default());
+        };
+        let fields = h
+            .iter()
+            .map(|h| {
+                (
+                    std::sync::Arc::from(h.key),
+                    crate::record::decode_key(h.value),
+                )
+            })
+            .collect();
+        Val::Map(std::sync::Arc::new(fields))
+    }
+}
+
+/// This worker's partitions and the consumer that reads them.
+pub struct Source {
+    consumer: BaseConsumer,
+    owned: Vec<TopicPartition>,
+    index: HashMap<(String, i32), usize>,
+    /// Next offset to process, per owned partition.
+    positions: Vec<i64>,
+    /// Last committed offset, per owned partition.
+    committed: Vec<i64>,
+    retries: RetrySpec,
+    read_timeout: Duration,
+}
+
+impl Source {
+    /// Connects, finds this worker's partitions and where each resumes: the committed offset,
+    /// an explicit offset from the spec, or the starting-offsets policy.
+    ///
+    /// # Errors
+    /// When the brokers cannot be reached within the retries, or a topic does not exist.
+    pub fn connect(
+        spec: &KafkaSource,
+        id: &Identity,
+        group: &str,
+        batch_interval: Duration,
+    ) -> Result<Source> {
+        let consumer: BaseConsumer = client::consumer(spec, id, group)
+            .create()
+            .map_err(Error::kafka("creating the consumer"))?;
+        let mut counts = Vec::new();
+        for topic in &spec.topics {
+            let n = with_retries(&spec.retries, "reading topic metadata", || {
+                let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT).map_err(Error::kafka("metadata"))?;
+                match md.topics().iter().find(|t| t.name() == topic) {
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+                    Some(t) => Err(Error::Kafka {
+                        op: "metadata",
+                        source: KafkaError::MetadataFetch(t.error().map_or(RDKafkaErrorCode::UnknownTopicOrPartition, RDKafkaErrorCode::from)),
+                    }),
+                    None => Err(Error::Fatal(format!("topic {topic:?} not found"))),
+                }
+            })
+            .map_err(|e| Error::Fatal(format!("input topic {topic:?} is not available ({e}); create it or fix source.kafka.topics")))?;
+            counts.push((topic.clone(), n));
+        }
+        let owned = assignment(&counts, id.ordinal, id.workers);
+        let index = owned
+            .iter()
+            .enumerate()
+            .map(|(i, tp)| ((tp.topic.to_string(), tp.partition), i))
+            .collect();
+        let mut source = Source {
+            consumer,
+            positions: vec![0; owned.len()],
+            committed: vec![-1; owned.len()],
+            owned,
+            index,
+            retries: spec.retries.clone(),
+            read_timeout: (batch_interval * 10).max(Duration::from_secs(30)),
+        };
+        source.resume(spec)?;
+        info!(
+            partitions = %source.owned.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            offsets = ?source.positions,
+            "resuming"
+        );
+        Ok(source)
+    }
+
+    pub fn owned(&self) -> &[TopicPartition] {
+        &self.owned
+    }
+
+    /// Each owned partition with its next offset.
+    pub fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        self.owned
+            .iter()
+            .cloned()
+            .zip(self.positions.iter().copied())
+            .collect()
+    }
+
+    fn tpl(&self, offsets: impl Iterator<Item = (usize, Offset)>) -> Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for (i, o) in offsets {
+            let tp = &self.owned[i];
+            tpl.add_partition_offset(&tp.topic, tp.partition, o)
+                .map_err(Error::kafka("building a partition list"))?;
+        }
+        Ok(tpl)
+    }
+
+    /// (low, high) watermarks of every owned partition.
+    ///
+    /// # Errors
+    /// When the broker does not answer within the retries.
+    pub fn watermarks(&self) -> Result<Vec<(i64, i64)>> {
+        self.owned
+            .iter()
+            .map(|tp| {
+                with_retries(&self.retries, "reading watermarks", || {
+                    self.consumer
+                        .fetch_watermarks(&tp.topic, tp.partition, REQUEST_TIMEOUT)
+                        .map_err(Error::kafka("watermarks"))
+                })
+            })
+            .collect()
+    }
+
+    fn resume(&mut self, spec: &KafkaSource) -> Result<()> {
+        let all = self.tpl((0..self.owned.len()).map(|i| (i, Offset::Invalid)))?;
+        let committed = with_retries(&self.retries, "reading committed offsets", || {
+            self.consumer
+                .committed_offsets(all.clone(), REQUEST_TIMEOUT)
+                .map_err(Error::kafka("committed offsets"))
+        })?;
+        let marks = self.watermarks()?;
+        let mut fresh = Vec::new();
+        for (i, tp) in self.owned.iter().enumerate() {
+            let (low, high) = marks[i];
+            let explicit = spec
+                .specific_offsets
+                .iter()
+                .find(|o| *o.topic == *tp.topic && o.partition == tp.partition);
+            let stored = committed
+                .find_partition(&tp.topic, tp.partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            self.committed[i] = stored.unwrap_or(-1);
+            let pos = match (explicit, stored) {
+                (Some(o), _) => o.offset,
+                (None, Some(o)) => o,
+                (None, None) => {
+                    fresh.push(i);
+                    match &spec.starting_offsets {
+                        StartingOffsets::Earliest => low,
+                        StartingOffsets::Latest => high,
+                        StartingOffsets::Timestamp(t) => {
+                            self.offset_for_time(tp, t.timestamp_millis(), high)?
+                        }
+                    }
+                }
+            };
+            self.positions[i] = if pos < low {
+                warn!(partition = %tp, offset = pos, log_start = low, lost = low - pos, "offset is before the log start: records were deleted by retention; resuming at the log start");
+                low
+            } else if pos > high {
+                warn!(partition = %tp, offset = pos, high_watermark = high, "offset is past the end of the log (topic recreated?); resuming at the end");
+                high
+            } else {
+                pos
+            };
+        }
+        // Record where fresh partitions start, so a restart before the first batch resumes
+        // there instead of re-applying the policy to a moved log end.
+        if !fresh.is_empty() {
+            let tpl = self.tpl(
+                fresh
+                    .iter()
+                    .map(|&i| (i, Offset::Offset(self.positions[i]))),
+            )?;
+            self.commit_tpl(&tpl)?;
+            for i in fresh {
+                self.committed[i] = self.positions[i];
+            }
+        }
+        Ok(())
+    }
+
+    fn offset_for_time(&self, tp: &TopicPartition, ms: i64, high: i64) -> Result<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(ms))
+            .map_err(Error::kafka("offsets for times"))?;
+        let r = with_retries(&self.retries, "looking up offsets for a timestamp", || {
+            self.consumer
+                .offsets_for_times(tpl.clone(), REQUEST_TIMEOUT)
+                .map_err(Error::kafka("offsets for times"))
+        })?;
+        Ok(
+            match r
+                .find_partition(&tp.topic, tp.partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(o)) => o,
+                _ => high,
+            },
+        )
+    }
+
+    /// Reads each range, calling `f` for every record in it, in offset order per partition.
+    ///
+    /// # Errors
+    /// A broker error, or a timeout when a range cannot be read completely.
+    pub fn read(&mut self, ranges: &[OffsetRange], mut f: impl FnMut(RawRecord<'_>)) -> Result<()> {
+        let until: Vec<i64> = ranges.iter().map(|r| r.until).collect();
+        let todo: Vec<usize> = (0..self.owned.len())
+            .filter(|&i| self.positions[i] < until[i])
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let tpl = self.tpl(todo.iter().map(|&i| (i, Offset::Offset(self.positions[i]))))?;
+        self.consumer.assign(&tpl).map_err(Error::kafka("assign"))?;
+        // A partition paused at the end of an earlier batch stays paused across assign.
+        self.consumer.resume(&tpl).map_err(Error::kafka("resume"))?;
+        let mut remaining = todo.len();
+        let deadline = Instant::now() + self.read_timeout;
+        while remaining > 0 {
+            if Instant::now() > deadline {
+                let behind: Vec<String> = todo
+                    .iter()
+                    .filter(|&&i| self.positions[i] < until[i])
+                    .map(|&i| format!("{} at {} of {}", self.owned[i], self.positions[i], until[i]))
+                    .collect();
+                return Err(Error::ReadTimeout(behind.join(", ")));
+            }
+            let Some(next) = self.consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = match next {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(p)) => {
+                    // Offsets held by transaction markers or removed by compaction never arrive
+                    // as records: at the log end, a range is complete.
+                    remaining -= self.complete_at_eof(p, &until);
+                    continue;
+                }
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) => {
+                    return Err(Error::Kafka {
+                        op: "fetch",
+                        source: e,
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "consumer error");
+                    continue;
+                }
+            };
+            let Some(&i) = self.index.get(&(m.topic().to_string(), m.partition())) else {
+                continue;
+            };
+            let off = m.offset();
+            if off < self.positions[i] || self.positions[i] >= until[i] {
+                continue;
+            }
+            f(RawRecord {
+                index: i,
+                offset: off,
+                timestamp: m.timestamp().to_millis(),
+                key: m.key(),
+                payload: m.payload(),
+                message: &m,
+            });
+            self.positions[i] = off + 1;
+            if self.positions[i] >= until[i] {
+                remaining -= 1;
+                let done = self.tpl(std::iter::once((i, Offset::Invalid)))?;
+                let _ = self.consumer.pause(&done);
+            }
+        }
+        Ok(())
+    }
+
+    fn complete_at_eof(&mut self, partition: i32, until: &[i64]) -> usize {
+        let Ok(pos) = self.consumer.position() else {
+            return 0;
+        };
+        let mut done = 0;
+        for (i, tp) in self.owned.iter().enumerate() {
+            if tp.partition != partition || self.positions[i] >= until[i] {
+                continue;
+            }
+            if let Some(Offset::Offset(p)) = pos
+                .find_partition(&tp.topic, tp.partition)
+                .map(|e| e.offset())
+            {
+                if p >= until[i] {
+                    self.positions[i] = until[i];
+                    done += 1;
+                }
+            }
+        }
+        done
+    }
+
+    /// Commits the batch's until-offsets to the job's group. Call only after the batch's
+    /// output is acknowledged.
+    ///
+    /// # Errors
+    /// When the commit fails after the retries.
+    pub fn commit(&mut self, ranges: &[OffsetRange]) -> Result<()> {
+        let changed: Vec<usize> = (0..self.owned.len())
+            .filter(|&i| ranges[i].until != self.committed[i] && ranges[i].until > ranges[i].from)
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let tpl = self.tpl(
+            changed
+                .iter()
+                .map(|&i| (i, Offset::Offset(ranges[i].until))),
+        )?;
+        self.commit_tpl(&tpl)?;
+        for i in changed {
+            self.committed[i] = ranges[i].until;
+        }
+        Ok(())
+    }
+
+    fn commit_tpl(&self, tpl: &TopicPartitionList) -> Result<()> {
+        with_retries(&self.retries, "committing offsets", || {
+            self.consumer
+                .commit(tpl, CommitMode::Sync)
+                .map_err(Error::kafka("commit"))
+        })
+    }
+
+    /// Forgets the progress of an aborted batch: the next read starts at the committed offsets.
+    pub fn rewind(&mut self, ranges: &[OffsetRange]) {
+        for (i, r) in ranges.iter().enumerate() {
+            self.positions[i] = r.from;
+        }
+    }
+
+    /// After an out-of-range fetch: moves positions that fell behind the log start (retention)
+    /// to it, and says how many records were lost.
+    ///
+    /// # Errors
+    /// When the watermarks cannot be read.
+    pub fn skip_to_log_start(&mut self) -> Result<i64> {
+        let marks = self.watermarks()?;
+        let mut lost = 0;
+        for (i, (low, _)) in marks.into_iter().enumerate() {
+            if self.positions[i] < low {
+                warn!(partition = %self.owned[i], offset = self.positions[i], log_start = low, lost = low - self.positions[i], "records were deleted by retention before they were read");
+                lost += low - self.positions[i];
+                self.positions[i] = low;
+            }
+        }
+        Ok(lost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_owned_by_ordinal_modulo_workers() {
+        let topics = vec![("a".to_string(), 5), ("b".to_string(), 2)];
+        let w0 = assignment(&topics, 0, 2);
+        let w1 = assignment(&topics, 1, 2);
+        assert_eq!(
+            w0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["a-0", "a-2", "a-4", "b-0"]
+        );
+        assert_eq!(
+            w1.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["a-1", "a-3", "b-1"]
+        );
+        assert_eq!(assignment(&topics, 0, 1).len(), 7);
+    }
+}
