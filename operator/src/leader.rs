@@ -183,6 +183,64 @@ pub async fn run(
     }
 }
 
+/// The lease was lost while working; the caller should exit so it rejoins the election cleanly.
+#[derive(Debug, thiserror::Error)]
+#[error("lost the leader lease {0}")]
+pub struct LostLease(pub String);
+
+/// Runs `work` only while this replica holds the lease: waits to lead, starts `work` with a
+/// token, and cancels that token (then waits for `work` to finish) if the lease is lost.
+///
+/// # Errors
+/// [`LostLease`] when leadership ended before `shutdown` did.
+pub async fn while_leading<F, Fut>(
+    api: Api<Lease>,
+    cfg: LeaseConfig,
+    shutdown: CancellationToken,
+    work: F,
+) -> Result<(), LostLease>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let name = cfg.name.clone();
+    let campaign_stop = shutdown.child_token();
+    let (tx, mut rx) = watch::channel(false);
+    let campaign = tokio::spawn(run(api, cfg, tx, campaign_stop.clone()));
+    let mut lost = false;
+    let leading = tokio::select! {
+        r = rx.wait_for(|l| *l) => r.is_ok(),
+        () = shutdown.cancelled() => false,
+    };
+    if leading {
+        info!(lease = %name, "leading: starting work");
+        let stop = shutdown.child_token();
+        let work = work(stop.clone());
+        tokio::pin!(work);
+        // Only a bool leaves the select: a watch::Ref held across an await is not Send. A
+        // campaign that ended (channel closed) means not leading either.
+        let lost_lead = tokio::select! {
+            () = &mut work => false,
+            _ = rx.wait_for(|l| !*l) => true,
+        };
+        if lost_lead {
+            warn!(lease = %name, "lost the leader lease; stopping work");
+            lost = !shutdown.is_cancelled();
+            stop.cancel();
+            work.await;
+        }
+    }
+    campaign_stop.cancel();
+    if let Err(e) = campaign.await {
+        warn!(error = %e, "leader campaign task failed");
+    }
+    if lost {
+        Err(LostLease(name))
+    } else {
+        Ok(())
+    }
+}
+
 /// Hands the lease back on a clean exit so the next replica need not wait for it to expire.
 async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
     let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await else {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kube::{Api, Client};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use weir_operator::controller::{self, Context, Scope, Settings};
@@ -123,8 +122,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
 
-    let (lead_tx, mut lead_rx) = watch::channel(args.no_leader_election);
-    let campaign = (!args.no_leader_election).then(|| {
+    let work = |stop| controller::run(ctx, stop);
+    let led = if args.no_leader_election {
+        work(shutdown.clone()).await;
+        Ok(())
+    } else {
         let namespace = args
             .leader_election_namespace
             .or(args.pod_namespace)
@@ -137,45 +139,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             renew_every: Duration::from_secs(5),
         };
         info!(lease = %cfg.name, %namespace, "waiting to lead");
-        tokio::spawn(leader::run(
-            Api::namespaced(client.clone(), &namespace),
+        leader::while_leading(
+            Api::namespaced(client, &namespace),
             cfg,
-            lead_tx,
             shutdown.clone(),
-        ))
-    });
-
-    tokio::select! {
-        _ = lead_rx.wait_for(|leading| *leading) => {}
-        () = shutdown.cancelled() => {}
-    }
-    let mut lost_lease = false;
-    if !shutdown.is_cancelled() {
-        info!("leading: starting the controller");
-        let stop = shutdown.child_token();
-        let run = controller::run(ctx, stop.clone());
-        tokio::pin!(run);
-        tokio::select! {
-            () = &mut run => {}
-            _ = lead_rx.wait_for(|leading| !*leading) => {
-                error!("lost the leader lease; stopping the controller");
-                lost_lease = true;
-                stop.cancel();
-                run.await;
-            }
-        }
-    }
+            work,
+        )
+        .await
+    };
     shutdown.cancel();
-    if let Some(c) = campaign {
-        c.await.ok();
-    }
     server.await.ok().transpose().context("serving /metrics")?;
     signals.abort();
-    if lost_lease {
-        anyhow::bail!(
-            "lost the leader lease; exiting so this replica rejoins the election from scratch"
-        );
-    }
+    // Exiting non-zero on a lost lease restarts the pod, which rejoins the election afresh.
+    led.context("exiting")?;
     info!("stopped");
     Ok(())
 }

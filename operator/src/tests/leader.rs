@@ -83,3 +83,69 @@ async fn an_expired_lease_is_taken_over() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn only_the_lease_holder_runs_the_controller() {
+    use std::sync::Arc;
+
+    use k8s_openapi::jiff::Timestamp;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::controller::{self, Context, Settings};
+    use crate::leader::while_leading;
+    use crate::metrics::Metrics;
+
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let (client, server) = fixtures::start();
+        server.insert(
+            "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs",
+            fixtures::job("wc", 1, fixtures::spec()),
+        );
+        // Another replica renewed a 1 s lease just now and then went away.
+        let now = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        server.insert(
+            LEASES,
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                   "metadata": {"name": "weir-operator", "namespace": "weir", "resourceVersion": "3"},
+                   "spec": {"holderIdentity": "other", "leaseDurationSeconds": 1, "renewTime": now}}),
+        );
+        let ctx = Arc::new(Context::new(client.clone(), Settings::default(), Metrics::new().unwrap()));
+        let mut me = cfg("me");
+        me.renew_every = Duration::from_millis(100);
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(while_leading(
+            Api::namespaced(client, "weir"),
+            me,
+            shutdown.clone(),
+            move |stop| controller::run(ctx, stop),
+        ));
+        let sts = "/apis/apps/v1/namespaces/default/statefulsets/wc";
+        let r = server
+            .wait_for(Duration::from_secs(15), |r| r.iter().any(|x| x.is(&Method::PATCH, sts)))
+            .await;
+        shutdown.cancel();
+        run.await.unwrap().expect("a shutdown is not a lost lease");
+
+        let took_lease = r
+            .iter()
+            .position(|x| x.method == Method::PUT && x.body["spec"]["holderIdentity"] == "me")
+            .expect("me takes the expired lease");
+        let first_job_request = r
+            .iter()
+            .position(|x| x.path.contains("streamingjobs") || x.path.contains("statefulsets"))
+            .unwrap();
+        assert!(took_lease < first_job_request, "nothing is watched or applied before leading");
+        let waited = r[took_lease].at - r[0].at;
+        assert!(waited >= Duration::from_millis(500), "the live lease was respected ({waited:?})");
+        // A clean shutdown hands the lease back.
+        let released = server
+            .requests()
+            .into_iter()
+            .rev()
+            .find(|x| x.method == Method::PUT)
+            .unwrap();
+        assert!(released.body["spec"]["holderIdentity"].is_null(), "{:?}", released.body);
+    })
+    .await
+    .expect("test timed out");
+}
