@@ -149,3 +149,38 @@ fn generate(producer: &BaseProducer, topics: &[String], format: Format, stop: &A
     }
     let _ = producer.flush(Duration::from_secs(5));
 }
+
+/// `weir-worker mock-kafka`: hosts a mock cluster on a loopback port for other processes
+/// (multi-process tests, the drain benchmark) until stdin closes or the process is signalled.
+///
+/// # Errors
+/// When the cluster cannot start or a topic spec is malformed.
+pub fn host_mock_cluster(brokers: i32, topics: &[String]) -> Result<()> {
+    let cluster = MockCluster::new(brokers).map_err(Error::kafka("starting the mock cluster"))?;
+    for t in topics {
+        let (name, parts) = match t.split_once(':') {
+            Some((n, p)) => (
+                n,
+                p.parse::<i32>().map_err(|_| {
+                    Error::Fatal(format!(
+                        "--topic {t:?}: partitions must be a number, e.g. lines:8"
+                    ))
+                })?,
+            ),
+            None => (t.as_str(), 1),
+        };
+        cluster
+            .create_topic(name, parts, 1)
+            .map_err(Error::kafka("creating a topic"))?;
+    }
+    println!("bootstrap.servers={}", cluster.bootstrap_servers());
+    use std::io::{BufRead, Write};
+    let _ = std::io::stdout().flush();
+    // Block until stdin closes: the parent process owns our lifetime.
+    for line in std::io::stdin().lock().lines() {
+        if line.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}

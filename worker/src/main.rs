@@ -31,6 +31,15 @@ enum Command {
     Validate { file: PathBuf },
     /// Print the JSON schema of the job spec.
     Schema,
+    /// Host librdkafka's mock cluster on a loopback port until stdin closes (for tests and
+    /// benchmarks). Prints `bootstrap.servers=HOST:PORT`.
+    MockKafka {
+        /// A topic to create, as NAME:PARTITIONS; repeatable.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -91,6 +100,15 @@ fn main() -> ExitCode {
                     println!("{s}");
                     ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::MockKafka { topics, brokers } => {
+            match weir_worker::embedded::host_mock_cluster(brokers, &topics) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE

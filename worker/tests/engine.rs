@@ -1,0 +1,191 @@
+//! The engine in-process against librdkafka's mock cluster: offsets, rate limits, dead letters.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use tokio_util::sync::CancellationToken;
+use weir_worker::client::Identity;
+use weir_worker::engine::{Engine, Options};
+use weir_worker::progress::{Progress, Snapshot};
+use weir_worker::spec::parse_job;
+
+fn run(broker: &Broker, yaml: &str, batches: u64) -> Snapshot {
+    let yaml = yaml.replace("BOOTSTRAP", &broker.bootstrap());
+    let job = parse_job(&yaml, "t").expect("job");
+    let id = Identity {
+        namespace: "test".into(),
+        job: job.name.clone(),
+        ordinal: 0,
+        workers: 1,
+    };
+    let progress = Arc::new(Progress::new(
+        id.clone(),
+        "g".into(),
+        job.spec.batch_interval.as_std(),
+    ));
+    let sink = weir_worker::sink::build(&job.spec, &id, None).expect("sink");
+    let mut engine = Engine::connect(job, &id, sink, progress.clone()).expect("connect");
+    let n = engine
+        .run(
+            &Options {
+                max_batches: Some(batches),
+            },
+            &CancellationToken::new(),
+        )
+        .expect("run");
+    assert_eq!(n, batches);
+    progress.snapshot(100)
+}
+
+#[test]
+fn rate_limit_caps_batches_and_committed_offsets_equal_the_last_until() {
+    let broker = Broker::in_process();
+    broker.create_topic("in", 3);
+    broker.create_topic("out", 3);
+    produce_numbered(&broker, "in", 3, 0, 300);
+    let job = r#"
+batchInterval: 200ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, maxRatePerPartition: 200, groupId: g1, backpressure: {enabled: false}}
+pipeline:
+  - {id: even, filter: "value.n % 2 == 0"}
+sink: {kafka: {topic: out}}
+"#;
+    let snap = run(&broker, job, 4);
+    // 200 records/s x 0.2 s = 40 per partition per batch; 100 waiting per partition.
+    let per_batch: Vec<Vec<i64>> = snap
+        .batches
+        .iter()
+        .map(|b| b.ranges.iter().map(|r| r.until - r.from).collect())
+        .collect();
+    assert_eq!(
+        per_batch,
+        vec![
+            vec![40, 40, 40],
+            vec![40, 40, 40],
+            vec![20, 20, 20],
+            vec![0, 0, 0]
+        ]
+    );
+    let last = snap.batches.last().expect("batches");
+    let untils: Vec<i64> = last.ranges.iter().map(|r| r.until).collect();
+    assert_eq!(committed(&broker, "g1", "in", 3), untils);
+    assert_eq!(untils, vec![100, 100, 100]);
+    assert_eq!(last.lag, 0);
+    let mut out: Vec<u64> = read_all(&broker, "out")
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.value).expect("json")["n"]
+                .as_u64()
+                .expect("n")
+        })
+        .collect();
+    out.sort_unstable();
+    assert_eq!(out, (0..300).filter(|n| n % 2 == 0).collect::<Vec<_>>());
+    assert_eq!(snap.records_in, 300);
+    assert_eq!(snap.records_out, 150);
+}
+
+#[test]
+fn malformed_and_failing_records_go_to_the_dead_letter_topic_and_the_job_goes_on() {
+    let broker = Broker::in_process();
+    broker.create_topic("in", 1);
+    broker.create_topic("out", 1);
+    broker.create_topic("dlq", 1);
+    produce_raw(
+        &broker,
+        "in",
+        0,
+        &[br#"{"n":1}"#, br#"{"n":"#, br#"{"n":"x"}"#, br#"{"n":3}"#],
+    );
+    let job = r#"
+batchInterval: 200ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g2}
+pipeline:
+  - {id: double, map: "value.n * 2"}
+sink: {kafka: {topic: out}}
+deadLetter: {topic: dlq}
+"#;
+    let snap = run(&broker, job, 2);
+    let out: Vec<String> = read_all(&broker, "out")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).to_string())
+        .collect();
+    assert_eq!(out, ["2", "6"]);
+    let dlq = read_all(&broker, "dlq");
+    assert_eq!(dlq.len(), 2);
+    let h = |r: &ReadRecord, k: &str| {
+        r.headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(dlq[0].value, br#"{"n":"#);
+    assert!(h(&dlq[0], "weir.error")
+        .expect("error header")
+        .contains("not valid JSON"));
+    assert_eq!(h(&dlq[0], "weir.source.offset").as_deref(), Some("1"));
+    assert_eq!(h(&dlq[0], "weir.step"), None);
+    assert_eq!(dlq[1].value, br#"{"n":"x"}"#);
+    assert_eq!(h(&dlq[1], "weir.step").as_deref(), Some("double"));
+    assert_eq!(h(&dlq[1], "weir.source.offset").as_deref(), Some("2"));
+    assert!(
+        h(&dlq[1], "weir.error")
+            .expect("error header")
+            .contains("no operator *"),
+        "{:?}",
+        dlq[1].headers
+    );
+    assert_eq!(committed(&broker, "g2", "in", 1), vec![4]);
+    assert_eq!(snap.dead_lettered, 2);
+}
+
+#[test]
+fn without_a_dead_letter_topic_bad_records_are_counted_and_skipped() {
+    let broker = Broker::in_process();
+    broker.create_topic("in", 1);
+    broker.create_topic("out", 1);
+    produce_raw(&broker, "in", 0, &[b"\xc3\x28", b"fine"]);
+    let job = r#"
+batchInterval: 200ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g3}
+  format: text
+sink: {kafka: {topic: out}}
+"#;
+    let snap = run(&broker, job, 2);
+    assert_eq!(snap.dead_lettered, 1);
+    assert_eq!(
+        read_all(&broker, "out")
+            .iter()
+            .map(|r| r.value.clone())
+            .collect::<Vec<_>>(),
+        vec![b"fine".to_vec()]
+    );
+    assert_eq!(committed(&broker, "g3", "in", 1), vec![2]);
+}
+
+#[test]
+fn starting_offsets_latest_skips_the_backlog_and_is_remembered() {
+    let broker = Broker::in_process();
+    broker.create_topic("in", 2);
+    broker.create_topic("out", 2);
+    produce_numbered(&broker, "in", 2, 0, 10);
+    let job = r#"
+batchInterval: 200ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: latest, groupId: g4}
+sink: {kafka: {topic: out}}
+"#;
+    let snap = run(&broker, job, 1);
+    assert_eq!(snap.records_in, 0);
+    // The start position is committed at once, so records written before the first batch with
+    // data are not skipped by a restart.
+    assert_eq!(committed(&broker, "g4", "in", 2), vec![5, 5]);
+    produce_numbered(&broker, "in", 2, 10, 4);
+    let snap = run(&broker, job, 2);
+    assert_eq!(snap.records_in, 4);
+}
