@@ -64,10 +64,11 @@ impl Metrics {
         self.duration.record(took.as_secs_f64(), &[]);
     }
 
-    /// Records one failure, labelled by [`crate::Error::metric_label`].
-    pub fn failed(&self, error: &crate::Error) {
+    /// Records one failed reconcile, labelled by [`crate::Error::metric_label`].
+    pub fn failed(&self, error: &crate::Error, took: Duration) {
         self.failures
             .add(1, &[KeyValue::new("error", error.metric_label())]);
+        self.duration.record(took.as_secs_f64(), &[]);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -87,7 +88,10 @@ mod tests {
     fn renders_counts_with_bounded_labels() {
         let m = Metrics::new().unwrap();
         m.reconciled("applied", Duration::from_millis(20));
-        m.failed(&crate::Error::MissingField("metadata.uid"));
+        m.failed(
+            &crate::Error::MissingField("metadata.uid"),
+            Duration::from_millis(1),
+        );
         let text = m.render();
         assert!(
             text.contains("weir_operator_reconciles_total{outcome=\"applied\""),

@@ -60,7 +60,7 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
             ctx.metrics.reconciled(outcome, started.elapsed());
             ctx.forget_failures(&job);
         }
-        Err(e) => ctx.metrics.failed(e),
+        Err(e) => ctx.metrics.failed(e, started.elapsed()),
     }
     result.map(|_| Action::requeue(ctx.settings.resync))
 }
