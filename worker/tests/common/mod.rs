@@ -73,7 +73,8 @@ impl Broker {
                 "--advertised-listener-url",
                 &format!("tcp://127.0.0.1:{port}"),
                 "--storage-engine",
-                &format!("sqlite://{}/tansu.db", dir.path().display()),
+                // Relative to the working directory: tansu misreads absolute sqlite URLs.
+                "sqlite://tansu.db",
             ])
             .current_dir(dir.path())
             .stdout(Stdio::null())

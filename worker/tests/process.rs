@@ -1,0 +1,206 @@
+//! Worker processes against a broker in another process: crash and resume, SIGTERM, load
+//! errors. Run on librdkafka's mock cluster and on tansu's sqlite engine.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+const PARTITIONS: i32 = 4;
+/// 400 records/s x 0.3 s = 120 per partition, 480 per batch.
+const MAX_BATCH: usize = 480;
+
+fn pass_through_job(dir: &std::path::Path, broker: &Broker, group: &str) -> std::path::PathBuf {
+    let props = if broker.is_tansu() {
+        "properties: {fetch.wait.max.ms: '10'}"
+    } else {
+        "properties: {}"
+    };
+    job_file(
+        dir,
+        &format!(
+            r#"
+batchInterval: 300ms
+source:
+  kafka:
+    bootstrapServers: {}
+    topics: [in]
+    startingOffsets: earliest
+    maxRatePerPartition: 400
+    groupId: {group}
+    backpressure: {{enabled: false}}
+    {props}
+pipeline:
+  - {{id: tag, select: {{n: value.n, p: partition}}}}
+sink: {{kafka: {{topic: out}}}}
+"#,
+            broker.bootstrap()
+        ),
+    )
+}
+
+fn numbers_out(broker: &Broker) -> Vec<u64> {
+    read_all(broker, "out")
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.value).expect("json")["n"]
+                .as_u64()
+                .expect("n")
+        })
+        .collect()
+}
+
+fn crash_and_resume(broker: &Broker, total: u64) {
+    produce_numbered(broker, "in", PARTITIONS, 0, total);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = pass_through_job(dir.path(), broker, "crash");
+
+    let mut first = WorkerProc::spawn(&job, &[]);
+    eventually(
+        "two batches before the kill",
+        Duration::from_secs(60),
+        || first.count_logs("batch completed") >= 2,
+    );
+    first.signal("KILL");
+    first
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed worker exits");
+    let at_kill = committed(broker, "crash", "in", PARTITIONS);
+    assert!(
+        at_kill.iter().sum::<i64>() > 0,
+        "offsets were committed before the kill: {at_kill:?}"
+    );
+
+    let mut second = WorkerProc::spawn(&job, &[]);
+    let ends = high_watermarks(broker, "in", PARTITIONS);
+    eventually(
+        "the restarted worker to commit everything",
+        Duration::from_secs(120),
+        || committed(broker, "crash", "in", PARTITIONS) == ends,
+    );
+    let resumed = second
+        .wait_log("resuming", Duration::from_secs(5))
+        .expect("resume log");
+    let resumed: serde_json::Value = serde_json::from_str(&resumed).expect("json log");
+    assert_eq!(
+        resumed["fields"]["offsets"]
+            .as_str()
+            .map(|s| s.contains(&at_kill[0].to_string())),
+        Some(true),
+        "resumed from the committed offsets {at_kill:?}: {resumed}"
+    );
+    second.signal("TERM");
+    assert!(second
+        .wait_exit(Duration::from_secs(20))
+        .expect("exit")
+        .success());
+
+    let out = numbers_out(broker);
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for n in &out {
+        *seen.entry(*n).or_default() += 1;
+    }
+    let lost: Vec<u64> = (0..total).filter(|n| !seen.contains_key(n)).collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} records, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let duplicated: usize = seen.values().map(|c| c - 1).sum();
+    assert!(
+        duplicated <= MAX_BATCH,
+        "{duplicated} records were output twice; at most the batch in flight ({MAX_BATCH}) may be"
+    );
+    assert_eq!(out.len(), total as usize + duplicated);
+}
+
+#[test]
+fn a_killed_worker_resumes_from_committed_offsets_on_the_mock_cluster() {
+    let broker = mock_process_with(&[("in", PARTITIONS), ("out", PARTITIONS)]);
+    crash_and_resume(&broker, 4_000);
+}
+
+#[test]
+fn a_killed_worker_resumes_from_committed_offsets_on_tansu() {
+    let Some(broker) = Broker::tansu() else {
+        return;
+    };
+    broker.create_topic("in", PARTITIONS);
+    broker.create_topic("out", PARTITIONS);
+    crash_and_resume(&broker, 2_000);
+}
+
+#[test]
+fn sigterm_finishes_the_batch_commits_and_exits_zero() {
+    let broker = mock_process_with(&[("in", PARTITIONS), ("out", PARTITIONS)]);
+    produce_numbered(&broker, "in", PARTITIONS, 0, 20_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = pass_through_job(dir.path(), &broker, "term");
+    let mut w = WorkerProc::spawn(&job, &[]);
+    eventually("a batch", Duration::from_secs(60), || {
+        w.count_logs("batch completed") >= 2
+    });
+    let progress = w.progress().expect("GET /progress");
+    assert!(
+        progress["batches"]
+            .as_array()
+            .is_some_and(|b| !b.is_empty()),
+        "{progress}"
+    );
+    assert_eq!(w.get("/healthz").map(|r| r.0), Some(200));
+    let metrics = w.get("/metrics").expect("GET /metrics").1;
+    assert!(metrics.contains("weir_offset_lag"), "{metrics}");
+    w.signal("TERM");
+    let status = w
+        .wait_exit(Duration::from_secs(30))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}\n{}", w.all_logs());
+    assert!(w.wait_log("SIGTERM", Duration::ZERO).is_some());
+    // Everything below the committed offsets was written, and nothing above them: the last
+    // batch was committed after its output, and before the exit.
+    let committed = committed(&broker, "term", "in", PARTITIONS);
+    let out = read_all(&broker, "out");
+    assert_eq!(
+        out.len() as i64,
+        committed.iter().sum::<i64>(),
+        "output records vs committed offsets {committed:?}"
+    );
+    assert!(
+        committed.iter().all(|c| *c < 5_000),
+        "the worker stopped before draining: {committed:?}"
+    );
+    for r in &out {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("json");
+        let (n, p) = (v["n"].as_i64().expect("n"), v["p"].as_i64().expect("p"));
+        assert!(n / PARTITIONS as i64 < committed[p as usize], "record {n} of partition {p} is beyond the committed offset");
+    }
+}
+
+#[test]
+fn a_bad_expression_fails_at_load_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = job_file(
+        dir.path(),
+        "batchInterval: 1s\nsource: {kafka: {bootstrapServers: 'localhost:1', topics: [in]}}\npipeline:\n  - {id: f, filter: \"value.n >\"}\nsink: {stdout: {}}\n",
+    );
+    let out = std::process::Command::new(WORKER)
+        .arg("run")
+        .arg(&job)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pipeline[0].filter") && err.contains("line 1 column"),
+        "{err}"
+    );
+    let out = std::process::Command::new(WORKER)
+        .arg("validate")
+        .arg(&job)
+        .output()
+        .expect("validate");
+    assert_eq!(out.status.code(), Some(2));
+}
