@@ -187,34 +187,31 @@ impl Progress {
 
     /// Records a completed batch.
     pub fn record(&self, b: BatchInfo) {
+        // Labels are the partition only: one worker serves one job, and the scrape adds the
+        // pod's identity, so series stay few.
         let i = &self.instruments;
-        let job = KeyValue::new("job", self.id.job.clone());
         for r in &b.ranges {
             i.lag.record(
                 r.lag,
                 &[
-                    job.clone(),
                     KeyValue::new("topic", r.topic.clone()),
                     KeyValue::new("partition", i64::from(r.partition)),
                 ],
             );
         }
-        i.lag_total.record(b.lag, &[job.clone()]);
-        i.batch_lag.record(b.pending_batches, &[job.clone()]);
+        i.lag_total.record(b.lag, &[]);
+        i.batch_lag.record(b.pending_batches, &[]);
         if b.processing_ms > 0 {
-            i.rate.record(
-                b.records_in as f64 * 1000.0 / b.processing_ms as f64,
-                &[job.clone()],
-            );
+            i.rate
+                .record(b.records_in as f64 * 1000.0 / b.processing_ms as f64, &[]);
         }
-        i.records_in.add(b.records_in, &[job.clone()]);
-        i.records_out.add(b.records_out, &[job.clone()]);
-        i.dead_letters.add(b.dead_lettered, &[job.clone()]);
-        i.processing
-            .record(b.processing_ms as f64 / 1000.0, &[job.clone()]);
+        i.records_in.add(b.records_in, &[]);
+        i.records_out.add(b.records_out, &[]);
+        i.dead_letters.add(b.dead_lettered, &[]);
+        i.processing.record(b.processing_ms as f64 / 1000.0, &[]);
         i.scheduling
-            .record(b.scheduling_delay_ms as f64 / 1000.0, &[job.clone()]);
-        i.batches.add(1, &[job]);
+            .record(b.scheduling_delay_ms as f64 / 1000.0, &[]);
+        i.batches.add(1, &[]);
         let Ok(mut s) = self.state.lock() else { return };
         s.completed += 1;
         s.records_in += b.records_in;

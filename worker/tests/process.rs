@@ -175,7 +175,10 @@ fn sigterm_finishes_the_batch_commits_and_exits_zero() {
     for r in &out {
         let v: serde_json::Value = serde_json::from_slice(&r.value).expect("json");
         let (n, p) = (v["n"].as_i64().expect("n"), v["p"].as_i64().expect("p"));
-        assert!(n / PARTITIONS as i64 < committed[p as usize], "record {n} of partition {p} is beyond the committed offset");
+        assert!(
+            n / i64::from(PARTITIONS) < committed[p as usize],
+            "record {n} of partition {p} is beyond the committed offset"
+        );
     }
 }
 

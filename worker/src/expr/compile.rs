@@ -188,7 +188,7 @@ impl Compiler {
                 node(move |vars| {
                     let x = x(vars)?;
                     Ok(Cow::Owned(Val::Bool(match &*container(vars)? {
-                        Val::List(l) => l.iter().any(|v| *v == *x),
+                        Val::List(l) => l.contains(&x),
                         Val::Map(m) => match &*x {
                             Val::Str(k) => m.iter().any(|(name, _)| name == k),
                             _ => false,
