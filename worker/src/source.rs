@@ -103,7 +103,8 @@ impl RawRecord<'_> {
 pub struct Source {
     consumer: BaseConsumer,
     owned: Vec<TopicPartition>,
-    index: HashMap<(String, i32), usize>,
+    /// Owned partitions by partition number, then topic: found per record without allocating.
+    by_partition: HashMap<i32, Vec<(std::sync::Arc<str>, usize)>>,
     /// Next offset to process, per owned partition.
     positions: Vec<i64>,
     /// Last committed offset, per owned partition.
@@ -144,17 +145,19 @@ impl Source {
             counts.push((topic.clone(), n));
         }
         let owned = assignment(&counts, id.ordinal, id.workers);
-        let index = owned
-            .iter()
-            .enumerate()
-            .map(|(i, tp)| ((tp.topic.to_string(), tp.partition), i))
-            .collect();
+        let mut by_partition: HashMap<i32, Vec<(std::sync::Arc<str>, usize)>> = HashMap::new();
+        for (i, tp) in owned.iter().enumerate() {
+            by_partition
+                .entry(tp.partition)
+                .or_default()
+                .push((tp.topic.clone(), i));
+        }
         let mut source = Source {
             consumer,
             positions: vec![0; owned.len()],
             committed: vec![-1; owned.len()],
             owned,
-            index,
+            by_partition,
             retries: spec.retries.clone(),
             read_timeout: (batch_interval * 10).max(Duration::from_secs(30)),
         };
@@ -338,7 +341,7 @@ impl Source {
                     continue;
                 }
             };
-            let Some(&i) = self.index.get(&(m.topic().to_string(), m.partition())) else {
+            let Some(i) = self.index_of(m.topic(), m.partition()) else {
                 continue;
             };
             let off = m.offset();
@@ -361,6 +364,14 @@ impl Source {
             }
         }
         Ok(())
+    }
+
+    fn index_of(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.by_partition
+            .get(&partition)?
+            .iter()
+            .find(|(t, _)| &**t == topic)
+            .map(|(_, i)| *i)
     }
 
     fn complete_at_eof(&mut self, partition: i32, until: &[i64]) -> usize {

@@ -385,33 +385,32 @@ pub(crate) fn compare(a: &Val, b: &Val) -> Result<Ordering, EvalError> {
     })
 }
 
+/// Integer arithmetic on one integer type: `None` on overflow, an error on division by zero.
+macro_rules! checked {
+    ($o:expr, $x:expr, $y:expr) => {{
+        let (x, y) = ($x, $y);
+        match $o {
+            b'/' | b'%' if y == 0 => err(if $o == b'/' {
+                "division by zero"
+            } else {
+                "modulus by zero"
+            }),
+            b'+' => Ok(x.checked_add(y)),
+            b'-' => Ok(x.checked_sub(y)),
+            b'*' => Ok(x.checked_mul(y)),
+            b'/' => Ok(x.checked_div(y)),
+            _ => Ok(x.checked_rem(y)),
+        }
+    }};
+}
+
 /// Arithmetic; `o` is the operator's character. Mixed int and double promote to double, since
 /// JSON numbers arrive as int or double depending on how a producer wrote them.
 pub(crate) fn arith(o: u8, a: &Val, b: &Val) -> Result<Val, EvalError> {
     let overflow = || EvalError(format!("integer overflow in {} {} {}", a, o as char, b));
     match (a, b) {
-        (Val::Int(x), Val::Int(y)) => match o {
-            b'+' => x.checked_add(*y),
-            b'-' => x.checked_sub(*y),
-            b'*' => x.checked_mul(*y),
-            b'/' if *y == 0 => return err("division by zero"),
-            b'/' => x.checked_div(*y),
-            b'%' if *y == 0 => return err("modulus by zero"),
-            _ => x.checked_rem(*y),
-        }
-        .map(Val::Int)
-        .ok_or_else(overflow),
-        (Val::UInt(x), Val::UInt(y)) => match o {
-            b'+' => x.checked_add(*y),
-            b'-' => x.checked_sub(*y),
-            b'*' => x.checked_mul(*y),
-            b'/' if *y == 0 => return err("division by zero"),
-            b'/' => x.checked_div(*y),
-            b'%' if *y == 0 => return err("modulus by zero"),
-            _ => x.checked_rem(*y),
-        }
-        .map(Val::UInt)
-        .ok_or_else(overflow),
+        (Val::Int(x), Val::Int(y)) => checked!(o, *x, *y)?.map(Val::Int).ok_or_else(overflow),
+        (Val::UInt(x), Val::UInt(y)) => checked!(o, *x, *y)?.map(Val::UInt).ok_or_else(overflow),
         (Val::Str(x), Val::Str(y)) if o == b'+' => {
             let mut s = String::with_capacity(x.len() + y.len());
             s.push_str(x);

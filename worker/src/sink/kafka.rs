@@ -13,6 +13,7 @@ use rdkafka::ClientContext;
 use super::{BatchOutput, Sink};
 use crate::client::{self, Identity};
 use crate::error::{Error, Result};
+use crate::expr::Val;
 use crate::spec::KafkaSource;
 
 /// How long a batch may wait for its acks before the batch is replayed.
@@ -60,42 +61,20 @@ impl KafkaWriter {
         })
     }
 
-    /// Queues a record, waiting for room when the local queue is full.
+    /// Queues a result record: strings and bytes as they are, other values as JSON.
     ///
     /// # Errors
     /// When the record is refused (for example, too large).
-    pub fn send(
-        &mut self,
-        topic: &str,
-        key: &crate::expr::Val,
-        value: &crate::expr::Val,
-        headers: Option<OwnedHeaders>,
-    ) -> Result<()> {
+    pub fn send(&mut self, topic: &str, key: &Val, value: &Val) -> Result<()> {
         self.key.clear();
         self.value.clear();
         key.write_payload(&mut self.key);
         value.write_payload(&mut self.value);
-        let mut headers = headers;
-        loop {
-            let mut rec = BaseRecord::to(topic).payload(&self.value);
-            if !matches!(key, crate::expr::Val::Null) {
-                rec = rec.key(&self.key);
-            }
-            if let Some(h) = headers.take() {
-                rec = rec.headers(h);
-            }
-            match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
-                    headers = rec.headers;
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => return Err(Error::Sink(format!("producing to {topic}: {e}"))),
-            }
-        }
+        let key = (!matches!(key, Val::Null)).then_some(self.key.as_slice());
+        produce(&self.producer, topic, key, Some(&self.value), None)
     }
 
-    /// Sends a record as raw bytes (dead letters keep the original bytes).
+    /// Queues a record as raw bytes (dead letters keep the original bytes).
     ///
     /// # Errors
     /// When the record is refused.
@@ -106,27 +85,7 @@ impl KafkaWriter {
         payload: Option<&[u8]>,
         headers: OwnedHeaders,
     ) -> Result<()> {
-        let mut headers = Some(headers);
-        loop {
-            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
-            if let Some(k) = key {
-                rec = rec.key(k);
-            }
-            if let Some(p) = payload {
-                rec = rec.payload(p);
-            }
-            if let Some(h) = headers.take() {
-                rec = rec.headers(h);
-            }
-            match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
-                    headers = rec.headers;
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => return Err(Error::Sink(format!("producing to {topic}: {e}"))),
-            }
-        }
+        produce(&self.producer, topic, key, payload, Some(headers))
     }
 
     /// Waits until everything sent so far is acknowledged.
@@ -154,6 +113,37 @@ impl KafkaWriter {
     }
 }
 
+/// Queues a record, waiting for room when the local queue is full.
+fn produce(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: Option<OwnedHeaders>,
+) -> Result<()> {
+    let mut headers = headers;
+    loop {
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(p) = payload {
+            rec = rec.payload(p);
+        }
+        if let Some(h) = headers.take() {
+            rec = rec.headers(h);
+        }
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                headers = rec.headers;
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((e, _)) => return Err(Error::Sink(format!("producing to {topic}: {e}"))),
+        }
+    }
+}
+
 /// The Kafka sink (at-least-once): results are produced, then acked, then offsets commit.
 pub struct KafkaSink {
     writer: KafkaWriter,
@@ -170,7 +160,7 @@ impl Sink for KafkaSink {
     fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()> {
         for p in &batch.partitions {
             for o in p.outputs {
-                self.writer.send(&self.topic, &o.key, &o.value, None)?;
+                self.writer.send(&self.topic, &o.key, &o.value)?;
             }
         }
         self.writer.flush()
