@@ -15,7 +15,7 @@ use crate::client::Identity;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Class, Error, Result};
 use crate::expr::Val;
-use crate::pipeline::{Output, Pipeline};
+use crate::pipeline::{Output, PartitionState, Pipeline};
 use crate::plan::{OffsetRange, Planner, RateEstimator};
 use crate::progress::{BatchInfo, Progress, RangeInfo};
 use crate::record::{decode_key, decode_value, Record};
@@ -34,6 +34,8 @@ pub struct Options {
 pub struct Engine {
     job: JobFile,
     pipeline: Pipeline,
+    /// Keyed state per owned partition, parallel to `source.owned()`, kept across batches.
+    states: Vec<PartitionState>,
     source: Source,
     sink: Box<dyn Sink>,
     dead: DeadLetters,
@@ -82,9 +84,15 @@ impl Engine {
             .pipeline
             .iter()
             .any(|s| serde_json::to_string(s).is_ok_and(|j| j.contains("headers")));
+        let states = source
+            .owned()
+            .iter()
+            .map(|_| pipeline.new_state())
+            .collect();
         Ok(Engine {
             job,
             pipeline,
+            states,
             source,
             sink,
             dead,
@@ -205,7 +213,8 @@ impl Engine {
         let owned = self.source.owned().to_vec();
         let format = self.job.spec.source.format;
         let needs_headers = self.needs_headers;
-        let mut runs: Vec<_> = owned.iter().map(|_| self.pipeline.start()).collect();
+        let pipeline = &self.pipeline;
+        let mut runs: Vec<_> = self.states.iter_mut().map(|s| pipeline.start(s)).collect();
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut records_in = 0u64;
         self.source

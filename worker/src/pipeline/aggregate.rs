@@ -56,12 +56,94 @@ impl AggKind {
     }
 }
 
-/// One key's running value.
+/// One key's running value. Invertible kinds carry their record count, so that a window can
+/// subtract a leaving batch and drop a key whose count reaches zero.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Acc {
     Count(i64),
+    Sum { sum: Val, n: i64 },
     Value(Val),
     Avg { sum: f64, n: u64 },
+}
+
+impl Acc {
+    /// The result a sink sees.
+    pub fn result(&self) -> Val {
+        match self {
+            Acc::Count(n) => Val::Int(*n),
+            Acc::Sum { sum, .. } => sum.clone(),
+            Acc::Value(v) => v.clone(),
+            Acc::Avg { sum, n } => Val::Float(if *n == 0 { 0.0 } else { sum / *n as f64 }),
+        }
+    }
+
+    /// The accumulator as data, for the state changelog: plain values, never code.
+    pub fn to_val(&self) -> Val {
+        let obj = |sum: Val, n: Val| {
+            Val::Map(std::sync::Arc::new(vec![
+                (std::sync::Arc::from("sum"), sum),
+                (std::sync::Arc::from("n"), n),
+            ]))
+        };
+        match self {
+            Acc::Count(n) => Val::Int(*n),
+            Acc::Sum { sum, n } => obj(sum.clone(), Val::Int(*n)),
+            Acc::Value(v) => v.clone(),
+            Acc::Avg { sum, n } => obj(Val::Float(*sum), Val::UInt(*n)),
+        }
+    }
+
+    /// Folds `other` (a later part of the same key) into `self`.
+    ///
+    /// # Errors
+    /// Only a user's reduce expression can fail; `self` is then unchanged.
+    pub fn merge(&mut self, kind: &AggKind, key: &Val, other: &Acc) -> Result<(), EvalError> {
+        match (self, other) {
+            (Acc::Count(a), Acc::Count(b)) => *a += b,
+            (Acc::Sum { sum, n }, Acc::Sum { sum: s, n: m }) => {
+                *sum = add_numbers(sum, s);
+                *n += m;
+            }
+            (Acc::Avg { sum, n }, Acc::Avg { sum: s, n: m }) => {
+                *sum += s;
+                *n += m;
+            }
+            (Acc::Value(cur), Acc::Value(b)) => {
+                let next = match kind {
+                    AggKind::Min(_) => std::cmp::min_by(cur.clone(), b.clone(), total_order),
+                    AggKind::Max(_) => std::cmp::max_by(cur.clone(), b.clone(), total_order),
+                    AggKind::Reduce(p) => p.eval(&ReduceVars { a: cur, b, key })?.into_owned(),
+                    _ => return Ok(()),
+                };
+                *cur = next;
+            }
+            // Parts of one step always have one shape; a mismatch cannot come from records.
+            (me, other) => *me = other.clone(),
+        }
+        Ok(())
+    }
+
+    /// Takes an invertible part back out. Returns whether no record is left, so the caller can
+    /// drop the key.
+    pub fn unmerge(&mut self, other: &Acc) -> bool {
+        match (self, other) {
+            (Acc::Count(a), Acc::Count(b)) => {
+                *a -= b;
+                *a <= 0
+            }
+            (Acc::Sum { sum, n }, Acc::Sum { sum: s, n: m }) => {
+                *sum = sub_numbers(sum, s);
+                *n -= m;
+                *n <= 0
+            }
+            (Acc::Avg { sum, n }, Acc::Avg { sum: s, n: m }) => {
+                *sum -= s;
+                *n = n.saturating_sub(*m);
+                *n == 0
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Accumulators of one aggregate step for one partition's batch.
@@ -101,6 +183,15 @@ impl Accumulators {
             (AggKind::Count, Entry::Vacant(e)) => {
                 e.insert(Acc::Count(1));
             }
+            (AggKind::Sum(_), Entry::Vacant(e)) => {
+                e.insert(Acc::Sum { sum: input, n: 1 });
+            }
+            (AggKind::Sum(_), Entry::Occupied(mut e)) => {
+                if let Acc::Sum { sum, n } = e.get_mut() {
+                    *sum = add_numbers(sum, &input);
+                    *n += 1;
+                }
+            }
             (AggKind::Avg(_), e) => {
                 let x = crate::expr::value::num(&input).map_or(0.0, |n| n.as_f64());
                 match e.or_insert(Acc::Avg { sum: 0.0, n: 0 }) {
@@ -120,7 +211,6 @@ impl Accumulators {
                     return Ok(());
                 };
                 let next = match kind {
-                    AggKind::Sum(_) => add_numbers(cur, &input),
                     AggKind::Min(_) => std::cmp::min_by(cur.clone(), input, total_order),
                     AggKind::Max(_) => std::cmp::max_by(cur.clone(), input, total_order),
                     AggKind::Reduce(p) => p
@@ -130,7 +220,7 @@ impl Accumulators {
                             key: &key,
                         })?
                         .into_owned(),
-                    AggKind::Count | AggKind::Avg(_) => return Ok(()),
+                    AggKind::Count | AggKind::Sum(_) | AggKind::Avg(_) => return Ok(()),
                 };
                 *cur = next;
             }
@@ -140,18 +230,22 @@ impl Accumulators {
 
     /// The batch's results, ordered by key so that a replayed batch writes the same output.
     pub fn drain_sorted(&mut self) -> Vec<(Val, Val)> {
-        let mut out: Vec<(Val, Val)> = self
-            .keys
-            .drain()
+        self.drain_parts()
+            .into_iter()
             .map(|(k, acc)| {
                 let v = match acc {
-                    Acc::Count(n) => Val::Int(n),
-                    Acc::Value(v) => v,
-                    Acc::Avg { sum, n } => Val::Float(if n == 0 { 0.0 } else { sum / n as f64 }),
+                    Acc::Value(v) | Acc::Sum { sum: v, .. } => v,
+                    other => other.result(),
                 };
                 (k, v)
             })
-            .collect();
+            .collect()
+    }
+
+    /// The batch's accumulators, ordered by key: a window folds them in a fixed order, so
+    /// floating-point totals are the same when a batch is replayed.
+    pub fn drain_parts(&mut self) -> Vec<(Val, Acc)> {
+        let mut out: Vec<(Val, Acc)> = self.keys.drain().collect();
         out.sort_by(|a, b| total_order(&a.0, &b.0));
         out
     }
@@ -169,6 +263,23 @@ fn add_numbers(a: &Val, b: &Val) -> Val {
         _ => {
             let f = |v: &Val| crate::expr::value::num(v).map_or(0.0, |n| n.as_f64());
             Val::Float(f(a) + f(b))
+        }
+    }
+}
+
+/// The inverse of [`add_numbers`]: exact while the operands are integers.
+fn sub_numbers(a: &Val, b: &Val) -> Val {
+    match (a, b) {
+        (Val::Int(x), Val::Int(y)) => x
+            .checked_sub(*y)
+            .map_or(Val::Float(*x as f64 - *y as f64), Val::Int),
+        (Val::UInt(x), Val::UInt(y)) => x.checked_sub(*y).map_or_else(
+            || Val::Int(-((*y - *x).min(i64::MAX as u64) as i64)),
+            Val::UInt,
+        ),
+        _ => {
+            let f = |v: &Val| crate::expr::value::num(v).map_or(0.0, |n| n.as_f64());
+            Val::Float(f(a) - f(b))
         }
     }
 }

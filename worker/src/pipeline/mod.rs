@@ -1,12 +1,17 @@
 //! The job's steps, compiled once and run per partition per batch.
 //!
 //! Stateless steps (filter, map, select, flatMap, keyBy) run record by record as the records
-//! are read. An aggregate is a barrier: it accumulates the batch, and its results flow through
-//! the steps after it when the partition's batch ends. Every step is pure: records in, records
-//! out, so a replayed batch produces the same output.
+//! are read. An aggregate, a window and a state step are barriers: they collect the batch, and
+//! their results flow through the steps after them when the partition's batch ends. Windows and
+//! state steps keep their state in a [`PartitionState`] the caller owns, across batches. Every
+//! step is deterministic: the same records and batch time give the same output, in key order.
 
 pub mod aggregate;
+pub mod keyed;
+pub mod store;
+pub mod window;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::expr::{EvalError, ExprError, Program, Val, Var};
@@ -14,6 +19,10 @@ use crate::record::Record;
 use crate::spec::{JobSpec, StepSpec};
 
 use aggregate::{Accumulators, AggKind};
+use keyed::{KeyedState, StateOp};
+use store::StepUpdate;
+pub use store::{PartitionState, StateChange, StepState};
+use window::{WindowOp, WindowState, MAX_WINDOW_BATCHES};
 
 enum Op {
     Filter(Program),
@@ -22,6 +31,8 @@ enum Op {
     FlatMap(Program),
     KeyBy(Program),
     Aggregate(AggKind),
+    Window(WindowOp),
+    State(StateOp),
 }
 
 struct Step {
@@ -36,6 +47,8 @@ pub enum PipelineError {
     Expr { step: String, source: ExprError },
     #[error("pipeline step {step:?} uses {what}, which this version of weir-worker does not run yet; remove the step or use a worker that supports it")]
     Unsupported { step: String, what: &'static str },
+    #[error("pipeline step {step:?}: {reason}")]
+    Invalid { step: String, reason: String },
 }
 
 /// A record that failed a step.
@@ -103,14 +116,38 @@ impl Pipeline {
                     key_by: Some(x), ..
                 } => Op::KeyBy(Program::compile(x, &vars).map_err(e)?),
                 StepSpec {
-                    aggregate: Some(_),
-                    window: Some(_),
+                    aggregate: Some(a),
+                    window: Some(w),
                     ..
-                } => return Err(unsupported("window")),
+                } => {
+                    let kind = AggKind::compile(a, &vars).map_err(e)?;
+                    Op::Window(window_op(spec, s, w, kind)?)
+                }
                 StepSpec {
                     aggregate: Some(a), ..
                 } => Op::Aggregate(AggKind::compile(a, &vars).map_err(e)?),
-                StepSpec { state: Some(_), .. } => return Err(unsupported("state")),
+                StepSpec {
+                    state: Some(st), ..
+                } => Op::State(StateOp {
+                    initial: st
+                        .initial
+                        .as_deref()
+                        .map(|x| Program::compile(x, &[Var::Key]))
+                        .transpose()
+                        .map_err(e)?,
+                    update: Program::compile(&st.update, &[Var::Key, Var::Values, Var::State])
+                        .map_err(e)?,
+                    remove: st
+                        .remove
+                        .as_deref()
+                        .map(|x| Program::compile(x, &[Var::Key, Var::State]))
+                        .transpose()
+                        .map_err(e)?,
+                    timeout_ms: st
+                        .timeout
+                        .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)),
+                    snapshots: st.snapshots,
+                }),
                 StepSpec {
                     repartition: Some(_),
                     ..
@@ -125,15 +162,88 @@ impl Pipeline {
         Ok(Pipeline { steps })
     }
 
-    /// A fresh run for one partition's batch.
-    pub fn start(&self) -> PartitionRun<'_> {
+    /// Empty keyed state for one partition; create it once per partition and keep it.
+    pub fn new_state(&self) -> PartitionState {
+        PartitionState::new(
+            self.steps
+                .iter()
+                .map(|s| (s.id.clone(), fresh_state(&s.op)))
+                .collect(),
+        )
+    }
+
+    /// A run of one partition's batch over that partition's state.
+    pub fn start<'p>(&'p self, state: &'p mut PartitionState) -> PartitionRun<'p> {
+        // State made for another pipeline would put one step's state under another's id.
+        let fits = state.steps.len() == self.steps.len()
+            && state.steps.iter().zip(&self.steps).all(|((id, st), s)| {
+                *id == s.id
+                    && std::mem::discriminant(st) == std::mem::discriminant(&fresh_state(&s.op))
+            });
+        if !fits {
+            *state = self.new_state();
+        }
         PartitionRun {
             pipeline: self,
-            accs: self.steps.iter().map(|_| Accumulators::default()).collect(),
+            pending: self
+                .steps
+                .iter()
+                .map(|s| match s.op {
+                    Op::State(_) => Pending::Values(HashMap::new()),
+                    _ => Pending::Agg(Accumulators::default()),
+                })
+                .collect(),
+            state,
             out: Vec::new(),
             scratch: Vec::new(),
         }
     }
+}
+
+fn fresh_state(op: &Op) -> StepState {
+    match op {
+        Op::Window(w) => StepState::Window(WindowState::new(w.length)),
+        Op::State(_) => StepState::Keyed(KeyedState::default()),
+        _ => StepState::None,
+    }
+}
+
+/// Window length and slide in batches; the spec's validation already says what to fix, this
+/// only keeps an unvalidated spec from building a wrong window.
+fn window_op(
+    spec: &JobSpec,
+    s: &StepSpec,
+    w: &crate::spec::WindowSpec,
+    kind: AggKind,
+) -> Result<WindowOp, PipelineError> {
+    let ms = |d: crate::spec::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let interval = ms(spec.batch_interval);
+    let length = ms(w.length);
+    let slide = w.slide.map_or(interval, ms);
+    let bad = |reason: String| PipelineError::Invalid {
+        step: s.id.clone(),
+        reason,
+    };
+    if interval <= 0 || length <= 0 || slide <= 0 || length % interval != 0 || slide % interval != 0
+    {
+        return Err(bad(format!(
+            "window length {} and slide must be positive multiples of batchInterval {}",
+            w.length, spec.batch_interval
+        )));
+    }
+    if length / interval > MAX_WINDOW_BATCHES {
+        return Err(bad(format!(
+            "window length {} is {} batches; at most {MAX_WINDOW_BATCHES} are kept, use a longer batchInterval",
+            w.length,
+            length / interval
+        )));
+    }
+    Ok(WindowOp {
+        kind,
+        interval_ms: interval,
+        length: length / interval,
+        slide: slide / interval,
+    })
 }
 
 /// An output record.
@@ -141,23 +251,55 @@ impl Pipeline {
 pub struct Output {
     pub key: Val,
     pub value: Val,
-    /// Source offset of the record it came from; `None` for aggregate results.
+    /// Source offset of the record it came from; `None` for aggregate and state results.
     pub source_offset: Option<i64>,
 }
 
-/// What a record contributes to the first aggregate, staged until the record passes every
+/// What a record contributes to the first barrier step, staged until the record passes every
 /// step: a failing record then changes nothing.
 enum Effect {
     Emit(Output),
     Accumulate { step: usize, key: Val, input: Val },
 }
 
+/// A barrier step's share of the batch so far.
+enum Pending {
+    /// An aggregate's, or a window's part for this batch.
+    Agg(Accumulators),
+    /// A state step's values per key, in record order.
+    Values(HashMap<Val, Vec<Val>>),
+}
+
 /// One partition's batch in progress.
 pub struct PartitionRun<'p> {
     pipeline: &'p Pipeline,
-    accs: Vec<Accumulators>,
+    pending: Vec<Pending>,
+    state: &'p mut PartitionState,
     out: Vec<Output>,
     scratch: Vec<Effect>,
+}
+
+/// Adds a staged contribution to its barrier step.
+fn accumulate(
+    steps: &[Step],
+    pending: &mut [Pending],
+    step: usize,
+    key: Val,
+    input: Val,
+) -> Result<(), StepFailure> {
+    let r = match (&steps[step].op, &mut pending[step]) {
+        (Op::Aggregate(kind), Pending::Agg(accs)) => accs.add(kind, key, input),
+        (Op::Window(w), Pending::Agg(accs)) => accs.add(&w.kind, key, input),
+        (Op::State(_), Pending::Values(values)) => {
+            values.entry(key).or_default().push(input);
+            Ok(())
+        }
+        _ => Ok(()),
+    };
+    r.map_err(|error| StepFailure {
+        step: steps[step].id.clone(),
+        error,
+    })
 }
 
 impl PartitionRun<'_> {
@@ -178,14 +320,10 @@ impl PartitionRun<'_> {
             match effect {
                 Effect::Emit(o) => self.out.push(o),
                 Effect::Accumulate { step, key, input } => {
-                    let Op::Aggregate(kind) = &self.pipeline.steps[step].op else {
-                        continue;
-                    };
-                    if let Err(error) = self.accs[step].add(kind, key, input) {
-                        result = Err(StepFailure {
-                            step: self.pipeline.steps[step].id.clone(),
-                            error,
-                        });
+                    if let Err(f) =
+                        accumulate(&self.pipeline.steps, &mut self.pending, step, key, input)
+                    {
+                        result = Err(f);
                     }
                 }
             }
@@ -194,20 +332,61 @@ impl PartitionRun<'_> {
         result
     }
 
-    /// Ends the batch: flushes aggregates through the steps after them.
-    /// Returns the outputs and the failures of aggregate results in later steps.
+    /// Ends the batch at `batch_time_ms`: applies it to the partition's state, and flushes
+    /// barrier results through the steps after them. Returns the outputs and the failures of
+    /// barrier results (in their own step or a later one). The state changes are then in
+    /// [`PartitionState::changes`]. Finishing the same batch time again replays that batch.
     pub fn finish(
         mut self,
         topic: &Arc<str>,
         partition: i32,
         batch_time_ms: i64,
     ) -> (Vec<Output>, Vec<(Output, StepFailure)>) {
+        let pipeline = self.pipeline;
+        let steps = &pipeline.steps;
         let mut failures = Vec::new();
-        for i in 0..self.pipeline.steps.len() {
-            if self.accs[i].keys.is_empty() {
-                continue;
-            }
-            for (key, value) in self.accs[i].drain_sorted() {
+        self.state.begin(batch_time_ms);
+        for i in 0..steps.len() {
+            let fail = |key: Val, value: Val, error| {
+                (
+                    Output {
+                        key,
+                        value,
+                        source_offset: None,
+                    },
+                    StepFailure {
+                        step: steps[i].id.clone(),
+                        error,
+                    },
+                )
+            };
+            let pending = std::mem::replace(&mut self.pending[i], Pending::Values(HashMap::new()));
+            let mut up = StepUpdate {
+                step: &steps[i].id,
+                changes: &mut self.state.changes,
+            };
+            let results: Vec<(Val, Val)> = match (&steps[i].op, pending, &mut self.state.steps[i].1)
+            {
+                (Op::Aggregate(_), Pending::Agg(mut accs), _) => accs.drain_sorted(),
+                (Op::Window(w), Pending::Agg(mut accs), StepState::Window(ws)) => ws
+                    .apply(w, batch_time_ms, accs.drain_parts(), &mut up)
+                    .into_iter()
+                    .filter_map(|(k, r)| match r {
+                        Ok(v) => Some((k, v)),
+                        Err(e) => {
+                            failures.push(fail(k, Val::Null, e));
+                            None
+                        }
+                    })
+                    .collect(),
+                (Op::State(op), Pending::Values(values), StepState::Keyed(ks)) => {
+                    let o = ks.apply(op, batch_time_ms, values, &mut up);
+                    failures.extend(o.failures.into_iter().map(|(k, v, e)| fail(k, v, e)));
+                    o.records
+                }
+                _ => continue,
+            };
+            for (key, value) in results {
                 let rec = Record {
                     topic: topic.clone(),
                     partition,
@@ -219,42 +398,38 @@ impl PartitionRun<'_> {
                     item: Val::Null,
                     item_is_output: false,
                 };
-                let mut effects = Vec::new();
-                match run(&self.pipeline.steps, i + 1, rec, &mut effects) {
+                let mut effects = std::mem::take(&mut self.scratch);
+                let failed = |f| {
+                    (
+                        Output {
+                            key: key.clone(),
+                            value: value.clone(),
+                            source_offset: None,
+                        },
+                        f,
+                    )
+                };
+                match run(steps, i + 1, rec, &mut effects) {
                     Ok(()) => {
-                        for effect in effects {
+                        for effect in effects.drain(..) {
                             match effect {
                                 Effect::Emit(o) => self.out.push(o),
                                 Effect::Accumulate { step, key, input } => {
-                                    let Op::Aggregate(kind) = &self.pipeline.steps[step].op else {
-                                        continue;
-                                    };
-                                    if let Err(error) =
-                                        self.accs[step].add(kind, key.clone(), input)
+                                    if let Err(f) =
+                                        accumulate(steps, &mut self.pending, step, key, input)
                                     {
-                                        let step = self.pipeline.steps[step].id.clone();
-                                        failures.push((
-                                            Output {
-                                                key,
-                                                value: value.clone(),
-                                                source_offset: None,
-                                            },
-                                            StepFailure { step, error },
-                                        ));
+                                        failures.push(failed(f));
                                     }
                                 }
                             }
                         }
                     }
-                    Err(f) => failures.push((
-                        Output {
-                            key,
-                            value,
-                            source_offset: None,
-                        },
-                        f,
-                    )),
+                    Err(f) => {
+                        effects.clear();
+                        failures.push(failed(f));
+                    }
                 }
+                self.scratch = effects;
             }
         }
         (self.out, failures)
@@ -310,12 +485,21 @@ fn run(
                 }
                 return Ok(());
             }
-            Op::Aggregate(kind) => {
+            Op::Aggregate(kind) | Op::Window(WindowOp { kind, .. }) => {
                 let input = kind.input(&rec).map_err(fail)?;
                 let key = rec.key.clone();
                 effects.push(Effect::Accumulate {
                     step: i,
                     key,
+                    input,
+                });
+                return Ok(());
+            }
+            Op::State(_) => {
+                let input = rec.output().clone();
+                effects.push(Effect::Accumulate {
+                    step: i,
+                    key: rec.key,
                     input,
                 });
                 return Ok(());
@@ -336,4 +520,8 @@ fn run(
 }
 
 #[cfg(test)]
+mod keyed_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;

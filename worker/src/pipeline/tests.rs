@@ -4,14 +4,18 @@ use super::*;
 use crate::record::decode_value;
 use crate::spec::{parse_job, Format};
 
-fn job(pipeline: &str, format: &str) -> JobSpec {
+pub(super) fn job(pipeline: &str, format: &str) -> JobSpec {
+    job_every("1s", pipeline, format)
+}
+
+pub(super) fn job_every(interval: &str, pipeline: &str, format: &str) -> JobSpec {
     let text = format!(
-        "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'x:9092', topics: [in]}}, format: {format}}}\nsink: {{stdout: {{}}}}\npipeline:\n{pipeline}"
+        "batchInterval: {interval}\nsource: {{kafka: {{bootstrapServers: 'x:9092', topics: [in]}}, format: {format}}}\nsink: {{stdout: {{}}}}\npipeline:\n{pipeline}"
     );
     parse_job(&text, "t").unwrap().spec
 }
 
-fn rec(offset: i64, format: Format, payload: &str) -> Record {
+pub(super) fn rec(offset: i64, format: Format, payload: &str) -> Record {
     Record {
         topic: Arc::from("in"),
         partition: 0,
@@ -30,7 +34,8 @@ const WORD_COUNT: &str = "- {id: words, flatMap: \"value.split(' ')\"}\n- {id: n
 #[test]
 fn word_count_per_batch() {
     let p = Pipeline::compile(&job(WORD_COUNT, "text")).unwrap();
-    let mut run = p.start();
+    let mut st = p.new_state();
+    let mut run = p.start(&mut st);
     for (i, line) in ["the cat", "the  dog", "a cat the"].iter().enumerate() {
         run.push(rec(i as i64, Format::Text, line)).unwrap();
     }
@@ -55,7 +60,8 @@ fn word_count_per_batch() {
 fn stateless_steps_keep_offsets_and_items_become_output() {
     let steps = "- {id: big, filter: 'value.n > 1'}\n- {id: shape, select: {n: 'value.n', page: 'value.page'}}\n- {id: k, keyBy: 'value.page'}\n";
     let p = Pipeline::compile(&job(steps, "json")).unwrap();
-    let mut run = p.start();
+    let mut st = p.new_state();
+    let mut run = p.start(&mut st);
     run.push(rec(7, Format::Json, r#"{"n":1,"page":"a"}"#))
         .unwrap();
     run.push(rec(8, Format::Json, r#"{"n":5,"page":"b","x":0}"#))
@@ -67,7 +73,8 @@ fn stateless_steps_keep_offsets_and_items_become_output() {
     assert_eq!(out[0].value.to_string(), r#"{"n":5,"page":"b"}"#);
 
     let p = Pipeline::compile(&job("- {id: tags, flatMap: 'value.tags'}\n", "json")).unwrap();
-    let mut run = p.start();
+    let mut st = p.new_state();
+    let mut run = p.start(&mut st);
     run.push(rec(1, Format::Json, r#"{"tags":["x","y"]}"#))
         .unwrap();
     let (out, _) = run.finish(&Arc::from("in"), 0, 0);
@@ -81,7 +88,8 @@ fn stateless_steps_keep_offsets_and_items_become_output() {
 fn a_failing_record_changes_nothing_and_names_the_step() {
     let steps = "- {id: words, flatMap: 'value.words'}\n- {id: lengths, map: 'size(item) * value.factor'}\n- {id: total, aggregate: {sum: value}}\n";
     let p = Pipeline::compile(&job(steps, "json")).unwrap();
-    let mut run = p.start();
+    let mut st = p.new_state();
+    let mut run = p.start(&mut st);
     run.push(rec(0, Format::Json, r#"{"words":["ab","c"],"factor":2}"#))
         .unwrap();
     // The second word fails (factor is a string): the first word's contribution must not count.
@@ -109,7 +117,8 @@ fn aggregates_sum_min_max_avg_reduce() {
     for (agg, want) in cases {
         let steps = format!("- {{id: k, keyBy: \"'all'\"}}\n- {{id: agg, aggregate: {agg}}}\n");
         let p = Pipeline::compile(&job(&steps, "json")).unwrap();
-        let mut run = p.start();
+        let mut st = p.new_state();
+        let mut run = p.start(&mut st);
         for (i, n) in [3, 1, 5].iter().enumerate() {
             run.push(rec(i as i64, Format::Json, &format!(r#"{{"n":{n}}}"#)))
                 .unwrap();
@@ -122,10 +131,13 @@ fn aggregates_sum_min_max_avg_reduce() {
 
 #[test]
 fn steps_this_worker_cannot_run_are_refused_by_name() {
-    let steps = "- {id: k, keyBy: 'value.page'}\n- {id: views, window: {length: 4s, slide: 2s}, aggregate: {count: {}}}\n";
+    let steps = "- {id: k, keyBy: 'value.page'}\n- {id: shuffle, repartition: {}}\n";
     let e = Pipeline::compile(&job(steps, "json"))
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("\"views\"") && e.contains("window"), "{e}");
+    assert!(
+        e.contains("\"shuffle\"") && e.contains("repartition"),
+        "{e}"
+    );
 }

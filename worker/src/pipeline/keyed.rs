@@ -1,0 +1,248 @@
+//! Per-key state updated every batch (mapWithState, updateStateByKey).
+//!
+//! For each key with records in a batch, in key order: when the key has state and `remove`
+//! holds for it, the state is dropped and the batch's values for the key with it (seed 004's
+//! mapping function: a word seen more than N times is dropped the next time it shows up);
+//! otherwise `update` computes the new state from `key`, `values` (the batch's values in record
+//! order) and `state` (the previous one, or `initial`, or null), and the step emits
+//! (key, new state). A key not seen for `timeout` of batch time is removed in the first batch at
+//! or after its expiry (so at most one batch late, every batch, not on checkpoints), and the
+//! step emits (key, last state) for it as its final record. With `snapshots`, the step emits the
+//! whole state every batch instead of the updated keys: that contains every update, and a single
+//! output stream could not tell the two apart.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::aggregate::total_order;
+use super::store::{StateChange, StepUpdate};
+use crate::expr::{EvalError, Program, Val, Var, Vars};
+
+/// A compiled `state` step.
+#[derive(Debug)]
+pub struct StateOp {
+    pub initial: Option<Program>,
+    pub update: Program,
+    pub remove: Option<Program>,
+    pub timeout_ms: Option<i64>,
+    pub snapshots: bool,
+}
+
+/// A key's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub state: Val,
+    /// Batch time of the last batch with records for the key.
+    pub seen: i64,
+}
+
+impl Entry {
+    fn to_val(&self) -> Val {
+        Val::Map(Arc::new(vec![
+            (Arc::from("state"), self.state.clone()),
+            (Arc::from("seen"), Val::Int(self.seen)),
+        ]))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Undo {
+    entries: Vec<(Val, Option<Entry>)>,
+    expired: Vec<(i64, Vec<Val>)>,
+    indexed: Option<i64>,
+}
+
+/// One state step's state in one partition.
+#[derive(Debug, Default)]
+pub struct KeyedState {
+    entries: HashMap<Val, Entry>,
+    /// Keys by the batch time they were last seen, for timeouts without a scan of every key.
+    /// A key seen again stays in its older bucket too; expiry skips it there, since its `seen`
+    /// no longer matches.
+    by_seen: BTreeMap<i64, Vec<Val>>,
+    undo: Undo,
+}
+
+struct StateVars<'a> {
+    key: &'a Val,
+    values: &'a Val,
+    state: &'a Val,
+}
+
+impl Vars for StateVars<'_> {
+    fn var(&self, v: Var) -> Option<Cow<'_, Val>> {
+        match v {
+            Var::Key => Some(Cow::Borrowed(self.key)),
+            Var::Values => Some(Cow::Borrowed(self.values)),
+            Var::State => Some(Cow::Borrowed(self.state)),
+            _ => None,
+        }
+    }
+}
+
+/// What a state step produced in a batch.
+#[derive(Debug, Default)]
+pub(crate) struct StateOutput {
+    /// (key, state), sorted by key.
+    pub records: Vec<(Val, Val)>,
+    /// (key, the key's values, error) of keys whose expressions failed; their state is unchanged.
+    pub failures: Vec<(Val, Val, EvalError)>,
+}
+
+impl KeyedState {
+    pub fn get(&self, key: &Val) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(crate) fn rollback(&mut self) {
+        let undo = std::mem::take(&mut self.undo);
+        if let Some(t) = undo.indexed {
+            self.by_seen.remove(&t);
+        }
+        for (t, keys) in undo.expired {
+            self.by_seen.insert(t, keys);
+        }
+        for (key, old) in undo.entries.into_iter().rev() {
+            match old {
+                Some(e) => self.entries.insert(key, e),
+                None => self.entries.remove(&key),
+            };
+        }
+    }
+
+    fn set(&mut self, up: &mut StepUpdate<'_>, key: &Val, next: Option<Entry>) {
+        up.changes.push(StateChange {
+            step: up.step.clone(),
+            key: key.clone(),
+            value: next.as_ref().map(Entry::to_val),
+        });
+        let old = match next {
+            Some(e) => self.entries.insert(key.clone(), e),
+            None => self.entries.remove(key),
+        };
+        self.undo.entries.push((key.clone(), old));
+    }
+
+    /// Applies batch `time`: `batch` holds each key's values in record order.
+    pub(crate) fn apply(
+        &mut self,
+        op: &StateOp,
+        time: i64,
+        batch: HashMap<Val, Vec<Val>>,
+        up: &mut StepUpdate<'_>,
+    ) -> StateOutput {
+        self.undo = Undo::default();
+        let mut out = StateOutput::default();
+        let mut keys: Vec<(Val, Vec<Val>)> = batch.into_iter().collect();
+        keys.sort_by(|a, b| total_order(&a.0, &b.0));
+        let mut seen_now = Vec::new();
+        for (key, values) in keys {
+            let values = Val::List(Arc::new(values));
+            match self.step_key(op, time, &key, &values) {
+                Ok(Some(entry)) => {
+                    if !op.snapshots {
+                        out.records.push((key.clone(), entry.state.clone()));
+                    }
+                    if op.timeout_ms.is_some() {
+                        seen_now.push(key.clone());
+                    }
+                    self.set(up, &key, Some(entry));
+                }
+                Ok(None) => self.set(up, &key, None),
+                Err(e) => out.failures.push((key, values, e)),
+            }
+        }
+        if !seen_now.is_empty() {
+            self.by_seen.entry(time).or_default().extend(seen_now);
+            self.undo.indexed = Some(time);
+        }
+        if let Some(timeout) = op.timeout_ms {
+            self.expire(time, timeout, up, &mut out.records);
+        }
+        if op.snapshots {
+            out.records.extend(
+                self.entries
+                    .iter()
+                    .map(|(k, e)| (k.clone(), e.state.clone())),
+            );
+        }
+        out.records.sort_by(|a, b| total_order(&a.0, &b.0));
+        out
+    }
+
+    /// The key's next state, or `None` when `remove` drops it.
+    fn step_key(
+        &self,
+        op: &StateOp,
+        time: i64,
+        key: &Val,
+        values: &Val,
+    ) -> Result<Option<Entry>, EvalError> {
+        let existing = self.entries.get(key);
+        if let (Some(e), Some(remove)) = (existing, &op.remove) {
+            let vars = StateVars {
+                key,
+                values: &Val::Null,
+                state: &e.state,
+            };
+            if remove.eval_bool(&vars)? {
+                return Ok(None);
+            }
+        }
+        let initial;
+        let prev = match (existing, &op.initial) {
+            (Some(e), _) => &e.state,
+            (None, Some(p)) => {
+                let vars = StateVars {
+                    key,
+                    values: &Val::Null,
+                    state: &Val::Null,
+                };
+                initial = p.eval(&vars)?.into_owned();
+                &initial
+            }
+            (None, None) => &Val::Null,
+        };
+        let vars = StateVars {
+            key,
+            values,
+            state: prev,
+        };
+        let state = op.update.eval(&vars)?.into_owned();
+        Ok(Some(Entry { state, seen: time }))
+    }
+
+    /// Removes keys last seen at or before `time - timeout`, emitting their last state.
+    fn expire(
+        &mut self,
+        time: i64,
+        timeout: i64,
+        up: &mut StepUpdate<'_>,
+        records: &mut Vec<(Val, Val)>,
+    ) {
+        let cutoff = time.saturating_sub(timeout);
+        let due: Vec<i64> = self.by_seen.range(..=cutoff).map(|(t, _)| *t).collect();
+        for t in due {
+            let Some(keys) = self.by_seen.remove(&t) else {
+                continue;
+            };
+            for key in &keys {
+                let Some(e) = self.entries.get(key).filter(|e| e.seen == t) else {
+                    continue;
+                };
+                records.push((key.clone(), e.state.clone()));
+                self.set(up, key, None);
+            }
+            self.undo.expired.push((t, keys));
+        }
+    }
+}

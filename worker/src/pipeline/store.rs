@@ -1,0 +1,92 @@
+//! Keyed state of one partition, owned by the caller and kept across batches.
+//!
+//! Each stateful step's state sits under the step's id. Every batch records the state it
+//! changed as (step id, key, new value or tombstone): data a changelog writer can send to a
+//! compacted topic, and from which a restart can rebuild the state.
+//!
+//! The engine replays a batch whose output or commit failed, with the same batch time. The
+//! state keeps an undo log of the last batch, and a batch finishing with the time of the last
+//! one first takes that one back: a replay never counts a batch twice.
+
+use std::sync::Arc;
+
+use super::keyed::KeyedState;
+use super::window::WindowState;
+use crate::expr::Val;
+
+/// One state change of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateChange {
+    /// The id of the step that owns the state.
+    pub step: Arc<str>,
+    /// Key within the step's state (for a window: `[slot, key]`).
+    pub key: Val,
+    /// The new value; `None` is a tombstone (the key's state is gone).
+    pub value: Option<Val>,
+}
+
+/// A stateful step's state.
+#[derive(Debug, Default)]
+pub enum StepState {
+    /// A stateless step, or an aggregate of single batches.
+    #[default]
+    None,
+    Window(WindowState),
+    Keyed(KeyedState),
+}
+
+/// All keyed state of one input partition.
+#[derive(Debug, Default)]
+pub struct PartitionState {
+    /// Parallel to the pipeline's steps, each with the step's id.
+    pub(crate) steps: Vec<(Arc<str>, StepState)>,
+    pub(crate) changes: Vec<StateChange>,
+    /// Batch time of the last batch applied.
+    last_batch: Option<i64>,
+}
+
+/// Where a step records its changes.
+pub(crate) struct StepUpdate<'a> {
+    pub step: &'a Arc<str>,
+    pub changes: &'a mut Vec<StateChange>,
+}
+
+impl PartitionState {
+    pub(crate) fn new(steps: Vec<(Arc<str>, StepState)>) -> PartitionState {
+        PartitionState {
+            steps,
+            changes: Vec::new(),
+            last_batch: None,
+        }
+    }
+
+    /// The state changes of the last batch, in the order they happened.
+    pub fn changes(&self) -> &[StateChange] {
+        &self.changes
+    }
+
+    /// Takes the last batch's changes, e.g. to hand them to a changelog writer.
+    pub fn take_changes(&mut self) -> Vec<StateChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The state of the step with this id.
+    pub fn step(&self, id: &str) -> Option<&StepState> {
+        self.steps.iter().find(|(s, _)| &**s == id).map(|(_, s)| s)
+    }
+
+    /// Starts applying batch `time`: a replay of the last batch first takes it back.
+    pub(crate) fn begin(&mut self, time: i64) {
+        self.changes.clear();
+        if self.last_batch == Some(time) {
+            for (_, s) in &mut self.steps {
+                match s {
+                    StepState::Window(w) => w.rollback(),
+                    StepState::Keyed(k) => k.rollback(),
+                    StepState::None => {}
+                }
+            }
+        }
+        self.last_batch = Some(time);
+    }
+}
