@@ -7,6 +7,7 @@
 //! step is deterministic: the same records and batch time give the same output, in key order.
 
 pub mod aggregate;
+mod compile;
 pub mod keyed;
 pub mod store;
 pub mod window;
@@ -14,15 +15,14 @@ pub mod window;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::expr::{EvalError, ExprError, Program, Val, Var};
+use crate::expr::{EvalError, ExprError, Program, Val};
 use crate::record::Record;
-use crate::spec::{JobSpec, StepSpec};
 
 use aggregate::{Accumulators, AggKind};
 use keyed::{KeyedState, StateOp};
 use store::StepUpdate;
 pub use store::{PartitionState, StateChange, StepState};
-use window::{WindowOp, WindowState, MAX_WINDOW_BATCHES};
+use window::{WindowOp, WindowState};
 
 enum Op {
     Filter(Program),
@@ -64,104 +64,6 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Compiles the spec's steps.
-    ///
-    /// # Errors
-    /// An expression that does not compile, or a step kind this worker cannot run.
-    pub fn compile(spec: &JobSpec) -> Result<Pipeline, PipelineError> {
-        let mut steps = Vec::with_capacity(spec.pipeline.len());
-        let mut vars = vec![
-            Var::Key,
-            Var::Value,
-            Var::Partition,
-            Var::Offset,
-            Var::Timestamp,
-            Var::Headers,
-            Var::Topic,
-        ];
-        for s in &spec.pipeline {
-            let e = |source| PipelineError::Expr {
-                step: s.id.clone(),
-                source,
-            };
-            let unsupported = |what| PipelineError::Unsupported {
-                step: s.id.clone(),
-                what,
-            };
-            let op = match s {
-                StepSpec {
-                    filter: Some(x), ..
-                } => Op::Filter(Program::compile(x, &vars).map_err(e)?),
-                StepSpec { map: Some(x), .. } => Op::Map(Program::compile(x, &vars).map_err(e)?),
-                StepSpec {
-                    select: Some(fields),
-                    ..
-                } => Op::Select(
-                    fields
-                        .iter()
-                        .map(|(k, x)| Ok((Arc::from(k.as_str()), Program::compile(x, &vars)?)))
-                        .collect::<Result<_, ExprError>>()
-                        .map_err(e)?,
-                ),
-                StepSpec {
-                    flat_map: Some(x), ..
-                } => {
-                    let p = Program::compile(x, &vars).map_err(e)?;
-                    if !vars.contains(&Var::Item) {
-                        vars.push(Var::Item);
-                    }
-                    Op::FlatMap(p)
-                }
-                StepSpec {
-                    key_by: Some(x), ..
-                } => Op::KeyBy(Program::compile(x, &vars).map_err(e)?),
-                StepSpec {
-                    aggregate: Some(a),
-                    window: Some(w),
-                    ..
-                } => {
-                    let kind = AggKind::compile(a, &vars).map_err(e)?;
-                    Op::Window(window_op(spec, s, w, kind)?)
-                }
-                StepSpec {
-                    aggregate: Some(a), ..
-                } => Op::Aggregate(AggKind::compile(a, &vars).map_err(e)?),
-                StepSpec {
-                    state: Some(st), ..
-                } => Op::State(StateOp {
-                    initial: st
-                        .initial
-                        .as_deref()
-                        .map(|x| Program::compile(x, &[Var::Key]))
-                        .transpose()
-                        .map_err(e)?,
-                    update: Program::compile(&st.update, &[Var::Key, Var::Values, Var::State])
-                        .map_err(e)?,
-                    remove: st
-                        .remove
-                        .as_deref()
-                        .map(|x| Program::compile(x, &[Var::Key, Var::State]))
-                        .transpose()
-                        .map_err(e)?,
-                    timeout_ms: st
-                        .timeout
-                        .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)),
-                    snapshots: st.snapshots,
-                }),
-                StepSpec {
-                    repartition: Some(_),
-                    ..
-                } => return Err(unsupported("repartition")),
-                _ => return Err(unsupported("no operation")),
-            };
-            steps.push(Step {
-                id: Arc::from(s.id.as_str()),
-                op,
-            });
-        }
-        Ok(Pipeline { steps })
-    }
-
     /// Empty keyed state for one partition; create it once per partition and keep it.
     pub fn new_state(&self) -> PartitionState {
         PartitionState::new(
@@ -178,7 +80,11 @@ impl Pipeline {
         let fits = state.steps.len() == self.steps.len()
             && state.steps.iter().zip(&self.steps).all(|((id, st), s)| {
                 *id == s.id
-                    && std::mem::discriminant(st) == std::mem::discriminant(&fresh_state(&s.op))
+                    && match &s.op {
+                        Op::Window(_) => matches!(st, StepState::Window(_)),
+                        Op::State(_) => matches!(st, StepState::Keyed(_)),
+                        _ => matches!(st, StepState::None),
+                    }
             });
         if !fits {
             *state = self.new_state();
@@ -206,44 +112,6 @@ fn fresh_state(op: &Op) -> StepState {
         Op::State(_) => StepState::Keyed(KeyedState::default()),
         _ => StepState::None,
     }
-}
-
-/// Window length and slide in batches; the spec's validation already says what to fix, this
-/// only keeps an unvalidated spec from building a wrong window.
-fn window_op(
-    spec: &JobSpec,
-    s: &StepSpec,
-    w: &crate::spec::WindowSpec,
-    kind: AggKind,
-) -> Result<WindowOp, PipelineError> {
-    let ms = |d: crate::spec::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let interval = ms(spec.batch_interval);
-    let length = ms(w.length);
-    let slide = w.slide.map_or(interval, ms);
-    let bad = |reason: String| PipelineError::Invalid {
-        step: s.id.clone(),
-        reason,
-    };
-    if interval <= 0 || length <= 0 || slide <= 0 || length % interval != 0 || slide % interval != 0
-    {
-        return Err(bad(format!(
-            "window length {} and slide must be positive multiples of batchInterval {}",
-            w.length, spec.batch_interval
-        )));
-    }
-    if length / interval > MAX_WINDOW_BATCHES {
-        return Err(bad(format!(
-            "window length {} is {} batches; at most {MAX_WINDOW_BATCHES} are kept, use a longer batchInterval",
-            w.length,
-            length / interval
-        )));
-    }
-    Ok(WindowOp {
-        kind,
-        interval_ms: interval,
-        length: length / interval,
-        slide: slide / interval,
-    })
 }
 
 /// An output record.

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::record::decode_value;
-use crate::spec::{parse_job, Format};
+use crate::spec::{parse_job, Format, JobSpec};
 
 pub(super) fn job(pipeline: &str, format: &str) -> JobSpec {
     job_every("1s", pipeline, format)

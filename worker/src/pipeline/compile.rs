@@ -1,0 +1,149 @@
+//! Builds a [`Pipeline`] from a job spec's steps: CEL compiled once, windows in batches.
+
+use std::sync::Arc;
+
+use super::aggregate::AggKind;
+use super::keyed::StateOp;
+use super::window::{WindowOp, MAX_WINDOW_BATCHES};
+use super::{Op, Pipeline, PipelineError, Step};
+use crate::expr::{ExprError, Program, Var};
+use crate::spec::{JobSpec, StateStepSpec, StepSpec, WindowSpec};
+
+impl Pipeline {
+    /// Compiles the spec's steps.
+    ///
+    /// # Errors
+    /// An expression that does not compile, or a step kind this worker cannot run.
+    pub fn compile(spec: &JobSpec) -> Result<Pipeline, PipelineError> {
+        let mut steps = Vec::with_capacity(spec.pipeline.len());
+        let mut vars = vec![
+            Var::Key,
+            Var::Value,
+            Var::Partition,
+            Var::Offset,
+            Var::Timestamp,
+            Var::Headers,
+            Var::Topic,
+        ];
+        for s in &spec.pipeline {
+            let e = |source| PipelineError::Expr {
+                step: s.id.clone(),
+                source,
+            };
+            let unsupported = |what| PipelineError::Unsupported {
+                step: s.id.clone(),
+                what,
+            };
+            let op = match s {
+                StepSpec {
+                    filter: Some(x), ..
+                } => Op::Filter(Program::compile(x, &vars).map_err(e)?),
+                StepSpec { map: Some(x), .. } => Op::Map(Program::compile(x, &vars).map_err(e)?),
+                StepSpec {
+                    select: Some(fields),
+                    ..
+                } => Op::Select(
+                    fields
+                        .iter()
+                        .map(|(k, x)| Ok((Arc::from(k.as_str()), Program::compile(x, &vars)?)))
+                        .collect::<Result<_, ExprError>>()
+                        .map_err(e)?,
+                ),
+                StepSpec {
+                    flat_map: Some(x), ..
+                } => {
+                    let p = Program::compile(x, &vars).map_err(e)?;
+                    if !vars.contains(&Var::Item) {
+                        vars.push(Var::Item);
+                    }
+                    Op::FlatMap(p)
+                }
+                StepSpec {
+                    key_by: Some(x), ..
+                } => Op::KeyBy(Program::compile(x, &vars).map_err(e)?),
+                StepSpec {
+                    aggregate: Some(a),
+                    window: Some(w),
+                    ..
+                } => {
+                    let kind = AggKind::compile(a, &vars).map_err(e)?;
+                    Op::Window(window_op(spec, s, w, kind)?)
+                }
+                StepSpec {
+                    aggregate: Some(a), ..
+                } => Op::Aggregate(AggKind::compile(a, &vars).map_err(e)?),
+                StepSpec {
+                    state: Some(st), ..
+                } => Op::State(state_op(st).map_err(e)?),
+                StepSpec {
+                    repartition: Some(_),
+                    ..
+                } => return Err(unsupported("repartition")),
+                _ => return Err(unsupported("no operation")),
+            };
+            steps.push(Step {
+                id: Arc::from(s.id.as_str()),
+                op,
+            });
+        }
+        Ok(Pipeline { steps })
+    }
+}
+
+fn state_op(st: &StateStepSpec) -> Result<StateOp, ExprError> {
+    Ok(StateOp {
+        initial: st
+            .initial
+            .as_deref()
+            .map(|x| Program::compile(x, &[Var::Key]))
+            .transpose()?,
+        update: Program::compile(&st.update, &[Var::Key, Var::Values, Var::State])?,
+        remove: st
+            .remove
+            .as_deref()
+            .map(|x| Program::compile(x, &[Var::Key, Var::State]))
+            .transpose()?,
+        timeout_ms: st
+            .timeout
+            .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)),
+        snapshots: st.snapshots,
+    })
+}
+
+/// Window length and slide in batches; the spec's validation already says what to fix, this
+/// only keeps an unvalidated spec from building a wrong window.
+fn window_op(
+    spec: &JobSpec,
+    s: &StepSpec,
+    w: &WindowSpec,
+    kind: AggKind,
+) -> Result<WindowOp, PipelineError> {
+    let ms = |d: crate::spec::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let interval = ms(spec.batch_interval);
+    let length = ms(w.length);
+    let slide = w.slide.map_or(interval, ms);
+    let bad = |reason: String| PipelineError::Invalid {
+        step: s.id.clone(),
+        reason,
+    };
+    if interval <= 0 || length <= 0 || slide <= 0 || length % interval != 0 || slide % interval != 0
+    {
+        return Err(bad(format!(
+            "window length {} and slide must be positive multiples of batchInterval {}",
+            w.length, spec.batch_interval
+        )));
+    }
+    if length / interval > MAX_WINDOW_BATCHES {
+        return Err(bad(format!(
+            "window length {} is {} batches; at most {MAX_WINDOW_BATCHES} are kept, use a longer batchInterval",
+            w.length,
+            length / interval
+        )));
+    }
+    Ok(WindowOp {
+        kind,
+        interval_ms: interval,
+        length: length / interval,
+        slide: slide / interval,
+    })
+}
