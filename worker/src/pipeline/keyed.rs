@@ -103,6 +103,19 @@ impl KeyedState {
         self.entries.is_empty()
     }
 
+    /// Puts back one key's state read from the changelog.
+    pub(crate) fn restore_entry(&mut self, key: &Val, entry: Option<Entry>) {
+        match entry {
+            Some(e) => {
+                self.by_seen.entry(e.seen).or_default().push(key.clone());
+                self.entries.insert(key.clone(), e);
+            }
+            None => {
+                self.entries.remove(key);
+            }
+        }
+    }
+
     pub(crate) fn rollback(&mut self) {
         let undo = std::mem::take(&mut self.undo);
         if let Some(t) = undo.indexed {

@@ -9,6 +9,7 @@
 pub mod aggregate;
 mod compile;
 pub mod keyed;
+mod restore;
 pub mod store;
 pub mod window;
 
@@ -20,6 +21,7 @@ use crate::record::Record;
 
 use aggregate::{Accumulators, AggKind};
 use keyed::{KeyedState, StateOp};
+pub use restore::RestoreError;
 use store::StepUpdate;
 pub use store::{PartitionState, StateChange, StepState};
 use window::{WindowOp, WindowState};
@@ -389,6 +391,8 @@ fn run(
 
 #[cfg(test)]
 mod keyed_tests;
+#[cfg(test)]
+mod restore_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -192,6 +192,56 @@ impl WindowState {
         self.fold(op, b)
     }
 
+    /// Puts back one part read from the changelog. A part of a newer batch replaces what the
+    /// slot held, as the batch that wrote it did.
+    pub(crate) fn restore_part(
+        &mut self,
+        slot: usize,
+        key: &Val,
+        part: Option<(i64, Acc)>,
+    ) -> Result<(), &'static str> {
+        let bucket = self
+            .ring
+            .get_mut(slot)
+            .ok_or("the window was longer when this state was written")?;
+        match part {
+            Some((batch, acc)) => {
+                if bucket.batch != Some(batch) {
+                    *bucket = Bucket {
+                        batch: Some(batch),
+                        keys: HashMap::new(),
+                    };
+                }
+                bucket.keys.insert(key.clone(), acc);
+            }
+            None => {
+                bucket.keys.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Recomputes the running totals from the restored parts.
+    pub(crate) fn rebuild_totals(&mut self, op: &WindowOp) {
+        self.totals.clear();
+        if !op.invertible() {
+            return;
+        }
+        for bucket in &self.ring {
+            for (key, part) in &bucket.keys {
+                match self.totals.get_mut(key) {
+                    // Invertible kinds run no user code, so merging cannot fail.
+                    Some(total) => {
+                        let _ = total.merge(&op.kind, key, part);
+                    }
+                    None => {
+                        self.totals.insert(key.clone(), part.clone());
+                    }
+                }
+            }
+        }
+    }
+
     /// Recomputes the window from its parts, oldest batch first (a reduce need not commute).
     fn fold(&mut self, op: &WindowOp, b: i64) -> Vec<(Val, Result<Val, EvalError>)> {
         let mut order: Vec<&Bucket> = self

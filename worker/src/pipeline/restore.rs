@@ -1,0 +1,125 @@
+//! Rebuilds a partition's keyed state from its changelog: the state changes of every batch, in
+//! order, as a compacted topic would return them (the last value per key, or none).
+//!
+//! The changelog holds plain values under the step's id, never code, so a new build of the
+//! worker reads what an older one wrote. A change that does not fit the step it names (a
+//! removed step, another window length, another aggregation) is refused with the step's id.
+
+use super::aggregate::{Acc, AggKind};
+use super::keyed::{Entry, KeyedState};
+use super::window::{WindowOp, WindowState};
+use super::{Op, PartitionState, Pipeline, StateChange, StepState};
+use crate::expr::Val;
+
+/// A changelog record that does not fit the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state of pipeline step {step:?} (key {key}) does not fit the pipeline: {reason}; keep the step as it was, or list it under checkpoint.resetState to drop its state")]
+pub struct RestoreError {
+    pub step: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl Pipeline {
+    /// A partition's state rebuilt from its changes, oldest first.
+    ///
+    /// # Errors
+    /// A change naming no stateful step, or whose data does not match that step.
+    pub fn restore(
+        &self,
+        changes: impl IntoIterator<Item = StateChange>,
+    ) -> Result<PartitionState, RestoreError> {
+        let mut state = self.new_state();
+        for c in changes {
+            let err = |reason: &str| RestoreError {
+                step: c.step.to_string(),
+                key: c.key.to_string(),
+                reason: reason.to_string(),
+            };
+            let Some(i) = self.steps.iter().position(|s| s.id == c.step) else {
+                return Err(err("no step has this id"));
+            };
+            match (&self.steps[i].op, &mut state.steps[i].1) {
+                (Op::Window(w), StepState::Window(ws)) => {
+                    ws.restore(w, &c.key, c.value.as_ref()).map_err(err)?;
+                }
+                (Op::State(_), StepState::Keyed(ks)) => {
+                    ks.restore(&c.key, c.value.as_ref()).map_err(err)?;
+                }
+                _ => return Err(err("the step keeps no state")),
+            }
+        }
+        for (s, (_, st)) in self.steps.iter().zip(&mut state.steps) {
+            if let (Op::Window(w), StepState::Window(ws)) = (&s.op, st) {
+                ws.rebuild_totals(w);
+            }
+        }
+        Ok(state)
+    }
+}
+
+fn int(v: Option<&Val>) -> Result<i64, &'static str> {
+    match v {
+        Some(Val::Int(i)) => Ok(*i),
+        Some(Val::UInt(u)) => i64::try_from(*u).map_err(|_| "a count is out of range"),
+        _ => Err("a number is missing"),
+    }
+}
+
+/// The inverse of [`Acc::to_val`] for the step's aggregation.
+pub(crate) fn acc_from_val(kind: &AggKind, v: &Val) -> Result<Acc, &'static str> {
+    Ok(match kind {
+        AggKind::Count => Acc::Count(int(Some(v))?),
+        AggKind::Sum(_) => Acc::Sum {
+            sum: v.field("sum").cloned().ok_or("a sum is missing")?,
+            n: int(v.field("n"))?,
+        },
+        AggKind::Avg(_) => Acc::Avg {
+            sum: match v.field("sum") {
+                Some(Val::Float(f)) => *f,
+                _ => return Err("an average's sum is missing"),
+            },
+            n: u64::try_from(int(v.field("n"))?).map_err(|_| "a count is negative")?,
+        },
+        AggKind::Min(_) | AggKind::Max(_) | AggKind::Reduce(_) => Acc::Value(v.clone()),
+    })
+}
+
+impl WindowState {
+    fn restore(
+        &mut self,
+        op: &WindowOp,
+        key: &Val,
+        value: Option<&Val>,
+    ) -> Result<(), &'static str> {
+        let Val::List(parts) = key else {
+            return Err("a window key is not [slot, key]");
+        };
+        let [slot, key] = parts.as_slice() else {
+            return Err("a window key is not [slot, key]");
+        };
+        let slot = usize::try_from(int(Some(slot))?).map_err(|_| "a slot is negative")?;
+        let value = match value {
+            None => None,
+            Some(v) => Some((
+                int(v.field("batch"))?,
+                acc_from_val(&op.kind, v.field("acc").ok_or("a part is missing")?)?,
+            )),
+        };
+        self.restore_part(slot, key, value)
+    }
+}
+
+impl KeyedState {
+    fn restore(&mut self, key: &Val, value: Option<&Val>) -> Result<(), &'static str> {
+        let entry = match value {
+            None => None,
+            Some(v) => Some(Entry {
+                state: v.field("state").cloned().ok_or("a state is missing")?,
+                seen: int(v.field("seen"))?,
+            }),
+        };
+        self.restore_entry(key, entry);
+        Ok(())
+    }
+}
