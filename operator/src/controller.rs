@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use crate::crd::StreamingJob;
 use crate::desired::Defaults;
 use crate::metrics::Metrics;
+use crate::observe::{KafkaObserver, Observer};
 use crate::reconcile::reconcile;
 use crate::{Error, ErrorClass};
 
@@ -38,6 +39,11 @@ pub struct Settings {
     pub resync: Duration,
     /// `reportingInstance` of Events: the operator pod's name.
     pub instance: Option<String>,
+    /// How often a valid job's Kafka offsets are read again, and so how soon lag and
+    /// partition counts in status follow the brokers.
+    pub observe_every: Duration,
+    /// Per-partition rows in status (capped at [`crate::lag::MAX_ROWS`]).
+    pub offset_rows: usize,
 }
 
 impl Default for Settings {
@@ -47,6 +53,8 @@ impl Default for Settings {
             defaults: Defaults::default(),
             resync: Duration::from_secs(300),
             instance: None,
+            observe_every: Duration::from_secs(15),
+            offset_rows: crate::lag::DEFAULT_ROWS,
         }
     }
 }
@@ -57,6 +65,7 @@ pub struct Context {
     pub settings: Settings,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    pub observer: Arc<dyn Observer>,
     /// Consecutive failures per job, for exponential backoff; cleared on success.
     failures: Mutex<HashMap<ObjectRef<StreamingJob>, u32>>,
 }
@@ -72,8 +81,16 @@ impl Context {
             client,
             settings,
             metrics,
+            observer: Arc::new(KafkaObserver::default()),
             failures: Mutex::default(),
         }
+    }
+
+    /// Replaces the real Kafka observer, e.g. with one that answers from data in tests.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub(crate) fn forget_failures(&self, job: &StreamingJob) {

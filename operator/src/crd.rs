@@ -95,6 +95,12 @@ fn job_rules(schema: &mut schemars::Schema) {
         description = "Batches waiting to run"
     ),
     printcolumn(
+        name = "Last Batch",
+        type_ = "date",
+        json_path = ".status.lastBatch.time",
+        description = "Time of the job's most recent batch"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -277,13 +283,22 @@ pub struct StreamingJobStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// Input partitions over all topics, as last read from the brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_partitions: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<LagStatus>,
-    /// Batches planned but not yet run, summed over workers.
+    /// Batches whose time has come but that have not run yet, summed over workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_lag: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_batch: Option<LastBatchStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsets: Option<OffsetsStatus>,
+    /// Why the last observation of Kafka failed; the numbers above are then the last known.
+    // Serialized as null when cleared (no skip_serializing_if), so the merge patch removes it.
+    #[serde(default)]
+    pub observe_error: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -311,13 +326,43 @@ pub struct WorkersStatus {
 pub struct LagStatus {
     /// End offsets minus the job's committed offsets, summed over partitions.
     pub records: i64,
+    /// The lag of the laggiest partition.
+    pub max_partition: i64,
 }
 
+/// The job's most recent batch: the workers' batches of the latest batch time together.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastBatchStatus {
     /// The batch time, RFC 3339.
     pub time: String,
     pub records: u64,
-    pub processing_time: Duration,
+    /// The slowest worker's processing time.
+    pub processing_millis: u64,
+    /// The longest wait of a worker between the batch time and the batch's start.
+    pub scheduling_delay_millis: u64,
+}
+
+/// Per-partition offsets, laggiest first, capped so the object stays small.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetsStatus {
+    // crate::lag::MAX_ROWS; the API server refuses more, whatever an operator build writes.
+    #[schemars(length(max = 200))]
+    pub partitions: Vec<PartitionOffsetStatus>,
+    /// Partitions not listed because of the cap.
+    pub omitted: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionOffsetStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// The group's committed offset; absent when the job has not committed one yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<i64>,
+    /// The end of the log (high watermark).
+    pub end: i64,
+    pub lag: i64,
 }

@@ -96,12 +96,16 @@ fn meta(job: &StreamingJob, owner: &OwnerReference) -> ObjectMeta {
     }
 }
 
-/// Builds the children of a valid job.
+/// Builds the children of a valid job; `partitions` (when observed) sets the worker count.
 ///
 /// # Errors
 /// When the job has no uid or namespace (it was not read from the API server), or its spec
 /// cannot be serialized.
-pub fn children(job: &StreamingJob, defaults: &Defaults) -> Result<Children> {
+pub fn children(
+    job: &StreamingJob,
+    defaults: &Defaults,
+    partitions: Option<scaling::PartitionCounts>,
+) -> Result<Children> {
     let owner = job
         .controller_owner_ref(&())
         .ok_or(Error::MissingField("metadata.uid"))?;
@@ -117,7 +121,7 @@ pub fn children(job: &StreamingJob, defaults: &Defaults) -> Result<Children> {
         )])),
         ..ConfigMap::default()
     };
-    let workers = scaling::desired_workers(None, &job.spec.workers, job.spec.suspend);
+    let workers = scaling::desired_workers(partitions, &job.spec.workers, job.spec.suspend);
     Ok(Children {
         service: service(job, &owner),
         stateful_set: stateful_set(job, &owner, defaults, workers.0, &fnv1a_hex(&job_yaml)),

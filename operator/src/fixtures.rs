@@ -12,7 +12,11 @@ use axum::body::{Body, Bytes};
 use futures::channel::mpsc;
 use http::{Method, Request, Response, StatusCode};
 use kube::Client;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
+
+use crate::observe::{KafkaObservation, KafkaTarget, ObserveError, Observer, PartitionOffsets};
 
 /// One request as the API server received it.
 #[derive(Clone, Debug)]
@@ -392,4 +396,61 @@ pub fn spec() -> Value {
         "sink": {"kafka": {"topic": "word-counts"}},
         "workers": {"partitionsPerWorker": 4, "min": 2, "max": 6}
     })
+}
+
+/// An [`Observer`] that answers with the broker's answers given as data: `None` is a broker
+/// that cannot be reached. [`DataObserver::set`] changes the answer, e.g. to grow a topic.
+pub struct DataObserver {
+    answer: Mutex<Option<KafkaObservation>>,
+    /// What each call was asked, in order.
+    pub asked: Mutex<Vec<KafkaTarget>>,
+}
+
+impl DataObserver {
+    pub fn new(answer: Option<KafkaObservation>) -> Arc<Self> {
+        Arc::new(Self {
+            answer: Mutex::new(answer),
+            asked: Mutex::default(),
+        })
+    }
+
+    pub fn set(&self, answer: Option<KafkaObservation>) {
+        *self.answer.lock().expect("fixture lock") = answer;
+    }
+}
+
+impl Observer for DataObserver {
+    fn kafka(&self, target: &KafkaTarget) -> Result<KafkaObservation, ObserveError> {
+        self.asked
+            .lock()
+            .expect("fixture lock")
+            .push(target.clone());
+        self.answer
+            .lock()
+            .expect("fixture lock")
+            .clone()
+            .ok_or(ObserveError::Kafka {
+                op: "topic metadata",
+                source: KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
+            })
+    }
+}
+
+/// One topic's partitions, each as (log start, end, committed).
+pub fn topic(name: &str, parts: &[(i64, i64, Option<i64>)]) -> KafkaObservation {
+    KafkaObservation {
+        topics: vec![(name.to_string(), u32::try_from(parts.len()).unwrap())],
+        partitions: parts
+            .iter()
+            .enumerate()
+            .map(|(p, &(log_start, end, committed))| PartitionOffsets {
+                topic: name.to_string(),
+                partition: i32::try_from(p).unwrap(),
+                log_start,
+                end,
+                committed,
+                offset_for_time: None,
+            })
+            .collect(),
+    }
 }

@@ -1,12 +1,13 @@
 //! weir-operator: runs `StreamingJob`s as StatefulSets of Weir workers.
 //!
-//! Modules in the order a job flows through them (watch -> reconcile -> desired -> apply ->
-//! status):
+//! Modules in the order a job flows through them (watch -> reconcile -> observe -> desired ->
+//! apply -> status):
 //! - [`crd`]: the `StreamingJob` API (spec, status, conditions) and its CRD.
 //! - [`controller`]: the kube-runtime `Controller`, its context, error policy and shutdown.
 //! - [`reconcile`]: one pass over one job: validate, build children, apply, write status.
-//! - [`desired`], [`scaling`], [`status`]: PURE functions from a job (and observations) to
-//!   children, worker counts and status.
+//! - [`observe`]: reading the job's partitions and offsets from Kafka (behind a trait).
+//! - [`desired`], [`scaling`], [`lag`], [`status`]: PURE functions from a job (and
+//!   observations) to children, worker counts, lag and status.
 //! - [`apply`]: server-side apply of the children and the status patch.
 //! - [`leader`]: Lease-based leader election, so only one operator replica reconciles.
 //! - [`metrics`], [`telemetry`], [`http`]: OpenTelemetry metrics, logs, `/metrics` and `/healthz`.
@@ -16,8 +17,10 @@ pub mod controller;
 pub mod crd;
 pub mod desired;
 pub mod http;
+pub mod lag;
 pub mod leader;
 pub mod metrics;
+pub mod observe;
 pub mod reconcile;
 pub mod scaling;
 pub mod status;

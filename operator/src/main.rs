@@ -69,6 +69,12 @@ struct RunArgs {
     /// Reconcile every job at least this often, e.g. "5m".
     #[arg(long, env = "WEIR_RESYNC", default_value = "5m", value_parser = parse_duration)]
     resync: Duration,
+    /// How often each job's Kafka offsets are read, e.g. "15s".
+    #[arg(long, env = "WEIR_OBSERVE_EVERY", default_value = "15s", value_parser = parse_duration)]
+    observe_every: Duration,
+    /// Per-partition offset rows in a job's status, laggiest first (at most 200).
+    #[arg(long, env = "WEIR_STATUS_OFFSET_ROWS", default_value_t = weir_operator::lag::DEFAULT_ROWS)]
+    status_offset_rows: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -119,6 +125,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map_or_else(Defaults::default, |image| Defaults { image }),
         resync: args.resync,
         instance: Some(identity.clone()),
+        observe_every: args.observe_every,
+        offset_rows: args.status_offset_rows,
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
 

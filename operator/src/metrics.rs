@@ -17,6 +17,7 @@ pub struct Metrics {
     _provider: SdkMeterProvider,
     reconciles: Counter<u64>,
     failures: Counter<u64>,
+    observe_failures: Counter<u64>,
     duration: Histogram<f64>,
 }
 
@@ -47,6 +48,10 @@ impl Metrics {
                 .u64_counter("weir_operator_reconcile_errors")
                 .with_description("Failed reconciles, by error kind")
                 .build(),
+            observe_failures: meter
+                .u64_counter("weir_operator_observe_errors")
+                .with_description("Failed reads of a job's Kafka offsets, by error kind")
+                .build(),
             duration: meter
                 .f64_histogram("weir_operator_reconcile_duration")
                 .with_unit("s")
@@ -69,6 +74,13 @@ impl Metrics {
         self.failures
             .add(1, &[KeyValue::new("error", error.metric_label())]);
         self.duration.record(took.as_secs_f64(), &[]);
+    }
+
+    /// Records one failed Kafka observation, labelled by
+    /// [`crate::observe::ObserveError::metric_label`].
+    pub fn observe_failed(&self, error: &crate::observe::ObserveError) {
+        self.observe_failures
+            .add(1, &[KeyValue::new("error", error.metric_label())]);
     }
 
     /// The Prometheus text exposition of every metric.

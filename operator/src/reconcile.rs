@@ -1,8 +1,10 @@
-//! One reconcile of one job: validate -> desired -> apply -> observe -> status.
+//! One reconcile of one job: validate -> observe Kafka -> desired -> apply -> status.
 //!
 //! Level-triggered: every pass recomputes everything from the job as it is now. An invalid
 //! spec is reported (status and an Event), never returned as an error, so a typo does not
-//! turn into a retry loop; the children keep running the last valid spec.
+//! turn into a retry loop; the children keep running the last valid spec. Kafka is read before
+//! the children are built because partition counts set the worker count; a failed read is
+//! reported in status, not retried as an error, and scaling keeps the last known count.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +18,9 @@ use weir_worker::spec::FieldError;
 
 use crate::controller::Context;
 use crate::crd::StreamingJob;
+use crate::lag;
+use crate::observe::{self, KafkaTarget};
+use crate::scaling::PartitionCounts;
 use crate::status::{self, Observation};
 use crate::{apply, desired, Result};
 
@@ -62,15 +67,44 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
         }
         Err(e) => ctx.metrics.failed(e, started.elapsed()),
     }
-    result.map(|_| Action::requeue(ctx.settings.resync))
+    // Valid jobs come back every observation period, so lag and partition counts follow the
+    // brokers; an invalid one has nothing to observe until its spec changes.
+    result.map(|outcome| match outcome {
+        "applied" => Action::requeue(ctx.settings.observe_every.min(ctx.settings.resync)),
+        _ => Action::requeue(ctx.settings.resync),
+    })
 }
 
 /// Returns a fixed outcome name for the metrics.
 async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static str> {
     let errors = validate(job);
+    let previous = job.status.as_ref();
+    let mut kafka = None;
     let (observation, outcome) = if errors.is_empty() {
-        let children = desired::children(job, &ctx.settings.defaults)?;
         let ns = job.namespace().unwrap_or_default();
+        let target = KafkaTarget::of(job, &ns, &job.name_any());
+        let starting = target.source.starting_offsets.clone();
+        let read = observe::kafka(ctx.observer.clone(), target).await;
+        let partitions = match &read {
+            Ok(obs) => Some(obs.partition_counts()),
+            Err(e) => {
+                warn!(error = %e, "cannot read the job's offsets from Kafka");
+                ctx.metrics.observe_failed(e);
+                // The last known total stands in for both counts: its cap is never tighter
+                // than the widest topic's, and the worker count does not flap to workers.min.
+                previous
+                    .and_then(|s| s.observed_partitions)
+                    .map(|n| PartitionCounts {
+                        total: n,
+                        widest: n,
+                    })
+            }
+        };
+        kafka = Some(
+            read.map(|obs| lag::summarize(&obs, &starting, ctx.settings.offset_rows))
+                .map_err(|e| e.to_string()),
+        );
+        let children = desired::children(job, &ctx.settings.defaults, partitions)?;
         let sts = apply::children(&ctx.client, &ns, &children).await?;
         let st = sts.status.unwrap_or_default();
         let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
@@ -89,13 +123,15 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         (Observation::Invalid(errors), "invalid")
     };
 
-    let previous = job.status.as_ref();
-    let new = status::compute(
+    let mut new = status::compute(
         previous,
         job.meta().generation,
         &observation,
         Timestamp::now(),
     );
+    if let Some(read) = &kafka {
+        new = status::with_kafka(new, read.as_ref().map_err(String::as_str));
+    }
     if !status::changed(previous, &new) {
         return Ok(outcome);
     }
@@ -118,7 +154,8 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
             warn!(error = %e, "cannot publish event");
         }
     } else {
-        info!(phase = ?new.phase, desired = new.workers.desired, ready = new.workers.ready, "status updated");
+        let lag = new.lag.as_ref().map(|l| l.records);
+        info!(phase = ?new.phase, desired = new.workers.desired, ready = new.workers.ready, lag, "status updated");
     }
     Ok(outcome)
 }

@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use weir_worker::spec::FieldError;
 
 use crate::crd::{Phase, StreamingJobStatus, WorkersStatus};
+use crate::lag::LagSummary;
 
 pub const READY: &str = "Ready";
 
@@ -123,16 +124,42 @@ pub fn invalid_message(errors: &[FieldError]) -> String {
         .map(|e| format!("spec.{}: {}", e.field, e.message))
         .collect::<Vec<_>>()
         .join("; ");
-    // Conditions are shown in `kubectl describe`; keep them readable and the status small.
+    cut(&mut msg);
+    msg
+}
+
+/// Messages are shown in `kubectl describe`; keep them readable and the status small.
+fn cut(msg: &mut String) {
     if msg.len() > 1024 {
-        let mut cut = 1024;
-        while !msg.is_char_boundary(cut) {
-            cut -= 1;
+        let mut at = 1024;
+        while !msg.is_char_boundary(at) {
+            at -= 1;
         }
-        msg.truncate(cut);
+        msg.truncate(at);
         msg.push('…');
     }
-    msg
+}
+
+/// Adds what was read from Kafka. A failed read keeps the last known numbers and says why, so
+/// a broker outage shows as an error next to stale figures instead of as zero lag.
+pub fn with_kafka(
+    mut status: StreamingJobStatus,
+    kafka: Result<&LagSummary, &str>,
+) -> StreamingJobStatus {
+    match kafka {
+        Ok(s) => {
+            status.observed_partitions = Some(s.partitions);
+            status.lag = Some(s.lag.clone());
+            status.offsets = Some(s.offsets.clone());
+            status.observe_error = None;
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            cut(&mut msg);
+            status.observe_error = Some(msg);
+        }
+    }
+    status
 }
 
 /// Replaces the condition of the same type, keeping its transition time if status is unchanged.

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::controller::{self, Context, Settings};
 use crate::desired::CONFIG_HASH_ANNOTATION;
-use crate::fixtures::{self, ApiServer, Recorded};
+use crate::fixtures::{self, ApiServer, DataObserver, Recorded};
 use crate::metrics::Metrics;
 
 const JOBS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs";
@@ -22,7 +22,7 @@ const STATUS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/w
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Starts the controller on a scripted server holding `job`.
+/// Starts the controller on a scripted server holding `job`, with brokers it cannot reach.
 fn start(job: Value) -> (ApiServer, CancellationToken, tokio::task::JoinHandle<()>) {
     start_with(job, Metrics::new().unwrap(), |_| {})
 }
@@ -33,10 +33,27 @@ fn start_with(
     metrics: Metrics,
     script: impl FnOnce(&ApiServer),
 ) -> (ApiServer, CancellationToken, tokio::task::JoinHandle<()>) {
+    start_observed(
+        job,
+        metrics,
+        script,
+        DataObserver::new(None),
+        Settings::default(),
+    )
+}
+
+/// As [`start_with`], with Kafka's answers and the operator's settings.
+pub(super) fn start_observed(
+    job: Value,
+    metrics: Metrics,
+    script: impl FnOnce(&ApiServer),
+    observer: Arc<DataObserver>,
+    settings: Settings,
+) -> (ApiServer, CancellationToken, tokio::task::JoinHandle<()>) {
     let (client, server) = fixtures::start();
     server.insert(JOBS, job);
     script(&server);
-    let ctx = Arc::new(Context::new(client, Settings::default(), metrics));
+    let ctx = Arc::new(Context::new(client, settings, metrics).with_observer(observer));
     let token = CancellationToken::new();
     let run = tokio::spawn(controller::run(ctx, token.clone()));
     (server, token, run)

@@ -155,7 +155,7 @@ fn crd_names_subresources_and_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    for c in ["Phase", "Workers", "Lag", "Batch Lag", "Age"] {
+    for c in ["Phase", "Workers", "Lag", "Batch Lag", "Last Batch", "Age"] {
         assert!(columns.contains(&c), "{c} in {columns:?}");
     }
     // Every column path exists in the schema, or kubectl shows <none> forever.

@@ -13,7 +13,7 @@ fn job(spec: serde_json::Value) -> StreamingJob {
 }
 
 fn build(spec: serde_json::Value) -> Children {
-    children(&job(spec), &Defaults::default()).unwrap()
+    children(&job(spec), &Defaults::default(), None).unwrap()
 }
 
 fn worker(c: &Children) -> Container {
@@ -217,5 +217,5 @@ fn suspended_job_scales_to_zero() {
 fn a_job_without_uid_is_refused() {
     let mut j = job(fixtures::spec());
     j.metadata.uid = None;
-    assert!(children(&j, &Defaults::default()).is_err());
+    assert!(children(&j, &Defaults::default(), None).is_err());
 }

@@ -5,4 +5,7 @@ mod cel;
 mod controller;
 mod crd;
 mod desired;
+mod kafka;
+mod lag;
 mod leader;
+mod observed;

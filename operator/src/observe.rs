@@ -1,0 +1,216 @@
+//! Observing Kafka for a job: input partitions, end and log-start offsets, and the job's
+//! committed group offsets.
+//!
+//! The [`Observer`] trait is the seam: the controller gets the real [`KafkaObserver`], tests
+//! may feed the broker's answers as data (e.g. a topic that grew, which no test broker can do).
+//! librdkafka's calls block, so the controller runs an observer on the blocking pool, and
+//! every call here has a finite timeout.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use weir_worker::spec::{KafkaSource, StartingOffsets};
+
+use crate::crd::StreamingJob;
+use crate::scaling::PartitionCounts;
+
+/// Which Kafka data a job reads and where its offsets live.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaTarget {
+    pub source: KafkaSource,
+    pub group: String,
+}
+
+impl KafkaTarget {
+    pub fn of(job: &StreamingJob, namespace: &str, name: &str) -> Self {
+        Self {
+            source: job.spec.job.source.kafka.clone(),
+            group: job.spec.job.group_id(namespace, name),
+        }
+    }
+}
+
+/// One partition as the brokers reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub topic: String,
+    pub partition: i32,
+    /// The first offset still in the log (retention moves it).
+    pub log_start: i64,
+    /// The high watermark: the offset the next record will get.
+    pub end: i64,
+    /// The job's committed offset; `None` before the job's first commit.
+    pub committed: Option<i64>,
+    /// For a timestamp startingOffsets: the first offset at or after that time, if any.
+    pub offset_for_time: Option<i64>,
+}
+
+/// What one observation of Kafka found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KafkaObservation {
+    /// Each input topic with its partition count, in spec order.
+    pub topics: Vec<(String, u32)>,
+    pub partitions: Vec<PartitionOffsets>,
+}
+
+impl KafkaObservation {
+    pub fn partition_counts(&self) -> PartitionCounts {
+        PartitionCounts::from_topics(self.topics.iter().map(|(_, n)| *n))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("cannot create a Kafka client: {0}")]
+    Client(#[source] KafkaError),
+    #[error("reading {op} from Kafka failed: {source}")]
+    Kafka {
+        op: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("input topic {0:?} does not exist or has no partitions")]
+    MissingTopic(String),
+    #[error("observing Kafka took longer than {0:?}")]
+    Timeout(Duration),
+    #[error("the observation task did not finish: {0}")]
+    Task(String),
+}
+
+impl ObserveError {
+    /// The metric label: a fixed variant name, never object data.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Client(_) => "client",
+            Self::Kafka { .. } => "kafka",
+            Self::MissingTopic(_) => "missing_topic",
+            Self::Timeout(_) => "timeout",
+            Self::Task(_) => "task",
+        }
+    }
+
+    fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> Self {
+        move |source| Self::Kafka { op, source }
+    }
+}
+
+/// Reads a job's Kafka offsets. Blocking: call it from the blocking pool.
+pub trait Observer: Send + Sync + 'static {
+    /// # Errors
+    /// When the brokers cannot be reached in time or a topic is missing.
+    fn kafka(&self, target: &KafkaTarget) -> Result<KafkaObservation, ObserveError>;
+}
+
+/// The real observer: a short-lived librdkafka consumer per observation (no group membership:
+/// it only reads offsets, so it never disturbs the workers' partition assignment).
+#[derive(Clone, Debug)]
+pub struct KafkaObserver {
+    /// The whole observation's budget; each request gets what is left of it.
+    pub timeout: Duration,
+}
+
+impl Default for KafkaObserver {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Observer for KafkaObserver {
+    fn kafka(&self, target: &KafkaTarget) -> Result<KafkaObservation, ObserveError> {
+        let deadline = Instant::now() + self.timeout;
+        let left = || {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or(ObserveError::Timeout(self.timeout))
+        };
+        let source = &target.source;
+        let consumer: BaseConsumer = weir_worker::client::base(&source.bootstrap_servers, source)
+            .set("group.id", &target.group)
+            .set("client.id", "weir-operator-observer")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(ObserveError::Client)?;
+
+        let mut obs = KafkaObservation::default();
+        let mut tpl = TopicPartitionList::new();
+        for topic in &source.topics {
+            let md = consumer
+                .fetch_metadata(Some(topic), left()?)
+                .map_err(ObserveError::kafka("topic metadata"))?;
+            let n = match md.topics().iter().find(|t| t.name() == topic) {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    t.partitions().len()
+                }
+                _ => return Err(ObserveError::MissingTopic(topic.clone())),
+            };
+            let n = i32::try_from(n).unwrap_or(i32::MAX);
+            obs.topics.push((topic.clone(), n.unsigned_abs()));
+            for p in 0..n {
+                let (log_start, end) = consumer
+                    .fetch_watermarks(topic, p, left()?)
+                    .map_err(ObserveError::kafka("watermarks"))?;
+                tpl.add_partition(topic, p);
+                obs.partitions.push(PartitionOffsets {
+                    topic: topic.clone(),
+                    partition: p,
+                    log_start,
+                    end,
+                    committed: None,
+                    offset_for_time: None,
+                });
+            }
+        }
+        let committed = consumer
+            .committed_offsets(tpl.clone(), left()?)
+            .map_err(ObserveError::kafka("committed offsets"))?;
+        let times = match &source.starting_offsets {
+            StartingOffsets::Timestamp(t) => {
+                let mut q = TopicPartitionList::new();
+                for p in &obs.partitions {
+                    q.add_partition_offset(
+                        &p.topic,
+                        p.partition,
+                        Offset::Offset(t.timestamp_millis()),
+                    )
+                    .map_err(ObserveError::kafka("offsets for times"))?;
+                }
+                Some(
+                    consumer
+                        .offsets_for_times(q, left()?)
+                        .map_err(ObserveError::kafka("offsets for times"))?,
+                )
+            }
+            _ => None,
+        };
+        let offset_of = |list: &TopicPartitionList, p: &PartitionOffsets| {
+            list.find_partition(&p.topic, p.partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+        };
+        for p in &mut obs.partitions {
+            p.committed = offset_of(&committed, p);
+            p.offset_for_time = times.as_ref().and_then(|t| offset_of(t, p));
+        }
+        Ok(obs)
+    }
+}
+
+/// Runs `observer` on the blocking pool, so a slow broker never stalls the async runtime.
+///
+/// # Errors
+/// The observer's error, or [`ObserveError::Task`] if the task panicked or was cancelled.
+pub async fn kafka(
+    observer: std::sync::Arc<dyn Observer>,
+    target: KafkaTarget,
+) -> Result<KafkaObservation, ObserveError> {
+    tokio::task::spawn_blocking(move || observer.kafka(&target))
+        .await
+        .map_err(|e| ObserveError::Task(e.to_string()))?
+}

@@ -1,0 +1,234 @@
+//! The real observer against a real broker: librdkafka's mock cluster in this process. What
+//! was produced and committed must come back as partitions, ends, commits and lag in status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::json;
+
+use crate::crd::StreamingJob;
+use crate::fixtures;
+use crate::lag::{summarize, DEFAULT_ROWS};
+use crate::observe::{self, KafkaObserver, KafkaTarget, ObserveError, Observer};
+use crate::status::{self, Observation};
+
+const GROUP: &str = "weir.default.wc";
+
+fn target(bootstrap: &str, topics: &[&str], starting: &str) -> KafkaTarget {
+    let mut spec = fixtures::spec();
+    spec["source"]["kafka"] =
+        json!({"bootstrapServers": bootstrap, "topics": topics, "startingOffsets": starting});
+    let job: StreamingJob = serde_json::from_value(fixtures::job("wc", 1, spec)).unwrap();
+    let t = KafkaTarget::of(&job, "default", "wc");
+    assert_eq!(t.group, GROUP, "the worker's default group");
+    t
+}
+
+fn produce(cluster: &MockCluster<'static, DefaultProducerContext>, topic: &str, counts: &[usize]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    for (partition, n) in counts.iter().enumerate() {
+        for i in 0..*n {
+            let payload = format!("record {i}");
+            p.send(
+                BaseRecord::<(), str>::to(topic)
+                    .payload(&payload)
+                    .partition(i32::try_from(partition).unwrap()),
+            )
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+    }
+}
+
+/// Commits `offsets` (partition, offset) for `topic` in the job's group, as a worker would.
+fn commit(
+    cluster: &MockCluster<'static, DefaultProducerContext>,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+#[tokio::test]
+async fn the_real_observer_reads_what_was_produced_and_committed() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("clicks", 4, 1).unwrap();
+    cluster.create_topic("views", 2, 1).unwrap();
+    produce(&cluster, "clicks", &[10, 20, 30, 0]);
+    produce(&cluster, "views", &[5, 0]);
+    commit(&cluster, "clicks", &[(0, 4), (1, 20), (3, 0)]);
+
+    let t = target(
+        &cluster.bootstrap_servers(),
+        &["clicks", "views"],
+        "earliest",
+    );
+    let obs = observe::kafka(Arc::new(KafkaObserver::default()), t)
+        .await
+        .unwrap();
+    assert_eq!(
+        obs.topics,
+        [("clicks".to_string(), 4), ("views".to_string(), 2)]
+    );
+    let seen: Vec<(&str, i32, i64, i64, Option<i64>)> = obs
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.topic.as_str(),
+                p.partition,
+                p.log_start,
+                p.end,
+                p.committed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("clicks", 0, 0, 10, Some(4)),
+            ("clicks", 1, 0, 20, Some(20)),
+            ("clicks", 2, 0, 30, None),
+            ("clicks", 3, 0, 0, Some(0)),
+            ("views", 0, 0, 5, None),
+            ("views", 1, 0, 0, None),
+        ]
+    );
+
+    // earliest: the uncommitted clicks/2 and views/0 count in full.
+    let s = summarize(&obs, &"earliest".parse().unwrap(), DEFAULT_ROWS);
+    let applied = Observation::Applied {
+        desired: 2,
+        reason: "test".into(),
+        suspended: false,
+        current: 2,
+        ready: 2,
+        selector: String::new(),
+    };
+    let st = status::with_kafka(
+        status::compute(None, Some(1), &applied, Timestamp::now()),
+        Ok(&s),
+    );
+    let json = serde_json::to_value(&st).unwrap();
+    assert_eq!(json["observedPartitions"], 6);
+    assert_eq!(
+        json["lag"],
+        json!({"records": 6 + 30 + 5, "maxPartition": 30})
+    );
+    assert_eq!(
+        json["offsets"]["partitions"][0],
+        json!({"topic": "clicks", "partition": 2, "end": 30, "lag": 30})
+    );
+    assert_eq!(
+        json["offsets"]["partitions"][1],
+        json!({"topic": "clicks", "partition": 0, "committed": 4, "end": 10, "lag": 6})
+    );
+    assert_eq!(json["offsets"]["omitted"], 0);
+
+    let latest = summarize(&obs, &"latest".parse().unwrap(), DEFAULT_ROWS);
+    assert_eq!(
+        latest.lag.records, 6,
+        "latest: uncommitted partitions start at the end"
+    );
+}
+
+#[test]
+fn retention_moves_the_log_start_and_lag_counts_from_it() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("big", 1, 1).unwrap();
+    // The mock keeps about 5 MiB per partition: 100 records of 100 KiB push its log start on.
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("message.max.bytes", "1000000")
+        .create()
+        .unwrap();
+    let payload = vec![b'x'; 100 * 1024];
+    for _ in 0..100 {
+        p.send(
+            BaseRecord::<(), [u8]>::to("big")
+                .payload(&payload[..])
+                .partition(0),
+        )
+        .unwrap();
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    commit(&cluster, "big", &[(0, 1)]);
+
+    let obs = KafkaObserver::default()
+        .kafka(&target(&cluster.bootstrap_servers(), &["big"], "latest"))
+        .unwrap();
+    let part = &obs.partitions[0];
+    assert_eq!(part.end, 100);
+    assert!(
+        part.log_start > 1,
+        "the mock moved its log start past the commit: {part:?}"
+    );
+    let s = summarize(&obs, &"latest".parse().unwrap(), DEFAULT_ROWS);
+    assert_eq!(s.lag.records, 100 - part.log_start);
+    assert_eq!(
+        s.offsets.partitions[0].committed,
+        Some(1),
+        "the row shows the real commit"
+    );
+}
+
+#[test]
+fn a_missing_topic_and_an_unreachable_broker_are_typed_errors_in_bounded_time() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("there", 1, 1).unwrap();
+    let observer = KafkaObserver {
+        timeout: Duration::from_secs(3),
+    };
+    let err = observer
+        .kafka(&target(
+            &cluster.bootstrap_servers(),
+            &["there", "absent"],
+            "latest",
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(&err, ObserveError::MissingTopic(t) if t == "absent"),
+        "{err}"
+    );
+    assert_eq!(err.metric_label(), "missing_topic");
+
+    // Nothing listens on a freshly closed port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let err = observer
+        .kafka(&target(&format!("127.0.0.1:{port}"), &["there"], "latest"))
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err, ObserveError::Kafka { .. } | ObserveError::Timeout(_)),
+        "{err}"
+    );
+}

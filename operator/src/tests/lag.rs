@@ -1,0 +1,168 @@
+//! PURE: lag from offsets (commits, no commits, retention), the capped rows, and the status
+//! they make.
+
+use k8s_openapi::jiff::Timestamp;
+use weir_worker::spec::StartingOffsets;
+
+use crate::fixtures;
+use crate::lag::{partition_lag, summarize, DEFAULT_ROWS, MAX_ROWS};
+use crate::observe::{KafkaObservation, PartitionOffsets};
+use crate::status::{self, Observation};
+
+fn part(log_start: i64, end: i64, committed: Option<i64>) -> PartitionOffsets {
+    fixtures::topic("t", &[(log_start, end, committed)]).partitions[0].clone()
+}
+
+fn at(time: &str) -> StartingOffsets {
+    time.parse().unwrap()
+}
+
+#[test]
+fn lag_is_end_minus_committed() {
+    for policy in [StartingOffsets::Earliest, StartingOffsets::Latest] {
+        assert_eq!(partition_lag(&part(0, 100, Some(40)), &policy), 60);
+        assert_eq!(partition_lag(&part(0, 100, Some(100)), &policy), 0);
+    }
+}
+
+#[test]
+fn no_commit_counts_from_where_the_worker_will_start() {
+    let fresh = part(30, 100, None);
+    assert_eq!(
+        partition_lag(&fresh, &StartingOffsets::Earliest),
+        70,
+        "earliest: everything still in the log"
+    );
+    assert_eq!(partition_lag(&fresh, &StartingOffsets::Latest), 0);
+    let time = at("2026-11-01T00:00:00Z");
+    let with_time = PartitionOffsets {
+        offset_for_time: Some(90),
+        ..fresh.clone()
+    };
+    assert_eq!(partition_lag(&with_time, &time), 10);
+    assert_eq!(
+        partition_lag(&fresh, &time),
+        0,
+        "no record at or after the time: the worker starts at the end"
+    );
+}
+
+#[test]
+fn records_deleted_by_retention_are_not_lag() {
+    assert_eq!(
+        partition_lag(&part(500, 800, Some(100)), &StartingOffsets::Latest),
+        300,
+        "the worker resumes at the log start, 500"
+    );
+    assert_eq!(
+        partition_lag(&part(0, 50, Some(80)), &StartingOffsets::Latest),
+        0,
+        "a commit past the end (recreated topic) is not negative lag"
+    );
+}
+
+/// A topic of `n` partitions where partition p has p * 7 % 1000 records of lag.
+fn wide(name: &str, n: i32) -> KafkaObservation {
+    let parts: Vec<_> = (0..n)
+        .map(|p| (0, 10_000, Some(10_000 - i64::from(p * 7 % 1000))))
+        .collect();
+    fixtures::topic(name, &parts)
+}
+
+#[test]
+fn a_thousand_partitions_make_capped_rows_laggiest_first() {
+    let obs = wide("events", 1000);
+    let s = summarize(&obs, &StartingOffsets::Latest, DEFAULT_ROWS);
+    assert_eq!(s.partitions, 1000);
+    let expected: i64 = (0..1000).map(|p| i64::from(p * 7 % 1000)).sum();
+    assert_eq!(s.lag.records, expected);
+    assert_eq!(s.lag.max_partition, 999);
+    assert_eq!((s.offsets.partitions.len(), s.offsets.omitted), (20, 980));
+    let lags: Vec<i64> = s.offsets.partitions.iter().map(|r| r.lag).collect();
+    assert_eq!(lags, (980..1000).rev().collect::<Vec<i64>>());
+    let first = &s.offsets.partitions[0];
+    // 7p = 999 (mod 1000) for p = 857.
+    assert_eq!(
+        (first.partition, first.committed, first.end),
+        (857, Some(9001), 10_000)
+    );
+
+    let job = status::compute(None, Some(1), &applied(), Timestamp::UNIX_EPOCH);
+    let st = status::with_kafka(job, Ok(&s));
+    let bytes = serde_json::to_vec(&st).unwrap().len();
+    assert!(bytes < 100 * 1024, "status is {bytes} bytes");
+}
+
+#[test]
+fn the_row_cap_holds_whatever_is_configured() {
+    // Kafka's longest topic name: the worst case for the size of a row.
+    let obs = wide(&"t".repeat(249), 1000);
+    let s = summarize(&obs, &StartingOffsets::Latest, 1_000_000);
+    assert_eq!(s.offsets.partitions.len(), MAX_ROWS);
+    assert_eq!(s.offsets.omitted, 800);
+    let st = status::with_kafka(
+        status::compute(None, Some(1), &applied(), Timestamp::UNIX_EPOCH),
+        Ok(&s),
+    );
+    let bytes = serde_json::to_vec(&st).unwrap().len();
+    assert!(bytes < 100 * 1024, "status is {bytes} bytes");
+    assert_eq!(
+        summarize(&obs, &StartingOffsets::Latest, 0).offsets.omitted,
+        1000
+    );
+}
+
+fn applied() -> Observation {
+    Observation::Applied {
+        desired: 2,
+        reason: "test".into(),
+        suspended: false,
+        current: 2,
+        ready: 2,
+        selector: "weir.dev/job=j".into(),
+    }
+}
+
+#[test]
+fn a_quiet_job_yields_the_same_status_and_no_write() {
+    // Equal lags everywhere: the order must still be stable.
+    let obs = fixtures::topic("t", &[(0, 10, Some(5)); 50]);
+    let first = status::with_kafka(
+        status::compute(None, Some(1), &applied(), Timestamp::UNIX_EPOCH),
+        Ok(&summarize(&obs, &StartingOffsets::Latest, 5)),
+    );
+    let again = status::with_kafka(
+        status::compute(Some(&first), Some(1), &applied(), Timestamp::now()),
+        Ok(&summarize(&obs, &StartingOffsets::Latest, 5)),
+    );
+    assert!(!status::changed(Some(&first), &again));
+    let rows: Vec<i32> = first
+        .offsets
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|r| r.partition)
+        .collect();
+    assert_eq!(rows, [0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn a_failed_read_keeps_the_last_numbers_and_says_why() {
+    let s = summarize(
+        &fixtures::topic("t", &[(0, 10, Some(4))]),
+        &StartingOffsets::Latest,
+        DEFAULT_ROWS,
+    );
+    let base = status::compute(None, Some(1), &applied(), Timestamp::UNIX_EPOCH);
+    let ok = status::with_kafka(base, Ok(&s));
+    let failed = status::with_kafka(ok.clone(), Err("brokers down"));
+    assert_eq!(failed.lag, ok.lag);
+    assert_eq!(failed.observe_error.as_deref(), Some("brokers down"));
+    let recovered = status::with_kafka(failed, Ok(&s));
+    assert_eq!(recovered, ok);
+    let json = serde_json::to_value(&recovered).unwrap();
+    assert!(
+        json["observeError"].is_null() && json.get("observeError").is_some(),
+        "sent as null, so the merge patch clears it"
+    );
+}

@@ -1,0 +1,156 @@
+//! The real `Controller` against the scripted API server with Kafka's answers as data: lag and
+//! offsets reach the status patch, and partition counts set the workers, re-read every
+//! observation period.
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::Value;
+
+use super::controller::start_observed;
+use crate::controller::Settings;
+use crate::fixtures::{self, DataObserver, Recorded};
+use crate::metrics::Metrics;
+
+const JOBS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs";
+const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
+const STATUS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc/status";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn statuses(r: &[Recorded]) -> Vec<Value> {
+    r.iter()
+        .filter(|x| x.is(&Method::PATCH, STATUS))
+        .map(|x| x.body["status"].clone())
+        .collect()
+}
+
+fn sts_replicas(r: &[Recorded]) -> Vec<Value> {
+    r.iter()
+        .filter(|x| x.is(&Method::PATCH, STS))
+        .map(|x| x.body["spec"]["replicas"].clone())
+        .collect()
+}
+
+/// `n` partitions of "lines", each with 100 records; partition p committed at 10 * p.
+fn lines(n: usize) -> crate::observe::KafkaObservation {
+    let parts: Vec<_> = (0..n)
+        .map(|p| (0, 100, Some(10 * i64::try_from(p).unwrap())))
+        .collect();
+    fixtures::topic("lines", &parts)
+}
+
+fn settings() -> Settings {
+    Settings {
+        observe_every: Duration::from_millis(200),
+        offset_rows: 3,
+        ..Settings::default()
+    }
+}
+
+#[tokio::test]
+async fn lag_and_offsets_reach_the_status_patch_and_partitions_set_the_workers() {
+    let observer = DataObserver::new(Some(lines(10)));
+    let (server, token, run) = start_observed(
+        fixtures::job("wc", 1, fixtures::spec()),
+        Metrics::new().unwrap(),
+        |_| {},
+        observer.clone(),
+        settings(),
+    );
+    let r = server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
+    token.cancel();
+    run.await.unwrap();
+
+    let asked = observer.asked.lock().unwrap()[0].clone();
+    assert_eq!(asked.group, "weir.default.wc");
+    assert_eq!(asked.source.topics, ["lines"]);
+    assert_eq!(
+        sts_replicas(&r)[0],
+        3,
+        "10 partitions / 4 per worker, rounded up"
+    );
+
+    let s = &statuses(&r)[0];
+    assert_eq!(s["observedPartitions"], 10);
+    let total: i64 = (0..10).map(|p| 100 - 10 * p).sum();
+    assert_eq!(s["lag"]["records"], total);
+    assert_eq!(s["lag"]["maxPartition"], 100);
+    assert_eq!(s["workers"]["desired"], 3);
+    assert_eq!(s["workers"]["reason"], "10 partitions / 4 per worker = 3");
+    let rows = s["offsets"]["partitions"].as_array().unwrap();
+    let firsts: Vec<(i64, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_i64().unwrap(),
+                r["committed"].as_i64().unwrap(),
+                r["lag"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(firsts, [(0, 0, 100), (1, 10, 90), (2, 20, 80)]);
+    assert_eq!(s["offsets"]["omitted"], 7);
+    assert!(s["observeError"].is_null());
+}
+
+#[tokio::test]
+async fn a_grown_topic_is_noticed_within_one_observation_period() {
+    let observer = DataObserver::new(Some(lines(8)));
+    let (server, token, run) = start_observed(
+        fixtures::job("wc", 1, fixtures::spec()),
+        Metrics::new().unwrap(),
+        |_| {},
+        observer.clone(),
+        settings(),
+    );
+    let r = server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
+    assert_eq!(sts_replicas(&r)[0], 2);
+
+    // No test broker can add partitions (no CreatePartitions): the grown topic is data.
+    observer.set(Some(lines(20)));
+    let grown_at = tokio::time::Instant::now();
+    let r = server
+        .wait_for(WAIT, |r| {
+            statuses(r).iter().any(|s| s["observedPartitions"] == 20)
+        })
+        .await;
+    assert!(
+        grown_at.elapsed() < Duration::from_secs(2),
+        "noticed after {:?}",
+        grown_at.elapsed()
+    );
+    assert_eq!(sts_replicas(&r).last().unwrap(), 5);
+    let last = statuses(&r).last().unwrap().clone();
+    assert_eq!(
+        last["workers"]["reason"],
+        "20 partitions / 4 per worker = 5"
+    );
+
+    // The brokers go away: the error is reported, the last numbers and worker count stay.
+    let mut job = fixtures::job("wc", 1, fixtures::spec());
+    job["status"] = last.clone();
+    server.push_event(JOBS, "MODIFIED", job).await;
+    observer.set(None);
+    let r = server
+        .wait_for(WAIT, |r| {
+            statuses(r).iter().any(|s| s["observeError"].is_string())
+        })
+        .await;
+    token.cancel();
+    run.await.unwrap();
+    let failed = statuses(&r)
+        .into_iter()
+        .find(|s| s["observeError"].is_string())
+        .unwrap();
+    assert!(
+        failed["observeError"]
+            .as_str()
+            .unwrap()
+            .starts_with("reading topic metadata from Kafka failed"),
+        "{}",
+        failed["observeError"]
+    );
+    assert_eq!(failed["lag"], last["lag"]);
+    assert_eq!(failed["workers"]["desired"], 5, "not back to workers.min");
+    assert_eq!(sts_replicas(&r).last().unwrap(), 5);
+}
