@@ -57,9 +57,9 @@ struct Undo {
 #[derive(Debug, Default)]
 pub struct KeyedState {
     entries: HashMap<Val, Entry>,
-    /// Keys by the batch time they were last seen, for timeouts without a scan of every key.
-    /// A key seen again stays in its older bucket too; expiry skips it there, since its `seen`
-    /// no longer matches.
+    /// Keys by a batch time at or before their last one, for timeouts without a scan of every
+    /// key: a key is filed when it is created, and re-filed under its last batch when the
+    /// time it is filed under comes due while it is still live.
     by_seen: BTreeMap<i64, Vec<Val>>,
     undo: Undo,
 }
@@ -107,8 +107,10 @@ impl KeyedState {
     pub(crate) fn restore_entry(&mut self, key: &Val, entry: Option<Entry>) {
         match entry {
             Some(e) => {
-                self.by_seen.entry(e.seen).or_default().push(key.clone());
-                self.entries.insert(key.clone(), e);
+                let seen = e.seen;
+                if self.entries.insert(key.clone(), e).is_none() {
+                    self.by_seen.entry(seen).or_default().push(key.clone());
+                }
             }
             None => {
                 self.entries.remove(key);
@@ -116,8 +118,15 @@ impl KeyedState {
         }
     }
 
+    /// Entries in the timeout index: about one per key, whatever the update rate.
+    pub fn indexed(&self) -> usize {
+        self.by_seen.values().map(Vec::len).sum()
+    }
+
     pub(crate) fn rollback(&mut self) {
         let undo = std::mem::take(&mut self.undo);
+        // Bucket `t` got this batch's new keys and keys re-filed under this batch; the keys
+        // re-filed elsewhere stay as extra entries, which expiry skips or re-files again.
         if let Some(t) = undo.indexed {
             self.by_seen.remove(&t);
         }
@@ -165,7 +174,9 @@ impl KeyedState {
                     if !op.snapshots {
                         out.records.push((key.clone(), entry.state.clone()));
                     }
-                    if op.timeout_ms.is_some() {
+                    // A key already indexed is re-filed when its old slot comes due, so each
+                    // key is in the index about once, however often it is updated.
+                    if op.timeout_ms.is_some() && !self.entries.contains_key(&key) {
                         seen_now.push(key.clone());
                     }
                     self.set(up, &key, Some(entry));
@@ -244,18 +255,29 @@ impl KeyedState {
     ) {
         let cutoff = time.saturating_sub(timeout);
         let due: Vec<i64> = self.by_seen.range(..=cutoff).map(|(t, _)| *t).collect();
+        let mut expired = Vec::new();
         for t in due {
             let Some(keys) = self.by_seen.remove(&t) else {
                 continue;
             };
             for key in &keys {
-                let Some(e) = self.entries.get(key).filter(|e| e.seen == t) else {
-                    continue;
-                };
-                records.push((key.clone(), e.state.clone()));
-                self.set(up, key, None);
+                match self.entries.get(key).map(|e| e.seen) {
+                    Some(seen) if seen <= cutoff => expired.push(key.clone()),
+                    // Seen since it was filed here: file it under its last batch, once.
+                    Some(seen) => self.by_seen.entry(seen).or_default().push(key.clone()),
+                    None => {}
+                }
             }
             self.undo.expired.push((t, keys));
+        }
+        // Key order, not index order: the index differs between a live and a restored state.
+        expired.sort_by(total_order);
+        expired.dedup();
+        for key in expired {
+            if let Some(e) = self.entries.get(&key) {
+                records.push((key.clone(), e.state.clone()));
+                self.set(up, &key, None);
+            }
         }
     }
 }

@@ -121,12 +121,39 @@ fn timeouts_fire_within_one_batch_of_expiry_with_a_final_record() {
         // "b" (seen at 9 s) expires at 12 s or 11.5 s: no input needed for it to fire.
         assert_eq!(batch(&p, &mut st, 12_000, &[]), ["b=1"], "{timeout}");
         assert_eq!(batch(&p, &mut st, 13_000, &[]), ["a=2"], "{timeout}");
+        // A replay of the batch takes the expiry back and makes it again, once.
+        assert_eq!(batch(&p, &mut st, 13_000, &[]), ["a=2"], "{timeout}");
         assert_eq!(st.changes().len(), 1);
         assert_eq!(st.changes()[0].value, None);
         assert!(batch(&p, &mut st, 14_000, &[]).is_empty());
         // A key seen again starts over.
         assert_eq!(batch(&p, &mut st, 15_000, &["a"]), ["a=1"]);
     }
+}
+
+#[test]
+fn a_busy_key_is_indexed_for_timeout_about_once() {
+    let p = words("{initial: '0', update: 'state + size(values)', timeout: 5s}");
+    let mut st = p.new_state();
+    for t in 1..=200 {
+        assert_eq!(
+            batch(&p, &mut st, t * 1_000, &["hot"]),
+            [format!("hot={t}")]
+        );
+    }
+    let Some(StepState::Keyed(k)) = st.step("counts") else {
+        panic!("no state");
+    };
+    assert!(
+        k.indexed() <= 2,
+        "{} index entries for one key",
+        k.indexed()
+    );
+    // Idle from 200 s: it expires at 205 s, not earlier.
+    for t in 201..=204 {
+        assert!(batch(&p, &mut st, t * 1_000, &[]).is_empty(), "{t}");
+    }
+    assert_eq!(batch(&p, &mut st, 205_000, &[]), ["hot=200"]);
 }
 
 #[test]
