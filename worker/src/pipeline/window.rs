@@ -121,9 +121,14 @@ impl WindowState {
         let len = self.ring.len() as i64;
         let slot = b.rem_euclid(len) as usize;
         // Every slot whose batch left the window, not only this batch's slot: after a gap in
-        // batch times (a restart) older slots would otherwise stay in the total.
+        // batch times (a restart) older slots would otherwise stay in the total. This batch's
+        // slot is emptied whatever it holds, so that even a clock stepping back cannot leave a
+        // part in the total that the ring no longer has.
         for s in 0..self.ring.len() {
-            if self.ring[s].batch.is_some_and(|x| x <= b - len) {
+            if self.ring[s]
+                .batch
+                .is_some_and(|x| x <= b - len || s == slot)
+            {
                 let bucket = std::mem::take(&mut self.ring[s]);
                 let mut leaving: Vec<(&Val, &Acc)> = bucket.keys.iter().collect();
                 leaving.sort_by(|x, y| total_order(x.0, y.0));

@@ -200,3 +200,17 @@ fn window_changes_name_the_step_and_a_replayed_batch_counts_once() {
     let kinds: Vec<bool> = st.changes().iter().map(|c| c.value.is_some()).collect();
     assert_eq!(kinds, [false, true]);
 }
+
+#[test]
+fn window_results_flow_through_the_steps_after_it() {
+    let steps = "- {id: k, keyBy: 'value.k'}\n- {id: w, window: {length: 10s}, aggregate: {count: {}}}\n- {id: busy, filter: 'value >= 2'}\n- {id: label, map: 'key + \":\" + string(value)'}\n";
+    let p = Pipeline::compile(&job_every("5s", steps, "json")).unwrap();
+    let mut st = p.new_state();
+    let recs =
+        |ks: &[&str]| -> Vec<String> { ks.iter().map(|k| format!(r#"{{"k":"{k}"}}"#)).collect() };
+    assert!(batch(&p, &mut st, 0, &recs(&["a", "b"])).is_empty());
+    assert_eq!(
+        batch(&p, &mut st, 1, &recs(&["a", "c"])),
+        [(Val::str("a"), Val::str("a:2"))]
+    );
+}
