@@ -42,6 +42,8 @@ pub struct Settings {
     /// How often a valid job's Kafka offsets are read again, and so how soon lag and
     /// partition counts in status follow the brokers.
     pub observe_every: Duration,
+    /// How long one worker's `/progress` may take to answer before it counts as unreachable.
+    pub progress_timeout: Duration,
     /// Per-partition rows in status (capped at [`crate::lag::MAX_ROWS`]).
     pub offset_rows: usize,
 }
@@ -54,6 +56,7 @@ impl Default for Settings {
             resync: Duration::from_secs(300),
             instance: None,
             observe_every: Duration::from_secs(15),
+            progress_timeout: Duration::from_secs(2),
             offset_rows: crate::lag::DEFAULT_ROWS,
         }
     }

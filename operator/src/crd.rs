@@ -295,6 +295,11 @@ pub struct StreamingJobStatus {
     pub last_batch: Option<LastBatchStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsets: Option<OffsetsStatus>,
+    /// Worker ordinals whose `/progress` did not answer at the last observation.
+    // Null when all answered, like observeError.
+    #[serde(default)]
+    #[schemars(length(max = 1000))]
+    pub unreachable_workers: Option<Vec<u32>>,
     /// Why the last observation of Kafka failed; the numbers above are then the last known.
     // Serialized as null when cleared (no skip_serializing_if), so the merge patch removes it.
     #[serde(default)]

@@ -404,6 +404,8 @@ pub struct DataObserver {
     answer: Mutex<Option<KafkaObservation>>,
     /// What each call was asked, in order.
     pub asked: Mutex<Vec<KafkaTarget>>,
+    /// Where each worker's `/progress` listens, by ordinal (in place of the pod's DNS name).
+    pub workers: Mutex<Vec<String>>,
 }
 
 impl DataObserver {
@@ -411,6 +413,7 @@ impl DataObserver {
         Arc::new(Self {
             answer: Mutex::new(answer),
             asked: Mutex::default(),
+            workers: Mutex::default(),
         })
     }
 
@@ -433,6 +436,15 @@ impl Observer for DataObserver {
                 op: "topic metadata",
                 source: KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
             })
+    }
+
+    fn worker_address(&self, _namespace: &str, _job: &str, ordinal: u32) -> String {
+        let workers = self.workers.lock().expect("fixture lock");
+        // A worker without an address: a port nothing listens on (the discard port).
+        workers
+            .get(ordinal as usize)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:9".into())
     }
 }
 

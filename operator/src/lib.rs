@@ -5,7 +5,8 @@
 //! - [`crd`]: the `StreamingJob` API (spec, status, conditions) and its CRD.
 //! - [`controller`]: the kube-runtime `Controller`, its context, error policy and shutdown.
 //! - [`reconcile`]: one pass over one job: validate, build children, apply, write status.
-//! - [`observe`]: reading the job's partitions and offsets from Kafka (behind a trait).
+//! - [`observe`], [`progress`]: reading the job's partitions and offsets from Kafka (behind a
+//!   trait) and its workers' `/progress`.
 //! - [`desired`], [`scaling`], [`lag`], [`status`]: PURE functions from a job (and
 //!   observations) to children, worker counts, lag and status.
 //! - [`apply`]: server-side apply of the children and the status patch.
@@ -21,6 +22,7 @@ pub mod lag;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod progress;
 pub mod reconcile;
 pub mod scaling;
 pub mod status;

@@ -72,6 +72,9 @@ struct RunArgs {
     /// How often each job's Kafka offsets are read, e.g. "15s".
     #[arg(long, env = "WEIR_OBSERVE_EVERY", default_value = "15s", value_parser = parse_duration)]
     observe_every: Duration,
+    /// How long a worker's /progress may take before it is reported unreachable, e.g. "2s".
+    #[arg(long, env = "WEIR_PROGRESS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    progress_timeout: Duration,
     /// Per-partition offset rows in a job's status, laggiest first (at most 200).
     #[arg(long, env = "WEIR_STATUS_OFFSET_ROWS", default_value_t = weir_operator::lag::DEFAULT_ROWS)]
     status_offset_rows: usize,
@@ -126,6 +129,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: args.resync,
         instance: Some(identity.clone()),
         observe_every: args.observe_every,
+        progress_timeout: args.progress_timeout,
         offset_rows: args.status_offset_rows,
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics));

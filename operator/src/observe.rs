@@ -101,6 +101,15 @@ pub trait Observer: Send + Sync + 'static {
     /// # Errors
     /// When the brokers cannot be reached in time or a topic is missing.
     fn kafka(&self, target: &KafkaTarget) -> Result<KafkaObservation, ObserveError>;
+
+    /// Where worker `ordinal`'s `/progress` listens: its name under the job's headless
+    /// Service, so it works from any operator replica without listing pods.
+    fn worker_address(&self, namespace: &str, job: &str, ordinal: u32) -> String {
+        format!(
+            "{job}-{ordinal}.{job}.{namespace}.svc:{}",
+            crate::desired::HTTP_PORT
+        )
+    }
 }
 
 /// The real observer: a short-lived librdkafka consumer per observation (no group membership:

@@ -13,13 +13,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 use weir_worker::spec::FieldError;
 
 use crate::controller::Context;
 use crate::crd::StreamingJob;
 use crate::lag;
 use crate::observe::{self, KafkaTarget};
+use crate::progress::{self, ProgressSummary};
 use crate::scaling::PartitionCounts;
 use crate::status::{self, Observation};
 use crate::{apply, desired, Result};
@@ -80,6 +81,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     let errors = validate(job);
     let previous = job.status.as_ref();
     let mut kafka = None;
+    let mut workers = None;
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
         let target = KafkaTarget::of(job, &ns, &job.name_any());
@@ -108,6 +110,15 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         let sts = apply::children(&ctx.client, &ns, &children).await?;
         let st = sts.status.unwrap_or_default();
         let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
+        workers = Some(
+            observe_workers(
+                ctx,
+                &ns,
+                &job.name_any(),
+                u32::try_from(st.replicas).unwrap_or(0),
+            )
+            .await,
+        );
         (
             Observation::Applied {
                 desired: children.workers.0,
@@ -131,6 +142,9 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     );
     if let Some(read) = &kafka {
         new = status::with_kafka(new, read.as_ref().map_err(String::as_str));
+    }
+    if let Some(progress) = &workers {
+        new = status::with_progress(new, progress);
     }
     if !status::changed(previous, &new) {
         return Ok(outcome);
@@ -158,4 +172,21 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         info!(phase = ?new.phase, desired = new.workers.desired, ready = new.workers.ready, lag, "status updated");
     }
     Ok(outcome)
+}
+
+/// Asks the `pods` workers that exist for their progress, all at once, each within the
+/// progress timeout.
+async fn observe_workers(ctx: &Context, ns: &str, job: &str, pods: u32) -> ProgressSummary {
+    let timeout = ctx.settings.progress_timeout;
+    let asks = (0..pods).map(|i| {
+        let addr = ctx.observer.worker_address(ns, job, i);
+        async move { (i, progress::fetch(&addr, timeout).await) }
+    });
+    let answers = futures::future::join_all(asks).await;
+    for (i, a) in &answers {
+        if let Err(e) = a {
+            debug!(worker = i, error = %e, "no progress from worker");
+        }
+    }
+    progress::fold(&answers)
 }

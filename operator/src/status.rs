@@ -9,6 +9,7 @@ use weir_worker::spec::FieldError;
 
 use crate::crd::{Phase, StreamingJobStatus, WorkersStatus};
 use crate::lag::LagSummary;
+use crate::progress::ProgressSummary;
 
 pub const READY: &str = "Ready";
 
@@ -173,6 +174,23 @@ fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
         }
         None => conditions.push(new),
     }
+}
+
+/// Adds what the workers said. Batch figures stay as last known when no worker answered with
+/// a batch (all unreachable, or none has run one yet since it started).
+pub fn with_progress(
+    mut status: StreamingJobStatus,
+    progress: &ProgressSummary,
+) -> StreamingJobStatus {
+    if progress.batch_lag.is_some() {
+        status.batch_lag = progress.batch_lag;
+    }
+    if progress.last_batch.is_some() {
+        status.last_batch = progress.last_batch.clone();
+    }
+    status.unreachable_workers =
+        (!progress.unreachable.is_empty()).then(|| progress.unreachable.clone());
+    status
 }
 
 /// Whether the status must be written: any difference at all.

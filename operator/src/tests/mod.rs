@@ -9,3 +9,4 @@ mod kafka;
 mod lag;
 mod leader;
 mod observed;
+mod progress;

@@ -154,3 +154,47 @@ async fn a_grown_topic_is_noticed_within_one_observation_period() {
     assert_eq!(failed["workers"]["desired"], 5, "not back to workers.min");
     assert_eq!(sts_replicas(&r).last().unwrap(), 5);
 }
+
+#[tokio::test]
+async fn workers_progress_reaches_the_status_patch_and_silent_workers_are_named() {
+    let p = std::sync::Arc::new(super::progress::worker(0, 2));
+    p.record(super::progress::batch(1, 5000, 10, 40, 0));
+    p.record(super::progress::batch(2, 10_000, 25, 70, 3));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (addr, task) = weir_worker::http::serve("127.0.0.1:0", p, stop.clone())
+        .await
+        .unwrap();
+    let observer = DataObserver::new(Some(lines(8)));
+    // Worker 1 has no address: nothing listens where the operator looks for it.
+    observer.workers.lock().unwrap().push(addr.to_string());
+    let (server, token, run) = start_observed(
+        fixtures::job("wc", 1, fixtures::spec()),
+        Metrics::new().unwrap(),
+        |s| {
+            // Two pods exist, as the StatefulSet's status says after the apply.
+            s.insert(
+                "/apis/apps/v1/namespaces/default/statefulsets",
+                serde_json::json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                    "metadata": {"name": "wc", "namespace": "default"},
+                    "status": {"replicas": 2, "readyReplicas": 1}}),
+            );
+        },
+        observer,
+        settings(),
+    );
+    let r = server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
+    token.cancel();
+    run.await.unwrap();
+    stop.cancel();
+    task.await.unwrap();
+
+    let s = &statuses(&r)[0];
+    assert_eq!(s["batchLag"], 3);
+    assert_eq!(
+        s["lastBatch"],
+        serde_json::json!({"time": "t10000", "records": 25, "processingMillis": 70,
+                           "schedulingDelayMillis": 35})
+    );
+    assert_eq!(s["unreachableWorkers"], serde_json::json!([1]));
+    assert_eq!(s["phase"], "Degraded", "1 of 2 workers ready");
+}

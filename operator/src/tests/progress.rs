@@ -1,0 +1,153 @@
+//! Workers' `/progress`: the operator's reading of the worker's own JSON, the fold into batch
+//! lag and last batch, and fetching from the worker's real HTTP server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use weir_worker::client::Identity;
+use weir_worker::progress::{BatchInfo, Progress, RangeInfo};
+
+use crate::crd::LastBatchStatus;
+use crate::progress::{fetch, fold, ProgressError, WorkerBatch, WorkerSnapshot, LAST_BATCHES};
+
+pub(super) fn worker(ordinal: u32, workers: u32) -> Progress {
+    let id = Identity {
+        namespace: "default".into(),
+        job: "wc".into(),
+        ordinal,
+        workers,
+    };
+    Progress::new(id, "weir.default.wc".into(), Duration::from_secs(5))
+}
+
+pub(super) fn batch(
+    n: u64,
+    time_ms: i64,
+    records: u64,
+    processing: u64,
+    pending: u64,
+) -> BatchInfo {
+    BatchInfo {
+        batch: n,
+        batch_time: format!("t{time_ms}"),
+        batch_time_ms: time_ms,
+        ranges: vec![RangeInfo {
+            topic: "lines".into(),
+            partition: 0,
+            from: 0,
+            until: i64::try_from(records).unwrap(),
+            high_watermark: 1000,
+            lag: 1000 - i64::try_from(records).unwrap(),
+        }],
+        records_in: records,
+        records_out: records,
+        dead_lettered: 0,
+        scheduling_delay_ms: processing / 2,
+        processing_ms: processing,
+        total_delay_ms: processing + processing / 2,
+        pending_batches: pending,
+        lag: 1000 - i64::try_from(records).unwrap(),
+        rate_limit: None,
+    }
+}
+
+fn wb(time_ms: i64, records: u64, processing: u64, pending: u64) -> WorkerBatch {
+    WorkerBatch {
+        batch_time: format!("t{time_ms}"),
+        batch_time_ms: time_ms,
+        records_in: records,
+        processing_ms: processing,
+        scheduling_delay_ms: processing / 2,
+        pending_batches: pending,
+    }
+}
+
+#[test]
+fn the_workers_own_snapshot_reads_as_the_operators_type() {
+    let p = worker(1, 3);
+    p.record(batch(1, 5000, 10, 40, 0));
+    p.record(batch(2, 10_000, 20, 60, 2));
+    let json = serde_json::to_vec(&p.snapshot(LAST_BATCHES)).unwrap();
+    let s: WorkerSnapshot = serde_json::from_slice(&json).unwrap();
+    assert_eq!(s.worker, 1);
+    assert_eq!(s.batches, [wb(5000, 10, 40, 0), wb(10_000, 20, 60, 2)]);
+}
+
+#[test]
+fn the_last_batch_adds_the_workers_batches_of_the_latest_time() {
+    let answers: Vec<(u32, Result<WorkerSnapshot, ()>)> = vec![
+        (
+            0,
+            Ok(WorkerSnapshot {
+                worker: 0,
+                batches: vec![wb(5000, 7, 30, 0), wb(10_000, 10, 40, 1)],
+            }),
+        ),
+        (2, Err(())),
+        (
+            1,
+            Ok(WorkerSnapshot {
+                worker: 1,
+                batches: vec![wb(10_000, 5, 90, 2)],
+            }),
+        ),
+        (
+            3,
+            Ok(WorkerSnapshot {
+                worker: 3,
+                batches: vec![],
+            }),
+        ),
+    ];
+    let s = fold(&answers);
+    assert_eq!(
+        s.batch_lag,
+        Some(3),
+        "pending batches of each worker's latest"
+    );
+    assert_eq!(
+        s.last_batch,
+        Some(LastBatchStatus {
+            time: "t10000".into(),
+            records: 15,
+            processing_millis: 90,
+            scheduling_delay_millis: 45,
+        })
+    );
+    assert_eq!(s.unreachable, [2]);
+
+    let nothing: Vec<(u32, Result<WorkerSnapshot, ()>)> = vec![(1, Err(())), (0, Err(()))];
+    let s = fold(&nothing);
+    assert_eq!(
+        (s.batch_lag, s.last_batch, s.unreachable),
+        (None, None, vec![0, 1])
+    );
+}
+
+#[tokio::test]
+async fn fetch_reads_the_workers_http_server_and_types_its_failures() {
+    let p = Arc::new(worker(0, 1));
+    p.record(batch(1, 5000, 10, 40, 0));
+    let stop = CancellationToken::new();
+    let (addr, task) = weir_worker::http::serve("127.0.0.1:0", p, stop.clone())
+        .await
+        .unwrap();
+    let s = fetch(&addr.to_string(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(s.batches, [wb(5000, 10, 40, 0)]);
+    stop.cancel();
+    task.await.unwrap();
+
+    let err = fetch(&addr.to_string(), Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProgressError::Io(_)), "{err}");
+
+    // Accepts connections (the kernel's backlog) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let err = fetch(&addr, Duration::from_millis(200)).await.unwrap_err();
+    assert!(matches!(err, ProgressError::Timeout(_)), "{err}");
+}
