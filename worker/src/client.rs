@@ -29,6 +29,15 @@ pub fn base(bootstrap: &str, source: &KafkaSource) -> ClientConfig {
     c
 }
 
+/// Fetch settings the worker uses unless the job sets them (the drain benchmark's raw
+/// consumer uses the same). librdkafka postpones a partition's next fetch by
+/// `fetch.queue.backoff.ms` (1 s by default) whenever its local queue is full, which stalls a
+/// consumer that does real work per record; a short backoff keeps the fetcher just ahead.
+pub const CONSUMER_FETCH_DEFAULTS: &[(&str, &str)] = &[
+    ("fetch.wait.max.ms", "100"),
+    ("fetch.queue.backoff.ms", "10"),
+];
+
 /// The direct-stream consumer: assigned partitions, no auto commit, no silent offset resets.
 pub fn consumer(source: &KafkaSource, id: &Identity, group: &str) -> ClientConfig {
     let mut c = base(&source.bootstrap_servers, source);
@@ -40,8 +49,10 @@ pub fn consumer(source: &KafkaSource, id: &Identity, group: &str) -> ClientConfi
         .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed");
-    if !source.properties.contains_key("fetch.wait.max.ms") {
-        c.set("fetch.wait.max.ms", "100");
+    for (key, value) in CONSUMER_FETCH_DEFAULTS {
+        if !source.properties.contains_key(*key) {
+            c.set(*key, *value);
+        }
     }
     c
 }

@@ -109,6 +109,8 @@ pub struct Source {
     positions: Vec<i64>,
     /// Last committed offset, per owned partition.
     committed: Vec<i64>,
+    /// Partitions paused when their range was complete; resumed when read again.
+    paused: Vec<bool>,
     retries: RetrySpec,
     read_timeout: Duration,
 }
@@ -156,6 +158,7 @@ impl Source {
             consumer,
             positions: vec![0; owned.len()],
             committed: vec![-1; owned.len()],
+            paused: vec![false; owned.len()],
             owned,
             by_partition,
             retries: spec.retries.clone(),
@@ -306,8 +309,16 @@ impl Source {
         }
         let tpl = self.tpl(todo.iter().map(|&i| (i, Offset::Offset(self.positions[i]))))?;
         self.consumer.assign(&tpl).map_err(Error::kafka("assign"))?;
-        // A partition paused at the end of an earlier batch stays paused across assign.
-        self.consumer.resume(&tpl).map_err(Error::kafka("resume"))?;
+        // Pause outlives assign. Resume only what was paused: resuming restarts a partition's
+        // fetcher, which costs a round trip.
+        let paused: Vec<usize> = todo.iter().copied().filter(|&i| self.paused[i]).collect();
+        if !paused.is_empty() {
+            let tpl = self.tpl(paused.iter().map(|&i| (i, Offset::Invalid)))?;
+            self.consumer.resume(&tpl).map_err(Error::kafka("resume"))?;
+            for i in paused {
+                self.paused[i] = false;
+            }
+        }
         let mut remaining = todo.len();
         let deadline = Instant::now() + self.read_timeout;
         while remaining > 0 {
@@ -360,7 +371,7 @@ impl Source {
             if self.positions[i] >= until[i] {
                 remaining -= 1;
                 let done = self.tpl(std::iter::once((i, Offset::Invalid)))?;
-                let _ = self.consumer.pause(&done);
+                self.paused[i] = self.consumer.pause(&done).is_ok();
             }
         }
         Ok(())

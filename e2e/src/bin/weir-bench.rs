@@ -59,16 +59,20 @@ fn produce(bootstrap: &str, topic: &str, records: u64) -> Result<()> {
     Ok(())
 }
 
-fn raw(bootstrap: &str, topic: &str, fetch_wait: &str) -> Result<()> {
-    let c: BaseConsumer = ClientConfig::new()
+fn raw(bootstrap: &str, topic: &str) -> Result<()> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "weir-bench-raw")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "error")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", fetch_wait)
-        .create()?;
+        .set("isolation.level", "read_committed");
+    // The worker's own fetch settings, so both read the backlog the same way.
+    for (key, value) in weir_worker::client::CONSUMER_FETCH_DEFAULTS {
+        config.set(*key, *value);
+    }
+    let c: BaseConsumer = config.create()?;
     let started = Instant::now();
     let md = c.fetch_metadata(Some(topic), TIMEOUT)?;
     let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
@@ -107,11 +111,7 @@ fn main() -> Result<()> {
             &arg(&args, "--topic")?,
             arg(&args, "--records")?.parse()?,
         ),
-        Some("raw") => raw(
-            &arg(&args, "--bootstrap")?,
-            &arg(&args, "--topic")?,
-            &arg(&args, "--fetch-wait-ms").unwrap_or_else(|_| "100".into()),
-        ),
+        Some("raw") => raw(&arg(&args, "--bootstrap")?, &arg(&args, "--topic")?),
         _ => bail!("usage: weir-bench produce|raw --bootstrap HOST:PORT --topic T [--records N]"),
     }
 }
