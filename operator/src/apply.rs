@@ -4,13 +4,15 @@
 //! edited them by hand, since the job spec is the single source of truth for its children.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::crd::{StreamingJob, StreamingJobStatus};
-use crate::desired::Children;
+use crate::desired::{self, Children};
+use crate::scaling::Running;
 use crate::Result;
 
 pub const FIELD_MANAGER: &str = "weir-operator";
@@ -65,4 +67,25 @@ pub async fn status(
     )
     .await?;
     Ok(())
+}
+
+/// The job's workers as they are: the StatefulSet's replicas and the worker pods that still
+/// exist (terminating ones too: they may still be committing). `None` before the first apply.
+///
+/// # Errors
+/// When the API server cannot be asked.
+pub async fn running(client: &Client, ns: &str, job: &str) -> Result<Option<Running>> {
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let Some(sts) = sets.get_opt(job).await? else {
+        return Ok(None);
+    };
+    let replicas = sts.spec.and_then(|s| s.replicas).unwrap_or(0);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let listed = pods
+        .list_metadata(&ListParams::default().labels(&desired::selector_string(job)))
+        .await?;
+    Ok(Some(Running {
+        replicas: u32::try_from(replicas).unwrap_or(0),
+        pods: u32::try_from(listed.items.len()).unwrap_or(u32::MAX),
+    }))
 }

@@ -85,6 +85,15 @@ pub fn selector_string(job: &str) -> String {
         .join(",")
 }
 
+/// The children with the StatefulSet at `replicas` instead of the desired count, for a step
+/// of a coordinated rescale; the pods' environment keeps the count they will start with.
+pub fn with_replicas(mut c: Children, replicas: u32) -> Children {
+    if let Some(spec) = c.stateful_set.spec.as_mut() {
+        spec.replicas = Some(i32::try_from(replicas).unwrap_or(i32::MAX));
+    }
+    c
+}
+
 /// Child names: the job's own name, so `kubectl get sts,cm,svc,pdb <job>` finds them all.
 fn meta(job: &StreamingJob, owner: &OwnerReference) -> ObjectMeta {
     ObjectMeta {

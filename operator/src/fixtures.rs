@@ -307,6 +307,16 @@ impl ApiServer {
         st.objects.insert((loc.prefix, ns, loc.plural, name), obj);
     }
 
+    /// Removes an object, as if it went away by itself (a pod that exited).
+    pub fn remove(&self, collection: &str, name: &str) {
+        let loc = parse(&format!("{collection}/{name}")).expect("a namespaced collection path");
+        let mut st = self.state.lock().expect("fixture state lock");
+        st.resource_version += 1;
+        let ns = loc.namespace.unwrap_or_default();
+        st.objects
+            .remove(&(loc.prefix, ns, loc.plural, name.to_string()));
+    }
+
     /// Sends a watch event to every open watch of `collection`'s kind (in any namespace the
     /// watch covers), waiting up to 5 s for one to be open.
     pub async fn push_event(&self, collection: &str, kind: &str, obj: Value) {

@@ -17,11 +17,11 @@ use tracing::{debug, info, instrument, warn};
 use weir_worker::spec::FieldError;
 
 use crate::controller::Context;
-use crate::crd::StreamingJob;
-use crate::lag;
+use crate::crd::{StreamingJob, StreamingJobStatus};
+use crate::lag::{self, LagSummary};
 use crate::observe::{self, KafkaTarget};
 use crate::progress::{self, ProgressSummary};
-use crate::scaling::PartitionCounts;
+use crate::scaling::{self, PartitionCounts};
 use crate::status::{self, Observation};
 use crate::{apply, desired, Result};
 
@@ -84,49 +84,34 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     let mut workers = None;
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
-        let target = KafkaTarget::of(job, &ns, &job.name_any());
-        let starting = target.source.starting_offsets.clone();
-        let read = observe::kafka(ctx.observer.clone(), target).await;
-        let partitions = match &read {
-            Ok(obs) => Some(obs.partition_counts()),
-            Err(e) => {
-                warn!(error = %e, "cannot read the job's offsets from Kafka");
-                ctx.metrics.observe_failed(e);
-                // The last known total stands in for both counts: its cap is never tighter
-                // than the widest topic's, and the worker count does not flap to workers.min.
-                previous
-                    .and_then(|s| s.observed_partitions)
-                    .map(|n| PartitionCounts {
-                        total: n,
-                        widest: n,
-                    })
-            }
-        };
-        kafka = Some(
-            read.map(|obs| lag::summarize(&obs, &starting, ctx.settings.offset_rows))
-                .map_err(|e| e.to_string()),
-        );
+        let name = job.name_any();
+        let (partitions, read) = observe_kafka(ctx, job, &ns, previous).await;
+        kafka = Some(read);
+        let now = apply::running(&ctx.client, &ns, &name).await?;
         let children = desired::children(job, &ctx.settings.defaults, partitions)?;
+        let next = scaling::next_replicas(children.workers.0, now);
+        if let Some(now) = now.filter(|n| next == 0 && n.replicas > 0 && children.workers.0 > 0) {
+            let note = format!(
+                "stopping {} workers to start {}: {}",
+                now.replicas, children.workers.0, children.workers.1
+            );
+            info!(%note, "rescaling through zero");
+            publish(ctx, job, (EventType::Normal, "Rescaling", "Scale"), note).await;
+        }
+        let children = desired::with_replicas(children, next);
         let sts = apply::children(&ctx.client, &ns, &children).await?;
         let st = sts.status.unwrap_or_default();
         let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
-        workers = Some(
-            observe_workers(
-                ctx,
-                &ns,
-                &job.name_any(),
-                u32::try_from(st.replicas).unwrap_or(0),
-            )
-            .await,
-        );
+        let current = u32::try_from(st.replicas).unwrap_or(0);
+        workers = Some(observe_workers(ctx, &ns, &name, current).await);
         (
             Observation::Applied {
                 desired: children.workers.0,
                 reason: children.workers.1,
                 suspended: job.spec.suspend,
-                current: u32::try_from(st.replicas).unwrap_or(0),
+                current,
                 ready: count(st.ready_replicas),
-                selector: desired::selector_string(&job.name_any()),
+                selector: desired::selector_string(&name),
             },
             "applied",
         )
@@ -156,22 +141,69 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
             message = message.as_deref().unwrap_or_default(),
             "invalid spec; children left as they were"
         );
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "InvalidSpec".into(),
-            note: message,
-            action: "Validate".into(),
-            secondary: None,
-        };
-        // An Event is a courtesy; the status already says it, so a failed post is only logged.
-        if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-            warn!(error = %e, "cannot publish event");
-        }
+        let note = message.unwrap_or_default();
+        publish(
+            ctx,
+            job,
+            (EventType::Warning, "InvalidSpec", "Validate"),
+            note,
+        )
+        .await;
     } else {
         let lag = new.lag.as_ref().map(|l| l.records);
         info!(phase = ?new.phase, desired = new.workers.desired, ready = new.workers.ready, lag, "status updated");
     }
     Ok(outcome)
+}
+
+/// Reads the job's offsets from Kafka. Returns the partition counts to scale by and what
+/// status shows: the lag summary, or why the read failed.
+async fn observe_kafka(
+    ctx: &Context,
+    job: &StreamingJob,
+    ns: &str,
+    previous: Option<&StreamingJobStatus>,
+) -> (Option<PartitionCounts>, Result<LagSummary, String>) {
+    let target = KafkaTarget::of(job, ns, &job.name_any());
+    let starting = target.source.starting_offsets.clone();
+    match observe::kafka(ctx.observer.clone(), target).await {
+        Ok(obs) => (
+            Some(obs.partition_counts()),
+            Ok(lag::summarize(&obs, &starting, ctx.settings.offset_rows)),
+        ),
+        Err(e) => {
+            warn!(error = %e, "cannot read the job's offsets from Kafka");
+            ctx.metrics.observe_failed(&e);
+            // The last known total stands in for both counts: its cap is never tighter than
+            // the widest topic's, and the worker count does not flap to workers.min.
+            let last = previous
+                .and_then(|s| s.observed_partitions)
+                .map(|n| PartitionCounts {
+                    total: n,
+                    widest: n,
+                });
+            (last, Err(e.to_string()))
+        }
+    }
+}
+
+/// An Event is a courtesy; status already says it, so a failed post is only logged.
+async fn publish(
+    ctx: &Context,
+    job: &StreamingJob,
+    (type_, reason, action): (EventType, &str, &str),
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        warn!(error = %e, "cannot publish event");
+    }
 }
 
 /// Asks the `pods` workers that exist for their progress, all at once, each within the

@@ -69,6 +69,28 @@ pub fn desired_workers(
     (d, why)
 }
 
+/// The job's workers as they are now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Running {
+    /// The StatefulSet's `spec.replicas`.
+    pub replicas: u32,
+    /// Worker pods that exist, terminating ones included.
+    pub pods: u32,
+}
+
+/// The StatefulSet's replicas for this step towards `desired` workers.
+///
+/// A new worker count changes which worker owns which partition (`p mod N`), so it is a
+/// coordinated restart: first zero (each worker finishes its batch, commits and exits), then,
+/// once no worker pod is left, the new count. No two workers ever own a partition at once.
+pub fn next_replicas(desired: u32, now: Option<Running>) -> u32 {
+    match now {
+        None => desired,
+        Some(r) if r.replicas == desired || r.pods == 0 => desired,
+        Some(_) => 0,
+    }
+}
+
 fn cap_at_partitions(d: u32, cap: Option<u32>, why: &mut String) -> u32 {
     match cap {
         Some(c) if d > c => {
@@ -143,6 +165,23 @@ mod tests {
         let (d, why) = desired_workers(None, &w(2, 8, Some(20)), false);
         assert_eq!(d, 8);
         assert!(why.contains("within [2, 8]"), "{why}");
+    }
+
+    #[test]
+    fn a_new_count_goes_through_zero_while_workers_exist() {
+        let at = |replicas, pods| Some(Running { replicas, pods });
+        assert_eq!(next_replicas(3, None), 3, "a new job starts at once");
+        assert_eq!(next_replicas(3, at(3, 3)), 3, "steady");
+        assert_eq!(next_replicas(3, at(3, 1)), 3, "pods still starting");
+        assert_eq!(next_replicas(5, at(3, 3)), 0, "drain first");
+        assert_eq!(next_replicas(5, at(0, 2)), 0, "still draining");
+        assert_eq!(next_replicas(5, at(0, 0)), 5, "drained: the new count");
+        assert_eq!(
+            next_replicas(2, at(3, 0)),
+            2,
+            "no worker runs: nothing to drain"
+        );
+        assert_eq!(next_replicas(0, at(3, 3)), 0, "suspend drains the same way");
     }
 
     #[test]

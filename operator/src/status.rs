@@ -72,19 +72,20 @@ pub fn compute(
                     "Suspended",
                     "spec.suspend is true; workers are scaled to zero".to_string(),
                 )
+            } else if c != 0 && c != d {
+                // Before Running: while draining, more workers than desired may be ready.
+                (
+                    Phase::Rescaling,
+                    "False",
+                    "Rescaling",
+                    format!("moving from {c} to {d} workers ({reason})"),
+                )
             } else if r >= d {
                 (
                     Phase::Running,
                     "True",
                     "WorkersReady",
                     format!("{r}/{d} workers ready"),
-                )
-            } else if c != 0 && c != d {
-                (
-                    Phase::Rescaling,
-                    "False",
-                    "Rescaling",
-                    format!("moving from {c} to {d} workers ({reason})"),
                 )
             } else if r == 0 {
                 (
@@ -229,6 +230,11 @@ mod tests {
         assert_eq!(phase(applied(3, 3, 0)), Phase::Pending);
         assert_eq!(phase(applied(3, 3, 1)), Phase::Degraded);
         assert_eq!(phase(applied(4, 3, 3)), Phase::Rescaling);
+        assert_eq!(
+            phase(applied(2, 3, 3)),
+            Phase::Rescaling,
+            "draining 3 workers to start 2"
+        );
         assert_eq!(
             phase(applied(3, 0, 0)),
             Phase::Pending,

@@ -10,3 +10,4 @@ mod lag;
 mod leader;
 mod observed;
 mod progress;
+mod rescale;
