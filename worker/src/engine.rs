@@ -42,7 +42,6 @@ pub struct Engine {
     progress: Arc<Progress>,
     planner: Planner,
     estimator: Option<RateEstimator>,
-    needs_headers: bool,
 }
 
 fn now_ms() -> i64 {
@@ -79,11 +78,7 @@ impl Engine {
             .backpressure
             .enabled
             .then(|| RateEstimator::new(interval_ms, k.backpressure.min_rate as f64));
-        let needs_headers = job
-            .spec
-            .pipeline
-            .iter()
-            .any(|s| serde_json::to_string(s).is_ok_and(|j| j.contains("headers")));
+
         let states = source
             .owned()
             .iter()
@@ -99,7 +94,6 @@ impl Engine {
             progress,
             planner,
             estimator,
-            needs_headers,
         })
     }
 
@@ -212,8 +206,8 @@ impl Engine {
 
         let owned = self.source.owned().to_vec();
         let format = self.job.spec.source.format;
-        let needs_headers = self.needs_headers;
         let pipeline = &self.pipeline;
+        let needs = pipeline.needs();
         let mut runs: Vec<_> = self.states.iter_mut().map(|s| pipeline.start(s)).collect();
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut records_in = 0u64;
@@ -230,7 +224,7 @@ impl Engine {
                     step,
                     error,
                 };
-                match decode_value(format, raw.payload) {
+                match decode_value(format, raw.payload, &needs.value) {
                     Err(e) => dead.push(letter(None, e.to_string())),
                     Ok(value) => {
                         let rec = Record {
@@ -238,9 +232,13 @@ impl Engine {
                             partition: tp.partition,
                             offset: raw.offset,
                             timestamp: raw.timestamp,
-                            key: decode_key(raw.key),
+                            key: if needs.key {
+                                decode_key(raw.key)
+                            } else {
+                                Val::Null
+                            },
                             value,
-                            headers: if needs_headers {
+                            headers: if needs.headers {
                                 raw.headers()
                             } else {
                                 Val::Null

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::expr::{Val, Var, Vars};
+use crate::expr::{Val, ValueNeeds, Var, Vars};
 use crate::spec::Format;
 
 /// Largest record value decoded; bigger ones go to the dead-letter path with this reason.
@@ -67,11 +67,17 @@ pub enum DecodeError {
     Utf8(String),
 }
 
-/// Decodes a record value per the source format. An absent value (a tombstone) is null.
+/// Decodes a record value per the source format, keeping what the pipeline reads of a JSON
+/// value (the whole value, some fields, or nothing but the check that it is well-formed). An
+/// absent value (a tombstone) is null.
 ///
 /// # Errors
 /// When the value is too large or not of the format.
-pub fn decode_value(format: Format, payload: Option<&[u8]>) -> Result<Val, DecodeError> {
+pub fn decode_value(
+    format: Format,
+    payload: Option<&[u8]>,
+    needs: &ValueNeeds,
+) -> Result<Val, DecodeError> {
     let Some(bytes) = payload else {
         return Ok(Val::Null);
     };
@@ -79,9 +85,12 @@ pub fn decode_value(format: Format, payload: Option<&[u8]>) -> Result<Val, Decod
         return Err(DecodeError::TooLarge(bytes.len()));
     }
     match format {
-        Format::Json => {
-            Val::from_json(bytes, MAX_JSON_DEPTH).map_err(|e| DecodeError::Json(e.to_string()))
+        Format::Json => match needs {
+            ValueNeeds::Whole => Val::from_json(bytes, MAX_JSON_DEPTH),
+            ValueNeeds::Fields(f) => Val::from_json_fields(bytes, MAX_JSON_DEPTH, f),
+            ValueNeeds::Nothing => Val::check_json(bytes).map(|()| Val::Null),
         }
+        .map_err(|e| DecodeError::Json(e.to_string())),
         Format::Text => std::str::from_utf8(bytes)
             .map(Val::str)
             .map_err(|e| DecodeError::Utf8(e.to_string())),
@@ -104,38 +113,40 @@ pub fn decode_key(key: Option<&[u8]>) -> Val {
 mod tests {
     use super::*;
 
+    const W: &ValueNeeds = &ValueNeeds::Whole;
+
     #[test]
     fn decodes_each_format_and_refuses_bad_input_with_the_reason() {
         assert_eq!(
-            decode_value(Format::Json, Some(br#"{"a":1}"#))
+            decode_value(Format::Json, Some(br#"{"a":1}"#), W)
                 .unwrap()
                 .field("a"),
             Some(&Val::Int(1))
         );
         assert_eq!(
-            decode_value(Format::Text, Some(b"hi")).unwrap(),
+            decode_value(Format::Text, Some(b"hi"), W).unwrap(),
             Val::str("hi")
         );
         assert_eq!(
-            decode_value(Format::Bytes, Some(&[0xff])).unwrap(),
+            decode_value(Format::Bytes, Some(&[0xff]), W).unwrap(),
             Val::Bytes(Arc::from(&[0xffu8][..]))
         );
-        assert_eq!(decode_value(Format::Json, None).unwrap(), Val::Null);
+        assert_eq!(decode_value(Format::Json, None, W).unwrap(), Val::Null);
         assert!(matches!(
-            decode_value(Format::Json, Some(b"{\"a\":")),
+            decode_value(Format::Json, Some(b"{\"a\":"), W),
             Err(DecodeError::Json(_))
         ));
         assert!(matches!(
-            decode_value(Format::Json, Some(b"{} trailing")),
+            decode_value(Format::Json, Some(b"{} trailing"), W),
             Err(DecodeError::Json(_))
         ));
         assert!(matches!(
-            decode_value(Format::Text, Some(&[0xc3, 0x28])),
+            decode_value(Format::Text, Some(&[0xc3, 0x28]), W),
             Err(DecodeError::Utf8(_))
         ));
         let big = vec![b' '; MAX_RECORD_BYTES + 1];
         assert!(matches!(
-            decode_value(Format::Bytes, Some(&big)),
+            decode_value(Format::Bytes, Some(&big), W),
             Err(DecodeError::TooLarge(_))
         ));
         assert_eq!(decode_key(Some(b"k")), Val::str("k"));

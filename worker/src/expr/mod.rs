@@ -163,6 +163,31 @@ pub struct Program {
     source: Arc<str>,
     root: compile::Node,
     interpreted: usize,
+    uses: Vec<Var>,
+    value_fields: ValueNeeds,
+}
+
+/// What of a record's `value` an expression (or a pipeline) reads.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum ValueNeeds {
+    /// Nothing: the value is only checked to be well-formed.
+    #[default]
+    Nothing,
+    /// Only these top-level fields (`value.page`, `has(value.page)`, `value['page']`).
+    Fields(std::collections::BTreeSet<Arc<str>>),
+    /// The whole value.
+    Whole,
+}
+
+impl ValueNeeds {
+    pub fn merge(&mut self, other: &ValueNeeds) {
+        match (&mut *self, other) {
+            (_, ValueNeeds::Nothing) | (ValueNeeds::Whole, _) => {}
+            (_, ValueNeeds::Whole) => *self = ValueNeeds::Whole,
+            (ValueNeeds::Fields(a), ValueNeeds::Fields(b)) => a.extend(b.iter().cloned()),
+            (ValueNeeds::Nothing, f) => *self = f.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Program {
@@ -185,15 +210,34 @@ impl Program {
             interpreted: 0,
         };
         let root = c.compile(&ast);
+        let mut uses: Vec<Var> = free_vars(&ast)
+            .into_iter()
+            .filter_map(Var::from_name)
+            .collect();
+        uses.sort_by_key(|v| v.name());
+        let mut value_fields = ValueNeeds::Nothing;
+        value_reads(&ast, &mut Vec::new(), &mut value_fields);
         Ok(Program {
             source: Arc::from(source),
             root,
             interpreted: c.interpreted,
+            uses,
+            value_fields,
         })
     }
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether the expression names `v`.
+    pub fn uses(&self, v: Var) -> bool {
+        self.uses.contains(&v)
+    }
+
+    /// What of `value` the expression reads.
+    pub fn value_needs(&self) -> &ValueNeeds {
+        &self.value_fields
     }
 
     /// How many subtrees run in the interpreter rather than as closures.
@@ -360,6 +404,74 @@ fn walk<'a>(
             walk(&c.loop_step, bound, f);
             walk(&c.result, bound, f);
             bound.truncate(depth);
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// Collects the top-level fields of `value` an expression reads; any other use of `value`
+/// (passing it whole, iterating it, indexing it with a computed key) needs all of it.
+fn value_reads<'a>(e: &'a IdedExpr, bound: &mut Vec<&'a str>, out: &mut ValueNeeds) {
+    use cel::common::ast::LiteralValue;
+    let is_value = |x: &IdedExpr, bound: &[&str]| matches!(&x.expr, Expr::Ident(n) if n == "value" && !bound.contains(&"value"));
+    let field = |f: &str| ValueNeeds::Fields(std::iter::once(Arc::from(f)).collect());
+    match &e.expr {
+        Expr::Select(s) if is_value(&s.operand, bound) => out.merge(&field(&s.field)),
+        Expr::Call(c)
+            if c.func_name == cel::common::ast::operators::INDEX
+                && c.target.is_none()
+                && c.args.len() == 2
+                && is_value(&c.args[0], bound) =>
+        {
+            match &c.args[1].expr {
+                Expr::Literal(LiteralValue::String(f)) => out.merge(&field(f.inner())),
+                _ => {
+                    out.merge(&ValueNeeds::Whole);
+                    value_reads(&c.args[1], bound, out);
+                }
+            }
+        }
+        Expr::Ident(n) if n == "value" && !bound.contains(&"value") => {
+            out.merge(&ValueNeeds::Whole)
+        }
+        Expr::Comprehension(c) => {
+            value_reads(&c.iter_range, bound, out);
+            value_reads(&c.accu_init, bound, out);
+            let depth = bound.len();
+            bound.push(&c.iter_var);
+            if let Some(v2) = &c.iter_var2 {
+                bound.push(v2);
+            }
+            bound.push(&c.accu_var);
+            value_reads(&c.loop_cond, bound, out);
+            value_reads(&c.loop_step, bound, out);
+            value_reads(&c.result, bound, out);
+            bound.truncate(depth);
+        }
+        Expr::Call(c) => {
+            if let Some(t) = &c.target {
+                value_reads(t, bound, out);
+            }
+            for a in &c.args {
+                value_reads(a, bound, out);
+            }
+        }
+        Expr::Select(s) => value_reads(&s.operand, bound, out),
+        Expr::List(l) => l.elements.iter().for_each(|x| value_reads(x, bound, out)),
+        Expr::Map(m) => {
+            for entry in &m.entries {
+                if let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr {
+                    value_reads(&me.key, bound, out);
+                    value_reads(&me.value, bound, out);
+                }
+            }
+        }
+        Expr::Struct(s) => {
+            for entry in &s.entries {
+                if let cel::common::ast::EntryExpr::StructField(sf) = &entry.expr {
+                    value_reads(&sf.value, bound, out);
+                }
+            }
         }
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
     }

@@ -151,3 +151,26 @@ fn load_errors_give_position_and_reason() {
         .contains("longer than"));
     assert!(Program::compile("  ", REC).is_err());
 }
+
+#[test]
+fn value_reads_are_found_so_decoding_can_skip_the_rest() {
+    let needs = |src: &str| Program::compile(src, REC).unwrap().value_needs().clone();
+    let fields =
+        |f: &[&str]| ValueNeeds::Fields(f.iter().map(|s| std::sync::Arc::from(*s)).collect());
+    assert_eq!(
+        needs("has(value.page) && value.page != ''"),
+        fields(&["page"])
+    );
+    assert_eq!(needs("value['user'].id + value.n"), fields(&["n", "user"]));
+    assert_eq!(needs("key == 'x'"), ValueNeeds::Nothing);
+    assert_eq!(needs("size(value) > 2"), ValueNeeds::Whole);
+    assert_eq!(needs("value[key] == 1"), ValueNeeds::Whole);
+    assert_eq!(
+        needs("value.tags.exists(t, t == value.page)"),
+        fields(&["page", "tags"])
+    );
+    assert!(Program::compile("key + value.x", REC)
+        .unwrap()
+        .uses(Var::Key));
+    assert!(!Program::compile("value.x", REC).unwrap().uses(Var::Key));
+}

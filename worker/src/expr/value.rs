@@ -98,6 +98,92 @@ impl Val {
     }
 }
 
+impl Val {
+    /// Decodes only the top-level `fields` of a JSON object, checking the rest is well-formed
+    /// without keeping it. A document that is not an object decodes whole.
+    ///
+    /// # Errors
+    /// As [`Val::from_json`].
+    pub fn from_json_fields(
+        bytes: &[u8],
+        max_depth: usize,
+        fields: &std::collections::BTreeSet<Arc<str>>,
+    ) -> Result<Val, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let v = de.deserialize_any(Projected {
+            fields,
+            left: max_depth,
+        })?;
+        de.end()?;
+        Ok(v)
+    }
+
+    /// Checks a JSON document is well-formed without keeping any of it.
+    ///
+    /// # Errors
+    /// The JSON error (serde_json bounds the nesting it skips).
+    pub fn check_json(bytes: &[u8]) -> Result<(), serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        de::IgnoredAny::deserialize(&mut de)?;
+        de.end()
+    }
+}
+
+/// The top level of a projected decode.
+struct Projected<'f> {
+    fields: &'f std::collections::BTreeSet<Arc<str>>,
+    left: usize,
+}
+
+impl<'de> Visitor<'de> for Projected<'_> {
+    type Value = Val;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
+        let seed = ValVisitor { left: self.left }.deeper()?;
+        let mut out: Vec<(Arc<str>, Val)> = Vec::with_capacity(self.fields.len());
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            // The field's name comes from the pipeline, so keeping it allocates nothing.
+            match self.fields.get(&*k) {
+                Some(name) => {
+                    let v = map.next_value_seed(DepthSeed { left: seed.left })?;
+                    match out.iter_mut().find(|(n, _)| n == name) {
+                        Some(slot) => slot.1 = v,
+                        None => out.push((name.clone(), v)),
+                    }
+                }
+                None => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Val::Map(Arc::new(out)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Val, A::Error> {
+        ValVisitor { left: self.left }.visit_seq(seq)
+    }
+    fn visit_unit<E>(self) -> Result<Val, E> {
+        Ok(Val::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Val, E> {
+        Ok(Val::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Val, E> {
+        Ok(Val::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Val, E> {
+        Ok(i64::try_from(v).map_or(Val::UInt(v), Val::Int))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Val, E> {
+        Ok(Val::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Val, E> {
+        Ok(Val::str(v))
+    }
+}
+
 impl PartialEq for Val {
     /// CEL equality: numbers compare across int, uint and double.
     fn eq(&self, other: &Self) -> bool {
@@ -406,6 +492,33 @@ mod tests {
             r#"{"b":1,"a":[true,null,2.5,"x"],"c":{"d":18446744073709551615}}"#
         );
         assert_eq!(v.field("b"), Some(&Val::Int(1)));
+    }
+
+    #[test]
+    fn projected_decode_keeps_only_the_named_fields_and_still_rejects_bad_json() {
+        let fields = ["page", "n"].iter().map(|s| Arc::from(*s)).collect();
+        let v = Val::from_json_fields(
+            br#"{"user":{"deep":[1,2]},"page":"/a","n":3,"x":"y"}"#,
+            32,
+            &fields,
+        )
+        .unwrap();
+        assert_eq!(v.to_string(), r#"{"page":"/a","n":3}"#);
+        assert!(Val::from_json_fields(br#"{"page":"/a","x":[1,}"#, 32, &fields).is_err());
+        assert!(Val::from_json_fields(br#"{"page":"/a"} x"#, 32, &fields).is_err());
+        assert_eq!(
+            Val::from_json_fields(b"[1]", 32, &fields)
+                .unwrap()
+                .to_string(),
+            "[1]"
+        );
+        assert!(Val::check_json(br#"{"a":[1,2,{"b":null}]}"#).is_ok());
+        assert!(Val::check_json(br#"{"a":"#).is_err());
+        // Skipped JSON is walked without recursion, so depth is only limited where it is kept.
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert!(Val::check_json(deep.as_bytes()).is_ok());
+        let nested = format!(r#"{{"page":"/a","skip":{deep}}}"#);
+        assert!(Val::from_json_fields(nested.as_bytes(), 32, &fields).is_ok());
     }
 
     #[test]

@@ -86,7 +86,8 @@ impl Pipeline {
                 op,
             });
         }
-        Ok(Pipeline { steps })
+        let needs = super::needs::record_needs(&steps);
+        Ok(Pipeline { steps, needs })
     }
 }
 

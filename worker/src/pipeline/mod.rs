@@ -9,6 +9,7 @@
 pub mod aggregate;
 mod compile;
 pub mod keyed;
+mod needs;
 mod restore;
 pub mod store;
 pub mod window;
@@ -60,12 +61,20 @@ pub struct StepFailure {
     pub error: EvalError,
 }
 
+pub use needs::RecordNeeds;
+
 /// A compiled pipeline.
 pub struct Pipeline {
     steps: Vec<Step>,
+    needs: RecordNeeds,
 }
 
 impl Pipeline {
+    /// What the source must decode of each record.
+    pub fn needs(&self) -> &RecordNeeds {
+        &self.needs
+    }
+
     /// Empty keyed state for one partition; create it once per partition and keep it.
     pub fn new_state(&self) -> PartitionState {
         PartitionState::new(

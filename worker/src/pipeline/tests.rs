@@ -22,7 +22,12 @@ pub(super) fn rec(offset: i64, format: Format, payload: &str) -> Record {
         offset,
         timestamp: Some(1_000),
         key: Val::Null,
-        value: decode_value(format, Some(payload.as_bytes())).unwrap(),
+        value: decode_value(
+            format,
+            Some(payload.as_bytes()),
+            &crate::expr::ValueNeeds::Whole,
+        )
+        .unwrap(),
         headers: Val::Null,
         item: Val::Null,
         item_is_output: false,
@@ -140,4 +145,22 @@ fn steps_this_worker_cannot_run_are_refused_by_name() {
         e.contains("\"shuffle\"") && e.contains("repartition"),
         "{e}"
     );
+}
+
+#[test]
+fn decoding_keeps_only_what_the_steps_and_the_sink_read() {
+    use crate::expr::ValueNeeds;
+    let fields = |f: &[&str]| ValueNeeds::Fields(f.iter().map(|s| Arc::from(*s)).collect());
+    let needs = |steps: &str| Pipeline::compile(&job(steps, "json")).unwrap().needs().clone();
+    let n = needs("- {id: v, filter: \"has(value.page) && value.page != ''\"}\n- {id: k, keyBy: value.page}\n- {id: c, aggregate: {count: {}}}\n");
+    assert_eq!((n.value, n.key, n.headers), (fields(&["page"]), false, false));
+    // Without steps the sink writes each record as it came.
+    let n = needs("  []\n");
+    assert_eq!((n.value, n.key), (ValueNeeds::Whole, true));
+    // After a select, `value` is the new object: only the select's reads count.
+    let n = needs("- {id: s, select: {p: value.page}}\n- {id: f, filter: \"value.p != headers.x\"}\n");
+    assert_eq!((n.value, n.key, n.headers), (fields(&["page"]), true, true));
+    // A reduce folds whole values; an aggregate without keyBy groups by the record's key.
+    let n = needs("- {id: r, aggregate: {reduce: 'a + b'}}\n");
+    assert_eq!((n.value, n.key), (ValueNeeds::Whole, true));
 }
