@@ -19,7 +19,7 @@ use crate::status::{self, Observation};
 
 const GROUP: &str = "weir.default.wc";
 
-fn target(bootstrap: &str, topics: &[&str], starting: &str) -> KafkaTarget {
+pub(super) fn target(bootstrap: &str, topics: &[&str], starting: &str) -> KafkaTarget {
     let mut spec = fixtures::spec();
     spec["source"]["kafka"] =
         json!({"bootstrapServers": bootstrap, "topics": topics, "startingOffsets": starting});

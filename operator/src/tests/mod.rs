@@ -11,3 +11,4 @@ mod leader;
 mod observed;
 mod progress;
 mod rescale;
+mod tansu;
