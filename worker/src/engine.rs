@@ -15,13 +15,21 @@ use crate::client::Identity;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Class, Error, Result};
 use crate::expr::Val;
-use crate::pipeline::{Output, PartitionState, Pipeline};
+use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline};
 use crate::plan::{OffsetRange, Planner, RateEstimator};
 use crate::progress::{BatchInfo, Progress, RangeInfo};
 use crate::record::{decode_key, decode_value, Record};
 use crate::sink::{BatchOutput, PartitionOutput, Sink};
-use crate::source::Source;
+use crate::source::{RawRecord, Source};
 use crate::spec::JobFile;
+
+/// One source lane's share of a batch.
+struct LaneWork<'p> {
+    /// Indexed like the source's partitions; only this lane's are set.
+    runs: Vec<Option<PartitionRun<'p>>>,
+    dead: Vec<DeadLetter>,
+    records_in: u64,
+}
 
 /// How a run ends early.
 #[derive(Clone, Debug, Default)]
@@ -208,54 +216,81 @@ impl Engine {
         let format = self.job.spec.source.format;
         let pipeline = &self.pipeline;
         let needs = pipeline.needs();
-        let mut runs: Vec<_> = self.states.iter_mut().map(|s| pipeline.start(s)).collect();
+        // Each lane of the source runs the pipeline for its own partitions.
+        let lanes = self.source.lanes();
+        let mut work: Vec<LaneWork<'_>> = (0..lanes)
+            .map(|_| LaneWork {
+                runs: (0..owned.len()).map(|_| None).collect(),
+                dead: Vec::new(),
+                records_in: 0,
+            })
+            .collect();
+        for (i, state) in self.states.iter_mut().enumerate() {
+            work[i % lanes].runs[i] = Some(pipeline.start(state));
+        }
+        let on_record = |w: &mut LaneWork<'_>, raw: RawRecord<'_>| {
+            w.records_in += 1;
+            let tp = &owned[raw.index];
+            let letter = |step, error: String| DeadLetter {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset: raw.offset,
+                key: raw.key.map(<[u8]>::to_vec),
+                payload: raw.payload.map(<[u8]>::to_vec),
+                step,
+                error,
+            };
+            let value = match decode_value(format, raw.payload, &needs.value) {
+                Ok(v) => v,
+                Err(e) => return w.dead.push(letter(None, e.to_string())),
+            };
+            let rec = Record {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset: raw.offset,
+                timestamp: raw.timestamp,
+                key: if needs.key {
+                    decode_key(raw.key)
+                } else {
+                    Val::Null
+                },
+                value,
+                headers: if needs.headers {
+                    raw.headers()
+                } else {
+                    Val::Null
+                },
+                item: Val::Null,
+                item_is_output: false,
+            };
+            if let Some(run) = w.runs[raw.index].as_mut() {
+                if let Err(f) = run.push(rec) {
+                    w.dead.push(letter(Some(f.step), f.error.0));
+                }
+            }
+        };
+        self.source
+            .read(&ranges, &mut work, &on_record)
+            .map_err(fail)?;
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut records_in = 0u64;
-        self.source
-            .read(&ranges, |raw| {
-                records_in += 1;
-                let tp = &owned[raw.index];
-                let letter = |step, error: String| DeadLetter {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset: raw.offset,
-                    key: raw.key.map(<[u8]>::to_vec),
-                    payload: raw.payload.map(<[u8]>::to_vec),
-                    step,
-                    error,
-                };
-                match decode_value(format, raw.payload, &needs.value) {
-                    Err(e) => dead.push(letter(None, e.to_string())),
-                    Ok(value) => {
-                        let rec = Record {
-                            topic: tp.topic.clone(),
-                            partition: tp.partition,
-                            offset: raw.offset,
-                            timestamp: raw.timestamp,
-                            key: if needs.key {
-                                decode_key(raw.key)
-                            } else {
-                                Val::Null
-                            },
-                            value,
-                            headers: if needs.headers {
-                                raw.headers()
-                            } else {
-                                Val::Null
-                            },
-                            item: Val::Null,
-                            item_is_output: false,
-                        };
-                        if let Err(f) = runs[raw.index].push(rec) {
-                            dead.push(letter(Some(f.step), f.error.0));
-                        }
-                    }
+        let mut runs: Vec<Option<PartitionRun<'_>>> = (0..owned.len()).map(|_| None).collect();
+        for w in work {
+            records_in += w.records_in;
+            dead.extend(w.dead);
+            for (i, run) in w.runs.into_iter().enumerate() {
+                if run.is_some() {
+                    runs[i] = run;
                 }
-            })
-            .map_err(fail)?;
+            }
+        }
 
         let mut outputs: Vec<Vec<Output>> = Vec::with_capacity(owned.len());
         for (tp, run) in owned.iter().zip(runs) {
+            let Some(run) = run else {
+                outputs.push(Vec::new());
+                continue;
+            };
             let (out, failures) = run.finish(&tp.topic, tp.partition, time);
             for (o, f) in failures {
                 dead.push(DeadLetter {

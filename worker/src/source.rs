@@ -99,9 +99,15 @@ impl RawRecord<'_> {
     }
 }
 
-/// This worker's partitions and the consumer that reads them.
+/// This worker's partitions and the consumers that read them.
+///
+/// Partitions are read in lanes, one consumer and one thread each (partition i in lane
+/// i mod lanes), like Spark's one task per partition: decoding and the pipeline run on every
+/// core. Lane 0's consumer also makes the worker's metadata, watermark and commit requests.
 pub struct Source {
     consumer: BaseConsumer,
+    /// Consumers of lanes 1.., reading in threads of their own during a batch.
+    more_lanes: Vec<BaseConsumer>,
     owned: Vec<TopicPartition>,
     /// Owned partitions by partition number, then topic: found per record without allocating.
     by_partition: HashMap<i32, Vec<(std::sync::Arc<str>, usize)>>,
@@ -154,8 +160,17 @@ impl Source {
                 .or_default()
                 .push((tp.topic.clone(), i));
         }
+        let lanes = lane_count(owned.len());
+        let more_lanes = (1..lanes)
+            .map(|_| {
+                client::consumer(spec, id, group)
+                    .create()
+                    .map_err(Error::kafka("creating the consumer"))
+            })
+            .collect::<Result<Vec<BaseConsumer>>>()?;
         let mut source = Source {
             consumer,
+            more_lanes,
             positions: vec![0; owned.len()],
             committed: vec![-1; owned.len()],
             paused: vec![false; owned.len()],
@@ -177,6 +192,11 @@ impl Source {
         &self.owned
     }
 
+    /// How many lanes read in parallel; partition i is read by lane `i % lanes()`.
+    pub fn lanes(&self) -> usize {
+        1 + self.more_lanes.len()
+    }
+
     /// Each owned partition with its next offset.
     pub fn positions(&self) -> Vec<(TopicPartition, i64)> {
         self.owned
@@ -187,13 +207,7 @@ impl Source {
     }
 
     fn tpl(&self, offsets: impl Iterator<Item = (usize, Offset)>) -> Result<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
-        for (i, o) in offsets {
-            let tp = &self.owned[i];
-            tpl.add_partition_offset(&tp.topic, tp.partition, o)
-                .map_err(Error::kafka("building a partition list"))?;
-        }
-        Ok(tpl)
+        tpl(&self.owned, offsets)
     }
 
     /// (low, high) watermarks of every owned partition.
@@ -296,115 +310,72 @@ impl Source {
     }
 
     /// Reads each range, calling `f` for every record in it, in offset order per partition.
+    /// Lanes run in parallel, each with its own `states[lane]`.
     ///
     /// # Errors
     /// A broker error, or a timeout when a range cannot be read completely.
-    pub fn read(&mut self, ranges: &[OffsetRange], mut f: impl FnMut(RawRecord<'_>)) -> Result<()> {
+    pub fn read<S: Send>(
+        &mut self,
+        ranges: &[OffsetRange],
+        states: &mut [S],
+        f: &(impl Fn(&mut S, RawRecord<'_>) + Sync),
+    ) -> Result<()> {
         let until: Vec<i64> = ranges.iter().map(|r| r.until).collect();
-        let todo: Vec<usize> = (0..self.owned.len())
-            .filter(|&i| self.positions[i] < until[i])
-            .collect();
-        if todo.is_empty() {
-            return Ok(());
-        }
-        let tpl = self.tpl(todo.iter().map(|&i| (i, Offset::Offset(self.positions[i]))))?;
-        self.consumer.assign(&tpl).map_err(Error::kafka("assign"))?;
-        // Pause outlives assign. Resume only what was paused: resuming restarts a partition's
-        // fetcher, which costs a round trip.
-        let paused: Vec<usize> = todo.iter().copied().filter(|&i| self.paused[i]).collect();
-        if !paused.is_empty() {
-            let tpl = self.tpl(paused.iter().map(|&i| (i, Offset::Invalid)))?;
-            self.consumer.resume(&tpl).map_err(Error::kafka("resume"))?;
-            for i in paused {
-                self.paused[i] = false;
-            }
-        }
-        let mut remaining = todo.len();
+        let lanes = self.lanes();
         let deadline = Instant::now() + self.read_timeout;
-        while remaining > 0 {
-            if Instant::now() > deadline {
-                let behind: Vec<String> = todo
-                    .iter()
-                    .filter(|&&i| self.positions[i] < until[i])
-                    .map(|&i| format!("{} at {} of {}", self.owned[i], self.positions[i], until[i]))
-                    .collect();
-                return Err(Error::ReadTimeout(behind.join(", ")));
-            }
-            let Some(next) = self.consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let m = match next {
-                Ok(m) => m,
-                Err(KafkaError::PartitionEOF(p)) => {
-                    // Offsets held by transaction markers or removed by compaction never arrive
-                    // as records: at the log end, a range is complete.
-                    remaining -= self.complete_at_eof(p, &until);
-                    continue;
-                }
-                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) => {
-                    return Err(Error::Kafka {
-                        op: "fetch",
-                        source: e,
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "consumer error");
-                    continue;
-                }
-            };
-            let Some(i) = self.index_of(m.topic(), m.partition()) else {
-                continue;
-            };
-            let off = m.offset();
-            if off < self.positions[i] || self.positions[i] >= until[i] {
-                continue;
-            }
-            f(RawRecord {
-                index: i,
-                offset: off,
-                timestamp: m.timestamp().to_millis(),
-                key: m.key(),
-                payload: m.payload(),
-                message: &m,
-            });
-            self.positions[i] = off + 1;
-            if self.positions[i] >= until[i] {
-                remaining -= 1;
-                let done = self.tpl(std::iter::once((i, Offset::Invalid)))?;
-                self.paused[i] = self.consumer.pause(&done).is_ok();
-            }
-        }
-        Ok(())
-    }
-
-    fn index_of(&self, topic: &str, partition: i32) -> Option<usize> {
-        self.by_partition
-            .get(&partition)?
-            .iter()
-            .find(|(t, _)| &**t == topic)
-            .map(|(_, i)| *i)
-    }
-
-    fn complete_at_eof(&mut self, partition: i32, until: &[i64]) -> usize {
-        let Ok(pos) = self.consumer.position() else {
-            return 0;
+        let ctx = LaneCtx {
+            owned: &self.owned,
+            by_partition: &self.by_partition,
+            until: &until,
+            deadline,
         };
-        let mut done = 0;
-        for (i, tp) in self.owned.iter().enumerate() {
-            if tp.partition != partition || self.positions[i] >= until[i] {
-                continue;
-            }
-            if let Some(Offset::Offset(p)) = pos
-                .find_partition(&tp.topic, tp.partition)
-                .map(|e| e.offset())
-            {
-                if p >= until[i] {
-                    self.positions[i] = until[i];
-                    done += 1;
+        let consumers: Vec<&BaseConsumer> = std::iter::once(&self.consumer)
+            .chain(self.more_lanes.iter())
+            .collect();
+        let (positions, paused) = (&self.positions, &self.paused);
+        let results: Vec<Result<(Vec<i64>, Vec<bool>)>> = std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            let mut first = None;
+            for (lane, (state, consumer)) in states.iter_mut().zip(consumers).enumerate() {
+                let (ctx, f) = (&ctx, &f);
+                let mine: Vec<usize> = (lane..ctx.owned.len()).step_by(lanes).collect();
+                let mut lane_read = LaneRead {
+                    consumer,
+                    mine,
+                    positions: positions.clone(),
+                    paused: paused.clone(),
+                };
+                let run = move || {
+                    lane_read
+                        .read(ctx, &mut |raw| f(state, raw))
+                        .map(|()| (lane_read.positions, lane_read.paused))
+                };
+                if lane == 0 {
+                    first = Some(run);
+                } else {
+                    handles.push(scope.spawn(run));
                 }
             }
+            let mut results = vec![first.map_or(Ok((Vec::new(), Vec::new())), |run| run())];
+            results.extend(handles.into_iter().map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Fatal("a source lane panicked".into())))
+            }));
+            results
+        });
+        let mut error = None;
+        for (lane, r) in results.into_iter().enumerate() {
+            match r {
+                Ok((pos, paused)) => {
+                    for i in (lane..self.owned.len()).step_by(lanes) {
+                        self.positions[i] = pos[i];
+                        self.paused[i] = paused[i];
+                    }
+                }
+                Err(e) => error = error.or(Some(e)),
+            }
         }
-        done
+        error.map_or(Ok(()), Err)
     }
 
     /// Commits the batch's until-offsets to the job's group. Call only after the batch's
@@ -462,6 +433,184 @@ impl Source {
             }
         }
         Ok(lost)
+    }
+}
+
+/// How many lanes read a worker's partitions: one per core, at most one per partition.
+/// `WEIR_SOURCE_THREADS` overrides it.
+fn lane_count(partitions: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let wanted = std::env::var("WEIR_SOURCE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cores);
+    wanted.clamp(1, partitions.max(1))
+}
+
+fn tpl(
+    owned: &[TopicPartition],
+    offsets: impl Iterator<Item = (usize, Offset)>,
+) -> Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for (i, o) in offsets {
+        let tp = &owned[i];
+        tpl.add_partition_offset(&tp.topic, tp.partition, o)
+            .map_err(Error::kafka("building a partition list"))?;
+    }
+    Ok(tpl)
+}
+
+/// What every lane of a batch shares.
+struct LaneCtx<'a> {
+    owned: &'a [TopicPartition],
+    by_partition: &'a HashMap<i32, Vec<(std::sync::Arc<str>, usize)>>,
+    until: &'a [i64],
+    deadline: Instant,
+}
+
+impl LaneCtx<'_> {
+    fn index_of(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.by_partition
+            .get(&partition)?
+            .iter()
+            .find(|(t, _)| &**t == topic)
+            .map(|(_, i)| *i)
+    }
+}
+
+/// One lane's read of a batch: its consumer, its partitions, and copies of the positions it
+/// advances (merged back for its own partitions).
+struct LaneRead<'a> {
+    consumer: &'a BaseConsumer,
+    mine: Vec<usize>,
+    positions: Vec<i64>,
+    paused: Vec<bool>,
+}
+
+impl LaneRead<'_> {
+    fn read(&mut self, ctx: &LaneCtx<'_>, f: &mut dyn FnMut(RawRecord<'_>)) -> Result<()> {
+        let until = ctx.until;
+        let todo: Vec<usize> = self
+            .mine
+            .iter()
+            .copied()
+            .filter(|&i| self.positions[i] < until[i])
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let list = tpl(
+            ctx.owned,
+            todo.iter().map(|&i| (i, Offset::Offset(self.positions[i]))),
+        )?;
+        self.consumer
+            .assign(&list)
+            .map_err(Error::kafka("assign"))?;
+        // Pause outlives assign. Resume only what was paused: resuming restarts a partition's
+        // fetcher, which costs a round trip.
+        let paused: Vec<usize> = todo.iter().copied().filter(|&i| self.paused[i]).collect();
+        if !paused.is_empty() {
+            let list = tpl(ctx.owned, paused.iter().map(|&i| (i, Offset::Invalid)))?;
+            self.consumer
+                .resume(&list)
+                .map_err(Error::kafka("resume"))?;
+            for i in paused {
+                self.paused[i] = false;
+            }
+        }
+        let mut remaining = todo.len();
+        let mut polls = 0u32;
+        while remaining > 0 {
+            let Some(next) = self.consumer.poll(Duration::from_millis(100)) else {
+                if Instant::now() > ctx.deadline {
+                    return Err(self.timeout(ctx, &todo));
+                }
+                continue;
+            };
+            // While records flow, the clock is read every few hundred, not per record.
+            polls = polls.wrapping_add(1);
+            if polls % 512 == 0 && Instant::now() > ctx.deadline {
+                return Err(self.timeout(ctx, &todo));
+            }
+            let m = match next {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(p)) => {
+                    // Offsets held by transaction markers or removed by compaction never arrive
+                    // as records: at the log end, a range is complete.
+                    remaining -= self.complete_at_eof(ctx, p);
+                    continue;
+                }
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) => {
+                    return Err(Error::Kafka {
+                        op: "fetch",
+                        source: e,
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "consumer error");
+                    continue;
+                }
+            };
+            let Some(i) = ctx.index_of(m.topic(), m.partition()) else {
+                continue;
+            };
+            let off = m.offset();
+            if off < self.positions[i] || self.positions[i] >= until[i] {
+                continue;
+            }
+            f(RawRecord {
+                index: i,
+                offset: off,
+                timestamp: m.timestamp().to_millis(),
+                key: m.key(),
+                payload: m.payload(),
+                message: &m,
+            });
+            self.positions[i] = off + 1;
+            if self.positions[i] >= until[i] {
+                remaining -= 1;
+                let done = tpl(ctx.owned, std::iter::once((i, Offset::Invalid)))?;
+                self.paused[i] = self.consumer.pause(&done).is_ok();
+            }
+        }
+        Ok(())
+    }
+
+    fn timeout(&self, ctx: &LaneCtx<'_>, todo: &[usize]) -> Error {
+        let behind: Vec<String> = todo
+            .iter()
+            .filter(|&&i| self.positions[i] < ctx.until[i])
+            .map(|&i| {
+                format!(
+                    "{} at {} of {}",
+                    ctx.owned[i], self.positions[i], ctx.until[i]
+                )
+            })
+            .collect();
+        Error::ReadTimeout(behind.join(", "))
+    }
+
+    fn complete_at_eof(&mut self, ctx: &LaneCtx<'_>, partition: i32) -> usize {
+        let Ok(pos) = self.consumer.position() else {
+            return 0;
+        };
+        let mut done = 0;
+        for &i in &self.mine {
+            let tp = &ctx.owned[i];
+            if tp.partition != partition || self.positions[i] >= ctx.until[i] {
+                continue;
+            }
+            if let Some(Offset::Offset(p)) = pos
+                .find_partition(&tp.topic, tp.partition)
+                .map(|e| e.offset())
+            {
+                if p >= ctx.until[i] {
+                    self.positions[i] = ctx.until[i];
+                    done += 1;
+                }
+            }
+        }
+        done
     }
 }
 

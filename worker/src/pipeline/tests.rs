@@ -151,14 +151,23 @@ fn steps_this_worker_cannot_run_are_refused_by_name() {
 fn decoding_keeps_only_what_the_steps_and_the_sink_read() {
     use crate::expr::ValueNeeds;
     let fields = |f: &[&str]| ValueNeeds::Fields(f.iter().map(|s| Arc::from(*s)).collect());
-    let needs = |steps: &str| Pipeline::compile(&job(steps, "json")).unwrap().needs().clone();
+    let needs = |steps: &str| {
+        Pipeline::compile(&job(steps, "json"))
+            .unwrap()
+            .needs()
+            .clone()
+    };
     let n = needs("- {id: v, filter: \"has(value.page) && value.page != ''\"}\n- {id: k, keyBy: value.page}\n- {id: c, aggregate: {count: {}}}\n");
-    assert_eq!((n.value, n.key, n.headers), (fields(&["page"]), false, false));
+    assert_eq!(
+        (n.value, n.key, n.headers),
+        (fields(&["page"]), false, false)
+    );
     // Without steps the sink writes each record as it came.
     let n = needs("  []\n");
     assert_eq!((n.value, n.key), (ValueNeeds::Whole, true));
     // After a select, `value` is the new object: only the select's reads count.
-    let n = needs("- {id: s, select: {p: value.page}}\n- {id: f, filter: \"value.p != headers.x\"}\n");
+    let n =
+        needs("- {id: s, select: {p: value.page}}\n- {id: f, filter: \"value.p != headers.x\"}\n");
     assert_eq!((n.value, n.key, n.headers), (fields(&["page"]), true, true));
     // A reduce folds whole values; an aggregate without keyBy groups by the record's key.
     let n = needs("- {id: r, aggregate: {reduce: 'a + b'}}\n");
