@@ -529,7 +529,7 @@ impl LaneRead<'_> {
             };
             // While records flow, the clock is read every few hundred, not per record.
             polls = polls.wrapping_add(1);
-            if polls % 512 == 0 && Instant::now() > ctx.deadline {
+            if polls.is_multiple_of(512) && Instant::now() > ctx.deadline {
                 return Err(self.timeout(ctx, &todo));
             }
             let m = match next {
