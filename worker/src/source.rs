@@ -249,9 +249,14 @@ impl Source {
                     _ => None,
                 });
             self.committed[i] = stored.unwrap_or(-1);
-            let pos = match (explicit, stored) {
-                (Some(o), _) => o.offset,
-                (None, Some(o)) => o,
+            // A committed offset always wins: explicit offsets only say where a partition the
+            // group has never read starts, so a restart never rewinds.
+            let pos = match (stored, explicit) {
+                (Some(o), _) => o,
+                (None, Some(o)) => {
+                    fresh.push(i);
+                    o.offset
+                }
                 (None, None) => {
                     fresh.push(i);
                     match &spec.starting_offsets {

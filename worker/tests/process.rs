@@ -207,3 +207,23 @@ fn a_bad_expression_fails_at_load_with_its_position() {
         .expect("validate");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_fatal_error_goes_to_the_termination_log_and_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = job_file(dir.path(), "batchInterval: 1s\nsource: {kafka: {bootstrapServers: 'localhost:1', topics: [in]}}\nsink: {stdout: {}}\n");
+    let log = dir.path().join("termination-log");
+    let out = std::process::Command::new(WORKER)
+        .arg("run")
+        .arg(&job)
+        .args(["--worker", "3", "--workers", "2", "--termination-log"])
+        .arg(&log)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let msg = std::fs::read_to_string(&log).expect("termination log written");
+    assert!(
+        msg.contains("ordinal 3 is not below the worker count 2"),
+        "{msg}"
+    );
+}

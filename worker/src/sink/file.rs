@@ -59,3 +59,65 @@ impl Sink for FileSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::expr::Val;
+    use crate::pipeline::Output;
+    use crate::plan::OffsetRange;
+    use crate::sink::PartitionOutput;
+
+    fn out(n: i64) -> Output {
+        Output {
+            key: Val::str("k"),
+            value: Val::Int(n),
+            source_offset: Some(n),
+        }
+    }
+
+    #[test]
+    fn a_replayed_batch_overwrites_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::new(dir.path().to_path_buf()).unwrap();
+        let range = OffsetRange {
+            topic: Arc::from("in"),
+            partition: 2,
+            from: 40,
+            until: 42,
+        };
+        let first = [out(40)];
+        sink.write(&BatchOutput {
+            batch_time_ms: 1_000,
+            partitions: vec![PartitionOutput {
+                range: &range,
+                outputs: &first,
+            }],
+        })
+        .unwrap();
+        // The replay after a crash starts at the same offset and may read further.
+        let replay = [out(40), out(41)];
+        let longer = OffsetRange {
+            until: 43,
+            ..range.clone()
+        };
+        sink.write(&BatchOutput {
+            batch_time_ms: 9_000,
+            partitions: vec![PartitionOutput {
+                range: &longer,
+                outputs: &replay,
+            }],
+        })
+        .unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, [FileSink::file_name("in", 2, 40)]);
+        let text = std::fs::read_to_string(dir.path().join(&files[0])).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.contains(r#""value":41"#));
+    }
+}
