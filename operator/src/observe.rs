@@ -73,6 +73,8 @@ pub enum ObserveError {
     },
     #[error("input topic {0:?} does not exist or has no partitions")]
     MissingTopic(String),
+    #[error("the brokers gave no {0} offset for a partition")]
+    NoOffsets(&'static str),
     #[error("observing Kafka took longer than {0:?}")]
     Timeout(Duration),
     #[error("the observation task did not finish: {0}")]
@@ -86,6 +88,7 @@ impl ObserveError {
             Self::Client(_) => "client",
             Self::Kafka { .. } => "kafka",
             Self::MissingTopic(_) => "missing_topic",
+            Self::NoOffsets(_) => "no_offsets",
             Self::Timeout(_) => "timeout",
             Self::Task(_) => "task",
         }
@@ -146,7 +149,6 @@ impl Observer for KafkaObserver {
             .map_err(ObserveError::Client)?;
 
         let mut obs = KafkaObservation::default();
-        let mut tpl = TopicPartitionList::new();
         for topic in &source.topics {
             let md = consumer
                 .fetch_metadata(Some(topic), left()?)
@@ -157,58 +159,78 @@ impl Observer for KafkaObserver {
                 }
                 _ => return Err(ObserveError::MissingTopic(topic.clone())),
             };
+            // Kafka numbers a topic's partitions 0..n with i32 ids.
             let n = i32::try_from(n).unwrap_or(i32::MAX);
             obs.topics.push((topic.clone(), n.unsigned_abs()));
-            for p in 0..n {
-                let (log_start, end) = consumer
-                    .fetch_watermarks(topic, p, left()?)
-                    .map_err(ObserveError::kafka("watermarks"))?;
-                tpl.add_partition(topic, p);
-                obs.partitions.push(PartitionOffsets {
+            obs.partitions
+                .extend((0..n).map(|partition| PartitionOffsets {
                     topic: topic.clone(),
-                    partition: p,
-                    log_start,
-                    end,
+                    partition,
+                    log_start: 0,
+                    end: 0,
                     committed: None,
                     offset_for_time: None,
-                });
-            }
+                }));
         }
-        let committed = consumer
-            .committed_offsets(tpl.clone(), left()?)
-            .map_err(ObserveError::kafka("committed offsets"))?;
+        // One ListOffsets request per broker for all partitions (not one per partition, as
+        // per-partition watermark queries would be): thousands of partitions stay cheap.
+        let starts = list_offsets(&consumer, &obs.partitions, Offset::Beginning, left()?)?;
+        let ends = list_offsets(&consumer, &obs.partitions, Offset::End, left()?)?;
         let times = match &source.starting_offsets {
             StartingOffsets::Timestamp(t) => {
-                let mut q = TopicPartitionList::new();
-                for p in &obs.partitions {
-                    q.add_partition_offset(
-                        &p.topic,
-                        p.partition,
-                        Offset::Offset(t.timestamp_millis()),
-                    )
-                    .map_err(ObserveError::kafka("offsets for times"))?;
-                }
-                Some(
-                    consumer
-                        .offsets_for_times(q, left()?)
-                        .map_err(ObserveError::kafka("offsets for times"))?,
-                )
+                let at = Offset::Offset(t.timestamp_millis());
+                Some(list_offsets(&consumer, &obs.partitions, at, left()?)?)
             }
             _ => None,
         };
-        let offset_of = |list: &TopicPartitionList, p: &PartitionOffsets| {
-            list.find_partition(&p.topic, p.partition)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                })
-        };
+        let committed = consumer
+            .committed_offsets(partition_list(&obs.partitions, Offset::Invalid)?, left()?)
+            .map_err(ObserveError::kafka("committed offsets"))?;
         for p in &mut obs.partitions {
+            p.log_start = offset_of(&starts, p).ok_or(ObserveError::NoOffsets("log start"))?;
+            p.end = offset_of(&ends, p).ok_or(ObserveError::NoOffsets("end"))?;
             p.committed = offset_of(&committed, p);
             p.offset_for_time = times.as_ref().and_then(|t| offset_of(t, p));
         }
         Ok(obs)
     }
+}
+
+fn partition_list(
+    partitions: &[PartitionOffsets],
+    offset: Offset,
+) -> Result<TopicPartitionList, ObserveError> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for p in partitions {
+        tpl.add_partition_offset(&p.topic, p.partition, offset)
+            .map_err(ObserveError::kafka("partition list"))?;
+    }
+    Ok(tpl)
+}
+
+/// ListOffsets for every partition: `Beginning` and `End` give the log start and end, a
+/// timestamp the first offset at or after it (none: `End`).
+fn list_offsets(
+    consumer: &BaseConsumer,
+    partitions: &[PartitionOffsets],
+    at: Offset,
+    timeout: Duration,
+) -> Result<TopicPartitionList, ObserveError> {
+    let found = consumer
+        .offsets_for_times(partition_list(partitions, at)?, timeout)
+        .map_err(ObserveError::kafka("list offsets"))?;
+    for e in found.elements() {
+        e.error().map_err(ObserveError::kafka("list offsets"))?;
+    }
+    Ok(found)
+}
+
+fn offset_of(list: &TopicPartitionList, p: &PartitionOffsets) -> Option<i64> {
+    list.find_partition(&p.topic, p.partition)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
 }
 
 /// Runs `observer` on the blocking pool, so a slow broker never stalls the async runtime.

@@ -1,4 +1,5 @@
-//! PURE: what the operator observed -> the job's status and its Ready condition.
+//! PURE: what the operator observed (children, Kafka, workers' progress) -> the job's status
+//! and its Ready condition.
 //!
 //! `lastTransitionTime` moves only when a condition's status flips, as Kubernetes conventions
 //! ask, so recomputing an unchanged status yields an equal value and no write.
@@ -31,7 +32,7 @@ pub enum Observation {
 }
 
 /// The status for `observation`, keeping what `previous` knew that this reconcile did not
-/// look at (lag, last batch: filled by later observers).
+/// look at (Kafka and the workers' progress: added by [`with_kafka`] and [`with_progress`]).
 pub fn compute(
     previous: Option<&StreamingJobStatus>,
     generation: Option<i64>,

@@ -11,7 +11,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Produc
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 
-use crate::crd::StreamingJob;
+use crate::crd::{StreamingJob, StreamingJobStatus};
 use crate::fixtures;
 use crate::lag::{summarize, DEFAULT_ROWS};
 use crate::observe::{self, KafkaObserver, KafkaTarget, ObserveError, Observer};
@@ -231,4 +231,55 @@ fn a_missing_topic_and_an_unreachable_broker_are_typed_errors_in_bounded_time() 
         matches!(err, ObserveError::Kafka { .. } | ObserveError::Timeout(_)),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_thousand_partition_topic_is_read_in_few_requests_and_its_status_stays_small() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("wide", 1000, 1).unwrap();
+    let mut counts = vec![0; 1000];
+    counts[17] = 9;
+    counts[999] = 3;
+    produce(&cluster, "wide", &counts);
+    let started = Instant::now();
+    let obs = observe::kafka(
+        Arc::new(KafkaObserver::default()),
+        target(&cluster.bootstrap_servers(), &["wide"], "earliest"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(obs.partitions.len(), 1000);
+    let s = summarize(&obs, &"earliest".parse().unwrap(), DEFAULT_ROWS);
+    assert_eq!((s.lag.records, s.offsets.omitted), (12, 980));
+    let top: Vec<(i32, i64)> = s.offsets.partitions[..3]
+        .iter()
+        .map(|r| (r.partition, r.lag))
+        .collect();
+    assert_eq!(top, [(17, 9), (999, 3), (0, 0)]);
+    let st = status::with_kafka(StreamingJobStatus::default(), Ok(&s));
+    let bytes = serde_json::to_vec(&st).unwrap().len();
+    assert!(bytes < 100 * 1024, "{bytes} bytes");
+}
+
+/// Probe: the mock cluster does not look offsets up by timestamp (its ListOffsets handler has
+/// "FIXME: by timestamp" and answers none), so the timestamp policy is tested on tansu.
+#[tokio::test]
+async fn probe_the_mock_cluster_finds_no_offset_for_a_timestamp() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("timed", 1, 1).unwrap();
+    produce(&cluster, "timed", &[6]);
+    let t = target(
+        &cluster.bootstrap_servers(),
+        &["timed"],
+        "2020-01-01T00:00:00Z",
+    );
+    let obs = observe::kafka(Arc::new(KafkaObserver::default()), t)
+        .await
+        .unwrap();
+    assert_eq!(obs.partitions[0].offset_for_time, None);
 }
