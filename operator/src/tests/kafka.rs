@@ -267,7 +267,7 @@ async fn a_thousand_partition_topic_is_read_in_few_requests_and_its_status_stays
 }
 
 /// Probe: the mock cluster does not look offsets up by timestamp (its ListOffsets handler has
-/// "FIXME: by timestamp" and answers none), so the timestamp policy is tested on tansu.
+/// "FIXME: by timestamp" and answers -1, the end), so the timestamp policy is tested on tansu.
 #[tokio::test]
 async fn probe_the_mock_cluster_finds_no_offset_for_a_timestamp() {
     let cluster = MockCluster::new(1).unwrap();

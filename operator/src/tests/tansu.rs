@@ -123,11 +123,10 @@ async fn the_real_observer_reads_tansu_too() {
         .unwrap();
     c.commit(&tpl, CommitMode::Sync).unwrap();
 
-    let read = |at: &str| {
-        let t = target(&broker.bootstrap, &["clicks"], at);
-        observe::kafka(std::sync::Arc::new(KafkaObserver::default()), t)
-    };
-    let obs = read("earliest").await.unwrap();
+    let t = target(&broker.bootstrap, &["clicks"], "earliest");
+    let obs = observe::kafka(std::sync::Arc::new(KafkaObserver::default()), t)
+        .await
+        .unwrap();
     let seen: Vec<(i32, i64, Option<i64>)> = obs
         .partitions
         .iter()
@@ -140,19 +139,48 @@ async fn the_real_observer_reads_tansu_too() {
         (3, 3, 3)
     );
 
-    // Probe: tansu does not look offsets up by timestamp either. For a time after every
-    // record Kafka answers none; tansu answers 0, the first offset. Neither test broker can
-    // show the timestamp policy, so it is tested with the broker's answers as data
-    // (tests::lag::no_commit_counts_from_where_the_worker_will_start).
-    let future = read("2100-01-01T00:00:00Z").await.unwrap();
-    let firsts: Vec<Option<i64>> = future
-        .partitions
-        .iter()
-        .map(|p| p.offset_for_time)
-        .collect();
+    // A timestamp policy counts from the first record at or after the time: "timed" has
+    // records stamped 1 s, 2 s, 3 s, 4 s after the epoch; 2.5 s finds offset 2.
+    admin
+        .create_topics(
+            &[NewTopic::new("timed", 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    for ts in [1_000i64, 2_000, 3_000, 4_000] {
+        p.send(
+            BaseRecord::<(), str>::to("timed")
+                .payload("x")
+                .partition(0)
+                .timestamp(ts),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let at = "1970-01-01T00:00:02.5Z";
+    let t = target(&broker.bootstrap, &["timed"], at);
+    let timed = observe::kafka(std::sync::Arc::new(KafkaObserver::default()), t)
+        .await
+        .unwrap();
+    assert_eq!(timed.partitions[0].offset_for_time, Some(2));
+    let s = summarize(&timed, &at.parse().unwrap(), DEFAULT_ROWS);
+    assert_eq!(s.lag.records, 2, "offsets 2 and 3 wait");
+
+    // Probe: for a time after every record Kafka answers no offset (start at the end); tansu
+    // answers 0, the first offset, which would count the whole log. That case is tested with
+    // the broker's answers as data (tests::lag::no_commit_counts_from_where_the_worker_will_start).
+    let t = target(&broker.bootstrap, &["timed"], "2100-01-01T00:00:00Z");
+    let future = observe::kafka(std::sync::Arc::new(KafkaObserver::default()), t)
+        .await
+        .unwrap();
     assert_eq!(
-        firsts,
-        [Some(0), Some(0), Some(0)],
+        future.partitions[0].offset_for_time,
+        Some(0),
         "tansu's gap has changed"
     );
 }
