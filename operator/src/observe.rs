@@ -39,7 +39,8 @@ pub struct PartitionOffsets {
     pub partition: i32,
     /// The first offset still in the log (retention moves it).
     pub log_start: i64,
-    /// The high watermark: the offset the next record will get.
+    /// The high watermark: the offset the next record will get. Read as the workers read
+    /// (read_committed), so behind an open transaction it is the last stable offset.
     pub end: i64,
     /// The job's committed offset; `None` before the job's first commit.
     pub committed: Option<i64>,
