@@ -89,7 +89,7 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
     let engine_cancel = cancel.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<u64> {
         let sink = crate::sink::build(&job.spec, &id, print)?;
-        let mut engine = Engine::connect(job, &id, sink, progress)?;
+        let mut engine = Engine::connect(job, &id, sink, progress, &engine_cancel)?;
         engine.run(&opts, &engine_cancel)
     })
     .await
@@ -99,11 +99,21 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
     http_stop.cancel();
     let _ = http.await;
     drop(embedded);
-    match &result {
-        Ok(n) => info!(batches = n, "worker stopped"),
-        Err(e) => error!(error = %e, "worker failed"),
+    match result {
+        Ok(n) => {
+            info!(batches = n, "worker stopped");
+            Ok(n)
+        }
+        // Asked to stop before the first batch: nothing is in flight, so this is a clean stop.
+        Err(Error::Cancelled) => {
+            info!("worker stopped while connecting");
+            Ok(0)
+        }
+        Err(e) => {
+            error!(error = %e, "worker failed");
+            Err(e)
+        }
     }
-    result
 }
 
 async fn on_signal(cancel: CancellationToken) {

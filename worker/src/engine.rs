@@ -62,17 +62,19 @@ impl Engine {
     /// Compiles the pipeline, connects to Kafka and resumes from the committed offsets.
     ///
     /// # Errors
-    /// A pipeline this worker cannot run, or brokers it cannot reach.
+    /// A pipeline this worker cannot run, brokers it cannot reach, or [`Error::Cancelled`] when
+    /// shutdown came while it was still connecting.
     pub fn connect(
         job: JobFile,
         id: &Identity,
         sink: Box<dyn Sink>,
         progress: Arc<Progress>,
+        cancel: &CancellationToken,
     ) -> Result<Engine> {
         let pipeline = Pipeline::compile(&job.spec)?;
         let group = job.spec.group_id(&id.namespace, &id.job);
         let interval = job.spec.batch_interval.as_std();
-        let source = Source::connect(&job.spec.source.kafka, id, &group, interval)?;
+        let source = Source::connect(&job.spec.source.kafka, id, &group, interval, cancel)?;
         let dead = DeadLetters::new(&job.spec, id)?;
         let k = &job.spec.source.kafka;
         let interval_ms = interval.as_millis().max(1) as u64;

@@ -31,6 +31,9 @@ pub enum Error {
     Pipeline(#[from] crate::pipeline::PipelineError),
     #[error("{0}")]
     Fatal(String),
+    /// The worker was asked to stop while waiting to retry.
+    #[error("stopped while retrying")]
+    Cancelled,
 }
 
 impl Error {
@@ -43,7 +46,9 @@ impl Error {
             Error::Kafka { source, .. } if is_fatal_kafka(source) => Class::Fatal,
             Error::Kafka { .. } => Class::Retriable,
             Error::ReadTimeout(_) | Error::Sink(_) => Class::Abortable,
-            Error::Load(_) | Error::Pipeline(_) | Error::Fatal(_) => Class::Fatal,
+            Error::Load(_) | Error::Pipeline(_) | Error::Fatal(_) | Error::Cancelled => {
+                Class::Fatal
+            }
         }
     }
 
@@ -56,6 +61,7 @@ impl Error {
             Error::Load(_) => "load",
             Error::Pipeline(_) => "pipeline",
             Error::Fatal(_) => "fatal",
+            Error::Cancelled => "cancelled",
         }
     }
 }

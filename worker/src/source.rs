@@ -12,6 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::client::{self, Identity};
@@ -41,30 +42,40 @@ pub fn assignment(
     owned
 }
 
-/// Runs `f` until it succeeds, a non-retriable error occurs, or the retries are spent.
-///
-/// # Errors
-/// The last error.
-pub fn with_retries<T>(
-    retries: &RetrySpec,
-    what: &str,
-    mut f: impl FnMut() -> Result<T>,
-) -> Result<T> {
-    let mut wait = retries.backoff.as_std();
-    let cap = wait.saturating_mul(30);
-    let mut attempt = 0;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e)
-                if e.class() == crate::error::Class::Retriable && attempt < retries.max_retries =>
-            {
-                attempt += 1;
-                warn!(error = %e, attempt, max = retries.max_retries, "{what} failed; retrying in {wait:?}");
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(cap);
+/// The job's retry policy for broker calls, stopped early by shutdown.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    pub spec: RetrySpec,
+    pub cancel: CancellationToken,
+}
+
+impl Retry {
+    /// Runs `f` until it succeeds, a non-retriable error occurs, the retries are spent, or the
+    /// worker is shutting down.
+    ///
+    /// # Errors
+    /// The last error, or [`Error::Cancelled`].
+    pub fn run<T>(&self, what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut wait = self.spec.backoff.as_std();
+        let cap = wait.saturating_mul(30);
+        let mut attempt = 0;
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if e.class() == crate::error::Class::Retriable
+                        && attempt < self.spec.max_retries =>
+                {
+                    if self.cancel.is_cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                    attempt += 1;
+                    warn!(error = %e, attempt, max = self.spec.max_retries, "{what} failed; retrying in {wait:?}");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(cap);
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
     }
 }
@@ -117,7 +128,7 @@ pub struct Source {
     committed: Vec<i64>,
     /// Partitions paused when their range was complete; resumed when read again.
     paused: Vec<bool>,
-    retries: RetrySpec,
+    retry: Retry,
     read_timeout: Duration,
 }
 
@@ -132,13 +143,18 @@ impl Source {
         id: &Identity,
         group: &str,
         batch_interval: Duration,
+        cancel: &CancellationToken,
     ) -> Result<Source> {
+        let retry = Retry {
+            spec: spec.retries.clone(),
+            cancel: cancel.clone(),
+        };
         let consumer: BaseConsumer = client::consumer(spec, id, group)
             .create()
             .map_err(Error::kafka("creating the consumer"))?;
         let mut counts = Vec::new();
         for topic in &spec.topics {
-            let n = with_retries(&spec.retries, "reading topic metadata", || {
+            let n = retry.run("reading topic metadata", || {
                 let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT).map_err(Error::kafka("metadata"))?;
                 match md.topics().iter().find(|t| t.name() == topic) {
                     Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
@@ -149,7 +165,10 @@ impl Source {
                     None => Err(Error::Fatal(format!("topic {topic:?} not found"))),
                 }
             })
-            .map_err(|e| Error::Fatal(format!("input topic {topic:?} is not available ({e}); create it or fix source.kafka.topics")))?;
+            .map_err(|e| match e {
+                Error::Cancelled => e,
+                e => Error::Fatal(format!("input topic {topic:?} is not available ({e}); create it or fix source.kafka.topics")),
+            })?;
             counts.push((topic.clone(), n));
         }
         let owned = assignment(&counts, id.ordinal, id.workers);
@@ -176,7 +195,7 @@ impl Source {
             paused: vec![false; owned.len()],
             owned,
             by_partition,
-            retries: spec.retries.clone(),
+            retry,
             read_timeout: (batch_interval * 10).max(Duration::from_secs(30)),
         };
         source.resume(spec)?;
@@ -218,7 +237,7 @@ impl Source {
         self.owned
             .iter()
             .map(|tp| {
-                with_retries(&self.retries, "reading watermarks", || {
+                self.retry.run("reading watermarks", || {
                     self.consumer
                         .fetch_watermarks(&tp.topic, tp.partition, REQUEST_TIMEOUT)
                         .map_err(Error::kafka("watermarks"))
@@ -229,7 +248,7 @@ impl Source {
 
     fn resume(&mut self, spec: &KafkaSource) -> Result<()> {
         let all = self.tpl((0..self.owned.len()).map(|i| (i, Offset::Invalid)))?;
-        let committed = with_retries(&self.retries, "reading committed offsets", || {
+        let committed = self.retry.run("reading committed offsets", || {
             self.consumer
                 .committed_offsets(all.clone(), REQUEST_TIMEOUT)
                 .map_err(Error::kafka("committed offsets"))
@@ -298,7 +317,7 @@ impl Source {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(ms))
             .map_err(Error::kafka("offsets for times"))?;
-        let r = with_retries(&self.retries, "looking up offsets for a timestamp", || {
+        let r = self.retry.run("looking up offsets for a timestamp", || {
             self.consumer
                 .offsets_for_times(tpl.clone(), REQUEST_TIMEOUT)
                 .map_err(Error::kafka("offsets for times"))
@@ -408,7 +427,7 @@ impl Source {
     }
 
     fn commit_tpl(&self, tpl: &TopicPartitionList) -> Result<()> {
-        with_retries(&self.retries, "committing offsets", || {
+        self.retry.run("committing offsets", || {
             self.consumer
                 .commit(tpl, CommitMode::Sync)
                 .map_err(Error::kafka("commit"))

@@ -26,13 +26,14 @@ fn run(broker: &Broker, yaml: &str, batches: u64) -> Snapshot {
         job.spec.batch_interval.as_std(),
     ));
     let sink = weir_worker::sink::build(&job.spec, &id, None).expect("sink");
-    let mut engine = Engine::connect(job, &id, sink, progress.clone()).expect("connect");
+    let cancel = CancellationToken::new();
+    let mut engine = Engine::connect(job, &id, sink, progress.clone(), &cancel).expect("connect");
     let n = engine
         .run(
             &Options {
                 max_batches: Some(batches),
             },
-            &CancellationToken::new(),
+            &cancel,
         )
         .expect("run");
     assert_eq!(n, batches);
