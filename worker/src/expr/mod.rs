@@ -41,6 +41,17 @@ pub enum Var {
 }
 
 impl Var {
+    /// What every step sees of a record.
+    pub const RECORD: [Var; 7] = [
+        Var::Key,
+        Var::Value,
+        Var::Partition,
+        Var::Offset,
+        Var::Timestamp,
+        Var::Headers,
+        Var::Topic,
+    ];
+
     const ALL: [Var; 12] = [
         Var::Key,
         Var::Value,
@@ -215,8 +226,7 @@ impl Program {
             .filter_map(Var::from_name)
             .collect();
         uses.sort_by_key(|v| v.name());
-        let mut value_fields = ValueNeeds::Nothing;
-        value_reads(&ast, &mut Vec::new(), &mut value_fields);
+        let value_fields = value_reads(&ast);
         Ok(Program {
             source: Arc::from(source),
             root,
@@ -411,70 +421,43 @@ fn walk<'a>(
 
 /// Collects the top-level fields of `value` an expression reads; any other use of `value`
 /// (passing it whole, iterating it, indexing it with a computed key) needs all of it.
-fn value_reads<'a>(e: &'a IdedExpr, bound: &mut Vec<&'a str>, out: &mut ValueNeeds) {
+fn value_reads(e: &IdedExpr) -> ValueNeeds {
     use cel::common::ast::LiteralValue;
-    let is_value = |x: &IdedExpr, bound: &[&str]| matches!(&x.expr, Expr::Ident(n) if n == "value" && !bound.contains(&"value"));
-    let field = |f: &str| ValueNeeds::Fields(std::iter::once(Arc::from(f)).collect());
-    match &e.expr {
-        Expr::Select(s) if is_value(&s.operand, bound) => out.merge(&field(&s.field)),
-        Expr::Call(c)
-            if c.func_name == cel::common::ast::operators::INDEX
-                && c.target.is_none()
-                && c.args.len() == 2
-                && is_value(&c.args[0], bound) =>
-        {
-            match &c.args[1].expr {
-                Expr::Literal(LiteralValue::String(f)) => out.merge(&field(f.inner())),
-                _ => {
-                    out.merge(&ValueNeeds::Whole);
-                    value_reads(&c.args[1], bound, out);
+    let mut out = ValueNeeds::Nothing;
+    // Nodes are visited parent first: a `value` read through a field or a literal index is
+    // recorded at its parent, and its own node is then not a read of the whole value.
+    let mut read_by_field = HashSet::new();
+    walk(e, &mut Vec::new(), &mut |n, bound| {
+        let free_value = |x: &IdedExpr| matches!(&x.expr, Expr::Ident(v) if v == "value" && !bound.contains(&"value"));
+        match &n.expr {
+            Expr::Select(s) if free_value(&s.operand) => {
+                read_by_field.insert(s.operand.id);
+                out.merge(&ValueNeeds::Fields(
+                    std::iter::once(Arc::from(s.field.as_str())).collect(),
+                ));
+            }
+            Expr::Call(c)
+                if c.func_name == cel::common::ast::operators::INDEX
+                    && c.target.is_none()
+                    && c.args.len() == 2
+                    && free_value(&c.args[0]) =>
+            {
+                if let Expr::Literal(LiteralValue::String(f)) = &c.args[1].expr {
+                    read_by_field.insert(c.args[0].id);
+                    out.merge(&ValueNeeds::Fields(
+                        std::iter::once(Arc::from(f.inner())).collect(),
+                    ));
                 }
             }
-        }
-        Expr::Ident(n) if n == "value" && !bound.contains(&"value") => {
-            out.merge(&ValueNeeds::Whole)
-        }
-        Expr::Comprehension(c) => {
-            value_reads(&c.iter_range, bound, out);
-            value_reads(&c.accu_init, bound, out);
-            let depth = bound.len();
-            bound.push(&c.iter_var);
-            if let Some(v2) = &c.iter_var2 {
-                bound.push(v2);
+            Expr::Ident(v)
+                if v == "value" && !bound.contains(&"value") && !read_by_field.contains(&n.id) =>
+            {
+                out.merge(&ValueNeeds::Whole)
             }
-            bound.push(&c.accu_var);
-            value_reads(&c.loop_cond, bound, out);
-            value_reads(&c.loop_step, bound, out);
-            value_reads(&c.result, bound, out);
-            bound.truncate(depth);
+            _ => {}
         }
-        Expr::Call(c) => {
-            if let Some(t) = &c.target {
-                value_reads(t, bound, out);
-            }
-            for a in &c.args {
-                value_reads(a, bound, out);
-            }
-        }
-        Expr::Select(s) => value_reads(&s.operand, bound, out),
-        Expr::List(l) => l.elements.iter().for_each(|x| value_reads(x, bound, out)),
-        Expr::Map(m) => {
-            for entry in &m.entries {
-                if let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr {
-                    value_reads(&me.key, bound, out);
-                    value_reads(&me.value, bound, out);
-                }
-            }
-        }
-        Expr::Struct(s) => {
-            for entry in &s.entries {
-                if let cel::common::ast::EntryExpr::StructField(sf) = &entry.expr {
-                    value_reads(&sf.value, bound, out);
-                }
-            }
-        }
-        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
-    }
+    });
+    out
 }
 
 /// The free variables of an expression (those not bound by a comprehension inside it).

@@ -110,9 +110,9 @@ impl Val {
         fields: &std::collections::BTreeSet<Arc<str>>,
     ) -> Result<Val, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let v = de.deserialize_any(Projected {
-            fields,
+        let v = de.deserialize_any(ValVisitor {
             left: max_depth,
+            fields: Some(fields),
         })?;
         de.end()?;
         Ok(v)
@@ -126,61 +126,6 @@ impl Val {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         de::IgnoredAny::deserialize(&mut de)?;
         de.end()
-    }
-}
-
-/// The top level of a projected decode.
-struct Projected<'f> {
-    fields: &'f std::collections::BTreeSet<Arc<str>>,
-    left: usize,
-}
-
-impl<'de> Visitor<'de> for Projected<'_> {
-    type Value = Val;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
-        let seed = ValVisitor { left: self.left }.deeper()?;
-        let mut out: Vec<(Arc<str>, Val)> = Vec::with_capacity(self.fields.len());
-        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            // The field's name comes from the pipeline, so keeping it allocates nothing.
-            match self.fields.get(&*k) {
-                Some(name) => {
-                    let v = map.next_value_seed(DepthSeed { left: seed.left })?;
-                    match out.iter_mut().find(|(n, _)| n == name) {
-                        Some(slot) => slot.1 = v,
-                        None => out.push((name.clone(), v)),
-                    }
-                }
-                None => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Val::Map(Arc::new(out)))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Val, A::Error> {
-        ValVisitor { left: self.left }.visit_seq(seq)
-    }
-    fn visit_unit<E>(self) -> Result<Val, E> {
-        Ok(Val::Null)
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Val, E> {
-        Ok(Val::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Val, E> {
-        Ok(Val::Int(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Val, E> {
-        Ok(i64::try_from(v).map_or(Val::UInt(v), Val::Int))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Val, E> {
-        Ok(Val::Float(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Val, E> {
-        Ok(Val::str(v))
     }
 }
 
@@ -335,7 +280,10 @@ struct DepthSeed {
 
 impl DepthSeed {
     fn deserialize_val<'de, D: Deserializer<'de>>(self, d: D) -> Result<Val, D::Error> {
-        d.deserialize_any(ValVisitor { left: self.left })
+        d.deserialize_any(ValVisitor {
+            left: self.left,
+            fields: None,
+        })
     }
 }
 
@@ -346,11 +294,13 @@ impl<'de> de::DeserializeSeed<'de> for DepthSeed {
     }
 }
 
-struct ValVisitor {
+struct ValVisitor<'f> {
     left: usize,
+    /// Keep only these fields of an object (the top level of a projected decode).
+    fields: Option<&'f std::collections::BTreeSet<Arc<str>>>,
 }
 
-impl ValVisitor {
+impl ValVisitor<'_> {
     fn deeper<E: de::Error>(&self) -> Result<DepthSeed, E> {
         if self.left == 0 {
             return Err(E::custom("JSON nested deeper than the limit"));
@@ -361,7 +311,7 @@ impl ValVisitor {
     }
 }
 
-impl<'de> Visitor<'de> for ValVisitor {
+impl<'de> Visitor<'de> for ValVisitor<'_> {
     type Value = Val;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -396,13 +346,24 @@ impl<'de> Visitor<'de> for ValVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
         let seed = self.deeper()?;
-        let mut out: Vec<(Arc<str>, Val)> = Vec::new();
+        let mut out: Vec<(Arc<str>, Val)> = Vec::with_capacity(self.fields.map_or(0, |f| f.len()));
         while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let name = match self.fields {
+                None => Arc::from(&*k),
+                // A kept field's name comes from the pipeline: keeping it allocates nothing.
+                Some(fields) => match fields.get(&*k) {
+                    Some(name) => name.clone(),
+                    None => {
+                        map.next_value::<de::IgnoredAny>()?;
+                        continue;
+                    }
+                },
+            };
             let v = map.next_value_seed(DepthSeed { left: seed.left })?;
             // JSON allows repeated keys; the last one wins, as in most decoders.
-            match out.iter_mut().find(|(name, _)| **name == *k) {
+            match out.iter_mut().find(|(n, _)| *n == name) {
                 Some(slot) => slot.1 = v,
-                None => out.push((Arc::from(&*k), v)),
+                None => out.push((name, v)),
             }
         }
         Ok(Val::Map(Arc::new(out)))

@@ -16,15 +16,7 @@ impl Pipeline {
     /// An expression that does not compile, or a step kind this worker cannot run.
     pub fn compile(spec: &JobSpec) -> Result<Pipeline, PipelineError> {
         let mut steps = Vec::with_capacity(spec.pipeline.len());
-        let mut vars = vec![
-            Var::Key,
-            Var::Value,
-            Var::Partition,
-            Var::Offset,
-            Var::Timestamp,
-            Var::Headers,
-            Var::Topic,
-        ];
+        let mut vars = Var::RECORD.to_vec();
         for s in &spec.pipeline {
             let e = |source| PipelineError::Expr {
                 step: s.id.clone(),

@@ -103,19 +103,6 @@ pub fn check_topic_name(topic: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The variables a step's expressions see, given whether an earlier step produced `item`.
-fn record_vars() -> &'static [&'static str] {
-    &[
-        "key",
-        "value",
-        "partition",
-        "offset",
-        "timestamp",
-        "headers",
-        "topic",
-    ]
-}
-
 impl JobSpec {
     /// Checks the whole spec.
     ///
@@ -265,7 +252,7 @@ impl JobSpec {
                 [_] => {}
                 many => c.err(&at, format!("sets {}; a step does exactly one thing, split it into several steps", many.join(" and "))),
             }
-            let mut vars: Vec<&str> = record_vars().to_vec();
+            let mut vars: Vec<&str> = expr::Var::RECORD.iter().map(|v| v.name()).collect();
             if item {
                 vars.push("item");
             }
