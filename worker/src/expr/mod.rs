@@ -52,20 +52,8 @@ impl Var {
         Var::Topic,
     ];
 
-    const ALL: [Var; 12] = [
-        Var::Key,
-        Var::Value,
-        Var::Partition,
-        Var::Offset,
-        Var::Timestamp,
-        Var::Headers,
-        Var::Topic,
-        Var::Item,
-        Var::Values,
-        Var::State,
-        Var::A,
-        Var::B,
-    ];
+    /// The variables particular steps add.
+    const STEP: [Var; 5] = [Var::Item, Var::Values, Var::State, Var::A, Var::B];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -85,7 +73,7 @@ impl Var {
     }
 
     pub fn from_name(name: &str) -> Option<Var> {
-        Var::ALL.into_iter().find(|v| v.name() == name)
+        Var::RECORD.into_iter().chain(Var::STEP).find(|v| v.name() == name)
     }
 }
 
