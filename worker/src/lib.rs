@@ -2,8 +2,18 @@
 //!
 //! The modules follow a batch through the worker:
 //! - [`spec`]: the job spec users write (also embedded in the `StreamingJob` CRD), loaded and
-//!   validated once.
-//! - [`expr`]: CEL expressions, checked at load and compiled to closures.
+//!   validated once; [`expr`]: CEL, checked at load and compiled to closures.
+//! - [`source`]: this worker's partitions (ordinal i of N owns p mod N == i), where they resume,
+//!   and reading offset ranges in parallel lanes; [`client`]: librdkafka settings.
+//! - [`plan`]: PURE batch plans: ranges capped by the high watermark, the rate limit and the
+//!   PID backpressure estimate.
+//! - [`record`]: decoding per format; [`pipeline`]: PURE steps, aggregates, windows and keyed
+//!   state per partition.
+//! - [`sink`]: stdout, Kafka, files; [`dead_letter`]: records that failed, with the reason.
+//! - [`engine`]: the batch loop (plan, read, run, write, commit offsets last).
+//! - [`progress`]: BatchInfo, metrics; [`http`]: `/progress`, `/healthz`, `/metrics`.
+//! - [`app`]: `weir-worker run` wiring and signals; [`embedded`]: the in-process mock cluster.
+//! - [`error`]: errors classified retriable, abortable (replay the batch) or fatal.
 
 pub mod app;
 pub mod client;
