@@ -19,9 +19,12 @@ use tracing::{debug, warn};
 
 use crate::crd::StreamingJob;
 use crate::desired::Defaults;
+use crate::lag::LagSummary;
 use crate::metrics::Metrics;
 use crate::observe::{KafkaObserver, Observer};
+use crate::progress::ProgressSummary;
 use crate::reconcile::reconcile;
+use crate::scaling::PartitionCounts;
 use crate::{Error, ErrorClass};
 
 /// Which namespaces the operator watches.
@@ -71,6 +74,22 @@ pub struct Context {
     pub observer: Arc<dyn Observer>,
     /// Consecutive failures per job, for exponential backoff; cleared on success.
     failures: Mutex<HashMap<ObjectRef<StreamingJob>, u32>>,
+    /// The last observation of each job, reused within the observation period.
+    observed: Mutex<HashMap<ObjectRef<StreamingJob>, Observed>>,
+}
+
+/// What one reconcile read from Kafka and the workers.
+///
+/// Reused until the observation period has passed (or the spec changes): a status write
+/// is itself a watch event, so reading again on every reconcile would turn a job whose lag
+/// moves into a loop of reads and writes as fast as the API server answers.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub at: std::time::Instant,
+    pub generation: Option<i64>,
+    pub partitions: Option<PartitionCounts>,
+    pub kafka: std::result::Result<LagSummary, String>,
+    pub progress: ProgressSummary,
 }
 
 impl Context {
@@ -86,6 +105,7 @@ impl Context {
             metrics,
             observer: Arc::new(KafkaObserver::default()),
             failures: Mutex::default(),
+            observed: Mutex::default(),
         }
     }
 
@@ -100,6 +120,29 @@ impl Context {
         if let Ok(mut f) = self.failures.lock() {
             f.remove(&ObjectRef::from_obj(job));
         }
+    }
+
+    /// The job's last observation, if it is recent and of the job's current generation.
+    pub(crate) fn recent(&self, job: &StreamingJob) -> Option<Observed> {
+        let seen = self.observed.lock().ok()?;
+        seen.get(&ObjectRef::from_obj(job))
+            .filter(|o| {
+                // Nine tenths: the requeue one period later always finds it stale.
+                o.at.elapsed() < self.settings.observe_every * 9 / 10
+                    && o.generation == job.metadata.generation
+            })
+            .cloned()
+    }
+
+    /// Keeps `o` as the job's last observation; forgets those of jobs not seen for a while
+    /// (deleted ones), so the map stays as small as the number of jobs.
+    pub(crate) fn remember(&self, job: &StreamingJob, o: Observed) {
+        let Ok(mut seen) = self.observed.lock() else {
+            return;
+        };
+        let keep = self.settings.observe_every.max(self.settings.resync) * 2;
+        seen.retain(|_, old| old.at.elapsed() < keep);
+        seen.insert(ObjectRef::from_obj(job), o);
     }
 
     fn count_failure(&self, job: &StreamingJob) -> u32 {

@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 use weir_worker::spec::FieldError;
 
-use crate::controller::Context;
+use crate::controller::{Context, Observed};
 use crate::crd::{StreamingJob, StreamingJobStatus};
 use crate::lag::{self, LagSummary};
 use crate::observe::{self, KafkaTarget};
@@ -85,8 +85,11 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
         let name = job.name_any();
-        let (partitions, read) = observe_kafka(ctx, job, &ns, previous).await;
-        kafka = Some(read);
+        let recent = ctx.recent(job);
+        let (partitions, read) = match &recent {
+            Some(o) => (o.partitions, o.kafka.clone()),
+            None => observe_kafka(ctx, job, &ns, previous).await,
+        };
         let now = apply::running(&ctx.client, &ns, &name).await?;
         let children = desired::children(job, &ctx.settings.defaults, partitions)?;
         let next = scaling::next_replicas(children.workers.0, now);
@@ -103,7 +106,24 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         let st = sts.status.unwrap_or_default();
         let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
         let current = u32::try_from(st.replicas).unwrap_or(0);
-        workers = Some(observe_workers(ctx, &ns, &name, current).await);
+        let progress = match &recent {
+            Some(o) => o.progress.clone(),
+            None => observe_workers(ctx, &ns, &name, current).await,
+        };
+        if recent.is_none() {
+            ctx.remember(
+                job,
+                Observed {
+                    at: std::time::Instant::now(),
+                    generation: job.metadata.generation,
+                    partitions,
+                    kafka: read.clone(),
+                    progress: progress.clone(),
+                },
+            );
+        }
+        kafka = Some(read);
+        workers = Some(progress);
         (
             Observation::Applied {
                 desired: children.workers.0,

@@ -198,3 +198,46 @@ async fn workers_progress_reaches_the_status_patch_and_silent_workers_are_named(
     assert_eq!(s["unreachableWorkers"], serde_json::json!([1]));
     assert_eq!(s["phase"], "Degraded", "1 of 2 workers ready");
 }
+
+#[tokio::test]
+async fn reconciles_within_the_period_reuse_the_observation_and_write_nothing() {
+    let observer = DataObserver::new(Some(lines(8)));
+    let settings = Settings {
+        observe_every: Duration::from_secs(30),
+        ..settings()
+    };
+    let (server, token, run) = start_observed(
+        fixtures::job("wc", 1, fixtures::spec()),
+        Metrics::new().unwrap(),
+        |_| {},
+        observer.clone(),
+        settings,
+    );
+    let r = server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
+    let first = statuses(&r)[0].clone();
+
+    // Kafka moves on, and the job's own status write comes back as a watch event: reading
+    // again now would write again, and that write would trigger the next read.
+    observer.set(Some(lines(9)));
+    let mut job = fixtures::job("wc", 1, fixtures::spec());
+    job["status"] = first.clone();
+    server.push_event(JOBS, "MODIFIED", job).await;
+    server.wait_for(WAIT, |r| sts_replicas(r).len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(observer.asked.lock().unwrap().len(), 1);
+    assert_eq!(statuses(&server.requests()).len(), 1, "no second write");
+
+    // A new generation is observed at once.
+    let mut job = fixtures::job("wc", 2, fixtures::spec());
+    job["status"] = first;
+    server.push_event(JOBS, "MODIFIED", job).await;
+    let r = server
+        .wait_for(WAIT, |r| {
+            statuses(r).iter().any(|s| s["observedPartitions"] == 9)
+        })
+        .await;
+    token.cancel();
+    run.await.unwrap();
+    assert_eq!(observer.asked.lock().unwrap().len(), 2);
+    assert_eq!(statuses(&r).last().unwrap()["observedGeneration"], 2);
+}
