@@ -61,7 +61,8 @@ pub struct KafkaSource {
     /// committed offset for.
     #[serde(default)]
     pub starting_offsets: StartingOffsets,
-    /// Explicit offsets that win over committed ones, for a rewind.
+    /// Where given partitions start when the job's group has no offset for them (instead of
+    /// startingOffsets). A committed offset always wins, so a restart never rewinds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1024))]
     pub specific_offsets: Vec<PartitionOffset>,
