@@ -73,7 +73,10 @@ impl Var {
     }
 
     pub fn from_name(name: &str) -> Option<Var> {
-        Var::RECORD.into_iter().chain(Var::STEP).find(|v| v.name() == name)
+        Var::RECORD
+            .into_iter()
+            .chain(Var::STEP)
+            .find(|v| v.name() == name)
     }
 }
 
