@@ -26,10 +26,13 @@ cargo fmt --all -- --check
 section "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-section "cargo test --workspace"
-cargo test --workspace
+section "cargo test --workspace --all-targets"
+# --all-targets: every unit and integration test, without doc-tests (there are none to run).
+cargo test --workspace --all-targets 2>&1 | tee "$CARGO_TARGET_DIR/weir-test.log"
+test_summary=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$CARGO_TARGET_DIR/weir-test.log")
 
 section "scripts/check-chart.sh"
 bash scripts/check-chart.sh
 
 section "all tests passed ($((SECONDS - started)) s)"
+echo "tests: $test_summary"
