@@ -209,7 +209,7 @@ impl Engine {
     ) -> std::result::Result<BatchInfo, (Error, Option<Vec<OffsetRange>>)> {
         let started = Instant::now();
         let scheduling_delay_ms = (now_ms() - time).max(0) as u64;
-        let marks = self.source.watermarks().map_err(|e| (e, None))?;
+        let marks = self.source.planning_watermarks().map_err(|e| (e, None))?;
         let highs: Vec<i64> = marks.iter().map(|(_, h)| *h).collect();
         let ranges = self.planner.plan(&self.source.positions(), &highs);
         let fail = |e: Error| (e, Some(ranges.clone()));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -88,25 +88,37 @@ pub struct RawRecord<'a> {
     pub timestamp: Option<i64>,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
-    pub message: &'a BorrowedMessage<'a>,
+    headers: Option<HeaderRef<'a>>,
+}
+
+/// A record's headers, from a message just polled or one kept for the next batch.
+#[derive(Clone, Copy)]
+enum HeaderRef<'a> {
+    Borrowed(&'a rdkafka::message::BorrowedHeaders),
+    Owned(&'a rdkafka::message::OwnedHeaders),
+}
+
+fn headers_val<H: Headers>(h: &H) -> Val {
+    let fields = h
+        .iter()
+        .map(|h| {
+            (
+                std::sync::Arc::from(h.key),
+                crate::record::decode_key(h.value),
+            )
+        })
+        .collect();
+    Val::Map(std::sync::Arc::new(fields))
 }
 
 impl RawRecord<'_> {
     /// The record's headers as a map of strings (bytes when not UTF-8).
     pub fn headers(&self) -> Val {
-        let Some(h) = self.message.headers() else {
-            return Val::Map(Default::default());
-        };
-        let fields = h
-            .iter()
-            .map(|h| {
-                (
-                    std::sync::Arc::from(h.key),
-                    crate::record::decode_key(h.value),
-                )
-            })
-            .collect();
-        Val::Map(std::sync::Arc::new(fields))
+        match self.headers {
+            None => Val::Map(Default::default()),
+            Some(HeaderRef::Borrowed(h)) => headers_val(h),
+            Some(HeaderRef::Owned(h)) => headers_val(h),
+        }
     }
 }
 
@@ -117,8 +129,8 @@ impl RawRecord<'_> {
 /// core. Lane 0's consumer also makes the worker's metadata, watermark and commit requests.
 pub struct Source {
     consumer: BaseConsumer,
-    /// Consumers of lanes 1.., reading in threads of their own during a batch.
-    more_lanes: Vec<BaseConsumer>,
+    /// Lane 0 reads with `consumer`; lanes 1.. have consumers of their own.
+    lanes: Vec<Lane>,
     owned: Vec<TopicPartition>,
     /// Owned partitions by partition number, then topic: found per record without allocating.
     by_partition: HashMap<i32, Vec<(std::sync::Arc<str>, usize)>>,
@@ -126,10 +138,9 @@ pub struct Source {
     positions: Vec<i64>,
     /// Last committed offset, per owned partition.
     committed: Vec<i64>,
-    /// Partitions paused when their range was complete; resumed when read again.
-    paused: Vec<bool>,
     retry: Retry,
     read_timeout: Duration,
+    keep_ahead: usize,
 }
 
 impl Source {
@@ -179,24 +190,29 @@ impl Source {
                 .or_default()
                 .push((tp.topic.clone(), i));
         }
-        let lanes = lane_count(owned.len());
-        let more_lanes = (1..lanes)
-            .map(|_| {
-                client::consumer(spec, id, group)
-                    .create()
-                    .map_err(Error::kafka("creating the consumer"))
+        let lanes = (0..lane_count(owned.len()))
+            .map(|lane| {
+                let consumer = match lane {
+                    0 => None,
+                    _ => Some(
+                        client::consumer(spec, id, group)
+                            .create()
+                            .map_err(Error::kafka("creating the consumer"))?,
+                    ),
+                };
+                Ok(Lane::new(consumer, owned.len()))
             })
-            .collect::<Result<Vec<BaseConsumer>>>()?;
+            .collect::<Result<Vec<Lane>>>()?;
         let mut source = Source {
             consumer,
-            more_lanes,
+            lanes,
             positions: vec![0; owned.len()],
             committed: vec![-1; owned.len()],
-            paused: vec![false; owned.len()],
             owned,
             by_partition,
             retry,
             read_timeout: (batch_interval * 10).max(Duration::from_secs(30)),
+            keep_ahead: keep_ahead_bytes(),
         };
         source.resume(spec)?;
         info!(
@@ -213,7 +229,7 @@ impl Source {
 
     /// How many lanes read in parallel; partition i is read by lane `i % lanes()`.
     pub fn lanes(&self) -> usize {
-        1 + self.more_lanes.len()
+        self.lanes.len()
     }
 
     /// Each owned partition with its next offset.
@@ -229,19 +245,43 @@ impl Source {
         tpl(&self.owned, offsets)
     }
 
-    /// (low, high) watermarks of every owned partition.
+    /// (low, high) watermarks of every owned partition, asked of the brokers.
     ///
     /// # Errors
     /// When the broker does not answer within the retries.
     pub fn watermarks(&self) -> Result<Vec<(i64, i64)>> {
-        self.owned
-            .iter()
-            .map(|tp| {
-                self.retry.run("reading watermarks", || {
-                    self.consumer
-                        .fetch_watermarks(&tp.topic, tp.partition, REQUEST_TIMEOUT)
-                        .map_err(Error::kafka("watermarks"))
-                })
+        (0..self.owned.len())
+            .map(|i| self.fetch_watermarks(i))
+            .collect()
+    }
+
+    fn fetch_watermarks(&self, i: usize) -> Result<(i64, i64)> {
+        let tp = &self.owned[i];
+        self.retry.run("reading watermarks", || {
+            self.consumer
+                .fetch_watermarks(&tp.topic, tp.partition, REQUEST_TIMEOUT)
+                .map_err(Error::kafka("watermarks"))
+        })
+    }
+
+    /// Watermarks for planning a batch: what the lane's consumer learnt from its latest fetch
+    /// response (its assignment keeps fetching), asked of the broker only where it knows none.
+    /// A request would wait behind the lane's long-polling fetch, up to fetch.wait.max.ms each.
+    ///
+    /// # Errors
+    /// When the broker does not answer within the retries.
+    pub fn planning_watermarks(&self) -> Result<Vec<(i64, i64)>> {
+        (0..self.owned.len())
+            .map(|i| {
+                let tp = &self.owned[i];
+                let lane = &self.lanes[i % self.lanes.len()];
+                let consumer = lane.consumer.as_ref().unwrap_or(&self.consumer);
+                match cached_watermarks(consumer, &tp.topic, tp.partition) {
+                    Some((low, high)) if lane.state.assigned && low >= 0 && high >= 0 => {
+                        Ok((low, high))
+                    }
+                    _ => self.fetch_watermarks(i),
+                }
             })
             .collect()
     }
@@ -345,42 +385,41 @@ impl Source {
         f: &(impl Fn(&mut S, RawRecord<'_>) + Sync),
     ) -> Result<()> {
         let until: Vec<i64> = ranges.iter().map(|r| r.until).collect();
-        let lanes = self.lanes();
+        let count = self.lanes.len();
         let deadline = Instant::now() + self.read_timeout;
         let ctx = LaneCtx {
             owned: &self.owned,
             by_partition: &self.by_partition,
             until: &until,
             deadline,
+            lanes: count,
+            keep_ahead: self.keep_ahead,
         };
-        let consumers: Vec<&BaseConsumer> = std::iter::once(&self.consumer)
-            .chain(self.more_lanes.iter())
-            .collect();
-        let (positions, paused) = (&self.positions, &self.paused);
-        let results: Vec<Result<(Vec<i64>, Vec<bool>)>> = std::thread::scope(|scope| {
+        let (main, positions) = (&self.consumer, &self.positions);
+        let results: Vec<Result<Vec<i64>>> = std::thread::scope(|scope| {
             let mut handles = Vec::new();
             let mut first = None;
-            for (lane, (state, consumer)) in states.iter_mut().zip(consumers).enumerate() {
+            for (index, (state, lane)) in states.iter_mut().zip(self.lanes.iter_mut()).enumerate() {
                 let (ctx, f) = (&ctx, &f);
-                let mine: Vec<usize> = (lane..ctx.owned.len()).step_by(lanes).collect();
-                let mut lane_read = LaneRead {
-                    consumer,
-                    mine,
-                    positions: positions.clone(),
-                    paused: paused.clone(),
-                };
+                let mut pos = positions.clone();
                 let run = move || {
-                    lane_read
-                        .read(ctx, &mut |raw| f(state, raw))
-                        .map(|()| (lane_read.positions, lane_read.paused))
+                    let consumer = lane.consumer.as_ref().unwrap_or(main);
+                    LaneRead {
+                        consumer,
+                        state: &mut lane.state,
+                        index,
+                        positions: &mut pos,
+                    }
+                    .read(ctx, &mut |raw| f(state, raw))
+                    .map(|()| pos)
                 };
-                if lane == 0 {
+                if index == 0 {
                     first = Some(run);
                 } else {
                     handles.push(scope.spawn(run));
                 }
             }
-            let mut results = vec![first.map_or(Ok((Vec::new(), Vec::new())), |run| run())];
+            let mut results = vec![first.map_or(Ok(Vec::new()), |run| run())];
             results.extend(handles.into_iter().map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(Error::Fatal("a source lane panicked".into())))
@@ -390,10 +429,9 @@ impl Source {
         let mut error = None;
         for (lane, r) in results.into_iter().enumerate() {
             match r {
-                Ok((pos, paused)) => {
-                    for i in (lane..self.owned.len()).step_by(lanes) {
+                Ok(pos) => {
+                    for i in (lane..self.owned.len()).step_by(count) {
                         self.positions[i] = pos[i];
-                        self.paused[i] = paused[i];
                     }
                 }
                 Err(e) => error = error.or(Some(e)),
@@ -434,11 +472,19 @@ impl Source {
         })
     }
 
+    /// Positions moved outside the read path: every lane assigns afresh before reading again.
+    fn reassign(&mut self) {
+        for lane in &mut self.lanes {
+            lane.state.assigned = false;
+        }
+    }
+
     /// Forgets the progress of an aborted batch: the next read starts at the committed offsets.
     pub fn rewind(&mut self, ranges: &[OffsetRange]) {
         for (i, r) in ranges.iter().enumerate() {
             self.positions[i] = r.from;
         }
+        self.reassign();
     }
 
     /// After an out-of-range fetch: moves positions that fell behind the log start (retention)
@@ -456,6 +502,7 @@ impl Source {
                 self.positions[i] = low;
             }
         }
+        self.reassign();
         Ok(lost)
     }
 }
@@ -484,12 +531,83 @@ fn tpl(
     Ok(tpl)
 }
 
+/// Bytes of records read past a partition's range that a lane keeps for the next batch; past
+/// it, the lane drops them and seeks back instead. `WEIR_READ_AHEAD_BYTES` overrides it.
+fn keep_ahead_bytes() -> usize {
+    std::env::var("WEIR_READ_AHEAD_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 20)
+}
+
+/// The watermarks a consumer last saw in a fetch response for a partition it is assigned;
+/// `None` when it has seen none. (librdkafka has the call; the Rust binding does not wrap it.)
+fn cached_watermarks(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime, `topic` is a
+    // NUL-terminated string that outlives the call, and librdkafka only writes the two i64s.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .then_some((low, high))
+}
+
+fn size_of_record(m: &impl Message) -> usize {
+    m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)
+}
+
+/// A lane: its consumer (none for lane 0, which uses the source's) and what it keeps between
+/// batches.
+struct Lane {
+    consumer: Option<BaseConsumer>,
+    state: LaneState,
+}
+
+impl Lane {
+    fn new(consumer: Option<BaseConsumer>, partitions: usize) -> Self {
+        Lane {
+            consumer,
+            state: LaneState {
+                assigned: false,
+                ahead: (0..partitions).map(|_| Ahead::default()).collect(),
+            },
+        }
+    }
+}
+
+/// The assignment stays in place across batches, so fetching never stops and restarts (a
+/// pause, a resume or a new assignment each cost librdkafka up to a second). Records that
+/// arrive past a range are kept, up to a bound, for the next batch.
+struct LaneState {
+    assigned: bool,
+    /// Per partition (indexed like the source's), records read past the range.
+    ahead: Vec<Ahead>,
+}
+
+#[derive(Default)]
+struct Ahead {
+    records: std::collections::VecDeque<rdkafka::message::OwnedMessage>,
+    bytes: usize,
+    /// Records were dropped: seek back to the position before reading on.
+    seek: bool,
+}
+
 /// What every lane of a batch shares.
 struct LaneCtx<'a> {
     owned: &'a [TopicPartition],
     by_partition: &'a HashMap<i32, Vec<(std::sync::Arc<str>, usize)>>,
     until: &'a [i64],
     deadline: Instant,
+    lanes: usize,
+    keep_ahead: usize,
 }
 
 impl LaneCtx<'_> {
@@ -502,46 +620,78 @@ impl LaneCtx<'_> {
     }
 }
 
-/// One lane's read of a batch: its consumer, its partitions, and copies of the positions it
-/// advances (merged back for its own partitions).
+/// One lane's read of one batch.
 struct LaneRead<'a> {
     consumer: &'a BaseConsumer,
-    mine: Vec<usize>,
-    positions: Vec<i64>,
-    paused: Vec<bool>,
+    state: &'a mut LaneState,
+    index: usize,
+    positions: &'a mut Vec<i64>,
 }
 
 impl LaneRead<'_> {
+    fn mine(&self, ctx: &LaneCtx<'_>) -> Vec<usize> {
+        (self.index..ctx.owned.len()).step_by(ctx.lanes).collect()
+    }
+
     fn read(&mut self, ctx: &LaneCtx<'_>, f: &mut dyn FnMut(RawRecord<'_>)) -> Result<()> {
         let until = ctx.until;
-        let todo: Vec<usize> = self
-            .mine
+        let mine = self.mine(ctx);
+        if mine.is_empty() {
+            return Ok(());
+        }
+        if !self.state.assigned {
+            let list = tpl(
+                ctx.owned,
+                mine.iter().map(|&i| (i, Offset::Offset(self.positions[i]))),
+            )?;
+            self.consumer
+                .assign(&list)
+                .map_err(Error::kafka("assign"))?;
+            for &i in &mine {
+                self.state.ahead[i] = Ahead::default();
+            }
+            self.state.assigned = true;
+        }
+        for &i in &mine {
+            let ahead = &mut self.state.ahead[i];
+            // Records kept from the last batch come first, in offset order.
+            while let Some(m) = ahead.records.front() {
+                let off = m.offset();
+                if off >= self.positions[i] && off >= until[i] {
+                    break;
+                }
+                if off >= self.positions[i] {
+                    f(RawRecord {
+                        index: i,
+                        offset: off,
+                        timestamp: m.timestamp().to_millis(),
+                        key: m.key(),
+                        payload: m.payload(),
+                        headers: m.headers().map(HeaderRef::Owned),
+                    });
+                    self.positions[i] = off + 1;
+                }
+                ahead.bytes -= size_of_record(m);
+                ahead.records.pop_front();
+            }
+            if ahead.seek && ahead.records.is_empty() {
+                let tp = &ctx.owned[i];
+                self.consumer
+                    .seek(
+                        &tp.topic,
+                        tp.partition,
+                        Offset::Offset(self.positions[i]),
+                        REQUEST_TIMEOUT,
+                    )
+                    .map_err(Error::kafka("seek"))?;
+                ahead.seek = false;
+            }
+        }
+        let todo: Vec<usize> = mine
             .iter()
             .copied()
             .filter(|&i| self.positions[i] < until[i])
             .collect();
-        if todo.is_empty() {
-            return Ok(());
-        }
-        let list = tpl(
-            ctx.owned,
-            todo.iter().map(|&i| (i, Offset::Offset(self.positions[i]))),
-        )?;
-        self.consumer
-            .assign(&list)
-            .map_err(Error::kafka("assign"))?;
-        // Pause outlives assign. Resume only what was paused: resuming restarts a partition's
-        // fetcher, which costs a round trip.
-        let paused: Vec<usize> = todo.iter().copied().filter(|&i| self.paused[i]).collect();
-        if !paused.is_empty() {
-            let list = tpl(ctx.owned, paused.iter().map(|&i| (i, Offset::Invalid)))?;
-            self.consumer
-                .resume(&list)
-                .map_err(Error::kafka("resume"))?;
-            for i in paused {
-                self.paused[i] = false;
-            }
-        }
         let mut remaining = todo.len();
         let mut polls = 0u32;
         while remaining > 0 {
@@ -561,10 +711,11 @@ impl LaneRead<'_> {
                 Err(KafkaError::PartitionEOF(p)) => {
                     // Offsets held by transaction markers or removed by compaction never arrive
                     // as records: at the log end, a range is complete.
-                    remaining -= self.complete_at_eof(ctx, p);
+                    remaining -= self.complete_at_eof(ctx, &mine, p);
                     continue;
                 }
                 Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) => {
+                    self.state.assigned = false;
                     return Err(Error::Kafka {
                         op: "fetch",
                         source: e,
@@ -579,7 +730,18 @@ impl LaneRead<'_> {
                 continue;
             };
             let off = m.offset();
-            if off < self.positions[i] || self.positions[i] >= until[i] {
+            let ahead = &mut self.state.ahead[i];
+            if off < self.positions[i] || ahead.seek {
+                continue;
+            }
+            if off >= until[i] || !ahead.records.is_empty() {
+                let size = size_of_record(&m);
+                if ahead.bytes + size <= ctx.keep_ahead {
+                    ahead.bytes += size;
+                    ahead.records.push_back(m.detach());
+                } else {
+                    ahead.seek = true;
+                }
                 continue;
             }
             f(RawRecord {
@@ -588,13 +750,11 @@ impl LaneRead<'_> {
                 timestamp: m.timestamp().to_millis(),
                 key: m.key(),
                 payload: m.payload(),
-                message: &m,
+                headers: m.headers().map(HeaderRef::Borrowed),
             });
             self.positions[i] = off + 1;
             if self.positions[i] >= until[i] {
                 remaining -= 1;
-                let done = tpl(ctx.owned, std::iter::once((i, Offset::Invalid)))?;
-                self.paused[i] = self.consumer.pause(&done).is_ok();
             }
         }
         Ok(())
@@ -614,12 +774,12 @@ impl LaneRead<'_> {
         Error::ReadTimeout(behind.join(", "))
     }
 
-    fn complete_at_eof(&mut self, ctx: &LaneCtx<'_>, partition: i32) -> usize {
+    fn complete_at_eof(&mut self, ctx: &LaneCtx<'_>, mine: &[usize], partition: i32) -> usize {
         let Ok(pos) = self.consumer.position() else {
             return 0;
         };
         let mut done = 0;
-        for &i in &self.mine {
+        for &i in mine {
             let tp = &ctx.owned[i];
             if tp.partition != partition || self.positions[i] >= ctx.until[i] {
                 continue;

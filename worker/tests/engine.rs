@@ -278,3 +278,64 @@ fn probe_mock_cluster_answers_timestamp_lookups_with_the_log_end() {
         Some(rdkafka::Offset::End)
     );
 }
+
+#[test]
+fn records_read_ahead_of_a_range_are_kept_or_fetched_again_never_lost() {
+    // Two partitions of 45 records of 100 KB, 5 per partition per batch, read by one lane: while
+    // it waits for one partition, the other's records arrive past its range and are kept for
+    // the next batches, up to a bound (300 KB here); past that they are dropped and fetched again. Each record
+    // is written once, in order.
+    std::env::set_var("WEIR_SOURCE_THREADS", "1");
+    std::env::set_var("WEIR_READ_AHEAD_BYTES", "300000");
+    let broker = Broker::in_process();
+    broker.create_topic("in", 2);
+    let big = "x".repeat(100_000);
+    let payloads: Vec<String> = (0..45)
+        .map(|i| format!(r#"{{"n":{i},"pad":"{big}"}}"#))
+        .collect();
+    let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_bytes()).collect();
+    produce_raw(&broker, "in", 0, &refs);
+    produce_raw(&broker, "in", 1, &refs);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = format!(
+        r#"
+batchInterval: 200ms
+source:
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, maxRatePerPartition: 25, groupId: g6, backpressure: {{enabled: false}}}}
+pipeline:
+  - {{id: n, map: "value.n"}}
+sink: {{file: {{path: "{}"}}}}
+"#,
+        dir.path().display()
+    );
+    let snap = run(&broker, &job, 10);
+    assert_eq!(snap.records_in, 90);
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    for partition in ["in-0-", "in-1-"] {
+        let ns: Vec<i64> = files
+            .iter()
+            .filter(|f| {
+                f.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(partition))
+            })
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .expect("file")
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).expect("json")["value"]
+                            .as_i64()
+                            .expect("n")
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(ns, (0..45).collect::<Vec<_>>(), "{partition}");
+    }
+    assert_eq!(committed(&broker, "g6", "in", 2), vec![45, 45]);
+}
