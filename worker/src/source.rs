@@ -111,7 +111,18 @@ fn headers_val<H: Headers>(h: &H) -> Val {
     Val::Map(std::sync::Arc::new(fields))
 }
 
-impl RawRecord<'_> {
+impl<'a> RawRecord<'a> {
+    fn of<M: Message>(index: usize, m: &'a M, headers: Option<HeaderRef<'a>>) -> Self {
+        RawRecord {
+            index,
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            key: m.key(),
+            payload: m.payload(),
+            headers,
+        }
+    }
+
     /// The record's headers as a map of strings (bytes when not UTF-8).
     pub fn headers(&self) -> Val {
         match self.headers {
@@ -661,14 +672,7 @@ impl LaneRead<'_> {
                     break;
                 }
                 if off >= self.positions[i] {
-                    f(RawRecord {
-                        index: i,
-                        offset: off,
-                        timestamp: m.timestamp().to_millis(),
-                        key: m.key(),
-                        payload: m.payload(),
-                        headers: m.headers().map(HeaderRef::Owned),
-                    });
+                    f(RawRecord::of(i, m, m.headers().map(HeaderRef::Owned)));
                     self.positions[i] = off + 1;
                 }
                 ahead.bytes -= size_of_record(m);
@@ -744,14 +748,7 @@ impl LaneRead<'_> {
                 }
                 continue;
             }
-            f(RawRecord {
-                index: i,
-                offset: off,
-                timestamp: m.timestamp().to_millis(),
-                key: m.key(),
-                payload: m.payload(),
-                headers: m.headers().map(HeaderRef::Borrowed),
-            });
+            f(RawRecord::of(i, &m, m.headers().map(HeaderRef::Borrowed)));
             self.positions[i] = off + 1;
             if self.positions[i] >= until[i] {
                 remaining -= 1;
