@@ -1,6 +1,8 @@
 //! librdkafka client settings shared by the worker's consumer and producers.
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::spec::KafkaSource;
 
@@ -68,3 +70,22 @@ pub fn producer(bootstrap: &str, source: &KafkaSource, id: &Identity, role: &str
     }
     c
 }
+
+/// Client events of the worker's consumers. A caught-up consumer reaches the end of its
+/// partitions every batch, so end-of-partition notices are routine, not errors; librdkafka
+/// retries everything else itself, so it is a warning.
+pub struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if eof {
+            tracing::trace!(%error, reason, "end of partition");
+        } else {
+            tracing::warn!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}

@@ -8,6 +8,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+
+use crate::client::SourceContext;
+
+/// The worker's consumer type.
+type SourceConsumer = BaseConsumer<SourceContext>;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
@@ -139,7 +144,7 @@ impl<'a> RawRecord<'a> {
 /// i mod lanes), like Spark's one task per partition: decoding and the pipeline run on every
 /// core. Lane 0's consumer also makes the worker's metadata, watermark and commit requests.
 pub struct Source {
-    consumer: BaseConsumer,
+    consumer: SourceConsumer,
     /// Lane 0 reads with `consumer`; lanes 1.. have consumers of their own.
     lanes: Vec<Lane>,
     owned: Vec<TopicPartition>,
@@ -171,8 +176,8 @@ impl Source {
             spec: spec.retries.clone(),
             cancel: cancel.clone(),
         };
-        let consumer: BaseConsumer = client::consumer(spec, id, group)
-            .create()
+        let consumer: SourceConsumer = client::consumer(spec, id, group)
+            .create_with_context(SourceContext)
             .map_err(Error::kafka("creating the consumer"))?;
         let mut counts = Vec::new();
         for topic in &spec.topics {
@@ -207,7 +212,7 @@ impl Source {
                     0 => None,
                     _ => Some(
                         client::consumer(spec, id, group)
-                            .create()
+                            .create_with_context(SourceContext)
                             .map_err(Error::kafka("creating the consumer"))?,
                     ),
                 };
@@ -553,7 +558,7 @@ fn keep_ahead_bytes() -> usize {
 
 /// The watermarks a consumer last saw in a fetch response for a partition it is assigned;
 /// `None` when it has seen none. (librdkafka has the call; the Rust binding does not wrap it.)
-fn cached_watermarks(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<(i64, i64)> {
+fn cached_watermarks(consumer: &SourceConsumer, topic: &str, partition: i32) -> Option<(i64, i64)> {
     let topic = std::ffi::CString::new(topic).ok()?;
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid for the consumer's lifetime, `topic` is a
@@ -578,12 +583,12 @@ fn size_of_record(m: &impl Message) -> usize {
 /// A lane: its consumer (none for lane 0, which uses the source's) and what it keeps between
 /// batches.
 struct Lane {
-    consumer: Option<BaseConsumer>,
+    consumer: Option<SourceConsumer>,
     state: LaneState,
 }
 
 impl Lane {
-    fn new(consumer: Option<BaseConsumer>, partitions: usize) -> Self {
+    fn new(consumer: Option<SourceConsumer>, partitions: usize) -> Self {
         Lane {
             consumer,
             state: LaneState {
@@ -633,7 +638,7 @@ impl LaneCtx<'_> {
 
 /// One lane's read of one batch.
 struct LaneRead<'a> {
-    consumer: &'a BaseConsumer,
+    consumer: &'a SourceConsumer,
     state: &'a mut LaneState,
     index: usize,
     positions: &'a mut Vec<i64>,

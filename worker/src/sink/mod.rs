@@ -52,6 +52,13 @@ pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dy
     let main: Box<dyn Sink> = if let Some(o) = &s.stdout {
         Box::new(StdoutSink::new(o.limit, std::io::stdout()))
     } else if let Some(k) = &s.kafka {
+        // Running an exactly-once job at least once would break what the job promises its
+        // readers: refuse it until the transactional sink exists.
+        if k.delivery == crate::spec::Delivery::ExactlyOnce {
+            return Err(crate::error::Error::Fatal(
+                "sink.kafka.delivery exactlyOnce is not available in this version of weir-worker; set atLeastOnce (a crash may then repeat a batch's output)".into(),
+            ));
+        }
         let bootstrap = k
             .bootstrap_servers
             .as_deref()
