@@ -247,19 +247,24 @@ impl Progress {
     /// Unhealthy when input is waiting but no batch completed for several intervals (or
     /// none at all within the start-up grace period).
     pub fn health(&self) -> Result<(), String> {
+        self.health_at(Instant::now())
+    }
+
+    fn health_at(&self, now: Instant) -> Result<(), String> {
         let s = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let limit = (self.interval * 5).max(Duration::from_secs(30));
+        let since = |t: Instant| now.saturating_duration_since(t);
         match s.last_completed {
-            None if self.started.elapsed() > limit * 4 => Err(format!(
+            None if since(self.started) > limit * 4 => Err(format!(
                 "no batch completed in {:?} since start",
-                self.started.elapsed()
+                since(self.started)
             )),
-            Some(t) if t.elapsed() > limit && s.last_lag > 0 => Err(format!(
+            Some(t) if since(t) > limit && s.last_lag > 0 => Err(format!(
                 "no batch completed for {:?} while {} records are waiting",
-                t.elapsed(),
+                since(t),
                 s.last_lag
             )),
             _ => Ok(()),
@@ -272,5 +277,60 @@ impl Progress {
         let mut out = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(lag: i64) -> BatchInfo {
+        BatchInfo {
+            batch: 0,
+            batch_time: String::new(),
+            batch_time_ms: 0,
+            ranges: Vec::new(),
+            records_in: 1,
+            records_out: 1,
+            dead_lettered: 0,
+            scheduling_delay_ms: 0,
+            processing_ms: 1,
+            total_delay_ms: 1,
+            pending_batches: 0,
+            lag,
+            rate_limit: None,
+        }
+    }
+
+    fn progress() -> Progress {
+        let id = Identity {
+            namespace: "n".into(),
+            job: "j".into(),
+            ordinal: 0,
+            workers: 1,
+        };
+        Progress::new(id, "g".into(), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn unhealthy_only_when_batches_stop_while_records_wait() {
+        let p = progress();
+        let now = Instant::now();
+        // Start-up gets a grace period (four times the stall limit of 30 s).
+        assert!(p.health_at(now + Duration::from_secs(100)).is_ok());
+        assert!(p
+            .health_at(now + Duration::from_secs(121))
+            .unwrap_err()
+            .contains("since start"));
+        p.record(batch(0));
+        // Caught up: a quiet job stays healthy however long it waits.
+        assert!(p
+            .health_at(Instant::now() + Duration::from_secs(3600))
+            .is_ok());
+        p.record(batch(500));
+        let at = Instant::now();
+        assert!(p.health_at(at + Duration::from_secs(20)).is_ok());
+        let e = p.health_at(at + Duration::from_secs(31)).unwrap_err();
+        assert!(e.contains("500 records are waiting"), "{e}");
     }
 }
