@@ -339,3 +339,42 @@ sink: {{file: {{path: "{}"}}}}
     }
     assert_eq!(committed(&broker, "g6", "in", 2), vec![45, 45]);
 }
+
+#[test]
+fn several_input_topics_are_read_as_one_stream() {
+    let broker = Broker::in_process();
+    broker.create_topic("clicks", 2);
+    broker.create_topic("views", 1);
+    broker.create_topic("out", 1);
+    produce_numbered(&broker, "clicks", 2, 0, 6);
+    produce_numbered(&broker, "views", 1, 100, 3);
+    let job = r#"
+batchInterval: 200ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [clicks, views], startingOffsets: earliest, groupId: g7}
+pipeline:
+  - {id: tag, select: {n: value.n, from: topic}}
+sink: {kafka: {topic: out}}
+"#;
+    let snap = run(&broker, job, 2);
+    assert_eq!(snap.records_in, 9);
+    let mut out: Vec<(String, u64)> = read_all(&broker, "out")
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).expect("json");
+            (
+                v["from"].as_str().expect("from").to_string(),
+                v["n"].as_u64().expect("n"),
+            )
+        })
+        .collect();
+    out.sort();
+    let mut want: Vec<(String, u64)> = (0..6)
+        .map(|n| ("clicks".to_string(), n))
+        .chain((100..103).map(|n| ("views".to_string(), n)))
+        .collect();
+    want.sort();
+    assert_eq!(out, want);
+    assert_eq!(committed(&broker, "g7", "clicks", 2), vec![3, 3]);
+    assert_eq!(committed(&broker, "g7", "views", 1), vec![3]);
+}
