@@ -51,19 +51,6 @@ impl Error {
             }
         }
     }
-
-    /// A fixed name for metric labels (never a message: label values must stay few).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::Kafka { .. } => "kafka",
-            Error::ReadTimeout(_) => "read_timeout",
-            Error::Sink(_) => "sink",
-            Error::Load(_) => "load",
-            Error::Pipeline(_) => "pipeline",
-            Error::Fatal(_) => "fatal",
-            Error::Cancelled => "cancelled",
-        }
-    }
 }
 
 fn is_fatal_kafka(e: &KafkaError) -> bool {

@@ -265,7 +265,7 @@ impl Source {
     ///
     /// # Errors
     /// When the broker does not answer within the retries.
-    pub fn watermarks(&self) -> Result<Vec<(i64, i64)>> {
+    fn watermarks(&self) -> Result<Vec<(i64, i64)>> {
         (0..self.owned.len())
             .map(|i| self.fetch_watermarks(i))
             .collect()

@@ -59,6 +59,20 @@ pub(super) fn start_observed(
     (server, token, run)
 }
 
+/// A plain word-count job against the given Kafka answers: the observed tests' common start.
+pub(super) fn start_wc(
+    observer: &Arc<DataObserver>,
+    settings: Settings,
+) -> (ApiServer, CancellationToken, tokio::task::JoinHandle<()>) {
+    start_observed(
+        fixtures::job("wc", 1, fixtures::spec()),
+        Metrics::new().unwrap(),
+        |_| {},
+        observer.clone(),
+        settings,
+    )
+}
+
 async fn stop(token: CancellationToken, run: tokio::task::JoinHandle<()>) {
     token.cancel();
     tokio::time::timeout(Duration::from_secs(5), run)

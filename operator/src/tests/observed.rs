@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::Method;
 use serde_json::Value;
 
-use super::controller::start_observed;
+use super::controller::{start_observed, start_wc};
 use crate::controller::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
@@ -50,13 +50,7 @@ fn settings() -> Settings {
 #[tokio::test]
 async fn lag_and_offsets_reach_the_status_patch_and_partitions_set_the_workers() {
     let observer = DataObserver::new(Some(lines(10)));
-    let (server, token, run) = start_observed(
-        fixtures::job("wc", 1, fixtures::spec()),
-        Metrics::new().unwrap(),
-        |_| {},
-        observer.clone(),
-        settings(),
-    );
+    let (server, token, run) = start_wc(&observer, settings());
     let r = server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
     token.cancel();
     run.await.unwrap();
@@ -96,13 +90,7 @@ async fn lag_and_offsets_reach_the_status_patch_and_partitions_set_the_workers()
 #[tokio::test]
 async fn a_grown_topic_is_noticed_within_one_observation_period() {
     let observer = DataObserver::new(Some(lines(8)));
-    let (server, token, run) = start_observed(
-        fixtures::job("wc", 1, fixtures::spec()),
-        Metrics::new().unwrap(),
-        |_| {},
-        observer.clone(),
-        settings(),
-    );
+    let (server, token, run) = start_wc(&observer, settings());
     let r = server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
     assert_eq!(sts_replicas(&r)[0], 2);
 
@@ -206,13 +194,7 @@ async fn reconciles_within_the_period_reuse_the_observation_and_write_nothing() 
         observe_every: Duration::from_secs(30),
         ..settings()
     };
-    let (server, token, run) = start_observed(
-        fixtures::job("wc", 1, fixtures::spec()),
-        Metrics::new().unwrap(),
-        |_| {},
-        observer.clone(),
-        settings,
-    );
+    let (server, token, run) = start_wc(&observer, settings);
     let r = server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
     let first = statuses(&r)[0].clone();
 

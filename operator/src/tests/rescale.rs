@@ -6,10 +6,9 @@ use std::time::Duration;
 use http::Method;
 use serde_json::{json, Value};
 
-use super::controller::start_observed;
+use super::controller::start_wc;
 use crate::controller::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
-use crate::metrics::Metrics;
 
 const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
 const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -51,13 +50,7 @@ async fn a_grown_topic_rescales_through_zero_once_the_workers_are_gone() {
         observe_every: Duration::from_millis(100),
         ..Settings::default()
     };
-    let (server, token, run) = start_observed(
-        fixtures::job("wc", 1, fixtures::spec()),
-        Metrics::new().unwrap(),
-        |_| {},
-        observer.clone(),
-        settings,
-    );
+    let (server, token, run) = start_wc(&observer, settings);
     let r = server.wait_for(WAIT, |r| !sts_applies(r).is_empty()).await;
     assert_eq!(replicas(&r), [2], "a new job starts at its count at once");
     server.insert(PODS, pod(0));
