@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
 
+use crate::changelog::Changelog;
 use crate::client::Identity;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Class, Error, Result};
@@ -44,6 +45,8 @@ pub struct Engine {
     pipeline: Pipeline,
     /// Keyed state per owned partition, parallel to `source.owned()`, kept across batches.
     states: Vec<PartitionState>,
+    /// Where keyed state is logged; `None` when the pipeline keeps none.
+    changelog: Option<Changelog>,
     source: Source,
     sink: Box<dyn Sink>,
     dead: DeadLetters,
@@ -74,7 +77,7 @@ impl Engine {
         let pipeline = Pipeline::compile(&job.spec)?;
         let group = job.spec.group_id(&id.namespace, &id.job);
         let interval = job.spec.batch_interval.as_std();
-        let source = Source::connect(&job.spec.source.kafka, id, &group, interval, cancel)?;
+        let mut source = Source::connect(&job.spec.source.kafka, id, &group, interval, cancel)?;
         let dead = DeadLetters::new(&job.spec, id)?;
         let k = &job.spec.source.kafka;
         let interval_ms = interval.as_millis().max(1) as u64;
@@ -89,15 +92,44 @@ impl Engine {
             .enabled
             .then(|| RateEstimator::new(interval_ms, k.backpressure.min_rate as f64));
 
-        let states = source
-            .owned()
-            .iter()
-            .map(|_| pipeline.new_state())
-            .collect();
+        let mut changelog =
+            Changelog::open(&job.spec, id, &group, &pipeline, source.partition_counts())?;
+        let states = match &mut changelog {
+            Some(log) => {
+                let positions: Vec<i64> = source.positions().iter().map(|(_, o)| *o).collect();
+                let reset = job
+                    .spec
+                    .checkpoint
+                    .as_ref()
+                    .map_or(&[][..], |c| &c.reset_state[..]);
+                let restored = log.restore(
+                    &job.spec,
+                    id,
+                    &group,
+                    &pipeline,
+                    source.owned(),
+                    &positions,
+                    reset,
+                )?;
+                source.resume_at(&restored.moves)?;
+                info!(
+                    topic = log.topic(),
+                    changes = restored.changes,
+                    "restored keyed state from the changelog"
+                );
+                restored.states
+            }
+            None => source
+                .owned()
+                .iter()
+                .map(|_| pipeline.new_state())
+                .collect(),
+        };
         Ok(Engine {
             job,
             pipeline,
             states,
+            changelog,
             source,
             sink,
             dead,
@@ -318,6 +350,10 @@ impl Engine {
         let records_out = batch.records() as u64;
         self.sink.write(&batch).map_err(fail)?;
         self.dead.write(&dead).map_err(fail)?;
+        if let Some(log) = &mut self.changelog {
+            log.write(&owned, &ranges, time, &mut self.states)
+                .map_err(fail)?;
+        }
         self.source.commit(&ranges).map_err(fail)?;
 
         let processing_ms = started.elapsed().as_millis() as u64;

@@ -10,12 +10,14 @@
 //! - [`record`]: decoding per format; [`pipeline`]: PURE steps, aggregates, windows and keyed
 //!   state per partition.
 //! - [`sink`]: stdout, Kafka, files; [`dead_letter`]: records that failed, with the reason.
-//! - [`engine`]: the batch loop (plan, read, run, write, commit offsets last).
+//! - [`changelog`]: keyed state logged to a compacted topic each batch, and restored at start.
+//! - [`engine`]: the batch loop (plan, read, run, write, log state, commit offsets last).
 //! - [`progress`]: BatchInfo, metrics; [`http`]: `/progress`, `/healthz`, `/metrics`.
 //! - [`app`]: `weir-worker run` wiring and signals; [`embedded`]: the in-process mock cluster.
 //! - [`error`]: errors classified retriable, abortable (replay the batch) or fatal.
 
 pub mod app;
+pub mod changelog;
 pub mod client;
 pub mod dead_letter;
 pub mod embedded;

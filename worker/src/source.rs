@@ -154,6 +154,8 @@ pub struct Source {
     positions: Vec<i64>,
     /// Last committed offset, per owned partition.
     committed: Vec<i64>,
+    /// Every input topic with its partition count, as found at connect.
+    counts: Vec<(String, i32)>,
     retry: Retry,
     read_timeout: Duration,
     keep_ahead: usize,
@@ -226,6 +228,7 @@ impl Source {
             committed: vec![-1; owned.len()],
             owned,
             by_partition,
+            counts,
             retry,
             read_timeout: (batch_interval * 10).max(Duration::from_secs(30)),
             keep_ahead: keep_ahead_bytes(),
@@ -241,6 +244,31 @@ impl Source {
 
     pub fn owned(&self) -> &[TopicPartition] {
         &self.owned
+    }
+
+    /// Every input topic with its partition count.
+    pub fn partition_counts(&self) -> &[(String, i32)] {
+        &self.counts
+    }
+
+    /// Moves partitions (index into `owned()`, offset) forward to where their keyed state was
+    /// last logged, and commits there: the batch before a crash logged its state changes but
+    /// did not commit its offsets, and running it again would count it twice in the state.
+    ///
+    /// # Errors
+    /// When the commit fails after the retries.
+    pub fn resume_at(&mut self, moves: &[(usize, i64)]) -> Result<()> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let tpl = self.tpl(moves.iter().map(|&(i, o)| (i, Offset::Offset(o))))?;
+        self.commit_tpl(&tpl)?;
+        for &(i, o) in moves {
+            self.positions[i] = o;
+            self.committed[i] = o;
+        }
+        self.reassign();
+        Ok(())
     }
 
     /// How many lanes read in parallel; partition i is read by lane `i % lanes()`.

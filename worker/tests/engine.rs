@@ -2,43 +2,7 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use tokio_util::sync::CancellationToken;
-use weir_worker::client::Identity;
-use weir_worker::engine::{Engine, Options};
-use weir_worker::progress::{Progress, Snapshot};
-use weir_worker::spec::parse_job;
-
-fn run(broker: &Broker, yaml: &str, batches: u64) -> Snapshot {
-    let yaml = yaml.replace("BOOTSTRAP", &broker.bootstrap());
-    let job = parse_job(&yaml, "t").expect("job");
-    let id = Identity {
-        namespace: "test".into(),
-        job: job.name.clone(),
-        ordinal: 0,
-        workers: 1,
-    };
-    let progress = Arc::new(Progress::new(
-        id.clone(),
-        "g".into(),
-        job.spec.batch_interval.as_std(),
-    ));
-    let sink = weir_worker::sink::build(&job.spec, &id, None).expect("sink");
-    let cancel = CancellationToken::new();
-    let mut engine = Engine::connect(job, &id, sink, progress.clone(), &cancel).expect("connect");
-    let n = engine
-        .run(
-            &Options {
-                max_batches: Some(batches),
-            },
-            &cancel,
-        )
-        .expect("run");
-    assert_eq!(n, batches);
-    progress.snapshot(100)
-}
 
 #[test]
 fn rate_limit_caps_batches_and_committed_offsets_equal_the_last_until() {

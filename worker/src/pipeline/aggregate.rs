@@ -19,6 +19,18 @@ pub enum AggKind {
 }
 
 impl AggKind {
+    /// The aggregation's name as the spec writes it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            AggKind::Count => "count",
+            AggKind::Sum(_) => "sum",
+            AggKind::Min(_) => "min",
+            AggKind::Max(_) => "max",
+            AggKind::Avg(_) => "avg",
+            AggKind::Reduce(_) => "reduce",
+        }
+    }
+
     pub(crate) fn compile(
         a: &AggregateSpec,
         vars: &[Var],

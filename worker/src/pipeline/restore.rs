@@ -5,6 +5,8 @@
 //! worker reads what an older one wrote. A change that does not fit the step it names (a
 //! removed step, another window length, another aggregation) is refused with the step's id.
 
+use std::sync::Arc;
+
 use super::aggregate::{Acc, AggKind};
 use super::keyed::{Entry, KeyedState};
 use super::window::{WindowOp, WindowState};
@@ -21,6 +23,29 @@ pub struct RestoreError {
 }
 
 impl Pipeline {
+    /// Each stateful step's id and the type of its state. A changelog written under one type
+    /// is read back only by a step with the same id and type: the type names what the stored
+    /// values mean (an aggregation's kind, a window's slots in batches of a given interval).
+    pub fn state_types(&self) -> Vec<(Arc<str>, String)> {
+        self.steps
+            .iter()
+            .filter_map(|s| {
+                let ty = match &s.op {
+                    Op::Window(w) => format!(
+                        "window({}, {} batches of {} ms, sliding {})",
+                        w.kind.name(),
+                        w.length,
+                        w.interval_ms,
+                        w.slide
+                    ),
+                    Op::State(_) => "state".to_string(),
+                    _ => return None,
+                };
+                Some((s.id.clone(), ty))
+            })
+            .collect()
+    }
+
     /// A partition's state rebuilt from its changes, oldest first.
     ///
     /// # Errors

@@ -71,7 +71,7 @@ impl KafkaWriter {
         key.write_payload(&mut self.key);
         value.write_payload(&mut self.value);
         let key = (!matches!(key, Val::Null)).then_some(self.key.as_slice());
-        produce(&self.producer, topic, key, Some(&self.value), None)
+        produce(&self.producer, topic, None, key, Some(&self.value), None)
     }
 
     /// Queues a record as raw bytes (dead letters keep the original bytes).
@@ -85,7 +85,28 @@ impl KafkaWriter {
         payload: Option<&[u8]>,
         headers: OwnedHeaders,
     ) -> Result<()> {
-        produce(&self.producer, topic, key, payload, Some(headers))
+        produce(&self.producer, topic, None, key, payload, Some(headers))
+    }
+
+    /// Queues bytes for one partition (the changelog follows its input's partitioning).
+    ///
+    /// # Errors
+    /// When the record is refused.
+    pub fn send_to(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        payload: Option<&[u8]>,
+    ) -> Result<()> {
+        produce(
+            &self.producer,
+            topic,
+            Some(partition),
+            Some(key),
+            payload,
+            None,
+        )
     }
 
     /// Waits until everything sent so far is acknowledged.
@@ -126,6 +147,7 @@ impl KafkaWriter {
 fn produce(
     producer: &BaseProducer<Deliveries>,
     topic: &str,
+    partition: Option<i32>,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
     headers: Option<OwnedHeaders>,
@@ -133,6 +155,9 @@ fn produce(
     let mut headers = headers;
     loop {
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
         if let Some(k) = key {
             rec = rec.key(k);
         }

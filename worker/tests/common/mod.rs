@@ -496,3 +496,51 @@ pub fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs a job (its YAML with `BOOTSTRAP` for the broker's address) in this process as worker
+/// 0 of 1 for `batches` batches, and returns its progress.
+pub fn run(broker: &Broker, yaml: &str, batches: u64) -> weir_worker::progress::Snapshot {
+    let engine = connect(broker, yaml);
+    let (mut engine, progress) = match engine {
+        Ok(e) => e,
+        Err(e) => panic!("connect: {e}"),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let n = engine
+        .run(
+            &weir_worker::engine::Options {
+                max_batches: Some(batches),
+            },
+            &cancel,
+        )
+        .expect("run");
+    assert_eq!(n, batches);
+    progress.snapshot(100)
+}
+
+/// Connects a job's engine in this process as worker 0 of 1 (see [`run`]).
+pub fn connect(
+    broker: &Broker,
+    yaml: &str,
+) -> weir_worker::error::Result<(
+    weir_worker::engine::Engine,
+    Arc<weir_worker::progress::Progress>,
+)> {
+    let yaml = yaml.replace("BOOTSTRAP", &broker.bootstrap());
+    let job = weir_worker::spec::parse_job(&yaml, "t").expect("job");
+    let id = weir_worker::client::Identity {
+        namespace: "test".into(),
+        job: job.name.clone(),
+        ordinal: 0,
+        workers: 1,
+    };
+    let progress = Arc::new(weir_worker::progress::Progress::new(
+        id.clone(),
+        "g".into(),
+        job.spec.batch_interval.as_std(),
+    ));
+    let sink = weir_worker::sink::build(&job.spec, &id, None).expect("sink");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let engine = weir_worker::engine::Engine::connect(job, &id, sink, progress.clone(), &cancel)?;
+    Ok((engine, progress))
+}

@@ -1,0 +1,371 @@
+//! Keyed state's durability: every batch's state changes go to a compacted changelog topic
+//! before the batch's offsets are committed, and a starting worker rebuilds its partitions'
+//! state from it.
+//!
+//! One topic per job, `<group>-changelog`, with a partition per input partition number; within
+//! it each stateful step keeps its own keys. One ordered log per partition is what lets a batch's
+//! changes of every step be applied or dropped together: after a batch's changes comes a marker
+//! with the offsets the batch covered, and a restart applies changes only up to the last
+//! marker. A crash after the marker but before the offset commit leaves state one batch ahead
+//! of the committed offsets; the marker says so, and the worker resumes after that batch
+//! instead of counting it twice.
+//!
+//! Records: key `[input topic, step id, state key]` with the new value or a tombstone;
+//! marker key `[input topic]` with `{from, until, batch, types}` (`types`: each stateful step's
+//! state type, so a changed pipeline is refused instead of misreading old state).
+
+pub mod codec;
+mod read;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use tracing::{info, warn};
+
+use crate::client::{self, Identity};
+use crate::error::{Error, Result};
+use crate::expr::Val;
+use crate::pipeline::{PartitionState, Pipeline, StateChange};
+use crate::plan::{OffsetRange, TopicPartition};
+use crate::sink::KafkaWriter;
+use crate::spec::JobSpec;
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The changelog topic of a job whose consumer group is `group`.
+pub fn topic_name(group: &str) -> String {
+    format!("{group}-changelog")
+}
+
+/// What a partition's last marker says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marker {
+    pub from: i64,
+    pub until: i64,
+    pub batch: i64,
+    /// Step id -> state type, of the pipeline that wrote it.
+    pub types: Vec<(String, String)>,
+}
+
+/// Where an owned partition starts, given its committed offset and its state's last marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// State and offsets agree.
+    AtCommitted,
+    /// The marked batch was applied to the state but its offsets were never committed.
+    AfterLoggedBatch(i64),
+    /// The offsets were moved outside the job (a rewind, a reset): state is kept as it is.
+    OffsetsMoved { state_until: i64 },
+}
+
+/// Decides [`Resume`] for one partition. PURE.
+pub fn resume(position: i64, marker: Option<&Marker>) -> Resume {
+    match marker {
+        None => Resume::AtCommitted,
+        Some(m) if m.until == position => Resume::AtCommitted,
+        Some(m) if m.from == position => Resume::AfterLoggedBatch(m.until),
+        Some(m) => Resume::OffsetsMoved {
+            state_until: m.until,
+        },
+    }
+}
+
+/// State rebuilt for a worker's partitions.
+pub struct Restored {
+    /// Parallel to the owned partitions.
+    pub states: Vec<PartitionState>,
+    /// (owned index, offset) for partitions to resume after a logged, uncommitted batch.
+    pub moves: Vec<(usize, i64)>,
+    /// Changes applied, for the log and the tests.
+    pub changes: usize,
+}
+
+/// The changelog writer of a worker with stateful steps.
+pub struct Changelog {
+    topic: String,
+    writer: KafkaWriter,
+    types: Val,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Changelog {
+    /// The job's changelog, created if missing (compacted, one partition per input partition
+    /// number); `None` when the pipeline keeps no state.
+    ///
+    /// # Errors
+    /// When the topic is missing and cannot be created, or has too few partitions.
+    pub fn open(
+        spec: &JobSpec,
+        id: &Identity,
+        group: &str,
+        pipeline: &Pipeline,
+        inputs: &[(String, i32)],
+    ) -> Result<Option<Changelog>> {
+        let types = pipeline.state_types();
+        if types.is_empty() {
+            return Ok(None);
+        }
+        let topic = topic_name(group);
+        let needed = inputs.iter().map(|(_, n)| *n).max().unwrap_or(1);
+        ensure_topic(spec, &topic, needed)?;
+        let writer = KafkaWriter::new(
+            &spec.source.kafka.bootstrap_servers,
+            &spec.source.kafka,
+            id,
+            "changelog",
+        )?;
+        let types = Val::Map(Arc::new(
+            types
+                .into_iter()
+                .map(|(step, ty)| (step, Val::str(&ty)))
+                .collect(),
+        ));
+        Ok(Some(Changelog {
+            topic,
+            writer,
+            types,
+            key: Vec::new(),
+            value: Vec::new(),
+        }))
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Rebuilds the state of `owned` partitions, dropping the state of steps in `reset`
+    /// (and writing tombstones for it, so it stays dropped).
+    ///
+    /// # Errors
+    /// The changelog cannot be read, or holds state that does not fit the pipeline: the
+    /// error names the step and says what to do.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        &mut self,
+        spec: &JobSpec,
+        id: &Identity,
+        group: &str,
+        pipeline: &Pipeline,
+        owned: &[TopicPartition],
+        positions: &[i64],
+        reset: &[String],
+    ) -> Result<Restored> {
+        let logs = read::partition_logs(spec, id, group, &self.topic, owned)?;
+        let types = pipeline.state_types();
+        let mut restored = Restored {
+            states: Vec::with_capacity(owned.len()),
+            moves: Vec::new(),
+            changes: 0,
+        };
+        for (i, (tp, log)) in owned.iter().zip(logs).enumerate() {
+            if let Some(m) = &log.marker {
+                check_types(&self.topic, tp, m, &types, reset)?;
+            }
+            if log.dropped_tail > 0 {
+                warn!(partition = %tp, changes = log.dropped_tail, "dropping state changes of a batch that did not finish logging; it runs again");
+            }
+            let (keep, dropped): (Vec<StateChange>, Vec<StateChange>) = log
+                .changes
+                .into_iter()
+                .partition(|c| !reset.iter().any(|r| **r == *c.step));
+            for c in &dropped {
+                self.send(tp, &c.step, &c.key, None)?;
+            }
+            if !dropped.is_empty() {
+                info!(partition = %tp, keys = dropped.len(), "dropped the state of steps listed under checkpoint.resetState");
+            }
+            restored.changes += keep.len();
+            let state = pipeline.restore(keep).map_err(|e| {
+                Error::Fatal(format!("{e} (changelog topic {:?}, {tp})", self.topic))
+            })?;
+            restored.states.push(state);
+            match resume(positions[i], log.marker.as_ref()) {
+                Resume::AtCommitted => {}
+                Resume::AfterLoggedBatch(until) => {
+                    info!(partition = %tp, committed = positions[i], resume = until, "the last batch's state was logged but its offsets not committed; resuming after it");
+                    restored.moves.push((i, until));
+                }
+                Resume::OffsetsMoved { state_until } => {
+                    warn!(partition = %tp, offset = positions[i], state_until, "the group's offsets were moved outside the job; keyed state is kept as it was at offset {state_until} (list steps under checkpoint.resetState to rebuild them from here)");
+                }
+            }
+        }
+        self.writer.flush()?;
+        Ok(restored)
+    }
+
+    /// Logs a batch's state changes and markers; returns once the broker acknowledged them.
+    /// The engine calls this after the sink and before committing offsets.
+    ///
+    /// # Errors
+    /// When a record is refused or not acknowledged: the batch is then replayed.
+    pub fn write(
+        &mut self,
+        owned: &[TopicPartition],
+        ranges: &[OffsetRange],
+        batch_time: i64,
+        states: &mut [PartitionState],
+    ) -> Result<()> {
+        for ((tp, range), state) in owned.iter().zip(ranges).zip(states.iter_mut()) {
+            let changes = state.take_changes();
+            if changes.is_empty() && range.until == range.from {
+                continue;
+            }
+            for c in &changes {
+                self.send(tp, &c.step, &c.key, c.value.as_ref())?;
+            }
+            let marker = Val::Map(Arc::new(vec![
+                (Arc::from("from"), Val::Int(range.from)),
+                (Arc::from("until"), Val::Int(range.until)),
+                (Arc::from("batch"), Val::Int(batch_time)),
+                (Arc::from("types"), self.types.clone()),
+            ]));
+            self.key.clear();
+            codec::encode(
+                &Val::List(Arc::new(vec![Val::Str(tp.topic.clone())])),
+                &mut self.key,
+            );
+            self.value.clear();
+            codec::encode(&marker, &mut self.value);
+            self.writer
+                .send_to(&self.topic, tp.partition, &self.key, Some(&self.value))?;
+        }
+        self.writer.flush()
+    }
+
+    fn send(
+        &mut self,
+        tp: &TopicPartition,
+        step: &Arc<str>,
+        key: &Val,
+        value: Option<&Val>,
+    ) -> Result<()> {
+        self.key.clear();
+        codec::encode(
+            &Val::List(Arc::new(vec![
+                Val::Str(tp.topic.clone()),
+                Val::Str(step.clone()),
+                key.clone(),
+            ])),
+            &mut self.key,
+        );
+        self.value.clear();
+        if let Some(v) = value {
+            codec::encode(v, &mut self.value);
+        }
+        let payload = value.map(|_| self.value.as_slice());
+        self.writer
+            .send_to(&self.topic, tp.partition, &self.key, payload)
+    }
+}
+
+/// Refuses state written by a step of another type, or by a step this pipeline lacks.
+fn check_types(
+    topic: &str,
+    tp: &TopicPartition,
+    marker: &Marker,
+    types: &[(Arc<str>, String)],
+    reset: &[String],
+) -> Result<()> {
+    let now: HashMap<&str, &str> = types.iter().map(|(s, t)| (&**s, t.as_str())).collect();
+    for (step, old) in &marker.types {
+        if reset.contains(step) {
+            continue;
+        }
+        match now.get(step.as_str()) {
+            Some(new) if new == old => {}
+            Some(new) => {
+                return Err(Error::Fatal(format!(
+                    "pipeline step {step:?} keeps {new} state, but its state in changelog topic {topic:?} ({tp}) is {old}: keep the step as it was, or list {step:?} under checkpoint.resetState to drop its state and start it empty"
+                )))
+            }
+            None => {
+                return Err(Error::Fatal(format!(
+                    "changelog topic {topic:?} ({tp}) holds the state of pipeline step {step:?} ({old}), which this pipeline no longer has: if the step was renamed, give it back its id {step:?}; to drop its state, list {step:?} under checkpoint.resetState"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the changelog topic when it is missing; checks its partition count when not.
+fn ensure_topic(spec: &JobSpec, topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        client::base(&spec.source.kafka.bootstrap_servers, &spec.source.kafka)
+            .create()
+            .map_err(Error::kafka("creating an admin client"))?;
+    let how = format!("create it with at least {partitions} partitions and cleanup.policy=compact");
+    let existing = admin
+        .inner()
+        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+        .map_err(Error::kafka("metadata"))?;
+    if let Some(t) = existing
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    {
+        let have = t.partitions().len() as i32;
+        if have < partitions {
+            return Err(Error::Fatal(format!(
+                "changelog topic {topic:?} has {have} partitions but the input has {partitions}: add partitions to it ({how})"
+            )));
+        }
+        return Ok(());
+    }
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "compact");
+    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let result = futures::executor::block_on(admin.create_topics([&new], &opts));
+    match result.as_deref() {
+        Ok([Ok(_)]) => {
+            info!(topic, partitions, "created the changelog topic");
+            Ok(())
+        }
+        Ok([Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))]) => Ok(()),
+        Ok(other) => Err(Error::Fatal(format!(
+            "could not create changelog topic {topic:?} ({other:?}); {how}"
+        ))),
+        Err(e) => Err(Error::Fatal(format!(
+            "could not create changelog topic {topic:?} ({e}); {how}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(from: i64, until: i64) -> Marker {
+        Marker {
+            from,
+            until,
+            batch: 0,
+            types: vec![],
+        }
+    }
+
+    #[test]
+    fn a_logged_but_uncommitted_batch_is_not_run_again() {
+        assert_eq!(resume(100, None), Resume::AtCommitted);
+        assert_eq!(resume(100, Some(&marker(40, 100))), Resume::AtCommitted);
+        // Crash after the marker, before the commit: the group still says 40.
+        assert_eq!(
+            resume(40, Some(&marker(40, 100))),
+            Resume::AfterLoggedBatch(100)
+        );
+        // Offsets rewound (or reset) by hand: state is not moved, and neither are offsets.
+        assert_eq!(
+            resume(10, Some(&marker(40, 100))),
+            Resume::OffsetsMoved { state_until: 100 }
+        );
+        assert_eq!(
+            resume(500, Some(&marker(40, 100))),
+            Resume::OffsetsMoved { state_until: 100 }
+        );
+    }
+}

@@ -1,0 +1,202 @@
+//! Keyed state through the engine on real brokers: word counts per batch, state and windows
+//! that survive a restart through the changelog, and pipeline changes that keep or refuse it.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+
+const PARTITIONS: i32 = 2;
+
+/// Lines of words; each partition has words of its own, so a key's state lives in one
+/// partition and its output records keep their order.
+fn lines(partition: i32, from: usize, n: usize) -> Vec<String> {
+    (from..from + n)
+        .map(|i| {
+            (0..5)
+                .map(|j| format!("p{partition}w{}", (i * 7 + j * 13 + i / 3) % 23))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn produce_lines(broker: &Broker, from: usize, n: usize, counts: &mut HashMap<String, i64>) {
+    for p in 0..PARTITIONS {
+        let lines = lines(p, from, n);
+        for w in lines.iter().flat_map(|l| l.split(' ')) {
+            *counts.entry(w.to_string()).or_default() += 1;
+        }
+        let payloads: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        produce_raw(broker, "in", p, &payloads);
+    }
+}
+
+/// The last value written for each key: a state step's (or window's) latest result.
+fn latest(broker: &Broker) -> HashMap<String, i64> {
+    read_all(broker, "out")
+        .into_iter()
+        .filter_map(|r| {
+            let v: i64 = serde_json::from_slice(&r.value).expect("a number");
+            Some((r.key?, v))
+        })
+        .collect()
+}
+
+/// The entries of `all` whose keys `of` has.
+fn only(all: HashMap<String, i64>, of: &HashMap<String, i64>) -> HashMap<String, i64> {
+    all.into_iter()
+        .filter(|(k, _)| of.contains_key(k))
+        .collect()
+}
+
+fn job(pipeline: &str, extra: &str, broker: &Broker) -> String {
+    let props = if broker.is_tansu() {
+        "properties: {fetch.wait.max.ms: '10'}"
+    } else {
+        "properties: {}"
+    };
+    format!(
+        r#"
+batchInterval: 100ms
+source:
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: wc, backpressure: {{enabled: false}}, {props}}}
+  format: text
+pipeline:
+{pipeline}
+sink: {{kafka: {{topic: out}}}}
+{extra}
+"#
+    )
+}
+
+const WORDS: &str = r#"  - {id: words, flatMap: "value.split(' ')"}
+  - {id: by-word, keyBy: item}
+"#;
+const RUNNING_COUNT: &str =
+    "  - {id: counts, state: {initial: '0', update: 'state + size(values)'}}\n";
+
+fn broker_with_topics(broker: Broker, changelog: bool) -> Broker {
+    broker.create_topic("in", PARTITIONS);
+    broker.create_topic("out", PARTITIONS);
+    // librdkafka's mock cluster cannot create topics through the admin API; tansu can, and
+    // there the worker creates its changelog itself.
+    if changelog && !broker.is_tansu() {
+        broker.create_topic("wc-changelog", PARTITIONS);
+    }
+    broker
+}
+
+#[test]
+fn word_count_per_batch_counts_every_word_of_the_batch() {
+    let broker = broker_with_topics(Broker::in_process(), false);
+    let mut expected = HashMap::new();
+    produce_lines(&broker, 0, 50, &mut expected);
+    let pipeline = format!("{WORDS}  - {{id: counts, aggregate: {{count: {{}}}}}}\n");
+    let snap = run(&broker, &job(&pipeline, "", &broker), 2);
+    // Everything waiting was read by the first batch, so its counts are the whole input's.
+    assert_eq!(snap.batches[0].records_in, 100);
+    assert_eq!(latest(&broker), expected);
+}
+
+/// Runs a running word count, restarts it (a new engine, as a new worker process would),
+/// and checks that the counts go on from where they were.
+fn restart_continues_counts(broker: &Broker, second_pipeline: &str) {
+    let mut expected = HashMap::new();
+    produce_lines(broker, 0, 100, &mut expected);
+    let first = format!("{WORDS}{RUNNING_COUNT}");
+    let snap = run(broker, &job(&first, "", broker), 3);
+    assert_eq!(snap.records_in, 200);
+    assert_eq!(latest(broker), expected);
+
+    produce_lines(broker, 100, 100, &mut expected);
+    let snap = run(broker, &job(second_pipeline, "", broker), 3);
+    assert_eq!(
+        snap.records_in, 200,
+        "the restarted worker read only the new lines"
+    );
+    assert_eq!(
+        latest(broker),
+        expected,
+        "counts after the restart include the lines before it"
+    );
+}
+
+#[test]
+fn a_restarted_worker_rebuilds_keyed_state_from_the_changelog_and_keeps_it_across_a_compatible_change(
+) {
+    let broker = broker_with_topics(Broker::in_process(), true);
+    // A new step before the stateful one; the state step keeps its id and type.
+    let changed =
+        format!("  - {{id: not-empty, filter: \"size(value) > 0\"}}\n{WORDS}{RUNNING_COUNT}");
+    restart_continues_counts(&broker, &changed);
+}
+
+#[test]
+fn a_restarted_worker_rebuilds_keyed_state_on_tansu() {
+    let Some(broker) = Broker::tansu() else {
+        return;
+    };
+    let broker = broker_with_topics(broker, true);
+    restart_continues_counts(&broker, &format!("{WORDS}{RUNNING_COUNT}"));
+}
+
+#[test]
+fn window_state_survives_a_restart() {
+    let broker = broker_with_topics(Broker::in_process(), true);
+    let mut expected = HashMap::new();
+    produce_lines(&broker, 0, 60, &mut expected);
+    // A window far longer than the test: every record stays in it.
+    let windowed =
+        format!("{WORDS}  - {{id: counts, aggregate: {{count: {{}}}}, window: {{length: 60s}}}}\n");
+    run(&broker, &job(&windowed, "", &broker), 2);
+    produce_lines(&broker, 60, 60, &mut expected);
+    run(&broker, &job(&windowed, "", &broker), 2);
+    assert_eq!(latest(&broker), expected);
+}
+
+#[test]
+fn an_incompatible_change_is_refused_naming_the_step_until_its_state_is_reset() {
+    let broker = broker_with_topics(Broker::in_process(), true);
+    let mut before = HashMap::new();
+    produce_lines(&broker, 0, 40, &mut before);
+    let counting = format!("{WORDS}{RUNNING_COUNT}");
+    run(&broker, &job(&counting, "", &broker), 2);
+
+    // The same step id, now a window: its stored state means something else.
+    let windowed =
+        format!("{WORDS}  - {{id: counts, aggregate: {{count: {{}}}}, window: {{length: 1s}}}}\n");
+    let err = match connect(&broker, &job(&windowed, "", &broker)) {
+        Ok(_) => panic!("a changed state type was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("\"counts\"") && err.contains("window(count") && err.contains("resetState"),
+        "{err}"
+    );
+    // Renaming the step is refused the same way: its state would be silently lost.
+    let renamed = counting.replace("id: counts", "id: totals");
+    let err = match connect(&broker, &job(&renamed, "", &broker)) {
+        Ok(_) => panic!("a renamed stateful step was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("\"counts\"") && err.contains("no longer has"),
+        "{err}"
+    );
+
+    // Resetting the step starts it empty: the counts are those of the new lines only.
+    let mut after = HashMap::new();
+    produce_lines(&broker, 40, 40, &mut after);
+    run(
+        &broker,
+        &job(&counting, "checkpoint: {resetState: [counts]}", &broker),
+        2,
+    );
+    assert_eq!(only(latest(&broker), &after), after);
+    // The reset stays done when the job no longer asks for it.
+    produce_lines(&broker, 80, 40, &mut after);
+    run(&broker, &job(&counting, "", &broker), 2);
+    assert_eq!(only(latest(&broker), &after), after);
+}
