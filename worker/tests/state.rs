@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::*;
 
@@ -199,4 +200,109 @@ fn an_incompatible_change_is_refused_naming_the_step_until_its_state_is_reset() 
     produce_lines(&broker, 80, 40, &mut after);
     run(&broker, &job(&counting, "", &broker), 2);
     assert_eq!(only(latest(&broker), &after), after);
+}
+
+#[test]
+fn a_killed_stateful_worker_process_ends_with_the_counts_of_a_run_without_kills() {
+    let broker = mock_process_with(&[
+        ("in", PARTITIONS),
+        ("out", PARTITIONS),
+        ("wc-changelog", PARTITIONS),
+    ]);
+    let mut expected = HashMap::new();
+    produce_lines(&broker, 0, 400, &mut expected);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 500 lines/s x 0.1 s = 50 lines per partition per batch: eight batches to drain.
+    let yaml = job(&format!("{WORDS}{RUNNING_COUNT}"), "", &broker)
+        .replace("BOOTSTRAP", &broker.bootstrap())
+        .replace("groupId: wc,", "groupId: wc, maxRatePerPartition: 500,");
+    let file = job_file(dir.path(), &yaml);
+
+    let mut restored = Vec::new();
+    for kill in 0..3 {
+        let mut w = WorkerProc::spawn(&file, &[]);
+        eventually(
+            "two batches before the kill",
+            Duration::from_secs(60),
+            || w.count_logs("batch completed") >= 2,
+        );
+        w.signal("KILL");
+        w.wait_exit(Duration::from_secs(10))
+            .expect("killed worker exits");
+        if kill > 0 {
+            restored.push(w.count_logs("restored keyed state"));
+        }
+    }
+    let mut last = WorkerProc::spawn(&file, &[]);
+    let ends = high_watermarks(&broker, "in", PARTITIONS);
+    eventually(
+        "the last worker to commit everything",
+        Duration::from_secs(120),
+        || committed(&broker, "wc", "in", PARTITIONS) == ends,
+    );
+    let log = last
+        .wait_log("restored keyed state", Duration::from_secs(5))
+        .expect("restore log");
+    let log: serde_json::Value = serde_json::from_str(&log).expect("json log");
+    assert!(
+        log["fields"]["changes"].as_u64().is_some_and(|n| n > 0),
+        "state came back from the changelog: {log}"
+    );
+    last.signal("TERM");
+    assert!(last
+        .wait_exit(Duration::from_secs(20))
+        .expect("exit")
+        .success());
+    assert_eq!(
+        restored,
+        [1, 1],
+        "every restarted worker restored its state"
+    );
+    assert_eq!(latest(&broker), expected);
+}
+
+/// Sets the group's committed offsets, as a worker killed between logging a batch's state and
+/// committing its offsets leaves them.
+fn commit_offsets(broker: &Broker, group: &str, offsets: &[(i32, i64)]) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let c: BaseConsumer = broker
+        .client()
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for &(p, o) in offsets {
+        tpl.add_partition_offset("in", p, rdkafka::Offset::Offset(o))
+            .expect("tpl");
+    }
+    c.commit(&tpl, CommitMode::Sync).expect("commit");
+}
+
+#[test]
+fn a_batch_whose_state_was_logged_but_whose_offsets_were_not_committed_is_not_counted_twice() {
+    let broker = broker_with_topics(Broker::in_process(), true);
+    let mut expected = HashMap::new();
+    produce_lines(&broker, 0, 50, &mut expected);
+    let counting = format!("{WORDS}{RUNNING_COUNT}");
+    let snap = run(&broker, &job(&counting, "", &broker), 2);
+    let first = &snap.batches[0];
+    assert_eq!(first.records_in, 100, "the first batch read everything");
+    commit_offsets(
+        &broker,
+        "wc",
+        &first
+            .ranges
+            .iter()
+            .map(|r| (r.partition, r.from))
+            .collect::<Vec<_>>(),
+    );
+
+    produce_lines(&broker, 50, 50, &mut expected);
+    let snap = run(&broker, &job(&counting, "", &broker), 2);
+    assert_eq!(snap.records_in, 100, "the logged batch was not read again");
+    assert_eq!(latest(&broker), expected);
+    assert_eq!(
+        committed(&broker, "wc", "in", PARTITIONS),
+        high_watermarks(&broker, "in", PARTITIONS)
+    );
 }
