@@ -16,7 +16,7 @@ use crate::client::Identity;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Class, Error, Result};
 use crate::expr::Val;
-use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline};
+use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
 use crate::plan::{OffsetRange, Planner, RateEstimator};
 use crate::progress::{BatchInfo, Progress, RangeInfo};
 use crate::record::{decode_key, decode_value, Record};
@@ -70,7 +70,7 @@ impl Engine {
     pub fn connect(
         job: JobFile,
         id: &Identity,
-        sink: Box<dyn Sink>,
+        mut sink: Box<dyn Sink>,
         progress: Arc<Progress>,
         cancel: &CancellationToken,
     ) -> Result<Engine> {
@@ -92,10 +92,39 @@ impl Engine {
             .enabled
             .then(|| RateEstimator::new(interval_ms, k.backpressure.min_rate as f64));
 
-        let mut changelog =
-            Changelog::open(&job.spec, id, &group, &pipeline, source.partition_counts())?;
-        let states = match &mut changelog {
-            Some(log) => {
+        let recovered = sink.recover(source.owned())?;
+        let mut changelog = match (&recovered, sink.logs_state()) {
+            (None, false) => {
+                Changelog::open(&job.spec, id, &group, &pipeline, source.partition_counts())?
+            }
+            _ => None,
+        };
+        let states = match (recovered, &mut changelog) {
+            (Some(r), _) => {
+                let moves: Vec<(usize, i64)> = source
+                    .positions()
+                    .iter()
+                    .zip(&r.offsets)
+                    .enumerate()
+                    .filter_map(|(i, ((_, at), stored))| match stored {
+                        Some(o) if o != at => Some((i, *o)),
+                        _ => None,
+                    })
+                    .collect();
+                source.resume_at(&moves)?;
+                let mut states = Vec::with_capacity(r.changes.len());
+                for (tp, changes) in source.owned().iter().zip(r.changes) {
+                    states.push(pipeline.restore(changes).map_err(|e| {
+                        Error::Fatal(format!("{e} (the sink's stored state, {tp})"))
+                    })?);
+                }
+                info!(
+                    moved = moves.len(),
+                    "resumed from the offsets and state stored with the sink's output"
+                );
+                states
+            }
+            (None, Some(log)) => {
                 let positions: Vec<i64> = source.positions().iter().map(|(_, o)| *o).collect();
                 let reset = job
                     .spec
@@ -119,7 +148,7 @@ impl Engine {
                 );
                 restored.states
             }
-            None => source
+            (None, None) => source
                 .owned()
                 .iter()
                 .map(|_| pipeline.new_state())
@@ -339,21 +368,33 @@ impl Engine {
             }
             outputs.push(out);
         }
+        // A replay of this batch recomputes its changes: taking them here loses nothing.
+        let changes: Vec<Vec<StateChange>> = self
+            .states
+            .iter_mut()
+            .map(PartitionState::take_changes)
+            .collect();
         let batch = BatchOutput {
             batch_time_ms: time,
             partitions: ranges
                 .iter()
                 .zip(&outputs)
-                .map(|(range, outputs)| PartitionOutput { range, outputs })
+                .zip(&changes)
+                .map(|((range, outputs), changes)| PartitionOutput {
+                    range,
+                    outputs,
+                    changes,
+                })
                 .collect(),
         };
         let records_out = batch.records() as u64;
         self.sink.write(&batch).map_err(fail)?;
         self.dead.write(&dead).map_err(fail)?;
         if let Some(log) = &mut self.changelog {
-            log.write(&owned, &ranges, time, &mut self.states)
-                .map_err(fail)?;
+            log.write(&owned, &batch).map_err(fail)?;
         }
+        // With a transactional sink the offsets are already stored with the output; this
+        // commit mirrors them to the group, where lag tools read them.
         self.source.commit(&ranges).map_err(fail)?;
 
         let processing_ms = started.elapsed().as_millis() as u64;

@@ -29,8 +29,8 @@ use crate::client::{self, Identity};
 use crate::error::{Error, Result};
 use crate::expr::Val;
 use crate::pipeline::{PartitionState, Pipeline, StateChange};
-use crate::plan::{OffsetRange, TopicPartition};
-use crate::sink::KafkaWriter;
+use crate::plan::TopicPartition;
+use crate::sink::{BatchOutput, KafkaWriter};
 use crate::spec::JobSpec;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -203,25 +203,19 @@ impl Changelog {
     ///
     /// # Errors
     /// When a record is refused or not acknowledged: the batch is then replayed.
-    pub fn write(
-        &mut self,
-        owned: &[TopicPartition],
-        ranges: &[OffsetRange],
-        batch_time: i64,
-        states: &mut [PartitionState],
-    ) -> Result<()> {
-        for ((tp, range), state) in owned.iter().zip(ranges).zip(states.iter_mut()) {
-            let changes = state.take_changes();
-            if changes.is_empty() && range.until == range.from {
+    pub fn write(&mut self, owned: &[TopicPartition], batch: &BatchOutput<'_>) -> Result<()> {
+        for (tp, part) in owned.iter().zip(&batch.partitions) {
+            let range = part.range;
+            if part.changes.is_empty() && range.until == range.from {
                 continue;
             }
-            for c in &changes {
+            for c in part.changes {
                 self.send(tp, &c.step, &c.key, c.value.as_ref())?;
             }
             let marker = Val::Map(Arc::new(vec![
                 (Arc::from("from"), Val::Int(range.from)),
                 (Arc::from("until"), Val::Int(range.until)),
-                (Arc::from("batch"), Val::Int(batch_time)),
+                (Arc::from("batch"), Val::Int(batch.batch_time_ms)),
                 (Arc::from("types"), self.types.clone()),
             ]));
             self.key.clear();

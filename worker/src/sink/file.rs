@@ -94,6 +94,7 @@ mod tests {
             partitions: vec![PartitionOutput {
                 range: &range,
                 outputs: &first,
+                changes: &[],
             }],
         })
         .unwrap();
@@ -108,6 +109,7 @@ mod tests {
             partitions: vec![PartitionOutput {
                 range: &longer,
                 outputs: &replay,
+                changes: &[],
             }],
         })
         .unwrap();

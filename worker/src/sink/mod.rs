@@ -13,14 +13,16 @@ pub use stdout::StdoutSink;
 
 use crate::client::Identity;
 use crate::error::Result;
-use crate::pipeline::Output;
-use crate::plan::OffsetRange;
+use crate::pipeline::{Output, StateChange};
+use crate::plan::{OffsetRange, TopicPartition};
 use crate::spec::JobSpec;
 
 /// One partition's results in a batch.
 pub struct PartitionOutput<'a> {
     pub range: &'a OffsetRange,
     pub outputs: &'a [Output],
+    /// The partition's keyed-state changes in the batch, in order (none for a stateless job).
+    pub changes: &'a [StateChange],
 }
 
 /// A batch's results.
@@ -41,6 +43,30 @@ pub trait Sink: Send {
     /// # Errors
     /// When any part of the batch was not written; the engine then replays the batch.
     fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()>;
+
+    /// Whether `write` also stores the batch's state changes, in the same transaction as its
+    /// output; the engine's changelog writer then leaves them to it.
+    fn logs_state(&self) -> bool {
+        false
+    }
+
+    /// A sink that commits output, state changes and offsets in one transaction of its own
+    /// (a database) is their record: where each owned partition resumes and the state to
+    /// rebuild. `None` for sinks whose record is the Kafka group and the changelog topic.
+    ///
+    /// # Errors
+    /// When the sink's record cannot be read.
+    fn recover(&mut self, _owned: &[TopicPartition]) -> Result<Option<Recovery>> {
+        Ok(None)
+    }
+}
+
+/// What a sink of record holds for a worker's partitions.
+pub struct Recovery {
+    /// Per owned partition: the offset after the last batch stored, if any.
+    pub offsets: Vec<Option<i64>>,
+    /// Per owned partition: its state changes, oldest first (or the latest value per key).
+    pub changes: Vec<Vec<StateChange>>,
 }
 
 /// Builds the job's sink; with `print`, results are also shown on standard output.
