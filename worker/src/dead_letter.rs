@@ -70,32 +70,7 @@ impl DeadLetters {
         match &mut self.target {
             Some((writer, topic)) => {
                 for d in letters {
-                    let partition = d.partition.to_string();
-                    let offset = d.offset.to_string();
-                    let mut h = OwnedHeaders::new_with_capacity(5)
-                        .insert(Header {
-                            key: H_ERROR,
-                            value: Some(d.error.as_bytes()),
-                        })
-                        .insert(Header {
-                            key: H_TOPIC,
-                            value: Some(d.topic.as_bytes()),
-                        })
-                        .insert(Header {
-                            key: H_PARTITION,
-                            value: Some(partition.as_bytes()),
-                        })
-                        .insert(Header {
-                            key: H_OFFSET,
-                            value: Some(offset.as_bytes()),
-                        });
-                    if let Some(step) = &d.step {
-                        h = h.insert(Header {
-                            key: H_STEP,
-                            value: Some(step.as_bytes()),
-                        });
-                    }
-                    writer.send_raw(topic, d.key.as_deref(), d.payload.as_deref(), h)?;
+                    send(writer, topic, d)?;
                 }
                 writer.flush()
             }
@@ -113,4 +88,38 @@ impl DeadLetters {
             }
         }
     }
+}
+
+/// Queues one dead letter: the original bytes, with the error and where it came from in
+/// headers.
+///
+/// # Errors
+/// When the record is refused.
+pub fn send(writer: &mut KafkaWriter, topic: &str, d: &DeadLetter) -> Result<()> {
+    let partition = d.partition.to_string();
+    let offset = d.offset.to_string();
+    let mut h = OwnedHeaders::new_with_capacity(5)
+        .insert(Header {
+            key: H_ERROR,
+            value: Some(d.error.as_bytes()),
+        })
+        .insert(Header {
+            key: H_TOPIC,
+            value: Some(d.topic.as_bytes()),
+        })
+        .insert(Header {
+            key: H_PARTITION,
+            value: Some(partition.as_bytes()),
+        })
+        .insert(Header {
+            key: H_OFFSET,
+            value: Some(offset.as_bytes()),
+        });
+    if let Some(step) = &d.step {
+        h = h.insert(Header {
+            key: H_STEP,
+            value: Some(step.as_bytes()),
+        });
+    }
+    writer.send_raw(topic, d.key.as_deref(), d.payload.as_deref(), h)
 }

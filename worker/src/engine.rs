@@ -93,11 +93,9 @@ impl Engine {
             .then(|| RateEstimator::new(interval_ms, k.backpressure.min_rate as f64));
 
         let recovered = sink.recover(source.owned())?;
-        let mut changelog = match (&recovered, sink.logs_state()) {
-            (None, false) => {
-                Changelog::open(&job.spec, id, &group, &pipeline, source.partition_counts())?
-            }
-            _ => None,
+        let mut changelog = match &recovered {
+            None => Changelog::open(&job.spec, id, &group, &pipeline, source.partition_counts())?,
+            Some(_) => None,
         };
         let states = match (recovered, &mut changelog) {
             (Some(r), _) => {
@@ -142,7 +140,7 @@ impl Engine {
                 )?;
                 source.resume_at(&restored.moves)?;
                 info!(
-                    topic = log.topic(),
+                    topic = log.format().topic(),
                     changes = restored.changes,
                     "restored keyed state from the changelog"
                 );
@@ -374,8 +372,11 @@ impl Engine {
             .iter_mut()
             .map(PartitionState::take_changes)
             .collect();
+        let log_format = self.changelog.as_ref().map(Changelog::format);
         let batch = BatchOutput {
             batch_time_ms: time,
+            changelog: log_format.as_deref(),
+            dead: &dead,
             partitions: ranges
                 .iter()
                 .zip(&outputs)
@@ -389,9 +390,13 @@ impl Engine {
         };
         let records_out = batch.records() as u64;
         self.sink.write(&batch).map_err(fail)?;
-        self.dead.write(&dead).map_err(fail)?;
-        if let Some(log) = &mut self.changelog {
-            log.write(&owned, &batch).map_err(fail)?;
+        if !self.sink.writes_dead_letters() {
+            self.dead.write(&dead).map_err(fail)?;
+        }
+        if !self.sink.logs_state() {
+            if let Some(log) = &mut self.changelog {
+                log.write(&owned, &batch).map_err(fail)?;
+            }
         }
         // With a transactional sink the offsets are already stored with the output; this
         // commit mirrors them to the group, where lag tools read them.

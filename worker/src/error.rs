@@ -31,6 +31,10 @@ pub enum Error {
     Pipeline(#[from] crate::pipeline::PipelineError),
     #[error("{0}")]
     Fatal(String),
+    /// A newer producer with the same transactional id took over (a newer worker owns the
+    /// partition): this one must stop writing.
+    #[error("{0}")]
+    Fenced(String),
     /// The worker was asked to stop while waiting to retry.
     #[error("stopped while retrying")]
     Cancelled,
@@ -46,9 +50,11 @@ impl Error {
             Error::Kafka { source, .. } if is_fatal_kafka(source) => Class::Fatal,
             Error::Kafka { .. } => Class::Retriable,
             Error::ReadTimeout(_) | Error::Sink(_) => Class::Abortable,
-            Error::Load(_) | Error::Pipeline(_) | Error::Fatal(_) | Error::Cancelled => {
-                Class::Fatal
-            }
+            Error::Load(_)
+            | Error::Pipeline(_)
+            | Error::Fatal(_)
+            | Error::Fenced(_)
+            | Error::Cancelled => Class::Fatal,
         }
     }
 }

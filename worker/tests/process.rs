@@ -243,21 +243,3 @@ fn sigterm_while_the_broker_is_unreachable_exits_zero() {
         .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}\n{}", w.all_logs());
 }
-
-#[test]
-fn a_delivery_this_worker_cannot_keep_is_refused_not_downgraded() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let job = job_file(dir.path(), "batchInterval: 1s\nsource: {kafka: {bootstrapServers: 'localhost:1', topics: [in]}}\nsink: {kafka: {topic: out, delivery: exactlyOnce}}\n");
-    let out = std::process::Command::new(WORKER)
-        .arg("run")
-        .arg(&job)
-        .args(["--http-addr", "127.0.0.1:0"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("exactlyOnce is not available") && err.contains("atLeastOnce"),
-        "{err}"
-    );
-}

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::expr::Val;
 use crate::pipeline::{PartitionState, Pipeline, StateChange};
 use crate::plan::TopicPartition;
-use crate::sink::{BatchOutput, KafkaWriter};
+use crate::sink::{BatchOutput, KafkaWriter, PartitionOutput};
 use crate::spec::JobSpec;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -83,13 +83,68 @@ pub struct Restored {
     pub changes: usize,
 }
 
-/// The changelog writer of a worker with stateful steps.
-pub struct Changelog {
+/// How a job's state changes become changelog records: the topic and the state types that
+/// each batch's marker carries. Shared by the changelog writer and a transactional sink.
+pub struct LogFormat {
     topic: String,
-    writer: KafkaWriter,
     types: Val,
-    key: Vec<u8>,
-    value: Vec<u8>,
+}
+
+impl LogFormat {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Queues one partition's changes of a batch, then its marker. Nothing is queued for a
+    /// partition with no changes and no records.
+    ///
+    /// # Errors
+    /// When a record is refused.
+    pub fn send_partition(
+        &self,
+        w: &mut KafkaWriter,
+        tp: &TopicPartition,
+        part: &PartitionOutput<'_>,
+        batch_time: i64,
+    ) -> Result<()> {
+        let range = part.range;
+        if part.changes.is_empty() && range.until == range.from {
+            return Ok(());
+        }
+        for c in part.changes {
+            self.send_change(w, tp, &c.step, &c.key, c.value.as_ref())?;
+        }
+        let marker = Val::Map(Arc::new(vec![
+            (Arc::from("from"), Val::Int(range.from)),
+            (Arc::from("until"), Val::Int(range.until)),
+            (Arc::from("batch"), Val::Int(batch_time)),
+            (Arc::from("types"), self.types.clone()),
+        ]));
+        let key = Val::List(Arc::new(vec![Val::Str(tp.topic.clone())]));
+        w.send_state(&self.topic, tp.partition, &key, Some(&marker))
+    }
+
+    fn send_change(
+        &self,
+        w: &mut KafkaWriter,
+        tp: &TopicPartition,
+        step: &Arc<str>,
+        key: &Val,
+        value: Option<&Val>,
+    ) -> Result<()> {
+        let key = Val::List(Arc::new(vec![
+            Val::Str(tp.topic.clone()),
+            Val::Str(step.clone()),
+            key.clone(),
+        ]));
+        w.send_state(&self.topic, tp.partition, &key, value)
+    }
+}
+
+/// The changelog of a worker with stateful steps.
+pub struct Changelog {
+    format: Arc<LogFormat>,
+    writer: KafkaWriter,
 }
 
 impl Changelog {
@@ -125,16 +180,14 @@ impl Changelog {
                 .collect(),
         ));
         Ok(Some(Changelog {
-            topic,
+            format: Arc::new(LogFormat { topic, types }),
             writer,
-            types,
-            key: Vec::new(),
-            value: Vec::new(),
         }))
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
+    /// Shared, so a batch can hand it to the sink while the writer is in use.
+    pub fn format(&self) -> Arc<LogFormat> {
+        Arc::clone(&self.format)
     }
 
     /// Rebuilds the state of `owned` partitions, dropping the state of steps in `reset`
@@ -154,7 +207,7 @@ impl Changelog {
         positions: &[i64],
         reset: &[String],
     ) -> Result<Restored> {
-        let logs = read::partition_logs(spec, id, group, &self.topic, owned)?;
+        let logs = read::partition_logs(spec, id, group, &self.format.topic, owned)?;
         let types = pipeline.state_types();
         let mut restored = Restored {
             states: Vec::with_capacity(owned.len()),
@@ -163,7 +216,7 @@ impl Changelog {
         };
         for (i, (tp, log)) in owned.iter().zip(logs).enumerate() {
             if let Some(m) = &log.marker {
-                check_types(&self.topic, tp, m, &types, reset)?;
+                check_types(&self.format.topic, tp, m, &types, reset)?;
             }
             if log.dropped_tail > 0 {
                 warn!(partition = %tp, changes = log.dropped_tail, "dropping state changes of a batch that did not finish logging; it runs again");
@@ -173,14 +226,18 @@ impl Changelog {
                 .into_iter()
                 .partition(|c| !reset.iter().any(|r| **r == *c.step));
             for c in &dropped {
-                self.send(tp, &c.step, &c.key, None)?;
+                self.format
+                    .send_change(&mut self.writer, tp, &c.step, &c.key, None)?;
             }
             if !dropped.is_empty() {
                 info!(partition = %tp, keys = dropped.len(), "dropped the state of steps listed under checkpoint.resetState");
             }
             restored.changes += keep.len();
             let state = pipeline.restore(keep).map_err(|e| {
-                Error::Fatal(format!("{e} (changelog topic {:?}, {tp})", self.topic))
+                Error::Fatal(format!(
+                    "{e} (changelog topic {:?}, {tp})",
+                    self.format.topic
+                ))
             })?;
             restored.states.push(state);
             match resume(positions[i], log.marker.as_ref()) {
@@ -205,55 +262,10 @@ impl Changelog {
     /// When a record is refused or not acknowledged: the batch is then replayed.
     pub fn write(&mut self, owned: &[TopicPartition], batch: &BatchOutput<'_>) -> Result<()> {
         for (tp, part) in owned.iter().zip(&batch.partitions) {
-            let range = part.range;
-            if part.changes.is_empty() && range.until == range.from {
-                continue;
-            }
-            for c in part.changes {
-                self.send(tp, &c.step, &c.key, c.value.as_ref())?;
-            }
-            let marker = Val::Map(Arc::new(vec![
-                (Arc::from("from"), Val::Int(range.from)),
-                (Arc::from("until"), Val::Int(range.until)),
-                (Arc::from("batch"), Val::Int(batch.batch_time_ms)),
-                (Arc::from("types"), self.types.clone()),
-            ]));
-            self.key.clear();
-            codec::encode(
-                &Val::List(Arc::new(vec![Val::Str(tp.topic.clone())])),
-                &mut self.key,
-            );
-            self.value.clear();
-            codec::encode(&marker, &mut self.value);
-            self.writer
-                .send_to(&self.topic, tp.partition, &self.key, Some(&self.value))?;
+            self.format
+                .send_partition(&mut self.writer, tp, part, batch.batch_time_ms)?;
         }
         self.writer.flush()
-    }
-
-    fn send(
-        &mut self,
-        tp: &TopicPartition,
-        step: &Arc<str>,
-        key: &Val,
-        value: Option<&Val>,
-    ) -> Result<()> {
-        self.key.clear();
-        codec::encode(
-            &Val::List(Arc::new(vec![
-                Val::Str(tp.topic.clone()),
-                Val::Str(step.clone()),
-                key.clone(),
-            ])),
-            &mut self.key,
-        );
-        self.value.clear();
-        if let Some(v) = value {
-            codec::encode(v, &mut self.value);
-        }
-        let payload = value.map(|_| self.value.as_slice());
-        self.writer
-            .send_to(&self.topic, tp.partition, &self.key, payload)
     }
 }
 

@@ -91,6 +91,8 @@ mod tests {
         let first = [out(40)];
         sink.write(&BatchOutput {
             batch_time_ms: 1_000,
+            changelog: None,
+            dead: &[],
             partitions: vec![PartitionOutput {
                 range: &range,
                 outputs: &first,
@@ -106,6 +108,8 @@ mod tests {
         };
         sink.write(&BatchOutput {
             batch_time_ms: 9_000,
+            changelog: None,
+            dead: &[],
             partitions: vec![PartitionOutput {
                 range: &longer,
                 outputs: &replay,

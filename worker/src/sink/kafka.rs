@@ -4,13 +4,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
+use rdkafka::TopicPartitionList;
 
 use super::{BatchOutput, Sink};
+use crate::changelog::codec;
 use crate::client::{self, Identity};
 use crate::error::{Error, Result};
 use crate::expr::Val;
@@ -45,6 +48,8 @@ pub struct KafkaWriter {
     producer: BaseProducer<Deliveries>,
     key: Vec<u8>,
     value: Vec<u8>,
+    /// Empty unless the producer is transactional.
+    txn_id: String,
 }
 
 impl KafkaWriter {
@@ -58,6 +63,7 @@ impl KafkaWriter {
             producer,
             key: Vec::new(),
             value: Vec::new(),
+            txn_id: String::new(),
         })
     }
 
@@ -88,22 +94,30 @@ impl KafkaWriter {
         produce(&self.producer, topic, None, key, payload, Some(headers))
     }
 
-    /// Queues bytes for one partition (the changelog follows its input's partitioning).
+    /// Queues a state record for one partition (the changelog follows its input's
+    /// partitioning), in the changelog's encoding; `None` is a tombstone.
     ///
     /// # Errors
     /// When the record is refused.
-    pub fn send_to(
+    pub fn send_state(
         &mut self,
         topic: &str,
         partition: i32,
-        key: &[u8],
-        payload: Option<&[u8]>,
+        key: &Val,
+        value: Option<&Val>,
     ) -> Result<()> {
+        self.key.clear();
+        self.value.clear();
+        codec::encode(key, &mut self.key);
+        if let Some(v) = value {
+            codec::encode(v, &mut self.value);
+        }
+        let payload = value.map(|_| self.value.as_slice());
         produce(
             &self.producer,
             topic,
             Some(partition),
-            Some(key),
+            Some(&self.key),
             payload,
             None,
         )
@@ -140,6 +154,96 @@ impl KafkaWriter {
             )));
         }
         Ok(())
+    }
+}
+
+/// How long a transactional call may take before the batch fails.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl KafkaWriter {
+    /// A transactional producer, with every earlier producer of `transactional_id` fenced and
+    /// its open transaction aborted.
+    ///
+    /// # Errors
+    /// When the client cannot be created or the broker refuses transactions.
+    pub fn transactional(
+        bootstrap: &str,
+        source: &KafkaSource,
+        id: &Identity,
+        role: &str,
+        transactional_id: &str,
+    ) -> Result<Self> {
+        let producer: BaseProducer<Deliveries> = client::producer(bootstrap, source, id, role)
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", "60000")
+            .create_with_context(Deliveries::default())
+            .map_err(Error::kafka("creating a transactional producer"))?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(|e| txn_error("starting transactions", transactional_id, e))?;
+        Ok(Self {
+            producer,
+            key: Vec::new(),
+            value: Vec::new(),
+            txn_id: transactional_id.to_string(),
+        })
+    }
+
+    /// # Errors
+    /// When the producer was fenced or is in a failed state.
+    pub fn begin(&mut self) -> Result<()> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| txn_error("beginning a transaction", &self.txn_id, e))
+    }
+
+    /// Waits for every record's ack, adds `offsets` of `group` to the transaction and
+    /// commits it.
+    ///
+    /// # Errors
+    /// [`Error::Fenced`] when a newer producer took over; otherwise the transaction must be
+    /// aborted.
+    pub fn commit(
+        &mut self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<()> {
+        self.flush()?;
+        self.producer
+            .send_offsets_to_transaction(offsets, group, TXN_TIMEOUT)
+            .map_err(|e| txn_error("adding offsets to a transaction", &self.txn_id, e))?;
+        self.producer
+            .commit_transaction(TXN_TIMEOUT)
+            .map_err(|e| txn_error("committing a transaction", &self.txn_id, e))
+    }
+
+    /// # Errors
+    /// When the abort itself fails (the producer is then unusable).
+    pub fn abort(&mut self) -> Result<()> {
+        self.producer
+            .abort_transaction(TXN_TIMEOUT)
+            .map_err(|e| txn_error("aborting a transaction", &self.txn_id, e))
+    }
+}
+
+/// Fencing and other fatal producer states stop the worker; anything else fails the batch.
+fn txn_error(what: &str, txn_id: &str, e: KafkaError) -> Error {
+    let fenced = match &e {
+        KafkaError::Transaction(t) => {
+            t.is_fatal()
+                || matches!(
+                    t.code(),
+                    RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+        }
+        _ => false,
+    };
+    if fenced {
+        Error::Fenced(format!(
+            "{what} for transactional id {txn_id:?}: {e}; a newer worker owns this partition (or this producer can no longer write), so this worker stops; the partition resumes from its committed offsets"
+        ))
+    } else {
+        Error::Sink(format!("{what} for transactional id {txn_id:?}: {e}"))
     }
 }
 

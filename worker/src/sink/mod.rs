@@ -1,17 +1,21 @@
 //! Where a batch's results go. A sink writes and waits for acknowledgement; only then does
 //! the engine commit offsets, so a crash repeats output rather than losing it.
 
+mod exactly_once;
 mod file;
 mod kafka;
 mod stdout;
 
 use std::sync::Arc;
 
+pub use exactly_once::{transactional_id, ExactlyOnceSink};
 pub use file::FileSink;
 pub use kafka::{KafkaSink, KafkaWriter};
 pub use stdout::StdoutSink;
 
+use crate::changelog::LogFormat;
 use crate::client::Identity;
+use crate::dead_letter::DeadLetter;
 use crate::error::Result;
 use crate::pipeline::{Output, StateChange};
 use crate::plan::{OffsetRange, TopicPartition};
@@ -28,7 +32,12 @@ pub struct PartitionOutput<'a> {
 /// A batch's results.
 pub struct BatchOutput<'a> {
     pub batch_time_ms: i64,
+    /// Parallel to the worker's owned partitions.
     pub partitions: Vec<PartitionOutput<'a>>,
+    /// How state changes become changelog records, for a sink that logs them itself.
+    pub changelog: Option<&'a LogFormat>,
+    /// Records that failed, for a sink that writes them in its own transactions.
+    pub dead: &'a [DeadLetter],
 }
 
 impl BatchOutput<'_> {
@@ -47,6 +56,12 @@ pub trait Sink: Send {
     /// Whether `write` also stores the batch's state changes, in the same transaction as its
     /// output; the engine's changelog writer then leaves them to it.
     fn logs_state(&self) -> bool {
+        false
+    }
+
+    /// Whether `write` also sends the batch's dead letters, in the same transactions as the
+    /// output of their partitions.
+    fn writes_dead_letters(&self) -> bool {
         false
     }
 
@@ -78,21 +93,19 @@ pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dy
     let main: Box<dyn Sink> = if let Some(o) = &s.stdout {
         Box::new(StdoutSink::new(o.limit, std::io::stdout()))
     } else if let Some(k) = &s.kafka {
-        // Running an exactly-once job at least once would break what the job promises its
-        // readers: refuse it until the transactional sink exists.
-        if k.delivery == crate::spec::Delivery::ExactlyOnce {
-            return Err(crate::error::Error::Fatal(
-                "sink.kafka.delivery exactlyOnce is not available in this version of weir-worker; set atLeastOnce (a crash may then repeat a batch's output)".into(),
-            ));
-        }
         let bootstrap = k
             .bootstrap_servers
             .as_deref()
             .unwrap_or(&spec.source.kafka.bootstrap_servers);
-        Box::new(KafkaSink::new(
-            KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?,
-            Arc::from(k.topic.as_str()),
-        ))
+        match k.delivery {
+            crate::spec::Delivery::ExactlyOnce => {
+                Box::new(ExactlyOnceSink::new(spec, id, &k.topic, bootstrap)?)
+            }
+            crate::spec::Delivery::AtLeastOnce => Box::new(KafkaSink::new(
+                KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?,
+                Arc::from(k.topic.as_str()),
+            )),
+        }
     } else if let Some(f) = &s.file {
         Box::new(FileSink::new(f.path.clone().into())?)
     } else {
@@ -114,5 +127,17 @@ impl Sink for Tee {
     fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()> {
         self.0.write(batch)?;
         self.1.write(batch)
+    }
+
+    fn logs_state(&self) -> bool {
+        self.0.logs_state()
+    }
+
+    fn writes_dead_letters(&self) -> bool {
+        self.0.writes_dead_letters()
+    }
+
+    fn recover(&mut self, owned: &[TopicPartition]) -> Result<Option<Recovery>> {
+        self.0.recover(owned)
     }
 }

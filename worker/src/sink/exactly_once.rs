@@ -1,0 +1,182 @@
+//! The Kafka sink in exactly-once mode.
+//!
+//! Each input partition has its own transactional producer, with a transactional id made of
+//! the job's group, the topic and the partition: whichever worker owns a partition next (after
+//! a restart or a rescale) starts a producer with the same id, which fences the old one, so a
+//! zombie cannot commit. A partition's batch is one transaction: its output records, its state
+//! changes and their marker for the changelog, its dead letters, and its source offsets for
+//! the job's group. Readers with `isolation.level=read_committed` see each input record's
+//! effect once; a restart resumes each partition from the offsets its last committed
+//! transaction stored, with the state that transaction logged.
+
+use std::sync::Arc;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::{BatchOutput, KafkaWriter, Recovery, Sink};
+use crate::client::{self, Identity};
+use crate::dead_letter::{self, DeadLetter};
+use crate::error::{Error, Result};
+use crate::plan::TopicPartition;
+use crate::spec::{JobSpec, KafkaSource};
+
+pub struct ExactlyOnceSink {
+    source: KafkaSource,
+    bootstrap: String,
+    id: Identity,
+    group: String,
+    group_meta: ConsumerGroupMetadata,
+    topic: Arc<str>,
+    dead_topic: Option<String>,
+    /// Parallel to `owned`; made when the engine says which partitions the worker owns.
+    owned: Vec<TopicPartition>,
+    producers: Vec<KafkaWriter>,
+}
+
+/// The transactional id of the producer for an input partition.
+pub fn transactional_id(group: &str, tp: &TopicPartition) -> String {
+    format!("{group}-{}-{}", tp.topic, tp.partition)
+}
+
+impl ExactlyOnceSink {
+    /// # Errors
+    /// When the client that describes the job's group cannot be created.
+    pub fn new(spec: &JobSpec, id: &Identity, topic: &str, bootstrap: &str) -> Result<Self> {
+        let group = spec.group_id(&id.namespace, &id.job);
+        let consumer: BaseConsumer = client::consumer(&spec.source.kafka, id, &group)
+            .create()
+            .map_err(Error::kafka("creating the group's client"))?;
+        let group_meta = consumer.group_metadata().ok_or_else(|| {
+            Error::Fatal(format!("no group metadata for consumer group {group:?}"))
+        })?;
+        Ok(Self {
+            source: spec.source.kafka.clone(),
+            bootstrap: bootstrap.to_string(),
+            id: id.clone(),
+            group,
+            group_meta,
+            topic: Arc::from(topic),
+            dead_topic: spec.dead_letter.as_ref().map(|d| d.topic.clone()),
+            owned: Vec::new(),
+            producers: Vec::new(),
+        })
+    }
+
+    /// Begins a transaction for each partition with anything to write and queues its records;
+    /// `open` gets the partitions whose transactions began.
+    fn send_all(&mut self, batch: &BatchOutput<'_>, open: &mut Vec<usize>) -> Result<()> {
+        for (i, (tp, part)) in self.owned.iter().zip(&batch.partitions).enumerate() {
+            let dead: Vec<&DeadLetter> = batch
+                .dead
+                .iter()
+                .filter(|d| d.partition == tp.partition && d.topic == tp.topic)
+                .collect();
+            let idle = part.outputs.is_empty()
+                && part.changes.is_empty()
+                && dead.is_empty()
+                && part.range.until == part.range.from;
+            if idle {
+                continue;
+            }
+            let w = &mut self.producers[i];
+            w.begin()?;
+            open.push(i);
+            for o in part.outputs {
+                w.send(&self.topic, &o.key, &o.value)?;
+            }
+            if let Some(log) = batch.changelog {
+                log.send_partition(w, tp, part, batch.batch_time_ms)?;
+            }
+            if let Some(t) = &self.dead_topic {
+                for d in dead {
+                    dead_letter::send(w, t, d)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self, partitions: &[usize], batch_time: i64) -> Result<()> {
+        for &i in partitions {
+            warn!(batch_time, partition = %self.owned[i], "aborting the partition's transaction");
+            self.producers[i].abort()?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for ExactlyOnceSink {
+    fn logs_state(&self) -> bool {
+        true
+    }
+
+    fn writes_dead_letters(&self) -> bool {
+        self.dead_topic.is_some()
+    }
+
+    /// Starts a transactional producer per owned partition, which fences any earlier one.
+    fn recover(&mut self, owned: &[TopicPartition]) -> Result<Option<Recovery>> {
+        self.producers = owned
+            .iter()
+            .map(|tp| {
+                KafkaWriter::transactional(
+                    &self.bootstrap,
+                    &self.source,
+                    &self.id,
+                    "sink",
+                    &transactional_id(&self.group, tp),
+                )
+            })
+            .collect::<Result<_>>()?;
+        self.owned = owned.to_vec();
+        info!(
+            partitions = owned.len(),
+            "transactional producers started; earlier producers of these partitions are fenced"
+        );
+        Ok(None)
+    }
+
+    fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()> {
+        if self.producers.len() != batch.partitions.len() {
+            return Err(Error::Fatal(
+                "the exactly-once sink was not given the worker's partitions".into(),
+            ));
+        }
+        let mut open = Vec::new();
+        if let Err(e) = self.send_all(batch, &mut open) {
+            if !matches!(e, Error::Fenced(_)) {
+                self.abort(&open, batch.batch_time_ms)?;
+            }
+            return Err(e);
+        }
+        for (n, &i) in open.iter().enumerate() {
+            let tp = &self.owned[i];
+            let mut offsets = TopicPartitionList::new();
+            offsets
+                .add_partition_offset(
+                    &tp.topic,
+                    tp.partition,
+                    Offset::Offset(batch.partitions[i].range.until),
+                )
+                .map_err(Error::kafka("building a partition list"))?;
+            match self.producers[i].commit(&offsets, &self.group_meta) {
+                Ok(()) => {}
+                Err(e @ Error::Fenced(_)) => return Err(e),
+                Err(e) => {
+                    self.abort(&open[n..], batch.batch_time_ms)?;
+                    if n == 0 {
+                        return Err(e);
+                    }
+                    // The committed partitions are done; replaying the whole batch would
+                    // repeat them. A restart resumes each partition from its own offsets.
+                    return Err(Error::Fatal(format!(
+                        "{e}; {n} partitions of this batch committed and the rest aborted: stopping so that each partition resumes from its own committed offsets"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
