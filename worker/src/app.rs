@@ -8,7 +8,7 @@ use tracing::{error, info};
 
 use crate::client::Identity;
 use crate::embedded::Embedded;
-use crate::engine::{Engine, Options};
+use crate::engine::Options;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::spec::load_job_file;
@@ -88,9 +88,8 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
     };
     let engine_cancel = cancel.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let sink = crate::sink::build(&job.spec, &id, print)?;
-        let mut engine = Engine::connect(job, &id, sink, progress, &engine_cancel)?;
-        engine.run(&opts, &engine_cancel)
+        let mut stages = crate::stages::connect(job, &id, print, progress, &engine_cancel)?;
+        crate::stages::run(&mut stages, &opts, &engine_cancel)
     })
     .await
     .map_err(|e| Error::Fatal(format!("the engine thread failed: {e}")))?;

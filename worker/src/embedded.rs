@@ -126,7 +126,7 @@ fn sample(rng: &mut impl Rng, format: Format, n: u64) -> Vec<u8> {
         })
         .to_string()
         .into_bytes(),
-        Format::Bytes => (0..16).map(|_| rng.random()).collect(),
+        Format::Bytes | Format::Shuffle => (0..16).map(|_| rng.random()).collect(),
     }
 }
 

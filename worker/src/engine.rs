@@ -19,7 +19,7 @@ use crate::expr::Val;
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
 use crate::plan::{OffsetRange, Planner, RateEstimator};
 use crate::progress::{BatchInfo, Progress, RangeInfo};
-use crate::record::{decode_key, decode_value, Record};
+use crate::record::{decode_key_as, decode_value, Record};
 use crate::sink::{BatchOutput, PartitionOutput, Sink};
 use crate::source::{RawRecord, Source};
 use crate::spec::JobFile;
@@ -164,6 +164,17 @@ impl Engine {
             planner,
             estimator,
         })
+    }
+
+    /// The largest partition count of the input topics: what topics the job derives from
+    /// its input (repartition topics) are created with.
+    pub fn input_partitions(&self) -> i32 {
+        self.source
+            .partition_counts()
+            .iter()
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(1)
     }
 
     /// Runs batches until cancelled (the batch in flight finishes and commits) or until
@@ -311,7 +322,10 @@ impl Engine {
                 offset: raw.offset,
                 timestamp: raw.timestamp,
                 key: if needs.key {
-                    decode_key(raw.key)
+                    match decode_key_as(format, raw.key) {
+                        Ok(k) => k,
+                        Err(e) => return w.dead.push(letter(None, e.to_string())),
+                    }
                 } else {
                     Val::Null
                 },

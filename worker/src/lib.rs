@@ -14,6 +14,8 @@
 //! - [`engine`]: the batch loop (plan, read, run, write, log state, commit offsets last).
 //! - [`progress`]: BatchInfo, metrics; [`http`]: `/progress`, `/healthz`, `/metrics`.
 //! - [`app`]: `weir-worker run` wiring and signals; [`embedded`]: the in-process mock cluster.
+//! - [`stages`]: a job with `repartition` steps runs as stages joined by Kafka topics;
+//!   [`topics`]: the changelog and repartition topics workers create.
 //! - [`error`]: errors classified retriable, abortable (replay the batch) or fatal.
 
 pub mod app;
@@ -32,3 +34,5 @@ pub mod record;
 pub mod sink;
 pub mod source;
 pub mod spec;
+pub mod stages;
+pub mod topics;

@@ -65,6 +65,8 @@ pub enum DecodeError {
     Json(String),
     #[error("value is not valid UTF-8 text: {0}")]
     Utf8(String),
+    #[error("record of a repartition topic is not in the worker's encoding: {0}")]
+    Shuffle(String),
 }
 
 /// Decodes a record value per the source format, keeping what the pipeline reads of a JSON
@@ -95,6 +97,23 @@ pub fn decode_value(
             .map(Val::str)
             .map_err(|e| DecodeError::Utf8(e.to_string())),
         Format::Bytes => Ok(Val::Bytes(Arc::from(bytes))),
+        Format::Shuffle => {
+            crate::changelog::codec::decode(bytes).map_err(|e| DecodeError::Shuffle(e.to_string()))
+        }
+    }
+}
+
+/// A record's key as the source's format writes it: the worker's own encoding between
+/// stages, otherwise [`decode_key`].
+///
+/// # Errors
+/// A repartition topic's key that is not in the worker's encoding.
+pub fn decode_key_as(format: Format, key: Option<&[u8]>) -> Result<Val, DecodeError> {
+    match (format, key) {
+        (Format::Shuffle, Some(k)) => {
+            crate::changelog::codec::decode(k).map_err(|e| DecodeError::Shuffle(e.to_string()))
+        }
+        _ => Ok(decode_key(key)),
     }
 }
 

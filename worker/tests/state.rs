@@ -306,3 +306,37 @@ fn a_batch_whose_state_was_logged_but_whose_offsets_were_not_committed_is_not_co
         high_watermarks(&broker, "in", PARTITIONS)
     );
 }
+
+#[test]
+fn a_repartition_step_brings_each_word_of_every_input_partition_to_one_state() {
+    let broker = Broker::in_process();
+    for (t, n) in [
+        ("in", PARTITIONS),
+        ("out", PARTITIONS),
+        ("t-shuffle-repartition", PARTITIONS),
+        ("wc-shuffle-changelog", PARTITIONS),
+    ] {
+        broker.create_topic(t, n);
+    }
+    // The same words in both input partitions.
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for p in 0..PARTITIONS {
+        let lines: Vec<String> = (0..50)
+            .map(|i| format!("w{} w{} w{}", i % 7, (i * 3 + p as usize) % 11, i % 2))
+            .collect();
+        for w in lines.iter().flat_map(|l| l.split(' ')) {
+            *expected.entry(w.to_string()).or_default() += 1;
+        }
+        let payloads: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        produce_raw(&broker, "in", p, &payloads);
+    }
+    let pipeline = format!("{WORDS}  - {{id: shuffle, repartition: {{}}}}\n{RUNNING_COUNT}");
+    let ends = high_watermarks(&broker, "in", PARTITIONS);
+    run_stages_until(&broker, &job(&pipeline, "", &broker), || {
+        committed(&broker, "wc", "in", PARTITIONS) == ends
+            && committed(&broker, "wc-shuffle", "t-shuffle-repartition", PARTITIONS)
+                == high_watermarks(&broker, "t-shuffle-repartition", PARTITIONS)
+            && read_all(&broker, "t-shuffle-repartition").len() == 300
+    });
+    assert_eq!(latest(&broker), expected);
+}

@@ -19,21 +19,16 @@ mod read;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use tracing::{info, warn};
 
-use crate::client::{self, Identity};
+use crate::client::Identity;
 use crate::error::{Error, Result};
 use crate::expr::Val;
 use crate::pipeline::{PartitionState, Pipeline, StateChange};
 use crate::plan::TopicPartition;
 use crate::sink::{BatchOutput, KafkaWriter, PartitionOutput};
 use crate::spec::JobSpec;
-
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The changelog topic of a job whose consumer group is `group`.
 pub fn topic_name(group: &str) -> String {
@@ -166,7 +161,7 @@ impl Changelog {
         }
         let topic = topic_name(group);
         let needed = inputs.iter().map(|(_, n)| *n).max().unwrap_or(1);
-        ensure_topic(spec, &topic, needed)?;
+        crate::topics::ensure(spec, &topic, needed, true)?;
         let writer = KafkaWriter::new(
             &spec.source.kafka.bootstrap_servers,
             &spec.source.kafka,
@@ -297,49 +292,6 @@ fn check_types(
         }
     }
     Ok(())
-}
-
-/// Creates the changelog topic when it is missing; checks its partition count when not.
-fn ensure_topic(spec: &JobSpec, topic: &str, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        client::base(&spec.source.kafka.bootstrap_servers, &spec.source.kafka)
-            .create()
-            .map_err(Error::kafka("creating an admin client"))?;
-    let how = format!("create it with at least {partitions} partitions and cleanup.policy=compact");
-    let existing = admin
-        .inner()
-        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
-        .map_err(Error::kafka("metadata"))?;
-    if let Some(t) = existing
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-    {
-        let have = t.partitions().len() as i32;
-        if have < partitions {
-            return Err(Error::Fatal(format!(
-                "changelog topic {topic:?} has {have} partitions but the input has {partitions}: add partitions to it ({how})"
-            )));
-        }
-        return Ok(());
-    }
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))
-        .set("cleanup.policy", "compact");
-    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-    let result = futures::executor::block_on(admin.create_topics([&new], &opts));
-    match result.as_deref() {
-        Ok([Ok(_)]) => {
-            info!(topic, partitions, "created the changelog topic");
-            Ok(())
-        }
-        Ok([Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))]) => Ok(()),
-        Ok(other) => Err(Error::Fatal(format!(
-            "could not create changelog topic {topic:?} ({other:?}); {how}"
-        ))),
-        Err(e) => Err(Error::Fatal(format!(
-            "could not create changelog topic {topic:?} ({e}); {how}"
-        ))),
-    }
 }
 
 #[cfg(test)]

@@ -70,7 +70,14 @@ impl Pipeline {
                 StepSpec {
                     repartition: Some(_),
                     ..
-                } => return Err(unsupported("repartition")),
+                } => {
+                    // The worker splits a job at its repartition steps (crate::stages) before
+                    // compiling each stage's steps.
+                    return Err(PipelineError::Invalid {
+                        step: s.id.clone(),
+                        reason: "a repartition step ends a stage; run the job through weir_worker::stages".into(),
+                    });
+                }
                 _ => return Err(unsupported("no operation")),
             };
             steps.push(Step {

@@ -135,14 +135,14 @@ fn aggregates_sum_min_max_avg_reduce() {
 }
 
 #[test]
-fn steps_this_worker_cannot_run_are_refused_by_name() {
+fn a_stage_cannot_compile_a_repartition_step() {
     let steps = "- {id: k, keyBy: 'value.page'}\n- {id: shuffle, repartition: {}}\n";
     let e = Pipeline::compile(&job(steps, "json"))
         .err()
         .unwrap()
         .to_string();
     assert!(
-        e.contains("\"shuffle\"") && e.contains("repartition"),
+        e.contains("\"shuffle\"") && e.contains("ends a stage"),
         "{e}"
     );
 }

@@ -15,6 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use super::kafka::send_output;
 use super::{BatchOutput, KafkaWriter, Recovery, Sink};
 use crate::client::{self, Identity};
 use crate::dead_letter::{self, DeadLetter};
@@ -29,6 +30,7 @@ pub struct ExactlyOnceSink {
     group: String,
     group_meta: ConsumerGroupMetadata,
     topic: Arc<str>,
+    shuffle: bool,
     dead_topic: Option<String>,
     /// Parallel to `owned`; made when the engine says which partitions the worker owns.
     owned: Vec<TopicPartition>,
@@ -43,7 +45,13 @@ pub fn transactional_id(group: &str, tp: &TopicPartition) -> String {
 impl ExactlyOnceSink {
     /// # Errors
     /// When the client that describes the job's group cannot be created.
-    pub fn new(spec: &JobSpec, id: &Identity, topic: &str, bootstrap: &str) -> Result<Self> {
+    pub fn new(
+        spec: &JobSpec,
+        id: &Identity,
+        topic: &str,
+        bootstrap: &str,
+        shuffle: bool,
+    ) -> Result<Self> {
         let group = spec.group_id(&id.namespace, &id.job);
         let consumer: BaseConsumer = client::consumer(&spec.source.kafka, id, &group)
             .create()
@@ -58,6 +66,7 @@ impl ExactlyOnceSink {
             group,
             group_meta,
             topic: Arc::from(topic),
+            shuffle,
             dead_topic: spec.dead_letter.as_ref().map(|d| d.topic.clone()),
             owned: Vec::new(),
             producers: Vec::new(),
@@ -84,7 +93,7 @@ impl ExactlyOnceSink {
             w.begin()?;
             open.push(i);
             for o in part.outputs {
-                w.send(&self.topic, &o.key, &o.value)?;
+                send_output(w, &self.topic, self.shuffle, &o.key, &o.value)?;
             }
             if let Some(log) = batch.changelog {
                 log.send_partition(w, tp, part, batch.batch_time_ms)?;

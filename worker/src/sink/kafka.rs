@@ -106,6 +106,21 @@ impl KafkaWriter {
         key: &Val,
         value: Option<&Val>,
     ) -> Result<()> {
+        self.send_encoded(topic, Some(partition), key, value)
+    }
+
+    /// Queues a record in the worker's own encoding (lossless for every CEL type); without a
+    /// partition, the key's hash picks one, so equal keys meet in one partition.
+    ///
+    /// # Errors
+    /// When the record is refused.
+    pub fn send_encoded(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &Val,
+        value: Option<&Val>,
+    ) -> Result<()> {
         self.key.clear();
         self.value.clear();
         codec::encode(key, &mut self.key);
@@ -116,7 +131,7 @@ impl KafkaWriter {
         produce(
             &self.producer,
             topic,
-            Some(partition),
+            partition,
             Some(&self.key),
             payload,
             None,
@@ -286,11 +301,32 @@ fn produce(
 pub struct KafkaSink {
     writer: KafkaWriter,
     topic: Arc<str>,
+    /// Records for the job's next stage, in the worker's own encoding.
+    shuffle: bool,
 }
 
 impl KafkaSink {
-    pub fn new(writer: KafkaWriter, topic: Arc<str>) -> Self {
-        Self { writer, topic }
+    pub fn new(writer: KafkaWriter, topic: Arc<str>, shuffle: bool) -> Self {
+        Self {
+            writer,
+            topic,
+            shuffle,
+        }
+    }
+}
+
+/// Queues one output record, as a sink's readers expect it or for the next stage.
+pub(super) fn send_output(
+    w: &mut KafkaWriter,
+    topic: &str,
+    shuffle: bool,
+    key: &Val,
+    value: &Val,
+) -> Result<()> {
+    if shuffle {
+        w.send_encoded(topic, None, key, Some(value))
+    } else {
+        w.send(topic, key, value)
     }
 }
 
@@ -298,7 +334,13 @@ impl Sink for KafkaSink {
     fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()> {
         for p in &batch.partitions {
             for o in p.outputs {
-                self.writer.send(&self.topic, &o.key, &o.value)?;
+                send_output(
+                    &mut self.writer,
+                    &self.topic,
+                    self.shuffle,
+                    &o.key,
+                    &o.value,
+                )?;
             }
         }
         self.writer.flush()

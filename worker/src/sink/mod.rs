@@ -98,12 +98,13 @@ pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dy
             .as_deref()
             .unwrap_or(&spec.source.kafka.bootstrap_servers);
         match k.delivery {
-            crate::spec::Delivery::ExactlyOnce => {
-                Box::new(ExactlyOnceSink::new(spec, id, &k.topic, bootstrap)?)
-            }
+            crate::spec::Delivery::ExactlyOnce => Box::new(ExactlyOnceSink::new(
+                spec, id, &k.topic, bootstrap, k.shuffle,
+            )?),
             crate::spec::Delivery::AtLeastOnce => Box::new(KafkaSink::new(
                 KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?,
                 Arc::from(k.topic.as_str()),
+                k.shuffle,
             )),
         }
     } else if let Some(f) = &s.file {

@@ -224,6 +224,10 @@ pub enum Format {
     Text,
     /// Raw bytes; `value` is bytes.
     Bytes,
+    /// The worker's own encoding of keys and values between the stages of a job (a
+    /// repartition topic); set by the worker, never in a spec.
+    #[serde(skip)]
+    Shuffle,
 }
 
 /// One pipeline step: an id and exactly one operation.
@@ -369,6 +373,11 @@ pub struct KafkaSink {
     pub bootstrap_servers: Option<String>,
     #[serde(default)]
     pub delivery: Delivery,
+    /// Write keys and values in the worker's own encoding, for the next stage of the job;
+    /// set by the worker for a repartition topic, never in a spec.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub shuffle: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

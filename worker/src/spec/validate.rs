@@ -354,6 +354,18 @@ impl JobSpec {
                 if let Some(t) = &r.topic {
                     c.topic(format!("{at}.repartition.topic"), t);
                 }
+                // Records are shuffled by key: without a keyBy since the last shuffle (or the
+                // input), every record would meet every other by its input key instead.
+                let since = self.pipeline[..i]
+                    .iter()
+                    .rposition(|s| s.repartition.is_some())
+                    .map_or(0, |r| r + 1);
+                if !self.pipeline[since..i].iter().any(|s| s.key_by.is_some()) {
+                    c.err(
+                        format!("{at}.repartition"),
+                        "has no keyBy step before it; records are repartitioned by their key, so add a keyBy step that says what should meet",
+                    );
+                }
             }
         }
     }
@@ -420,3 +432,7 @@ fn round_up(ms: u128, interval: u128) -> super::Duration {
     let n = ms.div_ceil(interval).max(1) * interval;
     super::Duration::from_millis(u64::try_from(n).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;

@@ -544,3 +544,35 @@ pub fn connect(
     let engine = weir_worker::engine::Engine::connect(job, &id, sink, progress.clone(), &cancel)?;
     Ok((engine, progress))
 }
+
+/// Runs every stage of a job (see [`run`]) until `done` holds (checked between batches, for
+/// at most a minute), then stops them after their batch in flight.
+pub fn run_stages_until(broker: &Broker, yaml: &str, mut done: impl FnMut() -> bool) {
+    let yaml = yaml.replace("BOOTSTRAP", &broker.bootstrap());
+    let job = weir_worker::spec::parse_job(&yaml, "t").expect("job");
+    let id = weir_worker::client::Identity {
+        namespace: "test".into(),
+        job: job.name.clone(),
+        ordinal: 0,
+        workers: 1,
+    };
+    let progress = Arc::new(weir_worker::progress::Progress::new(
+        id.clone(),
+        "g".into(),
+        job.spec.batch_interval.as_std(),
+    ));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut stages =
+        weir_worker::stages::connect(job, &id, None, progress, &cancel).expect("connect stages");
+    let stop = cancel.clone();
+    let runner = std::thread::spawn(move || {
+        weir_worker::stages::run(&mut stages, &weir_worker::engine::Options::default(), &stop)
+    });
+    eventually(
+        "the stages to finish their work",
+        Duration::from_secs(60),
+        &mut done,
+    );
+    cancel.cancel();
+    runner.join().expect("stages thread").expect("stages run");
+}

@@ -1,0 +1,44 @@
+use crate::spec::parse_job;
+
+/// The validation errors of a job with these pipeline steps, as "field: message" lines.
+fn errors(steps: &str) -> String {
+    let yaml = format!(
+        "batchInterval: 5s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}}}\npipeline:\n{steps}sink: {{stdout: {{}}}}\n"
+    );
+    match parse_job(&yaml, "t") {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_repartition_needs_a_key_by_since_the_last_shuffle() {
+    let e = errors("- {id: shuffle, repartition: {}}\n");
+    assert!(
+        e.contains("pipeline[0].repartition") && e.contains("keyBy"),
+        "{e}"
+    );
+    let ok = errors("- {id: k, keyBy: value}\n- {id: shuffle, repartition: {}}\n");
+    assert_eq!(ok, "");
+    // A second shuffle needs a keyBy of its own.
+    let e = errors(
+        "- {id: k, keyBy: value}\n- {id: s1, repartition: {}}\n- {id: s2, repartition: {}}\n",
+    );
+    assert!(e.contains("pipeline[2].repartition"), "{e}");
+    assert!(!e.contains("pipeline[1]"), "{e}");
+}
+
+#[test]
+fn windows_off_the_batch_interval_name_the_numbers_and_the_fix() {
+    let e = errors("- {id: w, aggregate: {count: {}}, window: {length: 12s}}\n");
+    assert!(
+        e.contains("pipeline[0].window.length") && e.contains("5s"),
+        "{e}"
+    );
+}
+
+#[test]
+fn reset_state_may_name_a_step_the_pipeline_no_longer_has() {
+    let yaml = "batchInterval: 5s\nsource: {kafka: {bootstrapServers: 'k:9092', topics: [in]}}\nsink: {stdout: {}}\ncheckpoint: {resetState: [gone]}\n";
+    assert!(parse_job(yaml, "t").is_ok());
+}
