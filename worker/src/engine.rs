@@ -142,6 +142,8 @@ impl Engine {
                 info!(
                     topic = log.format().topic(),
                     changes = restored.changes,
+                    replayed = restored.replayed,
+                    from_snapshots = restored.from_snapshots,
                     "restored keyed state from the changelog"
                 );
                 restored.states
@@ -415,6 +417,9 @@ impl Engine {
         // With a transactional sink the offsets are already stored with the output; this
         // commit mirrors them to the group, where lag tools read them.
         self.source.commit(&ranges).map_err(fail)?;
+        if let Some(log) = &mut self.changelog {
+            log.batch_done(&owned, &batch, &self.states);
+        }
 
         let processing_ms = started.elapsed().as_millis() as u64;
         let range_info: Vec<RangeInfo> = ranges

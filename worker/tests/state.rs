@@ -340,3 +340,87 @@ fn a_repartition_step_brings_each_word_of_every_input_partition_to_one_state() {
     });
     assert_eq!(latest(&broker), expected);
 }
+
+/// The fields of the worker's "restored keyed state" log line.
+fn restore_log(w: &WorkerProc) -> serde_json::Value {
+    let line = w
+        .wait_log("restored keyed state", Duration::from_secs(30))
+        .expect("restore log");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json log");
+    v["fields"].clone()
+}
+
+#[test]
+fn a_local_snapshot_shortens_the_replay_and_a_damaged_one_is_ignored() {
+    let broker = mock_process_with(&[
+        ("in", PARTITIONS),
+        ("out", PARTITIONS),
+        ("wc-changelog", PARTITIONS),
+    ]);
+    let state_dir = tempfile::tempdir().expect("state dir");
+    let env = [("WEIR_STATE_DIR", state_dir.path())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = job(
+        &format!("{WORDS}{RUNNING_COUNT}"),
+        "checkpoint: {snapshotInterval: 100ms}",
+        &broker,
+    )
+    .replace("BOOTSTRAP", &broker.bootstrap());
+    let file = job_file(dir.path(), &yaml);
+    let mut expected = HashMap::new();
+    let drain = |w: &mut WorkerProc| {
+        let ends = high_watermarks(&broker, "in", PARTITIONS);
+        eventually(
+            "the worker to commit everything",
+            Duration::from_secs(60),
+            || committed(&broker, "wc", "in", PARTITIONS) == ends,
+        );
+        // One more batch, so that a snapshot after the last records is written.
+        let n = w.count_logs("batch completed");
+        eventually("another batch", Duration::from_secs(30), || {
+            w.count_logs("batch completed") > n
+        });
+        w.signal("TERM");
+        assert!(w
+            .wait_exit(Duration::from_secs(20))
+            .expect("exit")
+            .success());
+    };
+
+    // Several batches of changes, so the changelog holds far more than the state.
+    for round in 0..4 {
+        produce_lines(&broker, round * 50, 50, &mut expected);
+        let mut w = WorkerProc::spawn_with_env(&file, &[], &env);
+        drain(&mut w);
+    }
+    let changelog_records = read_all(&broker, "wc-changelog").len() as u64;
+    let mut w = WorkerProc::spawn_with_env(&file, &[], &env);
+    let restored = restore_log(&w);
+    assert_eq!(restored["from_snapshots"], PARTITIONS, "{restored}");
+    assert!(
+        restored["replayed"]
+            .as_u64()
+            .is_some_and(|n| n < changelog_records / 4),
+        "the replay after the snapshot is short: {restored}, of {changelog_records}"
+    );
+    produce_lines(&broker, 200, 50, &mut expected);
+    drain(&mut w);
+    assert_eq!(latest(&broker), expected);
+
+    // A damaged snapshot is only a lost cache: the whole changelog is read.
+    for p in 0..PARTITIONS {
+        let path = state_dir
+            .path()
+            .join("wc-changelog")
+            .join(format!("{p}.snapshot"));
+        assert!(path.exists(), "{path:?}");
+        std::fs::write(&path, b"not a snapshot").expect("damage");
+    }
+    produce_lines(&broker, 250, 50, &mut expected);
+    let mut w = WorkerProc::spawn_with_env(&file, &[], &env);
+    let restored = restore_log(&w);
+    assert_eq!(restored["from_snapshots"], 0, "{restored}");
+    assert!(w.count_logs("ignoring an unreadable local state snapshot") >= 1);
+    drain(&mut w);
+    assert_eq!(latest(&broker), expected);
+}

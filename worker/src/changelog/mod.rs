@@ -16,8 +16,10 @@
 
 pub mod codec;
 mod read;
+pub mod snapshot;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tracing::{info, warn};
@@ -43,6 +45,48 @@ pub struct Marker {
     pub batch: i64,
     /// Step id -> state type, of the pipeline that wrote it.
     pub types: Vec<(String, String)>,
+}
+
+impl Marker {
+    pub(crate) fn to_val(&self) -> Val {
+        Val::Map(Arc::new(vec![
+            (Arc::from("from"), Val::Int(self.from)),
+            (Arc::from("until"), Val::Int(self.until)),
+            (Arc::from("batch"), Val::Int(self.batch)),
+            (
+                Arc::from("types"),
+                Val::Map(Arc::new(
+                    self.types
+                        .iter()
+                        .map(|(s, t)| (Arc::from(s.as_str()), Val::str(t)))
+                        .collect(),
+                )),
+            ),
+        ]))
+    }
+
+    pub(crate) fn from_val(v: &Val) -> std::result::Result<Marker, String> {
+        let int = |name: &str| match v.field(name) {
+            Some(Val::Int(i)) => Ok(*i),
+            _ => Err(format!("a marker has no {name}")),
+        };
+        let types = match v.field("types") {
+            Some(Val::Map(m)) => m
+                .iter()
+                .map(|(step, ty)| match ty {
+                    Val::Str(t) => Ok((step.to_string(), t.to_string())),
+                    _ => Err("a marker's state type is not a string".to_string()),
+                })
+                .collect::<std::result::Result<Vec<_>, String>>()?,
+            _ => return Err("a marker has no state types".into()),
+        };
+        Ok(Marker {
+            from: int("from")?,
+            until: int("until")?,
+            batch: int("batch")?,
+            types,
+        })
+    }
 }
 
 /// Where an owned partition starts, given its committed offset and its state's last marker.
@@ -76,6 +120,10 @@ pub struct Restored {
     pub moves: Vec<(usize, i64)>,
     /// Changes applied, for the log and the tests.
     pub changes: usize,
+    /// Changelog records read (after the snapshots, where there were any).
+    pub replayed: usize,
+    /// Changelog partitions whose replay started from a local snapshot.
+    pub from_snapshots: usize,
 }
 
 /// How a job's state changes become changelog records: the topic and the state types that
@@ -140,7 +188,23 @@ impl LogFormat {
 pub struct Changelog {
     format: Arc<LogFormat>,
     writer: KafkaWriter,
+    /// Each stateful step's id and state type, for the markers a snapshot keeps.
+    types: Vec<(String, String)>,
+    /// The last marker of each owned partition, parallel to the owned partitions.
+    markers: Vec<Option<Marker>>,
+    snapshots: Option<Snapshots>,
 }
+
+/// Where and how often local snapshots are written.
+struct Snapshots {
+    dir: PathBuf,
+    interval_ms: i64,
+    last_ms: i64,
+}
+
+/// The directory for local snapshots, on the worker's volume; without it no snapshot is
+/// written or read.
+pub const STATE_DIR_ENV: &str = "WEIR_STATE_DIR";
 
 impl Changelog {
     /// The job's changelog, created if missing (compacted, one partition per input partition
@@ -168,15 +232,37 @@ impl Changelog {
             id,
             "changelog",
         )?;
+        let type_list = types
+            .iter()
+            .map(|(s, t)| (s.to_string(), t.clone()))
+            .collect();
         let types = Val::Map(Arc::new(
             types
                 .into_iter()
                 .map(|(step, ty)| (step, Val::str(&ty)))
                 .collect(),
         ));
+        let snapshots = match (
+            spec.checkpoint.as_ref().and_then(|c| c.snapshot_interval),
+            std::env::var_os(STATE_DIR_ENV),
+        ) {
+            (Some(every), Some(dir)) => Some(Snapshots {
+                dir: PathBuf::from(dir),
+                interval_ms: every.as_millis() as i64,
+                last_ms: 0,
+            }),
+            (Some(_), None) => {
+                warn!("checkpoint.snapshotInterval is set but {STATE_DIR_ENV} is not: no local snapshots; state is rebuilt from the whole changelog");
+                None
+            }
+            _ => None,
+        };
         Ok(Some(Changelog {
             format: Arc::new(LogFormat { topic, types }),
             writer,
+            types: type_list,
+            markers: Vec::new(),
+            snapshots,
         }))
     }
 
@@ -202,12 +288,35 @@ impl Changelog {
         positions: &[i64],
         reset: &[String],
     ) -> Result<Restored> {
-        let logs = read::partition_logs(spec, id, group, &self.format.topic, owned)?;
+        let mut seeds = HashMap::new();
+        if let Some(snaps) = &self.snapshots {
+            for tp in owned {
+                if seeds.contains_key(&tp.partition) {
+                    continue;
+                }
+                let path = snapshot::path(&snaps.dir, &self.format.topic, tp.partition);
+                match snapshot::load(&path) {
+                    Ok(Some(snap)) => {
+                        seeds.insert(tp.partition, snap);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(path = %path.display(), error = %e, "ignoring an unreadable local state snapshot; reading the whole changelog");
+                    }
+                }
+            }
+        }
+        let from_snapshots = seeds.len();
+        let (logs, replayed) =
+            read::partition_logs(spec, id, group, &self.format.topic, owned, seeds)?;
+        self.markers = logs.iter().map(|l| l.marker.clone()).collect();
         let types = pipeline.state_types();
         let mut restored = Restored {
             states: Vec::with_capacity(owned.len()),
             moves: Vec::new(),
             changes: 0,
+            replayed,
+            from_snapshots,
         };
         for (i, (tp, log)) in owned.iter().zip(logs).enumerate() {
             if let Some(m) = &log.marker {
@@ -261,6 +370,63 @@ impl Changelog {
                 .send_partition(&mut self.writer, tp, part, batch.batch_time_ms)?;
         }
         self.writer.flush()
+    }
+}
+
+impl Changelog {
+    /// After a batch's offsets are committed: remembers each partition's marker and, when one
+    /// is due, writes the local snapshots. A snapshot that cannot be written is logged and
+    /// skipped: it is only a cache.
+    pub fn batch_done(
+        &mut self,
+        owned: &[TopicPartition],
+        batch: &BatchOutput<'_>,
+        states: &[PartitionState],
+    ) {
+        self.markers.resize(owned.len(), None);
+        for (m, part) in self.markers.iter_mut().zip(&batch.partitions) {
+            if !part.changes.is_empty() || part.range.until != part.range.from {
+                *m = Some(Marker {
+                    from: part.range.from,
+                    until: part.range.until,
+                    batch: batch.batch_time_ms,
+                    types: self.types.clone(),
+                });
+            }
+        }
+        let Some(snaps) = &mut self.snapshots else {
+            return;
+        };
+        if batch.batch_time_ms - snaps.last_ms < snaps.interval_ms {
+            return;
+        }
+        snaps.last_ms = batch.batch_time_ms;
+        let mut partitions: Vec<i32> = owned.iter().map(|tp| tp.partition).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        for p in partitions {
+            let offset = match self.writer.high_watermark(&self.format.topic, p) {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(partition = p, error = %e, "skipping a local state snapshot");
+                    continue;
+                }
+            };
+            let inputs = owned
+                .iter()
+                .enumerate()
+                .filter(|(_, tp)| tp.partition == p)
+                .map(|(i, tp)| snapshot::InputState {
+                    topic: tp.topic.clone(),
+                    marker: self.markers[i].clone(),
+                    changes: states[i].dump(),
+                })
+                .collect();
+            let path = snapshot::path(&snaps.dir, &self.format.topic, p);
+            if let Err(e) = snapshot::write(&path, &snapshot::Snapshot { offset, inputs }) {
+                warn!(path = %path.display(), error = %e, "could not write a local state snapshot");
+            }
+        }
     }
 }
 

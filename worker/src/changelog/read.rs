@@ -8,6 +8,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::snapshot::Snapshot;
 use super::{codec, Marker};
 use crate::client::{self, Identity, SourceContext};
 use crate::error::{Error, Result};
@@ -37,14 +38,17 @@ struct Building {
     pending: Vec<StateChange>,
 }
 
-/// The changelog of each owned partition, parallel to `owned`.
+/// The changelog of each owned partition, parallel to `owned`, and how many changelog
+/// records were read. A snapshot of a changelog partition (see [`super::snapshot`]) seeds its
+/// inputs' logs and the reading starts at its offset, when that offset is inside the log.
 pub(super) fn partition_logs(
     spec: &JobSpec,
     id: &Identity,
     group: &str,
     topic: &str,
     owned: &[TopicPartition],
-) -> Result<Vec<PartitionLog>> {
+    mut snapshots: HashMap<i32, Snapshot>,
+) -> Result<(Vec<PartitionLog>, usize)> {
     let consumer: BaseConsumer<SourceContext> = client::consumer(&spec.source.kafka, id, group)
         .set("client.id", id.client_id("restore"))
         .create_with_context(SourceContext)
@@ -62,19 +66,34 @@ pub(super) fn partition_logs(
     // writes to this worker's partitions of the changelog.
     let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
+    let mut built: Vec<Building> = owned.iter().map(|_| Building::default()).collect();
     for &p in &partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
             .map_err(Error::kafka("changelog watermarks"))?;
-        if high > low {
+        let mut start = low;
+        if let Some(snap) = snapshots.remove(&p) {
+            if (low..=high).contains(&snap.offset) {
+                start = snap.offset;
+                for input in snap.inputs {
+                    if let Some(&i) = index.get(&(&*input.topic, p)) {
+                        built[i].log.changes = input.changes;
+                        built[i].log.marker = input.marker;
+                    }
+                }
+            } else {
+                tracing::warn!(topic, partition = p, snapshot = snap.offset, low, high, "ignoring a local state snapshot outside the changelog (was the topic recreated?); reading the whole changelog");
+            }
+        }
+        if high > start {
             ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))
                 .map_err(Error::kafka("building a partition list"))?;
         }
     }
-    let mut built: Vec<Building> = owned.iter().map(|_| Building::default()).collect();
+    let mut read = 0usize;
     if ends.is_empty() {
-        return Ok(built.into_iter().map(|b| b.log).collect());
+        return Ok((built.into_iter().map(|b| b.log).collect(), read));
     }
     consumer
         .assign(&tpl)
@@ -97,6 +116,7 @@ pub(super) fn partition_logs(
             Some(Ok(m)) => m,
         };
         last = Instant::now();
+        read += 1;
         let (p, offset) = (m.partition(), m.offset());
         if ends.get(&p).is_some_and(|&end| offset + 1 >= end) {
             ends.remove(&p);
@@ -141,13 +161,14 @@ pub(super) fn partition_logs(
             _ => return Err(unreadable(&at(), "a key has an unknown shape")),
         }
     }
-    Ok(built
+    let logs = built
         .into_iter()
         .map(|mut b| {
             b.log.dropped_tail = b.pending.len();
             b.log
         })
-        .collect())
+        .collect();
+    Ok((logs, read))
 }
 
 fn unreadable(at: &str, what: &str) -> Error {
@@ -157,25 +178,5 @@ fn unreadable(at: &str, what: &str) -> Error {
 }
 
 fn decode_marker(bytes: &[u8]) -> std::result::Result<Marker, String> {
-    let v = codec::decode(bytes).map_err(|e| e.to_string())?;
-    let int = |name: &str| match v.field(name) {
-        Some(Val::Int(i)) => Ok(*i),
-        _ => Err(format!("a marker has no {name}")),
-    };
-    let types = match v.field("types") {
-        Some(Val::Map(m)) => m
-            .iter()
-            .map(|(step, ty)| match ty {
-                Val::Str(t) => Ok((step.to_string(), t.to_string())),
-                _ => Err("a marker's state type is not a string".to_string()),
-            })
-            .collect::<std::result::Result<Vec<_>, String>>()?,
-        _ => return Err("a marker has no state types".into()),
-    };
-    Ok(Marker {
-        from: int("from")?,
-        until: int("until")?,
-        batch: int("batch")?,
-        types,
-    })
+    Marker::from_val(&codec::decode(bytes).map_err(|e| e.to_string())?)
 }

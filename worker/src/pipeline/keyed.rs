@@ -103,6 +103,17 @@ impl KeyedState {
         self.entries.is_empty()
     }
 
+    /// Every key's state, as the changes that would rebuild it (a snapshot).
+    pub(crate) fn dump(&self, step: &Arc<str>, out: &mut Vec<StateChange>) {
+        for (key, e) in &self.entries {
+            out.push(StateChange {
+                step: step.clone(),
+                key: key.clone(),
+                value: Some(e.to_val()),
+            });
+        }
+    }
+
     /// Puts back one key's state read from the changelog.
     pub(crate) fn restore_entry(&mut self, key: &Val, entry: Option<Entry>) {
         match entry {

@@ -70,6 +70,20 @@ impl PartitionState {
         std::mem::take(&mut self.changes)
     }
 
+    /// The whole state as changes that rebuild it through [`super::Pipeline::restore`]: what
+    /// a local snapshot holds.
+    pub fn dump(&self) -> Vec<StateChange> {
+        let mut out = Vec::new();
+        for (id, s) in &self.steps {
+            match s {
+                StepState::Window(w) => w.dump(id, &mut out),
+                StepState::Keyed(k) => k.dump(id, &mut out),
+                StepState::None => {}
+            }
+        }
+        out
+    }
+
     /// The state of the step with this id.
     pub fn step(&self, id: &str) -> Option<&StepState> {
         self.steps.iter().find(|(s, _)| &**s == id).map(|(_, s)| s)

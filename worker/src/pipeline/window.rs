@@ -197,6 +197,23 @@ impl WindowState {
         self.fold(op, b)
     }
 
+    /// Every part the window holds, as the changes that would rebuild it (a snapshot).
+    pub(crate) fn dump(&self, step: &Arc<str>, out: &mut Vec<StateChange>) {
+        for (slot, bucket) in self.ring.iter().enumerate() {
+            let Some(b) = bucket.batch else { continue };
+            for (key, part) in &bucket.keys {
+                out.push(StateChange {
+                    step: step.clone(),
+                    key: slot_key(slot, key),
+                    value: Some(Val::Map(Arc::new(vec![
+                        (Arc::from("batch"), Val::Int(b)),
+                        (Arc::from("acc"), part.to_val()),
+                    ]))),
+                });
+            }
+        }
+    }
+
     /// Puts back one part read from the changelog. A part of a newer batch replaces what the
     /// slot held, as the batch that wrote it did.
     pub(crate) fn restore_part(

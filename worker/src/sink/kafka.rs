@@ -138,6 +138,18 @@ impl KafkaWriter {
         )
     }
 
+    /// The end offset of a partition, as the brokers say now.
+    ///
+    /// # Errors
+    /// When the brokers do not answer.
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> Result<i64> {
+        self.producer
+            .client()
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map(|(_, high)| high)
+            .map_err(Error::kafka("watermarks"))
+    }
+
     /// Waits until everything sent so far is acknowledged.
     ///
     /// # Errors

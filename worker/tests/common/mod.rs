@@ -358,11 +358,16 @@ pub struct WorkerProc {
 
 impl WorkerProc {
     pub fn spawn(job: &Path, args: &[&str]) -> WorkerProc {
+        Self::spawn_with_env(job, args, &[])
+    }
+
+    pub fn spawn_with_env(job: &Path, args: &[&str], env: &[(&str, &Path)]) -> WorkerProc {
         let mut child = Command::new(WORKER)
             .arg("run")
             .arg(job)
             .args(["--http-addr", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .env("WEIR_LOG_FORMAT", "json")
             .env("WEIR_LOG", "info")
             .stdout(Stdio::null())
