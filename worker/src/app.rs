@@ -52,7 +52,7 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
     }
     // The mock cluster lives as long as this function; it is not Send, so it stays here.
     let embedded = if cfg.embedded {
-        Some(Embedded::start(&mut job.spec)?)
+        Some(Embedded::start(&mut job)?)
     } else {
         None
     };

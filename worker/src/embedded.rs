@@ -14,7 +14,7 @@ use rdkafka::ClientConfig;
 use tracing::info;
 
 use crate::error::{Error, Result};
-use crate::spec::{Format, JobSpec};
+use crate::spec::{Format, JobFile};
 
 /// Partitions of each topic the embedded cluster creates.
 pub const PARTITIONS: i32 = 4;
@@ -52,7 +52,7 @@ impl Embedded {
     ///
     /// # Errors
     /// When the mock cluster cannot start.
-    pub fn start(spec: &mut JobSpec) -> Result<Embedded> {
+    pub fn start(job: &mut JobFile) -> Result<Embedded> {
         let cluster =
             MockCluster::new(1).map_err(Error::kafka("starting the embedded mock cluster"))?;
         let bootstrap = cluster.bootstrap_servers();
@@ -61,16 +61,32 @@ impl Embedded {
                 .create_topic(t, n, 1)
                 .map_err(Error::kafka("creating a topic"))
         };
-        for t in &spec.source.kafka.topics {
+        for t in &job.spec.source.kafka.topics {
             create(t, PARTITIONS)?;
         }
-        if let Some(k) = &mut spec.sink.kafka {
+        if let Some(k) = &mut job.spec.sink.kafka {
             create(&k.topic, PARTITIONS)?;
             k.bootstrap_servers = None;
         }
-        if let Some(d) = &spec.dead_letter {
+        if let Some(d) = &job.spec.dead_letter {
             create(&d.topic, 1)?;
         }
+        // The topics workers create for themselves: this cluster cannot create topics through
+        // the admin API.
+        for stage in crate::stages::split(job) {
+            let s = &stage.job.spec;
+            if s.pipeline
+                .iter()
+                .any(|step| step.state.is_some() || step.window.is_some())
+            {
+                let group = s.group_id(&job.namespace, &job.name);
+                create(&crate::changelog::topic_name(&group), PARTITIONS)?;
+            }
+            if let Some(t) = &stage.writes {
+                create(t, PARTITIONS)?;
+            }
+        }
+        let spec = &mut job.spec;
         spec.source.kafka.bootstrap_servers = bootstrap.clone();
         info!(bootstrap = %bootstrap, topics = ?spec.source.kafka.topics, "embedded mock cluster started");
 

@@ -53,6 +53,8 @@ pub struct Engine {
     progress: Arc<Progress>,
     planner: Planner,
     estimator: Option<RateEstimator>,
+    /// The repartition step whose topic this engine reads ("input" for the job's input).
+    stage: Arc<str>,
 }
 
 fn now_ms() -> i64 {
@@ -165,7 +167,13 @@ impl Engine {
             progress,
             planner,
             estimator,
+            stage: Arc::from("input"),
         })
+    }
+
+    /// Names the stage in the engine's logs: the repartition step it reads after.
+    pub fn set_stage(&mut self, stage: &str) {
+        self.stage = Arc::from(stage);
     }
 
     /// The largest partition count of the input topics: what topics the job derives from
@@ -195,7 +203,7 @@ impl Engine {
                 continue;
             }
             let pending = ((now - next) / interval) as u64;
-            let span = info_span!("batch", job = %self.job.name, worker = self.progress.identity().ordinal, batch = seq);
+            let span = info_span!("batch", job = %self.job.name, stage = %self.stage, worker = self.progress.identity().ordinal, batch = seq);
             let _enter = span.enter();
             let Some(info) = self.batch_with_retries(seq, next, pending, cancel)? else {
                 info!("stopping with the failed batch uncommitted; it runs again on restart");

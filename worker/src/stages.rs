@@ -30,6 +30,8 @@ pub fn repartition_topic(job: &str, step: &StepSpec) -> String {
 
 /// A stage: the job it runs, and the repartition topic it writes for the next stage.
 pub struct Stage {
+    /// The repartition step the stage reads after; "input" for the first.
+    pub name: String,
     pub job: JobFile,
     pub writes: Option<String>,
 }
@@ -80,12 +82,14 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
             ..SinkSpec::default()
         };
         stages.push(Stage {
+            name: reads.map_or_else(|| "input".to_string(), |r| r.id.clone()),
             job: stage_job(reads, std::mem::take(&mut steps), sink),
             writes: Some(topic),
         });
         reads = Some(step);
     }
     stages.push(Stage {
+        name: reads.map_or_else(|| "input".to_string(), |r| r.id.clone()),
         job: stage_job(reads, steps, spec.sink.clone()),
         writes: None,
     });
@@ -120,7 +124,8 @@ pub fn connect(
                 spec.batch_interval.as_std(),
             ))
         };
-        let engine = Engine::connect(stage.job, id, sink, progress, cancel)?;
+        let mut engine = Engine::connect(stage.job, id, sink, progress, cancel)?;
+        engine.set_stage(&stage.name);
         if let Some(topic) = &stage.writes {
             let partitions = engine.input_partitions();
             crate::topics::ensure(&spec, topic, partitions, false)?;
