@@ -424,3 +424,128 @@ fn a_local_snapshot_shortens_the_replay_and_a_damaged_one_is_ignored() {
     drain(&mut w);
     assert_eq!(latest(&broker), expected);
 }
+
+#[test]
+fn a_sliding_window_through_the_engine_equals_a_brute_force_recomputation_of_every_window() {
+    // reduceByKeyAndWindow with the issue's proportions (30 s / 10 s over 5 s batches), scaled
+    // to 600 ms / 200 ms over 100 ms batches, on records arriving while the job runs.
+    const INTERVAL: i64 = 100;
+    const LENGTH: i64 = 6;
+    const SLIDE: i64 = 2;
+    let broker = Broker::in_process();
+    broker.create_topic("in", PARTITIONS);
+    broker.create_topic("wc-changelog", PARTITIONS);
+    let out = tempfile::tempdir().expect("out dir");
+    let yaml = format!(
+        r#"
+batchInterval: 100ms
+source:
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: wc, backpressure: {{enabled: false}}}}
+pipeline:
+  - {{id: by-k, keyBy: value.k}}
+  - {{id: sums, aggregate: {{sum: value.v}}, window: {{length: 600ms, slide: 200ms}}}}
+sink: {{file: {{path: "{}"}}}}
+"#,
+        out.path().display()
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let client = broker.client();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let p: rdkafka::producer::BaseProducer = client.create().expect("producer");
+            let mut x: u64 = 42;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..20 {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let payload =
+                        format!(r#"{{"k":"k{}","v":{}}}"#, (x >> 33) % 6, (x >> 40) % 100);
+                    let part = ((x >> 20) % PARTITIONS as u64) as i32;
+                    let _ = p.send(
+                        rdkafka::producer::BaseRecord::<[u8], str>::to("in")
+                            .payload(&payload)
+                            .partition(part),
+                    );
+                }
+                rdkafka::producer::Producer::flush(&p, Duration::from_secs(5)).expect("flush");
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        })
+    };
+    let snap = run(&broker, &yaml, 20);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.join().expect("producer");
+
+    // Each input record by partition and offset.
+    let mut records: HashMap<(i32, i64), (String, i64)> = HashMap::new();
+    for r in read_all(&broker, "in") {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("json");
+        records.insert(
+            (r.partition, r.offset),
+            (
+                v["k"].as_str().expect("k").to_string(),
+                v["v"].as_i64().expect("v"),
+            ),
+        );
+    }
+    // Brute force: for every batch that ends a window, the window's sum per key, from the
+    // offset ranges the engine reports for each batch.
+    let mut expected = std::collections::BTreeMap::new();
+    for b in &snap.batches {
+        let end = b.batch_time_ms / INTERVAL;
+        if end % SLIDE != 0 {
+            continue;
+        }
+        for p in 0..PARTITIONS {
+            let mut sums: HashMap<String, i64> = HashMap::new();
+            for w in &snap.batches {
+                let idx = w.batch_time_ms / INTERVAL;
+                if idx <= end - LENGTH || idx > end {
+                    continue;
+                }
+                for r in w.ranges.iter().filter(|r| r.partition == p) {
+                    for o in r.from..r.until {
+                        let (k, v) = &records[&(p, o)];
+                        *sums.entry(k.clone()).or_default() += v;
+                    }
+                }
+            }
+            for (k, v) in sums {
+                expected.insert((p, b.batch_time_ms, k), v);
+            }
+        }
+    }
+    let mut got = std::collections::BTreeMap::new();
+    for f in std::fs::read_dir(out.path()).expect("out dir") {
+        let path = f.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string();
+        let p: i32 = name
+            .split('-')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("partition");
+        for line in std::fs::read_to_string(&path).expect("file").lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            got.insert(
+                (
+                    p,
+                    v["batchTime"].as_i64().expect("batch time"),
+                    v["key"].as_str().expect("key").to_string(),
+                ),
+                v["value"].as_i64().expect("sum"),
+            );
+        }
+    }
+    assert!(
+        expected.len() > 20,
+        "the run emitted windows: {}",
+        expected.len()
+    );
+    assert_eq!(got, expected);
+}

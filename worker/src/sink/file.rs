@@ -28,9 +28,22 @@ impl FileSink {
         })
     }
 
-    /// The file one partition's batch goes to.
-    pub fn file_name(topic: &str, partition: i32, from: i64) -> String {
-        format!("{topic}-{partition}-{from:020}.jsonl")
+    /// The file one partition's batch goes to. A batch with records is named by its first
+    /// offset; a batch that read nothing but still has output (a window sliding, a state
+    /// timing out) is named by its batch time too, or every idle batch would overwrite the
+    /// last one's file.
+    pub fn file_name(
+        topic: &str,
+        partition: i32,
+        from: i64,
+        until: i64,
+        batch_time: i64,
+    ) -> String {
+        if until > from {
+            format!("{topic}-{partition}-{from:020}.jsonl")
+        } else {
+            format!("{topic}-{partition}-{from:020}-t{batch_time}.jsonl")
+        }
     }
 }
 
@@ -47,7 +60,13 @@ impl Sink for FileSink {
                     .map_err(|e| Error::Sink(e.to_string()))?;
                 self.buf.push(b'\n');
             }
-            let name = Self::file_name(&p.range.topic, p.range.partition, p.range.from);
+            let name = Self::file_name(
+                &p.range.topic,
+                p.range.partition,
+                p.range.from,
+                p.range.until,
+                batch.batch_time_ms,
+            );
             let path = self.dir.join(&name);
             let tmp = self.dir.join(format!(".{name}.tmp"));
             let io = |e: std::io::Error| Error::Sink(format!("writing {}: {e}", path.display()));
@@ -121,9 +140,47 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(files, [FileSink::file_name("in", 2, 40)]);
+        assert_eq!(files, ["in-2-00000000000000000040.jsonl"]);
         let text = std::fs::read_to_string(dir.path().join(&files[0])).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(text.contains(r#""value":41"#));
+    }
+
+    #[test]
+    fn output_of_batches_that_read_nothing_is_kept_per_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::new(dir.path().to_path_buf()).unwrap();
+        // A window slides on while the partition is idle: every batch has output at offset 40.
+        let idle = OffsetRange {
+            topic: Arc::from("in"),
+            partition: 0,
+            from: 40,
+            until: 40,
+        };
+        for t in [1_000, 2_000] {
+            sink.write(&BatchOutput {
+                batch_time_ms: t,
+                changelog: None,
+                dead: &[],
+                partitions: vec![PartitionOutput {
+                    range: &idle,
+                    outputs: &[out(t)],
+                    changes: &[],
+                }],
+            })
+            .unwrap();
+        }
+        let mut files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "in-0-00000000000000000040-t1000.jsonl",
+                "in-0-00000000000000000040-t2000.jsonl"
+            ]
+        );
     }
 }
