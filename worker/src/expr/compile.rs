@@ -412,14 +412,18 @@ pub(crate) fn arith(o: u8, a: &Val, b: &Val) -> Result<Val, EvalError> {
         (Val::Int(x), Val::Int(y)) => checked!(o, *x, *y)?.map(Val::Int).ok_or_else(overflow),
         (Val::UInt(x), Val::UInt(y)) => checked!(o, *x, *y)?.map(Val::UInt).ok_or_else(overflow),
         (Val::Str(x), Val::Str(y)) if o == b'+' => {
+            too_big(x.len().saturating_add(y.len()), "string")?;
             let mut s = String::with_capacity(x.len() + y.len());
             s.push_str(x);
             s.push_str(y);
             Ok(Val::Str(Arc::from(s)))
         }
-        (Val::List(x), Val::List(y)) if o == b'+' => Ok(Val::List(Arc::new(
-            x.iter().chain(y.iter()).cloned().collect(),
-        ))),
+        (Val::List(x), Val::List(y)) if o == b'+' => {
+            too_big(x.len().saturating_add(y.len()), "list")?;
+            Ok(Val::List(Arc::new(
+                x.iter().chain(y.iter()).cloned().collect(),
+            )))
+        }
         (x, y) => match (num(x), num(y)) {
             (Some(p), Some(q)) if o != b'%' => {
                 let (p, q) = (p.as_f64(), q.as_f64());
@@ -438,6 +442,19 @@ pub(crate) fn arith(o: u8, a: &Val, b: &Val) -> Result<Val, EvalError> {
             )),
         },
     }
+}
+
+/// Refuses to build a value bigger than a record: a chain of `+` over a large field would
+/// otherwise multiply it.
+fn too_big(len: usize, what: &str) -> Result<(), EvalError> {
+    if len > super::MAX_VALUE_BYTES {
+        return err(format!(
+            "the {what} would have {len} bytes or elements, more than the limit of {}; \
+             build smaller values",
+            super::MAX_VALUE_BYTES
+        ));
+    }
+    Ok(())
 }
 
 fn size(v: &Val) -> Result<Val, EvalError> {

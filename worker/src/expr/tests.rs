@@ -174,3 +174,40 @@ fn value_reads_are_found_so_decoding_can_skip_the_rest() {
         .uses(Var::Key));
     assert!(!Program::compile("value.x", REC).unwrap().uses(Var::Key));
 }
+
+#[test]
+fn a_loop_over_record_data_inside_another_is_refused_at_load() {
+    // Each is one pass over the record, or a pass over parts of the outer element.
+    for ok in [
+        "value.items.exists(i, i.price > 10)",
+        "value.items.all(i, i.tags.exists(t, t == 'x'))",
+        "value.items.map(i, i['tags'].filter(t, t != '')).size() > 0",
+        "[1, 2, 3].exists(n, value.items.exists(i, i == n))",
+    ] {
+        assert!(Program::compile(ok, REC).is_ok(), "{ok}");
+    }
+    // Quadratic in the record: a 4 MiB list would take 10^12 iterations.
+    let e = Program::compile("value.a.exists(x, value.a.exists(y, x == y))", REC).unwrap_err();
+    assert!(e.reason.contains("more than the limit"), "{e}");
+    assert!(e.reason.contains("loop over the outer element"), "{e}");
+    let e = Program::compile(
+        "value.s.split('').map(c, value.s.split('').filter(d, d == c))",
+        REC,
+    )
+    .unwrap_err();
+    assert!(e.reason.contains("times per record"), "{e}");
+}
+
+#[test]
+fn concatenation_cannot_grow_a_value_past_the_record_limit() {
+    let half = "x".repeat(MAX_VALUE_BYTES / 2 + 1);
+    let json = format!(r#"{{"s":"{half}","l":[1]}}"#);
+    let e = eval("value.s + value.s", &json).unwrap_err();
+    assert!(e.0.contains("more than the limit"), "{e}");
+    // Below the limit it is ordinary concatenation.
+    assert_eq!(
+        eval("size(value.s + 'y')", &json).unwrap(),
+        Val::Int(half.len() as i64 + 1)
+    );
+    assert_eq!(eval("size(value.l + value.l)", &json).unwrap(), Val::Int(2));
+}
