@@ -83,6 +83,11 @@ pub struct KafkaSource {
     /// Extra librdkafka client settings (never credentials: those come from the secret).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// The credentials themselves, read at startup from the mounted Secret (or a local
+    /// directory or env file): never written in, or serialized with, a spec.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub credentials: crate::credentials::Credentials,
 }
 
 /// Where a partition without a committed offset starts.
