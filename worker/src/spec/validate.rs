@@ -33,8 +33,9 @@ impl fmt::Display for ValidationErrors {
     }
 }
 
-/// librdkafka settings that hold secrets: they belong in the credentials secret.
-const SECRET_PROPERTIES: &[&str] = &[
+/// librdkafka settings that hold secrets: they belong in the credentials secret. The CRD's
+/// rule on `properties` lists the same keys (a test keeps them in step).
+pub const SECRET_PROPERTIES: &[&str] = &[
     "sasl.password",
     "sasl.username",
     "ssl.key.password",
