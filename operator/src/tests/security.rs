@@ -411,3 +411,50 @@ async fn the_controller_uses_every_declared_verb_and_nothing_else() {
         "{used_implied:?} are used: move them from IMPLIED to the tests' evidence"
     );
 }
+
+#[test]
+fn the_workers_network_policy_selects_the_pods_the_operator_builds() {
+    let objs = helm_template(&[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "watchNamespaces={team-a}",
+    ]);
+    let policy = of_kind(&objs, "NetworkPolicy")
+        .into_iter()
+        .find(|p| p["metadata"]["namespace"] == "team-a")
+        .expect("a workers' policy in the watched namespace");
+    let pod = worker_pod(fixtures::spec());
+    let job: StreamingJob =
+        serde_json::from_value(fixtures::job("wc", 1, fixtures::spec())).unwrap();
+    let labels = children(&job, &Defaults::default(), None)
+        .unwrap()
+        .stateful_set
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .labels
+        .unwrap();
+    for (k, v) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(labels.get(k).map(String::as_str), v.as_str(), "{k}");
+    }
+    let port = pod.containers[0].ports.as_ref().unwrap()[0].container_port;
+    assert_eq!(
+        policy["spec"]["ingress"][0]["ports"],
+        json!([{"port": port, "protocol": "TCP"}])
+    );
+    // The operator's own pod labels are the ones the policy lets in.
+    let operator =
+        of_kind(&objs, "Deployment")[0]["spec"]["template"]["metadata"]["labels"].clone();
+    for (k, v) in policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&operator[k], v, "{k}");
+    }
+}
