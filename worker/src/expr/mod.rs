@@ -312,11 +312,17 @@ fn parse_checked(source: &str, vars: &[&str]) -> Result<IdedExpr, ExprError> {
             let (line, col) = first.map_or((1, 1), |p| {
                 (p.pos.0.max(1) as usize, p.pos.1.max(0) as usize + 1)
             });
-            err(
-                line,
-                col,
-                first.map_or_else(|| "syntax error".into(), |p| p.msg.clone()),
-            )
+            let msg = first.map_or_else(|| "syntax error".into(), |p| p.msg.clone());
+            // The parser reports its depth limit as a debug dump of its error type.
+            let msg = if msg.contains("Recursion limit") {
+                format!(
+                    "nested deeper than {MAX_DEPTH} levels (brackets, operators, calls); \
+                     simplify it or split it into steps"
+                )
+            } else {
+                msg
+            };
+            err(line, col, msg)
         })?;
     let position = |id: u64| -> (usize, usize) {
         let Some((start, _)) = info.offset_for(id) else {

@@ -144,7 +144,13 @@ fn load_errors_give_position_and_reason() {
     // Comprehension variables are bound, not unknown.
     assert!(Program::compile("value.xs.all(x, x > 0)", REC).is_ok());
     let deep = "(".repeat(200) + "1" + &")".repeat(200);
-    assert!(Program::compile(&deep, REC).is_err());
+    let e = Program::compile(&deep, REC).unwrap_err();
+    assert!(e.reason.contains("nested deeper than 64 levels"), "{e}");
+    let deep_list = "[".repeat(100) + &"]".repeat(100);
+    assert!(Program::compile(&deep_list, REC)
+        .unwrap_err()
+        .reason
+        .contains("nested deeper"));
     assert!(Program::compile(&"1+".repeat(3000), REC)
         .unwrap_err()
         .reason
