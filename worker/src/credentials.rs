@@ -16,7 +16,8 @@ pub const MAX_FILE_BYTES: u64 = 256 << 10;
 
 /// Secret keys (file names in a directory, names in an env file) and the librdkafka setting
 /// each becomes. `ca.crt`, `tls.crt` and `tls.key` are the keys of a `kubernetes.io/tls`
-/// Secret and of cert-manager's, so those Secrets work as they are.
+/// Secret and of cert-manager's, so those Secrets work as they are. An env file cannot hold a
+/// multi-line PEM: it names the files with the `*.location` keys.
 pub const KEYS: &[(&str, &str)] = &[
     ("security.protocol", "security.protocol"),
     ("sasl.mechanism", "sasl.mechanism"),
@@ -29,6 +30,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("ssl.key.pem", "ssl.key.pem"),
     ("tls.key", "ssl.key.pem"),
     ("ssl.key.password", "ssl.key.password"),
+    ("ssl.ca.location", "ssl.ca.location"),
+    ("ssl.certificate.location", "ssl.certificate.location"),
+    ("ssl.key.location", "ssl.key.location"),
 ];
 
 const PROTOCOLS: &[&str] = &["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];

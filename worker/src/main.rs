@@ -77,7 +77,7 @@ struct RunArgs {
     /// Kafka SASL/TLS settings: a directory with one file per key (a mounted Secret) or an
     /// env file of KEY=VALUE lines. Keys: security.protocol, sasl.mechanism, sasl.username,
     /// sasl.password, ssl.ca.pem (ca.crt), ssl.certificate.pem (tls.crt), ssl.key.pem
-    /// (tls.key), ssl.key.password.
+    /// (tls.key), ssl.key.password, ssl.{ca,certificate,key}.location.
     #[arg(long, env = "WEIR_KAFKA_CREDENTIALS")]
     kafka_credentials: Option<PathBuf>,
 }

@@ -60,8 +60,8 @@ fn an_env_file_works_the_same_outside_kubernetes() {
     std::fs::write(
         &path,
         format!(
-            "# laptop settings\nsecurity.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\n\
-             sasl.username = weir\nsasl.password={PASSWORD}\n"
+            "# laptop settings\nsecurity.protocol=SASL_SSL\nsasl.mechanism=PLAIN\n\
+             sasl.username = weir\nsasl.password={PASSWORD}\nssl.ca.location=/etc/kafka/ca.pem\n"
         ),
     )
     .unwrap();
@@ -69,6 +69,7 @@ fn an_env_file_works_the_same_outside_kubernetes() {
     assert_eq!(s["sasl.mechanism"], "PLAIN");
     assert_eq!(s["sasl.username"], "weir");
     assert_eq!(s["sasl.password"], PASSWORD);
+    assert_eq!(s["ssl.ca.location"], "/etc/kafka/ca.pem");
 }
 
 #[test]
