@@ -65,7 +65,7 @@ impl fmt::Debug for Credentials {
     /// The setting names only: which credentials are set is useful, their values are not.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.settings.iter().map(|(k, _)| (k, "<redacted>")))
+            .entries(self.settings.keys().map(|k| (k, "<redacted>")))
             .finish()
     }
 }
