@@ -97,6 +97,16 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
+/// Granted only with the chart's `rbac.readCredentialsSecrets` (and the operator's
+/// `--read-credentials-secrets`): reading every Secret a job names is a wide grant, worth it
+/// only where the operator must observe a Kafka that needs credentials.
+pub const READ_CREDENTIALS: Rule = Rule {
+    group: "",
+    resource: "secrets",
+    verbs: &["get"],
+    scope: Scope::Jobs,
+};
+
 pub const IMPLIED: &[Implied] = &[
     Implied {
         group: "weir.dev",
@@ -143,5 +153,6 @@ pub const IMPLIED: &[Implied] = &[
 pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
     RULES
         .iter()
+        .chain([&READ_CREDENTIALS])
         .any(|r| r.group == group && r.resource == resource && r.verbs.contains(&verb))
 }

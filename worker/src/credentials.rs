@@ -145,6 +145,27 @@ impl Credentials {
         Credentials::from_pairs(path, pairs)
     }
 
+    /// Reads credentials from the data of a Secret (as the Kubernetes API returns it);
+    /// `source` names it in errors, e.g. `Secret team-a/kafka-client`.
+    ///
+    /// # Errors
+    /// As [`Credentials::load`].
+    pub fn from_secret_data(
+        source: &str,
+        data: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) -> Result<Credentials, CredentialsError> {
+        let path = Path::new(source);
+        let mut pairs = Vec::new();
+        for (key, bytes) in data {
+            let text = String::from_utf8(bytes).map_err(|_| CredentialsError::NotText {
+                path: path.to_path_buf(),
+                key: key.clone(),
+            })?;
+            pairs.push((key, text));
+        }
+        Credentials::from_pairs(path, pairs)
+    }
+
     fn from_pairs(
         path: &Path,
         pairs: Vec<(String, String)>,

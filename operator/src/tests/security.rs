@@ -22,7 +22,7 @@ use crate::desired::{children, Defaults, CREDENTIALS_DIR, JOB_FILE_KEY};
 use crate::fixtures::{self, DataObserver};
 use crate::leader::{while_leading, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::rbac::{Scope, IMPLIED, RULES};
+use crate::rbac::{Scope, IMPLIED, READ_CREDENTIALS, RULES};
 
 /// Everything a pod breaks of the Pod Security Standards' "restricted" level (Kubernetes
 /// 1.33), plus Weir's own rules: a read-only root filesystem and resources set.
@@ -306,6 +306,27 @@ fn the_chart_grants_exactly_the_declared_rules_cluster_wide_or_per_namespace() {
     assert_eq!(cluster.len(), 1);
     assert_eq!(granted(&cluster[0]["rules"]), declared(Scope::Jobs));
     assert_eq!(leader_role(&objs), declared(Scope::LeaderElection));
+    let args =
+        &of_kind(&objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(!args
+        .as_array()
+        .unwrap()
+        .contains(&json!("--read-credentials-secrets")));
+
+    // Reading Secrets is opt-in, and then exactly `get`.
+    let objs = helm_template(&["--set", "rbac.readCredentialsSecrets=true"]);
+    let mut with_secrets = declared(Scope::Jobs);
+    with_secrets.insert(("".into(), "secrets".into(), "get".into()));
+    assert_eq!(
+        granted(&of_kind(&objs, "ClusterRole")[0]["rules"]),
+        with_secrets
+    );
+    let args =
+        &of_kind(&objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(args
+        .as_array()
+        .unwrap()
+        .contains(&json!("--read-credentials-secrets")));
 
     let objs = helm_template(&["--set", "watchNamespaces={team-a,team-b}"]);
     assert!(of_kind(&objs, "ClusterRole").is_empty());
@@ -335,7 +356,10 @@ fn the_chart_grants_exactly_the_declared_rules_cluster_wide_or_per_namespace() {
 async fn the_controller_uses_every_declared_verb_and_nothing_else() {
     let (client, server) = fixtures::start();
     let jobs = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs";
-    server.insert(jobs, fixtures::job("wc", 1, fixtures::spec()));
+    let mut wc = fixtures::spec();
+    wc["source"]["kafka"]["credentialsSecret"] = json!("kafka-client");
+    server.insert(jobs, fixtures::job("wc", 1, wc));
+    server.insert(SECRETS, kafka_client_secret());
     let mut invalid = fixtures::spec();
     invalid["batchInterval"] = json!("0s");
     server.insert(jobs, fixtures::job("bad", 1, invalid));
@@ -343,6 +367,7 @@ async fn the_controller_uses_every_declared_verb_and_nothing_else() {
     let observer = DataObserver::new(Some(lines(8)));
     let settings = Settings {
         observe_every: Duration::from_millis(100),
+        read_credentials: true,
         ..Settings::default()
     };
     let ctx = Arc::new(
@@ -399,6 +424,13 @@ async fn the_controller_uses_every_declared_verb_and_nothing_else() {
         .collect();
     let mut all = declared(Scope::Jobs);
     all.extend(declared(Scope::LeaderElection));
+    all.extend(READ_CREDENTIALS.verbs.iter().map(|v| {
+        (
+            READ_CREDENTIALS.group.into(),
+            READ_CREDENTIALS.resource.into(),
+            v.to_string(),
+        )
+    }));
     let used = server.used();
     let unused: Vec<_> = all
         .difference(&used)
@@ -457,4 +489,130 @@ fn the_workers_network_policy_selects_the_pods_the_operator_builds() {
     {
         assert_eq!(&operator[k], v, "{k}");
     }
+}
+
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
+const PASSWORD: &str = "operator-pw-31c7";
+
+fn kafka_client_secret() -> Value {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::ByteString;
+    let data = [
+        ("security.protocol", "SASL_SSL"),
+        ("sasl.mechanism", "SCRAM-SHA-256"),
+        ("sasl.username", "weir"),
+        ("sasl.password", PASSWORD),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+    .collect();
+    let mut s = serde_json::to_value(Secret {
+        data: Some(data),
+        ..Secret::default()
+    })
+    .unwrap();
+    s["apiVersion"] = json!("v1");
+    s["kind"] = json!("Secret");
+    s["metadata"] = json!({"name": "kafka-client", "namespace": "default"});
+    s
+}
+
+/// Runs the controller on one job with a credentials Secret until its status is written;
+/// returns the server and what the observer was asked.
+async fn observe_with_secret(
+    read_credentials: bool,
+    secret: Option<Value>,
+) -> (fixtures::ApiServer, Vec<crate::observe::KafkaTarget>) {
+    let mut spec = fixtures::spec();
+    spec["source"]["kafka"]["credentialsSecret"] = json!("kafka-client");
+    let observer = DataObserver::new(Some(fixtures::topic("lines", &[(0, 10, Some(5)); 8])));
+    let settings = Settings {
+        read_credentials,
+        ..Settings::default()
+    };
+    let (client, server) = fixtures::start();
+    server.insert(
+        "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs",
+        fixtures::job("wc", 1, spec),
+    );
+    if let Some(s) = secret {
+        server.insert(SECRETS, s);
+    }
+    let ctx = Arc::new(
+        Context::new(client, settings, Metrics::new().unwrap()).with_observer(observer.clone()),
+    );
+    let token = CancellationToken::new();
+    let run = tokio::spawn(controller::run(ctx, token.clone()));
+    let status = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc/status";
+    server
+        .wait_for(Duration::from_secs(20), |r| {
+            r.iter().any(|x| x.is(&Method::PATCH, status))
+        })
+        .await;
+    token.cancel();
+    run.await.unwrap();
+    let asked = observer.asked.lock().unwrap().clone();
+    (server, asked)
+}
+
+#[tokio::test]
+async fn the_operator_observes_with_the_secret_only_when_allowed_and_never_writes_it() {
+    let (server, asked) = observe_with_secret(true, Some(kafka_client_secret())).await;
+    let creds = &asked[0].source.credentials;
+    assert_eq!(
+        creds.setting_names().collect::<Vec<_>>(),
+        [
+            "sasl.mechanism",
+            "sasl.password",
+            "sasl.username",
+            "security.protocol"
+        ]
+    );
+    // Nothing the operator writes (applies, status, events) carries the value.
+    for r in server.requests() {
+        assert!(
+            !r.body.to_string().contains(PASSWORD),
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
+
+    let (server, asked) = observe_with_secret(false, Some(kafka_client_secret())).await;
+    assert!(asked[0].source.credentials.is_empty());
+    assert!(!server
+        .requests()
+        .iter()
+        .any(|r| r.path.contains("/secrets")));
+}
+
+#[tokio::test]
+async fn an_unusable_secret_is_reported_in_status_by_name_and_key_only() {
+    let status_of = |server: &fixtures::ApiServer| {
+        server
+            .requests()
+            .iter()
+            .rev()
+            .find(|r| r.method == Method::PATCH && r.path.ends_with("/wc/status"))
+            .unwrap()
+            .body
+            .to_string()
+    };
+    let (server, asked) = observe_with_secret(true, None).await;
+    assert!(asked.is_empty(), "no observation without the credentials");
+    let status = status_of(&server);
+    assert!(
+        status.contains(r#"cannot use the credentials Secret \"kafka-client\": it does not exist"#),
+        "{status}"
+    );
+
+    let mut bad = kafka_client_secret();
+    bad["data"]["sasl.pasword"] = bad["data"]["sasl.password"].clone();
+    let (server, _) = observe_with_secret(true, Some(bad)).await;
+    let status = status_of(&server);
+    assert!(
+        status.contains(r#"unknown key \"sasl.pasword\""#),
+        "{status}"
+    );
+    assert!(!status.contains(PASSWORD), "{status}");
 }
