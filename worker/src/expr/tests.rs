@@ -55,6 +55,18 @@ fn common_forms_compile_to_closures_and_agree_with_the_interpreter() {
         ("value.tags[1]", Val::str("b")),
         ("value['page'].upperAscii()", Val::str("/HOME")),
         ("{'p': value.page, 'n': value.n}.n", Val::Int(7)),
+        ("value.page.replace('o', '0')", Val::str("/h0me")),
+        ("'aaa'.replace('a', 'bb', 2)", Val::str("bbbba")),
+        ("'ab'.replace('', '-')", Val::str("-a-b-")),
+        ("value.tags.join('+')", Val::str("a+b")),
+        ("value.tags.join()", Val::str("ab")),
+        ("'héllo hé'.indexOf('é')", Val::Int(1)),
+        ("'héllo hé'.indexOf('é', 2)", Val::Int(7)),
+        ("'héllo hé'.lastIndexOf('é')", Val::Int(7)),
+        ("'héllo hé'.lastIndexOf('é', 6)", Val::Int(1)),
+        ("'héllo'.indexOf('x')", Val::Int(-1)),
+        ("'héllo'.indexOf('')", Val::Int(0)),
+        ("'héllo'.lastIndexOf('')", Val::Int(5)),
     ];
     for (src, want) in cases {
         let p = Program::compile(src, REC).unwrap();
@@ -216,4 +228,29 @@ fn concatenation_cannot_grow_a_value_past_the_record_limit() {
         Val::Int(half.len() as i64 + 1)
     );
     assert_eq!(eval("size(value.l + value.l)", &json).unwrap(), Val::Int(2));
+}
+
+#[test]
+fn string_functions_on_hostile_records_stay_linear_and_bounded() {
+    // A naive search would take about 10^12 steps here; a linear one, a few milliseconds.
+    let s = "a".repeat(1 << 20);
+    let needle = "a".repeat(1 << 19) + "b";
+    let json = format!(r#"{{"s":"{s}","n":"{needle}"}}"#);
+    assert_eq!(
+        eval("value.s.indexOf(value.n)", &json).unwrap(),
+        Val::Int(-1)
+    );
+    assert_eq!(
+        eval("value.s.lastIndexOf(value.n)", &json).unwrap(),
+        Val::Int(-1)
+    );
+    // A million matches, each replaced by a million bytes: refused before allocating.
+    let e = eval("value.s.replace('a', value.s)", &json).unwrap_err();
+    assert!(e.0.contains("more than the limit"), "{e}");
+    let e = eval("value.s.split('').join(value.s)", &json).unwrap_err();
+    assert!(e.0.contains("more than the limit"), "{e}");
+    assert!(eval("'abc'.indexOf('b', 9)", "{}")
+        .unwrap_err()
+        .0
+        .contains("index out of range: 9"));
 }
