@@ -354,6 +354,20 @@ fn parse_checked(source: &str, vars: &[&str]) -> Result<IdedExpr, ExprError> {
                     format!("unknown variable '{name}'; this step can use: {known}"),
                 ));
             }
+            Expr::Call(call) if !bound.is_empty() && loop_unsafe(call) => {
+                let (l, c) = position(e.id);
+                let c = c.saturating_sub(call.func_name.chars().count()).max(1);
+                problem = Some(err(
+                    l,
+                    c,
+                    format!(
+                        "'{}' inside a loop (exists, all, map, filter) runs in the interpreter, \
+                         where its cost grows with the square of the record; use it outside \
+                         the loop, e.g. in a map step before this one",
+                        call.func_name
+                    ),
+                ));
+            }
             Expr::Call(call)
                 if !call.func_name.starts_with('_')
                     && !call.func_name.starts_with('@')
@@ -488,6 +502,24 @@ fn range_len(range: &IdedExpr) -> u64 {
             l.elements.len() as u64
         }
         _ => RECORD_LIST_LEN,
+    }
+}
+
+/// Functions that are linear (and size-checked) as closures but not in the interpreter, which
+/// evaluates everything inside a loop: `indexOf` searches naively, `replace` and `join` build
+/// strings of any size, and `matches` compiles its pattern on every iteration.
+fn loop_unsafe(call: &cel::common::ast::CallExpr) -> bool {
+    match call.func_name.as_str() {
+        "indexOf" | "lastIndexOf" | "replace" | "join" => true,
+        "matches" => {
+            let pattern = if call.target.is_some() {
+                call.args.first()
+            } else {
+                call.args.get(1)
+            };
+            !pattern.is_some_and(|p| matches!(p.expr, Expr::Literal(_)))
+        }
+        _ => false,
     }
 }
 

@@ -254,3 +254,25 @@ fn string_functions_on_hostile_records_stay_linear_and_bounded() {
         .0
         .contains("index out of range: 9"));
 }
+
+#[test]
+fn functions_the_interpreter_runs_slowly_are_refused_inside_loops() {
+    for bad in [
+        "value.items.exists(i, i.name.indexOf(i.pat) >= 0)",
+        "value.items.map(i, value.s.replace('a', i))",
+        "value.items.all(i, i.tags.join(',') != '')",
+        "value.items.exists(i, i.name.matches(value.pattern))",
+        "value.items.exists(i, i.name.lastIndexOf('x') > 0)",
+    ] {
+        let e = Program::compile(bad, REC).unwrap_err();
+        assert!(e.reason.contains("inside a loop"), "{bad}: {e}");
+        assert!(e.reason.contains("outside the loop"), "{bad}: {e}");
+    }
+    for ok in [
+        "value.items.exists(i, i.name.matches('^a+$'))",
+        "value.s.indexOf('x') > 0 && value.items.exists(i, i.contains('x'))",
+        "value.items.map(i, i.name).join(',')",
+    ] {
+        assert!(Program::compile(ok, REC).is_ok(), "{ok}");
+    }
+}
