@@ -6,8 +6,9 @@
 # --sanitizer none needs no nightly-only sanitizer runtime. Debug assertions stay on, so an
 # integer overflow is a crash too. An input that runs longer than 10 s or grows the process
 # past 2 GiB also counts as a crash (hang, unbounded allocation).
-# Seeds are in fuzz/seeds/<target> (in git); what libFuzzer learns goes to fuzz/corpus/<target>
-# (not in git), and a crash to fuzz/artifacts/<target>/crash-*: reproduce it with
+# Seeds are in fuzz/seeds/<target> and token dictionaries in fuzz/dicts/<target>.dict (in
+# git); what libFuzzer learns goes to fuzz/corpus/<target> (not in git), and a crash to
+# fuzz/artifacts/<target>/crash-*: reproduce it with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz --sanitizer none -a <target> <file>
 # Env: WEIR_TOOLS (cargo-fuzz from scripts/install-tools.sh), WEIR_FUZZ_TARGET_DIR (build dir,
 #      default fuzz/target).
@@ -44,11 +45,13 @@ status=0
 for t in "${TARGETS[@]}"; do
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   log="fuzz/artifacts/$t/last-run.log"
+  dict=""
+  [[ -f "fuzz/dicts/$t.dict" ]] && dict="-dict=fuzz/dicts/$t.dict"
   printf '\n==== fuzz %s: %s s ====\n' "$t" "$SECONDS_PER_TARGET"
   if "$CARGO_FUZZ" run --fuzz-dir fuzz --sanitizer none --debug-assertions "$t" \
       "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
       -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
-      -max_len="${MAX_LEN[$t]:-4096}" \
+      -max_len="${MAX_LEN[$t]:-4096}" ${dict:+"$dict"} \
       -print_final_stats=1 >"$log" 2>&1; then
     grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || tail -3 "$log"
   else
