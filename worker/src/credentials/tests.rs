@@ -100,8 +100,11 @@ fn the_worker_clients_get_the_credentials_and_user_properties_cannot_override_th
     let producer = crate::client::producer("k:9092", &job.spec.source.kafka, &id, "sink");
     assert_eq!(producer.get("sasl.username"), Some("weir"));
 
-    // Nothing that prints or serializes the spec carries the password.
+    // Nothing that prints or serializes the spec or a client's settings carries the password
+    // (rdkafka sanitizes sensitive settings in ClientConfig's Debug).
     for shown in [
+        format!("{consumer:?}"),
+        format!("{producer:?}"),
         format!("{job:?}"),
         format!("{:#?}", job.spec),
         format!("{:?}", job.spec.source.kafka.credentials),
