@@ -209,6 +209,10 @@ fn cel_rules_cover_the_cross_field_checks_with_messages() {
     assert_eq!(step["select"]["additionalProperties"]["maxLength"], max);
     assert_eq!(step["state"]["properties"]["update"]["maxLength"], max);
     assert_eq!(step["aggregate"]["properties"]["reduce"]["maxLength"], max);
+    let secret =
+        &spec["properties"]["source"]["properties"]["kafka"]["properties"]["credentialsSecret"];
+    assert_eq!(secret["maxLength"], 253);
+    assert!(secret["pattern"].is_string(), "{secret}");
 }
 
 /// The CRD schema as plain JSON Schema: OpenAPI's `nullable` becomes a null type, int-or-string

@@ -176,4 +176,16 @@ fn credentials_in_properties_are_refused_with_the_way_to_fix_it() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("unknown field"), "{e}");
+
+    let e = parse_job(
+        "batchInterval: 1s\nsource: {kafka: {bootstrapServers: 'k:9092', topics: [t], \
+         credentialsSecret: Kafka_Client}}\nsink: {stdout: {}}\n",
+        "j",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("source.kafka.credentialsSecret: \"Kafka_Client\" is not a Secret name"),
+        "{e}"
+    );
 }

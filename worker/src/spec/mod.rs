@@ -79,6 +79,10 @@ pub struct KafkaSource {
     pub group_id: Option<String>,
     /// Name of a Secret (or, outside Kubernetes, an env file) with SASL/TLS settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")
+    )]
     pub credentials_secret: Option<String>,
     /// Extra librdkafka client settings (never credentials: those come from the secret).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
