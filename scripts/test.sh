@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, in one command (the README's second command; .ci/run calls exactly this):
-# tools, formatting, lints, every cargo test in the workspace, then the offline chart checks.
+# tools, formatting, lints, every cargo test in the workspace, a short fuzz pass, then the
+# offline chart checks.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -30,6 +31,10 @@ section "cargo test --workspace --all-targets"
 # --all-targets: every unit and integration test, without doc-tests (there are none to run).
 cargo test --workspace --all-targets 2>&1 | tee "$CARGO_TARGET_DIR/weir-test.log"
 test_summary=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$CARGO_TARGET_DIR/weir-test.log")
+
+section "scripts/fuzz.sh 20 (a short pass over each fuzz target; longer runs by hand)"
+# Its own build dir (instrumented, release), kept between runs like the main one.
+WEIR_FUZZ_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" bash scripts/fuzz.sh 20
 
 section "scripts/check-chart.sh"
 bash scripts/check-chart.sh

@@ -49,6 +49,9 @@ pub struct Settings {
     pub progress_timeout: Duration,
     /// Per-partition rows in status (capped at [`crate::lag::MAX_ROWS`]).
     pub offset_rows: usize,
+    /// Whether the operator reads a job's credentials Secret for its own Kafka observations
+    /// (it needs `get` on Secrets for that; off, it observes without credentials).
+    pub read_credentials: bool,
 }
 
 impl Default for Settings {
@@ -61,6 +64,7 @@ impl Default for Settings {
             observe_every: Duration::from_secs(15),
             progress_timeout: Duration::from_secs(2),
             offset_rows: crate::lag::DEFAULT_ROWS,
+            read_credentials: false,
         }
     }
 }

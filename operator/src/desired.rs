@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,6 +24,8 @@ use crate::{Error, Result};
 
 pub const JOB_FILE_KEY: &str = "job.yaml";
 pub const JOB_DIR: &str = "/etc/weir";
+/// Where the worker finds the files of the job's credentials Secret.
+pub const CREDENTIALS_DIR: &str = "/var/run/weir/kafka-credentials";
 pub const HTTP_PORT: i32 = 8080;
 /// Pod-template annotation that changes with the job spec, so a spec change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "weir.dev/config-hash";
@@ -304,13 +306,15 @@ fn stateful_set(
         ..Container::default()
     };
 
-    let pod = PodSpec {
+    let mut pod = PodSpec {
         containers: vec![container],
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(termination_grace_seconds(job)),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
+            // The group that may read the credentials Secret's files (mode 0440).
+            fs_group: Some(RUN_AS_USER),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 ..SeccompProfile::default()
@@ -342,6 +346,10 @@ fn stateful_set(
         ..PodSpec::default()
     };
 
+    if let Some(secret) = &job.spec.job.source.kafka.credentials_secret {
+        mount_credentials(&mut pod, secret);
+    }
+
     StatefulSet {
         metadata: meta(job, owner),
         spec: Some(StatefulSetSpec {
@@ -364,6 +372,34 @@ fn stateful_set(
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
+    }
+}
+
+/// Mounts the job's credentials Secret read-only for the worker, which reads the files at
+/// start (`WEIR_KAFKA_CREDENTIALS`). The values never pass through the operator: the kubelet
+/// copies them from the Secret into the pod.
+fn mount_credentials(pod: &mut PodSpec, secret: &str) {
+    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: "kafka-credentials".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_string()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    for c in &mut pod.containers {
+        c.env
+            .get_or_insert_with(Vec::new)
+            .push(env("WEIR_KAFKA_CREDENTIALS", CREDENTIALS_DIR));
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: "kafka-credentials".into(),
+                mount_path: CREDENTIALS_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
     }
 }
 

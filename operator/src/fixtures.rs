@@ -82,6 +82,37 @@ struct State {
     resource_version: u64,
     /// Scripted failures: (method, path, status code, how many more times).
     failures: Vec<(Method, String, StatusCode, usize)>,
+    /// The (group, resource, verb) of every request, as RBAC sees it.
+    used: std::collections::BTreeSet<(String, String, String)>,
+}
+
+/// A request as RBAC sees it: the API group, the resource with its subresource, the verb.
+fn permission(method: &Method, query: &str, loc: &Loc) -> (String, String, String) {
+    let group = loc
+        .prefix
+        .strip_prefix("/apis/")
+        .and_then(|g| g.split('/').next())
+        .unwrap_or("")
+        .to_string();
+    let resource = match &loc.sub {
+        Some(sub) => format!("{}/{sub}", loc.plural),
+        None => loc.plural.clone(),
+    };
+    let watch = query
+        .split('&')
+        .any(|q| q == "watch=true" || q == "watch=1");
+    let verb = match (method.as_str(), &loc.name) {
+        ("GET", None) if watch => "watch",
+        ("GET", None) => "list",
+        ("GET", Some(_)) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", None) => "deletecollection",
+        ("DELETE", Some(_)) => "delete",
+        (other, _) => other,
+    };
+    (group, resource, verb.to_string())
 }
 
 /// The scripted server; dropping it stops answering.
@@ -165,6 +196,15 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
             &format!("no route for {path}"),
         );
     };
+    let (group, resource, verb) = permission(&parts.method, &query, &loc);
+    if !crate::rbac::allows(&group, &resource, &verb) {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!("{verb} {resource} in group {group:?} is not in crate::rbac::RULES"),
+        );
+    }
+    st.used.insert((group, resource, verb));
     let ns = loc.namespace.clone().unwrap_or_default();
     let key = |name: &str| {
         (
@@ -348,6 +388,11 @@ impl ApiServer {
     pub fn fail(&self, method: Method, path: &str, code: StatusCode, times: usize) {
         let mut st = self.state.lock().expect("fixture state lock");
         st.failures.push((method, path.to_string(), code, times));
+    }
+
+    /// The (group, resource, verb) of every request allowed so far.
+    pub fn used(&self) -> std::collections::BTreeSet<(String, String, String)> {
+        self.state.lock().expect("fixture state lock").used.clone()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {

@@ -23,6 +23,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod progress;
+pub mod rbac;
 pub mod reconcile;
 pub mod scaling;
 pub mod status;

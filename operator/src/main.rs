@@ -69,6 +69,10 @@ struct RunArgs {
     /// Reconcile every job at least this often, e.g. "5m".
     #[arg(long, env = "WEIR_RESYNC", default_value = "5m", value_parser = parse_duration)]
     resync: Duration,
+    /// Read each job's credentials Secret to observe a Kafka that needs them (the operator's
+    /// role must allow `get` on Secrets: the chart's rbac.readCredentialsSecrets).
+    #[arg(long, env = "WEIR_READ_CREDENTIALS_SECRETS")]
+    read_credentials_secrets: bool,
     /// How often each job's Kafka offsets are read, e.g. "15s".
     #[arg(long, env = "WEIR_OBSERVE_EVERY", default_value = "15s", value_parser = parse_duration)]
     observe_every: Duration,
@@ -131,6 +135,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         observe_every: args.observe_every,
         progress_timeout: args.progress_timeout,
         offset_rows: args.status_offset_rows,
+        read_credentials: args.read_credentials_secrets,
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
 

@@ -80,6 +80,9 @@ pub enum ObserveError {
     Timeout(Duration),
     #[error("the observation task did not finish: {0}")]
     Task(String),
+    /// Names the Secret and a key or the API's reason, never a value.
+    #[error("cannot use the credentials Secret {secret:?}: {reason}")]
+    Credentials { secret: String, reason: String },
 }
 
 impl ObserveError {
@@ -89,6 +92,7 @@ impl ObserveError {
             Self::Client(_) => "client",
             Self::Kafka { .. } => "kafka",
             Self::MissingTopic(_) => "missing_topic",
+            Self::Credentials { .. } => "credentials",
             Self::NoOffsets(_) => "no_offsets",
             Self::Timeout(_) => "timeout",
             Self::Task(_) => "task",
@@ -245,4 +249,47 @@ pub async fn kafka(
     tokio::task::spawn_blocking(move || observer.kafka(&target))
         .await
         .map_err(|e| ObserveError::Task(e.to_string()))?
+}
+
+/// As [`kafka`], with the job's credentials read from its Secret when the operator may
+/// (`Settings::read_credentials`). The values go to librdkafka only: errors name the Secret
+/// and a key or the API's reason, since a client error could quote what it failed to parse.
+///
+/// # Errors
+/// A Secret that cannot be read or holds unusable credentials, or the observation's error.
+pub async fn kafka_with_credentials(
+    ctx: &crate::controller::Context,
+    ns: &str,
+    mut target: KafkaTarget,
+) -> Result<KafkaObservation, ObserveError> {
+    if let (true, Some(name)) = (
+        ctx.settings.read_credentials,
+        target.source.credentials_secret.clone(),
+    ) {
+        let fail = |reason: String| ObserveError::Credentials {
+            secret: name.clone(),
+            reason,
+        };
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(ctx.client.clone(), ns);
+        let secret = match api.get_opt(&name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(fail("it does not exist".into())),
+            Err(kube::Error::Api(status)) => {
+                return Err(fail(format!("{} ({})", status.reason, status.code)))
+            }
+            Err(_) => return Err(fail("the Kubernetes API request failed".into())),
+        };
+        let data = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0));
+        target.source.credentials = weir_worker::credentials::Credentials::from_secret_data(
+            &format!("Secret {ns}/{name}"),
+            data,
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    }
+    kafka(ctx.observer.clone(), target).await
 }

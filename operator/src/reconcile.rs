@@ -186,7 +186,7 @@ async fn observe_kafka(
 ) -> (Option<PartitionCounts>, Result<LagSummary, String>) {
     let target = KafkaTarget::of(job, ns, &job.name_any());
     let starting = target.source.starting_offsets.clone();
-    match observe::kafka(ctx.observer.clone(), target).await {
+    match observe::kafka_with_credentials(ctx, ns, target).await {
         Ok(obs) => (
             Some(obs.partition_counts()),
             Ok(lag::summarize(&obs, &starting, ctx.settings.offset_rows)),

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::client::Identity;
+use crate::credentials::Credentials;
 use crate::embedded::Embedded;
 use crate::engine::Options;
 use crate::error::{Error, Result};
@@ -26,6 +27,8 @@ pub struct RunConfig {
     pub bootstrap_servers: Option<String>,
     pub http_addr: String,
     pub print: Option<u32>,
+    /// Kafka credentials: a directory of key files (a mounted Secret) or an env file.
+    pub credentials: Option<PathBuf>,
 }
 
 /// Runs the job until SIGTERM/SIGINT (the batch in flight finishes and commits) or until
@@ -49,6 +52,21 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
     }
     if let Some(b) = &cfg.bootstrap_servers {
         job.spec.source.kafka.bootstrap_servers.clone_from(b);
+    }
+    let kafka = &mut job.spec.source.kafka;
+    match (&cfg.credentials, &kafka.credentials_secret) {
+        (Some(path), _) => {
+            kafka.credentials = Credentials::load(path).map_err(|e| Error::Fatal(e.to_string()))?;
+            info!(settings = ?kafka.credentials.setting_names().collect::<Vec<_>>(), "Kafka credentials loaded");
+        }
+        (None, Some(secret)) => {
+            return Err(Error::Fatal(format!(
+                "source.kafka.credentialsSecret is {secret:?} but no credentials were given: \
+                 in Kubernetes the operator mounts the Secret; elsewhere pass \
+                 --kafka-credentials DIR_OR_ENV_FILE (or WEIR_KAFKA_CREDENTIALS)"
+            )));
+        }
+        (None, None) => {}
     }
     // The mock cluster lives as long as this function; it is not Send, so it stays here.
     let embedded = if cfg.embedded {

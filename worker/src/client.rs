@@ -21,12 +21,14 @@ impl Identity {
     }
 }
 
-/// Base settings: the user's extra properties first, so Weir's own settings win.
+/// Base settings: the user's extra properties first, so Weir's own settings win, then the
+/// credentials. The result holds secrets: never log it (its `Debug` prints them).
 pub fn base(bootstrap: &str, source: &KafkaSource) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in &source.properties {
         c.set(k, v);
     }
+    source.credentials.apply(&mut c);
     c.set("bootstrap.servers", bootstrap);
     c
 }

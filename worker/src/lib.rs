@@ -4,7 +4,8 @@
 //! - [`spec`]: the job spec users write (also embedded in the `StreamingJob` CRD), loaded and
 //!   validated once; [`expr`]: CEL, checked at load and compiled to closures.
 //! - [`source`]: this worker's partitions (ordinal i of N owns p mod N == i), where they resume,
-//!   and reading offset ranges in parallel lanes; [`client`]: librdkafka settings.
+//!   and reading offset ranges in parallel lanes; [`client`]: librdkafka settings;
+//!   [`credentials`]: SASL/TLS settings from a mounted Secret, never printed.
 //! - [`plan`]: PURE batch plans: ranges capped by the high watermark, the rate limit and the
 //!   PID backpressure estimate.
 //! - [`record`]: decoding per format; [`pipeline`]: PURE steps, aggregates, windows and keyed
@@ -21,6 +22,7 @@
 pub mod app;
 pub mod changelog;
 pub mod client;
+pub mod credentials;
 pub mod dead_letter;
 pub mod embedded;
 pub mod engine;

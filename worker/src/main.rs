@@ -74,6 +74,12 @@ struct RunArgs {
     /// Where a fatal error's message goes (Kubernetes' termination message).
     #[arg(long, env = "WEIR_TERMINATION_LOG")]
     termination_log: Option<PathBuf>,
+    /// Kafka SASL/TLS settings: a directory with one file per key (a mounted Secret) or an
+    /// env file of KEY=VALUE lines. Keys: security.protocol, sasl.mechanism, sasl.username,
+    /// sasl.password, ssl.ca.pem (ca.crt), ssl.certificate.pem (tls.crt), ssl.key.pem
+    /// (tls.key), ssl.key.password, ssl.{ca,certificate,key}.location.
+    #[arg(long, env = "WEIR_KAFKA_CREDENTIALS")]
+    kafka_credentials: Option<PathBuf>,
 }
 
 fn init_tracing(format: &str, level: &str) {
@@ -146,6 +152,7 @@ fn main() -> ExitCode {
                 bootstrap_servers: a.bootstrap_servers,
                 http_addr: a.http_addr,
                 print: a.print,
+                credentials: a.kafka_credentials,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -61,6 +61,11 @@ impl Vars for Record {
 pub enum DecodeError {
     #[error("record value is {0} bytes; the limit is {MAX_RECORD_BYTES}")]
     TooLarge(usize),
+    #[error(
+        "record value nests JSON deeper than {MAX_JSON_DEPTH} levels; producers must flatten it \
+         (or the job can read it with format: text)"
+    )]
+    TooDeep,
     #[error("value is not valid JSON: {0}")]
     Json(String),
     #[error("value is not valid UTF-8 text: {0}")]
@@ -92,7 +97,15 @@ pub fn decode_value(
             ValueNeeds::Fields(f) => Val::from_json_fields(bytes, MAX_JSON_DEPTH, f),
             ValueNeeds::Nothing => Val::check_json(bytes).map(|()| Val::Null),
         }
-        .map_err(|e| DecodeError::Json(e.to_string())),
+        .map_err(|e| {
+            let msg = e.to_string();
+            // Both our depth check and serde_json's own recursion limit (for skipped parts).
+            if msg.contains("nested deeper than the limit") || msg.contains("recursion limit") {
+                DecodeError::TooDeep
+            } else {
+                DecodeError::Json(msg)
+            }
+        }),
         Format::Text => std::str::from_utf8(bytes)
             .map(Val::str)
             .map_err(|e| DecodeError::Utf8(e.to_string())),
@@ -169,6 +182,38 @@ mod tests {
             Err(DecodeError::TooLarge(_))
         ));
         assert_eq!(decode_key(Some(b"k")), Val::str("k"));
+        assert_eq!(decode_key(None), Val::Null);
         assert!(matches!(decode_key(Some(&[0xff])), Val::Bytes(_)));
+    }
+
+    #[test]
+    fn deep_json_is_refused_with_the_limit_whatever_the_pipeline_reads() {
+        let deep = format!(
+            "{}1{}",
+            "[".repeat(MAX_JSON_DEPTH + 1),
+            "]".repeat(MAX_JSON_DEPTH + 1)
+        );
+        let in_field = format!(r#"{{"a":{deep}}}"#);
+        let fields = ValueNeeds::Fields(std::iter::once(Arc::from("a")).collect());
+        for (bytes, needs) in [(deep.as_bytes(), W), (in_field.as_bytes(), &fields)] {
+            let e = decode_value(Format::Json, Some(bytes), needs).unwrap_err();
+            assert_eq!(e, DecodeError::TooDeep, "{needs:?}");
+            assert!(e.to_string().contains("deeper than 64 levels"), "{e}");
+        }
+        let ok = format!(
+            "{}1{}",
+            "[".repeat(MAX_JSON_DEPTH - 1),
+            "]".repeat(MAX_JSON_DEPTH - 1)
+        );
+        assert!(decode_value(Format::Json, Some(ok.as_bytes()), W).is_ok());
+        // What the pipeline does not read is only checked, without recursion: any depth is
+        // safe there, and the record is not refused for it.
+        let skipped = format!(
+            r#"{{"a":1,"b":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(decode_value(Format::Json, Some(skipped.as_bytes()), &fields).is_ok());
+        assert!(decode_value(Format::Json, Some(skipped.as_bytes()), &ValueNeeds::Nothing).is_ok());
     }
 }

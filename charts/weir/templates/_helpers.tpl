@@ -59,31 +59,34 @@ watches. Leases are not here: the operator only needs them in the release namesp
 rbac.yaml).
 */}}
 {{- define "weir.rules" -}}
+{{- /* Exactly operator/src/rbac.rs RULES (Scope::Jobs); a test renders this and compares. */ -}}
 - apiGroups: [weir.dev]
   resources: [streamingjobs]
-  verbs: [get, list, watch, patch, update]
+  verbs: [list, watch]
 - apiGroups: [weir.dev]
   resources: [streamingjobs/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 - apiGroups: [weir.dev]
   resources: [streamingjobs/finalizers]
   verbs: [update]
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, patch, create]
 - apiGroups: [apps]
   resources: [statefulsets]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, watch, patch, create]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, patch, create]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
-- apiGroups: [""]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [list]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- if .Values.rbac.readCredentialsSecrets }}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- end }}
 {{- end }}

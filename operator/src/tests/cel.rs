@@ -116,3 +116,20 @@ fn workers_min_must_not_exceed_max() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn credentials_in_properties_are_refused_at_admission() {
+    for key in weir_worker::spec::SECRET_PROPERTIES {
+        let mut spec = fixtures::spec();
+        spec["source"]["kafka"]["properties"] = json!({ *key: "x", "linger.ms": "5" });
+        let errors = broken(spec);
+        assert!(
+            errors.len() == 1
+                && errors[0].contains("put them in the Secret named by credentialsSecret"),
+            "{key}: {errors:?}"
+        );
+    }
+    let mut spec = fixtures::spec();
+    spec["source"]["kafka"]["properties"] = json!({"linger.ms": "5", "sasl.mechanism": "PLAIN"});
+    assert_eq!(broken(spec), Vec::<String>::new());
+}

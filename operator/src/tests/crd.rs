@@ -200,6 +200,19 @@ fn cel_rules_cover_the_cross_field_checks_with_messages() {
     // CEL cost: lists the rules walk are bounded and durations are short strings.
     assert_eq!(spec["properties"]["pipeline"]["maxItems"], 64);
     assert_eq!(spec["properties"]["batchInterval"]["maxLength"], 32);
+    // An expression longer than the worker accepts is refused at apply time.
+    let step = &spec["properties"]["pipeline"]["items"]["properties"];
+    let max = weir_worker::expr::MAX_SOURCE_BYTES;
+    for field in ["filter", "map", "flatMap", "keyBy"] {
+        assert_eq!(step[field]["maxLength"], max, "{field}");
+    }
+    assert_eq!(step["select"]["additionalProperties"]["maxLength"], max);
+    assert_eq!(step["state"]["properties"]["update"]["maxLength"], max);
+    assert_eq!(step["aggregate"]["properties"]["reduce"]["maxLength"], max);
+    let secret =
+        &spec["properties"]["source"]["properties"]["kafka"]["properties"]["credentialsSecret"];
+    assert_eq!(secret["maxLength"], 253);
+    assert!(secret["pattern"].is_string(), "{secret}");
 }
 
 /// The CRD schema as plain JSON Schema: OpenAPI's `nullable` becomes a null type, int-or-string

@@ -11,4 +11,5 @@ mod leader;
 mod observed;
 mod progress;
 mod rescale;
+mod security;
 mod tansu;

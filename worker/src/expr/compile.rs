@@ -242,6 +242,69 @@ impl Compiler {
                     )),
                 })
             }
+            // The interpreter's versions of these search naively (O(n·m) for `indexOf`) or
+            // build strings of any size (`replace`, `join`): hostile records must not make them
+            // hang or exhaust memory, so they run here, linear and size-checked.
+            (Some(t), args) if name == "replace" && (args.len() == 2 || args.len() == 3) => {
+                let t = self.compile(t);
+                let args: Vec<Node> = args.iter().map(|a| self.compile(a)).collect();
+                node(move |vars| {
+                    let s = t(vars)?;
+                    let vals = args
+                        .iter()
+                        .map(|a| a(vars))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    match (
+                        &*s,
+                        vals.iter().map(|v| &**v).collect::<Vec<_>>().as_slice(),
+                    ) {
+                        (Val::Str(s), [Val::Str(from), Val::Str(to)]) => replace(s, from, to, None),
+                        (Val::Str(s), [Val::Str(from), Val::Str(to), Val::Int(n)]) => {
+                            replace(s, from, to, usize::try_from(*n).ok())
+                        }
+                        _ => err(
+                            "replace needs (string, string) or (string, string, int) on a string",
+                        ),
+                    }
+                    .map(Cow::Owned)
+                })
+            }
+            (Some(t), args) if name == "join" && args.len() <= 1 => {
+                let t = self.compile(t);
+                let sep = args.first().map(|a| self.compile(a));
+                node(move |vars| {
+                    let list = t(vars)?;
+                    let sep = match &sep {
+                        Some(sep) => sep(vars)?,
+                        None => Cow::Owned(Val::str("")),
+                    };
+                    join(&list, &sep).map(Cow::Owned)
+                })
+            }
+            (Some(t), args)
+                if (name == "indexOf" || name == "lastIndexOf")
+                    && (args.len() == 1 || args.len() == 2) =>
+            {
+                let t = self.compile(t);
+                let args: Vec<Node> = args.iter().map(|a| self.compile(a)).collect();
+                let last = name == "lastIndexOf";
+                node(move |vars| {
+                    let s = t(vars)?;
+                    let vals = args
+                        .iter()
+                        .map(|a| a(vars))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    match (
+                        &*s,
+                        vals.iter().map(|v| &**v).collect::<Vec<_>>().as_slice(),
+                    ) {
+                        (Val::Str(s), [Val::Str(n)]) => index_of(s, n, None, last),
+                        (Val::Str(s), [Val::Str(n), Val::Int(o)]) => index_of(s, n, Some(*o), last),
+                        _ => err("indexOf needs (string) or (string, int) on a string"),
+                    }
+                    .map(Cow::Owned)
+                })
+            }
             _ => self.interpret(whole),
         }
     }
@@ -412,14 +475,18 @@ pub(crate) fn arith(o: u8, a: &Val, b: &Val) -> Result<Val, EvalError> {
         (Val::Int(x), Val::Int(y)) => checked!(o, *x, *y)?.map(Val::Int).ok_or_else(overflow),
         (Val::UInt(x), Val::UInt(y)) => checked!(o, *x, *y)?.map(Val::UInt).ok_or_else(overflow),
         (Val::Str(x), Val::Str(y)) if o == b'+' => {
+            too_big(x.len().saturating_add(y.len()), "string")?;
             let mut s = String::with_capacity(x.len() + y.len());
             s.push_str(x);
             s.push_str(y);
             Ok(Val::Str(Arc::from(s)))
         }
-        (Val::List(x), Val::List(y)) if o == b'+' => Ok(Val::List(Arc::new(
-            x.iter().chain(y.iter()).cloned().collect(),
-        ))),
+        (Val::List(x), Val::List(y)) if o == b'+' => {
+            too_big(x.len().saturating_add(y.len()), "list")?;
+            Ok(Val::List(Arc::new(
+                x.iter().chain(y.iter()).cloned().collect(),
+            )))
+        }
         (x, y) => match (num(x), num(y)) {
             (Some(p), Some(q)) if o != b'%' => {
                 let (p, q) = (p.as_f64(), q.as_f64());
@@ -438,6 +505,95 @@ pub(crate) fn arith(o: u8, a: &Val, b: &Val) -> Result<Val, EvalError> {
             )),
         },
     }
+}
+
+/// CEL's `replace`: all occurrences, or the first `n`.
+fn replace(s: &str, from: &str, to: &str, n: Option<usize>) -> Result<Val, EvalError> {
+    // An empty `from` matches at every character boundary, as in Go's strings.Replace.
+    let found = if from.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(from).count()
+    };
+    let count = n.map_or(found, |n| n.min(found));
+    let len = (s.len() - count * from.len()).saturating_add(count.saturating_mul(to.len()));
+    too_big(len, "string")?;
+    Ok(Val::str(&match n {
+        Some(n) => s.replacen(from, to, n),
+        None => s.replace(from, to),
+    }))
+}
+
+fn join(list: &Val, sep: &Val) -> Result<Val, EvalError> {
+    let (Val::List(items), Val::Str(sep)) = (list, sep) else {
+        return err(format!(
+            "join needs a list and a string, got {} and {}",
+            list.type_name(),
+            sep.type_name()
+        ));
+    };
+    let mut len = sep.len().saturating_mul(items.len().saturating_sub(1));
+    for i in items.iter() {
+        match i {
+            Val::Str(x) => len = len.saturating_add(x.len()),
+            other => return err(format!("join needs strings, got {}", other.type_name())),
+        }
+    }
+    too_big(len, "string")?;
+    let mut out = String::with_capacity(len);
+    for (k, i) in items.iter().enumerate() {
+        if k > 0 {
+            out.push_str(sep);
+        }
+        if let Val::Str(x) = i {
+            out.push_str(x);
+        }
+    }
+    Ok(Val::Str(Arc::from(out)))
+}
+
+/// CEL's `indexOf` and `lastIndexOf`, in code points, with the standard library's linear
+/// substring search. `offset`: where `indexOf` starts, or the last start `lastIndexOf` takes.
+fn index_of(s: &str, needle: &str, offset: Option<i64>, last: bool) -> Result<Val, EvalError> {
+    let chars = s.chars().count();
+    let fname = if last { "lastIndexOf" } else { "indexOf" };
+    let off = match offset {
+        None if last => chars,
+        None => 0,
+        Some(o) => match usize::try_from(o).ok().filter(|o| *o <= chars) {
+            Some(o) => o,
+            None => return err(format!("{fname}: index out of range: {o}")),
+        },
+    };
+    let byte_at = |c: usize| s.char_indices().nth(c).map_or(s.len(), |(b, _)| b);
+    let to_chars = |b: usize| s[..b].chars().count();
+    let found = if last {
+        if needle.is_empty() {
+            return Ok(Val::Int(off as i64));
+        }
+        let end = byte_at(off.saturating_add(needle.chars().count()));
+        s[..end].rfind(needle).map(to_chars)
+    } else {
+        if needle.is_empty() {
+            return Ok(Val::Int(off as i64));
+        }
+        let start = byte_at(off);
+        s[start..].find(needle).map(|b| to_chars(start + b))
+    };
+    Ok(Val::Int(found.map_or(-1, |i| i as i64)))
+}
+
+/// Refuses to build a value bigger than a record: a chain of `+` over a large field would
+/// otherwise multiply it.
+fn too_big(len: usize, what: &str) -> Result<(), EvalError> {
+    if len > super::MAX_VALUE_BYTES {
+        return err(format!(
+            "the {what} would have {len} bytes or elements, more than the limit of {}; \
+             build smaller values",
+            super::MAX_VALUE_BYTES
+        ));
+    }
+    Ok(())
 }
 
 fn size(v: &Val) -> Result<Val, EvalError> {

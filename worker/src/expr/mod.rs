@@ -22,6 +22,16 @@ pub use value::Val;
 pub const MAX_DEPTH: u16 = 64;
 /// Longest expression source accepted.
 pub const MAX_SOURCE_BYTES: usize = 4096;
+/// Most loop iterations an expression may need per record, estimated at load for the worst
+/// record. One pass over any list in a record fits; a pass over record data inside another
+/// such pass (quadratic in the record's size) does not.
+pub const MAX_ITERATIONS: u64 = 1 << 25;
+/// Elements a list taken from a record can have: every element costs at least a byte of the
+/// record (`split('')` of a string: one per byte).
+const RECORD_LIST_LEN: u64 = crate::record::MAX_RECORD_BYTES as u64;
+/// Longest string, bytes or list an expression may build by concatenation: no bigger than a
+/// record, so a chain of `+` cannot multiply a record into gigabytes.
+pub const MAX_VALUE_BYTES: usize = crate::record::MAX_RECORD_BYTES;
 
 /// A variable an expression can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -302,11 +312,17 @@ fn parse_checked(source: &str, vars: &[&str]) -> Result<IdedExpr, ExprError> {
             let (line, col) = first.map_or((1, 1), |p| {
                 (p.pos.0.max(1) as usize, p.pos.1.max(0) as usize + 1)
             });
-            err(
-                line,
-                col,
-                first.map_or_else(|| "syntax error".into(), |p| p.msg.clone()),
-            )
+            let msg = first.map_or_else(|| "syntax error".into(), |p| p.msg.clone());
+            // The parser reports its depth limit as a debug dump of its error type.
+            let msg = if msg.contains("Recursion limit") {
+                format!(
+                    "nested deeper than {MAX_DEPTH} levels (brackets, operators, calls); \
+                     simplify it or split it into steps"
+                )
+            } else {
+                msg
+            };
+            err(line, col, msg)
         })?;
     let position = |id: u64| -> (usize, usize) {
         let Some((start, _)) = info.offset_for(id) else {
@@ -338,6 +354,20 @@ fn parse_checked(source: &str, vars: &[&str]) -> Result<IdedExpr, ExprError> {
                     format!("unknown variable '{name}'; this step can use: {known}"),
                 ));
             }
+            Expr::Call(call) if !bound.is_empty() && loop_unsafe(call) => {
+                let (l, c) = position(e.id);
+                let c = c.saturating_sub(call.func_name.chars().count()).max(1);
+                problem = Some(err(
+                    l,
+                    c,
+                    format!(
+                        "'{}' inside a loop (exists, all, map, filter) runs in the interpreter, \
+                         where its cost grows with the square of the record; use it outside \
+                         the loop, e.g. in a map step before this one",
+                        call.func_name
+                    ),
+                ));
+            }
             Expr::Call(call)
                 if !call.func_name.starts_with('_')
                     && !call.func_name.starts_with('@')
@@ -353,9 +383,143 @@ fn parse_checked(source: &str, vars: &[&str]) -> Result<IdedExpr, ExprError> {
             _ => {}
         }
     });
-    match problem {
-        Some(p) => Err(p),
-        None => Ok(ast),
+    if let Some(p) = problem {
+        return Err(p);
+    }
+    let mut over = None;
+    let total = iterations(&ast, &mut Vec::new(), 1, &mut over);
+    if let Some(id) = over {
+        let (l, c) = position(id);
+        return Err(err(
+            l,
+            c,
+            format!(
+                "this loop can run about {total} times per record, more than the limit of \
+                 {MAX_ITERATIONS}: a loop over record data inside another one costs the square of \
+                 the record's size; loop over the outer element instead (e.g. \
+                 `value.items.all(i, i.tags.exists(t, t == 'x'))`) or split the work into steps"
+            ),
+        ));
+    }
+    Ok(ast)
+}
+
+/// Worst-case loop iterations of `e` when it is evaluated `times` times; `over` gets the first
+/// comprehension that takes the total past [`MAX_ITERATIONS`].
+fn iterations<'a>(
+    e: &'a IdedExpr,
+    elements: &mut Vec<&'a str>,
+    times: u64,
+    over: &mut Option<u64>,
+) -> u64 {
+    let sum = |xs: &[&'a IdedExpr], elements: &mut Vec<&'a str>, over: &mut Option<u64>| {
+        xs.iter().fold(0u64, |acc, x| {
+            acc.saturating_add(iterations(x, elements, times, over))
+        })
+    };
+    match &e.expr {
+        Expr::Call(c) => {
+            let mut xs: Vec<&IdedExpr> = c.args.iter().collect();
+            xs.extend(c.target.as_deref());
+            sum(&xs, elements, over)
+        }
+        Expr::Select(s) => sum(&[&s.operand], elements, over),
+        Expr::List(l) => sum(&l.elements.iter().collect::<Vec<_>>(), elements, over),
+        Expr::Map(m) => {
+            let mut xs = Vec::new();
+            for entry in &m.entries {
+                if let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr {
+                    xs.push(&me.key);
+                    xs.push(&me.value);
+                }
+            }
+            sum(&xs, elements, over)
+        }
+        Expr::Struct(s) => {
+            let xs: Vec<&IdedExpr> = s
+                .entries
+                .iter()
+                .filter_map(|entry| match &entry.expr {
+                    cel::common::ast::EntryExpr::StructField(sf) => Some(&sf.value),
+                    _ => None,
+                })
+                .collect();
+            sum(&xs, elements, over)
+        }
+        Expr::Comprehension(c) => {
+            let outside = sum(&[&c.iter_range, &c.accu_init], elements, over);
+            // A loop over part of an enclosing loop's element visits, across the enclosing
+            // loop, at most the elements of the record once: it adds iterations without
+            // multiplying the body's.
+            let (per_pass, body_times) = if part_of(&c.iter_range, elements) {
+                (RECORD_LIST_LEN.min(MAX_ITERATIONS), times)
+            } else {
+                let n = range_len(&c.iter_range);
+                (times.saturating_mul(n), times.saturating_mul(n))
+            };
+            let depth = elements.len();
+            elements.push(&c.iter_var);
+            elements.extend(c.iter_var2.as_deref());
+            let body = [&c.loop_cond, &c.loop_step].iter().fold(0u64, |acc, x| {
+                acc.saturating_add(iterations(x, elements, body_times, over))
+            });
+            elements.truncate(depth);
+            let result = iterations(&c.result, elements, times, over);
+            let total = outside
+                .saturating_add(per_pass)
+                .saturating_add(body)
+                .saturating_add(result);
+            if total > MAX_ITERATIONS && over.is_none() {
+                *over = Some(e.id);
+            }
+            total
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
+    }
+}
+
+/// Whether a loop's range is a part (a field, an element) of an enclosing loop's element.
+fn part_of(range: &IdedExpr, elements: &[&str]) -> bool {
+    match &range.expr {
+        Expr::Ident(name) => elements.contains(&name.as_str()),
+        Expr::Select(s) => part_of(&s.operand, elements),
+        Expr::Call(c) if c.func_name == cel::common::ast::operators::INDEX && c.args.len() == 2 => {
+            matches!(c.args[1].expr, Expr::Literal(_)) && part_of(&c.args[0], elements)
+        }
+        _ => false,
+    }
+}
+
+/// How many elements a loop's range can have: a list literal of literals has its length;
+/// anything else may be as long as a list in a record.
+fn range_len(range: &IdedExpr) -> u64 {
+    match &range.expr {
+        Expr::List(l)
+            if l.elements
+                .iter()
+                .all(|x| matches!(x.expr, Expr::Literal(_))) =>
+        {
+            l.elements.len() as u64
+        }
+        _ => RECORD_LIST_LEN,
+    }
+}
+
+/// Functions that are linear (and size-checked) as closures but not in the interpreter, which
+/// evaluates everything inside a loop: `indexOf` searches naively, `replace` and `join` build
+/// strings of any size, and `matches` compiles its pattern on every iteration.
+fn loop_unsafe(call: &cel::common::ast::CallExpr) -> bool {
+    match call.func_name.as_str() {
+        "indexOf" | "lastIndexOf" | "replace" | "join" => true,
+        "matches" => {
+            let pattern = if call.target.is_some() {
+                call.args.first()
+            } else {
+                call.args.get(1)
+            };
+            !pattern.is_some_and(|p| matches!(p.expr, Expr::Literal(_)))
+        }
+        _ => false,
     }
 }
 

@@ -55,6 +55,18 @@ fn common_forms_compile_to_closures_and_agree_with_the_interpreter() {
         ("value.tags[1]", Val::str("b")),
         ("value['page'].upperAscii()", Val::str("/HOME")),
         ("{'p': value.page, 'n': value.n}.n", Val::Int(7)),
+        ("value.page.replace('o', '0')", Val::str("/h0me")),
+        ("'aaa'.replace('a', 'bb', 2)", Val::str("bbbba")),
+        ("'ab'.replace('', '-')", Val::str("-a-b-")),
+        ("value.tags.join('+')", Val::str("a+b")),
+        ("value.tags.join()", Val::str("ab")),
+        ("'héllo hé'.indexOf('é')", Val::Int(1)),
+        ("'héllo hé'.indexOf('é', 2)", Val::Int(7)),
+        ("'héllo hé'.lastIndexOf('é')", Val::Int(7)),
+        ("'héllo hé'.lastIndexOf('é', 6)", Val::Int(1)),
+        ("'héllo'.indexOf('x')", Val::Int(-1)),
+        ("'héllo'.indexOf('')", Val::Int(0)),
+        ("'héllo'.lastIndexOf('')", Val::Int(5)),
     ];
     for (src, want) in cases {
         let p = Program::compile(src, REC).unwrap();
@@ -144,7 +156,13 @@ fn load_errors_give_position_and_reason() {
     // Comprehension variables are bound, not unknown.
     assert!(Program::compile("value.xs.all(x, x > 0)", REC).is_ok());
     let deep = "(".repeat(200) + "1" + &")".repeat(200);
-    assert!(Program::compile(&deep, REC).is_err());
+    let e = Program::compile(&deep, REC).unwrap_err();
+    assert!(e.reason.contains("nested deeper than 64 levels"), "{e}");
+    let deep_list = "[".repeat(100) + &"]".repeat(100);
+    assert!(Program::compile(&deep_list, REC)
+        .unwrap_err()
+        .reason
+        .contains("nested deeper"));
     assert!(Program::compile(&"1+".repeat(3000), REC)
         .unwrap_err()
         .reason
@@ -173,4 +191,88 @@ fn value_reads_are_found_so_decoding_can_skip_the_rest() {
         .unwrap()
         .uses(Var::Key));
     assert!(!Program::compile("value.x", REC).unwrap().uses(Var::Key));
+}
+
+#[test]
+fn a_loop_over_record_data_inside_another_is_refused_at_load() {
+    // Each is one pass over the record, or a pass over parts of the outer element.
+    for ok in [
+        "value.items.exists(i, i.price > 10)",
+        "value.items.all(i, i.tags.exists(t, t == 'x'))",
+        "value.items.map(i, i['tags'].filter(t, t != '')).size() > 0",
+        "[1, 2, 3].exists(n, value.items.exists(i, i == n))",
+    ] {
+        assert!(Program::compile(ok, REC).is_ok(), "{ok}");
+    }
+    // Quadratic in the record: a 4 MiB list would take 10^12 iterations.
+    let e = Program::compile("value.a.exists(x, value.a.exists(y, x == y))", REC).unwrap_err();
+    assert!(e.reason.contains("more than the limit"), "{e}");
+    assert!(e.reason.contains("loop over the outer element"), "{e}");
+    let e = Program::compile(
+        "value.s.split('').map(c, value.s.split('').filter(d, d == c))",
+        REC,
+    )
+    .unwrap_err();
+    assert!(e.reason.contains("times per record"), "{e}");
+}
+
+#[test]
+fn concatenation_cannot_grow_a_value_past_the_record_limit() {
+    let half = "x".repeat(MAX_VALUE_BYTES / 2 + 1);
+    let json = format!(r#"{{"s":"{half}","l":[1]}}"#);
+    let e = eval("value.s + value.s", &json).unwrap_err();
+    assert!(e.0.contains("more than the limit"), "{e}");
+    // Below the limit it is ordinary concatenation.
+    assert_eq!(
+        eval("size(value.s + 'y')", &json).unwrap(),
+        Val::Int(half.len() as i64 + 1)
+    );
+    assert_eq!(eval("size(value.l + value.l)", &json).unwrap(), Val::Int(2));
+}
+
+#[test]
+fn string_functions_on_hostile_records_stay_linear_and_bounded() {
+    // A naive search would take about 10^12 steps here; a linear one, a few milliseconds.
+    let s = "a".repeat(1 << 20);
+    let needle = "a".repeat(1 << 19) + "b";
+    let json = format!(r#"{{"s":"{s}","n":"{needle}"}}"#);
+    assert_eq!(
+        eval("value.s.indexOf(value.n)", &json).unwrap(),
+        Val::Int(-1)
+    );
+    assert_eq!(
+        eval("value.s.lastIndexOf(value.n)", &json).unwrap(),
+        Val::Int(-1)
+    );
+    // A million matches, each replaced by a million bytes: refused before allocating.
+    let e = eval("value.s.replace('a', value.s)", &json).unwrap_err();
+    assert!(e.0.contains("more than the limit"), "{e}");
+    let e = eval("value.s.split('').join(value.s)", &json).unwrap_err();
+    assert!(e.0.contains("more than the limit"), "{e}");
+    assert!(eval("'abc'.indexOf('b', 9)", "{}")
+        .unwrap_err()
+        .0
+        .contains("index out of range: 9"));
+}
+
+#[test]
+fn functions_the_interpreter_runs_slowly_are_refused_inside_loops() {
+    for bad in [
+        "value.items.exists(i, i.name.indexOf(i.pat) >= 0)",
+        "value.items.map(i, value.s.replace('a', i))",
+        "value.items.all(i, i.tags.join(',') != '')",
+        "value.items.exists(i, i.name.matches(value.pattern))",
+        "value.items.exists(i, i.name.lastIndexOf('x') > 0)",
+    ] {
+        let e = Program::compile(bad, REC).unwrap_err();
+        assert!(e.reason.contains("inside a loop"), "{bad}: {e}");
+        assert!(e.reason.contains("outside the loop"), "{bad}: {e}");
+    }
+    for ok in [
+        "value.items.exists(i, i.name.matches('^a+$'))",
+        "value.s.indexOf('x') > 0 && value.items.exists(i, i.contains('x'))",
+        "value.items.map(i, i.name).join(',')",
+    ] {
+        assert!(Program::compile(ok, REC).is_ok(), "{ok}");
+    }
 }

@@ -143,3 +143,31 @@ pub fn parse_job(text: &str, default_name: &str) -> Result<JobFile, LoadError> {
         spec,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_yaml_is_refused_quickly_with_a_reason() {
+        // Nine levels of aliases, each repeating the previous nine times: a billion nodes if
+        // expanded.
+        let mut laughs = String::from("a0: &a0 [lol]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            laughs.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 9].join(", ")));
+        }
+        laughs.push_str("batchInterval: 1s\n");
+        let e = parse_job(&laughs, "j").unwrap_err().to_string();
+        assert!(e.contains("not valid YAML"), "{e}");
+        assert!(e.contains("repetition limit"), "{e}");
+
+        let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+        let e = parse_job(&deep, "j").unwrap_err().to_string();
+        assert!(e.contains("recursion limit"), "{e}");
+
+        let big = format!("batchInterval: 1s\n#{}\n", "x".repeat(MAX_JOB_FILE_BYTES));
+        let e = parse_job(&big, "j").unwrap_err().to_string();
+        assert!(e.contains("the limit is 1048576"), "{e}");
+    }
+}

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError, DURATION_PATTERN};
 pub use load::{load_job_file, parse_job, JobFile, LoadError, KUBERNETES_ONLY_FIELDS};
-pub use validate::{FieldError, ValidationErrors};
+pub use validate::{FieldError, ValidationErrors, SECRET_PROPERTIES};
 
 /// A streaming job: where records come from, what happens to them, where results go.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -79,10 +79,23 @@ pub struct KafkaSource {
     pub group_id: Option<String>,
     /// Name of a Secret (or, outside Kubernetes, an env file) with SASL/TLS settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")
+    )]
     pub credentials_secret: Option<String>,
     /// Extra librdkafka client settings (never credentials: those come from the secret).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 128, "x-kubernetes-validations" = [{
+        "rule": "!self.exists(k, k in ['sasl.password', 'sasl.username', 'ssl.key.password', 'ssl.key.pem', 'ssl.keystore.password', 'sasl.oauthbearer.client.secret', 'sasl.oauthbearer.config'])",
+        "message": "properties may not hold credentials (sasl.username, sasl.password, ssl.key.*, ...): put them in the Secret named by credentialsSecret"
+    }]))]
     pub properties: BTreeMap<String, String>,
+    /// The credentials themselves, read at startup from the mounted Secret (or a local
+    /// directory or env file): never written in, or serialized with, a spec.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub credentials: crate::credentials::Credentials,
 }
 
 /// Where a partition without a committed offset starts.
@@ -242,18 +255,23 @@ pub struct StepSpec {
     pub id: String,
     /// CEL boolean: keep the record when true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub filter: Option<Expr>,
     /// CEL expression whose result becomes the record's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub map: Option<Expr>,
     /// Computed fields: the new value is an object with one field per entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
     pub select: Option<BTreeMap<String, Expr>>,
     /// CEL list expression: one output record per element, seen as `item`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub flat_map: Option<Expr>,
     /// CEL expression whose result becomes the record's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub key_by: Option<Expr>,
     /// Per-key aggregation of each batch (or of each window, with `window`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -280,15 +298,20 @@ pub struct AggregateSpec {
     pub count: Option<Empty>,
     /// Sum of a numeric CEL expression per key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub sum: Option<Expr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub min: Option<Expr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub max: Option<Expr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub avg: Option<Expr>,
     /// reduceByKey: a CEL expression of `a` and `b` combining two values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub reduce: Option<Expr>,
 }
 
@@ -311,11 +334,14 @@ pub struct WindowSpec {
 pub struct StateStepSpec {
     /// CEL: the state of a key seen for the first time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub initial: Option<Expr>,
     /// CEL of `key`, `values` and `state`: the new state.
+    #[schemars(length(max = 4096))]
     pub update: Expr,
     /// CEL of `key` and `state`: drop the key's state when true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub remove: Option<Expr>,
     /// Remove a key not seen for this long, emitting a final record for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,8 +33,9 @@ impl fmt::Display for ValidationErrors {
     }
 }
 
-/// librdkafka settings that hold secrets: they belong in the credentials secret.
-const SECRET_PROPERTIES: &[&str] = &[
+/// librdkafka settings that hold secrets: they belong in the credentials secret. The CRD's
+/// rule on `properties` lists the same keys (a test keeps them in step).
+pub const SECRET_PROPERTIES: &[&str] = &[
     "sasl.password",
     "sasl.username",
     "ssl.key.password",
@@ -82,6 +83,17 @@ impl Checker {
             self.err(field, why);
         }
     }
+}
+
+/// Kubernetes' rule for Secret (and most object) names: a DNS-1123 subdomain.
+fn is_dns_subdomain(name: &str) -> bool {
+    let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    name.len() <= 253
+        && ok_end(name.chars().next())
+        && ok_end(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 /// Kafka's own rule for topic names.
@@ -178,6 +190,17 @@ impl JobSpec {
                 "source.kafka.retries.backoff",
                 "must be longer than 0s, e.g. 500ms",
             );
+        }
+        if let Some(name) = &k.credentials_secret {
+            if !is_dns_subdomain(name) {
+                c.err(
+                    "source.kafka.credentialsSecret",
+                    format!(
+                        "{name:?} is not a Secret name: at most 253 lowercase letters, digits, \
+                         '-' and '.', starting and ending with a letter or digit"
+                    ),
+                );
+            }
         }
         if let Some(g) = &k.group_id {
             if g.trim().is_empty() {
