@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -21,9 +21,10 @@ use crate::crd::StreamingJob;
 use crate::desired::Defaults;
 use crate::lag::LagSummary;
 use crate::metrics::Metrics;
-use crate::observe::{KafkaObserver, Observer};
+use crate::observe::{KafkaObserver, Observer, PartitionOffsets};
 use crate::progress::ProgressSummary;
 use crate::reconcile::reconcile;
+use crate::restarts::Record;
 use crate::scaling::PartitionCounts;
 use crate::{Error, ErrorClass};
 
@@ -76,7 +77,14 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<StreamingJob>, u32>>,
     /// The last observation of each job, reused within the observation period.
     observed: Mutex<HashMap<ObjectRef<StreamingJob>, Observed>>,
+    /// Each job's restart record as last computed, by job uid. Ahead of the cached job's
+    /// status until our status write comes back through the watch, so a restart is never
+    /// counted twice from a stale cache.
+    restarts: Mutex<HashMap<ObjectRef<StreamingJob>, KeptRecord>>,
 }
+
+/// A job's restart record with the job's uid and when it was kept.
+type KeptRecord = (Option<String>, Instant, Record);
 
 /// What one reconcile read from Kafka and the workers.
 ///
@@ -90,6 +98,9 @@ pub struct Observed {
     pub partitions: Option<PartitionCounts>,
     pub kafka: std::result::Result<LagSummary, String>,
     pub progress: ProgressSummary,
+    /// Every input partition's offsets, for the committed offsets a restarted worker resumes
+    /// from; empty when the read failed.
+    pub offsets: Arc<[PartitionOffsets]>,
 }
 
 impl Context {
@@ -106,6 +117,7 @@ impl Context {
             observer: Arc::new(KafkaObserver::default()),
             failures: Mutex::default(),
             observed: Mutex::default(),
+            restarts: Mutex::default(),
         }
     }
 
@@ -143,6 +155,27 @@ impl Context {
         let keep = self.settings.observe_every.max(self.settings.resync) * 2;
         seen.retain(|_, old| old.at.elapsed() < keep);
         seen.insert(ObjectRef::from_obj(job), o);
+    }
+
+    /// The job's restart record as this operator last computed it, if it has one for this
+    /// job (same uid: a job deleted and created again starts afresh).
+    pub(crate) fn restart_record(&self, job: &StreamingJob) -> Option<Record> {
+        let kept = self.restarts.lock().ok()?;
+        kept.get(&ObjectRef::from_obj(job))
+            .filter(|(uid, _, _)| *uid == job.metadata.uid)
+            .map(|(_, _, r)| r.clone())
+    }
+
+    pub(crate) fn keep_restart_record(&self, job: &StreamingJob, record: Record) {
+        let Ok(mut kept) = self.restarts.lock() else {
+            return;
+        };
+        let keep = self.settings.observe_every.max(self.settings.resync) * 2;
+        kept.retain(|_, (_, at, _)| at.elapsed() < keep);
+        kept.insert(
+            ObjectRef::from_obj(job),
+            (job.metadata.uid.clone(), Instant::now(), record),
+        );
     }
 
     fn count_failure(&self, job: &StreamingJob) -> u32 {

@@ -9,6 +9,8 @@
 //!   trait) and its workers' `/progress`.
 //! - [`desired`], [`scaling`], [`lag`], [`status`]: PURE functions from a job (and
 //!   observations) to children, worker counts, lag and status.
+//! - [`restarts`]: PURE: worker pods' restarts -> restart count, last failure, the restart
+//!   policy's budget and whether it stops the job.
 //! - [`apply`]: server-side apply of the children and the status patch.
 //! - [`leader`]: Lease-based leader election, so only one operator replica reconciles.
 //! - [`metrics`], [`telemetry`], [`http`]: OpenTelemetry metrics, logs, `/metrics` and `/healthz`.
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod observe;
 pub mod progress;
 pub mod reconcile;
+pub mod restarts;
 pub mod scaling;
 pub mod status;
 pub mod telemetry;

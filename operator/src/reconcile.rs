@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -19,8 +20,9 @@ use weir_worker::spec::FieldError;
 use crate::controller::{Context, Observed};
 use crate::crd::{StreamingJob, StreamingJobStatus};
 use crate::lag::{self, LagSummary};
-use crate::observe::{self, KafkaTarget};
+use crate::observe::{self, KafkaTarget, PartitionOffsets};
 use crate::progress::{self, ProgressSummary};
+use crate::restarts::{self, Record, WorkerPod, RESTART_ANNOTATION};
 use crate::scaling::{self, PartitionCounts};
 use crate::status::{self, Observation};
 use crate::{apply, desired, Result};
@@ -82,16 +84,23 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     let previous = job.status.as_ref();
     let mut kafka = None;
     let mut workers = None;
+    let mut restarts = None;
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
         let name = job.name_any();
         let recent = ctx.recent(job);
-        let (partitions, read) = match &recent {
-            Some(o) => (o.partitions, o.kafka.clone()),
+        let (partitions, read, offsets) = match &recent {
+            Some(o) => (o.partitions, o.kafka.clone(), o.offsets.clone()),
             None => observe_kafka(ctx, job, &ns, previous).await,
         };
-        let now = apply::running(&ctx.client, &ns, &name).await?;
-        let children = desired::children(job, &ctx.settings.defaults, partitions)?;
+        let (now, pods) = apply::running(&ctx.client, &ns, &name).await?;
+        let record = restart_policy(ctx, job, now, &pods, &offsets, recent.is_none()).await;
+        let stopped = record.stopped.as_ref().map(|s| s.reason.clone());
+        restarts = Some(record);
+        let mut children = desired::children(job, &ctx.settings.defaults, partitions)?;
+        if stopped.is_some() {
+            children.workers = (0, "stopped by the restart policy".into());
+        }
         let next = scaling::next_replicas(children.workers.0, now);
         if let Some(now) = now.filter(|n| next == 0 && n.replicas > 0 && children.workers.0 > 0) {
             let note = format!(
@@ -119,6 +128,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
                     partitions,
                     kafka: read.clone(),
                     progress: progress.clone(),
+                    offsets,
                 },
             );
         }
@@ -129,6 +139,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
                 desired: children.workers.0,
                 reason: children.workers.1,
                 suspended: job.spec.suspend,
+                stopped,
                 current,
                 ready: count(st.ready_replicas),
                 selector: desired::selector_string(&name),
@@ -150,6 +161,9 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     }
     if let Some(progress) = &workers {
         new = status::with_progress(new, progress);
+    }
+    if let Some(record) = restarts {
+        record.write(&mut new);
     }
     if !status::changed(previous, &new) {
         return Ok(outcome);
@@ -176,20 +190,25 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     Ok(outcome)
 }
 
-/// Reads the job's offsets from Kafka. Returns the partition counts to scale by and what
-/// status shows: the lag summary, or why the read failed.
+/// Reads the job's offsets from Kafka. Returns the partition counts to scale by, what
+/// status shows (the lag summary, or why the read failed) and every partition's offsets.
 async fn observe_kafka(
     ctx: &Context,
     job: &StreamingJob,
     ns: &str,
     previous: Option<&StreamingJobStatus>,
-) -> (Option<PartitionCounts>, Result<LagSummary, String>) {
+) -> (
+    Option<PartitionCounts>,
+    Result<LagSummary, String>,
+    Arc<[PartitionOffsets]>,
+) {
     let target = KafkaTarget::of(job, ns, &job.name_any());
     let starting = target.source.starting_offsets.clone();
     match observe::kafka(ctx.observer.clone(), target).await {
         Ok(obs) => (
             Some(obs.partition_counts()),
             Ok(lag::summarize(&obs, &starting, ctx.settings.offset_rows)),
+            obs.partitions.into(),
         ),
         Err(e) => {
             warn!(error = %e, "cannot read the job's offsets from Kafka");
@@ -202,9 +221,96 @@ async fn observe_kafka(
                     total: n,
                     widest: n,
                 });
-            (last, Err(e.to_string()))
+            (last, Err(e.to_string()), Arc::new([]))
         }
     }
+}
+
+/// Applies the restart policy: counts the workers' new restarts (on a fresh observation only,
+/// so each is counted and announced once), records the last failure, and stops or resumes
+/// the job. Returns the record status shows.
+async fn restart_policy(
+    ctx: &Context,
+    job: &StreamingJob,
+    now: Option<scaling::Running>,
+    pods: &[Pod],
+    offsets: &[PartitionOffsets],
+    fresh: bool,
+) -> Record {
+    let previous = ctx
+        .restart_record(job)
+        .unwrap_or_else(|| Record::of(job.status.as_ref()));
+    let annotation = job
+        .annotations()
+        .get(RESTART_ANNOTATION)
+        .map(String::as_str);
+    let policy_job = restarts::Job {
+        policy: &job.spec.restart_policy,
+        generation: job.metadata.generation,
+        annotation,
+        workers: now.map_or(0, |n| n.replicas),
+        partitions: offsets,
+    };
+    let outcome = if fresh {
+        let name = job.name_any();
+        let workers: Vec<WorkerPod> = pods
+            .iter()
+            .filter_map(|p| WorkerPod::from_pod(p, &name))
+            .collect();
+        restarts::decide(previous, &policy_job, &workers, Timestamp::now())
+    } else {
+        let mut record = previous;
+        let resumed = restarts::resume(&mut record, &policy_job);
+        restarts::Outcome {
+            record,
+            restarted: Vec::new(),
+            stopped_now: false,
+            resumed,
+        }
+    };
+    ctx.keep_restart_record(job, outcome.record.clone());
+    for r in &outcome.restarted {
+        let note = restarts::restarted_note(r, outcome.record.last_failure.as_ref());
+        warn!(worker = r.worker, restarts = r.count, %note, "worker restarted");
+        publish(
+            ctx,
+            job,
+            (EventType::Warning, "WorkerRestarted", "Restart"),
+            note,
+        )
+        .await;
+    }
+    if let Some(s) = outcome
+        .record
+        .stopped
+        .as_ref()
+        .filter(|_| outcome.stopped_now)
+    {
+        let note = format!(
+            "{}; workers scaled to zero, offsets kept; change the spec or set the {RESTART_ANNOTATION} annotation to a new value to start again",
+            s.reason
+        );
+        warn!(reason = %s.reason, "restart budget spent; stopping the job");
+        publish(
+            ctx,
+            job,
+            (EventType::Warning, "RestartBudgetSpent", "Stop"),
+            note,
+        )
+        .await;
+    }
+    if outcome.resumed {
+        info!("stopped job started again");
+        let note = "the spec or the restart annotation changed; starting the workers again";
+        publish(
+            ctx,
+            job,
+            (EventType::Normal, "Resumed", "Start"),
+            note.into(),
+        )
+        .await;
+    }
+    outcome.record
 }
 
 /// An Event is a courtesy; status already says it, so a failed post is only logged.
