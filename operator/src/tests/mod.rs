@@ -13,4 +13,5 @@ mod observed;
 mod progress;
 mod rescale;
 mod restarts;
+mod suspend;
 mod tansu;
