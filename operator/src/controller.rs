@@ -17,6 +17,7 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::conditions::{Health, WorkerOffsets};
 use crate::crd::StreamingJob;
 use crate::desired::Defaults;
 use crate::lag::LagSummary;
@@ -50,6 +51,9 @@ pub struct Settings {
     pub progress_timeout: Duration,
     /// Per-partition rows in status (capped at [`crate::lag::MAX_ROWS`]).
     pub offset_rows: usize,
+    /// Batch intervals a worker may go with records waiting and no commit before it is
+    /// Stalled and restarted.
+    pub stall_batches: u32,
 }
 
 impl Default for Settings {
@@ -62,6 +66,7 @@ impl Default for Settings {
             observe_every: Duration::from_secs(15),
             progress_timeout: Duration::from_secs(2),
             offset_rows: crate::lag::DEFAULT_ROWS,
+            stall_batches: 5,
         }
     }
 }
@@ -101,6 +106,10 @@ pub struct Observed {
     /// Every input partition's offsets, for the committed offsets a restarted worker resumes
     /// from; empty when the read failed.
     pub offsets: Arc<[PartitionOffsets]>,
+    /// Progress per worker, and for how many observations each has not moved.
+    pub progress_by_worker: Vec<WorkerOffsets>,
+    pub still: Vec<u32>,
+    pub health: Health,
 }
 
 impl Context {
@@ -144,6 +153,12 @@ impl Context {
                     && o.generation == job.metadata.generation
             })
             .cloned()
+    }
+
+    /// The job's last observation, however old: what the next one is compared with.
+    pub(crate) fn last(&self, job: &StreamingJob) -> Option<Observed> {
+        let seen = self.observed.lock().ok()?;
+        seen.get(&ObjectRef::from_obj(job)).cloned()
     }
 
     /// Keeps `o` as the job's last observation; forgets those of jobs not seen for a while

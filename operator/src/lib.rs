@@ -11,14 +11,19 @@
 //!   observations) to children, worker counts, lag and status.
 //! - [`restarts`]: PURE: worker pods' restarts -> restart count, last failure, the restart
 //!   policy's budget and whether it stops the job.
+//! - [`conditions`]: PURE: per-worker progress over observations -> Progressing, Stalled,
+//!   Degraded, and the Events their flips deserve.
+//! - [`failures`]: the I/O side of restarts and stalls: Events, deleting a stalled worker.
 //! - [`apply`]: server-side apply of the children and the status patch.
 //! - [`leader`]: Lease-based leader election, so only one operator replica reconciles.
 //! - [`metrics`], [`telemetry`], [`http`]: OpenTelemetry metrics, logs, `/metrics` and `/healthz`.
 
 pub mod apply;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod failures;
 pub mod http;
 pub mod lag;
 pub mod leader;

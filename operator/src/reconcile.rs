@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -22,10 +21,9 @@ use crate::crd::{StreamingJob, StreamingJobStatus};
 use crate::lag::{self, LagSummary};
 use crate::observe::{self, KafkaTarget, PartitionOffsets};
 use crate::progress::{self, ProgressSummary};
-use crate::restarts::{self, Record, WorkerPod, RESTART_ANNOTATION};
 use crate::scaling::{self, PartitionCounts};
 use crate::status::{self, Observation};
-use crate::{apply, desired, Result};
+use crate::{apply, conditions, desired, failures, Result};
 
 /// Checks the job spec the way the worker will (`JobSpec::validate`), plus what the operator
 /// needs. Field paths are relative to `spec`.
@@ -84,7 +82,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     let previous = job.status.as_ref();
     let mut kafka = None;
     let mut workers = None;
-    let mut restarts = None;
+    let mut failed = None;
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
         let name = job.name_any();
@@ -94,9 +92,14 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
             None => observe_kafka(ctx, job, &ns, previous).await,
         };
         let (now, pods) = apply::running(&ctx.client, &ns, &name).await?;
-        let record = restart_policy(ctx, job, now, &pods, &offsets, recent.is_none()).await;
-        let stopped = record.stopped.as_ref().map(|s| s.reason.clone());
-        restarts = Some(record);
+        let seen = failures::Seen {
+            running: now,
+            pods: &pods,
+            offsets: &offsets,
+            recent: recent.as_ref(),
+        };
+        let watched = failures::watch(ctx, job, &seen).await?;
+        let stopped = watched.record.stopped.as_ref().map(|s| s.reason.clone());
         let mut children = desired::children(job, &ctx.settings.defaults, partitions)?;
         if stopped.is_some() {
             children.workers = (0, "stopped by the restart policy".into());
@@ -129,11 +132,15 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
                     kafka: read.clone(),
                     progress: progress.clone(),
                     offsets,
+                    progress_by_worker: watched.progress_by_worker.clone(),
+                    still: watched.still.clone(),
+                    health: watched.health.clone(),
                 },
             );
         }
         kafka = Some(read);
         workers = Some(progress);
+        failed = Some(watched);
         (
             Observation::Applied {
                 desired: children.workers.0,
@@ -162,13 +169,28 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     if let Some(progress) = &workers {
         new = status::with_progress(new, progress);
     }
-    if let Some(record) = restarts {
-        record.write(&mut new);
+    if let Some(watched) = &failed {
+        watched.record.clone().write(&mut new);
+        new = conditions::apply(
+            new,
+            &watched.health,
+            job.meta().generation,
+            Timestamp::now(),
+        );
     }
     if !status::changed(previous, &new) {
         return Ok(outcome);
     }
     apply::status(&ctx.client, job, &new).await?;
+    for t in conditions::transitions(previous, &new) {
+        let type_ = if t.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        info!(reason = %t.reason, note = %t.note, "condition changed");
+        publish(ctx, job, (type_, &t.reason, "Observe"), t.note).await;
+    }
     if let Observation::Invalid(_) = observation {
         let message = status::ready_condition(&new).map(|c| c.message.clone());
         warn!(
@@ -226,95 +248,8 @@ async fn observe_kafka(
     }
 }
 
-/// Applies the restart policy: counts the workers' new restarts (on a fresh observation only,
-/// so each is counted and announced once), records the last failure, and stops or resumes
-/// the job. Returns the record status shows.
-async fn restart_policy(
-    ctx: &Context,
-    job: &StreamingJob,
-    now: Option<scaling::Running>,
-    pods: &[Pod],
-    offsets: &[PartitionOffsets],
-    fresh: bool,
-) -> Record {
-    let previous = ctx
-        .restart_record(job)
-        .unwrap_or_else(|| Record::of(job.status.as_ref()));
-    let annotation = job
-        .annotations()
-        .get(RESTART_ANNOTATION)
-        .map(String::as_str);
-    let policy_job = restarts::Job {
-        policy: &job.spec.restart_policy,
-        generation: job.metadata.generation,
-        annotation,
-        workers: now.map_or(0, |n| n.replicas),
-        partitions: offsets,
-    };
-    let outcome = if fresh {
-        let name = job.name_any();
-        let workers: Vec<WorkerPod> = pods
-            .iter()
-            .filter_map(|p| WorkerPod::from_pod(p, &name))
-            .collect();
-        restarts::decide(previous, &policy_job, &workers, Timestamp::now())
-    } else {
-        let mut record = previous;
-        let resumed = restarts::resume(&mut record, &policy_job);
-        restarts::Outcome {
-            record,
-            restarted: Vec::new(),
-            stopped_now: false,
-            resumed,
-        }
-    };
-    ctx.keep_restart_record(job, outcome.record.clone());
-    for r in &outcome.restarted {
-        let note = restarts::restarted_note(r, outcome.record.last_failure.as_ref());
-        warn!(worker = r.worker, restarts = r.count, %note, "worker restarted");
-        publish(
-            ctx,
-            job,
-            (EventType::Warning, "WorkerRestarted", "Restart"),
-            note,
-        )
-        .await;
-    }
-    if let Some(s) = outcome
-        .record
-        .stopped
-        .as_ref()
-        .filter(|_| outcome.stopped_now)
-    {
-        let note = format!(
-            "{}; workers scaled to zero, offsets kept; change the spec or set the {RESTART_ANNOTATION} annotation to a new value to start again",
-            s.reason
-        );
-        warn!(reason = %s.reason, "restart budget spent; stopping the job");
-        publish(
-            ctx,
-            job,
-            (EventType::Warning, "RestartBudgetSpent", "Stop"),
-            note,
-        )
-        .await;
-    }
-    if outcome.resumed {
-        info!("stopped job started again");
-        let note = "the spec or the restart annotation changed; starting the workers again";
-        publish(
-            ctx,
-            job,
-            (EventType::Normal, "Resumed", "Start"),
-            note.into(),
-        )
-        .await;
-    }
-    outcome.record
-}
-
 /// An Event is a courtesy; status already says it, so a failed post is only logged.
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     job: &StreamingJob,
     (type_, reason, action): (EventType, &str, &str),

@@ -193,6 +193,18 @@ pub fn decide(previous: Record, job: &Job<'_>, pods: &[WorkerPod], now: Timestam
     seen.sort_by_key(|s| s.worker);
     record.seen = seen;
 
+    let stopped_now = count(&mut record, job, &restarted, now);
+    Outcome {
+        record,
+        restarted,
+        stopped_now,
+        resumed,
+    }
+}
+
+/// Adds `restarted` to the count, the last failure and the budget; returns whether this
+/// spent the budget and stopped the job.
+fn count(record: &mut Record, job: &Job<'_>, restarted: &[Restarted], now: Timestamp) -> bool {
     let window =
         SignedDuration::try_from(job.policy.window.as_std()).unwrap_or(SignedDuration::MAX);
     let window_over = |b: &RestartBudgetStatus| now.duration_since(b.window_start.0) >= window;
@@ -200,46 +212,40 @@ pub fn decide(previous: Record, job: &Job<'_>, pods: &[WorkerPod], now: Timestam
         .iter()
         .map(|r| r.count)
         .fold(0, u32::saturating_add);
-    let mut stopped_now = false;
     if new == 0 {
         if record.budget.as_ref().is_some_and(window_over) {
             record.budget = None;
         }
-    } else {
-        record.restarts = record.restarts.saturating_add(new);
-        if let Some(last) = restarted.last() {
-            record.last_failure = Some(failure(last, job, now));
-        }
-        let budget = match record.budget.take() {
-            Some(b) if !window_over(&b) => RestartBudgetStatus {
-                used: b.used.saturating_add(new),
-                ..b
-            },
-            _ => RestartBudgetStatus {
-                window_start: Time(now),
-                used: new,
-            },
-        };
-        if budget.used > job.policy.max_restarts && record.stopped.is_none() {
-            record.stopped = Some(StoppedStatus {
-                time: Time(now),
-                reason: format!(
-                    "{} worker restarts within {}, more than restartPolicy.maxRestarts {}",
-                    budget.used, job.policy.window, job.policy.max_restarts
-                ),
-                generation: job.generation,
-                restart_annotation: job.annotation.map(str::to_string),
-            });
-            stopped_now = true;
-        }
-        record.budget = Some(budget);
+        return false;
     }
-    Outcome {
-        record,
-        restarted,
-        stopped_now,
-        resumed,
+    record.restarts = record.restarts.saturating_add(new);
+    if let Some(last) = restarted.last() {
+        record.last_failure = Some(failure(last, job, now));
     }
+    let budget = match record.budget.take() {
+        Some(b) if !window_over(&b) => RestartBudgetStatus {
+            used: b.used.saturating_add(new),
+            ..b
+        },
+        _ => RestartBudgetStatus {
+            window_start: Time(now),
+            used: new,
+        },
+    };
+    let spent = budget.used > job.policy.max_restarts && record.stopped.is_none();
+    if spent {
+        record.stopped = Some(StoppedStatus {
+            time: Time(now),
+            reason: format!(
+                "{} worker restarts within {}, more than restartPolicy.maxRestarts {}",
+                budget.used, job.policy.window, job.policy.max_restarts
+            ),
+            generation: job.generation,
+            restart_annotation: job.annotation.map(str::to_string),
+        });
+    }
+    record.budget = Some(budget);
+    spent
 }
 
 fn failure(r: &Restarted, job: &Job<'_>, now: Timestamp) -> LastFailureStatus {
@@ -326,4 +332,31 @@ pub fn restarted_note(r: &Restarted, failure: Option<&LastFailureStatus>) -> Str
         note.push_str(&format!("; resumes from {}", from.join(", ")));
     }
     crate::status::cut_message(note)
+}
+
+/// Records a restart the operator made itself (a stalled worker's pod deleted), counted
+/// against the same budget as crashes.
+pub fn record_stalled(
+    previous: Record,
+    job: &Job<'_>,
+    worker: u32,
+    why: String,
+    now: Timestamp,
+) -> Outcome {
+    let mut record = previous;
+    let r = Restarted {
+        worker,
+        count: 1,
+        exit: None,
+    };
+    let stopped_now = count(&mut record, job, std::slice::from_ref(&r), now);
+    if let Some(f) = record.last_failure.as_mut() {
+        f.message = crate::status::cut_message(why);
+    }
+    Outcome {
+        record,
+        restarted: vec![r],
+        stopped_now,
+        resumed: false,
+    }
 }

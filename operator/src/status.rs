@@ -182,7 +182,7 @@ pub fn with_kafka(
 }
 
 /// Replaces the condition of the same type, keeping its transition time if status is unchanged.
-fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+pub(crate) fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(old) => {
             if old.status == new.status {

@@ -121,6 +121,14 @@ async fn restarts_are_recorded_and_a_spent_budget_fails_the_job_until_restarted(
     );
     assert_eq!(s["restartBudget"]["used"], 1);
     assert_ne!(s["phase"], "Failed", "one restart is within the budget");
+    let degraded = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "WorkersRestarted");
     let event = events(&r, "WorkerRestarted")[0];
     assert_eq!(event.body["type"], "Warning");
     assert_eq!(

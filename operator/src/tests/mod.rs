@@ -2,6 +2,7 @@
 //! schema, the children built from a job, and the controller against a scripted API server.
 
 mod cel;
+mod conditions;
 mod controller;
 mod crd;
 mod desired;
@@ -13,5 +14,6 @@ mod observed;
 mod progress;
 mod rescale;
 mod restarts;
+mod stalls;
 mod suspend;
 mod tansu;
