@@ -91,3 +91,16 @@ pub async fn running(client: &Client, ns: &str, job: &str) -> Result<(Option<Run
     };
     Ok((Some(running), listed.items))
 }
+
+/// Sets the StatefulSet's replicas alone, with a merge patch: a server-side apply of only this
+/// field would drop every other field Weir owns.
+///
+/// # Errors
+/// When the API server refuses the patch.
+pub async fn scale(client: &Client, ns: &str, job: &str, replicas: u32) -> Result<()> {
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+    sets.patch(job, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}

@@ -210,6 +210,7 @@ pub fn backoff(class: ErrorClass, attempt: u32) -> Duration {
         ErrorClass::Transient => (Duration::from_secs(2), Duration::from_secs(300)),
         ErrorClass::Rejected => (Duration::from_secs(30), Duration::from_secs(900)),
         ErrorClass::Permanent => (Duration::from_secs(300), Duration::from_secs(1800)),
+        ErrorClass::Waiting => return Duration::from_secs(2),
     };
     let factor = 1u32 << attempt.saturating_sub(1).min(16);
     base.saturating_mul(factor).min(cap)
@@ -218,6 +219,10 @@ pub fn backoff(class: ErrorClass, attempt: u32) -> Duration {
 pub fn error_policy(job: Arc<StreamingJob>, error: &Error, ctx: Arc<Context>) -> Action {
     let attempt = ctx.count_failure(&job);
     let wait = backoff(error.class(), attempt);
+    if error.class() == ErrorClass::Waiting {
+        debug!(%error, retry_in = ?wait, "waiting");
+        return Action::requeue(wait);
+    }
     warn!(error = %error, class = ?error.class(), attempt, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }

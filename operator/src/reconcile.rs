@@ -1,4 +1,5 @@
-//! One reconcile of one job: validate -> observe Kafka -> desired -> apply -> status.
+//! One reconcile of one job: the finalizer's dispatch, then validate -> observe Kafka ->
+//! desired -> apply -> status (or, for a deleted job, [`crate::cleanup`]).
 //!
 //! Level-triggered: every pass recomputes everything from the job as it is now. An invalid
 //! spec is reported (status and an Event), never returned as an error, so a typo does not
@@ -10,12 +11,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 use weir_worker::spec::FieldError;
 
+use crate::cleanup::{self, DRAIN_FINALIZER};
 use crate::controller::{Context, Observed};
 use crate::crd::{StreamingJob, StreamingJobStatus};
 use crate::lag::{self, LagSummary};
@@ -23,7 +27,7 @@ use crate::observe::{self, KafkaTarget, PartitionOffsets};
 use crate::progress::{self, ProgressSummary};
 use crate::scaling::{self, PartitionCounts};
 use crate::status::{self, Observation};
-use crate::{apply, conditions, desired, failures, Result};
+use crate::{apply, conditions, desired, failures, Error, ErrorClass, Result};
 
 /// Checks the job spec the way the worker will (`JobSpec::validate`), plus what the operator
 /// needs. Field paths are relative to `spec`.
@@ -60,20 +64,38 @@ pub fn validate(job: &StreamingJob) -> Vec<FieldError> {
 #[instrument(skip_all, fields(job = %job.name_any(), namespace = job.namespace().as_deref().unwrap_or_default()))]
 pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let result = reconcile_inner(&job, &ctx).await;
-    match &result {
-        Ok(outcome) => {
-            ctx.metrics.reconciled(outcome, started.elapsed());
-            ctx.forget_failures(&job);
+    let api: Api<StreamingJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let inner = ctx.clone();
+    let result = finalizer(&api, DRAIN_FINALIZER, job.clone(), |event| async move {
+        match event {
+            FinalizerEvent::Apply(job) => {
+                let outcome = reconcile_inner(&job, &inner).await?;
+                inner.metrics.reconciled(outcome, started.elapsed());
+                // Valid jobs come back every observation period, so lag and partition counts
+                // follow the brokers; an invalid one has nothing to observe until it changes.
+                Ok(match outcome {
+                    "applied" => {
+                        Action::requeue(inner.settings.observe_every.min(inner.settings.resync))
+                    }
+                    _ => Action::requeue(inner.settings.resync),
+                })
+            }
+            FinalizerEvent::Cleanup(job) => {
+                let action = cleanup::drain(&job, &inner).await?;
+                inner.metrics.reconciled("drained", started.elapsed());
+                Ok(action)
+            }
         }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    match &result {
+        Ok(_) => ctx.forget_failures(&job),
+        Err(e) if e.class() == ErrorClass::Waiting => {}
         Err(e) => ctx.metrics.failed(e, started.elapsed()),
     }
-    // Valid jobs come back every observation period, so lag and partition counts follow the
-    // brokers; an invalid one has nothing to observe until its spec changes.
-    result.map(|outcome| match outcome {
-        "applied" => Action::requeue(ctx.settings.observe_every.min(ctx.settings.resync)),
-        _ => Action::requeue(ctx.settings.resync),
-    })
+    result
 }
 
 /// Returns a fixed outcome name for the metrics.

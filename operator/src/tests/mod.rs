@@ -6,6 +6,7 @@ mod conditions;
 mod controller;
 mod crd;
 mod desired;
+mod drain;
 mod failures;
 mod kafka;
 mod lag;
