@@ -77,9 +77,10 @@ rbac.yaml).
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# delete: a stalled worker is restarted by deleting its pod.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
