@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::conditions::{Health, WorkerOffsets};
-use crate::crd::StreamingJob;
+use crate::crd::{RewindStatus, StreamingJob};
 use crate::desired::Defaults;
 use crate::lag::LagSummary;
 use crate::metrics::Metrics;
@@ -86,7 +86,13 @@ pub struct Context {
     /// status until our status write comes back through the watch, so a restart is never
     /// counted twice from a stale cache.
     restarts: Mutex<HashMap<ObjectRef<StreamingJob>, KeptRecord>>,
+    /// Each job's last rewind, by job uid: a rewind is done once even if the cached job's
+    /// status does not show it yet.
+    rewinds: Mutex<HashMap<ObjectRef<StreamingJob>, KeptRewind>>,
 }
+
+/// A job's last rewind with the job's uid and when it was kept.
+type KeptRewind = (Option<String>, Instant, RewindStatus);
 
 /// A job's restart record with the job's uid and when it was kept.
 type KeptRecord = (Option<String>, Instant, Record);
@@ -127,6 +133,7 @@ impl Context {
             failures: Mutex::default(),
             observed: Mutex::default(),
             restarts: Mutex::default(),
+            rewinds: Mutex::default(),
         }
     }
 
@@ -190,6 +197,26 @@ impl Context {
         kept.insert(
             ObjectRef::from_obj(job),
             (job.metadata.uid.clone(), Instant::now(), record),
+        );
+    }
+
+    /// The job's last rewind as this operator did it, if any (same uid).
+    pub(crate) fn rewound(&self, job: &StreamingJob) -> Option<RewindStatus> {
+        let kept = self.rewinds.lock().ok()?;
+        kept.get(&ObjectRef::from_obj(job))
+            .filter(|(uid, _, _)| *uid == job.metadata.uid)
+            .map(|(_, _, r)| r.clone())
+    }
+
+    pub(crate) fn keep_rewound(&self, job: &StreamingJob, done: RewindStatus) {
+        let Ok(mut kept) = self.rewinds.lock() else {
+            return;
+        };
+        let keep = self.settings.observe_every.max(self.settings.resync) * 2;
+        kept.retain(|_, (_, at, _)| at.elapsed() < keep);
+        kept.insert(
+            ObjectRef::from_obj(job),
+            (job.metadata.uid.clone(), Instant::now(), done),
         );
     }
 

@@ -131,6 +131,50 @@ pub struct StreamingJobSpec {
     /// Scale the workers to zero, keeping offsets and state for a later resume.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// Moves the job's committed offsets once, each time `rewind.id` changes: the workers
+    /// stop, the group's offsets are set, and the workers start again from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<RewindSpec>,
+}
+
+/// Where a rewind sets the job's offsets: exactly one of the targets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.toTimestamp), has(self.offsets), has(self.toEarliest) && self.toEarliest, has(self.toLatest) && self.toLatest].filter(x, x).size() == 1",
+    "message": "rewind sets exactly one of toTimestamp, offsets, toEarliest, toLatest",
+    "reason": "FieldValueInvalid"
+}]))]
+pub struct RewindSpec {
+    /// Any string; a new value runs the rewind once (e.g. a date or a ticket number).
+    #[schemars(length(min = 1, max = 253))]
+    pub id: String,
+    /// Each partition goes to its first record at or after this time (RFC 3339), or to its
+    /// end if there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub to_timestamp: Option<String>,
+    /// Explicit offsets; partitions not listed keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 10000))]
+    pub offsets: Option<Vec<RewindOffset>>,
+    /// Every partition to the start of its log.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub to_earliest: bool,
+    /// Every partition to its end: skip everything waiting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub to_latest: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RewindOffset {
+    #[schemars(length(min = 1, max = 249))]
+    pub topic: String,
+    #[schemars(range(min = 0))]
+    pub partition: i32,
+    #[schemars(range(min = 0))]
+    pub offset: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -323,6 +367,24 @@ pub struct StreamingJobStatus {
     #[serde(default)]
     #[schemars(length(max = 1000))]
     pub seen_restarts: Vec<SeenRestarts>,
+    /// The last rewind done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<RewindStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RewindStatus {
+    /// The `spec.rewind.id` it was done for.
+    pub id: String,
+    /// When the offsets were set.
+    pub time: Time,
+    /// The offsets committed, capped by topic and partition number.
+    #[schemars(length(max = 20))]
+    pub offsets: Vec<ResumedOffset>,
+    /// Partitions set but not listed because of the cap.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: u32,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -16,7 +16,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
 
+use crate::crd::ResumedOffset;
 use crate::observe::{KafkaObservation, KafkaTarget, ObserveError, Observer, PartitionOffsets};
+use crate::rewind::RewindTo;
 
 /// One request as the API server received it.
 #[derive(Clone, Debug)]
@@ -505,6 +507,9 @@ pub struct DataObserver {
     pub asked: Mutex<Vec<KafkaTarget>>,
     /// Where each worker's `/progress` listens, by ordinal (in place of the pod's DNS name).
     pub workers: Mutex<Vec<String>>,
+    /// Each rewind asked for, in order; it is answered with the explicit offsets asked, or
+    /// with every observed partition at its log start (earliest) or end (anything else).
+    pub rewinds: Mutex<Vec<RewindTo>>,
 }
 
 impl DataObserver {
@@ -513,6 +518,7 @@ impl DataObserver {
             answer: Mutex::new(answer),
             asked: Mutex::default(),
             workers: Mutex::default(),
+            rewinds: Mutex::default(),
         })
     }
 
@@ -535,6 +541,36 @@ impl Observer for DataObserver {
                 op: "topic metadata",
                 source: KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
             })
+    }
+
+    fn rewind(
+        &self,
+        _target: &KafkaTarget,
+        to: &RewindTo,
+    ) -> Result<Vec<ResumedOffset>, ObserveError> {
+        self.rewinds.lock().expect("fixture lock").push(to.clone());
+        let answer = self.answer.lock().expect("fixture lock").clone();
+        let offset = |(topic, partition, offset): (String, i32, i64)| ResumedOffset {
+            topic,
+            partition,
+            offset: Some(offset),
+        };
+        Ok(match to {
+            RewindTo::Offsets(list) => list.iter().cloned().map(offset).collect(),
+            _ => answer
+                .unwrap_or_default()
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let at = if *to == RewindTo::Earliest {
+                        p.log_start
+                    } else {
+                        p.end
+                    };
+                    offset((p.topic, p.partition, at))
+                })
+                .collect(),
+        })
     }
 
     fn worker_address(&self, _namespace: &str, _job: &str, ordinal: u32) -> String {

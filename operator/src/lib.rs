@@ -14,6 +14,7 @@
 //! - [`conditions`]: PURE: per-worker progress over observations -> Progressing, Stalled,
 //!   Degraded, and the Events their flips deserve.
 //! - [`failures`]: the I/O side of restarts and stalls: Events, deleting a stalled worker.
+//! - [`rewind`]: declarative rewind: stop the workers, set the group's offsets, start again.
 //! - [`apply`]: server-side apply of the children and the status patch.
 //! - [`cleanup`]: the finalizer: a deleted job's workers drain (commit, exit) before it goes.
 //! - [`leader`]: Lease-based leader election, so only one operator replica reconciles.
@@ -34,6 +35,7 @@ pub mod observe;
 pub mod progress;
 pub mod reconcile;
 pub mod restarts;
+pub mod rewind;
 pub mod scaling;
 pub mod status;
 pub mod telemetry;
@@ -58,6 +60,8 @@ pub enum Error {
     MissingField(&'static str),
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("cannot set the job's offsets for the rewind: {0}")]
+    Rewind(#[source] observe::ObserveError),
     /// Not a failure: a deleted job waits for its workers to commit and exit.
     #[error("waiting for {0} worker pods to finish their batch and exit")]
     Draining(u32),
@@ -94,6 +98,7 @@ impl Error {
                 _ => "finalizer",
             },
             Self::Draining(_) => "draining",
+            Self::Rewind(_) => "rewind",
         }
     }
 
@@ -111,6 +116,7 @@ impl Error {
                 _ => ErrorClass::Permanent,
             },
             Self::Draining(_) => ErrorClass::Waiting,
+            Self::Rewind(_) => ErrorClass::Transient,
         }
     }
 }

@@ -95,7 +95,7 @@ impl ObserveError {
         }
     }
 
-    fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> Self {
+    pub(crate) fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> Self {
         move |source| Self::Kafka { op, source }
     }
 }
@@ -105,6 +105,16 @@ pub trait Observer: Send + Sync + 'static {
     /// # Errors
     /// When the brokers cannot be reached in time or a topic is missing.
     fn kafka(&self, target: &KafkaTarget) -> Result<KafkaObservation, ObserveError>;
+
+    /// Sets the job's group offsets for a rewind; returns the offsets committed.
+    ///
+    /// # Errors
+    /// When the brokers cannot be reached in time, a topic is missing or the commit fails.
+    fn rewind(
+        &self,
+        target: &KafkaTarget,
+        to: &crate::rewind::RewindTo,
+    ) -> Result<Vec<crate::crd::ResumedOffset>, ObserveError>;
 
     /// Where worker `ordinal`'s `/progress` listens: its name under the job's headless
     /// Service, so it works from any operator replica without listing pods.
@@ -195,6 +205,14 @@ impl Observer for KafkaObserver {
         }
         Ok(obs)
     }
+
+    fn rewind(
+        &self,
+        target: &KafkaTarget,
+        to: &crate::rewind::RewindTo,
+    ) -> Result<Vec<crate::crd::ResumedOffset>, ObserveError> {
+        crate::rewind::set_offsets(target, to, self.timeout)
+    }
 }
 
 fn partition_list(
@@ -243,6 +261,20 @@ pub async fn kafka(
     target: KafkaTarget,
 ) -> Result<KafkaObservation, ObserveError> {
     tokio::task::spawn_blocking(move || observer.kafka(&target))
+        .await
+        .map_err(|e| ObserveError::Task(e.to_string()))?
+}
+
+/// Runs `observer`'s rewind on the blocking pool.
+///
+/// # Errors
+/// The observer's error, or [`ObserveError::Task`] if the task panicked or was cancelled.
+pub async fn rewind(
+    observer: std::sync::Arc<dyn Observer>,
+    target: KafkaTarget,
+    to: crate::rewind::RewindTo,
+) -> Result<Vec<crate::crd::ResumedOffset>, ObserveError> {
+    tokio::task::spawn_blocking(move || observer.rewind(&target, &to))
         .await
         .map_err(|e| ObserveError::Task(e.to_string()))?
 }

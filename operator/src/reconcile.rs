@@ -21,13 +21,13 @@ use weir_worker::spec::FieldError;
 
 use crate::cleanup::{self, DRAIN_FINALIZER};
 use crate::controller::{Context, Observed};
-use crate::crd::{StreamingJob, StreamingJobStatus};
+use crate::crd::{RewindStatus, StreamingJob, StreamingJobStatus};
 use crate::lag::{self, LagSummary};
 use crate::observe::{self, KafkaTarget, PartitionOffsets};
 use crate::progress::{self, ProgressSummary};
 use crate::scaling::{self, PartitionCounts};
 use crate::status::{self, Observation};
-use crate::{apply, conditions, desired, failures, Error, ErrorClass, Result};
+use crate::{apply, conditions, desired, failures, rewind, Error, ErrorClass, Result};
 
 /// Checks the job spec the way the worker will (`JobSpec::validate`), plus what the operator
 /// needs. Field paths are relative to `spec`.
@@ -45,6 +45,17 @@ pub fn validate(job: &StreamingJob) -> Vec<FieldError> {
                 "{} exceeds workers.max {}; lower min or raise max",
                 w.min, w.max
             ),
+        });
+    }
+    if let Some(Err(message)) = job
+        .spec
+        .rewind
+        .as_ref()
+        .map(|r| rewind::target(r, &job.spec.job.source.kafka.topics))
+    {
+        errors.push(FieldError {
+            field: "rewind".into(),
+            message,
         });
     }
     if job
@@ -105,6 +116,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     let mut kafka = None;
     let mut workers = None;
     let mut failed = None;
+    let mut rewound = None;
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
         let name = job.name_any();
@@ -122,9 +134,13 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         };
         let watched = failures::watch(ctx, job, &seen).await?;
         let stopped = watched.record.stopped.as_ref().map(|s| s.reason.clone());
+        let (rewinding, done) = rewind_step(ctx, job, &ns, now).await?;
+        rewound = done;
         let mut children = desired::children(job, &ctx.settings.defaults, partitions)?;
         if stopped.is_some() {
             children.workers = (0, "stopped by the restart policy".into());
+        } else if let Some(id) = rewinding {
+            children.workers = (0, format!("rewind {id:?}: stopping the workers"));
         }
         let next = scaling::next_replicas(children.workers.0, now);
         if let Some(now) = now.filter(|n| next == 0 && n.replicas > 0 && children.workers.0 > 0) {
@@ -191,6 +207,9 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     if let Some(progress) = &workers {
         new = status::with_progress(new, progress);
     }
+    if rewound.is_some() {
+        new.rewind = rewound;
+    }
     if let Some(watched) = &failed {
         watched.record.clone().write(&mut new);
         new = conditions::apply(
@@ -232,6 +251,60 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         info!(phase = ?new.phase, desired = new.workers.desired, ready = new.workers.ready, lag, "status updated");
     }
     Ok(outcome)
+}
+
+/// Runs a pending rewind once no worker is left. Returns the id of a rewind still waiting
+/// for the workers to stop, and the last rewind done for status.
+async fn rewind_step(
+    ctx: &Context,
+    job: &StreamingJob,
+    ns: &str,
+    now: Option<scaling::Running>,
+) -> Result<(Option<String>, Option<RewindStatus>)> {
+    let last = ctx
+        .rewound(job)
+        .or_else(|| job.status.as_ref().and_then(|s| s.rewind.clone()));
+    let Some(spec) = rewind::pending(
+        job.spec.rewind.as_ref(),
+        last.as_ref().map(|r| r.id.as_str()),
+    ) else {
+        return Ok((None, last));
+    };
+    if now.is_some_and(|n| n.pods > 0) {
+        return Ok((Some(spec.id.clone()), last));
+    }
+    let target = KafkaTarget::of(job, ns, &job.name_any());
+    // validate() refused a bad target before this runs.
+    let Ok(to) = rewind::target(spec, &target.source.topics) else {
+        return Ok((None, last));
+    };
+    let offsets = observe::rewind(ctx.observer.clone(), target, to)
+        .await
+        .map_err(Error::Rewind)?;
+    let done = rewind::status(&spec.id, offsets, Timestamp::now());
+    ctx.keep_rewound(job, done.clone());
+    let shown: Vec<String> = done
+        .offsets
+        .iter()
+        .map(|o| format!("{}/{}@{}", o.topic, o.partition, o.offset.unwrap_or(-1)))
+        .collect();
+    let mut note = format!(
+        "rewind {:?}: group offsets set to {}",
+        spec.id,
+        shown.join(", ")
+    );
+    if done.omitted > 0 {
+        note.push_str(&format!(" and {} more partitions", done.omitted));
+    }
+    info!(id = %spec.id, partitions = done.offsets.len() + done.omitted as usize, "rewound; starting the workers");
+    publish(
+        ctx,
+        job,
+        (EventType::Normal, "Rewound", "Rewind"),
+        status::cut_message(note),
+    )
+    .await;
+    Ok((None, Some(done)))
 }
 
 /// Reads the job's offsets from Kafka. Returns the partition counts to scale by, what

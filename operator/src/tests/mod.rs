@@ -15,6 +15,7 @@ mod observed;
 mod progress;
 mod rescale;
 mod restarts;
+mod rewind;
 mod stalls;
 mod suspend;
 mod tansu;
