@@ -70,22 +70,37 @@ pub async fn status(
 }
 
 /// The job's workers as they are: the StatefulSet's replicas and the worker pods that still
-/// exist (terminating ones too: they may still be committing). `None` before the first apply.
+/// exist (terminating ones too: they may still be committing), with the pods themselves for
+/// their restart counts. `None` and no pods before the first apply.
 ///
 /// # Errors
 /// When the API server cannot be asked.
-pub async fn running(client: &Client, ns: &str, job: &str) -> Result<Option<Running>> {
+pub async fn running(client: &Client, ns: &str, job: &str) -> Result<(Option<Running>, Vec<Pod>)> {
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let Some(sts) = sets.get_opt(job).await? else {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
     let replicas = sts.spec.and_then(|s| s.replicas).unwrap_or(0);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let listed = pods
-        .list_metadata(&ListParams::default().labels(&desired::selector_string(job)))
+        .list(&ListParams::default().labels(&desired::selector_string(job)))
         .await?;
-    Ok(Some(Running {
+    let running = Running {
         replicas: u32::try_from(replicas).unwrap_or(0),
         pods: u32::try_from(listed.items.len()).unwrap_or(u32::MAX),
-    }))
+    };
+    Ok((Some(running), listed.items))
+}
+
+/// Sets the StatefulSet's replicas alone, with a merge patch: a server-side apply of only this
+/// field would drop every other field Weir owns.
+///
+/// # Errors
+/// When the API server refuses the patch.
+pub async fn scale(client: &Client, ns: &str, job: &str, replicas: u32) -> Result<()> {
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+    sets.patch(job, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -17,13 +17,15 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::crd::StreamingJob;
+use crate::conditions::{Health, WorkerOffsets};
+use crate::crd::{RewindStatus, StreamingJob};
 use crate::desired::Defaults;
 use crate::lag::LagSummary;
 use crate::metrics::Metrics;
-use crate::observe::{KafkaObserver, Observer};
+use crate::observe::{KafkaObserver, Observer, PartitionOffsets};
 use crate::progress::ProgressSummary;
 use crate::reconcile::reconcile;
+use crate::restarts::Record;
 use crate::scaling::PartitionCounts;
 use crate::{Error, ErrorClass};
 
@@ -52,6 +54,9 @@ pub struct Settings {
     /// Whether the operator reads a job's credentials Secret for its own Kafka observations
     /// (it needs `get` on Secrets for that; off, it observes without credentials).
     pub read_credentials: bool,
+    /// Batch intervals a worker may go with records waiting and no commit before it is
+    /// Stalled and restarted.
+    pub stall_batches: u32,
 }
 
 impl Default for Settings {
@@ -65,6 +70,7 @@ impl Default for Settings {
             progress_timeout: Duration::from_secs(2),
             offset_rows: crate::lag::DEFAULT_ROWS,
             read_credentials: false,
+            stall_batches: 5,
         }
     }
 }
@@ -80,7 +86,20 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<StreamingJob>, u32>>,
     /// The last observation of each job, reused within the observation period.
     observed: Mutex<HashMap<ObjectRef<StreamingJob>, Observed>>,
+    /// Each job's restart record as last computed, by job uid. Ahead of the cached job's
+    /// status until our status write comes back through the watch, so a restart is never
+    /// counted twice from a stale cache.
+    restarts: Mutex<HashMap<ObjectRef<StreamingJob>, KeptRecord>>,
+    /// Each job's last rewind, by job uid: a rewind is done once even if the cached job's
+    /// status does not show it yet.
+    rewinds: Mutex<HashMap<ObjectRef<StreamingJob>, KeptRewind>>,
 }
+
+/// A job's last rewind with the job's uid and when it was kept.
+type KeptRewind = (Option<String>, Instant, RewindStatus);
+
+/// A job's restart record with the job's uid and when it was kept.
+type KeptRecord = (Option<String>, Instant, Record);
 
 /// What one reconcile read from Kafka and the workers.
 ///
@@ -94,6 +113,13 @@ pub struct Observed {
     pub partitions: Option<PartitionCounts>,
     pub kafka: std::result::Result<LagSummary, String>,
     pub progress: ProgressSummary,
+    /// Every input partition's offsets, for the committed offsets a restarted worker resumes
+    /// from; empty when the read failed.
+    pub offsets: Arc<[PartitionOffsets]>,
+    /// Progress per worker, and for how many observations each has not moved.
+    pub progress_by_worker: Vec<WorkerOffsets>,
+    pub still: Vec<u32>,
+    pub health: Health,
 }
 
 impl Context {
@@ -110,6 +136,8 @@ impl Context {
             observer: Arc::new(KafkaObserver::default()),
             failures: Mutex::default(),
             observed: Mutex::default(),
+            restarts: Mutex::default(),
+            rewinds: Mutex::default(),
         }
     }
 
@@ -138,6 +166,12 @@ impl Context {
             .cloned()
     }
 
+    /// The job's last observation, however old: what the next one is compared with.
+    pub(crate) fn last(&self, job: &StreamingJob) -> Option<Observed> {
+        let seen = self.observed.lock().ok()?;
+        seen.get(&ObjectRef::from_obj(job)).cloned()
+    }
+
     /// Keeps `o` as the job's last observation; forgets those of jobs not seen for a while
     /// (deleted ones), so the map stays as small as the number of jobs.
     pub(crate) fn remember(&self, job: &StreamingJob, o: Observed) {
@@ -147,6 +181,47 @@ impl Context {
         let keep = self.settings.observe_every.max(self.settings.resync) * 2;
         seen.retain(|_, old| old.at.elapsed() < keep);
         seen.insert(ObjectRef::from_obj(job), o);
+    }
+
+    /// The job's restart record as this operator last computed it, if it has one for this
+    /// job (same uid: a job deleted and created again starts afresh).
+    pub(crate) fn restart_record(&self, job: &StreamingJob) -> Option<Record> {
+        let kept = self.restarts.lock().ok()?;
+        kept.get(&ObjectRef::from_obj(job))
+            .filter(|(uid, _, _)| *uid == job.metadata.uid)
+            .map(|(_, _, r)| r.clone())
+    }
+
+    pub(crate) fn keep_restart_record(&self, job: &StreamingJob, record: Record) {
+        let Ok(mut kept) = self.restarts.lock() else {
+            return;
+        };
+        let keep = self.settings.observe_every.max(self.settings.resync) * 2;
+        kept.retain(|_, (_, at, _)| at.elapsed() < keep);
+        kept.insert(
+            ObjectRef::from_obj(job),
+            (job.metadata.uid.clone(), Instant::now(), record),
+        );
+    }
+
+    /// The job's last rewind as this operator did it, if any (same uid).
+    pub(crate) fn rewound(&self, job: &StreamingJob) -> Option<RewindStatus> {
+        let kept = self.rewinds.lock().ok()?;
+        kept.get(&ObjectRef::from_obj(job))
+            .filter(|(uid, _, _)| *uid == job.metadata.uid)
+            .map(|(_, _, r)| r.clone())
+    }
+
+    pub(crate) fn keep_rewound(&self, job: &StreamingJob, done: RewindStatus) {
+        let Ok(mut kept) = self.rewinds.lock() else {
+            return;
+        };
+        let keep = self.settings.observe_every.max(self.settings.resync) * 2;
+        kept.retain(|_, (_, at, _)| at.elapsed() < keep);
+        kept.insert(
+            ObjectRef::from_obj(job),
+            (job.metadata.uid.clone(), Instant::now(), done),
+        );
     }
 
     fn count_failure(&self, job: &StreamingJob) -> u32 {
@@ -166,6 +241,7 @@ pub fn backoff(class: ErrorClass, attempt: u32) -> Duration {
         ErrorClass::Transient => (Duration::from_secs(2), Duration::from_secs(300)),
         ErrorClass::Rejected => (Duration::from_secs(30), Duration::from_secs(900)),
         ErrorClass::Permanent => (Duration::from_secs(300), Duration::from_secs(1800)),
+        ErrorClass::Waiting => return Duration::from_secs(2),
     };
     let factor = 1u32 << attempt.saturating_sub(1).min(16);
     base.saturating_mul(factor).min(cap)
@@ -174,6 +250,10 @@ pub fn backoff(class: ErrorClass, attempt: u32) -> Duration {
 pub fn error_policy(job: Arc<StreamingJob>, error: &Error, ctx: Arc<Context>) -> Action {
     let attempt = ctx.count_failure(&job);
     let wait = backoff(error.class(), attempt);
+    if error.class() == ErrorClass::Waiting {
+        debug!(%error, retry_in = ?wait, "waiting");
+        return Action::requeue(wait);
+    }
     warn!(error = %error, class = ?error.class(), attempt, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, ResourceRequirements, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -131,6 +131,50 @@ pub struct StreamingJobSpec {
     /// Scale the workers to zero, keeping offsets and state for a later resume.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// Moves the job's committed offsets once, each time `rewind.id` changes: the workers
+    /// stop, the group's offsets are set, and the workers start again from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<RewindSpec>,
+}
+
+/// Where a rewind sets the job's offsets: exactly one of the targets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.toTimestamp), has(self.offsets), has(self.toEarliest) && self.toEarliest, has(self.toLatest) && self.toLatest].filter(x, x).size() == 1",
+    "message": "rewind sets exactly one of toTimestamp, offsets, toEarliest, toLatest",
+    "reason": "FieldValueInvalid"
+}]))]
+pub struct RewindSpec {
+    /// Any string; a new value runs the rewind once (e.g. a date or a ticket number).
+    #[schemars(length(min = 1, max = 253))]
+    pub id: String,
+    /// Each partition goes to its first record at or after this time (RFC 3339), or to its
+    /// end if there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub to_timestamp: Option<String>,
+    /// Explicit offsets; partitions not listed keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 10000))]
+    pub offsets: Option<Vec<RewindOffset>>,
+    /// Every partition to the start of its log.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub to_earliest: bool,
+    /// Every partition to its end: skip everything waiting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub to_latest: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RewindOffset {
+    #[schemars(length(min = 1, max = 249))]
+    pub topic: String,
+    #[schemars(range(min = 0))]
+    pub partition: i32,
+    #[schemars(range(min = 0))]
+    pub offset: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -304,6 +348,110 @@ pub struct StreamingJobStatus {
     // Serialized as null when cleared (no skip_serializing_if), so the merge patch removes it.
     #[serde(default)]
     pub observe_error: Option<String>,
+    /// Worker restarts seen over the job's life: crashes Kubernetes restarted, and stalled
+    /// workers the operator restarted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<LastFailureStatus>,
+    /// Restarts counted against `restartPolicy.maxRestarts`; null again after a window
+    /// without restarts.
+    // Null, not left out, when cleared: the status is written with a merge patch.
+    #[serde(default)]
+    pub restart_budget: Option<RestartBudgetStatus>,
+    /// Set when the restart budget was spent: the workers stay at zero (their offsets kept)
+    /// until the spec changes or the `weir.dev/restart` annotation gets a new value.
+    #[serde(default)]
+    pub stopped: Option<StoppedStatus>,
+    /// Each restarted worker pod's restart count as last seen, so a restart counts once.
+    #[serde(default)]
+    #[schemars(length(max = 1000))]
+    pub seen_restarts: Vec<SeenRestarts>,
+    /// The last rewind done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<RewindStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RewindStatus {
+    /// The `spec.rewind.id` it was done for.
+    pub id: String,
+    /// When the offsets were set.
+    pub time: Time,
+    /// The offsets committed, capped by topic and partition number.
+    #[schemars(length(max = 20))]
+    pub offsets: Vec<ResumedOffset>,
+    /// Partitions set but not listed because of the cap.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The most recent worker failure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastFailureStatus {
+    /// When the operator saw the restart.
+    pub time: Time,
+    pub worker: u32,
+    /// The container's termination message (what the worker wrote to /dev/termination-log,
+    /// else the end of its log), or why the operator restarted it.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The committed offsets of the worker's partitions as observed: where it resumes.
+    /// Capped, by topic and partition number.
+    #[schemars(length(max = 20))]
+    pub resumed_from: Vec<ResumedOffset>,
+    /// Partitions of the worker not listed because of the cap.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed_from_omitted: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumedOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// Absent when the job has not committed the partition yet (it starts per
+    /// startingOffsets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartBudgetStatus {
+    /// Start of the current `restartPolicy.window`.
+    pub window_start: Time,
+    /// Restarts since `windowStart`.
+    pub used: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoppedStatus {
+    pub time: Time,
+    pub reason: String,
+    /// The `metadata.generation` that was stopped; a new one starts the job again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The `weir.dev/restart` annotation's value when stopped; another value starts the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_annotation: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenRestarts {
+    pub worker: u32,
+    /// The pod's uid: a recreated pod counts its restarts from zero again.
+    pub pod: String,
+    pub count: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

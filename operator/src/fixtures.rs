@@ -16,7 +16,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
 
+use crate::crd::ResumedOffset;
 use crate::observe::{KafkaObservation, KafkaTarget, ObserveError, Observer, PartitionOffsets};
+use crate::rewind::RewindTo;
 
 /// One request as the API server received it.
 #[derive(Clone, Debug)]
@@ -283,6 +285,46 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
             let obj = st.store(key(&name), body);
             json_response(StatusCode::OK, &obj)
         }
+        (Method::PATCH, Some(name))
+            if parts
+                .headers
+                .get("content-type")
+                .is_some_and(|v| v == "application/json-patch+json") =>
+        {
+            let Some(mut obj) = st.objects.get(&key(&name)).cloned() else {
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{name} not found"),
+                );
+            };
+            // The API server's JSON patch takes a missing member for null in a test; the
+            // json-patch crate does not, so such tests are checked here.
+            let mut body = body;
+            if let Some(ops) = body.as_array_mut() {
+                ops.retain(|op| {
+                    let path = op["path"].as_str().unwrap_or_default();
+                    !(op["op"] == "test" && op["value"].is_null() && obj.pointer(path).is_none())
+                });
+            }
+            let applied = serde_json::from_value::<json_patch::Patch>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|p| json_patch::patch(&mut obj, &p).map_err(|e| e.to_string()));
+            if let Err(e) = applied {
+                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &e);
+            }
+            // A deleting object whose last finalizer is gone goes away.
+            let done = !obj["metadata"]["deletionTimestamp"].is_null()
+                && obj["metadata"]["finalizers"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty);
+            let obj = st.store(key(&name), obj);
+            if done {
+                st.objects.remove(&key(&name));
+            }
+            st.notify(&loc, if done { "DELETED" } else { "MODIFIED" }, &obj);
+            json_response(StatusCode::OK, &obj)
+        }
         (Method::PATCH, Some(name)) => {
             let mut obj = st
                 .objects
@@ -299,7 +341,7 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
             json_response(StatusCode::OK, &obj)
         }
         (Method::DELETE, Some(name)) => {
-            let obj = st.objects.remove(&key(&name)).unwrap_or(Value::Null);
+            let obj = st.delete(&loc, key(&name));
             json_response(StatusCode::OK, &obj)
         }
         _ => status(
@@ -322,6 +364,40 @@ fn merge(into: &mut Value, patch: &Value) {
 }
 
 impl State {
+    /// Deletes like the API server: an object with finalizers is only marked, and its
+    /// watchers told, so the finalizers' owners can finish first.
+    fn delete(&mut self, loc: &Loc, key: (String, String, String, String)) -> Value {
+        let finalized = self.objects.get(&key).is_some_and(|o| {
+            o["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+        });
+        if !finalized {
+            return self.objects.remove(&key).unwrap_or(Value::Null);
+        }
+        let mut obj = self.objects[&key].clone();
+        obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let obj = self.store(key, obj);
+        self.notify(loc, "MODIFIED", &obj);
+        obj
+    }
+
+    /// Tells open watches of `loc`'s kind about `obj`. Only metadata writes (finalizers,
+    /// deletion) are announced: tests decide when the controller hears of anything else.
+    fn notify(&mut self, loc: &Loc, kind: &str, obj: &Value) {
+        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
+        for (ns, tx) in self
+            .watchers
+            .get_mut(&(loc.prefix.clone(), loc.plural.clone()))
+            .into_iter()
+            .flatten()
+        {
+            if ns.is_none() || *ns == loc.namespace {
+                let _ = tx.try_send(Ok(line.clone()));
+            }
+        }
+    }
+
     fn store(&mut self, key: (String, String, String, String), mut obj: Value) -> Value {
         self.resource_version += 1;
         obj["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
@@ -355,6 +431,19 @@ impl ApiServer {
         let ns = loc.namespace.unwrap_or_default();
         st.objects
             .remove(&(loc.prefix, ns, loc.plural, name.to_string()));
+    }
+
+    /// Deletes an object as a user would (`kubectl delete`).
+    pub fn delete(&self, collection: &str, name: &str) {
+        let loc = parse(&format!("{collection}/{name}")).expect("a namespaced collection path");
+        let mut st = self.state.lock().expect("fixture state lock");
+        let key = (
+            loc.prefix.clone(),
+            loc.namespace.clone().unwrap_or_default(),
+            loc.plural.clone(),
+            name.to_string(),
+        );
+        st.delete(&loc, key);
     }
 
     /// Sends a watch event to every open watch of `collection`'s kind (in any namespace the
@@ -427,13 +516,15 @@ impl ApiServer {
     }
 }
 
-/// A valid job manifest as the API server would return it (uid, generation set).
+/// A valid job manifest as the API server would return it (uid, generation set) after the
+/// operator's first pass added its finalizer.
 pub fn job(name: &str, generation: i64, spec: Value) -> Value {
     json!({
         "apiVersion": "weir.dev/v1alpha1",
         "kind": "StreamingJob",
         "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
-                     "generation": generation, "resourceVersion": "1"},
+                     "generation": generation, "resourceVersion": "1",
+                     "finalizers": [crate::cleanup::DRAIN_FINALIZER]},
         "spec": spec,
     })
 }
@@ -461,6 +552,9 @@ pub struct DataObserver {
     pub asked: Mutex<Vec<KafkaTarget>>,
     /// Where each worker's `/progress` listens, by ordinal (in place of the pod's DNS name).
     pub workers: Mutex<Vec<String>>,
+    /// Each rewind asked for, in order; it is answered with the explicit offsets asked, or
+    /// with every observed partition at its log start (earliest) or end (anything else).
+    pub rewinds: Mutex<Vec<RewindTo>>,
 }
 
 impl DataObserver {
@@ -469,6 +563,7 @@ impl DataObserver {
             answer: Mutex::new(answer),
             asked: Mutex::default(),
             workers: Mutex::default(),
+            rewinds: Mutex::default(),
         })
     }
 
@@ -491,6 +586,36 @@ impl Observer for DataObserver {
                 op: "topic metadata",
                 source: KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
             })
+    }
+
+    fn rewind(
+        &self,
+        _target: &KafkaTarget,
+        to: &RewindTo,
+    ) -> Result<Vec<ResumedOffset>, ObserveError> {
+        self.rewinds.lock().expect("fixture lock").push(to.clone());
+        let answer = self.answer.lock().expect("fixture lock").clone();
+        let offset = |(topic, partition, offset): (String, i32, i64)| ResumedOffset {
+            topic,
+            partition,
+            offset: Some(offset),
+        };
+        Ok(match to {
+            RewindTo::Offsets(list) => list.iter().cloned().map(offset).collect(),
+            _ => answer
+                .unwrap_or_default()
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let at = if *to == RewindTo::Earliest {
+                        p.log_start
+                    } else {
+                        p.end
+                    };
+                    offset((p.topic, p.partition, at))
+                })
+                .collect(),
+        })
     }
 
     fn worker_address(&self, _namespace: &str, _job: &str, ordinal: u32) -> String {

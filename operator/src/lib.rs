@@ -9,14 +9,24 @@
 //!   trait) and its workers' `/progress`.
 //! - [`desired`], [`scaling`], [`lag`], [`status`]: PURE functions from a job (and
 //!   observations) to children, worker counts, lag and status.
+//! - [`restarts`]: PURE: worker pods' restarts -> restart count, last failure, the restart
+//!   policy's budget and whether it stops the job.
+//! - [`conditions`]: PURE: per-worker progress over observations -> Progressing, Stalled,
+//!   Degraded, and the Events their flips deserve.
+//! - [`failures`]: the I/O side of restarts and stalls: Events, deleting a stalled worker.
+//! - [`rewind`]: declarative rewind: stop the workers, set the group's offsets, start again.
 //! - [`apply`]: server-side apply of the children and the status patch.
+//! - [`cleanup`]: the finalizer: a deleted job's workers drain (commit, exit) before it goes.
 //! - [`leader`]: Lease-based leader election, so only one operator replica reconciles.
 //! - [`metrics`], [`telemetry`], [`http`]: OpenTelemetry metrics, logs, `/metrics` and `/healthz`.
 
 pub mod apply;
+pub mod cleanup;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod failures;
 pub mod http;
 pub mod lag;
 pub mod leader;
@@ -25,6 +35,8 @@ pub mod observe;
 pub mod progress;
 pub mod rbac;
 pub mod reconcile;
+pub mod restarts;
+pub mod rewind;
 pub mod scaling;
 pub mod status;
 pub mod telemetry;
@@ -34,6 +46,7 @@ mod fixtures;
 #[cfg(test)]
 mod tests;
 
+use kube::runtime::finalizer::Error as FinalizerError;
 use kube::CustomResourceExt;
 
 /// Everything a reconcile can fail with. Each variant has a fixed metric label and a retry
@@ -46,6 +59,13 @@ pub enum Error {
     SerializeSpec(#[source] serde_yaml::Error),
     #[error("the job has no {0}; it was not read from the API server")]
     MissingField(&'static str),
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("cannot set the job's offsets for the rewind: {0}")]
+    Rewind(#[source] observe::ObserveError),
+    /// Not a failure: a deleted job waits for its workers to commit and exit.
+    #[error("waiting for {0} worker pods to finish their batch and exit")]
+    Draining(u32),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,6 +81,8 @@ pub enum ErrorClass {
     Rejected,
     /// A bug or a malformed object: retrying soon will not help.
     Permanent,
+    /// Nothing failed; something is under way (workers draining): look again soon.
+    Waiting,
 }
 
 impl Error {
@@ -70,19 +92,42 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::SerializeSpec(_) => "serialize_spec",
             Self::MissingField(_) => "missing_field",
+            Self::Finalizer(e) => match e.as_ref() {
+                FinalizerError::ApplyFailed(inner) | FinalizerError::CleanupFailed(inner) => {
+                    inner.metric_label()
+                }
+                _ => "finalizer",
+            },
+            Self::Draining(_) => "draining",
+            Self::Rewind(_) => "rewind",
         }
     }
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Kube(kube::Error::Api(s)) if s.code == 409 => ErrorClass::Conflict,
-            Self::Kube(kube::Error::Api(s)) if s.code == 429 || s.code >= 500 => {
-                ErrorClass::Transient
-            }
-            Self::Kube(kube::Error::Api(_)) => ErrorClass::Rejected,
-            Self::Kube(_) => ErrorClass::Transient,
+            Self::Kube(e) => kube_class(e),
             Self::SerializeSpec(_) | Self::MissingField(_) => ErrorClass::Permanent,
+            Self::Finalizer(e) => match e.as_ref() {
+                FinalizerError::ApplyFailed(inner) | FinalizerError::CleanupFailed(inner) => {
+                    inner.class()
+                }
+                FinalizerError::AddFinalizer(k) | FinalizerError::RemoveFinalizer(k) => {
+                    kube_class(k)
+                }
+                _ => ErrorClass::Permanent,
+            },
+            Self::Draining(_) => ErrorClass::Waiting,
+            Self::Rewind(_) => ErrorClass::Transient,
         }
+    }
+}
+
+fn kube_class(e: &kube::Error) -> ErrorClass {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => ErrorClass::Conflict,
+        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => ErrorClass::Transient,
+        kube::Error::Api(_) => ErrorClass::Rejected,
+        _ => ErrorClass::Transient,
     }
 }
 

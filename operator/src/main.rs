@@ -82,6 +82,10 @@ struct RunArgs {
     /// Per-partition offset rows in a job's status, laggiest first (at most 200).
     #[arg(long, env = "WEIR_STATUS_OFFSET_ROWS", default_value_t = weir_operator::lag::DEFAULT_ROWS)]
     status_offset_rows: usize,
+    /// Batch intervals a worker may go with records waiting and no commit before it is
+    /// reported Stalled and restarted.
+    #[arg(long, env = "WEIR_STALL_BATCHES", default_value_t = 5)]
+    stall_batches: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -136,6 +140,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         progress_timeout: args.progress_timeout,
         offset_rows: args.status_offset_rows,
         read_credentials: args.read_credentials_secrets,
+        stall_batches: args.stall_batches,
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
 

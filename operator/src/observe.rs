@@ -99,7 +99,7 @@ impl ObserveError {
         }
     }
 
-    fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> Self {
+    pub(crate) fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> Self {
         move |source| Self::Kafka { op, source }
     }
 }
@@ -109,6 +109,16 @@ pub trait Observer: Send + Sync + 'static {
     /// # Errors
     /// When the brokers cannot be reached in time or a topic is missing.
     fn kafka(&self, target: &KafkaTarget) -> Result<KafkaObservation, ObserveError>;
+
+    /// Sets the job's group offsets for a rewind; returns the offsets committed.
+    ///
+    /// # Errors
+    /// When the brokers cannot be reached in time, a topic is missing or the commit fails.
+    fn rewind(
+        &self,
+        target: &KafkaTarget,
+        to: &crate::rewind::RewindTo,
+    ) -> Result<Vec<crate::crd::ResumedOffset>, ObserveError>;
 
     /// Where worker `ordinal`'s `/progress` listens: its name under the job's headless
     /// Service, so it works from any operator replica without listing pods.
@@ -198,6 +208,14 @@ impl Observer for KafkaObserver {
             p.offset_for_time = times.as_ref().and_then(|t| offset_of(t, p));
         }
         Ok(obs)
+    }
+
+    fn rewind(
+        &self,
+        target: &KafkaTarget,
+        to: &crate::rewind::RewindTo,
+    ) -> Result<Vec<crate::crd::ResumedOffset>, ObserveError> {
+        crate::rewind::set_offsets(target, to, self.timeout)
     }
 }
 
@@ -292,4 +310,18 @@ pub async fn kafka_with_credentials(
         .map_err(|e| fail(e.to_string()))?;
     }
     kafka(ctx.observer.clone(), target).await
+}
+
+/// Runs `observer`'s rewind on the blocking pool.
+///
+/// # Errors
+/// The observer's error, or [`ObserveError::Task`] if the task panicked or was cancelled.
+pub async fn rewind(
+    observer: std::sync::Arc<dyn Observer>,
+    target: KafkaTarget,
+    to: crate::rewind::RewindTo,
+) -> Result<Vec<crate::crd::ResumedOffset>, ObserveError> {
+    tokio::task::spawn_blocking(move || observer.rewind(&target, &to))
+        .await
+        .map_err(|e| ObserveError::Task(e.to_string()))?
 }

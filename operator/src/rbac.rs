@@ -38,7 +38,8 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "weir.dev",
         resource: "streamingjobs",
-        verbs: &["list", "watch"],
+        // patch: the weir.dev/drain finalizer is added and removed with JSON patches.
+        verbs: &["list", "watch", "patch"],
         scope: Scope::Jobs,
     },
     Rule {
@@ -80,7 +81,8 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "",
         resource: "pods",
-        verbs: &["list"],
+        // delete: a stalled worker is restarted by deleting its pod.
+        verbs: &["list", "delete"],
         scope: Scope::Jobs,
     },
     Rule {

@@ -1,4 +1,5 @@
-//! One reconcile of one job: validate -> observe Kafka -> desired -> apply -> status.
+//! One reconcile of one job: the finalizer's dispatch, then validate -> observe Kafka ->
+//! desired -> apply -> status (or, for a deleted job, [`crate::cleanup`]).
 //!
 //! Level-triggered: every pass recomputes everything from the job as it is now. An invalid
 //! spec is reported (status and an Event), never returned as an error, so a typo does not
@@ -10,20 +11,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 use weir_worker::spec::FieldError;
 
+use crate::cleanup::{self, DRAIN_FINALIZER};
 use crate::controller::{Context, Observed};
-use crate::crd::{StreamingJob, StreamingJobStatus};
+use crate::crd::{RewindStatus, StreamingJob, StreamingJobStatus};
 use crate::lag::{self, LagSummary};
-use crate::observe::{self, KafkaTarget};
+use crate::observe::{self, KafkaTarget, PartitionOffsets};
 use crate::progress::{self, ProgressSummary};
 use crate::scaling::{self, PartitionCounts};
 use crate::status::{self, Observation};
-use crate::{apply, desired, Result};
+use crate::{apply, conditions, desired, failures, rewind, Error, ErrorClass, Result};
 
 /// Checks the job spec the way the worker will (`JobSpec::validate`), plus what the operator
 /// needs. Field paths are relative to `spec`.
@@ -43,6 +47,17 @@ pub fn validate(job: &StreamingJob) -> Vec<FieldError> {
             ),
         });
     }
+    if let Some(Err(message)) = job
+        .spec
+        .rewind
+        .as_ref()
+        .map(|r| rewind::target(r, &job.spec.job.source.kafka.topics))
+    {
+        errors.push(FieldError {
+            field: "rewind".into(),
+            message,
+        });
+    }
     if job
         .spec
         .image
@@ -60,20 +75,38 @@ pub fn validate(job: &StreamingJob) -> Vec<FieldError> {
 #[instrument(skip_all, fields(job = %job.name_any(), namespace = job.namespace().as_deref().unwrap_or_default()))]
 pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let result = reconcile_inner(&job, &ctx).await;
-    match &result {
-        Ok(outcome) => {
-            ctx.metrics.reconciled(outcome, started.elapsed());
-            ctx.forget_failures(&job);
+    let api: Api<StreamingJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let inner = ctx.clone();
+    let result = finalizer(&api, DRAIN_FINALIZER, job.clone(), |event| async move {
+        match event {
+            FinalizerEvent::Apply(job) => {
+                let outcome = reconcile_inner(&job, &inner).await?;
+                inner.metrics.reconciled(outcome, started.elapsed());
+                // Valid jobs come back every observation period, so lag and partition counts
+                // follow the brokers; an invalid one has nothing to observe until it changes.
+                Ok(match outcome {
+                    "applied" => {
+                        Action::requeue(inner.settings.observe_every.min(inner.settings.resync))
+                    }
+                    _ => Action::requeue(inner.settings.resync),
+                })
+            }
+            FinalizerEvent::Cleanup(job) => {
+                let action = cleanup::drain(&job, &inner).await?;
+                inner.metrics.reconciled("drained", started.elapsed());
+                Ok(action)
+            }
         }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    match &result {
+        Ok(_) => ctx.forget_failures(&job),
+        Err(e) if e.class() == ErrorClass::Waiting => {}
         Err(e) => ctx.metrics.failed(e, started.elapsed()),
     }
-    // Valid jobs come back every observation period, so lag and partition counts follow the
-    // brokers; an invalid one has nothing to observe until its spec changes.
-    result.map(|outcome| match outcome {
-        "applied" => Action::requeue(ctx.settings.observe_every.min(ctx.settings.resync)),
-        _ => Action::requeue(ctx.settings.resync),
-    })
+    result
 }
 
 /// Returns a fixed outcome name for the metrics.
@@ -82,16 +115,33 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     let previous = job.status.as_ref();
     let mut kafka = None;
     let mut workers = None;
+    let mut failed = None;
+    let mut rewound = None;
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
         let name = job.name_any();
         let recent = ctx.recent(job);
-        let (partitions, read) = match &recent {
-            Some(o) => (o.partitions, o.kafka.clone()),
+        let (partitions, read, offsets) = match &recent {
+            Some(o) => (o.partitions, o.kafka.clone(), o.offsets.clone()),
             None => observe_kafka(ctx, job, &ns, previous).await,
         };
-        let now = apply::running(&ctx.client, &ns, &name).await?;
-        let children = desired::children(job, &ctx.settings.defaults, partitions)?;
+        let (now, pods) = apply::running(&ctx.client, &ns, &name).await?;
+        let seen = failures::Seen {
+            running: now,
+            pods: &pods,
+            offsets: &offsets,
+            recent: recent.as_ref(),
+        };
+        let watched = failures::watch(ctx, job, &seen).await?;
+        let stopped = watched.record.stopped.as_ref().map(|s| s.reason.clone());
+        let (rewinding, done) = rewind_step(ctx, job, &ns, now).await?;
+        rewound = done;
+        let mut children = desired::children(job, &ctx.settings.defaults, partitions)?;
+        if stopped.is_some() {
+            children.workers = (0, "stopped by the restart policy".into());
+        } else if let Some(id) = rewinding {
+            children.workers = (0, format!("rewind {id:?}: stopping the workers"));
+        }
         let next = scaling::next_replicas(children.workers.0, now);
         if let Some(now) = now.filter(|n| next == 0 && n.replicas > 0 && children.workers.0 > 0) {
             let note = format!(
@@ -119,16 +169,22 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
                     partitions,
                     kafka: read.clone(),
                     progress: progress.clone(),
+                    offsets,
+                    progress_by_worker: watched.progress_by_worker.clone(),
+                    still: watched.still.clone(),
+                    health: watched.health.clone(),
                 },
             );
         }
         kafka = Some(read);
         workers = Some(progress);
+        failed = Some(watched);
         (
             Observation::Applied {
                 desired: children.workers.0,
                 reason: children.workers.1,
                 suspended: job.spec.suspend,
+                stopped,
                 current,
                 ready: count(st.ready_replicas),
                 selector: desired::selector_string(&name),
@@ -151,10 +207,31 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     if let Some(progress) = &workers {
         new = status::with_progress(new, progress);
     }
+    if rewound.is_some() {
+        new.rewind = rewound;
+    }
+    if let Some(watched) = &failed {
+        watched.record.clone().write(&mut new);
+        new = conditions::apply(
+            new,
+            &watched.health,
+            job.meta().generation,
+            Timestamp::now(),
+        );
+    }
     if !status::changed(previous, &new) {
         return Ok(outcome);
     }
     apply::status(&ctx.client, job, &new).await?;
+    for t in conditions::transitions(previous, &new) {
+        let type_ = if t.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        info!(reason = %t.reason, note = %t.note, "condition changed");
+        publish(ctx, job, (type_, &t.reason, "Observe"), t.note).await;
+    }
     if let Observation::Invalid(_) = observation {
         let message = status::ready_condition(&new).map(|c| c.message.clone());
         warn!(
@@ -176,20 +253,79 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     Ok(outcome)
 }
 
-/// Reads the job's offsets from Kafka. Returns the partition counts to scale by and what
-/// status shows: the lag summary, or why the read failed.
+/// Runs a pending rewind once no worker is left. Returns the id of a rewind still waiting
+/// for the workers to stop, and the last rewind done for status.
+async fn rewind_step(
+    ctx: &Context,
+    job: &StreamingJob,
+    ns: &str,
+    now: Option<scaling::Running>,
+) -> Result<(Option<String>, Option<RewindStatus>)> {
+    let last = ctx
+        .rewound(job)
+        .or_else(|| job.status.as_ref().and_then(|s| s.rewind.clone()));
+    let Some(spec) = rewind::pending(
+        job.spec.rewind.as_ref(),
+        last.as_ref().map(|r| r.id.as_str()),
+    ) else {
+        return Ok((None, last));
+    };
+    if now.is_some_and(|n| n.pods > 0) {
+        return Ok((Some(spec.id.clone()), last));
+    }
+    let target = KafkaTarget::of(job, ns, &job.name_any());
+    // validate() refused a bad target before this runs.
+    let Ok(to) = rewind::target(spec, &target.source.topics) else {
+        return Ok((None, last));
+    };
+    let offsets = observe::rewind(ctx.observer.clone(), target, to)
+        .await
+        .map_err(Error::Rewind)?;
+    let done = rewind::status(&spec.id, offsets, Timestamp::now());
+    ctx.keep_rewound(job, done.clone());
+    let shown: Vec<String> = done
+        .offsets
+        .iter()
+        .map(|o| format!("{}/{}@{}", o.topic, o.partition, o.offset.unwrap_or(-1)))
+        .collect();
+    let mut note = format!(
+        "rewind {:?}: group offsets set to {}",
+        spec.id,
+        shown.join(", ")
+    );
+    if done.omitted > 0 {
+        note.push_str(&format!(" and {} more partitions", done.omitted));
+    }
+    info!(id = %spec.id, partitions = done.offsets.len() + done.omitted as usize, "rewound; starting the workers");
+    publish(
+        ctx,
+        job,
+        (EventType::Normal, "Rewound", "Rewind"),
+        status::cut_message(note),
+    )
+    .await;
+    Ok((None, Some(done)))
+}
+
+/// Reads the job's offsets from Kafka. Returns the partition counts to scale by, what
+/// status shows (the lag summary, or why the read failed) and every partition's offsets.
 async fn observe_kafka(
     ctx: &Context,
     job: &StreamingJob,
     ns: &str,
     previous: Option<&StreamingJobStatus>,
-) -> (Option<PartitionCounts>, Result<LagSummary, String>) {
+) -> (
+    Option<PartitionCounts>,
+    Result<LagSummary, String>,
+    Arc<[PartitionOffsets]>,
+) {
     let target = KafkaTarget::of(job, ns, &job.name_any());
     let starting = target.source.starting_offsets.clone();
     match observe::kafka_with_credentials(ctx, ns, target).await {
         Ok(obs) => (
             Some(obs.partition_counts()),
             Ok(lag::summarize(&obs, &starting, ctx.settings.offset_rows)),
+            obs.partitions.into(),
         ),
         Err(e) => {
             warn!(error = %e, "cannot read the job's offsets from Kafka");
@@ -202,13 +338,13 @@ async fn observe_kafka(
                     total: n,
                     widest: n,
                 });
-            (last, Err(e.to_string()))
+            (last, Err(e.to_string()), Arc::new([]))
         }
     }
 }
 
 /// An Event is a courtesy; status already says it, so a failed post is only logged.
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     job: &StreamingJob,
     (type_, reason, action): (EventType, &str, &str),

@@ -24,6 +24,8 @@ pub enum Observation {
         desired: u32,
         reason: String,
         suspended: bool,
+        /// Why the restart policy stopped the job, if it did.
+        stopped: Option<String>,
         /// `status.replicas` of the StatefulSet: pods that exist.
         current: u32,
         ready: u32,
@@ -55,6 +57,7 @@ pub fn compute(
             desired,
             reason,
             suspended,
+            stopped,
             current,
             ready,
             selector,
@@ -72,6 +75,13 @@ pub fn compute(
                     "False",
                     "Suspended",
                     "spec.suspend is true; workers are scaled to zero".to_string(),
+                )
+            } else if let Some(why) = stopped {
+                (
+                    Phase::Failed,
+                    "False",
+                    "RestartBudgetSpent",
+                    format!("{why}; workers scaled to zero, offsets kept"),
                 )
             } else if c != 0 && c != d {
                 // Before Running: while draining, more workers than desired may be ready.
@@ -131,6 +141,12 @@ pub fn invalid_message(errors: &[FieldError]) -> String {
     msg
 }
 
+/// `msg`, cut to a length status can hold.
+pub fn cut_message(mut msg: String) -> String {
+    cut(&mut msg);
+    msg
+}
+
 /// Messages are shown in `kubectl describe`; keep them readable and the status small.
 fn cut(msg: &mut String) {
     if msg.len() > 1024 {
@@ -166,7 +182,7 @@ pub fn with_kafka(
 }
 
 /// Replaces the condition of the same type, keeping its transition time if status is unchanged.
-fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+pub(crate) fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(old) => {
             if old.status == new.status {
@@ -214,6 +230,7 @@ mod tests {
             desired,
             reason: "test".into(),
             suspended: false,
+            stopped: None,
             current,
             ready,
             selector: "weir.dev/job=j".into(),
@@ -245,6 +262,7 @@ mod tests {
             desired: 0,
             reason: "suspended".into(),
             suspended: true,
+            stopped: None,
             current: 0,
             ready: 0,
             selector: String::new(),

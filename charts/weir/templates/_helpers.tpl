@@ -62,7 +62,7 @@ rbac.yaml).
 {{- /* Exactly operator/src/rbac.rs RULES (Scope::Jobs); a test renders this and compares. */ -}}
 - apiGroups: [weir.dev]
   resources: [streamingjobs]
-  verbs: [list, watch]
+  verbs: [list, watch, patch]
 - apiGroups: [weir.dev]
   resources: [streamingjobs/status]
   verbs: [patch]
@@ -80,7 +80,7 @@ rbac.yaml).
   verbs: [list, watch, patch, create]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, delete]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

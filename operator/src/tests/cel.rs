@@ -133,3 +133,31 @@ fn credentials_in_properties_are_refused_at_admission() {
     spec["source"]["kafka"]["properties"] = json!({"linger.ms": "5", "sasl.mechanism": "PLAIN"});
     assert_eq!(broken(spec), Vec::<String>::new());
 }
+
+#[test]
+fn a_rewind_names_exactly_one_target() {
+    let with = |rewind: Value| {
+        let mut spec = fixtures::spec();
+        spec["rewind"] = rewind;
+        broken(spec)
+    };
+    assert_eq!(
+        with(json!({"id": "r1", "toEarliest": true})),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        with(json!({"id": "r1", "offsets": [{"topic": "lines", "partition": 0, "offset": 5}]})),
+        Vec::<String>::new()
+    );
+    for bad in [
+        json!({"id": "r1"}),
+        json!({"id": "r1", "toEarliest": true, "toTimestamp": "2026-01-01T00:00:00Z"}),
+    ] {
+        let errors = with(bad.clone());
+        assert!(
+            errors.iter().any(|e| e
+                .contains("rewind sets exactly one of toTimestamp, offsets, toEarliest, toLatest")),
+            "{bad}: {errors:?}"
+        );
+    }
+}

@@ -120,6 +120,7 @@ async fn the_real_observer_reads_what_was_produced_and_committed() {
         desired: 2,
         reason: "test".into(),
         suspended: false,
+        stopped: None,
         current: 2,
         ready: 2,
         selector: String::new(),

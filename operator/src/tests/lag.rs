@@ -117,6 +117,7 @@ fn applied() -> Observation {
         desired: 2,
         reason: "test".into(),
         suspended: false,
+        stopped: None,
         current: 2,
         ready: 2,
         selector: "weir.dev/job=j".into(),

@@ -2,14 +2,21 @@
 //! schema, the children built from a job, and the controller against a scripted API server.
 
 mod cel;
+mod conditions;
 mod controller;
 mod crd;
 mod desired;
+mod drain;
+mod failures;
 mod kafka;
 mod lag;
 mod leader;
 mod observed;
 mod progress;
 mod rescale;
+mod restarts;
+mod rewind;
 mod security;
+mod stalls;
+mod suspend;
 mod tansu;

@@ -184,3 +184,53 @@ async fn the_real_observer_reads_tansu_too() {
         "tansu's gap has changed"
     );
 }
+
+#[tokio::test]
+async fn a_rewind_to_a_time_commits_the_first_offset_at_or_after_it() {
+    let Some(broker) = tansu() else { return };
+    let config = || {
+        ClientConfig::new()
+            .set("bootstrap.servers", &broker.bootstrap)
+            .clone()
+    };
+    let admin: AdminClient<DefaultClientContext> = config().create().unwrap();
+    admin
+        .create_topics(
+            &[NewTopic::new("timed", 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    let p: BaseProducer = config().create().unwrap();
+    for ts in [1_000i64, 2_000, 3_000, 4_000] {
+        p.send(
+            BaseRecord::<(), str>::to("timed")
+                .payload("x")
+                .partition(0)
+                .timestamp(ts),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+
+    let t = target(&broker.bootstrap, &["timed"], "latest");
+    let set = crate::rewind::set_offsets(
+        &t,
+        &crate::rewind::RewindTo::Timestamp(2_500),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(set[0].offset, Some(2), "the record stamped 3 s");
+    let obs = observe::kafka(std::sync::Arc::new(KafkaObserver::default()), t)
+        .await
+        .unwrap();
+    assert_eq!(
+        obs.partitions[0].committed,
+        Some(2),
+        "read back from the group"
+    );
+}

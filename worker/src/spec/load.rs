@@ -17,6 +17,7 @@ pub const KUBERNETES_ONLY_FIELDS: &[&str] = &[
     "workers",
     "restartPolicy",
     "suspend",
+    "rewind",
 ];
 
 /// Largest job file accepted: a job spec is small, and this bounds what the parser reads.

@@ -1,0 +1,263 @@
+//! PURE: observations over time -> the Progressing, Stalled and Degraded conditions, which
+//! workers are stalled, and the Events their transitions deserve.
+//!
+//! Progress is judged per worker from the committed offsets of the partitions it owns
+//! (`p mod workers == i`), because one stuck worker hides behind others that advance. A worker
+//! is stalled when records wait for it (lag > 0) and its committed offsets have not moved for
+//! enough observations to cover `stallBatches` batch intervals.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use weir_worker::spec::StartingOffsets;
+
+use crate::crd::{Phase, StreamingJobStatus};
+use crate::lag::partition_lag;
+use crate::observe::PartitionOffsets;
+
+pub const PROGRESSING: &str = "Progressing";
+pub const STALLED: &str = "Stalled";
+pub const DEGRADED: &str = "Degraded";
+
+/// One worker's partitions, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerOffsets {
+    /// Committed offsets summed; a partition without a commit counts as 0.
+    pub committed: i64,
+    pub lag: i64,
+}
+
+/// Sums `partitions` per owning worker among `workers`.
+pub fn per_worker(
+    partitions: &[PartitionOffsets],
+    starting: &StartingOffsets,
+    workers: u32,
+) -> Vec<WorkerOffsets> {
+    let mut out = vec![WorkerOffsets::default(); workers as usize];
+    for p in partitions {
+        let Some(w) = u32::try_from(p.partition)
+            .ok()
+            .and_then(|n| n.checked_rem(workers))
+        else {
+            continue;
+        };
+        if let Some(o) = out.get_mut(w as usize) {
+            o.committed = o.committed.saturating_add(p.committed.unwrap_or(0));
+            o.lag = o.lag.saturating_add(partition_lag(p, starting));
+        }
+    }
+    out
+}
+
+/// Observations in a row each worker has had lag waiting and no committed progress.
+/// A new worker count (a rescale) starts every count again.
+pub fn still(before: &[WorkerOffsets], counts: &[u32], now: &[WorkerOffsets]) -> Vec<u32> {
+    if before.len() != now.len() || counts.len() != now.len() {
+        return vec![0; now.len()];
+    }
+    now.iter()
+        .zip(before)
+        .zip(counts)
+        .map(|((n, b), c)| {
+            if n.lag > 0 && n.committed <= b.committed {
+                c.saturating_add(1)
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// Observations without progress that make a worker stalled: `batches` batch intervals'
+/// worth, and never fewer than `batches` observations.
+pub fn stall_threshold(
+    batches: u32,
+    batch_interval: std::time::Duration,
+    observe_every: std::time::Duration,
+) -> u32 {
+    let every = observe_every.as_millis().max(1);
+    let wanted = (batch_interval.as_millis() * u128::from(batches)).div_ceil(every);
+    u32::try_from(wanted).unwrap_or(u32::MAX).max(batches)
+}
+
+/// Workers stalled for at least `threshold` observations, ascending.
+pub fn stalled(counts: &[u32], threshold: u32) -> Vec<u32> {
+    (0u32..)
+        .zip(counts)
+        .filter(|(_, c)| **c >= threshold.max(1))
+        .map(|(w, _)| w)
+        .collect()
+}
+
+/// What the conditions are computed from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Committed offsets moved since the last observation; `None` before a second one.
+    pub advanced: Option<bool>,
+    pub lag: i64,
+    pub stalled: Vec<u32>,
+    /// Observations the stalled workers have gone without progress.
+    pub still_for: u32,
+}
+
+/// Sets Progressing, Stalled and Degraded on `status` (which has its workers, unreachable
+/// workers and restart budget filled in), and moves a Running phase to Degraded when some
+/// worker is unwell.
+pub fn apply(
+    mut status: StreamingJobStatus,
+    h: &Health,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> StreamingJobStatus {
+    let running = status.phase == Some(Phase::Running) || status.phase == Some(Phase::Degraded);
+    let progressing = match (h.advanced, h.lag) {
+        (Some(true), _) => (
+            "True",
+            "OffsetsAdvancing",
+            "committed offsets advanced".to_string(),
+        ),
+        (_, 0) => ("False", "CaughtUp", "no records are waiting".to_string()),
+        (Some(false), lag) => (
+            "False",
+            "OffsetsNotAdvancing",
+            format!("{lag} records wait and committed offsets did not advance"),
+        ),
+        (None, _) => (
+            "Unknown",
+            "FirstObservation",
+            "offsets observed once so far".to_string(),
+        ),
+    };
+    let stalled = if h.stalled.is_empty() || !running {
+        ("False", "NotStalled", "no worker is stalled".to_string())
+    } else {
+        (
+            "True",
+            "OffsetsNotAdvancing",
+            format!(
+                "{} {}: records wait and no offsets were committed for {} observations",
+                if h.stalled.len() == 1 {
+                    "worker"
+                } else {
+                    "workers"
+                },
+                list(&h.stalled),
+                h.still_for
+            ),
+        )
+    };
+    let w = &status.workers;
+    let mut unwell = Vec::new();
+    if running && w.ready < w.desired {
+        unwell.push((
+            "WorkersNotReady",
+            format!("{}/{} workers ready", w.ready, w.desired),
+        ));
+    }
+    if let Some(u) = status
+        .unreachable_workers
+        .as_ref()
+        .filter(|u| !u.is_empty())
+    {
+        unwell.push((
+            "WorkersUnreachable",
+            format!("no progress from workers {}", list(u)),
+        ));
+    }
+    if let Some(b) = &status.restart_budget {
+        unwell.push((
+            "WorkersRestarted",
+            format!("{} worker restarts since {}", b.used, b.window_start.0),
+        ));
+    }
+    if stalled.0 == "True" {
+        unwell.push(("WorkersStalled", stalled.2.clone()));
+    }
+    let degraded = match unwell.first() {
+        None => (
+            "False",
+            "WorkersHealthy",
+            "all workers are ready and progressing".to_string(),
+        ),
+        Some((reason, _)) => (
+            "True",
+            *reason,
+            unwell
+                .iter()
+                .map(|(_, m)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    for (type_, (s, reason, message)) in [
+        (PROGRESSING, progressing),
+        (STALLED, stalled),
+        (DEGRADED, degraded),
+    ] {
+        crate::status::set_condition(
+            &mut status.conditions,
+            Condition {
+                type_: type_.into(),
+                status: s.into(),
+                reason: reason.into(),
+                message: crate::status::cut_message(message),
+                observed_generation: generation,
+                last_transition_time: Time(now),
+            },
+        );
+    }
+    if status.phase == Some(Phase::Running) && condition_is(&status, DEGRADED, "True") {
+        status.phase = Some(Phase::Degraded);
+    }
+    status
+}
+
+fn list(workers: &[u32]) -> String {
+    workers
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn condition_is(status: &StreamingJobStatus, type_: &str, s: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == s)
+}
+
+/// An Event for a condition that flipped: (warning, reason, note).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// The Stalled and Degraded flips from `previous` to `new`: a warning when one turns True, a
+/// normal Event when it clears.
+pub fn transitions(
+    previous: Option<&StreamingJobStatus>,
+    new: &StreamingJobStatus,
+) -> Vec<Transition> {
+    let was = |type_: &str| previous.is_some_and(|p| condition_is(p, type_, "True"));
+    [STALLED, DEGRADED]
+        .into_iter()
+        .filter_map(|type_| {
+            let c = new.conditions.iter().find(|c| c.type_ == type_)?;
+            match (was(type_), c.status == "True") {
+                (false, true) => Some(Transition {
+                    warning: true,
+                    reason: type_.into(),
+                    note: c.message.clone(),
+                }),
+                (true, false) => Some(Transition {
+                    warning: false,
+                    reason: format!("{type_}Cleared"),
+                    note: c.message.clone(),
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,362 @@
+//! PURE: the worker pods' restart counts -> the job's restart record (count, last failure,
+//! budget) and whether the restart policy stops the job.
+//!
+//! Kubernetes restarts a crashed worker, which resumes from its committed offsets; this module
+//! only counts. A pod's `restartCount` only grows, so a restart is the difference to the count
+//! last seen for the same pod (by uid: a recreated pod starts from zero). The budget is a fixed
+//! window that opens at the first restart; a window without restarts clears it.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::crd::{
+    LastFailureStatus, RestartBudgetStatus, RestartPolicySpec, ResumedOffset, SeenRestarts,
+    StoppedStatus, StreamingJobStatus,
+};
+use crate::observe::PartitionOffsets;
+
+/// Setting this annotation to a new value starts a job the restart policy stopped.
+pub const RESTART_ANNOTATION: &str = "weir.dev/restart";
+/// Rows of `lastFailure.resumedFrom`.
+pub const RESUMED_ROWS: usize = 20;
+/// The worker's container, as `desired` names it.
+const CONTAINER: &str = "worker";
+
+/// What the operator needs of one worker pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerPod {
+    pub worker: u32,
+    pub uid: String,
+    pub restarts: u32,
+    pub ready: bool,
+    /// How the container's previous run ended, if it was restarted.
+    pub last_exit: Option<Exit>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub exit_code: i32,
+    /// The termination message, else Kubernetes' reason (e.g. OOMKilled).
+    pub message: Option<String>,
+}
+
+impl WorkerPod {
+    /// The worker behind `pod` of `job`'s StatefulSet; `None` for a pod that is not one
+    /// (a name without an ordinal, no uid).
+    pub fn from_pod(pod: &Pod, job: &str) -> Option<Self> {
+        let name = pod.metadata.name.as_deref()?;
+        let worker = name.strip_prefix(job)?.strip_prefix('-')?.parse().ok()?;
+        let uid = pod.metadata.uid.clone()?;
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_deref())
+            .unwrap_or_default();
+        let Some(c) = statuses.iter().find(|c| c.name == CONTAINER) else {
+            return Some(Self {
+                worker,
+                uid,
+                restarts: 0,
+                ready: false,
+                last_exit: None,
+            });
+        };
+        let last_exit = c
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| Exit {
+                exit_code: t.exit_code,
+                message: t
+                    .message
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .or(t.reason.as_deref())
+                    .map(str::to_string),
+            });
+        Some(Self {
+            worker,
+            uid,
+            restarts: u32::try_from(c.restart_count).unwrap_or(0),
+            ready: c.ready,
+            last_exit,
+        })
+    }
+}
+
+/// The part of the status this module owns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Record {
+    pub restarts: u32,
+    pub last_failure: Option<LastFailureStatus>,
+    pub budget: Option<RestartBudgetStatus>,
+    pub stopped: Option<StoppedStatus>,
+    pub seen: Vec<SeenRestarts>,
+}
+
+impl Record {
+    pub fn of(status: Option<&StreamingJobStatus>) -> Self {
+        status.map_or_else(Self::default, |s| Self {
+            restarts: s.restarts,
+            last_failure: s.last_failure.clone(),
+            budget: s.restart_budget.clone(),
+            stopped: s.stopped.clone(),
+            seen: s.seen_restarts.clone(),
+        })
+    }
+
+    pub fn write(self, status: &mut StreamingJobStatus) {
+        status.restarts = self.restarts;
+        status.last_failure = self.last_failure;
+        status.restart_budget = self.budget;
+        status.stopped = self.stopped;
+        status.seen_restarts = self.seen;
+    }
+}
+
+/// The job as the restart policy sees it.
+#[derive(Clone, Debug)]
+pub struct Job<'a> {
+    pub policy: &'a RestartPolicySpec,
+    pub generation: Option<i64>,
+    /// The `weir.dev/restart` annotation's value.
+    pub annotation: Option<&'a str>,
+    /// The worker count the pods run with: worker i owns partitions `p mod workers == i`.
+    pub workers: u32,
+    /// Every input partition as last observed, for `resumedFrom`.
+    pub partitions: &'a [PartitionOffsets],
+}
+
+/// One worker's restarts found by this observation, for an Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restarted {
+    pub worker: u32,
+    pub count: u32,
+    pub exit: Option<Exit>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub record: Record,
+    pub restarted: Vec<Restarted>,
+    /// The budget was spent by this observation's restarts.
+    pub stopped_now: bool,
+    /// A stopped job was started again (new generation or restart annotation).
+    pub resumed: bool,
+}
+
+/// Starts a stopped job again if its spec changed or the restart annotation got a new value,
+/// with its whole budget. Returns whether it did.
+pub fn resume(record: &mut Record, job: &Job<'_>) -> bool {
+    let resumed = record.stopped.as_ref().is_some_and(|s| {
+        s.generation != job.generation || s.restart_annotation.as_deref() != job.annotation
+    });
+    if resumed {
+        record.stopped = None;
+        record.budget = None;
+    }
+    resumed
+}
+
+/// [`resume`]s, then counts new restarts of `pods`, updates the last failure and the budget,
+/// and stops the job when the budget is spent.
+pub fn decide(previous: Record, job: &Job<'_>, pods: &[WorkerPod], now: Timestamp) -> Outcome {
+    let mut record = previous;
+    let resumed = resume(&mut record, job);
+    let restarted: Vec<Restarted> = pods
+        .iter()
+        .filter_map(|p| {
+            let before = record
+                .seen
+                .iter()
+                .find(|s| s.worker == p.worker && s.pod == p.uid)
+                .map_or(0, |s| s.count);
+            let count = p.restarts.saturating_sub(before);
+            (count > 0).then(|| Restarted {
+                worker: p.worker,
+                count,
+                exit: p.last_exit.clone(),
+            })
+        })
+        .collect();
+    let mut seen: Vec<SeenRestarts> = pods
+        .iter()
+        .filter(|p| p.restarts > 0)
+        .map(|p| SeenRestarts {
+            worker: p.worker,
+            pod: p.uid.clone(),
+            count: p.restarts,
+        })
+        .collect();
+    seen.sort_by_key(|s| s.worker);
+    record.seen = seen;
+
+    let stopped_now = count(&mut record, job, &restarted, now);
+    Outcome {
+        record,
+        restarted,
+        stopped_now,
+        resumed,
+    }
+}
+
+/// Adds `restarted` to the count, the last failure and the budget; returns whether this
+/// spent the budget and stopped the job.
+fn count(record: &mut Record, job: &Job<'_>, restarted: &[Restarted], now: Timestamp) -> bool {
+    let window =
+        SignedDuration::try_from(job.policy.window.as_std()).unwrap_or(SignedDuration::MAX);
+    let window_over = |b: &RestartBudgetStatus| now.duration_since(b.window_start.0) >= window;
+    let new: u32 = restarted
+        .iter()
+        .map(|r| r.count)
+        .fold(0, u32::saturating_add);
+    if new == 0 {
+        if record.budget.as_ref().is_some_and(window_over) {
+            record.budget = None;
+        }
+        return false;
+    }
+    record.restarts = record.restarts.saturating_add(new);
+    if let Some(last) = restarted.last() {
+        record.last_failure = Some(failure(last, job, now));
+    }
+    let budget = match record.budget.take() {
+        Some(b) if !window_over(&b) => RestartBudgetStatus {
+            used: b.used.saturating_add(new),
+            ..b
+        },
+        _ => RestartBudgetStatus {
+            window_start: Time(now),
+            used: new,
+        },
+    };
+    let spent = budget.used > job.policy.max_restarts && record.stopped.is_none();
+    if spent {
+        record.stopped = Some(StoppedStatus {
+            time: Time(now),
+            reason: format!(
+                "{} worker restarts within {}, more than restartPolicy.maxRestarts {}",
+                budget.used, job.policy.window, job.policy.max_restarts
+            ),
+            generation: job.generation,
+            restart_annotation: job.annotation.map(str::to_string),
+        });
+    }
+    record.budget = Some(budget);
+    spent
+}
+
+fn failure(r: &Restarted, job: &Job<'_>, now: Timestamp) -> LastFailureStatus {
+    let mut mine: Vec<&PartitionOffsets> = job
+        .partitions
+        .iter()
+        .filter(|p| owner(p.partition, job.workers) == Some(r.worker))
+        .collect();
+    mine.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let omitted = mine.len().saturating_sub(RESUMED_ROWS);
+    let message = r
+        .exit
+        .as_ref()
+        .and_then(|e| e.message.clone())
+        .unwrap_or_else(|| "the worker restarted without a termination message".into());
+    LastFailureStatus {
+        time: Time(now),
+        worker: r.worker,
+        message: crate::status::cut_message(message),
+        exit_code: r.exit.as_ref().map(|e| e.exit_code),
+        resumed_from: mine
+            .into_iter()
+            .take(RESUMED_ROWS)
+            .map(|p| ResumedOffset {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                offset: p.committed,
+            })
+            .collect(),
+        resumed_from_omitted: u32::try_from(omitted).unwrap_or(u32::MAX),
+    }
+}
+
+/// The worker that owns `partition` among `workers`, as the worker assigns itself.
+fn owner(partition: i32, workers: u32) -> Option<u32> {
+    let p = u32::try_from(partition).ok()?;
+    (workers > 0).then(|| p % workers)
+}
+
+/// Whether `budget`'s job may have a worker restarted by the operator now: the wait after
+/// the last restart doubles with each one in the window, from `backoff` up to `maxBackoff`.
+pub fn backoff_over(
+    policy: &RestartPolicySpec,
+    budget: Option<&RestartBudgetStatus>,
+    last: Option<&LastFailureStatus>,
+    now: Timestamp,
+) -> bool {
+    let (Some(b), Some(l)) = (budget, last) else {
+        return true;
+    };
+    let doublings = b.used.saturating_sub(1).min(16);
+    let wait = policy
+        .backoff
+        .as_std()
+        .saturating_mul(1 << doublings)
+        .min(policy.max_backoff.as_std());
+    let wait = SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
+    now.duration_since(l.time.0) >= wait
+}
+
+/// The Event note for one worker's restarts: what it said and where it resumes.
+pub fn restarted_note(r: &Restarted, failure: Option<&LastFailureStatus>) -> String {
+    let times = if r.count == 1 {
+        String::new()
+    } else {
+        format!(" {} times", r.count)
+    };
+    let mut note = format!("worker {} restarted{times}", r.worker);
+    if let Some(e) = &r.exit {
+        note.push_str(&format!(" (exit code {})", e.exit_code));
+        if let Some(m) = &e.message {
+            note.push_str(&format!(": {m}"));
+        }
+    }
+    if let Some(f) = failure.filter(|f| f.worker == r.worker && !f.resumed_from.is_empty()) {
+        let from: Vec<String> = f
+            .resumed_from
+            .iter()
+            .map(|o| match o.offset {
+                Some(n) => format!("{}/{}@{n}", o.topic, o.partition),
+                None => format!("{}/{}@start", o.topic, o.partition),
+            })
+            .collect();
+        note.push_str(&format!("; resumes from {}", from.join(", ")));
+    }
+    crate::status::cut_message(note)
+}
+
+/// Records a restart the operator made itself (a stalled worker's pod deleted), counted
+/// against the same budget as crashes.
+pub fn record_stalled(
+    previous: Record,
+    job: &Job<'_>,
+    worker: u32,
+    why: String,
+    now: Timestamp,
+) -> Outcome {
+    let mut record = previous;
+    let r = Restarted {
+        worker,
+        count: 1,
+        exit: None,
+    };
+    let stopped_now = count(&mut record, job, std::slice::from_ref(&r), now);
+    if let Some(f) = record.last_failure.as_mut() {
+        f.message = crate::status::cut_message(why);
+    }
+    Outcome {
+        record,
+        restarted: vec![r],
+        stopped_now,
+        resumed: false,
+    }
+}

@@ -1,0 +1,284 @@
+//! Progressing, Stalled and Degraded from observations, as tables.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use weir_worker::spec::StartingOffsets;
+
+use crate::conditions::{
+    apply, per_worker, stall_threshold, stalled, still, transitions, Health, WorkerOffsets,
+};
+use crate::crd::{Phase, RestartBudgetStatus, StreamingJobStatus, WorkersStatus};
+use crate::fixtures;
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).unwrap()
+}
+
+fn w(committed: i64, lag: i64) -> WorkerOffsets {
+    WorkerOffsets { committed, lag }
+}
+
+fn running(desired: u32, ready: u32) -> StreamingJobStatus {
+    StreamingJobStatus {
+        phase: Some(if ready >= desired {
+            Phase::Running
+        } else {
+            Phase::Degraded
+        }),
+        workers: WorkersStatus {
+            desired,
+            ready,
+            reason: None,
+        },
+        ..StreamingJobStatus::default()
+    }
+}
+
+fn condition(s: &StreamingJobStatus, type_: &str) -> (String, String) {
+    let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+#[test]
+fn offsets_are_summed_per_owning_worker() {
+    // (log start, end, committed): partitions 0..5, worker i owns p mod 2 == i.
+    let obs = fixtures::topic(
+        "lines",
+        &[
+            (0, 100, Some(10)),
+            (0, 100, Some(20)),
+            (0, 100, None),
+            (0, 100, Some(100)),
+            (0, 50, Some(50)),
+        ],
+    );
+    let got = per_worker(&obs.partitions, &StartingOffsets::Earliest, 2);
+    assert_eq!(got, [w(60, 190), w(120, 80)]);
+    let got = per_worker(&obs.partitions, &StartingOffsets::Latest, 2);
+    assert_eq!(
+        got[0],
+        w(60, 90),
+        "an uncommitted partition starts at its end"
+    );
+    assert!(per_worker(&obs.partitions, &StartingOffsets::Earliest, 0).is_empty());
+}
+
+#[test]
+fn a_worker_is_still_while_records_wait_and_its_commits_do_not_move() {
+    // (case, before, counts, now, counts after)
+    let cases = [
+        (
+            "no progress, lag waits",
+            vec![w(10, 5)],
+            vec![2],
+            vec![w(10, 5)],
+            vec![3],
+        ),
+        (
+            "committed moved",
+            vec![w(10, 5)],
+            vec![2],
+            vec![w(11, 4)],
+            vec![0],
+        ),
+        (
+            "nothing waits",
+            vec![w(10, 0)],
+            vec![2],
+            vec![w(10, 0)],
+            vec![0],
+        ),
+        (
+            "one of two",
+            vec![w(10, 5), w(10, 5)],
+            vec![0, 0],
+            vec![w(10, 5), w(20, 5)],
+            vec![1, 0],
+        ),
+        (
+            "a rescale starts over",
+            vec![w(10, 5)],
+            vec![7],
+            vec![w(10, 5), w(0, 1)],
+            vec![0, 0],
+        ),
+        (
+            "the first observation",
+            vec![],
+            vec![],
+            vec![w(10, 5)],
+            vec![0],
+        ),
+    ];
+    for (case, before, counts, now, after) in cases {
+        assert_eq!(still(&before, &counts, &now), after, "{case}");
+    }
+}
+
+#[test]
+fn stalled_takes_enough_observations_to_cover_the_batches() {
+    let s = Duration::from_secs;
+    // (batches, batch interval, observation period, observations)
+    let cases = [
+        (5, s(5), s(15), 5),
+        (3, s(60), s(15), 12),
+        (2, s(10), s(15), 2),
+    ];
+    for (batches, interval, every, want) in cases {
+        assert_eq!(
+            stall_threshold(batches, interval, every),
+            want,
+            "{batches} x {interval:?}"
+        );
+    }
+    assert_eq!(stalled(&[0, 5, 4, 9], 5), [1, 3]);
+    assert_eq!(
+        stalled(&[0, 1], 0),
+        [1],
+        "a threshold of 0 still needs one observation"
+    );
+}
+
+#[test]
+fn conditions_follow_the_health() {
+    let healthy = Health {
+        advanced: Some(true),
+        lag: 10,
+        stalled: vec![],
+        still_for: 0,
+    };
+    let s = apply(running(2, 2), &healthy, Some(1), t(0));
+    assert_eq!(s.phase, Some(Phase::Running));
+    assert_eq!(
+        condition(&s, "Progressing"),
+        ("True".into(), "OffsetsAdvancing".into())
+    );
+    assert_eq!(
+        condition(&s, "Stalled"),
+        ("False".into(), "NotStalled".into())
+    );
+    assert_eq!(
+        condition(&s, "Degraded"),
+        ("False".into(), "WorkersHealthy".into())
+    );
+
+    let caught_up = Health {
+        advanced: Some(false),
+        lag: 0,
+        ..healthy.clone()
+    };
+    let s = apply(running(2, 2), &caught_up, Some(1), t(0));
+    assert_eq!(
+        condition(&s, "Progressing"),
+        ("False".into(), "CaughtUp".into())
+    );
+    assert_eq!(s.phase, Some(Phase::Running), "a quiet job is healthy");
+
+    let stuck = Health {
+        advanced: Some(false),
+        lag: 10,
+        stalled: vec![1],
+        still_for: 6,
+    };
+    let s = apply(running(2, 2), &stuck, Some(1), t(0));
+    assert_eq!(
+        condition(&s, "Progressing"),
+        ("False".into(), "OffsetsNotAdvancing".into())
+    );
+    assert_eq!(
+        condition(&s, "Stalled"),
+        ("True".into(), "OffsetsNotAdvancing".into())
+    );
+    assert_eq!(
+        condition(&s, "Degraded"),
+        ("True".into(), "WorkersStalled".into())
+    );
+    assert_eq!(s.phase, Some(Phase::Degraded));
+    let stalled_msg = &s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap()
+        .message;
+    assert_eq!(
+        stalled_msg,
+        "worker 1: records wait and no offsets were committed for 6 observations"
+    );
+
+    let mut restarted = running(2, 2);
+    restarted.restart_budget = Some(RestartBudgetStatus {
+        window_start: Time(t(0)),
+        used: 2,
+    });
+    restarted.unreachable_workers = Some(vec![0]);
+    let s = apply(restarted, &healthy, Some(1), t(0));
+    assert_eq!(
+        condition(&s, "Degraded"),
+        ("True".into(), "WorkersUnreachable".into())
+    );
+    let message = &s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("no progress from workers 0; 2 worker restarts since"),
+        "{message}"
+    );
+
+    let s = apply(running(3, 1), &healthy, Some(1), t(0));
+    assert_eq!(
+        condition(&s, "Degraded"),
+        ("True".into(), "WorkersNotReady".into())
+    );
+
+    let mut suspended = running(0, 0);
+    suspended.phase = Some(Phase::Suspended);
+    let s = apply(suspended, &stuck, Some(1), t(0));
+    assert_eq!(
+        condition(&s, "Stalled").0,
+        "False",
+        "only running workers stall"
+    );
+    assert_eq!(s.phase, Some(Phase::Suspended));
+}
+
+#[test]
+fn flips_of_stalled_and_degraded_become_events() {
+    let stuck = Health {
+        advanced: Some(false),
+        lag: 10,
+        stalled: vec![0],
+        still_for: 5,
+    };
+    let ok = Health {
+        advanced: Some(true),
+        ..Health::default()
+    };
+    let healthy = apply(running(1, 1), &ok, Some(1), t(0));
+    let bad = apply(healthy.clone(), &stuck, Some(1), t(10));
+    let reasons = |ts: Vec<crate::conditions::Transition>| {
+        ts.into_iter()
+            .map(|t| (t.warning, t.reason))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        reasons(transitions(Some(&healthy), &bad)),
+        [(true, "Stalled".into()), (true, "Degraded".into())]
+    );
+    assert!(
+        transitions(Some(&bad), &bad).is_empty(),
+        "no flip, no event"
+    );
+    let again = apply(bad.clone(), &ok, Some(1), t(20));
+    assert_eq!(
+        reasons(transitions(Some(&bad), &again)),
+        [
+            (false, "StalledCleared".into()),
+            (false, "DegradedCleared".into())
+        ]
+    );
+}

@@ -1,0 +1,138 @@
+//! The `weir.dev/drain` finalizer through the real `Controller` and the scripted API: a new
+//! job gets it before anything is applied; a deleted job's StatefulSet goes to zero and the
+//! finalizer stays until no worker pod is left.
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+
+use super::controller::start_observed;
+use crate::controller::Settings;
+use crate::fixtures::{self, DataObserver, Recorded};
+use crate::metrics::Metrics;
+
+const JOBS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs";
+const JOB: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc";
+const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn json_patches(r: &[Recorded]) -> Vec<&Recorded> {
+    r.iter()
+        .filter(|x| {
+            x.is(&Method::PATCH, JOB)
+                && x.content_type.as_deref() == Some("application/json-patch+json")
+        })
+        .collect()
+}
+
+fn ops(patch: &Recorded) -> Vec<(String, String)> {
+    patch
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| {
+            (
+                op["op"].as_str().unwrap().to_string(),
+                op["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pod(i: u32) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": format!("wc-{i}"), "namespace": "default", "uid": format!("pod-{i}"),
+                        "labels": {"app.kubernetes.io/name": "weir-worker", "weir.dev/job": "wc"}}})
+}
+
+#[tokio::test]
+async fn a_deleted_job_drains_its_workers_before_its_finalizer_goes() {
+    let mut job = fixtures::job("wc", 1, fixtures::spec());
+    job["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("finalizers");
+    let observer = DataObserver::new(Some(fixtures::topic("lines", &[(0, 10, Some(10)); 8])));
+    let settings = Settings {
+        observe_every: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let (server, token, run) =
+        start_observed(job, Metrics::new().unwrap(), |_| {}, observer, settings);
+    let r = server
+        .wait_for(WAIT, |r| r.iter().any(|x| x.is(&Method::PATCH, STS)))
+        .await;
+    let added = json_patches(&r);
+    assert_eq!(added.len(), 1);
+    assert_eq!(
+        ops(added[0]),
+        [
+            ("test".into(), "/metadata/finalizers".into()),
+            ("add".into(), "/metadata/finalizers".into())
+        ]
+    );
+    assert_eq!(added[0].body[1]["value"], json!(["weir.dev/drain"]));
+    let first_sts = r.iter().position(|x| x.is(&Method::PATCH, STS)).unwrap();
+    let first_patch = r.iter().position(|x| x.is(&Method::PATCH, JOB)).unwrap();
+    assert!(
+        first_patch < first_sts,
+        "the finalizer is set before any child exists"
+    );
+    server.insert(PODS, pod(0));
+    server.insert(PODS, pod(1));
+
+    server.delete(JOBS, "wc");
+    let r = server
+        .wait_for(WAIT, |r| {
+            r.iter().any(|x| {
+                x.is(&Method::PATCH, STS)
+                    && x.content_type.as_deref() == Some("application/merge-patch+json")
+                    && x.body["spec"]["replicas"] == 0
+            })
+        })
+        .await;
+    let draining: Vec<&Recorded> = r
+        .iter()
+        .filter(|x| x.is(&Method::POST, EVENTS) && x.body["reason"] == "Draining")
+        .collect();
+    assert_eq!(draining.len(), 1);
+    assert_eq!(
+        draining[0].body["note"],
+        "job deleted: stopping 2 workers, each commits its batch before exiting"
+    );
+    // The workers are still committing: the finalizer stays through another drain step.
+    let steps = |r: &[Recorded]| r.iter().filter(|x| x.is(&Method::GET, STS)).count();
+    let before = steps(&r);
+    let r = server.wait_for(WAIT, |r| steps(r) > before).await;
+    assert_eq!(json_patches(&r).len(), 1, "the finalizer stays");
+
+    server.remove(PODS, "wc-0");
+    server.remove(PODS, "wc-1");
+    let r = server.wait_for(WAIT, |r| json_patches(r).len() == 2).await;
+    token.cancel();
+    run.await.unwrap();
+    let removed = json_patches(&r)[1];
+    assert_eq!(
+        ops(removed),
+        [
+            ("test".into(), "/metadata/finalizers/0".into()),
+            ("remove".into(), "/metadata/finalizers/0".into())
+        ]
+    );
+    let applies_after_delete = r
+        .iter()
+        .skip_while(|x| !(x.is(&Method::PATCH, STS) && x.body["spec"]["replicas"] == 0))
+        .filter(|x| {
+            x.is(&Method::PATCH, STS)
+                && x.content_type.as_deref() == Some("application/apply-patch+yaml")
+        })
+        .count();
+    assert_eq!(
+        applies_after_delete, 0,
+        "a deleted job's children are not applied again"
+    );
+}

@@ -1,0 +1,351 @@
+//! The restart policy's decisions, as tables: which restarts count, what the last failure
+//! says, when the budget stops the job and what starts it again.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+use weir_worker::spec::Duration;
+
+use crate::crd::{RestartBudgetStatus, RestartPolicySpec, SeenRestarts, StoppedStatus};
+use crate::fixtures;
+use crate::restarts::{backoff_over, decide, Exit, Job, Record, WorkerPod};
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).unwrap()
+}
+
+fn policy() -> RestartPolicySpec {
+    RestartPolicySpec {
+        max_restarts: 2,
+        window: Duration::from_secs(600),
+        backoff: Duration::from_secs(10),
+        max_backoff: Duration::from_secs(60),
+    }
+}
+
+fn pod(worker: u32, uid: &str, restarts: u32) -> WorkerPod {
+    WorkerPod {
+        worker,
+        uid: uid.into(),
+        restarts,
+        ready: false,
+        last_exit: (restarts > 0).then(|| Exit {
+            exit_code: 1,
+            message: Some(format!("worker {worker}: sink refused the batch")),
+        }),
+    }
+}
+
+fn seen(worker: u32, uid: &str, count: u32) -> SeenRestarts {
+    SeenRestarts {
+        worker,
+        pod: uid.into(),
+        count,
+    }
+}
+
+fn budget(start: i64, used: u32) -> Option<RestartBudgetStatus> {
+    Some(RestartBudgetStatus {
+        window_start: Time(t(start)),
+        used,
+    })
+}
+
+fn job(policy: &RestartPolicySpec) -> Job<'_> {
+    Job {
+        policy,
+        generation: Some(1),
+        annotation: None,
+        workers: 2,
+        partitions: &[],
+    }
+}
+
+#[test]
+fn new_restarts_are_counted_once_per_pod() {
+    let p = policy();
+    // (case, seen before, pods now, new restarts, seen after); the total starts at 10.
+    type Case = (
+        &'static str,
+        Vec<SeenRestarts>,
+        Vec<WorkerPod>,
+        u32,
+        Vec<SeenRestarts>,
+    );
+    let cases: Vec<Case> = vec![
+        ("a healthy job", vec![], vec![pod(0, "a", 0)], 0, vec![]),
+        (
+            "a first restart",
+            vec![],
+            vec![pod(0, "a", 1), pod(1, "b", 0)],
+            1,
+            vec![seen(0, "a", 1)],
+        ),
+        (
+            "the same count again",
+            vec![seen(0, "a", 1)],
+            vec![pod(0, "a", 1)],
+            0,
+            vec![seen(0, "a", 1)],
+        ),
+        (
+            "two more of one pod, one of another",
+            vec![seen(0, "a", 1)],
+            vec![pod(0, "a", 3), pod(1, "b", 1)],
+            3,
+            vec![seen(0, "a", 3), seen(1, "b", 1)],
+        ),
+        (
+            "a recreated pod counts from zero",
+            vec![seen(0, "a", 4)],
+            vec![pod(0, "a2", 1)],
+            1,
+            vec![seen(0, "a2", 1)],
+        ),
+        (
+            "a recreated pod that has not restarted",
+            vec![seen(0, "a", 4)],
+            vec![pod(0, "a2", 0)],
+            0,
+            vec![],
+        ),
+    ];
+    for (case, before, pods, new, after) in cases {
+        let previous = Record {
+            restarts: 10,
+            seen: before,
+            ..Record::default()
+        };
+        let out = decide(previous, &job(&p), &pods, t(1000));
+        let counted: u32 = out.restarted.iter().map(|r| r.count).sum();
+        assert_eq!(counted, new, "{case}");
+        assert_eq!(out.record.restarts, 10 + new, "{case}");
+        assert_eq!(out.record.seen, after, "{case}");
+        assert_eq!(out.record.last_failure.is_some(), new > 0, "{case}");
+    }
+}
+
+#[test]
+fn the_budget_stops_the_job_when_spent_within_the_window() {
+    let p = policy();
+    // (case, budget before, restarts now, budget after (start, used), stopped now)
+    let cases = [
+        (
+            "first restart opens a window",
+            None,
+            1,
+            Some((1000, 1)),
+            false,
+        ),
+        (
+            "within the window",
+            budget(900, 1),
+            1,
+            Some((900, 2)),
+            false,
+        ),
+        (
+            "one more than maxRestarts",
+            budget(900, 2),
+            1,
+            Some((900, 3)),
+            true,
+        ),
+        ("many at once", None, 3, Some((1000, 3)), true),
+        (
+            "after the window: a new one",
+            budget(100, 2),
+            1,
+            Some((1000, 1)),
+            false,
+        ),
+        ("a healthy window clears it", budget(100, 2), 0, None, false),
+        (
+            "a window still open stays",
+            budget(900, 2),
+            0,
+            Some((900, 2)),
+            false,
+        ),
+    ];
+    for (case, before, restarts, after, stopped) in cases {
+        let previous = Record {
+            budget: before,
+            seen: vec![seen(0, "a", 5)],
+            ..Record::default()
+        };
+        let out = decide(previous, &job(&p), &[pod(0, "a", 5 + restarts)], t(1000));
+        let got = out
+            .record
+            .budget
+            .as_ref()
+            .map(|b| (b.window_start.0.as_second(), b.used));
+        assert_eq!(got, after, "{case}");
+        assert_eq!(out.stopped_now, stopped, "{case}");
+        assert_eq!(out.record.stopped.is_some(), stopped, "{case}");
+    }
+}
+
+#[test]
+fn the_stop_names_the_reason_and_holds_until_the_spec_or_the_annotation_changes() {
+    let p = policy();
+    let out = decide(Record::default(), &job(&p), &[pod(0, "a", 3)], t(1000));
+    let stopped = out.record.stopped.clone().unwrap();
+    assert_eq!(
+        stopped.reason,
+        "3 worker restarts within 10m, more than restartPolicy.maxRestarts 2"
+    );
+    assert_eq!(stopped.generation, Some(1));
+
+    let held = |generation, annotation| {
+        let j = Job {
+            generation,
+            annotation,
+            ..job(&p)
+        };
+        let out = decide(out.record.clone(), &j, &[], t(2000));
+        (out.record.stopped.is_some(), out.resumed)
+    };
+    assert_eq!(held(Some(1), None), (true, false), "nothing changed");
+    assert_eq!(held(Some(2), None), (false, true), "a new generation");
+    assert_eq!(
+        held(Some(1), Some("now")),
+        (false, true),
+        "the annotation set"
+    );
+
+    let annotated = Record {
+        stopped: Some(StoppedStatus {
+            restart_annotation: Some("a".into()),
+            ..stopped
+        }),
+        budget: budget(1000, 3),
+        ..Record::default()
+    };
+    let j = Job {
+        annotation: Some("a"),
+        ..job(&p)
+    };
+    let again = decide(annotated.clone(), &j, &[], t(1100));
+    assert!(again.record.stopped.is_some(), "the same annotation value");
+    let j = Job {
+        annotation: Some("b"),
+        ..job(&p)
+    };
+    let resumed = decide(annotated, &j, &[], t(1100));
+    assert!(resumed.resumed && resumed.record.stopped.is_none());
+    assert_eq!(
+        resumed.record.budget, None,
+        "a resumed job gets its whole budget"
+    );
+}
+
+#[test]
+fn last_failure_has_the_message_and_the_workers_committed_offsets() {
+    let p = policy();
+    let parts: Vec<_> = (0..7).map(|i| (0, 100, Some(10 * i))).collect();
+    let obs = fixtures::topic("lines", &parts);
+    let j = Job {
+        workers: 3,
+        partitions: &obs.partitions,
+        ..job(&p)
+    };
+    let out = decide(Record::default(), &j, &[pod(1, "b", 1)], t(1000));
+    let f = out.record.last_failure.unwrap();
+    assert_eq!(f.worker, 1);
+    assert_eq!(f.message, "worker 1: sink refused the batch");
+    assert_eq!(f.exit_code, Some(1));
+    assert_eq!(f.time, Time(t(1000)));
+    let resumed: Vec<(i32, Option<i64>)> = f
+        .resumed_from
+        .iter()
+        .map(|r| (r.partition, r.offset))
+        .collect();
+    assert_eq!(resumed, [(1, Some(10)), (4, Some(40))], "p mod 3 == 1");
+    assert_eq!(f.resumed_from_omitted, 0);
+
+    let wide = fixtures::topic("lines", &vec![(0, 100, None); 100]);
+    let j = Job {
+        workers: 1,
+        partitions: &wide.partitions,
+        ..job(&p)
+    };
+    let f = decide(Record::default(), &j, &[pod(0, "a", 1)], t(1000))
+        .record
+        .last_failure
+        .unwrap();
+    assert_eq!((f.resumed_from.len(), f.resumed_from_omitted), (20, 80));
+    assert_eq!(f.resumed_from[0].offset, None, "not committed yet");
+}
+
+#[test]
+fn a_pod_gives_its_worker_restarts_and_termination_message() {
+    let parse = |status: serde_json::Value| {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "wc-2", "uid": "u2"},
+            "status": status,
+        }))
+        .unwrap();
+        WorkerPod::from_pod(&pod, "wc").unwrap()
+    };
+    let terminated = |message: Option<&str>| {
+        json!({"containerStatuses": [{
+            "name": "worker", "image": "w", "imageID": "", "ready": true, "restartCount": 2,
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": message}}
+        }]})
+    };
+    let w = parse(terminated(Some("state store full\n")));
+    assert_eq!(
+        (w.worker, w.uid.as_str(), w.restarts, w.ready),
+        (2, "u2", 2, true)
+    );
+    let exit = w.last_exit.unwrap();
+    assert_eq!(exit.exit_code, 137);
+    assert_eq!(exit.message.as_deref(), Some("state store full"));
+    let w = parse(terminated(None));
+    assert_eq!(
+        w.last_exit.unwrap().message.as_deref(),
+        Some("OOMKilled"),
+        "no message: Kubernetes' reason"
+    );
+    let w = parse(json!({}));
+    assert_eq!(
+        (w.restarts, w.last_exit),
+        (0, None),
+        "a pod not started yet"
+    );
+
+    let other: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "wcx-0", "uid": "u"}})).unwrap();
+    assert_eq!(WorkerPod::from_pod(&other, "wc"), None, "another job's pod");
+}
+
+#[test]
+fn operator_restarts_wait_a_backoff_that_doubles_up_to_the_cap() {
+    let p = policy();
+    let last = |at: i64| {
+        let out = decide(Record::default(), &job(&p), &[pod(0, "a", 1)], t(at));
+        out.record.last_failure.unwrap()
+    };
+    let f = last(1000);
+    // (restarts in the window, seconds since the last one, may restart)
+    let cases = [
+        (1, 9, false),
+        (1, 10, true),
+        (2, 19, false),
+        (2, 20, true),
+        (3, 40, true),
+        (9, 59, false),
+        (9, 60, true),
+    ];
+    for (used, after, ok) in cases {
+        let b = budget(1000, used);
+        assert_eq!(
+            backoff_over(&p, b.as_ref(), Some(&f), t(1000 + after)),
+            ok,
+            "{used} restarts, {after}s later"
+        );
+    }
+    assert!(backoff_over(&p, None, None, t(0)), "no restart yet");
+}

@@ -1,0 +1,148 @@
+//! A stalled worker through the real `Controller` and the scripted API: records wait on its
+//! partitions and its commits do not move, so the job turns Stalled and the operator deletes
+//! the worker's pod (the StatefulSet starts it again from its committed offsets), counting it
+//! as a restart.
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+
+use super::controller::start_observed;
+use crate::controller::Settings;
+use crate::fixtures::{self, DataObserver, Recorded};
+use crate::metrics::Metrics;
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const STATUS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn statuses(r: &[Recorded]) -> Vec<Value> {
+    r.iter()
+        .filter(|x| x.is(&Method::PATCH, STATUS))
+        .map(|x| x.body["status"].clone())
+        .collect()
+}
+
+fn event_reasons(r: &[Recorded]) -> Vec<String> {
+    r.iter()
+        .filter(|x| x.is(&Method::POST, EVENTS))
+        .map(|x| x.body["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn ready_pod(i: u32) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": format!("wc-{i}"), "namespace": "default", "uid": format!("pod-{i}"),
+                        "labels": {"app.kubernetes.io/name": "weir-worker", "weir.dev/job": "wc"}},
+           "status": {"containerStatuses": [{
+               "name": "worker", "image": "weir", "imageID": "", "ready": true, "restartCount": 0}]}})
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_stalled_worker_is_restarted_and_counted() {
+    // Two workers. Worker 0 (partitions 0, 2) has caught up; worker 1 (1, 3) has 90 records
+    // waiting on each partition and its commits never move.
+    let observer = DataObserver::new(Some(fixtures::topic(
+        "lines",
+        &[
+            (0, 100, Some(100)),
+            (0, 100, Some(10)),
+            (0, 100, Some(100)),
+            (0, 100, Some(10)),
+        ],
+    )));
+    let mut spec = fixtures::spec();
+    // Two observations of 100 ms cover two batches of 100 ms.
+    spec["batchInterval"] = json!("100ms");
+    let settings = Settings {
+        observe_every: Duration::from_millis(100),
+        stall_batches: 2,
+        ..Settings::default()
+    };
+    let (server, token, run) = start_observed(
+        fixtures::job("wc", 1, spec),
+        Metrics::new().unwrap(),
+        |_| {},
+        observer,
+        settings,
+    );
+    server
+        .wait_for(WAIT, |r| r.iter().any(|x| x.is(&Method::PATCH, STS)))
+        .await;
+    server.insert(PODS, ready_pod(0));
+    server.insert(PODS, ready_pod(1));
+    // What the StatefulSet controller would report once both pods are ready.
+    server.insert(
+        "/apis/apps/v1/namespaces/default/statefulsets",
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+               "metadata": {"name": "wc", "namespace": "default"},
+               "spec": {"replicas": 2}, "status": {"replicas": 2, "readyReplicas": 2}}),
+    );
+
+    let r = server
+        .wait_for(WAIT, |r| {
+            r.iter()
+                .any(|x| x.is(&Method::DELETE, &format!("{PODS}/wc-1")))
+        })
+        .await;
+    assert!(
+        !r.iter()
+            .any(|x| x.is(&Method::DELETE, &format!("{PODS}/wc-0"))),
+        "the worker that keeps up is left alone"
+    );
+    let r = server
+        .wait_for(WAIT, |r| statuses(r).iter().any(|s| s["restarts"] == 1))
+        .await;
+    token.cancel();
+    run.await.unwrap();
+
+    let s = statuses(&r)
+        .into_iter()
+        .find(|s| s["restarts"] == 1)
+        .unwrap();
+    let stalled = condition(&s, "Stalled");
+    assert_eq!(stalled["status"], "True", "{s}");
+    assert_eq!(
+        stalled["message"],
+        "worker 1: records wait and no offsets were committed for 2 observations"
+    );
+    assert_eq!(
+        condition(&s, "Progressing")["reason"],
+        "OffsetsNotAdvancing"
+    );
+    assert_eq!(condition(&s, "Degraded")["status"], "True");
+    let failure = &s["lastFailure"];
+    assert_eq!(failure["worker"], 1);
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("worker 1 stalled"),
+        "{failure}"
+    );
+    let resumed: Vec<i64> = failure["resumedFrom"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(resumed, [10, 10]);
+    let reasons = event_reasons(&r);
+    for reason in ["WorkerRestarted", "Stalled", "Degraded"] {
+        assert!(
+            reasons.iter().any(|x| x == reason),
+            "{reason} in {reasons:?}"
+        );
+    }
+}
