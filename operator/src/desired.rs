@@ -349,6 +349,22 @@ fn stateful_set(
     if let Some(secret) = &job.spec.job.source.kafka.credentials_secret {
         mount_credentials(&mut pod, secret);
     }
+    // Local state snapshots go to the pod's emptyDir: it outlives a crashed container (the
+    // restart in the same pod replays little), not the pod. The snapshot is only a cache, and
+    // a volume claim template, immutable on a StatefulSet, would pin the choice for good.
+    let snapshots = job
+        .spec
+        .job
+        .checkpoint
+        .as_ref()
+        .is_some_and(|c| c.snapshot_interval.is_some());
+    if snapshots {
+        for c in &mut pod.containers {
+            c.env
+                .get_or_insert_with(Vec::new)
+                .push(env(weir_worker::changelog::STATE_DIR_ENV, STATE_DIR));
+        }
+    }
 
     StatefulSet {
         metadata: meta(job, owner),
@@ -374,6 +390,9 @@ fn stateful_set(
         ..StatefulSet::default()
     }
 }
+
+/// Where workers keep local state snapshots: under the pod's `/tmp` emptyDir.
+pub const STATE_DIR: &str = "/tmp/weir-state";
 
 /// Mounts the job's credentials Secret read-only for the worker, which reads the files at
 /// start (`WEIR_KAFKA_CREDENTIALS`). The values never pass through the operator: the kubelet

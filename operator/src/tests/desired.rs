@@ -219,3 +219,25 @@ fn a_job_without_uid_is_refused() {
     j.metadata.uid = None;
     assert!(children(&j, &Defaults::default(), None).is_err());
 }
+
+#[test]
+fn a_job_with_snapshots_keeps_them_in_the_pods_writable_scratch_volume() {
+    let state_dir = |c: &Container| {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "WEIR_STATE_DIR")
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(state_dir(&worker(&build(fixtures::spec()))), None);
+    let mut spec = fixtures::spec();
+    spec["checkpoint"] = serde_json::json!({"snapshotInterval": "1m"});
+    let c = worker(&build(spec));
+    let dir = state_dir(&c).expect("WEIR_STATE_DIR");
+    // Under a writable mount: the root filesystem is read-only.
+    assert!(c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| dir.starts_with(&m.mount_path) && m.read_only != Some(true)));
+}
