@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
 # Drain benchmark: how fast a worker drains a backlog, next to a raw librdkafka consumer.
 #
-#   bench/drain.sh [RECORDS] [--bootstrap HOST:PORT]
+#   bench/drain.sh [RECORDS] [--bootstrap HOST:PORT] [--job stateless|stateful|exactly-once]
 #
 # Without --bootstrap it hosts librdkafka's mock cluster on a loopback port, with enough
 # partitions that the backlog fits the mock's per-partition retention (about 5 MiB). It writes
 # RECORDS (default 1000000) 100-byte JSON records, drains them once with a raw consumer (assign,
 # same fetch settings, counting only) and once with a worker running filter + keyBy + count, and
-# prints both rates and `ratio=<worker/raw>`. Not a test: figures depend on the machine.
+# prints both rates and `ratio=<worker/raw>`. --job stateful runs a running count per page (a
+# state step, its changelog, a Kafka sink at least once); --job exactly-once the same with the
+# exactly-once Kafka sink (a transaction per partition and batch). Not a test: figures depend
+# on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 records=1000000
 bootstrap=""
+job=stateless
 while [ $# -gt 0 ]; do
   case "$1" in
     --bootstrap) bootstrap="$2"; shift 2 ;;
     --bootstrap=*) bootstrap="${1#*=}"; shift ;;
+    --job) job="$2"; shift 2 ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) records="$1"; shift ;;
   esac
 done
 case "$records" in ''|*[!0-9]*) echo "RECORDS must be a number, got '$records'" >&2; exit 2 ;; esac
+case "$job" in stateless|stateful|exactly-once) ;; *) echo "--job must be stateless, stateful or exactly-once, got '$job'" >&2; exit 2 ;; esac
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
 cargo build --release -q -p weir-worker -p weir-e2e --bins
@@ -36,7 +42,8 @@ topic="weir-drain-$$"
 partitions=$(( (records + 24999) / 25000 )); [ "$partitions" -lt 8 ] && partitions=8
 if [ -z "$bootstrap" ]; then
   mkfifo "$work/hold"
-  "$bin/weir-worker" mock-kafka --topic "$topic:$partitions" < "$work/hold" > "$work/mock.out" 2>"$work/mock.err" &
+  "$bin/weir-worker" mock-kafka --topic "$topic:$partitions" --topic "$topic-out:$partitions" \
+    --topic "weir-bench-$$-changelog:$partitions" < "$work/hold" > "$work/mock.out" 2>"$work/mock.err" &
   pids+=($!)
   exec 9>"$work/hold"   # keeps the mock's stdin open until this script exits
   for _ in $(seq 100); do grep -q bootstrap "$work/mock.out" 2>/dev/null && break; sleep 0.1; done
@@ -62,9 +69,13 @@ source:
 pipeline:
   - {id: valid, filter: "has(value.page) && value.page != ''"}
   - {id: by-page, keyBy: "value.page"}
-  - {id: views, aggregate: {count: {}}}
-sink: {stdout: {limit: 0}}
 JOB
+case "$job" in
+  stateless) printf '%s\n' '  - {id: views, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
+  stateful) printf '%s\n' "  - {id: views, state: {initial: '0', update: 'state + size(values)'}}" "sink: {kafka: {topic: $topic-out}}" >> "$work/job.yaml" ;;
+  exactly-once) printf '%s\n' "  - {id: views, state: {initial: '0', update: 'state + size(values)'}}" "sink: {kafka: {topic: $topic-out, delivery: exactlyOnce}}" >> "$work/job.yaml" ;;
+esac
+echo "job: $job"
 "$bin/weir-worker" run "$work/job.yaml" --http-addr "127.0.0.1:$port" > /dev/null 2>"$work/worker.err" &
 pids+=($!)
 python3 - "$port" "$records" "$raw" <<'PY'
