@@ -23,6 +23,7 @@ use crate::cleanup::{self, DRAIN_FINALIZER};
 use crate::controller::{Context, Observed};
 use crate::crd::{RewindStatus, StreamingJob, StreamingJobStatus};
 use crate::lag::{self, LagSummary};
+use crate::metrics::JobFigures;
 use crate::observe::{self, KafkaTarget, PartitionOffsets};
 use crate::progress::{self, ProgressSummary};
 use crate::scaling::{self, PartitionCounts};
@@ -219,6 +220,17 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
             Timestamp::now(),
         );
     }
+    ctx.metrics.job(
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+        JobFigures {
+            lag: new.lag.as_ref().map(|l| l.records),
+            batch_lag: new.batch_lag,
+            workers_desired: new.workers.desired,
+            workers_ready: new.workers.ready,
+            restarts: new.restarts,
+        },
+    );
     if !status::changed(previous, &new) {
         return Ok(outcome);
     }
