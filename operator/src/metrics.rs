@@ -260,4 +260,48 @@ mod job_tests {
         assert!(!text.contains("job=\"clicks\""), "{text}");
         assert!(text.contains("job=\"views\""), "{text}");
     }
+
+    #[test]
+    fn the_dashboard_queries_only_metrics_the_operator_exports() {
+        let m = Metrics::new().unwrap();
+        m.reconciled("applied", Duration::from_millis(5));
+        m.failed(&crate::Error::MissingField("x"), Duration::from_millis(5));
+        m.job(
+            "ns",
+            "j",
+            JobFigures {
+                lag: Some(1),
+                batch_lag: Some(1),
+                ..JobFigures::default()
+            },
+        );
+        let text = m.render();
+        let dashboard = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/weir/dashboards/weir.json"
+        ))
+        .unwrap();
+        let mut queried: Vec<&str> = dashboard
+            .match_indices("weir_operator_")
+            .chain(dashboard.match_indices("weir_job_"))
+            .map(|(at, _)| {
+                let rest = &dashboard[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        queried.sort_unstable();
+        queried.dedup();
+        assert!(queried.len() >= 5, "{queried:?}");
+        for name in queried {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                "the dashboard queries {name}, which the operator does not export:\n{text}"
+            );
+        }
+    }
 }
