@@ -21,14 +21,14 @@ use weir_worker::spec::FieldError;
 
 use crate::cleanup::{self, DRAIN_FINALIZER};
 use crate::controller::{Context, Observed};
-use crate::crd::{RewindStatus, StreamingJob, StreamingJobStatus};
+use crate::crd::{AutoscaleStatus, RewindStatus, StreamingJob, StreamingJobStatus};
 use crate::lag::{self, LagSummary};
 use crate::metrics::JobFigures;
 use crate::observe::{self, KafkaTarget, PartitionOffsets};
 use crate::progress::{self, ProgressSummary};
 use crate::scaling::{self, PartitionCounts};
 use crate::status::{self, Observation};
-use crate::{apply, conditions, desired, failures, rewind, Error, ErrorClass, Result};
+use crate::{apply, autoscale, conditions, desired, failures, rewind, Error, ErrorClass, Result};
 
 /// Checks the job spec the way the worker will (`JobSpec::validate`), plus what the operator
 /// needs. Field paths are relative to `spec`.
@@ -118,6 +118,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     let mut workers = None;
     let mut failed = None;
     let mut rewound = None;
+    let mut autoscaled = None;
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
         let name = job.name_any();
@@ -137,7 +138,13 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         let stopped = watched.record.stopped.as_ref().map(|s| s.reason.clone());
         let (rewinding, done) = rewind_step(ctx, job, &ns, now).await?;
         rewound = done;
-        let mut children = desired::children(job, &ctx.settings.defaults, partitions)?;
+        let mut count = scaling::desired_workers(partitions, &job.spec.workers, job.spec.suspend);
+        let autoscale = autoscale_step(ctx, job, partitions, &read, recent.as_ref(), count.0);
+        if let Some(a) = &autoscale {
+            count = (a.workers, a.reason.clone());
+        }
+        autoscaled = Some(autoscale.clone());
+        let mut children = desired::children_for(job, &ctx.settings.defaults, count)?;
         if stopped.is_some() {
             children.workers = (0, "stopped by the restart policy".into());
         } else if let Some(id) = rewinding {
@@ -174,6 +181,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
                     progress_by_worker: watched.progress_by_worker.clone(),
                     still: watched.still.clone(),
                     health: watched.health.clone(),
+                    autoscale,
                 },
             );
         }
@@ -210,6 +218,9 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     }
     if rewound.is_some() {
         new.rewind = rewound;
+    }
+    if let Some(a) = autoscaled {
+        new.autoscale = a;
     }
     if let Some(watched) = &failed {
         watched.record.clone().write(&mut new);
@@ -263,6 +274,41 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         info!(phase = ?new.phase, desired = new.workers.desired, ready = new.workers.ready, lag, "status updated");
     }
     Ok(outcome)
+}
+
+/// The autoscaler's decision, for a job that autoscales: a new one on a fresh observation,
+/// else the last one. `floor` is the partition-derived count.
+fn autoscale_step(
+    ctx: &Context,
+    job: &StreamingJob,
+    partitions: Option<PartitionCounts>,
+    read: &Result<LagSummary, String>,
+    recent: Option<&Observed>,
+    floor: u32,
+) -> Option<AutoscaleStatus> {
+    let w = &job.spec.workers;
+    let spec = w
+        .autoscale
+        .as_ref()
+        .filter(|_| w.replicas.is_none() && !job.spec.suspend)?;
+    if let Some(o) = recent {
+        return o.autoscale.clone();
+    }
+    let previous = ctx
+        .last(job)
+        .and_then(|o| o.autoscale)
+        .or_else(|| job.status.as_ref().and_then(|s| s.autoscale.clone()));
+    let mut ceiling = w.max.max(w.min);
+    if let Some(p) = partitions {
+        ceiling = ceiling.min(p.widest.max(1));
+    }
+    let inputs = autoscale::Inputs {
+        floor,
+        ceiling,
+        lag: read.as_ref().ok().map(|s| s.lag.records),
+        now: Timestamp::now(),
+    };
+    Some(autoscale::decide(spec, previous.as_ref(), inputs))
 }
 
 /// Runs a pending rewind once no worker is left. Returns the id of a rewind still waiting
