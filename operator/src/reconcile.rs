@@ -21,7 +21,7 @@ use weir_worker::spec::FieldError;
 
 use crate::cleanup::{self, DRAIN_FINALIZER};
 use crate::controller::{Context, Observed};
-use crate::crd::{AutoscaleStatus, RewindStatus, StreamingJob, StreamingJobStatus};
+use crate::crd::{AutoscaleStatus, StreamingJob, StreamingJobStatus};
 use crate::lag::{self, LagSummary};
 use crate::metrics::JobFigures;
 use crate::observe::{self, KafkaTarget, PartitionOffsets};
@@ -136,7 +136,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         };
         let watched = failures::watch(ctx, job, &seen).await?;
         let stopped = watched.record.stopped.as_ref().map(|s| s.reason.clone());
-        let (rewinding, done) = rewind_step(ctx, job, &ns, now).await?;
+        let (rewinding, done) = rewind::step(ctx, job, &ns, now).await?;
         rewound = done;
         let mut count = scaling::desired_workers(partitions, &job.spec.workers, job.spec.suspend);
         let autoscale = autoscale_step(ctx, job, partitions, &read, recent.as_ref(), count.0);
@@ -309,60 +309,6 @@ fn autoscale_step(
         now: Timestamp::now(),
     };
     Some(autoscale::decide(spec, previous.as_ref(), inputs))
-}
-
-/// Runs a pending rewind once no worker is left. Returns the id of a rewind still waiting
-/// for the workers to stop, and the last rewind done for status.
-async fn rewind_step(
-    ctx: &Context,
-    job: &StreamingJob,
-    ns: &str,
-    now: Option<scaling::Running>,
-) -> Result<(Option<String>, Option<RewindStatus>)> {
-    let last = ctx
-        .rewound(job)
-        .or_else(|| job.status.as_ref().and_then(|s| s.rewind.clone()));
-    let Some(spec) = rewind::pending(
-        job.spec.rewind.as_ref(),
-        last.as_ref().map(|r| r.id.as_str()),
-    ) else {
-        return Ok((None, last));
-    };
-    if now.is_some_and(|n| n.pods > 0) {
-        return Ok((Some(spec.id.clone()), last));
-    }
-    let target = KafkaTarget::of(job, ns, &job.name_any());
-    // validate() refused a bad target before this runs.
-    let Ok(to) = rewind::target(spec, &target.source.topics) else {
-        return Ok((None, last));
-    };
-    let offsets = observe::rewind(ctx.observer.clone(), target, to)
-        .await
-        .map_err(Error::Rewind)?;
-    let done = rewind::status(&spec.id, offsets, Timestamp::now());
-    ctx.keep_rewound(job, done.clone());
-    let shown: Vec<String> = done
-        .offsets
-        .iter()
-        .map(|o| format!("{}/{}@{}", o.topic, o.partition, o.offset.unwrap_or(-1)))
-        .collect();
-    let mut note = format!(
-        "rewind {:?}: group offsets set to {}",
-        spec.id,
-        shown.join(", ")
-    );
-    if done.omitted > 0 {
-        note.push_str(&format!(" and {} more partitions", done.omitted));
-    }
-    info!(id = %spec.id, partitions = done.offsets.len() + done.omitted as usize, "rewound; starting the workers");
-    publish(
-        ctx,
-        job,
-        (EventType::Normal, "Rewound", "Rewind"),
-        status::cut_message(note),
-    )
-    .await;
-    Ok((None, Some(done)))
 }
 
 /// Reads the job's offsets from Kafka. Returns the partition counts to scale by, what
