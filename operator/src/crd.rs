@@ -393,10 +393,12 @@ pub struct StreamingJobStatus {
     /// until the spec changes or the `weir.dev/restart` annotation gets a new value.
     #[serde(default)]
     pub stopped: Option<StoppedStatus>,
-    /// Each restarted worker pod's restart count as last seen, so a restart counts once.
+    /// Each restarted worker pod's restart count as last seen, so a restart counts once:
+    /// `worker/pod/count`, the pod named by the start of its uid (a recreated pod counts
+    /// from zero again). Terse, so a thousand workers keep the object small.
     #[serde(default)]
     #[schemars(length(max = 1000))]
-    pub seen_restarts: Vec<SeenRestarts>,
+    pub seen_restarts: Vec<String>,
     /// The autoscaler's last decision and its inputs; null when autoscaling is off.
     #[serde(default)]
     pub autoscale: Option<AutoscaleStatus>,
@@ -498,15 +500,6 @@ pub struct StoppedStatus {
     /// The `weir.dev/restart` annotation's value when stopped; another value starts the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_annotation: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SeenRestarts {
-    pub worker: u32,
-    /// The pod's uid: a recreated pod counts its restarts from zero again.
-    pub pod: String,
-    pub count: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
