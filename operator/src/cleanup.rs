@@ -24,6 +24,7 @@ pub async fn drain(job: &StreamingJob, ctx: &Context) -> Result<Action> {
     let name = job.name_any();
     let (running, _) = apply::running(&ctx.client, &ns, &name).await?;
     let Some(now) = running else {
+        ctx.metrics.forget_job(&ns, &name);
         return Ok(Action::await_change());
     };
     if now.replicas > 0 {
@@ -39,5 +40,6 @@ pub async fn drain(job: &StreamingJob, ctx: &Context) -> Result<Action> {
         return Err(Error::Draining(now.pods));
     }
     info!("workers drained; the job can go");
+    ctx.metrics.forget_job(&ns, &name);
     Ok(Action::await_change())
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::conditions::{Health, WorkerOffsets};
-use crate::crd::{RewindStatus, StreamingJob};
+use crate::crd::{AutoscaleStatus, RewindStatus, StreamingJob};
 use crate::desired::Defaults;
 use crate::lag::LagSummary;
 use crate::metrics::Metrics;
@@ -120,6 +120,8 @@ pub struct Observed {
     pub progress_by_worker: Vec<WorkerOffsets>,
     pub still: Vec<u32>,
     pub health: Health,
+    /// The autoscaler's decision at this observation, if the job autoscales.
+    pub autoscale: Option<AutoscaleStatus>,
 }
 
 impl Context {

@@ -217,6 +217,35 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: Option<u32>,
+    /// Lag-driven autoscaling above the partition-derived count, up to the caps. Off unless
+    /// set; `replicas` wins over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
+}
+
+/// Adds workers while lag keeps growing past a threshold, and removes them one at a time
+/// once lag has stayed below it for a stabilization window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleSpec {
+    /// Records of lag above which growing lag adds workers.
+    #[schemars(range(min = 0))]
+    pub lag_threshold: i64,
+    /// Observations in a row the lag must grow, past the threshold, before workers are added.
+    #[serde(default = "default_growing_observations")]
+    #[schemars(range(min = 1, max = 100))]
+    pub growing_observations: u32,
+    /// How long lag must stay at or below the threshold (and since the last change) before a
+    /// worker is removed.
+    #[serde(default = "default_stabilization_window")]
+    pub stabilization_window: Duration,
+}
+
+fn default_growing_observations() -> u32 {
+    3
+}
+fn default_stabilization_window() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Default for WorkersSpec {
@@ -226,6 +255,7 @@ impl Default for WorkersSpec {
             min: default_min(),
             max: default_max(),
             replicas: None,
+            autoscale: None,
         }
     }
 }
@@ -363,13 +393,40 @@ pub struct StreamingJobStatus {
     /// until the spec changes or the `weir.dev/restart` annotation gets a new value.
     #[serde(default)]
     pub stopped: Option<StoppedStatus>,
-    /// Each restarted worker pod's restart count as last seen, so a restart counts once.
+    /// Each restarted worker pod's restart count as last seen, so a restart counts once:
+    /// `worker/pod/count`, the pod named by the start of its uid (a recreated pod counts
+    /// from zero again). Terse, so a thousand workers keep the object small.
     #[serde(default)]
     #[schemars(length(max = 1000))]
-    pub seen_restarts: Vec<SeenRestarts>,
+    pub seen_restarts: Vec<String>,
+    /// The autoscaler's last decision and its inputs; null when autoscaling is off.
+    #[serde(default)]
+    pub autoscale: Option<AutoscaleStatus>,
     /// The last rewind done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewind: Option<RewindStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleStatus {
+    /// The workers the autoscaler asks for.
+    pub workers: u32,
+    /// The decision in words, with its inputs.
+    pub reason: String,
+    /// The partition-derived count it never goes below, and the cap it never exceeds.
+    pub floor: u32,
+    pub ceiling: u32,
+    /// Lag at the last observation, if Kafka could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// Observations in a row the lag grew past the threshold.
+    pub growing: u32,
+    /// Since when lag has stayed at or below the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calm_since: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<Time>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -443,15 +500,6 @@ pub struct StoppedStatus {
     /// The `weir.dev/restart` annotation's value when stopped; another value starts the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_annotation: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SeenRestarts {
-    pub worker: u32,
-    /// The pod's uid: a recreated pod counts its restarts from zero again.
-    pub pod: String,
-    pub count: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

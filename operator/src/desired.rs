@@ -117,6 +117,20 @@ pub fn children(
     defaults: &Defaults,
     partitions: Option<scaling::PartitionCounts>,
 ) -> Result<Children> {
+    let workers = scaling::desired_workers(partitions, &job.spec.workers, job.spec.suspend);
+    children_for(job, defaults, workers)
+}
+
+/// As [`children`], with the worker count and its reason decided by the caller (the
+/// autoscaler), so the pods' environment carries that count.
+///
+/// # Errors
+/// As [`children`].
+pub fn children_for(
+    job: &StreamingJob,
+    defaults: &Defaults,
+    workers: (u32, String),
+) -> Result<Children> {
     let owner = job
         .controller_owner_ref(&())
         .ok_or(Error::MissingField("metadata.uid"))?;
@@ -132,7 +146,6 @@ pub fn children(
         )])),
         ..ConfigMap::default()
     };
-    let workers = scaling::desired_workers(partitions, &job.spec.workers, job.spec.suspend);
     Ok(Children {
         service: service(job, &owner),
         stateful_set: stateful_set(job, &owner, defaults, workers.0, &fnv1a_hex(&job_yaml)),

@@ -113,9 +113,9 @@ pub async fn watch(ctx: &Context, job: &StreamingJob, seen: &Seen<'_>) -> Result
         let api: Api<Pod> =
             Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
         api.delete(&pod, &DeleteParams::default()).await?;
+        let observations = still.get(w as usize).copied().unwrap_or(0);
         let why = format!(
-            "worker {w} stalled: records wait and no offsets were committed for {} observations; its pod was deleted",
-            health.still_for
+            "worker {w} stalled: records wait and no offsets were committed for {observations} observations; its pod was deleted"
         );
         warn!(worker = w, pod = %pod, "stalled worker restarted");
         let outcome = restarts::record_stalled(record, &policy, w, why.clone(), now);

@@ -15,12 +15,14 @@
 //!   Degraded, and the Events their flips deserve.
 //! - [`failures`]: the I/O side of restarts and stalls: Events, deleting a stalled worker.
 //! - [`rewind`]: declarative rewind: stop the workers, set the group's offsets, start again.
+//! - [`autoscale`]: PURE: optional lag-driven autoscaling above the partition-derived count.
 //! - [`apply`]: server-side apply of the children and the status patch.
 //! - [`cleanup`]: the finalizer: a deleted job's workers drain (commit, exit) before it goes.
 //! - [`leader`]: Lease-based leader election, so only one operator replica reconciles.
 //! - [`metrics`], [`telemetry`], [`http`]: OpenTelemetry metrics, logs, `/metrics` and `/healthz`.
 
 pub mod apply;
+pub mod autoscale;
 pub mod cleanup;
 pub mod conditions;
 pub mod controller;

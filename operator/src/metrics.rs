@@ -1,11 +1,15 @@
 //! The operator's metrics: one OpenTelemetry meter, exported through a Prometheus registry.
 //!
 //! Labels are fixed names (error variants, outcomes), never job names, so the number of
-//! series stays bounded however many jobs a cluster runs.
+//! series stays bounded however many jobs a cluster runs. The one exception is the per-job
+//! gauges (`weir_job_*`), which exist to tell jobs apart: one series per job and figure, read
+//! from [`JobFigures`] at each scrape, and gone once the job is deleted.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Histogram, MeterProvider};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider, ObservableGauge};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
@@ -19,6 +23,75 @@ pub struct Metrics {
     failures: Counter<u64>,
     observe_failures: Counter<u64>,
     duration: Histogram<f64>,
+    jobs: Jobs,
+    // Kept so the per-job callbacks stay registered.
+    _gauges: Arc<Vec<ObservableGauge<i64>>>,
+}
+
+/// What the per-job gauges show of one job, as its last reconcile saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobFigures {
+    pub lag: Option<i64>,
+    pub batch_lag: Option<u64>,
+    pub workers_desired: u32,
+    pub workers_ready: u32,
+    pub restarts: u32,
+}
+
+/// Each job's figures by (namespace, name).
+type Jobs = Arc<Mutex<BTreeMap<(String, String), JobFigures>>>;
+
+/// One gauge per figure, observed from `jobs` at each scrape; a figure a job does not have
+/// yet (no lag before the first Kafka read) has no series.
+fn job_gauges(meter: &Meter, jobs: &Jobs) -> Vec<ObservableGauge<i64>> {
+    type Pick = fn(&JobFigures) -> Option<i64>;
+    let figures: [(&'static str, &'static str, Pick); 5] = [
+        (
+            "weir_job_lag_records",
+            "Records behind the end of the job's input topics",
+            |f| f.lag,
+        ),
+        (
+            "weir_job_batch_lag",
+            "Batches waiting to run, summed over the workers",
+            |f| f.batch_lag.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+        ),
+        (
+            "weir_job_workers_desired",
+            "Workers the job should run",
+            |f| Some(i64::from(f.workers_desired)),
+        ),
+        ("weir_job_workers_ready", "Workers ready", |f| {
+            Some(i64::from(f.workers_ready))
+        }),
+        (
+            "weir_job_restarts",
+            "Worker restarts over the job's life",
+            |f| Some(i64::from(f.restarts)),
+        ),
+    ];
+    figures
+        .into_iter()
+        .map(|(name, description, pick)| {
+            let jobs = jobs.clone();
+            meter
+                .i64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |gauge| {
+                    let Ok(jobs) = jobs.lock() else { return };
+                    for ((namespace, job), figures) in jobs.iter() {
+                        if let Some(v) = pick(figures) {
+                            let labels = [
+                                KeyValue::new("namespace", namespace.clone()),
+                                KeyValue::new("job", job.clone()),
+                            ];
+                            gauge.observe(v, &labels);
+                        }
+                    }
+                })
+                .build()
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for Metrics {
@@ -39,7 +112,10 @@ impl Metrics {
             .build()?;
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let meter = provider.meter("weir-operator");
+        let jobs = Jobs::default();
         Ok(Self {
+            _gauges: Arc::new(job_gauges(&meter, &jobs)),
+            jobs,
             reconciles: meter
                 .u64_counter("weir_operator_reconciles")
                 .with_description("Reconciles run, by outcome")
@@ -83,6 +159,20 @@ impl Metrics {
             .add(1, &[KeyValue::new("error", error.metric_label())]);
     }
 
+    /// Sets what the per-job gauges show for a job.
+    pub fn job(&self, namespace: &str, name: &str, figures: JobFigures) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.insert((namespace.to_string(), name.to_string()), figures);
+        }
+    }
+
+    /// Drops a deleted job's series.
+    pub fn forget_job(&self, namespace: &str, name: &str) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.remove(&(namespace.to_string(), name.to_string()));
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -117,5 +207,101 @@ mod tests {
             text.contains("weir_operator_reconcile_duration_seconds_bucket"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+
+    #[test]
+    fn per_job_gauges_are_scraped_and_go_with_the_job() {
+        let m = Metrics::new().unwrap();
+        m.job(
+            "prod",
+            "clicks",
+            JobFigures {
+                lag: Some(1234),
+                batch_lag: Some(2),
+                workers_desired: 3,
+                workers_ready: 2,
+                restarts: 4,
+            },
+        );
+        m.job("prod", "views", JobFigures::default());
+        let text = m.render();
+        for line in [
+            "weir_job_lag_records{job=\"clicks\",namespace=\"prod\"",
+            "weir_job_batch_lag{job=\"clicks\",namespace=\"prod\"",
+            "weir_job_workers_desired{job=\"clicks\",namespace=\"prod\"",
+            "weir_job_workers_ready{job=\"clicks\",namespace=\"prod\"",
+            "weir_job_restarts{job=\"clicks\",namespace=\"prod\"",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        let value = |name: &str, job: &str| -> Option<f64> {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains(&format!("job=\"{job}\"")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+        };
+        assert_eq!(value("weir_job_lag_records", "clicks"), Some(1234.0));
+        assert_eq!(value("weir_job_workers_ready", "clicks"), Some(2.0));
+        assert_eq!(value("weir_job_restarts", "clicks"), Some(4.0));
+        assert_eq!(
+            value("weir_job_lag_records", "views"),
+            None,
+            "no lag read yet"
+        );
+        assert_eq!(value("weir_job_workers_desired", "views"), Some(0.0));
+
+        m.forget_job("prod", "clicks");
+        let text = m.render();
+        assert!(!text.contains("job=\"clicks\""), "{text}");
+        assert!(text.contains("job=\"views\""), "{text}");
+    }
+
+    #[test]
+    fn the_dashboard_queries_only_metrics_the_operator_exports() {
+        let m = Metrics::new().unwrap();
+        m.reconciled("applied", Duration::from_millis(5));
+        m.failed(&crate::Error::MissingField("x"), Duration::from_millis(5));
+        m.job(
+            "ns",
+            "j",
+            JobFigures {
+                lag: Some(1),
+                batch_lag: Some(1),
+                ..JobFigures::default()
+            },
+        );
+        let text = m.render();
+        let dashboard = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/weir/dashboards/weir.json"
+        ))
+        .unwrap();
+        let mut queried: Vec<&str> = dashboard
+            .match_indices("weir_operator_")
+            .chain(dashboard.match_indices("weir_job_"))
+            .map(|(at, _)| {
+                let rest = &dashboard[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        queried.sort_unstable();
+        queried.dedup();
+        assert!(queried.len() >= 5, "{queried:?}");
+        for name in queried {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                "the dashboard queries {name}, which the operator does not export:\n{text}"
+            );
+        }
     }
 }

@@ -21,13 +21,14 @@ use weir_worker::spec::FieldError;
 
 use crate::cleanup::{self, DRAIN_FINALIZER};
 use crate::controller::{Context, Observed};
-use crate::crd::{RewindStatus, StreamingJob, StreamingJobStatus};
+use crate::crd::{AutoscaleStatus, StreamingJob, StreamingJobStatus};
 use crate::lag::{self, LagSummary};
+use crate::metrics::JobFigures;
 use crate::observe::{self, KafkaTarget, PartitionOffsets};
 use crate::progress::{self, ProgressSummary};
 use crate::scaling::{self, PartitionCounts};
 use crate::status::{self, Observation};
-use crate::{apply, conditions, desired, failures, rewind, Error, ErrorClass, Result};
+use crate::{apply, autoscale, conditions, desired, failures, rewind, Error, ErrorClass, Result};
 
 /// Checks the job spec the way the worker will (`JobSpec::validate`), plus what the operator
 /// needs. Field paths are relative to `spec`.
@@ -117,6 +118,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     let mut workers = None;
     let mut failed = None;
     let mut rewound = None;
+    let mut autoscaled = None;
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
         let name = job.name_any();
@@ -134,9 +136,15 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         };
         let watched = failures::watch(ctx, job, &seen).await?;
         let stopped = watched.record.stopped.as_ref().map(|s| s.reason.clone());
-        let (rewinding, done) = rewind_step(ctx, job, &ns, now).await?;
+        let (rewinding, done) = rewind::step(ctx, job, &ns, now).await?;
         rewound = done;
-        let mut children = desired::children(job, &ctx.settings.defaults, partitions)?;
+        let mut count = scaling::desired_workers(partitions, &job.spec.workers, job.spec.suspend);
+        let autoscale = autoscale_step(ctx, job, partitions, &read, recent.as_ref(), count.0);
+        if let Some(a) = &autoscale {
+            count = (a.workers, a.reason.clone());
+        }
+        autoscaled = Some(autoscale.clone());
+        let mut children = desired::children_for(job, &ctx.settings.defaults, count)?;
         if stopped.is_some() {
             children.workers = (0, "stopped by the restart policy".into());
         } else if let Some(id) = rewinding {
@@ -173,6 +181,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
                     progress_by_worker: watched.progress_by_worker.clone(),
                     still: watched.still.clone(),
                     health: watched.health.clone(),
+                    autoscale,
                 },
             );
         }
@@ -210,6 +219,9 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     if rewound.is_some() {
         new.rewind = rewound;
     }
+    if let Some(a) = autoscaled {
+        new.autoscale = a;
+    }
     if let Some(watched) = &failed {
         watched.record.clone().write(&mut new);
         new = conditions::apply(
@@ -219,6 +231,17 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
             Timestamp::now(),
         );
     }
+    ctx.metrics.job(
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+        JobFigures {
+            lag: new.lag.as_ref().map(|l| l.records),
+            batch_lag: new.batch_lag,
+            workers_desired: new.workers.desired,
+            workers_ready: new.workers.ready,
+            restarts: new.restarts,
+        },
+    );
     if !status::changed(previous, &new) {
         return Ok(outcome);
     }
@@ -253,58 +276,39 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     Ok(outcome)
 }
 
-/// Runs a pending rewind once no worker is left. Returns the id of a rewind still waiting
-/// for the workers to stop, and the last rewind done for status.
-async fn rewind_step(
+/// The autoscaler's decision, for a job that autoscales: a new one on a fresh observation,
+/// else the last one. `floor` is the partition-derived count.
+fn autoscale_step(
     ctx: &Context,
     job: &StreamingJob,
-    ns: &str,
-    now: Option<scaling::Running>,
-) -> Result<(Option<String>, Option<RewindStatus>)> {
-    let last = ctx
-        .rewound(job)
-        .or_else(|| job.status.as_ref().and_then(|s| s.rewind.clone()));
-    let Some(spec) = rewind::pending(
-        job.spec.rewind.as_ref(),
-        last.as_ref().map(|r| r.id.as_str()),
-    ) else {
-        return Ok((None, last));
-    };
-    if now.is_some_and(|n| n.pods > 0) {
-        return Ok((Some(spec.id.clone()), last));
+    partitions: Option<PartitionCounts>,
+    read: &Result<LagSummary, String>,
+    recent: Option<&Observed>,
+    floor: u32,
+) -> Option<AutoscaleStatus> {
+    let w = &job.spec.workers;
+    let spec = w
+        .autoscale
+        .as_ref()
+        .filter(|_| w.replicas.is_none() && !job.spec.suspend)?;
+    if let Some(o) = recent {
+        return o.autoscale.clone();
     }
-    let target = KafkaTarget::of(job, ns, &job.name_any());
-    // validate() refused a bad target before this runs.
-    let Ok(to) = rewind::target(spec, &target.source.topics) else {
-        return Ok((None, last));
-    };
-    let offsets = observe::rewind(ctx.observer.clone(), target, to)
-        .await
-        .map_err(Error::Rewind)?;
-    let done = rewind::status(&spec.id, offsets, Timestamp::now());
-    ctx.keep_rewound(job, done.clone());
-    let shown: Vec<String> = done
-        .offsets
-        .iter()
-        .map(|o| format!("{}/{}@{}", o.topic, o.partition, o.offset.unwrap_or(-1)))
-        .collect();
-    let mut note = format!(
-        "rewind {:?}: group offsets set to {}",
-        spec.id,
-        shown.join(", ")
-    );
-    if done.omitted > 0 {
-        note.push_str(&format!(" and {} more partitions", done.omitted));
+    let previous = ctx
+        .last(job)
+        .and_then(|o| o.autoscale)
+        .or_else(|| job.status.as_ref().and_then(|s| s.autoscale.clone()));
+    let mut ceiling = w.max.max(w.min);
+    if let Some(p) = partitions {
+        ceiling = ceiling.min(p.widest.max(1));
     }
-    info!(id = %spec.id, partitions = done.offsets.len() + done.omitted as usize, "rewound; starting the workers");
-    publish(
-        ctx,
-        job,
-        (EventType::Normal, "Rewound", "Rewind"),
-        status::cut_message(note),
-    )
-    .await;
-    Ok((None, Some(done)))
+    let inputs = autoscale::Inputs {
+        floor,
+        ceiling,
+        lag: read.as_ref().ok().map(|s| s.lag.records),
+        now: Timestamp::now(),
+    };
+    Some(autoscale::decide(spec, previous.as_ref(), inputs))
 }
 
 /// Reads the job's offsets from Kafka. Returns the partition counts to scale by, what

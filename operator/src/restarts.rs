@@ -11,8 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::crd::{
-    LastFailureStatus, RestartBudgetStatus, RestartPolicySpec, ResumedOffset, SeenRestarts,
-    StoppedStatus, StreamingJobStatus,
+    LastFailureStatus, RestartBudgetStatus, RestartPolicySpec, ResumedOffset, StoppedStatus,
+    StreamingJobStatus,
 };
 use crate::observe::PartitionOffsets;
 
@@ -23,10 +23,41 @@ pub const RESUMED_ROWS: usize = 20;
 /// The worker's container, as `desired` names it.
 const CONTAINER: &str = "worker";
 
+/// Characters of a pod's uid that name it in `seenRestarts`: a uid's start is random, and
+/// only a worker's old and new pod need telling apart.
+const UID_CHARS: usize = 8;
+
+/// One restarted pod's restart count as last seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenRestarts {
+    pub worker: u32,
+    /// The start of the pod's uid.
+    pub pod: String,
+    pub count: u32,
+}
+
+impl SeenRestarts {
+    /// `worker/pod/count`, as status keeps it.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split('/');
+        let (w, pod, n) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Self {
+            worker: w.parse().ok()?,
+            pod: pod.to_string(),
+            count: n.parse().ok()?,
+        })
+    }
+
+    pub fn format(&self) -> String {
+        format!("{}/{}/{}", self.worker, self.pod, self.count)
+    }
+}
+
 /// What the operator needs of one worker pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerPod {
     pub worker: u32,
+    /// The start of the pod's uid.
     pub uid: String,
     pub restarts: u32,
     pub ready: bool,
@@ -47,7 +78,13 @@ impl WorkerPod {
     pub fn from_pod(pod: &Pod, job: &str) -> Option<Self> {
         let name = pod.metadata.name.as_deref()?;
         let worker = name.strip_prefix(job)?.strip_prefix('-')?.parse().ok()?;
-        let uid = pod.metadata.uid.clone()?;
+        let uid: String = pod
+            .metadata
+            .uid
+            .as_deref()?
+            .chars()
+            .take(UID_CHARS)
+            .collect();
         let statuses = pod
             .status
             .as_ref()
@@ -103,7 +140,12 @@ impl Record {
             last_failure: s.last_failure.clone(),
             budget: s.restart_budget.clone(),
             stopped: s.stopped.clone(),
-            seen: s.seen_restarts.clone(),
+            // An entry that does not parse is forgotten: at worst one restart counted again.
+            seen: s
+                .seen_restarts
+                .iter()
+                .filter_map(|x| SeenRestarts::parse(x))
+                .collect(),
         })
     }
 
@@ -112,7 +154,7 @@ impl Record {
         status.last_failure = self.last_failure;
         status.restart_budget = self.budget;
         status.stopped = self.stopped;
-        status.seen_restarts = self.seen;
+        status.seen_restarts = self.seen.iter().map(SeenRestarts::format).collect();
     }
 }
 

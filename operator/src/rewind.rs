@@ -14,9 +14,17 @@ use k8s_openapi::jiff::Timestamp;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::crd::{ResumedOffset, RewindSpec, RewindStatus};
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+use tracing::info;
+
+use crate::controller::Context;
+use crate::crd::{ResumedOffset, RewindSpec, RewindStatus, StreamingJob};
 use crate::observe::{KafkaTarget, ObserveError};
+use crate::reconcile::publish;
 use crate::restarts::RESUMED_ROWS;
+use crate::scaling::Running;
+use crate::{Error, Result};
 
 /// Where the offsets go, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,4 +194,58 @@ pub fn set_offsets(
             },
         })
         .collect())
+}
+
+/// Runs a pending rewind once no worker is left. Returns the id of a rewind still waiting
+/// for the workers to stop, and the last rewind done for status.
+pub(crate) async fn step(
+    ctx: &Context,
+    job: &StreamingJob,
+    ns: &str,
+    now: Option<Running>,
+) -> Result<(Option<String>, Option<RewindStatus>)> {
+    let last = ctx
+        .rewound(job)
+        .or_else(|| job.status.as_ref().and_then(|s| s.rewind.clone()));
+    let Some(spec) = pending(
+        job.spec.rewind.as_ref(),
+        last.as_ref().map(|r| r.id.as_str()),
+    ) else {
+        return Ok((None, last));
+    };
+    if now.is_some_and(|n| n.pods > 0) {
+        return Ok((Some(spec.id.clone()), last));
+    }
+    let kafka = KafkaTarget::of(job, ns, &job.name_any());
+    // validate() refused a bad target before this runs.
+    let Ok(to) = target(spec, &kafka.source.topics) else {
+        return Ok((None, last));
+    };
+    let offsets = crate::observe::rewind(ctx.observer.clone(), kafka, to)
+        .await
+        .map_err(Error::Rewind)?;
+    let done = status(&spec.id, offsets, Timestamp::now());
+    ctx.keep_rewound(job, done.clone());
+    let shown: Vec<String> = done
+        .offsets
+        .iter()
+        .map(|o| format!("{}/{}@{}", o.topic, o.partition, o.offset.unwrap_or(-1)))
+        .collect();
+    let mut note = format!(
+        "rewind {:?}: group offsets set to {}",
+        spec.id,
+        shown.join(", ")
+    );
+    if done.omitted > 0 {
+        note.push_str(&format!(" and {} more partitions", done.omitted));
+    }
+    info!(id = %spec.id, partitions = done.offsets.len() + done.omitted as usize, "rewound; starting the workers");
+    publish(
+        ctx,
+        job,
+        (EventType::Normal, "Rewound", "Rewind"),
+        crate::status::cut_message(note),
+    )
+    .await;
+    Ok((None, Some(done)))
 }

@@ -113,6 +113,7 @@ mod tests {
             min,
             max,
             replicas,
+            autoscale: None,
         }
     }
 

@@ -56,13 +56,13 @@ async fn a_deleted_job_drains_its_workers_before_its_finalizer_goes() {
         .as_object_mut()
         .unwrap()
         .remove("finalizers");
+    let metrics = Metrics::new().unwrap();
     let observer = DataObserver::new(Some(fixtures::topic("lines", &[(0, 10, Some(10)); 8])));
     let settings = Settings {
         observe_every: Duration::from_millis(100),
         ..Settings::default()
     };
-    let (server, token, run) =
-        start_observed(job, Metrics::new().unwrap(), |_| {}, observer, settings);
+    let (server, token, run) = start_observed(job, metrics.clone(), |_| {}, observer, settings);
     let r = server
         .wait_for(WAIT, |r| r.iter().any(|x| x.is(&Method::PATCH, STS)))
         .await;
@@ -134,5 +134,9 @@ async fn a_deleted_job_drains_its_workers_before_its_finalizer_goes() {
     assert_eq!(
         applies_after_delete, 0,
         "a deleted job's children are not applied again"
+    );
+    assert!(
+        !metrics.render().contains("job=\"wc\""),
+        "a deleted job's gauges go with it"
     );
 }

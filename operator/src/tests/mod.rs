@@ -1,6 +1,7 @@
 //! Tests that cross modules: the CRD and its generated files, the examples against the CRD's
 //! schema, the children built from a job, and the controller against a scripted API server.
 
+mod autoscale;
 mod cel;
 mod conditions;
 mod controller;

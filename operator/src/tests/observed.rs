@@ -223,3 +223,32 @@ async fn reconciles_within_the_period_reuse_the_observation_and_write_nothing() 
     assert_eq!(observer.asked.lock().unwrap().len(), 2);
     assert_eq!(statuses(&r).last().unwrap()["observedGeneration"], 2);
 }
+
+#[tokio::test]
+async fn the_jobs_figures_reach_the_operators_metrics_endpoint() {
+    let observer = DataObserver::new(Some(lines(10)));
+    let metrics = Metrics::new().unwrap();
+    let (server, token, run) = start_observed(
+        fixtures::job("wc", 1, fixtures::spec()),
+        metrics.clone(),
+        |_| {},
+        observer,
+        settings(),
+    );
+    server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
+    token.cancel();
+    run.await.unwrap();
+    let text = metrics.render();
+    let total: i64 = (0..10).map(|p| 100 - 10 * p).sum();
+    let value = |name: &str| {
+        let series = format!("{name}{{job=\"wc\",namespace=\"default\"");
+        text.lines()
+            .find(|l| l.starts_with(&series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    assert_eq!(value("weir_job_lag_records"), Some(total), "{text}");
+    assert_eq!(value("weir_job_workers_desired"), Some(3));
+    assert_eq!(value("weir_job_workers_ready"), Some(0));
+    assert_eq!(value("weir_job_restarts"), Some(0));
+}

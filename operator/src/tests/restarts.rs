@@ -7,9 +7,9 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 use weir_worker::spec::Duration;
 
-use crate::crd::{RestartBudgetStatus, RestartPolicySpec, SeenRestarts, StoppedStatus};
+use crate::crd::{RestartBudgetStatus, RestartPolicySpec, StoppedStatus};
 use crate::fixtures;
-use crate::restarts::{backoff_over, decide, Exit, Job, Record, WorkerPod};
+use crate::restarts::{backoff_over, decide, Exit, Job, Record, SeenRestarts, WorkerPod};
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).unwrap()
@@ -283,7 +283,7 @@ fn last_failure_has_the_message_and_the_workers_committed_offsets() {
 fn a_pod_gives_its_worker_restarts_and_termination_message() {
     let parse = |status: serde_json::Value| {
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "wc-2", "uid": "u2"},
+            "metadata": {"name": "wc-2", "uid": "5f1c2e7a-0b1d-4c3e-9f00-123456789abc"},
             "status": status,
         }))
         .unwrap();
@@ -298,7 +298,8 @@ fn a_pod_gives_its_worker_restarts_and_termination_message() {
     let w = parse(terminated(Some("state store full\n")));
     assert_eq!(
         (w.worker, w.uid.as_str(), w.restarts, w.ready),
-        (2, "u2", 2, true)
+        (2, "5f1c2e7a", 2, true),
+        "the start of the uid names the pod"
     );
     let exit = w.last_exit.unwrap();
     assert_eq!(exit.exit_code, 137);
@@ -348,4 +349,67 @@ fn operator_restarts_wait_a_backoff_that_doubles_up_to_the_cap() {
         );
     }
     assert!(backoff_over(&p, None, None, t(0)), "no restart yet");
+}
+
+#[test]
+fn seen_restarts_round_trip_through_status() {
+    let record = Record {
+        seen: vec![seen(0, "5f1c2e7a", 3), seen(12, "a", 1)],
+        ..Record::default()
+    };
+    let mut status = crate::crd::StreamingJobStatus::default();
+    record.clone().write(&mut status);
+    assert_eq!(status.seen_restarts, ["0/5f1c2e7a/3", "12/a/1"]);
+    assert_eq!(Record::of(Some(&status)), record);
+    status.seen_restarts.push("garbage".into());
+    assert_eq!(
+        Record::of(Some(&status)).seen.len(),
+        2,
+        "what does not parse is dropped"
+    );
+}
+
+#[test]
+fn the_restart_record_keeps_the_status_small_at_its_largest() {
+    use crate::lag::summarize;
+    use crate::status::{self, Observation};
+    use weir_worker::spec::StartingOffsets;
+
+    // The worst case: 1000 workers that all restarted, the longest topic names Kafka allows,
+    // every capped list full.
+    let topic = "t".repeat(249);
+    let obs = fixtures::topic(&topic, &vec![(0, 100, Some(1)); 1000]);
+    let pods: Vec<WorkerPod> = (0..1000)
+        // As `WorkerPod::from_pod` names a pod: the start of its uid.
+        .map(|w| pod(w, &format!("{w:08}"), 7))
+        .collect();
+    let p = policy();
+    let j = Job {
+        workers: 50,
+        partitions: &obs.partitions,
+        ..job(&p)
+    };
+    let out = decide(Record::default(), &j, &pods, t(1000));
+    assert_eq!(out.record.seen.len(), 1000);
+    let applied = Observation::Applied {
+        desired: 1000,
+        reason: "x".repeat(200),
+        suspended: false,
+        stopped: None,
+        current: 1000,
+        ready: 1000,
+        selector: "weir.dev/job=j".into(),
+    };
+    let mut st = status::with_kafka(
+        status::compute(None, Some(1), &applied, t(0)),
+        Ok(&summarize(&obs, &StartingOffsets::Latest, 1_000_000)),
+    );
+    out.record.write(&mut st);
+    st.rewind = Some(crate::rewind::status(
+        "r".repeat(253).as_str(),
+        st.last_failure.clone().unwrap().resumed_from,
+        t(0),
+    ));
+    let bytes = serde_json::to_vec(&st).unwrap().len();
+    assert!(bytes < 100 * 1024, "status is {bytes} bytes");
 }
