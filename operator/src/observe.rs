@@ -269,17 +269,31 @@ pub async fn kafka(
         .map_err(|e| ObserveError::Task(e.to_string()))?
 }
 
-/// As [`kafka`], with the job's credentials read from its Secret when the operator may
-/// (`Settings::read_credentials`). The values go to librdkafka only: errors name the Secret
-/// and a key or the API's reason, since a client error could quote what it failed to parse.
+/// As [`kafka`], with the job's credentials (see [`with_credentials`]).
 ///
 /// # Errors
 /// A Secret that cannot be read or holds unusable credentials, or the observation's error.
 pub async fn kafka_with_credentials(
     ctx: &crate::controller::Context,
     ns: &str,
-    mut target: KafkaTarget,
+    target: KafkaTarget,
 ) -> Result<KafkaObservation, ObserveError> {
+    let target = with_credentials(ctx, ns, target).await?;
+    kafka(ctx.observer.clone(), target).await
+}
+
+/// The target with the job's credentials read from its Secret when the operator may
+/// (`Settings::read_credentials`), for every call the operator makes to the job's Kafka. The
+/// values go to librdkafka only: errors name the Secret and a key or the API's reason, since a
+/// client error could quote what it failed to parse.
+///
+/// # Errors
+/// A Secret that cannot be read or holds unusable credentials.
+pub async fn with_credentials(
+    ctx: &crate::controller::Context,
+    ns: &str,
+    mut target: KafkaTarget,
+) -> Result<KafkaTarget, ObserveError> {
     if let (true, Some(name)) = (
         ctx.settings.read_credentials,
         target.source.credentials_secret.clone(),
@@ -309,7 +323,7 @@ pub async fn kafka_with_credentials(
         )
         .map_err(|e| fail(e.to_string()))?;
     }
-    kafka(ctx.observer.clone(), target).await
+    Ok(target)
 }
 
 /// Runs `observer`'s rewind on the blocking pool.

@@ -221,6 +221,9 @@ pub(crate) async fn step(
     let Ok(to) = target(spec, &kafka.source.topics) else {
         return Ok((None, last));
     };
+    let kafka = crate::observe::with_credentials(ctx, ns, kafka)
+        .await
+        .map_err(Error::Rewind)?;
     let offsets = crate::observe::rewind(ctx.observer.clone(), kafka, to)
         .await
         .map_err(Error::Rewind)?;
