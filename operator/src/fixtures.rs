@@ -86,6 +86,8 @@ struct State {
     failures: Vec<(Method, String, StatusCode, usize)>,
     /// The (group, resource, verb) of every request, as RBAC sees it.
     used: std::collections::BTreeSet<(String, String, String)>,
+    /// Requests refused because `crate::rbac` does not declare them: "METHOD path".
+    forbidden: Vec<String>,
 }
 
 /// A request as RBAC sees it: the API group, the resource with its subresource, the verb.
@@ -200,6 +202,7 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
     };
     let (group, resource, verb) = permission(&parts.method, &query, &loc);
     if !crate::rbac::allows(&group, &resource, &verb) {
+        st.forbidden.push(format!("{} {path}", parts.method));
         return status(
             StatusCode::FORBIDDEN,
             "Forbidden",
@@ -477,6 +480,15 @@ impl ApiServer {
     pub fn fail(&self, method: Method, path: &str, code: StatusCode, times: usize) {
         let mut st = self.state.lock().expect("fixture state lock");
         st.failures.push((method, path.to_string(), code, times));
+    }
+
+    /// Requests refused so far because the declared RBAC rules do not allow them.
+    pub fn forbidden(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .expect("fixture state lock")
+            .forbidden
+            .clone()
     }
 
     /// The (group, resource, verb) of every request allowed so far.

@@ -420,13 +420,7 @@ async fn the_controller_uses_every_declared_verb_and_nothing_else() {
     shutdown.cancel();
     run.await.unwrap().expect("a shutdown is not a lost lease");
 
-    let forbidden: Vec<String> = server
-        .requests()
-        .iter()
-        .filter(|r| r.body["reason"] == "Forbidden")
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
-    assert!(forbidden.is_empty(), "{forbidden:?}");
+    assert_eq!(server.forbidden(), Vec::<String>::new());
     let implied: BTreeSet<(String, String, String)> = IMPLIED
         .iter()
         .map(|i| (i.group.into(), i.resource.into(), i.verb.into()))
@@ -627,4 +621,22 @@ async fn an_unusable_secret_is_reported_in_status_by_name_and_key_only() {
         "{status}"
     );
     assert!(!status.contains(PASSWORD), "{status}");
+}
+
+#[tokio::test]
+async fn the_scripted_api_server_forbids_what_the_rules_do_not_declare() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::ListParams;
+    let (client, server) = fixtures::start();
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+    let err = secrets.list(&ListParams::default()).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err}"
+    );
+    assert_eq!(
+        server.forbidden(),
+        ["GET /api/v1/namespaces/default/secrets"]
+    );
+    assert!(server.used().is_empty());
 }

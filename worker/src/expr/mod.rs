@@ -394,10 +394,13 @@ fn parse_checked(source: &str, vars: &[&str]) -> Result<IdedExpr, ExprError> {
             l,
             c,
             format!(
-                "this loop can run about {total} times per record, more than the limit of \
-                 {MAX_ITERATIONS}: a loop over record data inside another one costs the square of \
-                 the record's size; loop over the outer element instead (e.g. \
-                 `value.items.all(i, i.tags.exists(t, t == 'x'))`) or split the work into steps"
+                "this loop can run about {total} steps per record, more than the limit of \
+                 {MAX_ITERATIONS}: a loop over record data inside another one, or a scan of \
+                 record data from outside the loop's element in it (`x in value.list`, \
+                 `size(value.s)`, `value.s.contains(x)`), costs the square of the record's \
+                 size; loop over the outer element instead (e.g. \
+                 `value.items.all(i, i.tags.exists(t, t == 'x'))`), compare with literals, or \
+                 split the work into steps"
             ),
         ));
     }
@@ -421,7 +424,14 @@ fn iterations<'a>(
         Expr::Call(c) => {
             let mut xs: Vec<&IdedExpr> = c.args.iter().collect();
             xs.extend(c.target.as_deref());
-            sum(&xs, elements, over)
+            // Scanning record data from outside the loop's element costs up to the record's
+            // size on every iteration: count it as a loop of that length.
+            let scans = if times > 1 && scans_outside_data(c, elements) {
+                times.saturating_mul(RECORD_LIST_LEN)
+            } else {
+                0
+            };
+            sum(&xs, elements, over).saturating_add(scans)
         }
         Expr::Select(s) => sum(&[&s.operand], elements, over),
         Expr::List(l) => sum(&l.elements.iter().collect::<Vec<_>>(), elements, over),
@@ -475,6 +485,49 @@ fn iterations<'a>(
             total
         }
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
+    }
+}
+
+/// Whether a call walks record data that does not come from an enclosing loop's element:
+/// `x in value.list`, `size(value.s)`, `value.s.contains(x)`, `value.a == value.b`.
+fn scans_outside_data(c: &cel::common::ast::CallExpr, elements: &[&str]) -> bool {
+    use cel::common::ast::operators as op;
+    let outside = |e: &IdedExpr| record_rooted(e) && !part_of(e, elements);
+    let name = c.func_name.as_str();
+    if name == op::IN {
+        return c.args.get(1).is_some_and(outside);
+    }
+    if name == op::EQUALS || name == op::NOT_EQUALS {
+        return c.args.len() == 2 && c.args.iter().all(outside);
+    }
+    const SCANNING: &[&str] = &[
+        "size",
+        "contains",
+        "startsWith",
+        "endsWith",
+        "split",
+        "lowerAscii",
+        "upperAscii",
+        "trim",
+        "reverse",
+        "substring",
+        "charAt",
+        "matches",
+        "string",
+        "bytes",
+    ];
+    SCANNING.contains(&name) && c.target.as_deref().or(c.args.first()).is_some_and(outside)
+}
+
+/// Whether an expression is a record variable or a field or element of one.
+fn record_rooted(e: &IdedExpr) -> bool {
+    match &e.expr {
+        Expr::Ident(name) => Var::from_name(name).is_some(),
+        Expr::Select(s) => record_rooted(&s.operand),
+        Expr::Call(c) if c.func_name == cel::common::ast::operators::INDEX && c.args.len() == 2 => {
+            record_rooted(&c.args[0])
+        }
+        _ => false,
     }
 }
 

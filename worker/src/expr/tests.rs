@@ -213,7 +213,27 @@ fn a_loop_over_record_data_inside_another_is_refused_at_load() {
         REC,
     )
     .unwrap_err();
-    assert!(e.reason.contains("times per record"), "{e}");
+    assert!(e.reason.contains("steps per record"), "{e}");
+
+    // Scanning record data from outside the element on every iteration is quadratic too.
+    for bad in [
+        "value.a.all(x, !(9 in value.a))",
+        "value.a.exists(x, size(value.s) > x)",
+        "value.a.filter(x, value.s.contains(x)).size() > 0",
+        "value.a.exists(x, value.b == value.c)",
+    ] {
+        let e = Program::compile(bad, REC).unwrap_err();
+        assert!(e.reason.contains("a scan of record data"), "{bad}: {e}");
+    }
+    for ok in [
+        "value.a.exists(x, x in ['a', 'b'])",
+        "value.items.exists(i, i.tag == value.page)",
+        "value.items.exists(i, size(i.tags) > 2 && i.name.contains('x'))",
+        "['a', 'b'].exists(t, t in value.tags)",
+        "value.items.map(i, i.price + value.shipping)",
+    ] {
+        assert!(Program::compile(ok, REC).is_ok(), "{ok}");
+    }
 }
 
 #[test]

@@ -77,7 +77,10 @@ pub struct KafkaSource {
     /// Consumer group that holds the job's offsets. Default: `weir.<namespace>.<job>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
-    /// Name of a Secret (or, outside Kubernetes, an env file) with SASL/TLS settings.
+    /// Name of a Secret with the client's SASL/TLS settings (keys: security.protocol,
+    /// sasl.mechanism, sasl.username, sasl.password, ca.crt, tls.crt, tls.key, ...), which the
+    /// operator mounts into the workers. Outside Kubernetes the worker reads the same keys from
+    /// --kafka-credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
