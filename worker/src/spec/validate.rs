@@ -362,9 +362,26 @@ impl JobSpec {
         let s = &self.sink;
         let set = usize::from(s.stdout.is_some())
             + usize::from(s.kafka.is_some())
-            + usize::from(s.file.is_some());
+            + usize::from(s.file.is_some())
+            + usize::from(s.postgres.is_some());
         if set != 1 {
-            c.err("sink", "set exactly one of stdout, kafka, file");
+            c.err("sink", "set exactly one of stdout, kafka, file, postgres");
+        }
+        if let Some(p) = &s.postgres {
+            if let Err(e) = check_table_name(&p.table) {
+                c.err("sink.postgres.table", e);
+            }
+            if let Some(url) = &p.url {
+                if let Err(e) = check_url_has_no_password(url) {
+                    c.err("sink.postgres.url", e);
+                }
+            }
+            if p.url.is_some() && p.url_file.is_some() {
+                c.err(
+                    "sink.postgres",
+                    "set url or urlFile, not both (urlFile holds the whole URL)",
+                );
+            }
         }
         if let Some(k) = &s.kafka {
             c.topic("sink.kafka.topic".into(), &k.topic);
@@ -386,6 +403,55 @@ impl JobSpec {
                 );
             }
         }
+    }
+}
+
+/// A table name the sink can quote as is: an identifier, optionally schema-qualified.
+pub fn check_table_name(table: &str) -> Result<(), String> {
+    let ident = |s: &str| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && s.len() <= 63
+    };
+    let mut parts = table.split('.');
+    let ok = match (parts.next(), parts.next(), parts.next()) {
+        (Some(t), None, _) => ident(t),
+        (Some(s), Some(t), None) => ident(s) && ident(t),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{table:?} is not a table name: letters, digits and _, at most 63 each, as table or schema.table"
+        ))
+    }
+}
+
+/// A password in the spec would sit in clear text in the cluster (and in `kubectl get -o
+/// yaml`): refuse it, whatever form the URL takes.
+pub fn check_url_has_no_password(url: &str) -> Result<(), String> {
+    const ADVICE: &str = "a password does not belong in the job spec; put the whole URL in a Secret and set urlFile to its mounted file, or give the password as PGPASSWORD in the worker's environment";
+    let lower = url.to_ascii_lowercase();
+    let has = if let Some(rest) = lower
+        .strip_prefix("postgresql://")
+        .or_else(|| lower.strip_prefix("postgres://"))
+    {
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let userinfo = authority.rsplit_once('@').map(|(u, _)| u);
+        userinfo.is_some_and(|u| u.contains(':')) || lower.contains("password=")
+    } else {
+        lower
+            .split_whitespace()
+            .any(|kv| kv.starts_with("password"))
+    };
+    if has {
+        Err(format!("contains a password: {ADVICE}"))
+    } else {
+        Ok(())
     }
 }
 
