@@ -486,3 +486,39 @@ fn round_up(ms: u128, interval: u128) -> super::Duration {
     let n = ms.div_ceil(interval).max(1) * interval;
     super::Duration::from_millis(u64::try_from(n).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_any_form_of_url_is_refused() {
+        for url in [
+            "postgresql://app:pw@db:5432/app",
+            "postgres://app:pw@db/app",
+            "postgresql://app@db/app?password=pw",
+            "host=db user=app password=pw",
+        ] {
+            let e = check_url_has_no_password(url).expect_err(url);
+            assert!(e.contains("urlFile") && !e.contains("pw@"), "{e}");
+        }
+        for url in [
+            "postgresql://app@db:5432/app",
+            "postgresql://db/app",
+            "postgresql://[::1]:5432/app",
+            "host=db user=app",
+        ] {
+            assert_eq!(check_url_has_no_password(url), Ok(()), "{url}");
+        }
+    }
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        for ok in ["counts", "_t1", "analytics.word_counts"] {
+            assert_eq!(check_table_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "1t", "a.b.c", "t;drop", "a-b", "\"t\"", ".t"] {
+            assert!(check_table_name(bad).is_err(), "{bad}");
+        }
+    }
+}
