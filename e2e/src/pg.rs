@@ -161,7 +161,11 @@ impl PgServer {
             .args(["-c", "listen_addresses=127.0.0.1"])
             // The tests kill workers, never the server: durability against a server crash is
             // not what they show, and fsync makes every batch wait on the disk.
-            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .args(["-c", "fsync=off"])
+            // Small, and off /dev/shm (64 MiB in a default container), so that the servers of
+            // tests running in parallel fit.
+            .args(["-c", "shared_buffers=16MB", "-c", "max_connections=50"])
+            .args(["-c", "dynamic_shared_memory_type=mmap"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)
