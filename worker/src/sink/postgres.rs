@@ -404,7 +404,12 @@ impl Sink for PostgresSink {
             .query(&conn.st.stored, &[&job, &topics, &parts])
             .map_err(db("reading weir_offsets"))?
         {
-            let (t, p, at): (String, i32, i64) = (row.get(0), row.get(1), row.get(2));
+            let g = db("reading weir_offsets");
+            let (t, p, at): (String, i32, i64) = (
+                row.try_get(0).map_err(&g)?,
+                row.try_get(1).map_err(&g)?,
+                row.try_get(2).map_err(&g)?,
+            );
             if let Some(&i) = index.get(&(t.as_str(), p)) {
                 offsets[i] = Some(at);
             }
@@ -420,8 +425,13 @@ impl Sink for PostgresSink {
             )
             .map_err(db("reading weir_state"))?
         {
-            let (t, p, step): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
-            let (k, v): (&[u8], &[u8]) = (row.get(3), row.get(4));
+            let g = db("reading weir_state");
+            let (t, p, step): (String, i32, String) = (
+                row.try_get(0).map_err(&g)?,
+                row.try_get(1).map_err(&g)?,
+                row.try_get(2).map_err(&g)?,
+            );
+            let (k, v): (&[u8], &[u8]) = (row.try_get(3).map_err(&g)?, row.try_get(4).map_err(&g)?);
             let Some(&i) = index.get(&(t.as_str(), p)) else {
                 continue;
             };
@@ -473,7 +483,11 @@ fn write_batch(
         .query(&st.stored, &[&job, &topics, &parts])
         .map_err(db("reading weir_offsets"))?
     {
-        stored.insert((row.get(0), row.get(1)), (row.get(2), row.get(3)));
+        let g = db("reading weir_offsets");
+        stored.insert(
+            (row.try_get(0).map_err(&g)?, row.try_get(1).map_err(&g)?),
+            (row.try_get(2).map_err(&g)?, row.try_get(3).map_err(&g)?),
+        );
     }
     let mut keep: Vec<&PartitionOutput<'_>> = Vec::with_capacity(live.len());
     for p in live {
