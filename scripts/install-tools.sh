@@ -10,9 +10,11 @@
 #   cargo-fuzz           libFuzzer driver for scripts/fuzz.sh (cargo install, ~2 min; cached)
 #   tansu                a second, independent Kafka broker for tests (cargo install, ~22 min on a
 #                        fresh machine; the binary is cached)
+#   postgresql           Debian's server package (initdb, postgres) for the postgres sink's tests,
+#                        which start their own throwaway server; apt-get when it is missing
 #
 # Writes "$WEIR_TOOLS/env.sh" with the exports the tests read (WEIR_HELM_BIN, WEIR_KUBECTL_BIN,
-# WEIR_KUBE_VALIDATE_BIN, WEIR_CARGO_FUZZ_BIN, WEIR_TANSU_BIN); scripts/test.sh sources it.
+# WEIR_KUBE_VALIDATE_BIN, WEIR_CARGO_FUZZ_BIN, WEIR_TANSU_BIN, WEIR_PG_BIN); scripts/test.sh sources it.
 #
 # Env: WEIR_TOOLS       cache dir (default ~/.cache/weir-tools)
 #      WEIR_SKIP_TANSU  =1 to skip the tansu build (e.g. for scripts/check-chart.sh alone)
@@ -146,6 +148,40 @@ else
   fi
 fi
 
+# --- PostgreSQL server ------------------------------------------------------------------------
+# Debian installs initdb and postgres off PATH, under /usr/lib/postgresql/<version>/bin.
+pg_bin_dir() {
+  local d
+  if [[ -n "${WEIR_PG_BIN:-}" && -x "$WEIR_PG_BIN/initdb" ]]; then echo "$WEIR_PG_BIN"; return 0; fi
+  if d=$(command -v initdb 2>/dev/null) && [[ -x "$(dirname "$d")/postgres" ]]; then
+    dirname "$d"; return 0
+  fi
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    if [[ -x "$d/initdb" && -x "$d/postgres" ]]; then echo "$d"; return 0; fi
+  done
+  return 1
+}
+if PG_BIN=$(pg_bin_dir); then
+  log "postgresql server: present in $PG_BIN"
+elif [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  log "postgresql server: installing Debian's postgresql with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  PG_BIN=$(pg_bin_dir) || die "postgresql installed, but no initdb under /usr/lib/postgresql/*/bin"
+  log "postgresql server: installed in $PG_BIN"
+else
+  die "the PostgreSQL server is required (apt-get install postgresql), or set WEIR_PG_BIN to the directory holding initdb"
+fi
+# PostgreSQL refuses to run as root: as root, the tests run it as this unprivileged user
+# (falling back to nobody).
+if [[ $(id -u) -eq 0 ]] && ! id weir-pg >/dev/null 2>&1; then
+  if command -v useradd >/dev/null && useradd --system --no-create-home --shell /usr/sbin/nologin weir-pg; then
+    log "postgresql server: created user weir-pg to run test servers as"
+  else
+    log "postgresql server: could not create user weir-pg; test servers run as nobody"
+  fi
+fi
+
 # --- the paths the tests read -----------------------------------------------------------------
 {
   echo "# written by scripts/install-tools.sh"
@@ -155,6 +191,7 @@ fi
   echo "export WEIR_KUBE_VALIDATE_BIN=\"$KV_DIR/bin/kubernetes-validate\""
   echo "export WEIR_CARGO_FUZZ_BIN=\"$CARGO_FUZZ_BIN\""
   if [[ -x "$TANSU_BIN" ]]; then echo "export WEIR_TANSU_BIN=\"$TANSU_BIN\""; fi
+  echo "export WEIR_PG_BIN=\"$PG_BIN\""
 } >"$TOOLS/env.sh.tmp"
 mv "$TOOLS/env.sh.tmp" "$TOOLS/env.sh"
 log "paths (also in $TOOLS/env.sh):"

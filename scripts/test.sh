@@ -13,7 +13,7 @@ started=$SECONDS
 
 section "tools (scripts/install-tools.sh)"
 bash scripts/install-tools.sh
-# WEIR_HELM_BIN, WEIR_KUBECTL_BIN, WEIR_KUBE_VALIDATE_BIN, WEIR_TANSU_BIN for the tests.
+# WEIR_HELM_BIN, WEIR_KUBECTL_BIN, WEIR_KUBE_VALIDATE_BIN, WEIR_TANSU_BIN, WEIR_PG_BIN for the tests.
 # shellcheck disable=SC1091
 source "$WEIR_TOOLS/env.sh"
 

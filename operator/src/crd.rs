@@ -37,8 +37,8 @@ const JOB_RULES: &str = r#"[
     "reason": "FieldValueInvalid"
   },
   {
-    "rule": "[has(self.sink.stdout), has(self.sink.kafka), has(self.sink.file)].filter(x, x).size() == 1",
-    "message": "sink sets exactly one of stdout, kafka, file",
+    "rule": "[has(self.sink.stdout), has(self.sink.kafka), has(self.sink.file), has(self.sink.postgres)].filter(x, x).size() == 1",
+    "message": "sink sets exactly one of stdout, kafka, file, postgres",
     "fieldPath": ".sink",
     "reason": "FieldValueInvalid"
   }

@@ -4,6 +4,7 @@
 mod exactly_once;
 mod file;
 mod kafka;
+pub mod postgres;
 mod stdout;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 pub use exactly_once::{transactional_id, ExactlyOnceSink};
 pub use file::FileSink;
 pub use kafka::{KafkaSink, KafkaWriter};
+pub use postgres::PostgresSink;
 pub use stdout::StdoutSink;
 
 use crate::changelog::LogFormat;
@@ -109,9 +111,11 @@ pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dy
         }
     } else if let Some(f) = &s.file {
         Box::new(FileSink::new(f.path.clone().into())?)
+    } else if s.postgres.is_some() {
+        Box::new(PostgresSink::new(spec, id)?)
     } else {
         return Err(crate::error::Error::Fatal(
-            "the job has no sink; set sink.stdout, sink.kafka or sink.file".into(),
+            "the job has no sink; set sink.stdout, sink.kafka, sink.file or sink.postgres".into(),
         ));
     };
     Ok(match print {
@@ -130,6 +134,7 @@ impl Sink for Tee {
         self.1.write(batch)
     }
 
+    // The printed copy must not hide that the main sink is the record of offsets and state.
     fn logs_state(&self) -> bool {
         self.0.logs_state()
     }

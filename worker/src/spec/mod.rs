@@ -372,6 +372,8 @@ pub struct SinkSpec {
     pub kafka: Option<KafkaSink>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSink>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSink>,
 }
 
 /// Spark's `print()`: the first records of each batch to standard output.
@@ -426,6 +428,54 @@ pub struct FileSink {
     /// Directory the batch files go to.
     #[schemars(length(min = 1, max = 4096))]
     pub path: String,
+}
+
+/// Exactly-once into PostgreSQL: each batch's rows, keyed-state changes and source offsets
+/// commit in one database transaction. The offsets go to `weir_offsets` (job, topic,
+/// partition, until_offset, batch_time) and the state to `weir_state`, both created if
+/// missing; `job` is the job's consumer group. A restarted worker resumes from `weir_offsets`
+/// (the offsets of record) and rebuilds its state from `weir_state`; the Kafka group gets a
+/// copy of the offsets after each batch, for lag tools. A replayed batch is skipped when
+/// `weir_offsets` already holds it, so `insert` mode never repeats rows either.
+///
+/// Connection settings never appear in the spec with a password. In order: the URL in
+/// `urlFile` (a mounted Secret), `url` (without a password), the worker's `WEIR_PG_URL`
+/// variable, then libpq's `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`; `PGPASSWORD` supplies
+/// the password when the URL has none. Connections are not encrypted (no TLS in this version):
+/// keep the database on a trusted network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSink {
+    /// Table the results go to, optionally `schema.table`. Each output record is a row with a
+    /// `key text` column (string keys as they are, other keys as JSON) and a `value jsonb`
+    /// column. Created if missing (in upsert mode with `key` as its primary key); an existing
+    /// table needs those two columns, and for upsert a unique constraint on `key`.
+    #[schemars(
+        length(min = 1, max = 127),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+    )]
+    pub table: String,
+    #[serde(default)]
+    pub mode: PostgresMode,
+    /// A libpq connection URL without a password, e.g. `postgresql://weir@db:5432/app`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub url: Option<String>,
+    /// A file holding the connection URL, password included: a key of a mounted Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub url_file: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PostgresMode {
+    /// One row per key, holding its latest value (`INSERT ... ON CONFLICT (key) DO UPDATE`).
+    /// Needs keyed output, e.g. a `keyBy` step before a `state` or `aggregate` step.
+    #[default]
+    Upsert,
+    /// One row per output record.
+    Insert,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

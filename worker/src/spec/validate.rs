@@ -397,9 +397,26 @@ impl JobSpec {
         let s = &self.sink;
         let set = usize::from(s.stdout.is_some())
             + usize::from(s.kafka.is_some())
-            + usize::from(s.file.is_some());
+            + usize::from(s.file.is_some())
+            + usize::from(s.postgres.is_some());
         if set != 1 {
-            c.err("sink", "set exactly one of stdout, kafka, file");
+            c.err("sink", "set exactly one of stdout, kafka, file, postgres");
+        }
+        if let Some(p) = &s.postgres {
+            if let Err(e) = check_table_name(&p.table) {
+                c.err("sink.postgres.table", e);
+            }
+            if let Some(url) = &p.url {
+                if let Err(e) = check_url_has_no_password(url) {
+                    c.err("sink.postgres.url", e);
+                }
+            }
+            if p.url.is_some() && p.url_file.is_some() {
+                c.err(
+                    "sink.postgres",
+                    "set url or urlFile, not both (urlFile holds the whole URL)",
+                );
+            }
         }
         if let Some(k) = &s.kafka {
             c.topic("sink.kafka.topic".into(), &k.topic);
@@ -421,6 +438,55 @@ impl JobSpec {
                 );
             }
         }
+    }
+}
+
+/// A table name the sink can quote as is: an identifier, optionally schema-qualified.
+pub fn check_table_name(table: &str) -> Result<(), String> {
+    let ident = |s: &str| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && s.len() <= 63
+    };
+    let mut parts = table.split('.');
+    let ok = match (parts.next(), parts.next(), parts.next()) {
+        (Some(t), None, _) => ident(t),
+        (Some(s), Some(t), None) => ident(s) && ident(t),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{table:?} is not a table name: letters, digits and _, at most 63 each, as table or schema.table"
+        ))
+    }
+}
+
+/// A password in the spec would sit in clear text in the cluster (and in `kubectl get -o
+/// yaml`): refuse it, whatever form the URL takes.
+pub fn check_url_has_no_password(url: &str) -> Result<(), String> {
+    const ADVICE: &str = "a password does not belong in the job spec; put the whole URL in a Secret and set urlFile to its mounted file, or give the password as PGPASSWORD in the worker's environment";
+    let lower = url.to_ascii_lowercase();
+    let has = if let Some(rest) = lower
+        .strip_prefix("postgresql://")
+        .or_else(|| lower.strip_prefix("postgres://"))
+    {
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let userinfo = authority.rsplit_once('@').map(|(u, _)| u);
+        userinfo.is_some_and(|u| u.contains(':')) || lower.contains("password=")
+    } else {
+        lower
+            .split_whitespace()
+            .any(|kv| kv.starts_with("password"))
+    };
+    if has {
+        Err(format!("contains a password: {ADVICE}"))
+    } else {
+        Ok(())
     }
 }
 
@@ -459,3 +525,39 @@ fn round_up(ms: u128, interval: u128) -> super::Duration {
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod sink_tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_any_form_of_url_is_refused() {
+        for url in [
+            "postgresql://app:pw@db:5432/app",
+            "postgres://app:pw@db/app",
+            "postgresql://app@db/app?password=pw",
+            "host=db user=app password=pw",
+        ] {
+            let e = check_url_has_no_password(url).expect_err(url);
+            assert!(e.contains("urlFile") && !e.contains("pw@"), "{e}");
+        }
+        for url in [
+            "postgresql://app@db:5432/app",
+            "postgresql://db/app",
+            "postgresql://[::1]:5432/app",
+            "host=db user=app",
+        ] {
+            assert_eq!(check_url_has_no_password(url), Ok(()), "{url}");
+        }
+    }
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        for ok in ["counts", "_t1", "analytics.word_counts"] {
+            assert_eq!(check_table_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "1t", "a.b.c", "t;drop", "a-b", "\"t\"", ".t"] {
+            assert!(check_table_name(bad).is_err(), "{bad}");
+        }
+    }
+}

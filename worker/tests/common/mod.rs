@@ -3,6 +3,9 @@
 //! what they wrote and committed.
 #![allow(dead_code)]
 
+#[path = "../../../e2e/src/pg.rs"]
+pub mod pg;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,574 @@
+//! The kill test harness behind `e2e/chaos.sh`: a broker on 127.0.0.1 (or the user's, with
+//! `--bootstrap`), a producer of N numbered records, a worker process running a stateful job
+//! (a running count per key, `n % 1000`), and a loop that kill -9's the worker at random
+//! moments and starts it again. At the end the output and the state are checked against what a
+//! run without kills gives: each key's count is the number of inputs with that key, which a
+//! run without kills produces by construction.
+//!
+//! - `postgres`: the job's table holds one row per key (upsert); `weir_state` holds the state.
+//!   lost/duplicated compare each row's count with the expected count; state_equal compares
+//!   the decoded `weir_state` with the expected counts.
+//! - `kafka`: the exactly-once Kafka sink; the output topic holds every update of every key,
+//!   read with read_committed.
+//!   duplicated counts update records that repeat one already seen (a replayed batch);
+//!   lost compares each key's last update with the expected count; state_equal compares those
+//!   last updates, which are the state the job published, with the expected counts.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rand::Rng;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use weir_worker::expr::Val;
+
+use crate::pg::PgServer;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Distinct keys of the stateful job: inputs `n` count under `n % KEYS`.
+pub const KEYS: u64 = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkKind {
+    Kafka,
+    Postgres,
+}
+
+impl std::str::FromStr for SinkKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "kafka" => Ok(Self::Kafka),
+            "postgres" => Ok(Self::Postgres),
+            other => bail!("--sink {other:?}: expected kafka or postgres"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub sink: SinkKind,
+    pub records: u64,
+    pub kills: u32,
+    /// An already-running Kafka; without it the harness starts the mock cluster process.
+    pub bootstrap: Option<String>,
+    /// The `weir-worker` binary.
+    pub worker: PathBuf,
+    /// Where the worker's logs go, one file per start.
+    pub log_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub lost: u64,
+    pub duplicated: u64,
+    pub state_equal: bool,
+    pub partitions: i32,
+    pub kills: u32,
+    pub seconds: u64,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "lost={} duplicated={} state_equal={}",
+            self.lost, self.duplicated, self.state_equal
+        )
+    }
+}
+
+/// Partitions for `records`: a divisor of [`KEYS`] (so each key lives in one partition, where
+/// its state is), enough that the mock cluster's ~5 MiB per partition keeps every record.
+fn partitions(records: u64) -> i32 {
+    let needed = records.div_ceil(25_000).max(4);
+    [
+        4u64, 5, 8, 10, 20, 25, 40, 50, 100, 125, 200, 250, 500, 1000,
+    ]
+    .into_iter()
+    .find(|d| *d >= needed)
+    .unwrap_or(1000) as i32
+}
+
+/// The count each key ends with: the number of inputs `n < records` with `n % KEYS == key`.
+pub fn expected(records: u64) -> HashMap<u64, i64> {
+    (0..KEYS.min(records))
+        .map(|k| (k, (records / KEYS + u64::from(k < records % KEYS)) as i64))
+        .collect()
+}
+
+struct Proc {
+    child: Child,
+    _stdin: Option<ChildStdin>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_mock(worker: &Path, topics: &[(&str, i32)]) -> Result<(Proc, String)> {
+    let mut cmd = Command::new(worker);
+    cmd.arg("mock-kafka");
+    for (t, p) in topics {
+        cmd.args(["--topic", &format!("{t}:{p}")]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} mock-kafka", worker.display()))?;
+    let stdin = child.stdin.take();
+    let out = child.stdout.take().context("mock-kafka stdout")?;
+    let proc = Proc {
+        child,
+        _stdin: stdin,
+    };
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    let bootstrap = line
+        .trim()
+        .strip_prefix("bootstrap.servers=")
+        .with_context(|| format!("mock-kafka printed {line:?}"))?
+        .to_string();
+    Ok((proc, bootstrap))
+}
+
+fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(-1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for r in rt.block_on(admin.create_topics(
+        &new,
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))? {
+        r.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn produce(bootstrap: &str, topic: &str, partitions: i32, records: u64) -> Result<()> {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("enable.idempotence", "true")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?;
+    let mut key = String::new();
+    let mut payload = String::new();
+    for n in 0..records {
+        use std::fmt::Write as _;
+        key.clear();
+        payload.clear();
+        let _ = write!(key, "{n}");
+        let _ = write!(payload, r#"{{"n":{n}}}"#);
+        let part = (n % partitions as u64) as i32;
+        loop {
+            match p.send(
+                BaseRecord::to(topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .partition(part),
+            ) {
+                Ok(()) => break,
+                Err(_) => {
+                    p.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
+/// A worker process; its log lines go to a file and its finished batches are counted.
+struct Worker {
+    proc: Proc,
+    batches: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn spawn(o: &Options, job: &Path, env: &[(String, String)], n: u32) -> Result<Worker> {
+        let mut cmd = Command::new(&o.worker);
+        cmd.arg("run")
+            .arg(job)
+            .args(["--http-addr", "127.0.0.1:0"])
+            .env("WEIR_LOG_FORMAT", "json")
+            .env("WEIR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("starting the worker")?;
+        let err = child.stderr.take().context("worker stderr")?;
+        let batches = Arc::new(AtomicU64::new(0));
+        let counter = batches.clone();
+        let mut file = match &o.log_dir {
+            Some(d) => Some(std::fs::File::create(d.join(format!("worker-{n:03}.log")))?),
+            None => None,
+        };
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                // Batches that read records: a kill after one lands while work is in flight.
+                if line.contains("batch completed") && !line.contains("\"records_in\":0,") {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(f) = &mut file {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
+        Ok(Worker {
+            proc: Proc {
+                child,
+                _stdin: None,
+            },
+            batches,
+        })
+    }
+
+    fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.proc.child.try_wait()?)
+    }
+
+    fn kill9(&mut self) -> Result<()> {
+        self.proc.child.kill()?;
+        self.proc.child.wait()?;
+        Ok(())
+    }
+
+    fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let pid = self.proc.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.exited()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("the worker did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?)
+}
+
+fn high_watermarks(c: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    (0..partitions)
+        .map(|p| Ok(c.fetch_watermarks(topic, p, TIMEOUT)?.1))
+        .collect()
+}
+
+fn group_offsets(c: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let r = c.committed_offsets(tpl, TIMEOUT)?;
+    Ok((0..partitions)
+        .map(|p| match r.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect())
+}
+
+/// Every record of `topic` as (key, value) in partition order.
+fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<(Option<String>, Vec<u8>)>> {
+    let c = consumer(bootstrap, "weir-chaos-reader")?;
+    let md = c.fetch_metadata(Some(topic), TIMEOUT)?;
+    let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut left = 0i64;
+    let mut ends = Vec::new();
+    for p in 0..parts {
+        let (low, high) = c.fetch_watermarks(topic, p, TIMEOUT)?;
+        ends.push(high);
+        left += high - low;
+        tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+    }
+    let mut out = Vec::with_capacity(left.max(0) as usize);
+    if left <= 0 {
+        return Ok(out);
+    }
+    c.assign(&tpl)?;
+    let mut idle = Instant::now();
+    let mut done = vec![false; parts as usize];
+    for (p, d) in done.iter_mut().enumerate() {
+        let (low, high) = c.fetch_watermarks(topic, p as i32, TIMEOUT)?;
+        *d = high <= low;
+    }
+    while !done.iter().all(|d| *d) {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                idle = Instant::now();
+                let p = m.partition() as usize;
+                if m.offset() < ends[p] {
+                    out.push((
+                        m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        m.payload().unwrap_or_default().to_vec(),
+                    ));
+                }
+                if m.offset() + 1 >= ends[p] {
+                    done[p] = true;
+                }
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            // A read_committed reader skips transaction markers: stop when nothing comes.
+            None if idle.elapsed() > Duration::from_secs(10) => break,
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Compares final counts per key with the expected ones: (lost, duplicated).
+fn compare(got: &HashMap<u64, i64>, want: &HashMap<u64, i64>) -> (u64, u64) {
+    let mut lost = 0u64;
+    let mut dup = 0u64;
+    for (k, e) in want {
+        let g = got.get(k).copied().unwrap_or(0);
+        lost += (e - g).max(0) as u64;
+        dup += (g - e).max(0) as u64;
+    }
+    for (k, g) in got {
+        if !want.contains_key(k) {
+            dup += (*g).max(0) as u64;
+        }
+    }
+    (lost, dup)
+}
+
+/// Runs the harness.
+///
+/// # Errors
+/// A part that would not start, or a worker that did not finish the input in time.
+pub fn run(o: &Options) -> Result<Outcome> {
+    let started = Instant::now();
+    let id: u32 = rand::rng().random();
+    let input = format!("chaos-in-{id:08x}");
+    let output = format!("chaos-out-{id:08x}");
+    let group = format!("chaos-{id:08x}");
+    let changelog = weir_worker::changelog::topic_name(&group);
+    let table = format!("chaos_{id:08x}");
+    let parts = partitions(o.records);
+    if let Some(d) = &o.log_dir {
+        std::fs::create_dir_all(d)?;
+    }
+
+    let mut topics = vec![(input.as_str(), parts)];
+    if o.sink == SinkKind::Kafka {
+        topics.push((output.as_str(), parts));
+        topics.push((changelog.as_str(), parts));
+    }
+    let (_mock, bootstrap) = match &o.bootstrap {
+        Some(b) => {
+            create_topics(b, &topics)?;
+            (None, b.clone())
+        }
+        None => {
+            let (p, b) = start_mock(&o.worker, &topics)?;
+            (Some(p), b)
+        }
+    };
+    let pg = match o.sink {
+        SinkKind::Postgres => Some(PgServer::start().ok_or_else(|| {
+            anyhow!(
+                "no PostgreSQL server binaries: run scripts/install-tools.sh or set WEIR_PG_BIN"
+            )
+        })?),
+        SinkKind::Kafka => None,
+    };
+    let mut env = Vec::new();
+    let sink = match &pg {
+        Some(pg) => {
+            env.push(("WEIR_PG_URL".to_string(), pg.url()));
+            format!("{{postgres: {{table: {table}, mode: upsert}}}}")
+        }
+        None => format!("{{kafka: {{topic: {output}, delivery: exactlyOnce}}}}"),
+    };
+    // Spread the input over the kill phase, so kills land while there is work in flight.
+    let per_partition = o.records / parts as u64;
+    let rate = (per_partition as f64 / (f64::from(o.kills) * 1.2 + 1.0)).max(200.0) as u64;
+    let yaml = format!(
+        r#"batchInterval: 200ms
+source:
+  kafka: {{bootstrapServers: "{bootstrap}", topics: [{input}], startingOffsets: earliest, groupId: {group}, maxRatePerPartition: {rate}, backpressure: {{enabled: false}}}}
+  format: json
+pipeline:
+  - {{id: by-key, keyBy: "value.n % {KEYS}"}}
+  - {{id: counts, state: {{initial: '0', update: 'state + size(values)'}}}}
+sink: {sink}
+"#
+    );
+    let dir = tempfile::tempdir()?;
+    let job = dir.path().join("chaos.yaml");
+    std::fs::write(&job, yaml)?;
+
+    let producer = {
+        let (b, t, n) = (bootstrap.clone(), input.clone(), o.records);
+        std::thread::spawn(move || produce(&b, &t, parts, n))
+    };
+
+    let mut rng = rand::rng();
+    for k in 0..o.kills {
+        let mut w = Worker::spawn(o, &job, &env, k)?;
+        // Until it read something, or for a while when there is nothing left to read.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.batches.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            if let Some(s) = w.exited()? {
+                bail!("worker {k} exited ({s}) before its first batch; see its log");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..1500)));
+        w.kill9()?;
+    }
+    producer
+        .join()
+        .map_err(|_| anyhow!("the producer panicked"))??;
+
+    let mut last = Worker::spawn(o, &job, &env, o.kills)?;
+    let c = consumer(&bootstrap, &group)?;
+    let ends = high_watermarks(&c, &input, parts)?;
+    let total: i64 = ends.iter().sum();
+    let deadline = Instant::now() + Duration::from_secs(300 + o.records / 5_000);
+    loop {
+        let at: Vec<i64> = match &pg {
+            Some(pg) => {
+                let mut stored = vec![-1; parts as usize];
+                for r in pg.client().query(
+                    "SELECT partition, until_offset FROM weir_offsets WHERE job = $1 AND topic = $2",
+                    &[&group, &input],
+                )? {
+                    let p: i32 = r.get(0);
+                    if let Some(s) = stored.get_mut(p as usize) {
+                        *s = r.get(1);
+                    }
+                }
+                stored
+            }
+            None => group_offsets(&c, &input, parts)?,
+        };
+        if at == ends {
+            break;
+        }
+        if let Some(s) = last.exited()? {
+            bail!("the last worker exited ({s}) at offsets {at:?} of {ends:?}");
+        }
+        if Instant::now() > deadline {
+            bail!("the last worker did not reach {ends:?} (total {total}); it is at {at:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = last.terminate(Duration::from_secs(30))?;
+    if !status.success() {
+        bail!("the last worker exited with {status} on SIGTERM");
+    }
+
+    let want = expected(o.records);
+    let (lost, duplicated, state_equal) = match &pg {
+        Some(pg) => {
+            let mut client = pg.client();
+            let mut got = HashMap::new();
+            for r in client.query(&format!("SELECT key, value::text FROM {table}"), &[])? {
+                let k: String = r.get(0);
+                let v: String = r.get(1);
+                got.insert(k.parse::<u64>()?, v.parse::<i64>()?);
+            }
+            let mut state = HashMap::new();
+            for r in client.query(
+                "SELECT key, value FROM weir_state WHERE job = $1 AND step = 'counts'",
+                &[&group],
+            )? {
+                let k = weir_worker::changelog::codec::decode(r.get(0))?;
+                let v = weir_worker::changelog::codec::decode(r.get(1))?;
+                // A state step keeps the key's state and when it was last seen.
+                match (k, v.field("state")) {
+                    (Val::Int(k), Some(Val::Int(v))) if k >= 0 => {
+                        state.insert(k as u64, *v);
+                    }
+                    other => bail!("unexpected state in weir_state: {other:?}"),
+                }
+            }
+            let (lost, dup) = compare(&got, &want);
+            (lost, dup, state == want)
+        }
+        None => {
+            let mut seen = HashSet::new();
+            let mut last_value = HashMap::new();
+            let mut dup_records = 0u64;
+            for (k, v) in read_all(&bootstrap, &output)? {
+                let k: u64 = k.context("an output record without a key")?.parse()?;
+                let v: i64 = serde_json::from_slice(&v)?;
+                if !seen.insert((k, v)) {
+                    dup_records += 1;
+                }
+                last_value.insert(k, v);
+            }
+            let (lost, _) = compare(&last_value, &want);
+            (lost, dup_records, last_value == want)
+        }
+    };
+    Ok(Outcome {
+        lost,
+        duplicated,
+        state_equal,
+        partitions: parts,
+        kills: o.kills,
+        seconds: started.elapsed().as_secs(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_compare_key_by_key() {
+        let want = expected(2_500);
+        assert_eq!(want.len(), 1000);
+        assert_eq!(want[&0], 3);
+        assert_eq!(want[&499], 3);
+        assert_eq!(want[&500], 2);
+        assert_eq!(want.values().sum::<i64>(), 2_500);
+        let mut got = want.clone();
+        got.insert(1, 1);
+        got.insert(2, 5);
+        got.insert(5000, 1);
+        assert_eq!(compare(&got, &want), (2, 3));
+        assert_eq!(partitions(20_000), 4);
+        assert_eq!(partitions(1_000_000), 40);
+    }
+}
