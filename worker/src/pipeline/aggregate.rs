@@ -16,6 +16,8 @@ pub enum AggKind {
     Max(Program),
     Avg(Program),
     Reduce(Program),
+    /// groupByKey: every value, in record order.
+    Collect(Program),
 }
 
 impl AggKind {
@@ -28,6 +30,7 @@ impl AggKind {
             AggKind::Max(_) => "max",
             AggKind::Avg(_) => "avg",
             AggKind::Reduce(_) => "reduce",
+            AggKind::Collect(_) => "collect",
         }
     }
 
@@ -44,6 +47,9 @@ impl AggKind {
             AggregateSpec {
                 reduce: Some(e), ..
             } => AggKind::Reduce(Program::compile(e, &[Var::A, Var::B, Var::Key])?),
+            AggregateSpec {
+                collect: Some(e), ..
+            } => AggKind::Collect(c(e)?),
             _ => AggKind::Count,
         })
     }
@@ -62,7 +68,9 @@ impl AggKind {
                     ))),
                 }
             }
-            AggKind::Min(p) | AggKind::Max(p) => Ok(p.eval(rec)?.into_owned()),
+            AggKind::Min(p) | AggKind::Max(p) | AggKind::Collect(p) => {
+                Ok(p.eval(rec)?.into_owned())
+            }
             AggKind::Reduce(_) => Ok(rec.output().clone()),
         }
     }
@@ -125,6 +133,12 @@ impl Acc {
                     AggKind::Min(_) => std::cmp::min_by(cur.clone(), b.clone(), total_order),
                     AggKind::Max(_) => std::cmp::max_by(cur.clone(), b.clone(), total_order),
                     AggKind::Reduce(p) => p.eval(&ReduceVars { a: cur, b, key })?.into_owned(),
+                    AggKind::Collect(_) => match (&*cur, b) {
+                        (Val::List(x), Val::List(y)) => Val::List(std::sync::Arc::new(
+                            x.iter().chain(y.iter()).cloned().collect(),
+                        )),
+                        _ => return Ok(()),
+                    },
                     _ => return Ok(()),
                 };
                 *cur = next;
@@ -214,6 +228,15 @@ impl Accumulators {
                     other => *other = Acc::Avg { sum: x, n: 1 },
                 }
             }
+            (AggKind::Collect(_), Entry::Vacant(e)) => {
+                e.insert(Acc::Value(Val::List(std::sync::Arc::new(vec![input]))));
+            }
+            (AggKind::Collect(_), Entry::Occupied(mut e)) => {
+                if let Acc::Value(Val::List(items)) = e.get_mut() {
+                    // The list is this key's alone until the batch ends: no copy.
+                    std::sync::Arc::make_mut(items).push(input);
+                }
+            }
             (_, Entry::Vacant(e)) => {
                 e.insert(Acc::Value(input));
             }
@@ -232,7 +255,9 @@ impl Accumulators {
                             key: &key,
                         })?
                         .into_owned(),
-                    AggKind::Count | AggKind::Sum(_) | AggKind::Avg(_) => return Ok(()),
+                    AggKind::Count | AggKind::Sum(_) | AggKind::Avg(_) | AggKind::Collect(_) => {
+                        return Ok(())
+                    }
                 };
                 *cur = next;
             }

@@ -59,9 +59,11 @@ pub(super) fn record_needs(steps: &[Step]) -> RecordNeeds {
             Op::Aggregate(kind) | Op::Window(super::window::WindowOp { kind, .. }) => {
                 match kind {
                     AggKind::Count => {}
-                    AggKind::Sum(p) | AggKind::Min(p) | AggKind::Max(p) | AggKind::Avg(p) => {
-                        read(&mut n, p, own_value, own_key)
-                    }
+                    AggKind::Sum(p)
+                    | AggKind::Min(p)
+                    | AggKind::Max(p)
+                    | AggKind::Avg(p)
+                    | AggKind::Collect(p) => read(&mut n, p, own_value, own_key),
                     // A reduce folds the records' results.
                     AggKind::Reduce(_) if own_value && !item_is_output => {
                         n.value = ValueNeeds::Whole

@@ -106,7 +106,9 @@ pub(crate) fn acc_from_val(kind: &AggKind, v: &Val) -> Result<Acc, &'static str>
             },
             n: u64::try_from(int(v.field("n"))?).map_err(|_| "a count is negative")?,
         },
-        AggKind::Min(_) | AggKind::Max(_) | AggKind::Reduce(_) => Acc::Value(v.clone()),
+        AggKind::Min(_) | AggKind::Max(_) | AggKind::Reduce(_) | AggKind::Collect(_) => {
+            Acc::Value(v.clone())
+        }
     })
 }
 

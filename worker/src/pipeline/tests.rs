@@ -108,8 +108,12 @@ fn a_failing_record_changes_nothing_and_names_the_step() {
 }
 
 #[test]
-fn aggregates_sum_min_max_avg_reduce() {
+fn aggregates_sum_min_max_avg_reduce_collect() {
     let cases = [
+        (
+            "{collect: 'value.n'}",
+            Val::List(Arc::new(vec![Val::Int(3), Val::Int(1), Val::Int(5)])),
+        ),
         ("{sum: 'value.n'}", Val::Int(9)),
         ("{min: 'value.n'}", Val::Int(1)),
         ("{max: 'value.n'}", Val::Int(5)),

@@ -214,3 +214,18 @@ fn window_results_flow_through_the_steps_after_it() {
         [(Val::str("a"), Val::str("a:2"))]
     );
 }
+
+#[test]
+fn a_collect_window_lists_the_values_of_its_batches_oldest_first() {
+    let p = windowed("{collect: 'value'}", "15s", "5s");
+    let mut st = p.new_state();
+    let rec = |k: &str, n: i64| format!(r#"{{"k":"{k}","n":{n}}}"#);
+    batch(&p, &mut st, 1, &[rec("a", 1), rec("a", 2)]);
+    batch(&p, &mut st, 2, &[rec("a", 3)]);
+    let out = batch(&p, &mut st, 3, &[rec("a", 4)]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.to_string(), "[1,2,3,4]");
+    // The first batch leaves the window.
+    let out = batch(&p, &mut st, 4, &[]);
+    assert_eq!(out[0].1.to_string(), "[3,4]");
+}

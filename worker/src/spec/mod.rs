@@ -316,6 +316,10 @@ pub struct AggregateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub reduce: Option<Expr>,
+    /// groupByKey: the list of a CEL expression's values per key, in record order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub collect: Option<Expr>,
 }
 
 /// An empty object, for options that take no settings (`count: {}`).

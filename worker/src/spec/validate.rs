@@ -308,6 +308,7 @@ impl JobSpec {
                     ("min", a.min.as_ref()),
                     ("max", a.max.as_ref()),
                     ("avg", a.avg.as_ref()),
+                    ("collect", a.collect.as_ref()),
                 ];
                 let set = members.iter().filter(|(_, e)| e.is_some()).count()
                     + usize::from(a.count.is_some())
@@ -315,7 +316,7 @@ impl JobSpec {
                 if set != 1 {
                     c.err(
                         format!("{at}.aggregate"),
-                        "set exactly one of count, sum, min, max, avg, reduce",
+                        "set exactly one of count, sum, min, max, avg, reduce, collect",
                     );
                 }
                 for (name, e) in members {
