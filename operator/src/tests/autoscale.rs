@@ -210,23 +210,13 @@ mod through_the_controller {
     use std::time::Duration;
 
     use http::Method;
-    use serde_json::{json, Value};
+    use serde_json::json;
 
     use crate::controller::Settings;
-    use crate::fixtures::{self, DataObserver, Recorded};
+    use crate::fixtures::{self, DataObserver};
     use crate::metrics::Metrics;
     use crate::tests::controller::start_observed;
-
-    const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
-    const STATUS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc/status";
-    const WAIT: Duration = Duration::from_secs(20);
-
-    fn statuses(r: &[Recorded]) -> Vec<Value> {
-        r.iter()
-            .filter(|x| x.is(&Method::PATCH, STATUS))
-            .map(|x| x.body["status"].clone())
-            .collect()
-    }
+    use crate::tests::wc::{statuses, STS, WAIT};
 
     /// 8 partitions, `lag` records waiting on each.
     fn lagging(lag: i64) -> crate::observe::KafkaObservation {

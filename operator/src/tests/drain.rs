@@ -11,13 +11,8 @@ use super::controller::start_observed;
 use crate::controller::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
-
-const JOBS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs";
+use crate::tests::wc::{EVENTS, JOBS, PODS, STS, WAIT};
 const JOB: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc";
-const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
-const PODS: &str = "/api/v1/namespaces/default/pods";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
-const WAIT: Duration = Duration::from_secs(20);
 
 fn json_patches(r: &[Recorded]) -> Vec<&Recorded> {
     r.iter()

@@ -12,20 +12,7 @@ use super::controller::start_observed;
 use crate::controller::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
-
-const JOBS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs";
-const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
-const PODS: &str = "/api/v1/namespaces/default/pods";
-const STATUS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc/status";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
-const WAIT: Duration = Duration::from_secs(20);
-
-fn statuses(r: &[Recorded]) -> Vec<Value> {
-    r.iter()
-        .filter(|x| x.is(&Method::PATCH, STATUS))
-        .map(|x| x.body["status"].clone())
-        .collect()
-}
+use crate::tests::wc::{statuses, EVENTS, JOBS, PODS, STS, WAIT};
 
 fn replicas(r: &[Recorded]) -> Vec<i64> {
     r.iter()

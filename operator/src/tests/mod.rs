@@ -21,3 +21,4 @@ mod security;
 mod stalls;
 mod suspend;
 mod tansu;
+mod wc;

@@ -11,18 +11,7 @@ use super::controller::{start_observed, start_wc};
 use crate::controller::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
-
-const JOBS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs";
-const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
-const STATUS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc/status";
-const WAIT: Duration = Duration::from_secs(20);
-
-fn statuses(r: &[Recorded]) -> Vec<Value> {
-    r.iter()
-        .filter(|x| x.is(&Method::PATCH, STATUS))
-        .map(|x| x.body["status"].clone())
-        .collect()
-}
+use crate::tests::wc::{statuses, JOBS, STS, WAIT};
 
 fn sts_replicas(r: &[Recorded]) -> Vec<Value> {
     r.iter()

@@ -18,6 +18,7 @@ use crate::crd::{RewindOffset, RewindSpec};
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::observe::{KafkaObserver, Observer};
 use crate::rewind::{self, set_offsets, RewindTo};
+use crate::tests::wc::{EVENTS, JOBS, PODS, STATUS, STS, WAIT};
 
 /// Produces `n` records to each of `topic`'s partitions, record i at `t0 + 1000 * i` ms.
 fn produce(
@@ -179,13 +180,6 @@ async fn rewind_commits_the_group_offsets_on_a_real_broker() {
         "unlisted partitions keep theirs"
     );
 }
-
-const JOBS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs";
-const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
-const PODS: &str = "/api/v1/namespaces/default/pods";
-const STATUS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc/status";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
-const WAIT: Duration = Duration::from_secs(20);
 
 fn replicas(r: &[Recorded]) -> Vec<i64> {
     r.iter()

@@ -12,19 +12,7 @@ use super::controller::start_observed;
 use crate::controller::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
-
-const PODS: &str = "/api/v1/namespaces/default/pods";
-const STATUS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc/status";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
-const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
-const WAIT: Duration = Duration::from_secs(20);
-
-fn statuses(r: &[Recorded]) -> Vec<Value> {
-    r.iter()
-        .filter(|x| x.is(&Method::PATCH, STATUS))
-        .map(|x| x.body["status"].clone())
-        .collect()
-}
+use crate::tests::wc::{statuses, EVENTS, PODS, STS, WAIT};
 
 fn event_reasons(r: &[Recorded]) -> Vec<String> {
     r.iter()

@@ -9,12 +9,7 @@ use serde_json::{json, Value};
 use super::controller::start_wc;
 use crate::controller::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
-
-const JOBS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs";
-const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
-const PODS: &str = "/api/v1/namespaces/default/pods";
-const STATUS: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc/status";
-const WAIT: Duration = Duration::from_secs(20);
+use crate::tests::wc::{JOBS, PODS, STATUS, STS, WAIT};
 
 fn replicas(r: &[Recorded]) -> Vec<i64> {
     r.iter()

@@ -526,14 +526,16 @@ pub fn run(broker: &Broker, yaml: &str, batches: u64) -> weir_worker::progress::
     progress.snapshot(100)
 }
 
-/// Connects a job's engine in this process as worker 0 of 1 (see [`run`]).
-pub fn connect(
+/// A job (its YAML with `BOOTSTRAP` for the broker's address) as worker 0 of 1 of namespace
+/// "test" runs it, with the progress it reports to.
+fn worker_zero_of_one(
     broker: &Broker,
     yaml: &str,
-) -> weir_worker::error::Result<(
-    weir_worker::engine::Engine,
+) -> (
+    weir_worker::spec::JobFile,
+    weir_worker::client::Identity,
     Arc<weir_worker::progress::Progress>,
-)> {
+) {
     let yaml = yaml.replace("BOOTSTRAP", &broker.bootstrap());
     let job = weir_worker::spec::parse_job(&yaml, "t").expect("job");
     let id = weir_worker::client::Identity {
@@ -547,6 +549,18 @@ pub fn connect(
         "g".into(),
         job.spec.batch_interval.as_std(),
     ));
+    (job, id, progress)
+}
+
+/// Connects a job's engine in this process as worker 0 of 1 (see [`run`]).
+pub fn connect(
+    broker: &Broker,
+    yaml: &str,
+) -> weir_worker::error::Result<(
+    weir_worker::engine::Engine,
+    Arc<weir_worker::progress::Progress>,
+)> {
+    let (job, id, progress) = worker_zero_of_one(broker, yaml);
     let sink = weir_worker::sink::build(&job.spec, &id, None).expect("sink");
     let cancel = tokio_util::sync::CancellationToken::new();
     let engine = weir_worker::engine::Engine::connect(job, &id, sink, progress.clone(), &cancel)?;
@@ -556,19 +570,7 @@ pub fn connect(
 /// Runs every stage of a job (see [`run`]) until `done` holds (checked between batches, for
 /// at most a minute), then stops them after their batch in flight.
 pub fn run_stages_until(broker: &Broker, yaml: &str, mut done: impl FnMut() -> bool) {
-    let yaml = yaml.replace("BOOTSTRAP", &broker.bootstrap());
-    let job = weir_worker::spec::parse_job(&yaml, "t").expect("job");
-    let id = weir_worker::client::Identity {
-        namespace: "test".into(),
-        job: job.name.clone(),
-        ordinal: 0,
-        workers: 1,
-    };
-    let progress = Arc::new(weir_worker::progress::Progress::new(
-        id.clone(),
-        "g".into(),
-        job.spec.batch_interval.as_std(),
-    ));
+    let (job, id, progress) = worker_zero_of_one(broker, yaml);
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut stages =
         weir_worker::stages::connect(job, &id, None, progress, &cancel).expect("connect stages");
