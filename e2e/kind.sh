@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real-cluster suite: Weir on a kind cluster with a one-node Apache Kafka, end to end.
 #
-#   e2e/kind.sh [--keep] [--cluster NAME]
+#   e2e/kind.sh [--keep] [--cluster NAME] [--records N] [--kills K]
 #
 # Needs docker (with a running engine), kind, kubectl and helm on PATH. It builds the operator
 # and worker images from the Dockerfile, creates a kind cluster (unless one named NAME exists),
@@ -9,9 +9,9 @@
 # the chart, applies the examples pointed at that Kafka, writes lines to their input, and checks
 # what users see: each job Ready, offsets committed and lag falling to zero in `kubectl get sj`
 # and its status, a worker killed and the job recording the restart, suspend scaling to zero.
-# The exactly-once kill test (e2e/chaos.sh --sink kafka --bootstrap ...) belongs against this
-# Kafka too, where aborted transactions are hidden from read_committed readers: it needs to run
-# where kafka.weir-e2e.svc resolves, and the script ends by printing the command.
+# Last, the exactly-once kill test runs against this Kafka (reached from the host through a
+# NodePort mapped by the kind cluster), where aborted transactions are hidden from
+# read_committed readers as they must be: e2e/chaos.sh --sink kafka --records N --kills K.
 # It deletes the cluster at the end unless --keep. The development machines of this project have
 # no Docker engine, so this suite runs in the user's CI or on a laptop; tests/ covers what can
 # run without a cluster.
@@ -20,10 +20,14 @@ cd "$(dirname "$0")/.."
 
 cluster=weir-e2e
 keep=false
+records=1000000
+kills=20
 while [ $# -gt 0 ]; do
   case "$1" in
     --keep) keep=true; shift ;;
     --cluster) cluster="$2"; shift 2 ;;
+    --records) records="$2"; shift 2 ;;
+    --kills) kills="$2"; shift 2 ;;
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -45,7 +49,15 @@ docker build --target operator -t "$operator_image" .
 docker build --target worker -t "$worker_image" .
 
 step "cluster $cluster"
-kind get clusters | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 120s
+# Kafka's external listener is a NodePort the host reaches on localhost:30092.
+kind get clusters | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 120s --config - <<'YAML'
+kind: Cluster
+apiVersion: kind.x-k8s.io/v1alpha4
+nodes:
+  - role: control-plane
+    extraPortMappings:
+      - {containerPort: 30092, hostPort: 30092, listenAddress: "127.0.0.1"}
+YAML
 $keep || trap 'kind delete cluster --name "$cluster"' EXIT
 kind load docker-image --name "$cluster" "$operator_image" "$worker_image"
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
@@ -69,8 +81,10 @@ spec:
           env:
             - {name: KAFKA_NODE_ID, value: "1"}
             - {name: KAFKA_PROCESS_ROLES, value: "broker,controller"}
-            - {name: KAFKA_LISTENERS, value: "PLAINTEXT://:9092,CONTROLLER://:9093"}
-            - {name: KAFKA_ADVERTISED_LISTENERS, value: "PLAINTEXT://kafka.weir-e2e.svc:9092"}
+            - {name: KAFKA_LISTENERS, value: "PLAINTEXT://:9092,CONTROLLER://:9093,EXTERNAL://:9094"}
+            - {name: KAFKA_ADVERTISED_LISTENERS, value: "PLAINTEXT://kafka.weir-e2e.svc:9092,EXTERNAL://localhost:30092"}
+            - {name: KAFKA_LISTENER_SECURITY_PROTOCOL_MAP, value: "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,EXTERNAL:PLAINTEXT"}
+            - {name: KAFKA_INTER_BROKER_LISTENER_NAME, value: "PLAINTEXT"}
             - {name: KAFKA_CONTROLLER_LISTENER_NAMES, value: "CONTROLLER"}
             - {name: KAFKA_CONTROLLER_QUORUM_VOTERS, value: "1@localhost:9093"}
             - {name: KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR, value: "1"}
@@ -84,6 +98,14 @@ metadata: {name: kafka}
 spec:
   selector: {app: kafka}
   ports: [{port: 9092}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kafka-external}
+spec:
+  type: NodePort
+  selector: {app: kafka}
+  ports: [{port: 9094, targetPort: 9094, nodePort: 30092}]
 YAML
 kubectl -n "$ns" rollout status statefulset/kafka --timeout=300s
 kafka() { kubectl -n "$ns" exec kafka-0 -- "$@"; }
@@ -133,7 +155,10 @@ until [ "$(kubectl -n "$ns" get sj word-count -o jsonpath='{.status.phase}')" = 
 done
 [ "$(kubectl -n "$ns" get statefulset word-count -o jsonpath='{.spec.replicas}')" = "0" ] || fail "suspended workers still running"
 kubectl -n "$ns" patch sj word-count --type merge -p '{"spec":{"suspend":false}}'
-echo "The exactly-once kill test against this Kafka, from where kafka.weir-e2e.svc:9092 resolves:"
-echo "  e2e/chaos.sh --sink kafka --records 1000000 --kills 20 --bootstrap kafka.weir-e2e.svc:9092"
+
+step "exactly-once kill test against this Kafka: $records records, $kills kills"
+line=$(bash e2e/chaos.sh --sink kafka --records "$records" --kills "$kills" --bootstrap localhost:30092 | tail -1) || true
+echo "$line"
+[ "$line" = "lost=0 duplicated=0 state_equal=true" ] || fail "exactly-once kill test: $line"
 
 step "kind suite passed"
