@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use http::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::controller::start_observed;
 use crate::controller::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
-use crate::tests::wc::{EVENTS, JOBS, PODS, STS, WAIT};
+use crate::tests::wc::{pod, EVENTS, JOBS, PODS, STS, WAIT};
 const JOB: &str = "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs/wc";
 
 fn json_patches(r: &[Recorded]) -> Vec<&Recorded> {
@@ -36,12 +36,6 @@ fn ops(patch: &Recorded) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn pod(i: u32) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": format!("wc-{i}"), "namespace": "default", "uid": format!("pod-{i}"),
-                        "labels": {"app.kubernetes.io/name": "weir-worker", "weir.dev/job": "wc"}}})
 }
 
 #[tokio::test]

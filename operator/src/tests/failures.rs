@@ -12,14 +12,7 @@ use super::controller::start_observed;
 use crate::controller::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
-use crate::tests::wc::{statuses, EVENTS, JOBS, PODS, STS, WAIT};
-
-fn replicas(r: &[Recorded]) -> Vec<i64> {
-    r.iter()
-        .filter(|x| x.is(&Method::PATCH, STS))
-        .map(|x| x.body["spec"]["replicas"].as_i64().unwrap())
-        .collect()
-}
+use crate::tests::wc::{replicas, statuses, EVENTS, JOBS, PODS, WAIT};
 
 /// Events published: the first of a reason is created, repeats patch it (an event series).
 fn events<'a>(r: &'a [Recorded], reason: &str) -> Vec<&'a Recorded> {

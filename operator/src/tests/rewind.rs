@@ -9,7 +9,7 @@ use http::Method;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::ClientConfig;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::controller::start_wc;
 use super::kafka::target;
@@ -18,7 +18,7 @@ use crate::crd::{RewindOffset, RewindSpec};
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::observe::{KafkaObserver, Observer};
 use crate::rewind::{self, set_offsets, RewindTo};
-use crate::tests::wc::{EVENTS, JOBS, PODS, STATUS, STS, WAIT};
+use crate::tests::wc::{pod, replicas, EVENTS, JOBS, PODS, STATUS, WAIT};
 
 /// Produces `n` records to each of `topic`'s partitions, record i at `t0 + 1000 * i` ms.
 fn produce(
@@ -179,19 +179,6 @@ async fn rewind_commits_the_group_offsets_on_a_real_broker() {
         [Some(0), Some(0), Some(7)],
         "unlisted partitions keep theirs"
     );
-}
-
-fn replicas(r: &[Recorded]) -> Vec<i64> {
-    r.iter()
-        .filter(|x| x.is(&Method::PATCH, STS))
-        .map(|x| x.body["spec"]["replicas"].as_i64().unwrap())
-        .collect()
-}
-
-fn pod(i: u32) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": format!("wc-{i}"), "namespace": "default", "uid": format!("pod-{i}"),
-                        "labels": {"app.kubernetes.io/name": "weir-worker", "weir.dev/job": "wc"}}})
 }
 
 #[tokio::test]

@@ -9,14 +9,7 @@ use serde_json::{json, Value};
 use super::controller::start_wc;
 use crate::controller::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
-use crate::tests::wc::{JOBS, PODS, STATUS, STS, WAIT};
-
-fn replicas(r: &[Recorded]) -> Vec<i64> {
-    r.iter()
-        .filter(|x| x.is(&Method::PATCH, STS))
-        .map(|x| x.body["spec"]["replicas"].as_i64().unwrap())
-        .collect()
-}
+use crate::tests::wc::{pod, replicas, JOBS, PODS, STATUS, WAIT};
 
 fn last_status(r: &[Recorded]) -> Value {
     r.iter()
@@ -24,12 +17,6 @@ fn last_status(r: &[Recorded]) -> Value {
         .find(|x| x.is(&Method::PATCH, STATUS))
         .map(|x| x.body["status"].clone())
         .unwrap_or_default()
-}
-
-fn pod(i: u32) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": format!("wc-{i}"), "namespace": "default", "uid": format!("pod-{i}"),
-                        "labels": {"app.kubernetes.io/name": "weir-worker", "weir.dev/job": "wc"}}})
 }
 
 fn job(generation: i64, suspend: bool) -> Value {

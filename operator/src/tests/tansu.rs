@@ -141,27 +141,7 @@ async fn the_real_observer_reads_tansu_too() {
 
     // A timestamp policy counts from the first record at or after the time: "timed" has
     // records stamped 1 s, 2 s, 3 s, 4 s after the epoch; 2.5 s finds offset 2.
-    admin
-        .create_topics(
-            &[NewTopic::new("timed", 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .for_each(|r| {
-            r.unwrap();
-        });
-    for ts in [1_000i64, 2_000, 3_000, 4_000] {
-        p.send(
-            BaseRecord::<(), str>::to("timed")
-                .payload("x")
-                .partition(0)
-                .timestamp(ts),
-        )
-        .unwrap();
-    }
-    p.flush(Duration::from_secs(10)).unwrap();
+    write_timed(&broker.bootstrap).await;
     let at = "1970-01-01T00:00:02.5Z";
     let t = target(&broker.bootstrap, &["timed"], at);
     let timed = observe::kafka(std::sync::Arc::new(KafkaObserver::default()), t)
@@ -185,12 +165,11 @@ async fn the_real_observer_reads_tansu_too() {
     );
 }
 
-#[tokio::test]
-async fn a_rewind_to_a_time_commits_the_first_offset_at_or_after_it() {
-    let Some(broker) = tansu() else { return };
+/// Topic "timed": one partition, records stamped 1 s, 2 s, 3 s and 4 s after the epoch.
+async fn write_timed(bootstrap: &str) {
     let config = || {
         ClientConfig::new()
-            .set("bootstrap.servers", &broker.bootstrap)
+            .set("bootstrap.servers", bootstrap)
             .clone()
     };
     let admin: AdminClient<DefaultClientContext> = config().create().unwrap();
@@ -216,6 +195,12 @@ async fn a_rewind_to_a_time_commits_the_first_offset_at_or_after_it() {
         .unwrap();
     }
     p.flush(Duration::from_secs(10)).unwrap();
+}
+
+#[tokio::test]
+async fn a_rewind_to_a_time_commits_the_first_offset_at_or_after_it() {
+    let Some(broker) = tansu() else { return };
+    write_timed(&broker.bootstrap).await;
 
     let t = target(&broker.bootstrap, &["timed"], "latest");
     let set = crate::rewind::set_offsets(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use http::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::fixtures::Recorded;
 
@@ -22,4 +22,19 @@ pub fn statuses(r: &[Recorded]) -> Vec<Value> {
         .filter(|x| x.is(&Method::PATCH, STATUS))
         .map(|x| x.body["status"].clone())
         .collect()
+}
+
+/// The StatefulSet's replicas in each apply the controller sent, in order.
+pub fn replicas(r: &[Recorded]) -> Vec<i64> {
+    r.iter()
+        .filter(|x| x.is(&Method::PATCH, STS))
+        .map(|x| x.body["spec"]["replicas"].as_i64().unwrap())
+        .collect()
+}
+
+/// A worker pod of wc as the API server lists it.
+pub fn pod(i: u32) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": format!("wc-{i}"), "namespace": "default", "uid": format!("pod-{i}"),
+                        "labels": {"app.kubernetes.io/name": "weir-worker", "weir.dev/job": "wc"}}})
 }
