@@ -75,10 +75,10 @@ impl Embedded {
         // the admin API.
         for stage in crate::stages::split(job) {
             let s = &stage.job.spec;
-            if s.pipeline
-                .iter()
-                .any(|step| step.state.is_some() || step.window.is_some())
-            {
+            // A pipeline that does not compile fails at connect, with its reason.
+            let stateful =
+                crate::pipeline::Pipeline::compile(s).is_ok_and(|p| !p.state_types().is_empty());
+            if stateful {
                 let group = s.group_id(&job.namespace, &job.name);
                 create(&crate::changelog::topic_name(&group), PARTITIONS)?;
             }

@@ -47,22 +47,24 @@ pub struct Marker {
     pub types: Vec<(String, String)>,
 }
 
+/// A marker as the changelog (and a snapshot) stores it; [`Marker::from_val`] reads it back.
+fn marker_val(from: i64, until: i64, batch: i64, types: Val) -> Val {
+    Val::Map(Arc::new(vec![
+        (Arc::from("from"), Val::Int(from)),
+        (Arc::from("until"), Val::Int(until)),
+        (Arc::from("batch"), Val::Int(batch)),
+        (Arc::from("types"), types),
+    ]))
+}
+
 impl Marker {
     pub(crate) fn to_val(&self) -> Val {
-        Val::Map(Arc::new(vec![
-            (Arc::from("from"), Val::Int(self.from)),
-            (Arc::from("until"), Val::Int(self.until)),
-            (Arc::from("batch"), Val::Int(self.batch)),
-            (
-                Arc::from("types"),
-                Val::Map(Arc::new(
-                    self.types
-                        .iter()
-                        .map(|(s, t)| (Arc::from(s.as_str()), Val::str(t)))
-                        .collect(),
-                )),
-            ),
-        ]))
+        let types = self
+            .types
+            .iter()
+            .map(|(s, t)| (Arc::from(s.as_str()), Val::str(t)))
+            .collect();
+        marker_val(self.from, self.until, self.batch, Val::Map(Arc::new(types)))
     }
 
     pub(crate) fn from_val(v: &Val) -> std::result::Result<Marker, String> {
@@ -157,12 +159,7 @@ impl LogFormat {
         for c in part.changes {
             self.send_change(w, tp, &c.step, &c.key, c.value.as_ref())?;
         }
-        let marker = Val::Map(Arc::new(vec![
-            (Arc::from("from"), Val::Int(range.from)),
-            (Arc::from("until"), Val::Int(range.until)),
-            (Arc::from("batch"), Val::Int(batch_time)),
-            (Arc::from("types"), self.types.clone()),
-        ]));
+        let marker = marker_val(range.from, range.until, batch_time, self.types.clone());
         let key = Val::List(Arc::new(vec![Val::Str(tp.topic.clone())]));
         w.send_state(&self.topic, tp.partition, &key, Some(&marker))
     }
@@ -383,6 +380,10 @@ impl Changelog {
         batch: &BatchOutput<'_>,
         states: &[PartitionState],
     ) {
+        // The markers are kept only for the snapshots that carry them.
+        let Some(snaps) = &mut self.snapshots else {
+            return;
+        };
         self.markers.resize(owned.len(), None);
         for (m, part) in self.markers.iter_mut().zip(&batch.partitions) {
             if !part.changes.is_empty() || part.range.until != part.range.from {
@@ -394,9 +395,6 @@ impl Changelog {
                 });
             }
         }
-        let Some(snaps) = &mut self.snapshots else {
-            return;
-        };
         if batch.batch_time_ms - snaps.last_ms < snaps.interval_ms {
             return;
         }
