@@ -161,7 +161,7 @@ impl LogFormat {
         }
         let marker = marker_val(range.from, range.until, batch_time, self.types.clone());
         let key = Val::List(Arc::new(vec![Val::Str(tp.topic.clone())]));
-        w.send_state(&self.topic, tp.partition, &key, Some(&marker))
+        w.send_encoded(&self.topic, Some(tp.partition), &key, Some(&marker))
     }
 
     fn send_change(
@@ -177,7 +177,7 @@ impl LogFormat {
             Val::Str(step.clone()),
             key.clone(),
         ]));
-        w.send_state(&self.topic, tp.partition, &key, value)
+        w.send_encoded(&self.topic, Some(tp.partition), &key, value)
     }
 }
 

@@ -38,7 +38,7 @@ pub struct ExactlyOnceSink {
 }
 
 /// The transactional id of the producer for an input partition.
-pub fn transactional_id(group: &str, tp: &TopicPartition) -> String {
+fn transactional_id(group: &str, tp: &TopicPartition) -> String {
     format!("{group}-{}-{}", tp.topic, tp.partition)
 }
 

@@ -94,23 +94,9 @@ impl KafkaWriter {
         produce(&self.producer, topic, None, key, payload, Some(headers))
     }
 
-    /// Queues a state record for one partition (the changelog follows its input's
-    /// partitioning), in the changelog's encoding; `None` is a tombstone.
-    ///
-    /// # Errors
-    /// When the record is refused.
-    pub fn send_state(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        key: &Val,
-        value: Option<&Val>,
-    ) -> Result<()> {
-        self.send_encoded(topic, Some(partition), key, value)
-    }
-
-    /// Queues a record in the worker's own encoding (lossless for every CEL type); without a
-    /// partition, the key's hash picks one, so equal keys meet in one partition.
+    /// Queues a record in the worker's own encoding (lossless for every CEL type); `None` is a
+    /// tombstone. The changelog names the partition (its input's); without one, the key's hash
+    /// picks it, so equal keys meet in one partition.
     ///
     /// # Errors
     /// When the record is refused.

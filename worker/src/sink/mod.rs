@@ -9,7 +9,7 @@ mod stdout;
 
 use std::sync::Arc;
 
-pub use exactly_once::{transactional_id, ExactlyOnceSink};
+pub use exactly_once::ExactlyOnceSink;
 pub use file::FileSink;
 pub use kafka::{KafkaSink, KafkaWriter};
 pub use postgres::PostgresSink;
