@@ -80,6 +80,13 @@ impl Engine {
         let group = job.spec.group_id(&id.namespace, &id.job);
         let interval = job.spec.batch_interval.as_std();
         let mut source = Source::connect(&job.spec.source.kafka, id, &group, interval, cancel)?;
+        // Fence first, then read offsets (Kafka's transactional order): the sink's recovery
+        // starts the transactional producers (or takes the database's partition epochs), which
+        // aborts what an older worker of these partitions left open and stops it committing
+        // more. Offsets read before that could be overtaken by the older worker's last batches,
+        // whose records would then be counted again.
+        let recovered = sink.take_over(source.owned())?;
+        source.resume(&job.spec.source.kafka)?;
         let dead = DeadLetters::new(&job.spec, id)?;
         let k = &job.spec.source.kafka;
         let interval_ms = interval.as_millis().max(1) as u64;
@@ -94,7 +101,6 @@ impl Engine {
             .enabled
             .then(|| RateEstimator::new(interval_ms, k.backpressure.min_rate as f64));
 
-        let recovered = sink.recover(source.owned())?;
         let mut changelog = match &recovered {
             None => Changelog::open(&job.spec, id, &group, &pipeline, source.partition_counts())?,
             Some(_) => None,
@@ -174,6 +180,11 @@ impl Engine {
     /// Names the stage in the engine's logs: the repartition step it reads after.
     pub fn set_stage(&mut self, stage: &str) {
         self.stage = Arc::from(stage);
+    }
+
+    /// Each owned partition with the offset its next batch starts at.
+    pub fn positions(&self) -> Vec<(crate::plan::TopicPartition, i64)> {
+        self.source.positions()
     }
 
     /// The largest partition count of the input topics: what topics the job derives from

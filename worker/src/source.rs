@@ -162,8 +162,10 @@ pub struct Source {
 }
 
 impl Source {
-    /// Connects, finds this worker's partitions and where each resumes: the committed offset,
-    /// an explicit offset from the spec, or the starting-offsets policy.
+    /// Connects and finds this worker's partitions. Where each resumes is read by
+    /// [`Source::resume`], which the engine calls only after the sink has fenced every older
+    /// writer of those partitions: read before, the offsets could be overtaken by an older
+    /// worker's last commits.
     ///
     /// # Errors
     /// When the brokers cannot be reached within the retries, or a topic does not exist.
@@ -221,7 +223,7 @@ impl Source {
                 Ok(Lane::new(consumer, owned.len()))
             })
             .collect::<Result<Vec<Lane>>>()?;
-        let mut source = Source {
+        let source = Source {
             consumer,
             lanes,
             positions: vec![0; owned.len()],
@@ -233,12 +235,6 @@ impl Source {
             read_timeout: (batch_interval * 10).max(Duration::from_secs(30)),
             keep_ahead: keep_ahead_bytes(),
         };
-        source.resume(spec)?;
-        info!(
-            partitions = %source.owned.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-            offsets = ?source.positions,
-            "resuming"
-        );
         Ok(source)
     }
 
@@ -330,7 +326,12 @@ impl Source {
             .collect()
     }
 
-    fn resume(&mut self, spec: &KafkaSource) -> Result<()> {
+    /// Reads where each owned partition resumes: the committed offset, an explicit offset
+    /// from the spec, or the starting-offsets policy.
+    ///
+    /// # Errors
+    /// When the brokers do not answer within the retries.
+    pub fn resume(&mut self, spec: &KafkaSource) -> Result<()> {
         let all = self.tpl((0..self.owned.len()).map(|i| (i, Offset::Invalid)))?;
         let committed = self.retry.run("reading committed offsets", || {
             self.consumer
@@ -394,6 +395,11 @@ impl Source {
                 self.committed[i] = self.positions[i];
             }
         }
+        info!(
+            partitions = %self.owned.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            offsets = ?self.positions,
+            "resuming"
+        );
         Ok(())
     }
 

@@ -15,7 +15,9 @@ use rdkafka::types::RDKafkaApiKey;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use weir_worker::dead_letter::H_STEP;
-use weir_worker::engine::Options;
+use weir_worker::engine::{Engine, Options};
+use weir_worker::plan::TopicPartition;
+use weir_worker::sink::{BatchOutput, Recovery, Sink};
 use weir_worker::error::Error;
 
 const PARTITIONS: i32 = 2;
@@ -149,6 +151,85 @@ fn a_zombie_worker_whose_commit_the_broker_fences_stops_and_the_newer_worker_goe
     let before = read_all(&broker, "out").len();
     newer.run(&one, &cancel).expect("the newer worker commits");
     assert!(read_all(&broker, "out").len() > before);
+}
+
+/// The job above at 10 records per partition and batch, so that batches follow each other.
+fn slow_job() -> String {
+    JOB.replace(
+        "backpressure: {enabled: false}}",
+        "backpressure: {enabled: false}, maxRatePerPartition: 100}",
+    )
+}
+
+/// A sink whose takeover first lets an older worker of the same partitions commit two more
+/// batches: the older pod that Kubernetes already replaced (a partitioned node, a forced
+/// delete) keeps running until the newer worker's producers fence it.
+struct OlderWorkerCommitsUntilFenced {
+    inner: Box<dyn Sink>,
+    older: Option<Engine>,
+}
+
+impl Sink for OlderWorkerCommitsUntilFenced {
+    fn write(&mut self, batch: &BatchOutput<'_>) -> weir_worker::error::Result<()> {
+        self.inner.write(batch)
+    }
+    fn logs_state(&self) -> bool {
+        self.inner.logs_state()
+    }
+    fn writes_dead_letters(&self) -> bool {
+        self.inner.writes_dead_letters()
+    }
+    fn take_over(
+        &mut self,
+        owned: &[TopicPartition],
+    ) -> weir_worker::error::Result<Option<Recovery>> {
+        if let Some(mut older) = self.older.take() {
+            let two = Options {
+                max_batches: Some(2),
+            };
+            older
+                .run(&two, &CancellationToken::new())
+                .expect("the older worker's last batches");
+        }
+        self.inner.take_over(owned)
+    }
+}
+
+#[test]
+fn a_newer_worker_reads_offsets_only_after_fencing_the_older_so_nothing_counts_twice() {
+    let broker = Broker::in_process();
+    topics(&broker);
+    let mut expected = HashMap::new();
+    produce(&broker, 0, 100, &mut expected);
+    let job = slow_job();
+    let (mut older, _) = connect(&broker, &job).expect("older worker");
+    let one = Options {
+        max_batches: Some(1),
+    };
+    older.run(&one, &CancellationToken::new()).expect("a batch");
+    assert_eq!(committed(&broker, "eo", "in", PARTITIONS), vec![10, 10]);
+
+    let (mut newer, _) = connect_with_sink(&broker, &job, |inner| {
+        Box::new(OlderWorkerCommitsUntilFenced {
+            inner,
+            older: Some(older),
+        })
+    })
+    .expect("newer worker");
+    // Where the newer worker starts is where the older one stopped when it was fenced, not
+    // where it was when the newer one began.
+    let starts: Vec<i64> = newer.positions().iter().map(|(_, o)| *o).collect();
+    assert_eq!(starts, vec![30, 30]);
+    newer
+        .run(
+            &Options {
+                max_batches: Some(4),
+            },
+            &CancellationToken::new(),
+        )
+        .expect("the newer worker's batches");
+    assert_eq!(committed(&broker, "eo", "in", PARTITIONS), vec![50, 50]);
+    assert_eq!(sums(&broker), expected, "every record counted once");
 }
 
 #[test]

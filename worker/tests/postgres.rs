@@ -212,7 +212,7 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
     let mut sink = weir_worker::sink::build(&job.spec, &id, None).expect("sink");
     assert!(sink.logs_state());
     let owned = [weir_worker::plan::TopicPartition::new("in", 0)];
-    let r = sink.recover(&owned).expect("recover").expect("a record");
+    let r = sink.take_over(&owned).expect("recover").expect("a record");
     assert_eq!(r.offsets, [None], "nothing stored yet");
 
     let outputs: Vec<Output> = (0..5)
@@ -259,7 +259,7 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
         err.contains("another worker") && err.contains("at offset 5"),
         "{err}"
     );
-    let r = sink.recover(&owned).expect("recover").expect("a record");
+    let r = sink.take_over(&owned).expect("recover").expect("a record");
     assert_eq!(r.offsets, [Some(5)]);
 }
 
@@ -312,7 +312,7 @@ fn bad_settings_fail_with_what_to_fix() {
         _ => None,
     })
     .expect("settings");
-    let err = match weir_worker::sink::Sink::recover(
+    let err = match weir_worker::sink::Sink::take_over(
         &mut sink,
         &[weir_worker::plan::TopicPartition::new("in", 0)],
     ) {

@@ -34,7 +34,25 @@ pub struct ExactlyOnceSink {
     dead_topic: Option<String>,
     /// Parallel to `owned`; made when the engine says which partitions the worker owns.
     owned: Vec<TopicPartition>,
+    txn_timeout: std::time::Duration,
     producers: Vec<KafkaWriter>,
+}
+
+/// Producers started at once by [`ExactlyOnceSink::take_over`]: each start is a few round
+/// trips to the transaction coordinator, so a handful of threads hides the latency without
+/// opening hundreds of connections at once.
+const MAX_PARALLEL_INITS: usize = 16;
+
+/// The transaction timeout for a batch interval: a transaction is open only while a batch's
+/// results are produced and committed (the batch is read and run before it begins), so a few
+/// intervals are ample. A worker that dies inside a transaction leaves it open until this
+/// timeout (or until its successor's producer aborts it): read_committed readers of the output
+/// wait that long, so it is kept short, within 10 s to 60 s (Kafka's default is 60 s).
+pub fn transaction_timeout(batch_interval: std::time::Duration) -> std::time::Duration {
+    (batch_interval * 5).clamp(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(60),
+    )
 }
 
 /// The transactional id of the producer for an input partition.
@@ -69,6 +87,7 @@ impl ExactlyOnceSink {
             shuffle,
             dead_topic: spec.dead_letter.as_ref().map(|d| d.topic.clone()),
             owned: Vec::new(),
+            txn_timeout: transaction_timeout(spec.batch_interval.as_std()),
             producers: Vec::new(),
         })
     }
@@ -125,23 +144,47 @@ impl Sink for ExactlyOnceSink {
         self.dead_topic.is_some()
     }
 
-    /// Starts a transactional producer per owned partition, which fences any earlier one.
-    fn recover(&mut self, owned: &[TopicPartition]) -> Result<Option<Recovery>> {
-        self.producers = owned
-            .iter()
-            .map(|tp| {
-                KafkaWriter::transactional(
-                    &self.bootstrap,
-                    &self.source,
-                    &self.id,
-                    "sink",
-                    &transactional_id(&self.group, tp),
-                )
-            })
-            .collect::<Result<_>>()?;
+    /// Starts a transactional producer per owned partition, which fences any earlier one and
+    /// aborts the transaction it left open. The producers start side by side: one after
+    /// another, 40 partitions took seconds, and an older worker kept committing meanwhile.
+    fn take_over(&mut self, owned: &[TopicPartition]) -> Result<Option<Recovery>> {
+        let started = std::time::Instant::now();
+        let mut producers = Vec::with_capacity(owned.len());
+        let (bootstrap, source, id, timeout) =
+            (&self.bootstrap, &self.source, &self.id, self.txn_timeout);
+        let group = &self.group;
+        for chunk in owned.chunks(MAX_PARALLEL_INITS) {
+            let made: Vec<Result<KafkaWriter>> = std::thread::scope(|s| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|tp| {
+                        let txn_id = transactional_id(group, tp);
+                        s.spawn(move || {
+                            KafkaWriter::transactional(
+                                bootstrap, source, id, "sink", &txn_id, timeout,
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Fatal("starting a transactional producer panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            for p in made {
+                producers.push(p?);
+            }
+        }
+        self.producers = producers;
         self.owned = owned.to_vec();
         info!(
             partitions = owned.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            transaction_timeout_ms = self.txn_timeout.as_millis() as u64,
             "transactional producers started; earlier producers of these partitions are fenced"
         );
         Ok(None)

@@ -185,10 +185,14 @@ impl KafkaWriter {
         id: &Identity,
         role: &str,
         transactional_id: &str,
+        transaction_timeout: Duration,
     ) -> Result<Self> {
         let producer: BaseProducer<Deliveries> = client::producer(bootstrap, source, id, role)
             .set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", "60000")
+            .set(
+                "transaction.timeout.ms",
+                transaction_timeout.as_millis().to_string(),
+            )
             .create_with_context(Deliveries::default())
             .map_err(Error::kafka("creating a transactional producer"))?;
         producer

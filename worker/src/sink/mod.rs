@@ -67,13 +67,18 @@ pub trait Sink: Send {
         false
     }
 
+    /// Takes over the worker's partitions before anything about them is read: a sink that
+    /// can fence (Kafka transactions, a database's partition epochs) stops every older writer
+    /// of these partitions here, so the offsets the engine reads next are final.
+    ///
     /// A sink that commits output, state changes and offsets in one transaction of its own
-    /// (a database) is their record: where each owned partition resumes and the state to
-    /// rebuild. `None` for sinks whose record is the Kafka group and the changelog topic.
+    /// (a database) is their record: it returns where each owned partition resumes and the
+    /// state to rebuild. `None` for sinks whose record is the Kafka group and the changelog
+    /// topic.
     ///
     /// # Errors
-    /// When the sink's record cannot be read.
-    fn recover(&mut self, _owned: &[TopicPartition]) -> Result<Option<Recovery>> {
+    /// When fencing fails or the sink's record cannot be read.
+    fn take_over(&mut self, _owned: &[TopicPartition]) -> Result<Option<Recovery>> {
         Ok(None)
     }
 }
@@ -143,7 +148,7 @@ impl Sink for Tee {
         self.0.writes_dead_letters()
     }
 
-    fn recover(&mut self, owned: &[TopicPartition]) -> Result<Option<Recovery>> {
-        self.0.recover(owned)
+    fn take_over(&mut self, owned: &[TopicPartition]) -> Result<Option<Recovery>> {
+        self.0.take_over(owned)
     }
 }

@@ -142,6 +142,8 @@ struct Statements {
     state_put: Statement,
     state_del: Statement,
     offsets: Statement,
+    bump: Statement,
+    epochs: Statement,
 }
 
 struct Conn {
@@ -157,6 +159,8 @@ pub struct PostgresSink {
     mode: PostgresMode,
     reset: Vec<String>,
     conn: Option<Conn>,
+    /// The epoch this worker took each partition over at (see `weir_epochs`).
+    epochs: HashMap<(String, i32), i64>,
     /// Reused per batch: the rows' text and the state's bytes, sliced by the spans below.
     text: Vec<u8>,
     bytes: Vec<u8>,
@@ -194,6 +198,7 @@ impl PostgresSink {
                 .as_ref()
                 .map_or_else(Vec::new, |c| c.reset_state.clone()),
             conn: None,
+            epochs: HashMap::new(),
             text: Vec::new(),
             bytes: Vec::new(),
         })
@@ -247,6 +252,10 @@ fn create_tables(client: &mut Client, table: &str, mode: PostgresMode) -> Result
              job text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
              until_offset bigint NOT NULL, batch_time timestamptz NOT NULL,
              PRIMARY KEY (job, topic, partition));
+         CREATE TABLE IF NOT EXISTS weir_epochs (
+             job text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
+             epoch bigint NOT NULL,
+             PRIMARY KEY (job, topic, partition));
          CREATE TABLE IF NOT EXISTS weir_state (
              job text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
              step text NOT NULL, key bytea NOT NULL, value bytea NOT NULL,
@@ -292,6 +301,16 @@ fn prepare(client: &mut Client, table: &str, mode: PostgresMode) -> Result<State
                       USING unnest($2::text[], $3::int4[], $4::text[], $5::bytea[]) AS u(t, p, s, k)
                       WHERE w.job = $1 AND w.topic = u.t AND w.partition = u.p
                         AND w.step = u.s AND w.key = u.k")?,
+        // Taking over a partition raises its epoch; every batch checks it under the
+        // partition's lock, so an older worker's next transaction sees it and stops.
+        bump: p("INSERT INTO weir_epochs (job, topic, partition, epoch)
+                 SELECT $1, t, p, 1 FROM unnest($2::text[], $3::int4[]) AS u(t, p)
+                 ON CONFLICT (job, topic, partition) DO UPDATE SET epoch = weir_epochs.epoch + 1
+                 RETURNING topic, partition, epoch")?,
+        epochs: p("SELECT e.topic, e.partition, e.epoch
+                   FROM weir_epochs e JOIN unnest($2::text[], $3::int4[]) AS u(t, p)
+                     ON e.topic = u.t AND e.partition = u.p
+                   WHERE e.job = $1")?,
         offsets: p(
             "INSERT INTO weir_offsets (job, topic, partition, until_offset, batch_time)
                     SELECT $1, t, p, o, 'epoch'::timestamptz + $5::int8 * interval '1 millisecond'
@@ -347,11 +366,13 @@ impl Sink for PostgresSink {
         let mut bytes = std::mem::take(&mut self.bytes);
         let job = self.job.clone();
         let mode = self.mode;
+        let epochs = std::mem::take(&mut self.epochs);
         let result = match self.connect() {
             Ok(conn) => write_batch(
                 conn,
                 &job,
                 mode,
+                &epochs,
                 batch.batch_time_ms,
                 &live,
                 &mut text,
@@ -361,6 +382,7 @@ impl Sink for PostgresSink {
         };
         self.text = text;
         self.bytes = bytes;
+        self.epochs = epochs;
         if result.is_err() {
             // The transaction is gone with the error; a fresh connection starts clean.
             self.conn = None;
@@ -372,7 +394,7 @@ impl Sink for PostgresSink {
         true
     }
 
-    fn recover(&mut self, owned: &[TopicPartition]) -> Result<Option<Recovery>> {
+    fn take_over(&mut self, owned: &[TopicPartition]) -> Result<Option<Recovery>> {
         let job = self.job.clone();
         let reset = self.reset.clone();
         let conn = self.connect()?;
@@ -384,6 +406,23 @@ impl Sink for PostgresSink {
             .map(|(i, tp)| ((&*tp.topic, tp.partition), i))
             .collect();
         let mut tx = conn.client.transaction().map_err(db("recovery"))?;
+        // The partitions' locks wait for an older worker's batch in flight; the raised epochs
+        // then refuse its next one, so what is read below is final.
+        tx.query(&conn.st.lock, &[&job, &topics, &parts])
+            .map_err(db("locking partitions"))?;
+        let mut epochs = HashMap::with_capacity(owned.len());
+        for row in tx
+            .query(&conn.st.bump, &[&job, &topics, &parts])
+            .map_err(db("taking over partitions"))?
+        {
+            let g = db("taking over partitions");
+            let (t, p, e): (String, i32, i64) = (
+                row.try_get(0).map_err(&g)?,
+                row.try_get(1).map_err(&g)?,
+                row.try_get(2).map_err(&g)?,
+            );
+            epochs.insert((t, p), e);
+        }
         if !reset.is_empty() {
             let n = tx
                 .execute(
@@ -453,6 +492,7 @@ impl Sink for PostgresSink {
             });
         }
         tx.commit().map_err(db("recovery"))?;
+        self.epochs = epochs;
         let stored = offsets.iter().filter(|o| o.is_some()).count();
         info!(
             partitions = stored,
@@ -463,10 +503,12 @@ impl Sink for PostgresSink {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_batch(
     conn: &mut Conn,
     job: &str,
     mode: PostgresMode,
+    epochs: &HashMap<(String, i32), i64>,
     batch_ms: i64,
     live: &[&PartitionOutput<'_>],
     text: &mut Vec<u8>,
@@ -478,6 +520,24 @@ fn write_batch(
     let parts: Vec<i32> = live.iter().map(|p| p.range.partition).collect();
     tx.query(&st.lock, &[&job, &topics, &parts])
         .map_err(db("locking partitions"))?;
+    for row in tx
+        .query(&st.epochs, &[&job, &topics, &parts])
+        .map_err(db("reading weir_epochs"))?
+    {
+        let g = db("reading weir_epochs");
+        let (t, p, e): (String, i32, i64) = (
+            row.try_get(0).map_err(&g)?,
+            row.try_get(1).map_err(&g)?,
+            row.try_get(2).map_err(&g)?,
+        );
+        let mine = epochs.get(&(t.clone(), p)).copied();
+        if mine != Some(e) {
+            return Err(Error::Fenced(format!(
+                "{t}/{p} was taken over by a newer worker (weir_epochs epoch {e}, this worker's {}); a newer worker owns this partition",
+                mine.map_or_else(|| "none".to_string(), |m| m.to_string())
+            )));
+        }
+    }
     let mut stored: HashMap<(String, i32), (i64, i64)> = HashMap::new();
     for row in tx
         .query(&st.stored, &[&job, &topics, &parts])

@@ -560,8 +560,21 @@ pub fn connect(
     weir_worker::engine::Engine,
     Arc<weir_worker::progress::Progress>,
 )> {
+    connect_with_sink(broker, yaml, |s| s)
+}
+
+/// As [`connect`], with the job's own sink wrapped by `wrap`: a seam for what happens around
+/// the sink's calls (another worker acting meanwhile).
+pub fn connect_with_sink(
+    broker: &Broker,
+    yaml: &str,
+    wrap: impl FnOnce(Box<dyn weir_worker::sink::Sink>) -> Box<dyn weir_worker::sink::Sink>,
+) -> weir_worker::error::Result<(
+    weir_worker::engine::Engine,
+    Arc<weir_worker::progress::Progress>,
+)> {
     let (job, id, progress) = worker_zero_of_one(broker, yaml);
-    let sink = weir_worker::sink::build(&job.spec, &id, None).expect("sink");
+    let sink = wrap(weir_worker::sink::build(&job.spec, &id, None).expect("sink"));
     let cancel = tokio_util::sync::CancellationToken::new();
     let engine = weir_worker::engine::Engine::connect(job, &id, sink, progress.clone(), &cancel)?;
     Ok((engine, progress))
