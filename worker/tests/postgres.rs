@@ -264,6 +264,76 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
 }
 
 #[test]
+fn a_newer_workers_takeover_fences_the_older_one_in_postgresql() {
+    use std::sync::Arc;
+    use weir_worker::pipeline::Output;
+    use weir_worker::plan::OffsetRange;
+    use weir_worker::sink::{BatchOutput, PartitionOutput};
+
+    let Some(pg) = PgServer::start() else { return };
+    let yaml = format!(
+        r#"
+batchInterval: 1s
+source: {{kafka: {{bootstrapServers: "127.0.0.1:9", topics: [in], groupId: fence}}}}
+sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
+"#,
+        pg.url()
+    );
+    let job = weir_worker::spec::parse_job(&yaml, "fence").expect("job");
+    let id = weir_worker::client::Identity {
+        namespace: "test".into(),
+        job: "fence".into(),
+        ordinal: 0,
+        workers: 1,
+    };
+    let owned = [weir_worker::plan::TopicPartition::new("in", 0)];
+    let outputs: Vec<Output> = (0..3)
+        .map(|i| Output {
+            key: Val::str(&format!("k{i}")),
+            value: Val::Int(i),
+            source_offset: Some(i),
+        })
+        .collect();
+    let write = |sink: &mut Box<dyn weir_worker::sink::Sink>, from, until| {
+        let range = OffsetRange {
+            topic: Arc::from("in"),
+            partition: 0,
+            from,
+            until,
+        };
+        sink.write(&BatchOutput {
+            batch_time_ms: 1_000 + from,
+            changelog: None,
+            dead: &[],
+            partitions: vec![PartitionOutput {
+                range: &range,
+                outputs: &outputs,
+                changes: &[],
+            }],
+        })
+    };
+    let mut older = weir_worker::sink::build(&job.spec, &id, None).expect("sink");
+    older.take_over(&owned).expect("older takes over");
+    write(&mut older, 0, 3).expect("the older worker's batch");
+
+    // A second worker with the same ordinal starts while the older one still runs.
+    let mut newer = weir_worker::sink::build(&job.spec, &id, None).expect("sink");
+    let r = newer.take_over(&owned).expect("newer takes over").expect("a record");
+    assert_eq!(r.offsets, [Some(3)], "the newer worker resumes after the older one's batch");
+
+    let err = write(&mut older, 3, 6).expect_err("the older worker is fenced");
+    assert!(matches!(err, weir_worker::error::Error::Fenced(_)), "{err}");
+    assert!(err.to_string().contains("a newer worker owns this partition"), "{err}");
+    write(&mut newer, 3, 6).expect("the newer worker's batch");
+    let n: i64 = pg
+        .client()
+        .query_one("SELECT count(*) FROM events", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 6, "each batch stored once, none by the fenced worker");
+}
+
+#[test]
 fn bad_settings_fail_with_what_to_fix() {
     // A password in the spec is refused at load, pointing to where it belongs.
     let yaml = |sink: &str| {
