@@ -10,6 +10,12 @@
 //!   the decoded `weir_state` with the expected counts.
 //! - `kafka`: the exactly-once Kafka sink; the output topic holds every update of every key,
 //!   read with read_committed.
+//!
+//! With `overlap`, each new worker starts while the previous one still runs (two workers with
+//! one ordinal: an older pod that Kubernetes already replaced), and the older one is killed
+//! only after the newer one has finished a batch. The newer worker's takeover must fence the
+//! older one: Kafka fences its transactional producers, PostgreSQL its partition epochs.
+//! librdkafka's mock cluster does not fence (DESIGN.md), so there only `lost=0` is expected.
 //!   duplicated counts update records that repeat one already seen (a replayed batch);
 //!   lost compares each key's last update with the expected count; state_equal compares those
 //!   last updates, which are the state the job published, with the expected counts.
@@ -64,6 +70,8 @@ pub struct Options {
     pub worker: PathBuf,
     /// Where the worker's logs go, one file per start.
     pub log_dir: Option<PathBuf>,
+    /// Start each worker while the previous one still runs, instead of after killing it.
+    pub overlap: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +82,13 @@ pub struct Outcome {
     pub partitions: i32,
     pub kills: u32,
     pub seconds: u64,
+    /// Whether the broker fences an older transactional producer (not the mock cluster).
+    pub broker_fences: bool,
+    /// Older workers that stopped by themselves (fenced) before they were killed.
+    pub fenced_exits: u32,
+    /// Per start after a kill: milliseconds from the kill to the next worker's first batch
+    /// with records.
+    pub recovery_ms: Vec<u64>,
 }
 
 impl std::fmt::Display for Outcome {
@@ -207,6 +222,22 @@ struct Worker {
     batches: Arc<AtomicU64>,
 }
 
+/// Waits until `w` finished a batch that read records, for at most `within`; how long that
+/// took, or `None` when it did not happen in time.
+fn first_batch(w: &mut Worker, k: u32, within: Duration) -> Result<Option<Duration>> {
+    let started = Instant::now();
+    while w.batches.load(Ordering::Relaxed) == 0 {
+        if let Some(s) = w.exited()? {
+            bail!("worker {k} exited ({s}) before its first batch; see its log");
+        }
+        if started.elapsed() > within {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(Some(started.elapsed()))
+}
+
 impl Worker {
     fn spawn(o: &Options, job: &Path, env: &[(String, String)], n: u32) -> Result<Worker> {
         let mut cmd = Command::new(&o.worker);
@@ -290,7 +321,23 @@ fn high_watermarks(c: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec
         .collect()
 }
 
+/// The group's committed offsets, asked again while the broker cannot answer yet (an offset
+/// fetch answers UNSTABLE_OFFSET_COMMIT while a killed worker's transaction is still open).
 fn group_offsets(c: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match group_offsets_once(c, topic, partitions) {
+            Ok(o) => return Ok(o),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("weir-chaos: reading the group's offsets failed ({e}); asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.context("reading the group's offsets for 120 s")),
+        }
+    }
+}
+
+fn group_offsets_once(c: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -442,24 +489,43 @@ sink: {sink}
     };
 
     let mut rng = rand::rng();
-    for k in 0..o.kills {
+    let mut recovery_ms = Vec::new();
+    let mut fenced_exits = 0;
+    // The worker that runs now; with `overlap` it is killed only after its successor began.
+    let mut older: Option<Worker> = None;
+    let mut killed_at: Option<Instant> = None;
+    for k in 0..=o.kills {
         let mut w = Worker::spawn(o, &job, &env, k)?;
         // Until it read something, or for a while when there is nothing left to read.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while w.batches.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
-            if let Some(s) = w.exited()? {
-                bail!("worker {k} exited ({s}) before its first batch; see its log");
+        let took = first_batch(&mut w, k, Duration::from_secs(10))?;
+        if let (Some(at), Some(_)) = (killed_at.take(), took) {
+            recovery_ms.push(at.elapsed().as_millis() as u64);
+        }
+        if let Some(mut prev) = older.take() {
+            // Both run now; the newer one's takeover has fenced the older where the broker can.
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..1500)));
+            if prev.exited()?.is_some() {
+                fenced_exits += 1;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            prev.kill9()?;
+        }
+        if k == o.kills {
+            older = Some(w);
+            break;
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(0..1500)));
-        w.kill9()?;
+        if o.overlap {
+            older = Some(w);
+        } else {
+            w.kill9()?;
+            killed_at = Some(Instant::now());
+        }
     }
     producer
         .join()
         .map_err(|_| anyhow!("the producer panicked"))??;
 
-    let mut last = Worker::spawn(o, &job, &env, o.kills)?;
+    let mut last = older.context("the last worker")?;
     let c = consumer(&bootstrap, &group)?;
     let ends = high_watermarks(&c, &input, parts)?;
     let total: i64 = ends.iter().sum();
@@ -548,6 +614,10 @@ sink: {sink}
         partitions: parts,
         kills: o.kills,
         seconds: started.elapsed().as_secs(),
+        // The harness's own broker is the mock cluster, which does not fence.
+        broker_fences: o.bootstrap.is_some() || o.sink == SinkKind::Postgres,
+        fenced_exits,
+        recovery_ms,
     })
 }
 

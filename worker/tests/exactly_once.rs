@@ -16,9 +16,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use weir_worker::dead_letter::H_STEP;
 use weir_worker::engine::{Engine, Options};
+use weir_worker::error::Error;
 use weir_worker::plan::TopicPartition;
 use weir_worker::sink::{BatchOutput, Recovery, Sink};
-use weir_worker::error::Error;
 
 const PARTITIONS: i32 = 2;
 

@@ -318,12 +318,23 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
 
     // A second worker with the same ordinal starts while the older one still runs.
     let mut newer = weir_worker::sink::build(&job.spec, &id, None).expect("sink");
-    let r = newer.take_over(&owned).expect("newer takes over").expect("a record");
-    assert_eq!(r.offsets, [Some(3)], "the newer worker resumes after the older one's batch");
+    let r = newer
+        .take_over(&owned)
+        .expect("newer takes over")
+        .expect("a record");
+    assert_eq!(
+        r.offsets,
+        [Some(3)],
+        "the newer worker resumes after the older one's batch"
+    );
 
     let err = write(&mut older, 3, 6).expect_err("the older worker is fenced");
     assert!(matches!(err, weir_worker::error::Error::Fenced(_)), "{err}");
-    assert!(err.to_string().contains("a newer worker owns this partition"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("a newer worker owns this partition"),
+        "{err}"
+    );
     write(&mut newer, 3, 6).expect("the newer worker's batch");
     let n: i64 = pg
         .client()

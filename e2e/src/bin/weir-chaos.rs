@@ -1,12 +1,14 @@
 //! `e2e/chaos.sh`'s engine: runs the kill test harness ([`weir_e2e::chaos`]) and prints its
-//! closing line, `lost=<n> duplicated=<n> state_equal=<true|false>`.
+//! closing line, `lost=<n> duplicated=<n> state_equal=<true|false>`. The line before it says
+//! whether the broker fences older workers (`broker_fences=`), which `state_equal` needs when
+//! workers overlap.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use weir_e2e::chaos::{run, Options};
 
-const USAGE: &str = "usage: weir-chaos --worker PATH --sink kafka|postgres --records N --kills K [--bootstrap HOST:PORT] [--log-dir DIR]";
+const USAGE: &str = "usage: weir-chaos --worker PATH --sink kafka|postgres --records N --kills K [--bootstrap HOST:PORT] [--log-dir DIR] [--overlap]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,6 +26,7 @@ fn main() -> Result<()> {
             "--kills",
             "--bootstrap",
             "--log-dir",
+            "--overlap",
         ]
         .contains(&a.as_str())
         {
@@ -38,12 +41,21 @@ fn main() -> Result<()> {
         bootstrap: get("--bootstrap"),
         worker: PathBuf::from(need("--worker")?),
         log_dir: get("--log-dir").map(PathBuf::from),
+        overlap: args.iter().any(|a| a == "--overlap"),
     };
     let outcome = run(&o)?;
     println!(
-        "sink={:?} records={} kills={} partitions={} seconds={}",
-        o.sink, o.records, outcome.kills, outcome.partitions, outcome.seconds
+        "sink={:?} records={} kills={} overlap={} partitions={} seconds={} fenced_exits={} recovery_ms={:?}",
+        o.sink,
+        o.records,
+        outcome.kills,
+        o.overlap,
+        outcome.partitions,
+        outcome.seconds,
+        outcome.fenced_exits,
+        outcome.recovery_ms
     );
+    println!("broker_fences={}", outcome.broker_fences);
     println!("{outcome}");
     Ok(())
 }

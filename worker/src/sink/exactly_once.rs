@@ -170,7 +170,9 @@ impl Sink for ExactlyOnceSink {
                     .into_iter()
                     .map(|h| {
                         h.join().unwrap_or_else(|_| {
-                            Err(Error::Fatal("starting a transactional producer panicked".into()))
+                            Err(Error::Fatal(
+                                "starting a transactional producer panicked".into(),
+                            ))
                         })
                     })
                     .collect()
