@@ -73,21 +73,125 @@ pub fn producer(bootstrap: &str, source: &KafkaSource, id: &Identity, role: &str
     c
 }
 
+/// What the worker's Kafka clients last said about their brokers, shared by the source's
+/// consumers: librdkafka reports lost connections, unresolvable hosts and refused logins only
+/// through its error callback, so this is where a dead broker becomes visible.
+#[derive(Default)]
+pub struct Link {
+    inner: std::sync::Mutex<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// The latest client error and when it came.
+    last: Option<(String, std::time::Instant)>,
+    /// Per error code: when it was last logged, and how many came since.
+    logged: std::collections::HashMap<i32, (std::time::Instant, u64)>,
+}
+
+/// The same client error is logged at most once in this long; the log line then says how
+/// many were left out. librdkafka repeats an error on every reconnect attempt.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Link {
+    /// The latest client error no older than `within`, if any.
+    pub fn recent_error(&self, within: std::time::Duration) -> Option<String> {
+        let s = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.last
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() <= within)
+            .map(|(e, _)| e.clone())
+    }
+
+    /// Records a client error; `Some(left out)` when it is due to be logged.
+    fn note(&self, code: i32, text: String) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut s = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.last = Some((text, now));
+        match s.logged.get_mut(&code) {
+            None => {
+                s.logged.insert(code, (now, 0));
+                Some(0)
+            }
+            Some(e) if now.duration_since(e.0) >= LOG_EVERY => {
+                let left_out = e.1;
+                *e = (now, 0);
+                Some(left_out)
+            }
+            Some(e) => {
+                e.1 += 1;
+                None
+            }
+        }
+    }
+}
+
 /// Client events of the worker's consumers. A caught-up consumer reaches the end of its
-/// partitions every batch, so end-of-partition notices are routine, not errors; librdkafka
-/// retries everything else itself, so it is a warning.
-pub struct SourceContext;
+/// partitions every batch, so end-of-partition notices are routine, not errors; every other
+/// error is noted in the [`Link`] and logged as a warning, at most once per
+/// [`LOG_EVERY`] for each kind, since librdkafka retries (and repeats them) by itself.
+#[derive(Clone, Default)]
+pub struct SourceContext {
+    pub link: std::sync::Arc<Link>,
+}
 
 impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
         let eof = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+            || code == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
         if eof {
             tracing::trace!(%error, reason, "end of partition");
-        } else {
-            tracing::warn!(%error, reason, "Kafka client error");
+            return;
+        }
+        let id = code.map_or(i32::MIN, |c| c as i32);
+        if let Some(left_out) = self.link.note(id, format!("{error}: {reason}")) {
+            tracing::warn!(%error, reason, left_out, "Kafka client error");
+        }
+    }
+
+    // librdkafka's own log lines repeat what the error callback says, once per retry: they
+    // are kept at debug level.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+                tracing::debug!(facility = fac, "librdkafka: {log_message}");
+            }
+            _ => tracing::trace!(facility = fac, "librdkafka: {log_message}"),
         }
     }
 }
 
 impl ConsumerContext for SourceContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_client_error_is_logged_once_per_period_with_the_count_left_out() {
+        let link = Link::default();
+        assert_eq!(link.note(1, "down".into()), Some(0));
+        assert_eq!(link.note(1, "down".into()), None);
+        assert_eq!(link.note(1, "down".into()), None);
+        assert_eq!(
+            link.note(2, "other".into()),
+            Some(0),
+            "each kind on its own"
+        );
+        assert_eq!(link.recent_error(LOG_EVERY).as_deref(), Some("other"));
+        {
+            let mut s = link.inner.lock().expect("lock");
+            let e = s.logged.get_mut(&1).expect("kind 1");
+            e.0 = e.0.checked_sub(LOG_EVERY).expect("an instant 30 s back");
+        }
+        assert_eq!(link.note(1, "down".into()), Some(2));
+    }
+}

@@ -207,6 +207,8 @@ impl Engine {
         let interval = self.planner.batch_interval_ms as i64;
         let mut next = (now_ms() / interval + 1) * interval;
         let mut seq = 0u64;
+        // Batches in a row that the brokers did not answer for.
+        let mut unplanned = 0u64;
         while !cancel.is_cancelled() && opts.max_batches.is_none_or(|m| seq < m) {
             let now = now_ms();
             if now < next {
@@ -220,17 +222,35 @@ impl Engine {
                 info!("stopping with the failed batch uncommitted; it runs again on restart");
                 break;
             };
-            info!(
-                records_in = info.records_in,
-                records_out = info.records_out,
-                dead_lettered = info.dead_lettered,
-                processing_ms = info.processing_ms,
-                scheduling_delay_ms = info.scheduling_delay_ms,
-                lag = info.lag,
-                pending_batches = info.pending_batches,
-                "batch completed"
-            );
-            if let Some(est) = &mut self.estimator {
+            match (&info.source_error, info.lag) {
+                (Some(why), _) => {
+                    unplanned += 1;
+                    // The first, then one in 30: a dead broker is said, not repeated forever.
+                    if unplanned == 1 || unplanned.is_multiple_of(30) {
+                        warn!(unplanned, error = %why, "batch not planned: the brokers did not answer for the watermarks; lag is unknown and nothing was read");
+                    }
+                }
+                (None, lag) => {
+                    if unplanned > 0 {
+                        info!(
+                            unplanned,
+                            "the brokers answer again; reading on from the committed offsets"
+                        );
+                        unplanned = 0;
+                    }
+                    info!(
+                        records_in = info.records_in,
+                        records_out = info.records_out,
+                        dead_lettered = info.dead_lettered,
+                        processing_ms = info.processing_ms,
+                        scheduling_delay_ms = info.scheduling_delay_ms,
+                        lag = lag.unwrap_or_default(),
+                        pending_batches = info.pending_batches,
+                        "batch completed"
+                    );
+                }
+            }
+            if let (Some(est), None) = (&mut self.estimator, &info.source_error) {
                 if let Some(rate) = est.compute(
                     now_ms(),
                     info.records_in,
@@ -268,12 +288,15 @@ impl Engine {
                     }
                     if matches!(&e, Error::Kafka { source, .. } if source.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange))
                     {
-                        let lost = self.source.skip_to_log_start()?;
-                        warn!(
-                            lost,
-                            "resuming at the log start after retention deleted unread records"
-                        );
+                        // Retention overtook the job mid-read: the job's policy decides, as at
+                        // start; the batch then runs again from where that leaves it.
+                        let marks = self.source.fresh_watermarks()?;
+                        self.source.check_log_bounds(&marks)?;
                         continue;
+                    }
+                    if matches!(e, Error::Cancelled) {
+                        warn!("stopping during a batch that waits on the brokers");
+                        return Ok(None);
                     }
                     if e.class() == Class::Fatal || attempt >= retries.max_retries {
                         return Err(e);
@@ -284,10 +307,53 @@ impl Engine {
                     }
                     attempt += 1;
                     warn!(error = %e, attempt, "batch failed; replaying it from the committed offsets in {wait:?}");
-                    std::thread::sleep(wait);
+                    if !crate::shutdown::sleep(wait, cancel) {
+                        return Ok(None);
+                    }
                     wait = (wait * 2).min(retries.backoff.as_std() * 30);
                 }
             }
+        }
+    }
+
+    /// A batch the brokers gave no watermarks for: nothing read, lag unknown, and why.
+    fn unplanned(
+        &self,
+        seq: u64,
+        time: i64,
+        pending: u64,
+        scheduling_delay_ms: u64,
+        why: &Error,
+    ) -> BatchInfo {
+        BatchInfo {
+            batch: seq,
+            batch_time: chrono::DateTime::from_timestamp_millis(time)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            batch_time_ms: time,
+            ranges: self
+                .source
+                .positions()
+                .into_iter()
+                .map(|(tp, at)| RangeInfo {
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition,
+                    from: at,
+                    until: at,
+                    high_watermark: None,
+                    lag: None,
+                })
+                .collect(),
+            records_in: 0,
+            records_out: 0,
+            dead_lettered: 0,
+            scheduling_delay_ms,
+            processing_ms: 0,
+            total_delay_ms: scheduling_delay_ms,
+            pending_batches: pending,
+            lag: None,
+            rate_limit: None,
+            source_error: Some(why.to_string()),
         }
     }
 
@@ -300,7 +366,17 @@ impl Engine {
     ) -> std::result::Result<BatchInfo, (Error, Option<Vec<OffsetRange>>)> {
         let started = Instant::now();
         let scheduling_delay_ms = (now_ms() - time).max(0) as u64;
-        let marks = self.source.planning_watermarks().map_err(|e| (e, None))?;
+        let marks = match self.source.fresh_watermarks() {
+            Ok(m) => m,
+            // No answer: this batch reads nothing and says why; the next one asks again.
+            Err(e) if e.class() == Class::Retriable => {
+                return Ok(self.unplanned(seq, time, pending, scheduling_delay_ms, &e));
+            }
+            Err(e) => return Err((e, None)),
+        };
+        self.source
+            .check_log_bounds(&marks)
+            .map_err(|e| (e, None))?;
         let highs: Vec<i64> = marks.iter().map(|(_, h)| *h).collect();
         let ranges = self.planner.plan(&self.source.positions(), &highs);
         let fail = |e: Error| (e, Some(ranges.clone()));
@@ -449,8 +525,8 @@ impl Engine {
                 partition: r.partition,
                 from: r.from,
                 until: r.until,
-                high_watermark: *h,
-                lag: (h - r.until).max(0),
+                high_watermark: Some(*h),
+                lag: Some((h - r.until).max(0)),
             })
             .collect();
         Ok(BatchInfo {
@@ -459,7 +535,8 @@ impl Engine {
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default(),
             batch_time_ms: time,
-            lag: range_info.iter().map(|r| r.lag).sum(),
+            lag: Some(range_info.iter().filter_map(|r| r.lag).sum()),
+            source_error: None,
             ranges: range_info,
             records_in,
             records_out,

@@ -21,6 +21,15 @@ pub enum Error {
         #[source]
         source: KafkaError,
     },
+    /// A request the brokers did not answer, with what the client last heard from them (a
+    /// refused connection, an unresolvable host), which a timeout alone does not say.
+    #[error("Kafka {op} failed: {source}; the client reports: {why}")]
+    Unreachable {
+        op: &'static str,
+        why: String,
+        #[source]
+        source: KafkaError,
+    },
     #[error("reading the batch timed out: {0}")]
     ReadTimeout(String),
     #[error("sink failed: {0}")]
@@ -48,7 +57,7 @@ impl Error {
     pub fn class(&self) -> Class {
         match self {
             Error::Kafka { source, .. } if is_fatal_kafka(source) => Class::Fatal,
-            Error::Kafka { .. } => Class::Retriable,
+            Error::Kafka { .. } | Error::Unreachable { .. } => Class::Retriable,
             Error::ReadTimeout(_) | Error::Sink(_) => Class::Abortable,
             Error::Load(_)
             | Error::Pipeline(_)

@@ -1,4 +1,5 @@
-//! The worker's HTTP endpoints: `/progress` (JSON), `/healthz`, `/metrics` (Prometheus).
+//! The worker's HTTP endpoints: `/progress` (JSON), `/healthz` (ready: live and the brokers
+//! answer), `/livez` (the batch loop goes on), `/metrics` (Prometheus).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,13 @@ async fn healthz(State(p): State<Arc<Progress>>) -> impl IntoResponse {
     }
 }
 
+async fn livez(State(p): State<Arc<Progress>>) -> impl IntoResponse {
+    match p.liveness() {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
 async fn metrics(State(p): State<Arc<Progress>>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
@@ -43,6 +51,7 @@ pub fn router(p: Arc<Progress>) -> Router {
     Router::new()
         .route("/progress", get(progress))
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics))
         .with_state(p)
 }

@@ -14,7 +14,7 @@
 //! - [`changelog`]: keyed state logged to a compacted topic each batch, and restored at start.
 //! - [`engine`]: the batch loop (plan, read, run, write, log state, commit offsets last).
 //! - [`progress`]: BatchInfo, metrics; [`http`]: `/progress`, `/healthz`, `/metrics`.
-//! - [`app`]: `weir-worker run` wiring and signals; [`embedded`]: the in-process mock cluster.
+//! - [`app`]: `weir-worker run` wiring and signals; [`shutdown`]: waits that SIGTERM ends; [`embedded`]: the in-process mock cluster.
 //! - [`stages`]: a job with `repartition` steps runs as stages joined by Kafka topics;
 //!   [`topics`]: the changelog and repartition topics workers create.
 //! - [`error`]: errors classified retriable, abortable (replay the batch) or fatal.
@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod record;
+pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod spec;

@@ -22,9 +22,10 @@ pub struct RangeInfo {
     pub partition: i32,
     pub from: i64,
     pub until: i64,
-    pub high_watermark: i64,
-    /// Records waiting after this batch: high watermark - until.
-    pub lag: i64,
+    /// `null` when the brokers gave no watermarks for the batch.
+    pub high_watermark: Option<i64>,
+    /// Records waiting after this batch: high watermark - until; `null` when unknown.
+    pub lag: Option<i64>,
 }
 
 /// Spark's BatchInfo, for one worker's batch.
@@ -44,7 +45,12 @@ pub struct BatchInfo {
     pub total_delay_ms: u64,
     /// Batches whose time has come but that have not run yet: the batch lag.
     pub pending_batches: u64,
-    pub lag: i64,
+    /// Records waiting across the worker's partitions; `null` when unknown (the brokers did
+    /// not answer), never a made-up 0.
+    pub lag: Option<i64>,
+    /// Why the batch read nothing: the brokers did not answer for its watermarks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_error: Option<String>,
     /// Records/s the backpressure estimator allowed, when it limited the batch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<f64>,
@@ -75,6 +81,8 @@ struct State {
     dead_lettered: u64,
     last_completed: Option<Instant>,
     last_lag: i64,
+    /// Since when (and why) batches find the brokers silent; `None` while they answer.
+    source_down: Option<(Instant, String)>,
 }
 
 struct Instruments {
@@ -88,6 +96,7 @@ struct Instruments {
     processing: Histogram<f64>,
     scheduling: Histogram<f64>,
     batches: Counter<u64>,
+    source_up: Gauge<u64>,
 }
 
 /// Progress of this worker, shared between the engine and the HTTP server.
@@ -160,6 +169,12 @@ impl Progress {
                 .u64_counter("weir_batches")
                 .with_description("Completed batches")
                 .build(),
+            source_up: m
+                .u64_gauge("weir_source_up")
+                .with_description(
+                    "1 when the last batch got the input's watermarks from the brokers, 0 when they did not answer",
+                )
+                .build(),
         };
         Self {
             id,
@@ -174,6 +189,7 @@ impl Progress {
                 dead_lettered: 0,
                 last_completed: None,
                 last_lag: 0,
+                source_down: None,
             }),
             registry,
             instruments,
@@ -190,16 +206,23 @@ impl Progress {
         // Labels are the partition only: one worker serves one job, and the scrape adds the
         // pod's identity, so series stay few.
         let i = &self.instruments;
+        // An unknown lag is left out of the series (absent, not 0), so it cannot read as
+        // caught up; weir_source_up says why.
         for r in &b.ranges {
-            i.lag.record(
-                r.lag,
-                &[
-                    KeyValue::new("topic", r.topic.clone()),
-                    KeyValue::new("partition", i64::from(r.partition)),
-                ],
-            );
+            if let Some(lag) = r.lag {
+                i.lag.record(
+                    lag,
+                    &[
+                        KeyValue::new("topic", r.topic.clone()),
+                        KeyValue::new("partition", i64::from(r.partition)),
+                    ],
+                );
+            }
         }
-        i.lag_total.record(b.lag, &[]);
+        if let Some(lag) = b.lag {
+            i.lag_total.record(lag, &[]);
+        }
+        i.source_up.record(u64::from(b.source_error.is_none()), &[]);
         i.batch_lag.record(b.pending_batches, &[]);
         if b.processing_ms > 0 {
             i.rate
@@ -218,7 +241,14 @@ impl Progress {
         s.records_out += b.records_out;
         s.dead_lettered += b.dead_lettered;
         s.last_completed = Some(Instant::now());
-        s.last_lag = b.lag;
+        match (&b.source_error, &s.source_down) {
+            (None, _) => s.source_down = None,
+            (Some(why), None) => s.source_down = Some((Instant::now(), why.clone())),
+            (Some(why), Some((since, _))) => s.source_down = Some((*since, why.clone())),
+        }
+        if let Some(lag) = b.lag {
+            s.last_lag = lag;
+        }
         if s.batches.len() == KEPT_BATCHES {
             s.batches.pop_front();
         }
@@ -244,13 +274,41 @@ impl Progress {
         }
     }
 
-    /// Unhealthy when input is waiting but no batch completed for several intervals (or
-    /// none at all within the start-up grace period).
+    /// Readiness (`/healthz`): live, and the brokers answer. Fails, with the client's reason,
+    /// once batches have found the brokers silent for three intervals (at least 5 s): a dead
+    /// broker must not look like a caught-up job.
     pub fn health(&self) -> Result<(), String> {
         self.health_at(Instant::now())
     }
 
     fn health_at(&self, now: Instant) -> Result<(), String> {
+        self.liveness_at(now)?;
+        let s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &s.source_down {
+            Some((since, why))
+                if now.saturating_duration_since(*since)
+                    >= (self.interval * 3).max(Duration::from_secs(5)) =>
+            {
+                Err(format!(
+                    "the Kafka brokers have not answered for {:?}: {why}",
+                    now.saturating_duration_since(*since)
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Liveness (`/livez`): unhealthy when input is waiting but no batch completed for
+    /// several intervals (or none at all within the start-up grace period). A batch that
+    /// found the brokers silent still counts: restarting the worker would not bring them back.
+    pub fn liveness(&self) -> Result<(), String> {
+        self.liveness_at(Instant::now())
+    }
+
+    fn liveness_at(&self, now: Instant) -> Result<(), String> {
         let s = self
             .state
             .lock()
@@ -297,8 +355,9 @@ mod tests {
             processing_ms: 1,
             total_delay_ms: 1,
             pending_batches: 0,
-            lag,
+            lag: Some(lag),
             rate_limit: None,
+            source_error: None,
         }
     }
 
@@ -332,5 +391,64 @@ mod tests {
         assert!(p.health_at(at + Duration::from_secs(20)).is_ok());
         let e = p.health_at(at + Duration::from_secs(31)).unwrap_err();
         assert!(e.contains("500 records are waiting"), "{e}");
+    }
+
+    #[test]
+    fn silent_brokers_make_the_worker_unready_but_not_dead_and_lag_unknown() {
+        let p = progress();
+        p.record(batch(7));
+        let mut down = batch(0);
+        down.lag = None;
+        down.records_in = 0;
+        down.source_error = Some(
+            "Kafka listing offsets failed: timed out; the client reports: Connection refused"
+                .into(),
+        );
+        p.record(down.clone());
+        let at = Instant::now();
+        assert!(
+            p.health_at(at + Duration::from_secs(1)).is_ok(),
+            "a blip is not a failure"
+        );
+        let e = p.health_at(at + Duration::from_secs(6)).unwrap_err();
+        assert!(
+            e.contains("have not answered") && e.contains("Connection refused"),
+            "{e}"
+        );
+        assert!(p.liveness_at(at + Duration::from_secs(6)).is_ok());
+        let text = p.metrics_text();
+        assert_eq!(
+            sample(&text, "weir_source_up").as_deref(),
+            Some("0"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "weir_offset_lag_total").as_deref(),
+            Some("7"),
+            "the last known lag, not 0: {text}"
+        );
+        let json = serde_json::to_value(p.snapshot(1)).expect("json");
+        assert_eq!(json["batches"][0]["lag"], serde_json::Value::Null);
+        // The brokers answer again.
+        p.record(batch(0));
+        assert!(p
+            .health_at(Instant::now() + Duration::from_secs(60))
+            .is_ok());
+        assert_eq!(
+            sample(&p.metrics_text(), "weir_source_up").as_deref(),
+            Some("1")
+        );
+    }
+
+    /// The value of the first sample of `name` in a Prometheus text exposition.
+    fn sample(text: &str, name: &str) -> Option<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(['{', ' ']))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
     }
 }

@@ -20,11 +20,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::client::{self, Identity};
+use crate::client::{self, Identity, Link};
 use crate::error::{Error, Result};
 use crate::expr::Val;
 use crate::plan::{OffsetRange, TopicPartition};
-use crate::spec::{KafkaSource, RetrySpec, StartingOffsets};
+use crate::spec::{KafkaSource, OutOfRangePolicy, RetrySpec, StartingOffsets};
 
 /// Timeout of one broker request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,12 +71,11 @@ impl Retry {
                     if e.class() == crate::error::Class::Retriable
                         && attempt < self.spec.max_retries =>
                 {
-                    if self.cancel.is_cancelled() {
-                        return Err(Error::Cancelled);
-                    }
                     attempt += 1;
                     warn!(error = %e, attempt, max = self.spec.max_retries, "{what} failed; retrying in {wait:?}");
-                    std::thread::sleep(wait);
+                    if !crate::shutdown::sleep(wait, &self.cancel) {
+                        return Err(Error::Cancelled);
+                    }
                     wait = (wait * 2).min(cap);
                 }
                 Err(e) => return Err(e),
@@ -145,6 +144,13 @@ impl<'a> RawRecord<'a> {
 /// core. Lane 0's consumer also makes the worker's metadata, watermark and commit requests.
 pub struct Source {
     consumer: SourceConsumer,
+    /// Asks the brokers for watermarks each batch. It never fetches, so its requests do not
+    /// wait behind a lane's long-polling fetch, and an answer means the brokers are there.
+    probe: SourceConsumer,
+    /// What the clients last heard from the brokers.
+    link: std::sync::Arc<Link>,
+    probe_timeout: Duration,
+    out_of_range: OutOfRangePolicy,
     /// Lane 0 reads with `consumer`; lanes 1.. have consumers of their own.
     lanes: Vec<Lane>,
     owned: Vec<TopicPartition>,
@@ -180,9 +186,14 @@ impl Source {
             spec: spec.retries.clone(),
             cancel: cancel.clone(),
         };
-        let consumer: SourceConsumer = client::consumer(spec, id, group)
-            .create_with_context(SourceContext)
-            .map_err(Error::kafka("creating the consumer"))?;
+        let context = SourceContext::default();
+        let create = || -> Result<SourceConsumer> {
+            client::consumer(spec, id, group)
+                .create_with_context(context.clone())
+                .map_err(Error::kafka("creating the consumer"))
+        };
+        let consumer = create()?;
+        let probe = create()?;
         let mut counts = Vec::new();
         for topic in &spec.topics {
             let n = retry.run("reading topic metadata", || {
@@ -214,17 +225,19 @@ impl Source {
             .map(|lane| {
                 let consumer = match lane {
                     0 => None,
-                    _ => Some(
-                        client::consumer(spec, id, group)
-                            .create_with_context(SourceContext)
-                            .map_err(Error::kafka("creating the consumer"))?,
-                    ),
+                    _ => Some(create()?),
                 };
                 Ok(Lane::new(consumer, owned.len()))
             })
             .collect::<Result<Vec<Lane>>>()?;
         let source = Source {
             consumer,
+            probe,
+            link: context.link.clone(),
+            // A batch waits at most this for its watermarks: a dead broker costs each batch
+            // about one interval, so the loop (and its reports) go on.
+            probe_timeout: batch_interval.clamp(Duration::from_secs(1), REQUEST_TIMEOUT),
+            out_of_range: spec.offset_out_of_range,
             lanes,
             positions: vec![0; owned.len()],
             committed: vec![-1; owned.len()],
@@ -304,26 +317,84 @@ impl Source {
         })
     }
 
-    /// Watermarks for planning a batch: what the lane's consumer learnt from its latest fetch
-    /// response (its assignment keeps fetching), asked of the broker only where it knows none.
-    /// A request would wait behind the lane's long-polling fetch, up to fetch.wait.max.ms each.
+    /// (low, high) watermarks of every owned partition for planning a batch: asked of the
+    /// brokers in one request per broker for each end, with a timeout of about one batch
+    /// interval and no retry (the next batch asks again). Client errors that came since the
+    /// last batch are logged first, so a dead broker is said when it happens.
     ///
     /// # Errors
-    /// When the broker does not answer within the retries.
-    pub fn planning_watermarks(&self) -> Result<Vec<(i64, i64)>> {
-        (0..self.owned.len())
-            .map(|i| {
-                let tp = &self.owned[i];
-                let lane = &self.lanes[i % self.lanes.len()];
-                let consumer = lane.consumer.as_ref().unwrap_or(&self.consumer);
-                match cached_watermarks(consumer, &tp.topic, tp.partition) {
-                    Some((low, high)) if lane.state.assigned && low >= 0 && high >= 0 => {
-                        Ok((low, high))
-                    }
-                    _ => self.fetch_watermarks(i),
-                }
-            })
+    /// When the brokers do not answer in time: the batch is planned without fresh
+    /// watermarks, and the error says why.
+    pub fn fresh_watermarks(&self) -> Result<Vec<(i64, i64)>> {
+        // The probe is never assigned: polling it only serves its callbacks (errors, logs).
+        let _ = self.probe.poll(Duration::ZERO);
+        let ask = |at: Offset| -> Result<TopicPartitionList> {
+            let list = self.tpl((0..self.owned.len()).map(|i| (i, at)))?;
+            self.probe
+                .offsets_for_times(list, self.probe_timeout)
+                .map_err(|e| self.with_link_error(Error::kafka("listing offsets")(e)))
+        };
+        let lows = ask(Offset::Beginning)?;
+        let highs = ask(Offset::End)?;
+        let find = |list: &TopicPartitionList, tp: &TopicPartition| -> Result<i64> {
+            let e = list
+                .find_partition(&tp.topic, tp.partition)
+                .ok_or_else(|| Error::Fatal(format!("the brokers answered no offsets for {tp}")))?;
+            e.error().map_err(Error::kafka("listing offsets"))?;
+            match e.offset() {
+                Offset::Offset(o) => Ok(o),
+                other => Err(Error::Fatal(format!(
+                    "the brokers answered {other:?} as an end of {tp}"
+                ))),
+            }
+        };
+        self.owned
+            .iter()
+            .map(|tp| Ok((find(&lows, tp)?, find(&highs, tp)?)))
             .collect()
+    }
+
+    /// A request error with what the clients last heard from the brokers, which says why
+    /// (a timeout alone does not).
+    fn with_link_error(&self, e: Error) -> Error {
+        match (e, self.link.recent_error(self.probe_timeout * 3)) {
+            (Error::Kafka { op, source }, Some(why)) => Error::Unreachable { op, why, source },
+            (e, _) => e,
+        }
+    }
+
+    /// Handles positions outside their partition's log by the job's `offsetOutOfRange`
+    /// policy: `fail` is an error with the numbers and the fix; `earliest` and `latest` move
+    /// (and commit) the partition there, with a warning that gives the numbers.
+    ///
+    /// # Errors
+    /// [`Error::Fatal`] under `fail`, or when moving cannot be committed.
+    pub fn check_log_bounds(&mut self, marks: &[(i64, i64)]) -> Result<()> {
+        let mut moves = Vec::new();
+        for (i, &(low, high)) in marks.iter().enumerate() {
+            let (tp, pos) = (&self.owned[i], self.positions[i]);
+            let why = if pos < low {
+                "before the log start: retention deleted records this job has not read"
+            } else if pos > high {
+                "past the log end: the topic was recreated, or a broker came back without its data"
+            } else {
+                continue;
+            };
+            let to = match self.out_of_range {
+                OutOfRangePolicy::Fail => {
+                    return Err(Error::Fatal(format!(
+                        "{tp}: offset {pos} is {why} (log start {low}, log end {high}). Nothing was read from it. \
+                         To go on, set source.kafka.offsetOutOfRange to earliest (read what the log holds) \
+                         or latest (skip to its end), or rewind the job's offsets"
+                    )))
+                }
+                OutOfRangePolicy::Earliest => low,
+                OutOfRangePolicy::Latest => high,
+            };
+            warn!(partition = %tp, offset = pos, log_start = low, log_end = high, resume = to, policy = ?self.out_of_range, "offset is {why}; going on from offset {to} as source.kafka.offsetOutOfRange says");
+            moves.push((i, to));
+        }
+        self.resume_at(&moves)
     }
 
     /// Reads where each owned partition resumes: the committed offset, an explicit offset
@@ -372,16 +443,10 @@ impl Source {
                     }
                 }
             };
-            self.positions[i] = if pos < low {
-                warn!(partition = %tp, offset = pos, log_start = low, lost = low - pos, "offset is before the log start: records were deleted by retention; resuming at the log start");
-                low
-            } else if pos > high {
-                warn!(partition = %tp, offset = pos, high_watermark = high, "offset is past the end of the log (topic recreated?); resuming at the end");
-                high
-            } else {
-                pos
-            };
+            self.positions[i] = pos;
         }
+        // Checked before anything is read, by the job's policy: never a silent skip.
+        self.check_log_bounds(&marks)?;
         // Record where fresh partitions start, so a restart before the first batch resumes
         // there instead of re-applying the policy to a moved log end.
         if !fresh.is_empty() {
@@ -444,6 +509,7 @@ impl Source {
             deadline,
             lanes: count,
             keep_ahead: self.keep_ahead,
+            cancel: &self.retry.cancel,
         };
         let (main, positions) = (&self.consumer, &self.positions);
         let results: Vec<Result<Vec<i64>>> = std::thread::scope(|scope| {
@@ -536,25 +602,6 @@ impl Source {
         }
         self.reassign();
     }
-
-    /// After an out-of-range fetch: moves positions that fell behind the log start (retention)
-    /// to it, and says how many records were lost.
-    ///
-    /// # Errors
-    /// When the watermarks cannot be read.
-    pub fn skip_to_log_start(&mut self) -> Result<i64> {
-        let marks = self.watermarks()?;
-        let mut lost = 0;
-        for (i, (low, _)) in marks.into_iter().enumerate() {
-            if self.positions[i] < low {
-                warn!(partition = %self.owned[i], offset = self.positions[i], log_start = low, lost = low - self.positions[i], "records were deleted by retention before they were read");
-                lost += low - self.positions[i];
-                self.positions[i] = low;
-            }
-        }
-        self.reassign();
-        Ok(lost)
-    }
 }
 
 /// How many lanes read a worker's partitions: one per core, at most one per partition.
@@ -588,26 +635,6 @@ fn keep_ahead_bytes() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1 << 20)
-}
-
-/// The watermarks a consumer last saw in a fetch response for a partition it is assigned;
-/// `None` when it has seen none. (librdkafka has the call; the Rust binding does not wrap it.)
-fn cached_watermarks(consumer: &SourceConsumer, topic: &str, partition: i32) -> Option<(i64, i64)> {
-    let topic = std::ffi::CString::new(topic).ok()?;
-    let (mut low, mut high) = (-1i64, -1i64);
-    // SAFETY: the client pointer is valid for the consumer's lifetime, `topic` is a
-    // NUL-terminated string that outlives the call, and librdkafka only writes the two i64s.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            consumer.client().native_ptr(),
-            topic.as_ptr(),
-            partition,
-            &mut low,
-            &mut high,
-        )
-    };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
-        .then_some((low, high))
 }
 
 fn size_of_record(m: &impl Message) -> usize {
@@ -658,6 +685,9 @@ struct LaneCtx<'a> {
     deadline: Instant,
     lanes: usize,
     keep_ahead: usize,
+    /// Shutdown: a read that waits (a broker that stopped answering) gives up the batch,
+    /// uncommitted, rather than hold the worker past its grace period.
+    cancel: &'a CancellationToken,
 }
 
 impl LaneCtx<'_> {
@@ -737,13 +767,20 @@ impl LaneRead<'_> {
             .collect();
         let mut remaining = todo.len();
         let mut polls = 0u32;
+        let mut idle_polls = 0u32;
         while remaining > 0 {
             let Some(next) = self.consumer.poll(Duration::from_millis(100)) else {
                 if Instant::now() > ctx.deadline {
                     return Err(self.timeout(ctx, &todo));
                 }
+                idle_polls += 1;
+                // A second without a record during shutdown: the read waits on the broker.
+                if idle_polls >= 10 && ctx.cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
                 continue;
             };
+            idle_polls = 0;
             // While records flow, the clock is read every few hundred, not per record.
             polls = polls.wrapping_add(1);
             if polls.is_multiple_of(512) && Instant::now() > ctx.deadline {

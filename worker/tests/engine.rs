@@ -38,7 +38,7 @@ sink: {kafka: {topic: out}}
     let untils: Vec<i64> = last.ranges.iter().map(|r| r.until).collect();
     assert_eq!(committed(&broker, "g1", "in", 3), untils);
     assert_eq!(untils, vec![100, 100, 100]);
-    assert_eq!(last.lag, 0);
+    assert_eq!(last.lag, Some(0));
     let mut out: Vec<u64> = read_all(&broker, "out")
         .iter()
         .map(|r| {

@@ -51,7 +51,7 @@ pub(super) fn partition_logs(
 ) -> Result<(Vec<PartitionLog>, usize)> {
     let consumer: BaseConsumer<SourceContext> = client::consumer(&spec.source.kafka, id, group)
         .set("client.id", id.client_id("restore"))
-        .create_with_context(SourceContext)
+        .create_with_context(SourceContext::default())
         .map_err(Error::kafka("creating the changelog reader"))?;
     let index: HashMap<(&str, i32), usize> = owned
         .iter()

@@ -74,6 +74,13 @@ pub struct KafkaSource {
     pub backpressure: BackpressureSpec,
     #[serde(default)]
     pub retries: RetrySpec,
+    /// What to do when a partition's position is outside its log: below the log start
+    /// (retention deleted records the job has not read) or past the log end (the topic was
+    /// recreated, or a broker came back without its data). `fail` (the default) stops the
+    /// worker with the numbers and the fix; `earliest` or `latest` moves to that end of the
+    /// log and says how many records were skipped.
+    #[serde(default)]
+    pub offset_out_of_range: OutOfRangePolicy,
     /// Consumer group that holds the job's offsets. Default: `weir.<namespace>.<job>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
@@ -99,6 +106,19 @@ pub struct KafkaSource {
     #[serde(skip)]
     #[schemars(skip)]
     pub credentials: crate::credentials::Credentials,
+}
+
+/// What a worker does with a position outside its partition's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OutOfRangePolicy {
+    /// Stop with an error that names the partition, the offsets and the fix.
+    #[default]
+    Fail,
+    /// Go on from the log start.
+    Earliest,
+    /// Go on from the log end.
+    Latest,
 }
 
 /// Where a partition without a committed offset starts.
