@@ -238,9 +238,9 @@ fn stateful_set(
     let mut pod_annotations = overrides.annotations.clone();
     pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
 
-    let probe = |failure_threshold| Probe {
+    let probe = |path: &str, failure_threshold| Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
+            path: Some(path.into()),
             port: IntOrString::String("http".into()),
             ..HTTPGetAction::default()
         }),
@@ -275,6 +275,11 @@ fn stateful_set(
                 ..EnvVar::default()
             },
             env("WEIR_HTTP_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
+            // The worker's own deadline after SIGTERM, inside the pod's grace period.
+            env(
+                "WEIR_SHUTDOWN_TIMEOUT",
+                format!("{}s", termination_grace_seconds(job) - 5),
+            ),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
@@ -282,9 +287,11 @@ fn stateful_set(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(probe(3)),
-        // Liveness is more patient than readiness: a long batch must not get a worker killed.
-        liveness_probe: Some(probe(6)),
+        // Ready: batches run and the brokers answer. Live: the batch loop goes on, even while
+        // the brokers are away (a restart would not bring them back, and spends the restart
+        // budget); more patient too, so a long batch does not get a worker killed.
+        readiness_probe: Some(probe("/healthz", 3)),
+        liveness_probe: Some(probe("/livez", 6)),
         resources: Some(job.spec.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),

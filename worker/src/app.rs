@@ -29,6 +29,10 @@ pub struct RunConfig {
     pub print: Option<u32>,
     /// Kafka credentials: a directory of key files (a mounted Secret) or an env file.
     pub credentials: Option<PathBuf>,
+    /// How long after SIGTERM the worker may take to finish its batch; past it, it exits
+    /// without committing that batch (which runs again on restart). Below the pod's grace
+    /// period, which the operator sets with it.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 /// Runs the job until SIGTERM/SIGINT (the batch in flight finishes and commits) or until
@@ -105,12 +109,24 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
         max_batches: cfg.max_batches,
     };
     let engine_cancel = cancel.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<u64> {
+    let engine = tokio::task::spawn_blocking(move || -> Result<u64> {
         let mut stages = crate::stages::connect(job, &id, print, progress, &engine_cancel)?;
         crate::stages::run(&mut stages, &opts, &engine_cancel)
-    })
-    .await
-    .map_err(|e| Error::Fatal(format!("the engine thread failed: {e}")))?;
+    });
+    // A batch may wait on a broker that stopped answering (a sink's flush, a commit): the
+    // deadline keeps the exit within the pod's grace period whatever the broker does.
+    let deadline = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(cfg.shutdown_timeout).await;
+    };
+    let result = tokio::select! {
+        r = engine => r.map_err(|e| Error::Fatal(format!("the engine thread failed: {e}")))?,
+        () = deadline => Err(Error::Fatal(format!(
+            "did not stop within {:?} of the stop signal (a broker or the sink does not answer); \
+             exiting without committing the batch in flight, which runs again on restart",
+            cfg.shutdown_timeout
+        ))),
+    };
 
     signals.abort();
     http_stop.cancel();

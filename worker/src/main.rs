@@ -80,6 +80,10 @@ struct RunArgs {
     /// (tls.key), ssl.key.password, ssl.{ca,certificate,key}.location.
     #[arg(long, env = "WEIR_KAFKA_CREDENTIALS")]
     kafka_credentials: Option<PathBuf>,
+    /// After SIGTERM, the longest the worker takes to finish its batch before it exits
+    /// without committing it (e.g. 25s); keep it below the pod's grace period.
+    #[arg(long, env = "WEIR_SHUTDOWN_TIMEOUT", default_value = "25s")]
+    shutdown_timeout: weir_worker::spec::Duration,
 }
 
 fn init_tracing(format: &str, level: &str) {
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
                 http_addr: a.http_addr,
                 print: a.print,
                 credentials: a.kafka_credentials,
+                shutdown_timeout: a.shutdown_timeout.as_std(),
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -165,7 +170,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(app::run(cfg)) {
+            let result = runtime.block_on(app::run(cfg));
+            // Past the shutdown deadline the engine's thread may still wait on a broker:
+            // it is left behind, and ends with the process.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+            match result {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     let msg = format!("weir-worker: {e}");

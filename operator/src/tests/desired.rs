@@ -109,10 +109,26 @@ fn statefulset_runs_the_workers_safely() {
         w.termination_message_policy.as_deref(),
         Some("FallbackToLogsOnError")
     );
-    for probe in [w.readiness_probe.unwrap(), w.liveness_probe.unwrap()] {
-        let get = probe.http_get.unwrap();
-        assert_eq!(get.path.as_deref(), Some("/healthz"));
-    }
+    // Ready means the brokers answer; live only that the batch loop goes on, so a broker
+    // outage makes workers unready, not restarted.
+    let path = |p: Option<k8s_openapi::api::core::v1::Probe>| p.unwrap().http_get.unwrap().path;
+    assert_eq!(path(w.readiness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(path(w.liveness_probe).as_deref(), Some("/livez"));
+    let grace = c
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .termination_grace_period_seconds
+        .unwrap();
+    assert!(env
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "WEIR_SHUTDOWN_TIMEOUT", "value": format!("{}s", grace - 5)})));
     assert_eq!(w.ports.unwrap()[0].container_port, 8080);
     let mount = &w.volume_mounts.unwrap()[0];
     assert_eq!(

@@ -37,8 +37,8 @@ pub(super) fn batch(
             partition: 0,
             from: 0,
             until: i64::try_from(records).unwrap(),
-            high_watermark: 1000,
-            lag: 1000 - i64::try_from(records).unwrap(),
+            high_watermark: Some(1000),
+            lag: Some(1000 - i64::try_from(records).unwrap()),
         }],
         records_in: records,
         records_out: records,
@@ -47,8 +47,9 @@ pub(super) fn batch(
         processing_ms: processing,
         total_delay_ms: processing + processing / 2,
         pending_batches: pending,
-        lag: 1000 - i64::try_from(records).unwrap(),
+        lag: Some(1000 - i64::try_from(records).unwrap()),
         rate_limit: None,
+        source_error: None,
     }
 }
 
