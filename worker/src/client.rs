@@ -106,6 +106,31 @@ impl Link {
             .map(|(e, _)| e.clone())
     }
 
+    /// Reports an error a client returned or called back with; end-of-partition notices are
+    /// routine (a caught-up consumer reaches the end every batch), not errors.
+    pub fn report_kafka(&self, error: &KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || code == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        {
+            return;
+        }
+        let text = if reason.is_empty() {
+            error.to_string()
+        } else {
+            format!("{error}: {reason}")
+        };
+        self.report(code.map_or(i32::MIN, |c| c as i32), text);
+    }
+
+    /// Records a client error or warning and logs it, at most once per [`LOG_EVERY`] for
+    /// each `kind`, with how many were left out since.
+    pub fn report(&self, kind: i32, text: String) {
+        if let Some(left_out) = self.note(kind, text.clone()) {
+            tracing::warn!(error = %text, left_out, "Kafka client error");
+        }
+    }
+
     /// Records a client error; `Some(left out)` when it is due to be logged.
     fn note(&self, code: i32, text: String) -> Option<u64> {
         let now = std::time::Instant::now();
@@ -132,10 +157,10 @@ impl Link {
     }
 }
 
-/// Client events of the worker's consumers. A caught-up consumer reaches the end of its
-/// partitions every batch, so end-of-partition notices are routine, not errors; every other
-/// error is noted in the [`Link`] and logged as a warning, at most once per
-/// [`LOG_EVERY`] for each kind, since librdkafka retries (and repeats them) by itself.
+/// Client events of the worker's consumers. A consumer hands its errors to whoever polls it
+/// (the source reports them to the [`Link`]); librdkafka's warnings and errors in its log
+/// carry the cause ("Connect to ... failed: Connection refused"), so they go to the link too,
+/// each kind logged at most once per [`LOG_EVERY`], since librdkafka repeats them per retry.
 #[derive(Clone, Default)]
 pub struct SourceContext {
     pub link: std::sync::Arc<Link>,
@@ -143,26 +168,18 @@ pub struct SourceContext {
 
 impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        let eof = matches!(error, KafkaError::PartitionEOF(_))
-            || code == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
-        if eof {
-            tracing::trace!(%error, reason, "end of partition");
-            return;
-        }
-        let id = code.map_or(i32::MIN, |c| c as i32);
-        if let Some(left_out) = self.link.note(id, format!("{error}: {reason}")) {
-            tracing::warn!(%error, reason, left_out, "Kafka client error");
-        }
+        self.link.report_kafka(&error, reason);
     }
 
-    // librdkafka's own log lines repeat what the error callback says, once per retry: they
-    // are kept at debug level.
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
-                tracing::debug!(facility = fac, "librdkafka: {log_message}");
+                // Kinds by facility (FAIL, CONFWARN, ...), apart from error codes (>= -200).
+                let kind = fac.bytes().fold(-1_000_i32, |h, b| {
+                    h.wrapping_mul(31).wrapping_sub(i32::from(b))
+                });
+                self.link.report(kind, format!("{fac}: {log_message}"));
             }
             _ => tracing::trace!(facility = fac, "librdkafka: {log_message}"),
         }

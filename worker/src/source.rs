@@ -326,8 +326,12 @@ impl Source {
     /// When the brokers do not answer in time: the batch is planned without fresh
     /// watermarks, and the error says why.
     pub fn fresh_watermarks(&self) -> Result<Vec<(i64, i64)>> {
-        // The probe is never assigned: polling it only serves its callbacks (errors, logs).
-        let _ = self.probe.poll(Duration::ZERO);
+        // The probe is never assigned: what polling it returns are the client's errors.
+        while let Some(r) = self.probe.poll(Duration::ZERO) {
+            if let Err(e) = r {
+                self.link.report_kafka(&e, "");
+            }
+        }
         let ask = |at: Offset| -> Result<TopicPartitionList> {
             let list = self.tpl((0..self.owned.len()).map(|i| (i, at)))?;
             self.probe
@@ -510,6 +514,7 @@ impl Source {
             lanes: count,
             keep_ahead: self.keep_ahead,
             cancel: &self.retry.cancel,
+            link: &self.link,
         };
         let (main, positions) = (&self.consumer, &self.positions);
         let results: Vec<Result<Vec<i64>>> = std::thread::scope(|scope| {
@@ -688,6 +693,7 @@ struct LaneCtx<'a> {
     /// Shutdown: a read that waits (a broker that stopped answering) gives up the batch,
     /// uncommitted, rather than hold the worker past its grace period.
     cancel: &'a CancellationToken,
+    link: &'a Link,
 }
 
 impl LaneCtx<'_> {
@@ -802,7 +808,7 @@ impl LaneRead<'_> {
                     });
                 }
                 Err(e) => {
-                    warn!(error = %e, "consumer error");
+                    ctx.link.report_kafka(&e, "");
                     continue;
                 }
             };

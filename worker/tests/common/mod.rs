@@ -38,6 +38,8 @@ pub enum Broker {
     Tansu {
         child: Child,
         bootstrap: String,
+        port: u16,
+        bin: PathBuf,
         _dir: tempfile::TempDir,
     },
 }
@@ -68,35 +70,49 @@ impl Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let bootstrap = format!("127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--storage-engine",
-                // Relative to the working directory: tansu misreads absolute sqlite URLs.
-                "sqlite://tansu.db",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&bootstrap).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {bootstrap}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = start_tansu(&bin, dir.path(), port);
         Some(Broker::Tansu {
             child,
             bootstrap,
+            port,
+            bin,
             _dir: dir,
         })
+    }
+
+    /// Sends a signal (`KILL`, `STOP`, `CONT`) to a broker in its own process.
+    pub fn signal(&self, sig: &str) {
+        let (Broker::MockProcess { child, .. } | Broker::Tansu { child, .. }) = self else {
+            panic!("the in-process mock cluster has no process to signal")
+        };
+        signal(child, sig);
+    }
+
+    /// Kills tansu and starts it again on the same port with the same data, as a broker
+    /// that crashed and came back.
+    pub fn restart_tansu(&mut self, down_for: Duration) {
+        let Broker::Tansu {
+            child,
+            port,
+            bin,
+            _dir,
+            ..
+        } = self
+        else {
+            panic!("only tansu keeps its data across a restart")
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(down_for);
+        *child = start_tansu(bin, _dir.path(), *port);
+    }
+
+    /// Kills the broker's process for good.
+    pub fn kill(&mut self) {
+        if let Broker::MockProcess { child, .. } | Broker::Tansu { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn bootstrap(&self) -> String {
@@ -159,6 +175,36 @@ impl Drop for Broker {
     }
 }
 
+/// tansu's broker with its sqlite engine in `dir`, listening on `port` once this returns.
+fn start_tansu(bin: &Path, dir: &Path, port: u16) -> Child {
+    let bootstrap = format!("127.0.0.1:{port}");
+    let child = Command::new(bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--storage-engine",
+            // Relative to the working directory: tansu misreads absolute sqlite URLs.
+            "sqlite://tansu.db",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(&bootstrap).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on {bootstrap}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 /// The mock cluster in its own process, with topics created at start.
 pub fn mock_process_with(topics: &[(&str, i32)]) -> Broker {
     let mut cmd = Command::new(WORKER);
@@ -186,6 +232,16 @@ pub fn mock_process_with(topics: &[(&str, i32)]) -> Broker {
         _stdin: stdin,
         bootstrap,
     }
+}
+
+/// `kill -SIG` a child process (`TERM`, `KILL`, `STOP`, `CONT`).
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {}", child.id());
 }
 
 pub fn free_port() -> u16 {
@@ -452,12 +508,7 @@ impl WorkerProc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig}");
+        signal(&self.child, sig);
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
