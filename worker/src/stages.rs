@@ -147,8 +147,9 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
 }
 
 /// Connects every stage of the job, first to last, creating each repartition topic (with the
-/// stage's input partition count) before the stage that reads it connects. The first stage
-/// reports to `progress`: its offsets are the job's input offsets, which lag tools watch.
+/// stage's input partition count) before the stage that reads it connects. Every stage
+/// reports to `progress`: the first as itself, the later ones as its [`Progress::stage`]s, so
+/// their batches, offsets and lag show in `/progress`, health and metrics beside the first's.
 ///
 /// # Errors
 /// As [`Engine::connect`], or a repartition topic that cannot be made.
@@ -168,11 +169,7 @@ pub fn connect(
         let progress = if i == 0 {
             progress.clone()
         } else {
-            Arc::new(Progress::new(
-                id.clone(),
-                spec.group_id(&id.namespace, &id.job),
-                spec.batch_interval.as_std(),
-            ))
+            progress.stage(&stage.name, spec.group_id(&id.namespace, &id.job))
         };
         let mut engine = Engine::connect(stage.job, id, sink, progress, cancel)?;
         engine.set_stage(&stage.name);
