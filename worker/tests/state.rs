@@ -341,6 +341,110 @@ fn a_repartition_step_brings_each_word_of_every_input_partition_to_one_state() {
     assert_eq!(latest(&broker), expected);
 }
 
+/// Lines with the same words in each of `partitions` input partitions of "in", and each
+/// word's true total over all of them.
+fn same_words_in_every_partition(broker: &Broker, partitions: i32) -> HashMap<String, i64> {
+    let mut totals: HashMap<String, i64> = HashMap::new();
+    for p in 0..partitions {
+        let lines: Vec<String> = (0..40)
+            .map(|i| format!("w{} w{} w{}", i % 7, (i * 3 + p as usize) % 11, i % 2))
+            .collect();
+        for w in lines.iter().flat_map(|l| l.split(' ')) {
+            *totals.entry(w.to_string()).or_default() += 1;
+        }
+        let payloads: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        produce_raw(broker, "in", p, &payloads);
+    }
+    totals
+}
+
+/// Each output row of "out" as (word, count).
+fn rows(broker: &Broker) -> Vec<(String, i64)> {
+    read_all(broker, "out")
+        .into_iter()
+        .map(|r| {
+            let n: i64 = serde_json::from_slice(&r.value).expect("a count");
+            (r.key.expect("a keyed row"), n)
+        })
+        .collect()
+}
+
+#[test]
+fn a_count_by_word_over_four_partitions_is_one_row_per_word_with_its_total_over_all_partitions() {
+    let broker = Broker::in_process();
+    // The inserted shuffle's topic; the mock cluster cannot create topics for the worker.
+    for (t, n) in [("in", 4), ("out", 4), ("t-counts-repartition", 4)] {
+        broker.create_topic(t, n);
+    }
+    let totals = same_words_in_every_partition(&broker, 4);
+    let pipeline = format!("{WORDS}  - {{id: counts, aggregate: {{count: {{}}}}}}\n");
+    // One batch of each stage: the first reads all four partitions, the second everything the
+    // first wrote, so its one batch holds every word's every record.
+    let snap = run_stages_in_turn(&broker, &job(&pipeline, "", &broker), 1);
+    let mut seen: HashMap<String, i64> = HashMap::new();
+    for (word, n) in rows(&broker) {
+        assert!(
+            seen.insert(word.clone(), n).is_none(),
+            "{word} has more than one row in the batch"
+        );
+    }
+    assert_eq!(
+        seen, totals,
+        "each word once, with its total over all partitions"
+    );
+    let shuffle = &snap.stages[0];
+    assert_eq!(
+        (shuffle.stage.as_str(), shuffle.group.as_str()),
+        ("counts", "wc-counts")
+    );
+    assert_eq!(shuffle.batches_completed, 1);
+    assert_eq!(shuffle.records_out, totals.len() as u64);
+    assert_eq!(snap.records_in, 4 * 40, "the first stage read the input");
+    assert_eq!(
+        committed(&broker, "wc-counts", "t-counts-repartition", 4),
+        high_watermarks(&broker, "t-counts-repartition", 4),
+        "the shuffle stage committed what it read in its own group"
+    );
+
+    // Asked for per partition, the counts stay per partition: one row per word and partition.
+    let broker = Broker::in_process();
+    for (t, n) in [("in", 4), ("out", 4)] {
+        broker.create_topic(t, n);
+    }
+    let totals = same_words_in_every_partition(&broker, 4);
+    let pipeline =
+        format!("{WORDS}  - {{id: counts, perPartition: true, aggregate: {{count: {{}}}}}}\n");
+    let snap = run_stages_in_turn(&broker, &job(&pipeline, "", &broker), 1);
+    assert!(snap.stages.is_empty(), "no shuffle stage");
+    let rows = rows(&broker);
+    let mut sums: HashMap<String, i64> = HashMap::new();
+    for (word, n) in &rows {
+        *sums.entry(word.clone()).or_default() += n;
+    }
+    assert_eq!(sums, totals);
+    let words_per_partition: usize = (0..4)
+        .map(|p| {
+            let mut words: Vec<String> = (0..40usize)
+                .flat_map(|i| {
+                    [
+                        format!("w{}", i % 7),
+                        format!("w{}", (i * 3 + p) % 11),
+                        format!("w{}", i % 2),
+                    ]
+                })
+                .collect();
+            words.sort();
+            words.dedup();
+            words.len()
+        })
+        .sum();
+    assert_eq!(
+        rows.len(),
+        words_per_partition,
+        "one row per word per input partition"
+    );
+}
+
 /// The fields of the worker's "restored keyed state" log line.
 fn restore_log(w: &WorkerProc) -> serde_json::Value {
     let line = w
