@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::client::Identity;
 use crate::engine::{Engine, Options};
@@ -146,6 +146,79 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
     stages
 }
 
+/// A stateful step (a windowed aggregate or a state step) that an inserted shuffle moved to
+/// a later stage than the one it ran in before Weir inserted shuffles: its state was kept
+/// per input partition under the old stage's group, and is now kept per key under the new.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MovedState {
+    pub step: String,
+    /// The group (and so the changelog) the step's per-partition state was kept under.
+    pub was: String,
+    /// The group of the stage it runs in now.
+    pub now: String,
+}
+
+/// The stateful steps of a job that [`with_shuffles`] moved into a later stage.
+pub fn moved_state(job: &JobFile) -> Vec<MovedState> {
+    let group = job.spec.group_id(&job.namespace, &job.name);
+    // Each stateful step's stage group when the stages are cut at these repartition steps.
+    let groups = |pipeline: &[StepSpec]| {
+        let mut at = group.clone();
+        let mut out = Vec::new();
+        for step in pipeline {
+            if step.repartition.is_some() {
+                at = format!("{group}-{}", step.id);
+            } else if step.state.is_some() || (step.aggregate.is_some() && step.window.is_some()) {
+                out.push((step.id.clone(), at.clone()));
+            }
+        }
+        out
+    };
+    let before = groups(&job.spec.pipeline);
+    let now = groups(&with_shuffles(&job.spec));
+    before
+        .into_iter()
+        .zip(now)
+        .filter(|((_, was), (_, now))| was != now)
+        .map(|((step, was), (_, now))| MovedState { step, was, now })
+        .collect()
+}
+
+/// Refuses to start a job whose stateful step moved behind an inserted shuffle while its old
+/// per-partition state is still the only state it has: that state counted each key once per
+/// input partition, so carrying it into the per-key stage would be wrong, and dropping it
+/// silently would lose it. Once the step's new stage has logged state, the move is done.
+///
+/// # Errors
+/// A moved step with old state and no new state, not listed under `checkpoint.resetState`;
+/// or brokers that cannot be asked.
+fn check_moved_state(job: &JobFile) -> Result<()> {
+    let reset = job
+        .spec
+        .checkpoint
+        .as_ref()
+        .map_or(&[][..], |c| &c.reset_state[..]);
+    for m in moved_state(job) {
+        let old = crate::changelog::topic_name(&m.was);
+        let new = crate::changelog::topic_name(&m.now);
+        if !crate::topics::holds_records(&job.spec, &old)?
+            || crate::topics::holds_records(&job.spec, &new)?
+        {
+            continue;
+        }
+        if reset.contains(&m.step) {
+            warn!(step = %m.step, old_changelog = %old, changelog = %new, "the step's per-partition state is not carried over; its per-key state starts empty (listed under checkpoint.resetState)");
+            continue;
+        }
+        return Err(Error::Fatal(format!(
+            "pipeline step {step:?} now gets all of a key's records in one place, through an automatic repartition (group {now:?}, changelog topic {new:?}), but its state in changelog topic {old:?} was kept per input partition, with a key counted once per partition: to start the step's state empty, list {step:?} under checkpoint.resetState until the step has new state (its first batch with records after the change; then remove it); to keep per-partition results and that state, set perPartition: true on step {step:?}",
+            step = m.step,
+            now = m.now,
+        )));
+    }
+    Ok(())
+}
+
 /// Connects every stage of the job, first to last, creating each repartition topic (with the
 /// stage's input partition count) before the stage that reads it connects. Every stage
 /// reports to `progress`: the first as itself, the later ones as its [`Progress::stage`]s, so
@@ -160,6 +233,7 @@ pub fn connect(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<Vec<Engine>> {
+    check_moved_state(&job)?;
     let stages = split(&job);
     let last = stages.len() - 1;
     let mut engines = Vec::with_capacity(stages.len());
@@ -305,6 +379,37 @@ mod tests {
                 want,
                 "topics [{topics}]:\n{steps}"
             );
+        }
+    }
+
+    #[test]
+    fn a_stateful_step_behind_an_inserted_shuffle_is_known_to_have_moved_its_state() {
+        let job = |steps: &str| {
+            parse_job(
+                &format!("batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in], groupId: g}}}}\npipeline:\n{steps}sink: {{stdout: {{}}}}\n"),
+                "wc",
+            )
+            .expect("job")
+        };
+        let moved = moved_state(&job(
+            "- {id: k, keyBy: value}\n- {id: s, state: {update: 'size(values)'}}\n",
+        ));
+        assert_eq!(
+            moved,
+            [MovedState {
+                step: "s".into(),
+                was: "g".into(),
+                now: "g-s".into()
+            }]
+        );
+        // Already behind the user's own shuffle, asking for per-partition state, or a
+        // per-batch aggregate (it keeps no state): nothing moved.
+        for steps in [
+            "- {id: k, keyBy: value}\n- {id: r, repartition: {}}\n- {id: s, state: {update: 'size(values)'}}\n",
+            "- {id: k, keyBy: value}\n- {id: s, perPartition: true, state: {update: 'size(values)'}}\n",
+            "- {id: k, keyBy: value}\n- {id: n, aggregate: {count: {}}}\n",
+        ] {
+            assert_eq!(moved_state(&job(steps)), [], "{steps}");
         }
     }
 

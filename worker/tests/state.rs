@@ -213,7 +213,10 @@ fn a_killed_stateful_worker_process_ends_with_the_counts_of_a_run_without_kills(
     produce_lines(&broker, 0, 400, &mut expected);
     let dir = tempfile::tempdir().expect("tempdir");
     // 500 lines/s x 0.1 s = 50 lines per partition per batch: eight batches to drain.
-    let yaml = job(&format!("{WORDS}{RUNNING_COUNT}"), "", &broker)
+    // Each partition has words of its own, so a per-partition state is each word's whole
+    // state: the test is about kills of one stage, not about the shuffle.
+    let per_partition = RUNNING_COUNT.replace("{id: counts,", "{id: counts, perPartition: true,");
+    let yaml = job(&format!("{WORDS}{per_partition}"), "", &broker)
         .replace("BOOTSTRAP", &broker.bootstrap())
         .replace("groupId: wc,", "groupId: wc, maxRatePerPartition: 500,");
     let file = job_file(dir.path(), &yaml);
@@ -445,6 +448,81 @@ fn a_count_by_word_over_four_partitions_is_one_row_per_word_with_its_total_over_
     );
 }
 
+#[test]
+fn per_partition_state_from_before_the_automatic_shuffle_is_refused_until_reset() {
+    let broker = Broker::in_process();
+    for t in [
+        "in",
+        "out",
+        "wc-changelog",
+        "t-counts-repartition",
+        "wc-counts-changelog",
+    ] {
+        broker.create_topic(t, PARTITIONS);
+    }
+    let mut expected = HashMap::new();
+    produce_lines(&broker, 0, 20, &mut expected);
+    // How the job ran before Weir inserted shuffles: its state per input partition.
+    let before = RUNNING_COUNT.replace("{id: counts,", "{id: counts, perPartition: true,");
+    run_stages_in_turn(&broker, &job(&format!("{WORDS}{before}"), "", &broker), 2);
+
+    let now = job(&format!("{WORDS}{RUNNING_COUNT}"), "", &broker);
+    let (job_file, id, progress) = (
+        weir_worker::spec::parse_job(&now.replace("BOOTSTRAP", &broker.bootstrap()), "t")
+            .expect("job"),
+        weir_worker::client::Identity {
+            namespace: "test".into(),
+            job: "t".into(),
+            ordinal: 0,
+            workers: 1,
+        },
+        std::sync::Arc::new(weir_worker::progress::Progress::new(
+            weir_worker::client::Identity {
+                namespace: "test".into(),
+                job: "t".into(),
+                ordinal: 0,
+                workers: 1,
+            },
+            "wc".into(),
+            Duration::from_millis(100),
+        )),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let err = match weir_worker::stages::connect(job_file, &id, None, progress, &cancel) {
+        Ok(_) => panic!("old per-partition state was taken as per-key state"),
+        Err(e) => e.to_string(),
+    };
+    for says in [
+        "\"counts\"",
+        "wc-changelog",
+        "per input partition",
+        "checkpoint.resetState",
+        "perPartition: true",
+    ] {
+        assert!(err.contains(says), "{says} in: {err}");
+    }
+
+    // Reset until the step has new state: it starts empty in its new stage, with the records
+    // after the change, and later starts need no reset.
+    let mut after = HashMap::new();
+    produce_lines(&broker, 20, 10, &mut after);
+    let reset = job(
+        &format!("{WORDS}{RUNNING_COUNT}"),
+        "checkpoint: {resetState: [counts]}",
+        &broker,
+    );
+    let snap = run_stages_in_turn(&broker, &reset, 2);
+    assert_eq!(snap.records_in, 2 * 10, "the input's offsets were kept");
+    assert_eq!(
+        only(latest(&broker), &after),
+        after,
+        "counts start with the records after the change"
+    );
+    produce_lines(&broker, 30, 10, &mut after);
+    run_stages_in_turn(&broker, &now, 2);
+    assert_eq!(only(latest(&broker), &after), after);
+}
+
 /// The fields of the worker's "restored keyed state" log line.
 fn restore_log(w: &WorkerProc) -> serde_json::Value {
     let line = w
@@ -464,8 +542,10 @@ fn a_local_snapshot_shortens_the_replay_and_a_damaged_one_is_ignored() {
     let state_dir = tempfile::tempdir().expect("state dir");
     let env = [("WEIR_STATE_DIR", state_dir.path())];
     let dir = tempfile::tempdir().expect("tempdir");
+    // Per partition, as the kill test above: this is about one stage's snapshots.
+    let per_partition = RUNNING_COUNT.replace("{id: counts,", "{id: counts, perPartition: true,");
     let yaml = job(
-        &format!("{WORDS}{RUNNING_COUNT}"),
+        &format!("{WORDS}{per_partition}"),
         "checkpoint: {snapshotInterval: 100ms}",
         &broker,
     )
