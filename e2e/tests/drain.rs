@@ -98,6 +98,8 @@ async fn lag_falls_to_zero_as_real_workers_drain_a_backlog() {
     let target = KafkaTarget {
         source: job.spec.source.kafka.clone(),
         group: job.spec.group_id("e2e", "drain"),
+        // A filter only: one stage.
+        stages: Vec::new(),
     };
 
     let ports = [free_port(), free_port()];

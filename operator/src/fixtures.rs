@@ -656,5 +656,6 @@ pub fn topic(name: &str, parts: &[(i64, i64, Option<i64>)]) -> KafkaObservation 
                 offset_for_time: None,
             })
             .collect(),
+        stages: Vec::new(),
     }
 }

@@ -40,19 +40,30 @@ pub struct LagSummary {
     pub offsets: OffsetsStatus,
 }
 
-/// Totals over every partition, and at most `rows` (within [`MAX_ROWS`]) rows, laggiest first;
-/// ties go by topic and partition so that a quiet job yields the same status every time.
+/// Totals over every partition of every stage (the input's, then each later stage's
+/// repartition topic, whose rows the topic name tells apart), and at most `rows` (within
+/// [`MAX_ROWS`]) rows, laggiest first; ties go by topic and partition so that a quiet job
+/// yields the same status every time. `partitions` counts the input's partitions only: what
+/// the workers are scaled by.
 pub fn summarize(obs: &KafkaObservation, starting: &StartingOffsets, rows: usize) -> LagSummary {
+    let row = |p: &PartitionOffsets, starting: &StartingOffsets| PartitionOffsetStatus {
+        topic: p.topic.clone(),
+        partition: p.partition,
+        committed: p.committed,
+        end: p.end,
+        lag: partition_lag(p, starting),
+    };
+    // A later stage's group starts at the earliest offset of its repartition topic.
     let mut all: Vec<PartitionOffsetStatus> = obs
         .partitions
         .iter()
-        .map(|p| PartitionOffsetStatus {
-            topic: p.topic.clone(),
-            partition: p.partition,
-            committed: p.committed,
-            end: p.end,
-            lag: partition_lag(p, starting),
-        })
+        .map(|p| row(p, starting))
+        .chain(
+            obs.stages
+                .iter()
+                .flat_map(|s| &s.partitions)
+                .map(|p| row(p, &StartingOffsets::Earliest)),
+        )
         .collect();
     let lag = LagStatus {
         records: all.iter().map(|r| r.lag).fold(0i64, i64::saturating_add),

@@ -1,5 +1,6 @@
 //! Observing Kafka for a job: input partitions, end and log-start offsets, and the job's
-//! committed group offsets.
+//! committed group offsets; and the same for each later stage of the job (after a repartition
+//! step, inserted or explicit): its repartition topic and its own group.
 //!
 //! The [`Observer`] trait is the seam: the controller gets the real [`KafkaObserver`], tests
 //! may feed the broker's answers as data (e.g. a topic that grew, which no test broker can do).
@@ -21,13 +22,42 @@ use crate::scaling::PartitionCounts;
 pub struct KafkaTarget {
     pub source: KafkaSource,
     pub group: String,
+    /// The job's later stages, as the workers split it (`weir_worker::stages::split`).
+    pub stages: Vec<StageTarget>,
+}
+
+/// A later stage of a job: the repartition topic it reads and the group its offsets are in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageTarget {
+    /// The repartition step's id.
+    pub stage: String,
+    pub topic: String,
+    pub group: String,
 }
 
 impl KafkaTarget {
     pub fn of(job: &StreamingJob, namespace: &str, name: &str) -> Self {
+        let file = weir_worker::spec::JobFile {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            spec: job.spec.job.clone(),
+        };
+        let stages = weir_worker::stages::split(&file)
+            .into_iter()
+            .skip(1)
+            .filter_map(|s| {
+                let k = &s.job.spec.source.kafka;
+                Some(StageTarget {
+                    topic: k.topics.first()?.clone(),
+                    group: s.job.spec.group_id(namespace, name),
+                    stage: s.name,
+                })
+            })
+            .collect();
         Self {
             source: job.spec.job.source.kafka.clone(),
             group: job.spec.job.group_id(namespace, name),
+            stages,
         }
     }
 }
@@ -53,6 +83,17 @@ pub struct PartitionOffsets {
 pub struct KafkaObservation {
     /// Each input topic with its partition count, in spec order.
     pub topics: Vec<(String, u32)>,
+    pub partitions: Vec<PartitionOffsets>,
+    /// The job's later stages, in data-flow order; a stage whose repartition topic the
+    /// workers have not created yet has no partitions.
+    pub stages: Vec<StageOffsets>,
+}
+
+/// A later stage's partitions: its repartition topic, with its group's committed offsets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StageOffsets {
+    pub stage: String,
+    pub group: String,
     pub partitions: Vec<PartitionOffsets>,
 }
 
@@ -207,6 +248,9 @@ impl Observer for KafkaObserver {
             p.committed = offset_of(&committed, p);
             p.offset_for_time = times.as_ref().and_then(|t| offset_of(t, p));
         }
+        for stage in &target.stages {
+            obs.stages.push(observe_stage(source, stage, left()?)?);
+        }
         Ok(obs)
     }
 
@@ -217,6 +261,64 @@ impl Observer for KafkaObserver {
     ) -> Result<Vec<crate::crd::ResumedOffset>, ObserveError> {
         crate::rewind::set_offsets(target, to, self.timeout)
     }
+}
+
+/// A later stage's repartition topic and its group's offsets, with a client of the stage's
+/// group (committed offsets are read for the client's own group).
+fn observe_stage(
+    source: &KafkaSource,
+    stage: &StageTarget,
+    timeout: Duration,
+) -> Result<StageOffsets, ObserveError> {
+    let deadline = Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(ObserveError::Timeout(timeout))
+    };
+    let consumer: BaseConsumer = weir_worker::client::base(&source.bootstrap_servers, source)
+        .set("group.id", &stage.group)
+        .set("client.id", "weir-operator-observer")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(ObserveError::Client)?;
+    let md = consumer
+        .fetch_metadata(Some(&stage.topic), left()?)
+        .map_err(ObserveError::kafka("topic metadata"))?;
+    // Workers create the topic when they start; before that the stage has nothing to read.
+    let n = match md.topics().iter().find(|t| t.name() == stage.topic) {
+        Some(t) if t.error().is_none() => t.partitions().len(),
+        _ => 0,
+    };
+    let n = i32::try_from(n).unwrap_or(i32::MAX);
+    let mut partitions: Vec<PartitionOffsets> = (0..n)
+        .map(|partition| PartitionOffsets {
+            topic: stage.topic.clone(),
+            partition,
+            log_start: 0,
+            end: 0,
+            committed: None,
+            offset_for_time: None,
+        })
+        .collect();
+    if !partitions.is_empty() {
+        let starts = list_offsets(&consumer, &partitions, Offset::Beginning, left()?)?;
+        let ends = list_offsets(&consumer, &partitions, Offset::End, left()?)?;
+        let committed = consumer
+            .committed_offsets(partition_list(&partitions, Offset::Invalid)?, left()?)
+            .map_err(ObserveError::kafka("committed offsets"))?;
+        for p in &mut partitions {
+            p.log_start = offset_of(&starts, p).ok_or(ObserveError::NoOffsets("log start"))?;
+            p.end = offset_of(&ends, p).ok_or(ObserveError::NoOffsets("end"))?;
+            p.committed = offset_of(&committed, p);
+        }
+    }
+    Ok(StageOffsets {
+        stage: stage.stage.clone(),
+        group: stage.group.clone(),
+        partitions,
+    })
 }
 
 fn partition_list(

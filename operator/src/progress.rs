@@ -26,6 +26,20 @@ pub struct WorkerSnapshot {
     /// Most recent last.
     #[serde(default)]
     pub batches: Vec<WorkerBatch>,
+    /// The job's later stages (after each repartition step) in this worker, each with its
+    /// own batches; absent from workers of jobs with one stage.
+    #[serde(default)]
+    pub stages: Vec<WorkerStage>,
+}
+
+/// A later stage's part of a worker's `/progress`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStage {
+    pub stage: String,
+    /// Most recent last.
+    #[serde(default)]
+    pub batches: Vec<WorkerBatch>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -110,7 +124,16 @@ pub fn fold<E>(answers: &[(u32, Result<WorkerSnapshot, E>)]) -> ProgressSummary 
         .filter_map(|(_, a)| a.as_ref().ok())
         .collect();
     let latest: Vec<&WorkerBatch> = snapshots.iter().filter_map(|s| s.batches.last()).collect();
-    let batch_lag = (!latest.is_empty()).then(|| latest.iter().map(|b| b.pending_batches).sum());
+    // Every stage's queue is the job's: a shuffle stage that falls behind delays the results
+    // as much as the first stage would.
+    let stage_pending: u64 = snapshots
+        .iter()
+        .flat_map(|s| &s.stages)
+        .filter_map(|s| s.batches.last())
+        .map(|b| b.pending_batches)
+        .sum();
+    let batch_lag = (!latest.is_empty())
+        .then(|| latest.iter().map(|b| b.pending_batches).sum::<u64>() + stage_pending);
     let last_batch = latest.iter().max_by_key(|b| b.batch_time_ms).map(|newest| {
         let same: Vec<&WorkerBatch> = snapshots
             .iter()

@@ -1,7 +1,7 @@
 //! What each batch did, for logs, `GET /progress`, health, and metrics.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider};
@@ -71,8 +71,28 @@ pub struct Snapshot {
     pub dead_lettered: u64,
     /// Most recent last.
     pub batches: Vec<BatchInfo>,
+    /// The job's later stages (after each repartition step), with their own groups, offsets
+    /// and batches; the fields above are the first stage's, which reads the job's input.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageSnapshot>,
 }
 
+/// A later stage's part of `GET /progress`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageSnapshot {
+    /// The repartition step the stage reads after (the step's id).
+    pub stage: String,
+    pub group: String,
+    pub batches_completed: u64,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub dead_lettered: u64,
+    /// Most recent last; the ranges are of the stage's repartition topic.
+    pub batches: Vec<BatchInfo>,
+}
+
+#[derive(Default)]
 struct State {
     batches: VecDeque<BatchInfo>,
     completed: u64,
@@ -85,6 +105,7 @@ struct State {
     source_down: Option<(Instant, String)>,
 }
 
+#[derive(Clone)]
 struct Instruments {
     lag: Gauge<i64>,
     lag_total: Gauge<i64>,
@@ -109,6 +130,11 @@ pub struct Progress {
     registry: prometheus::Registry,
     instruments: Instruments,
     _provider: SdkMeterProvider,
+    /// The `stage` attribute of every metric: "input", or the repartition step a later stage
+    /// reads after. Step ids are few (a pipeline has at most 64 steps), so series stay few.
+    stage: KeyValue,
+    /// The later stages, reported with this one (only the first stage has any).
+    stages: Mutex<Vec<Arc<Progress>>>,
 }
 
 impl Progress {
@@ -181,20 +207,43 @@ impl Progress {
             group,
             interval,
             started: Instant::now(),
-            state: Mutex::new(State {
-                batches: VecDeque::with_capacity(KEPT_BATCHES),
-                completed: 0,
-                records_in: 0,
-                records_out: 0,
-                dead_lettered: 0,
-                last_completed: None,
-                last_lag: 0,
-                source_down: None,
-            }),
+            state: Mutex::new(State::default()),
             registry,
             instruments,
             _provider: provider,
+            stage: KeyValue::new("stage", "input"),
+            stages: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The progress of the job's later stage `stage` (its repartition step's id) with consumer
+    /// group `group`: its batches appear under this one's `/progress` (`stages`), its metrics
+    /// in the same registry with `stage` set, and its stalls in this one's health.
+    pub fn stage(&self, stage: &str, group: String) -> Arc<Progress> {
+        let p = Arc::new(Progress {
+            id: self.id.clone(),
+            group,
+            interval: self.interval,
+            started: Instant::now(),
+            state: Mutex::new(State::default()),
+            registry: self.registry.clone(),
+            instruments: self.instruments.clone(),
+            _provider: self._provider.clone(),
+            stage: KeyValue::new("stage", stage.to_string()),
+            stages: Mutex::new(Vec::new()),
+        });
+        self.stages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(p.clone());
+        p
+    }
+
+    fn later_stages(&self) -> Vec<Arc<Progress>> {
+        self.stages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn identity(&self) -> &Identity {
@@ -203,9 +252,10 @@ impl Progress {
 
     /// Records a completed batch.
     pub fn record(&self, b: BatchInfo) {
-        // Labels are the partition only: one worker serves one job, and the scrape adds the
-        // pod's identity, so series stay few.
+        // Labels are the stage and the partition only: one worker serves one job, and the
+        // scrape adds the pod's identity, so series stay few.
         let i = &self.instruments;
+        let stage = std::slice::from_ref(&self.stage);
         // An unknown lag is left out of the series (absent, not 0), so it cannot read as
         // caught up; weir_source_up says why.
         for r in &b.ranges {
@@ -213,6 +263,7 @@ impl Progress {
                 i.lag.record(
                     lag,
                     &[
+                        self.stage.clone(),
                         KeyValue::new("topic", r.topic.clone()),
                         KeyValue::new("partition", i64::from(r.partition)),
                     ],
@@ -220,21 +271,22 @@ impl Progress {
             }
         }
         if let Some(lag) = b.lag {
-            i.lag_total.record(lag, &[]);
+            i.lag_total.record(lag, stage);
         }
-        i.source_up.record(u64::from(b.source_error.is_none()), &[]);
-        i.batch_lag.record(b.pending_batches, &[]);
+        i.source_up
+            .record(u64::from(b.source_error.is_none()), stage);
+        i.batch_lag.record(b.pending_batches, stage);
         if b.processing_ms > 0 {
             i.rate
-                .record(b.records_in as f64 * 1000.0 / b.processing_ms as f64, &[]);
+                .record(b.records_in as f64 * 1000.0 / b.processing_ms as f64, stage);
         }
-        i.records_in.add(b.records_in, &[]);
-        i.records_out.add(b.records_out, &[]);
-        i.dead_letters.add(b.dead_lettered, &[]);
-        i.processing.record(b.processing_ms as f64 / 1000.0, &[]);
+        i.records_in.add(b.records_in, stage);
+        i.records_out.add(b.records_out, stage);
+        i.dead_letters.add(b.dead_lettered, stage);
+        i.processing.record(b.processing_ms as f64 / 1000.0, stage);
         i.scheduling
-            .record(b.scheduling_delay_ms as f64 / 1000.0, &[]);
-        i.batches.add(1, &[]);
+            .record(b.scheduling_delay_ms as f64 / 1000.0, stage);
+        i.batches.add(1, stage);
         let Ok(mut s) = self.state.lock() else { return };
         s.completed += 1;
         s.records_in += b.records_in;
@@ -256,6 +308,11 @@ impl Progress {
     }
 
     pub fn snapshot(&self, last: usize) -> Snapshot {
+        let stages = self
+            .later_stages()
+            .iter()
+            .map(|p| p.stage_snapshot(last))
+            .collect();
         let s = self
             .state
             .lock()
@@ -271,14 +328,37 @@ impl Progress {
             records_out: s.records_out,
             dead_lettered: s.dead_lettered,
             batches: s.batches.iter().rev().take(last).rev().cloned().collect(),
+            stages,
         }
     }
 
-    /// Readiness (`/healthz`): live, and the brokers answer. Fails, with the client's reason,
-    /// once batches have found the brokers silent for three intervals (at least 5 s): a dead
-    /// broker must not look like a caught-up job.
+    fn stage_snapshot(&self, last: usize) -> StageSnapshot {
+        let s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        StageSnapshot {
+            stage: self.stage.value.to_string(),
+            group: self.group.clone(),
+            batches_completed: s.completed,
+            records_in: s.records_in,
+            records_out: s.records_out,
+            dead_lettered: s.dead_lettered,
+            batches: s.batches.iter().rev().take(last).rev().cloned().collect(),
+        }
+    }
+
+    /// Readiness (`/healthz`): live, and the brokers answer, in every stage of the job. Fails,
+    /// with the client's reason, once batches have found the brokers silent for three
+    /// intervals (at least 5 s): a dead broker must not look like a caught-up job.
     pub fn health(&self) -> Result<(), String> {
-        self.health_at(Instant::now())
+        let now = Instant::now();
+        self.health_at(now)?;
+        for p in self.later_stages() {
+            p.health_at(now)
+                .map_err(|e| format!("stage {}: {e}", p.stage.value))?;
+        }
+        Ok(())
     }
 
     fn health_at(&self, now: Instant) -> Result<(), String> {
@@ -305,7 +385,13 @@ impl Progress {
     /// several intervals (or none at all within the start-up grace period). A batch that
     /// found the brokers silent still counts: restarting the worker would not bring them back.
     pub fn liveness(&self) -> Result<(), String> {
-        self.liveness_at(Instant::now())
+        let now = Instant::now();
+        self.liveness_at(now)?;
+        for p in self.later_stages() {
+            p.liveness_at(now)
+                .map_err(|e| format!("stage {}: {e}", p.stage.value))?;
+        }
+        Ok(())
     }
 
     fn liveness_at(&self, now: Instant) -> Result<(), String> {
@@ -369,6 +455,48 @@ mod tests {
             workers: 1,
         };
         Progress::new(id, "g".into(), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn a_later_stage_reports_its_batches_lag_and_metrics_beside_the_first() {
+        let p = progress();
+        let shuffle = p.stage("counts", "g-counts".into());
+        let mut b = batch(7);
+        b.ranges.push(RangeInfo {
+            topic: "j-counts-repartition".into(),
+            partition: 3,
+            from: 0,
+            until: 5,
+            high_watermark: Some(12),
+            lag: Some(7),
+        });
+        shuffle.record(b);
+        p.record(batch(0));
+        let json = serde_json::to_value(p.snapshot(10)).expect("json");
+        assert_eq!(json["batchesCompleted"], 1);
+        let stage = &json["stages"][0];
+        assert_eq!(stage["stage"], "counts");
+        assert_eq!(stage["group"], "g-counts");
+        assert_eq!(stage["batchesCompleted"], 1);
+        assert_eq!(stage["batches"][0]["lag"], 7);
+        assert_eq!(
+            stage["batches"][0]["ranges"][0]["topic"],
+            "j-counts-repartition"
+        );
+        let text = p.metrics_text();
+        let lag = text
+            .lines()
+            .find(|l| l.starts_with("weir_offset_lag{") && l.contains("stage=\"counts\""))
+            .unwrap_or_else(|| panic!("no lag of stage counts in:\n{text}"));
+        assert!(
+            lag.contains("partition=\"3\"") && lag.ends_with(" 7"),
+            "{lag}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("weir_batches") && l.contains("stage=\"input\"")),
+            "{text}"
+        );
     }
 
     #[test]

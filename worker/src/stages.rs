@@ -8,17 +8,24 @@
 //! the same worker process. Records between stages keep every CEL type (the worker's own
 //! encoding). A stage writes to the next with the job's delivery when the sink is Kafka
 //! exactly-once, and at least once otherwise.
+//!
+//! Keyed results are global by default (Kafka Streams' rule): [`with_shuffles`] inserts a
+//! repartition step before every keyed step (`aggregate`, windowed or not, and `state`) whose
+//! records may not be partitioned by their key, so all of a key's records meet in one state.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::client::Identity;
 use crate::engine::{Engine, Options};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::spec::{Delivery, Format, JobFile, KafkaSink, SinkSpec, StartingOffsets, StepSpec};
+use crate::spec::{
+    Delivery, Format, JobFile, JobSpec, KafkaSink, RepartitionSpec, SinkSpec, StartingOffsets,
+    StepSpec,
+};
 
 /// The repartition topic of a step.
 pub fn repartition_topic(job: &str, step: &StepSpec) -> String {
@@ -26,6 +33,47 @@ pub fn repartition_topic(job: &str, step: &StepSpec) -> String {
         .as_ref()
         .and_then(|r| r.topic.clone())
         .unwrap_or_else(|| format!("{job}-{}-repartition", step.id))
+}
+
+/// The pipeline a job runs: its steps, with a repartition step inserted before each keyed
+/// step (`aggregate` or `state`) that would otherwise see only part of a key's records.
+///
+/// Weir keeps keyed state per input topic-partition, so a keyed step sees all of a key's
+/// records only when they all arrive in one partition of one topic. That is provable in one
+/// case: the job reads a single topic (or the step comes after a repartition) and no `keyBy`
+/// since then changed the key, because Kafka producers put a key's records in one partition
+/// (`keyBy: key` keeps the record's own key, so it changes nothing). Everything else gets the
+/// shuffle: a `keyBy` of anything else, and several input topics even without a `keyBy`, since
+/// the same key in two topics would be two states. A step with `perPartition: true` asks for
+/// per-partition results and gets none; an explicit `repartition` before the step already is
+/// the shuffle.
+///
+/// The inserted step takes the keyed step's id, so its topic (`<job>-<step>-repartition`),
+/// the next stage's group (`<group>-<step>`) and changelog stay the same across restarts and
+/// pipeline edits that keep the step's id.
+pub fn with_shuffles(spec: &JobSpec) -> Vec<StepSpec> {
+    // Whether the records' keys may differ from what their partitions were chosen by.
+    let mut rekeyed = spec.source.kafka.topics.len() > 1;
+    let mut steps = Vec::with_capacity(spec.pipeline.len() + 1);
+    for step in &spec.pipeline {
+        if step.repartition.is_some() {
+            rekeyed = false;
+        } else if step.key_by.as_deref().is_some_and(|e| e.trim() != "key") {
+            rekeyed = true;
+        } else if (step.aggregate.is_some() || step.state.is_some())
+            && rekeyed
+            && !step.per_partition
+        {
+            steps.push(StepSpec {
+                id: step.id.clone(),
+                repartition: Some(RepartitionSpec::default()),
+                ..StepSpec::default()
+            });
+            rekeyed = false;
+        }
+        steps.push(step.clone());
+    }
+    steps
 }
 
 /// A stage: the job it runs, and the repartition topic it writes for the next stage.
@@ -36,7 +84,8 @@ pub struct Stage {
     pub writes: Option<String>,
 }
 
-/// The job's stages, in data-flow order; a job without repartition steps is one stage.
+/// The job's stages, in data-flow order: the pipeline of [`with_shuffles`] cut at its
+/// repartition steps; a job without any is one stage.
 pub fn split(job: &JobFile) -> Vec<Stage> {
     let spec = &job.spec;
     let group = spec.group_id(&job.namespace, &job.name);
@@ -44,6 +93,7 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
         Some(k) => k.delivery,
         None => Delivery::AtLeastOnce,
     };
+    let pipeline = with_shuffles(spec);
     let mut stages = Vec::new();
     let mut steps: Vec<StepSpec> = Vec::new();
     // The repartition step the stage being built reads from.
@@ -66,7 +116,7 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
             spec: s,
         }
     };
-    for step in &spec.pipeline {
+    for step in &pipeline {
         if step.repartition.is_none() {
             steps.push(step.clone());
             continue;
@@ -96,9 +146,83 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
     stages
 }
 
+/// A stateful step (a windowed aggregate or a state step) that an inserted shuffle moved to
+/// a later stage than the one it ran in before Weir inserted shuffles: its state was kept
+/// per input partition under the old stage's group, and is now kept per key under the new.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MovedState {
+    pub step: String,
+    /// The group (and so the changelog) the step's per-partition state was kept under.
+    pub was: String,
+    /// The group of the stage it runs in now.
+    pub now: String,
+}
+
+/// The stateful steps of a job that [`with_shuffles`] moved into a later stage.
+pub fn moved_state(job: &JobFile) -> Vec<MovedState> {
+    let group = job.spec.group_id(&job.namespace, &job.name);
+    // Each stateful step's stage group when the stages are cut at these repartition steps.
+    let groups = |pipeline: &[StepSpec]| {
+        let mut at = group.clone();
+        let mut out = Vec::new();
+        for step in pipeline {
+            if step.repartition.is_some() {
+                at = format!("{group}-{}", step.id);
+            } else if step.state.is_some() || (step.aggregate.is_some() && step.window.is_some()) {
+                out.push((step.id.clone(), at.clone()));
+            }
+        }
+        out
+    };
+    let before = groups(&job.spec.pipeline);
+    let now = groups(&with_shuffles(&job.spec));
+    before
+        .into_iter()
+        .zip(now)
+        .filter(|((_, was), (_, now))| was != now)
+        .map(|((step, was), (_, now))| MovedState { step, was, now })
+        .collect()
+}
+
+/// Refuses to start a job whose stateful step moved behind an inserted shuffle while its old
+/// per-partition state is still the only state it has: that state counted each key once per
+/// input partition, so carrying it into the per-key stage would be wrong, and dropping it
+/// silently would lose it. Once the step's new stage has logged state, the move is done.
+///
+/// # Errors
+/// A moved step with old state and no new state, not listed under `checkpoint.resetState`;
+/// or brokers that cannot be asked.
+fn check_moved_state(job: &JobFile) -> Result<()> {
+    let reset = job
+        .spec
+        .checkpoint
+        .as_ref()
+        .map_or(&[][..], |c| &c.reset_state[..]);
+    for m in moved_state(job) {
+        let old = crate::changelog::topic_name(&m.was);
+        let new = crate::changelog::topic_name(&m.now);
+        if !crate::topics::holds_records(&job.spec, &old)?
+            || crate::topics::holds_records(&job.spec, &new)?
+        {
+            continue;
+        }
+        if reset.contains(&m.step) {
+            warn!(step = %m.step, old_changelog = %old, changelog = %new, "the step's per-partition state is not carried over; its per-key state starts empty (listed under checkpoint.resetState)");
+            continue;
+        }
+        return Err(Error::Fatal(format!(
+            "pipeline step {step:?} now gets all of a key's records in one place, through an automatic repartition (group {now:?}, changelog topic {new:?}), but its state in changelog topic {old:?} was kept per input partition, with a key counted once per partition: to start the step's state empty, list {step:?} under checkpoint.resetState until the step has new state (its first batch with records after the change; then remove it); to keep per-partition results and that state, set perPartition: true on step {step:?}",
+            step = m.step,
+            now = m.now,
+        )));
+    }
+    Ok(())
+}
+
 /// Connects every stage of the job, first to last, creating each repartition topic (with the
-/// stage's input partition count) before the stage that reads it connects. The first stage
-/// reports to `progress`: its offsets are the job's input offsets, which lag tools watch.
+/// stage's input partition count) before the stage that reads it connects. Every stage
+/// reports to `progress`: the first as itself, the later ones as its [`Progress::stage`]s, so
+/// their batches, offsets and lag show in `/progress`, health and metrics beside the first's.
 ///
 /// # Errors
 /// As [`Engine::connect`], or a repartition topic that cannot be made.
@@ -109,6 +233,7 @@ pub fn connect(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<Vec<Engine>> {
+    check_moved_state(&job)?;
     let stages = split(&job);
     let last = stages.len() - 1;
     let mut engines = Vec::with_capacity(stages.len());
@@ -118,11 +243,7 @@ pub fn connect(
         let progress = if i == 0 {
             progress.clone()
         } else {
-            Arc::new(Progress::new(
-                id.clone(),
-                spec.group_id(&id.namespace, &id.job),
-                spec.batch_interval.as_std(),
-            ))
+            progress.stage(&stage.name, spec.group_id(&id.namespace, &id.job))
         };
         let mut engine = Engine::connect(stage.job, id, sink, progress, cancel)?;
         engine.set_stage(&stage.name);
@@ -182,6 +303,131 @@ pub fn run(engines: &mut [Engine], opts: &Options, cancel: &CancellationToken) -
 mod tests {
     use super::*;
     use crate::spec::parse_job;
+
+    /// The stages a job with these input topics and steps runs, as "stage: step ids" lines.
+    fn stages_of(topics: &str, steps: &str) -> String {
+        let yaml = format!(
+            "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [{topics}]}}}}\npipeline:\n{steps}sink: {{stdout: {{}}}}\n"
+        );
+        let job = parse_job(&yaml, "j").expect("job");
+        split(&job)
+            .iter()
+            .map(|s| {
+                let ids: Vec<&str> = s.job.spec.pipeline.iter().map(|p| p.id.as_str()).collect();
+                match ids.as_slice() {
+                    [] => format!("{}: -", s.name),
+                    _ => format!("{}: {}", s.name, ids.join(" ")),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    #[test]
+    fn a_keyed_step_after_a_key_change_gets_a_shuffle_unless_the_key_is_the_inputs_partitioning() {
+        let words = "- {id: words, flatMap: \"value.split(' ')\"}\n- {id: by-word, keyBy: item}\n";
+        let count = "- {id: n, aggregate: {count: {}}}\n";
+        let table: &[(&str, String, &str)] = &[
+            // The README's word count: keyBy, then count, on one topic.
+            ("in", format!("{words}{count}"), "input: words by-word | n: n"),
+            // Windowed aggregates and state steps are keyed steps too.
+            (
+                "in",
+                format!("{words}- {{id: w, window: {{length: 2s}}, aggregate: {{count: {{}}}}}}\n"),
+                "input: words by-word | w: w",
+            ),
+            (
+                "in",
+                format!("{words}- {{id: s, state: {{update: 'size(values)'}}}}\n"),
+                "input: words by-word | s: s",
+            ),
+            // The input's own key on one topic: its partitions already hold each key whole.
+            ("in", count.to_string(), "input: n"),
+            ("in", format!("- {{id: k, keyBy: key}}\n{count}"), "input: k n"),
+            // Two topics: the same key in each would be two states.
+            ("a, b", count.to_string(), "input: - | n: n"),
+            // Steps that keep the key do not undo a key change.
+            (
+                "in",
+                format!("{words}- {{id: f, filter: 'item != \"\"'}}\n{count}"),
+                "input: words by-word f | n: n",
+            ),
+            // The user's own repartition is the shuffle: no second one.
+            (
+                "in",
+                format!("{words}- {{id: shuffle, repartition: {{}}}}\n{count}"),
+                "input: words by-word | shuffle: n",
+            ),
+            // After a shuffle the key is the partitioning, until the next keyBy.
+            (
+                "in",
+                format!("{words}{count}- {{id: m, aggregate: {{sum: value}}}}\n- {{id: k2, keyBy: 'string(value)'}}\n- {{id: c2, aggregate: {{count: {{}}}}}}\n"),
+                "input: words by-word | n: n m k2 | c2: c2",
+            ),
+            // A step that asks for per-partition results gets them, and only that step.
+            (
+                "in",
+                format!("{words}- {{id: p, perPartition: true, aggregate: {{count: {{}}}}}}\n- {{id: q, aggregate: {{count: {{}}}}}}\n"),
+                "input: words by-word p | q: q",
+            ),
+            // No keyed step: nothing to bring together.
+            ("a, b", words.to_string(), "input: words by-word"),
+        ];
+        for (topics, steps, want) in table {
+            assert_eq!(
+                &stages_of(topics, steps),
+                want,
+                "topics [{topics}]:\n{steps}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stateful_step_behind_an_inserted_shuffle_is_known_to_have_moved_its_state() {
+        let job = |steps: &str| {
+            parse_job(
+                &format!("batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in], groupId: g}}}}\npipeline:\n{steps}sink: {{stdout: {{}}}}\n"),
+                "wc",
+            )
+            .expect("job")
+        };
+        let moved = moved_state(&job(
+            "- {id: k, keyBy: value}\n- {id: s, state: {update: 'size(values)'}}\n",
+        ));
+        assert_eq!(
+            moved,
+            [MovedState {
+                step: "s".into(),
+                was: "g".into(),
+                now: "g-s".into()
+            }]
+        );
+        // Already behind the user's own shuffle, asking for per-partition state, or a
+        // per-batch aggregate (it keeps no state): nothing moved.
+        for steps in [
+            "- {id: k, keyBy: value}\n- {id: r, repartition: {}}\n- {id: s, state: {update: 'size(values)'}}\n",
+            "- {id: k, keyBy: value}\n- {id: s, perPartition: true, state: {update: 'size(values)'}}\n",
+            "- {id: k, keyBy: value}\n- {id: n, aggregate: {count: {}}}\n",
+        ] {
+            assert_eq!(moved_state(&job(steps)), [], "{steps}");
+        }
+    }
+
+    #[test]
+    fn the_inserted_shuffle_has_a_stable_topic_and_group_named_by_its_step() {
+        let job = parse_job(
+            "batchInterval: 1s\nsource: {kafka: {bootstrapServers: 'k:9092', topics: [in]}}\npipeline:\n- {id: k, keyBy: value}\n- {id: counts, aggregate: {count: {}}}\nsink: {stdout: {}}\n",
+            "wc",
+        )
+        .expect("job");
+        let stages = split(&job);
+        assert_eq!(stages[0].writes.as_deref(), Some("wc-counts-repartition"));
+        let k = &stages[1].job.spec.source.kafka;
+        assert_eq!(k.topics, ["wc-counts-repartition"]);
+        assert_eq!(k.group_id.as_deref(), Some("weir.default.wc-counts"));
+        assert_eq!(k.starting_offsets, StartingOffsets::Earliest);
+        assert!(stages[1].job.spec.sink.stdout.is_some());
+    }
 
     #[test]
     fn a_job_splits_at_its_repartition_steps_into_stages_joined_by_topics() {

@@ -63,3 +63,36 @@ pub fn ensure(spec: &JobSpec, topic: &str, partitions: i32, compact: bool) -> Re
         ))),
     }
 }
+
+/// Whether `topic` exists and holds at least one record in any partition.
+///
+/// # Errors
+/// When the brokers cannot be asked.
+pub fn holds_records(spec: &JobSpec, topic: &str) -> Result<bool> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        client::base(&spec.source.kafka.bootstrap_servers, &spec.source.kafka)
+            .set("enable.auto.commit", "false")
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(Error::kafka("creating a client"))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+        .map_err(Error::kafka("metadata"))?;
+    let Some(t) = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+    else {
+        return Ok(false);
+    };
+    for p in t.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), ADMIN_TIMEOUT)
+            .map_err(Error::kafka("watermarks"))?;
+        if high > low {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -162,6 +162,37 @@ fn rows_state_and_offsets_land_together_and_a_restart_resumes_from_weir_offsets_
 }
 
 #[test]
+fn upserted_rows_equal_the_true_counts_when_every_partition_has_the_same_words() {
+    let Some(pg) = PgServer::start() else { return };
+    let broker = Broker::in_process();
+    // The shuffle the worker inserts before `counts`; the mock cannot create topics for it.
+    for (t, n) in [("in", 4), ("t-counts-repartition", 4)] {
+        broker.create_topic(t, n);
+    }
+    let mut totals: HashMap<String, i64> = HashMap::new();
+    for p in 0..4 {
+        let lines: Vec<String> = (0..40)
+            .map(|i| format!("w{} w{}", i % 5, (i + p) % 3))
+            .collect();
+        for w in lines.iter().flat_map(|l| l.split(' ')) {
+            *totals.entry(w.to_string()).or_default() += 1;
+        }
+        let payloads: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        produce_raw(&broker, "in", p, &payloads);
+    }
+    // Per input partition, each row would hold one partition's count (about a quarter).
+    run_stages_until(&broker, &word_count(&pg, ""), || {
+        // The sink creates the table with its first batch.
+        let made = pg
+            .client()
+            .query("SELECT 1 FROM word_counts LIMIT 1", &[])
+            .is_ok();
+        made && table(&pg, "word_counts") == totals
+    });
+    assert_eq!(table(&pg, "word_counts"), totals);
+}
+
+#[test]
 fn state_comes_back_from_weir_state_even_with_the_group_reset_to_the_start() {
     let Some(pg) = PgServer::start() else { return };
     let broker = broker();
@@ -414,8 +445,11 @@ fn killed_worker_processes_end_with_each_count_exactly_as_without_kills() {
     produce_lines(&broker, 0, 400, &mut expected);
     let dir = tempfile::tempdir().expect("tempdir");
     // 500 lines/s x 0.1 s = 50 lines per partition per batch: eight batches to drain.
-    let yaml =
-        word_count(&pg, ", maxRatePerPartition: 500").replace("BOOTSTRAP", &broker.bootstrap());
+    // Each partition has words of its own, so a per-partition state is each word's whole
+    // state: the test is about kills of one stage, not about the shuffle.
+    let yaml = word_count(&pg, ", maxRatePerPartition: 500")
+        .replace("BOOTSTRAP", &broker.bootstrap())
+        .replace("{id: counts,", "{id: counts, perPartition: true,");
     let file = job_file(dir.path(), &yaml);
 
     for kill in 0..4u64 {

@@ -213,7 +213,10 @@ fn a_killed_stateful_worker_process_ends_with_the_counts_of_a_run_without_kills(
     produce_lines(&broker, 0, 400, &mut expected);
     let dir = tempfile::tempdir().expect("tempdir");
     // 500 lines/s x 0.1 s = 50 lines per partition per batch: eight batches to drain.
-    let yaml = job(&format!("{WORDS}{RUNNING_COUNT}"), "", &broker)
+    // Each partition has words of its own, so a per-partition state is each word's whole
+    // state: the test is about kills of one stage, not about the shuffle.
+    let per_partition = RUNNING_COUNT.replace("{id: counts,", "{id: counts, perPartition: true,");
+    let yaml = job(&format!("{WORDS}{per_partition}"), "", &broker)
         .replace("BOOTSTRAP", &broker.bootstrap())
         .replace("groupId: wc,", "groupId: wc, maxRatePerPartition: 500,");
     let file = job_file(dir.path(), &yaml);
@@ -341,6 +344,185 @@ fn a_repartition_step_brings_each_word_of_every_input_partition_to_one_state() {
     assert_eq!(latest(&broker), expected);
 }
 
+/// Lines with the same words in each of `partitions` input partitions of "in", and each
+/// word's true total over all of them.
+fn same_words_in_every_partition(broker: &Broker, partitions: i32) -> HashMap<String, i64> {
+    let mut totals: HashMap<String, i64> = HashMap::new();
+    for p in 0..partitions {
+        let lines: Vec<String> = (0..40)
+            .map(|i| format!("w{} w{} w{}", i % 7, (i * 3 + p as usize) % 11, i % 2))
+            .collect();
+        for w in lines.iter().flat_map(|l| l.split(' ')) {
+            *totals.entry(w.to_string()).or_default() += 1;
+        }
+        let payloads: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        produce_raw(broker, "in", p, &payloads);
+    }
+    totals
+}
+
+/// Each output row of "out" as (word, count).
+fn rows(broker: &Broker) -> Vec<(String, i64)> {
+    read_all(broker, "out")
+        .into_iter()
+        .map(|r| {
+            let n: i64 = serde_json::from_slice(&r.value).expect("a count");
+            (r.key.expect("a keyed row"), n)
+        })
+        .collect()
+}
+
+#[test]
+fn a_count_by_word_over_four_partitions_is_one_row_per_word_with_its_total_over_all_partitions() {
+    let broker = Broker::in_process();
+    // The inserted shuffle's topic; the mock cluster cannot create topics for the worker.
+    for (t, n) in [("in", 4), ("out", 4), ("t-counts-repartition", 4)] {
+        broker.create_topic(t, n);
+    }
+    let totals = same_words_in_every_partition(&broker, 4);
+    let pipeline = format!("{WORDS}  - {{id: counts, aggregate: {{count: {{}}}}}}\n");
+    // One batch of each stage: the first reads all four partitions, the second everything the
+    // first wrote, so its one batch holds every word's every record.
+    let snap = run_stages_in_turn(&broker, &job(&pipeline, "", &broker), 1);
+    let mut seen: HashMap<String, i64> = HashMap::new();
+    for (word, n) in rows(&broker) {
+        assert!(
+            seen.insert(word.clone(), n).is_none(),
+            "{word} has more than one row in the batch"
+        );
+    }
+    assert_eq!(
+        seen, totals,
+        "each word once, with its total over all partitions"
+    );
+    let shuffle = &snap.stages[0];
+    assert_eq!(
+        (shuffle.stage.as_str(), shuffle.group.as_str()),
+        ("counts", "wc-counts")
+    );
+    assert_eq!(shuffle.batches_completed, 1);
+    assert_eq!(shuffle.records_out, totals.len() as u64);
+    assert_eq!(snap.records_in, 4 * 40, "the first stage read the input");
+    assert_eq!(
+        committed(&broker, "wc-counts", "t-counts-repartition", 4),
+        high_watermarks(&broker, "t-counts-repartition", 4),
+        "the shuffle stage committed what it read in its own group"
+    );
+
+    // Asked for per partition, the counts stay per partition: one row per word and partition.
+    let broker = Broker::in_process();
+    for (t, n) in [("in", 4), ("out", 4)] {
+        broker.create_topic(t, n);
+    }
+    let totals = same_words_in_every_partition(&broker, 4);
+    let pipeline =
+        format!("{WORDS}  - {{id: counts, perPartition: true, aggregate: {{count: {{}}}}}}\n");
+    let snap = run_stages_in_turn(&broker, &job(&pipeline, "", &broker), 1);
+    assert!(snap.stages.is_empty(), "no shuffle stage");
+    let rows = rows(&broker);
+    let mut sums: HashMap<String, i64> = HashMap::new();
+    for (word, n) in &rows {
+        *sums.entry(word.clone()).or_default() += n;
+    }
+    assert_eq!(sums, totals);
+    let words_per_partition: usize = (0..4)
+        .map(|p| {
+            let mut words: Vec<String> = (0..40usize)
+                .flat_map(|i| {
+                    [
+                        format!("w{}", i % 7),
+                        format!("w{}", (i * 3 + p) % 11),
+                        format!("w{}", i % 2),
+                    ]
+                })
+                .collect();
+            words.sort();
+            words.dedup();
+            words.len()
+        })
+        .sum();
+    assert_eq!(
+        rows.len(),
+        words_per_partition,
+        "one row per word per input partition"
+    );
+}
+
+#[test]
+fn per_partition_state_from_before_the_automatic_shuffle_is_refused_until_reset() {
+    let broker = Broker::in_process();
+    for t in [
+        "in",
+        "out",
+        "wc-changelog",
+        "t-counts-repartition",
+        "wc-counts-changelog",
+    ] {
+        broker.create_topic(t, PARTITIONS);
+    }
+    let mut expected = HashMap::new();
+    produce_lines(&broker, 0, 20, &mut expected);
+    // How the job ran before Weir inserted shuffles: its state per input partition.
+    let before = RUNNING_COUNT.replace("{id: counts,", "{id: counts, perPartition: true,");
+    run_stages_in_turn(&broker, &job(&format!("{WORDS}{before}"), "", &broker), 2);
+
+    let now = job(&format!("{WORDS}{RUNNING_COUNT}"), "", &broker);
+    let (job_file, id, progress) = (
+        weir_worker::spec::parse_job(&now.replace("BOOTSTRAP", &broker.bootstrap()), "t")
+            .expect("job"),
+        weir_worker::client::Identity {
+            namespace: "test".into(),
+            job: "t".into(),
+            ordinal: 0,
+            workers: 1,
+        },
+        std::sync::Arc::new(weir_worker::progress::Progress::new(
+            weir_worker::client::Identity {
+                namespace: "test".into(),
+                job: "t".into(),
+                ordinal: 0,
+                workers: 1,
+            },
+            "wc".into(),
+            Duration::from_millis(100),
+        )),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let err = match weir_worker::stages::connect(job_file, &id, None, progress, &cancel) {
+        Ok(_) => panic!("old per-partition state was taken as per-key state"),
+        Err(e) => e.to_string(),
+    };
+    for says in [
+        "\"counts\"",
+        "wc-changelog",
+        "per input partition",
+        "checkpoint.resetState",
+        "perPartition: true",
+    ] {
+        assert!(err.contains(says), "{says} in: {err}");
+    }
+
+    // Reset until the step has new state: it starts empty in its new stage, with the records
+    // after the change, and later starts need no reset.
+    let mut after = HashMap::new();
+    produce_lines(&broker, 20, 10, &mut after);
+    let reset = job(
+        &format!("{WORDS}{RUNNING_COUNT}"),
+        "checkpoint: {resetState: [counts]}",
+        &broker,
+    );
+    let snap = run_stages_in_turn(&broker, &reset, 2);
+    assert_eq!(snap.records_in, 2 * 10, "the input's offsets were kept");
+    assert_eq!(
+        only(latest(&broker), &after),
+        after,
+        "counts start with the records after the change"
+    );
+    produce_lines(&broker, 30, 10, &mut after);
+    run_stages_in_turn(&broker, &now, 2);
+    assert_eq!(only(latest(&broker), &after), after);
+}
+
 /// The fields of the worker's "restored keyed state" log line.
 fn restore_log(w: &WorkerProc) -> serde_json::Value {
     let line = w
@@ -360,8 +542,10 @@ fn a_local_snapshot_shortens_the_replay_and_a_damaged_one_is_ignored() {
     let state_dir = tempfile::tempdir().expect("state dir");
     let env = [("WEIR_STATE_DIR", state_dir.path())];
     let dir = tempfile::tempdir().expect("tempdir");
+    // Per partition, as the kill test above: this is about one stage's snapshots.
+    let per_partition = RUNNING_COUNT.replace("{id: counts,", "{id: counts, perPartition: true,");
     let yaml = job(
-        &format!("{WORDS}{RUNNING_COUNT}"),
+        &format!("{WORDS}{per_partition}"),
         "checkpoint: {snapshotInterval: 100ms}",
         &broker,
     )

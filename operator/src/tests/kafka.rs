@@ -54,9 +54,18 @@ fn commit(
     topic: &str,
     offsets: &[(i32, i64)],
 ) {
+    commit_in(cluster, GROUP, topic, offsets);
+}
+
+fn commit_in(
+    cluster: &MockCluster<'static, DefaultProducerContext>,
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap_servers())
-        .set("group.id", GROUP)
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
@@ -149,6 +158,47 @@ async fn the_real_observer_reads_what_was_produced_and_committed() {
     assert_eq!(
         latest.lag.records, 6,
         "latest: uncommitted partitions start at the end"
+    );
+}
+
+#[tokio::test]
+async fn the_status_lag_includes_the_shuffle_stage_between_the_key_change_and_the_count() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("lines", 2, 1).unwrap();
+    // The word count's keyBy -> count runs as two stages joined by this topic.
+    cluster.create_topic("wc-counts-repartition", 2, 1).unwrap();
+    produce(&cluster, "lines", &[10, 10]);
+    commit(&cluster, "lines", &[(0, 10), (1, 10)]);
+    produce(&cluster, "wc-counts-repartition", &[30, 5]);
+    commit_in(
+        &cluster,
+        "weir.default.wc-counts",
+        "wc-counts-repartition",
+        &[(0, 20)],
+    );
+
+    let t = target(&cluster.bootstrap_servers(), &["lines"], "latest");
+    assert_eq!(t.stages.len(), 1, "{:?}", t.stages);
+    assert_eq!(
+        (t.stages[0].topic.as_str(), t.stages[0].group.as_str()),
+        ("wc-counts-repartition", "weir.default.wc-counts")
+    );
+    let obs = observe::kafka(Arc::new(KafkaObserver::default()), t)
+        .await
+        .unwrap();
+    let s = summarize(&obs, &"latest".parse().unwrap(), DEFAULT_ROWS);
+    assert_eq!(
+        s.partitions, 2,
+        "workers are scaled by the input's partitions"
+    );
+    let st = status::with_kafka(StreamingJobStatus::default(), Ok(&s));
+    let json = serde_json::to_value(&st).unwrap();
+    // The input is caught up; the shuffle stage has 10 to go on partition 0 and, with no
+    // commit yet, all 5 of partition 1 (a stage's group starts at the earliest offset).
+    assert_eq!(json["lag"], json!({"records": 15, "maxPartition": 10}));
+    assert_eq!(
+        json["offsets"]["partitions"][0],
+        json!({"topic": "wc-counts-repartition", "partition": 0, "committed": 20, "end": 30, "lag": 10})
     );
 }
 

@@ -76,6 +76,20 @@ fn the_workers_own_snapshot_reads_as_the_operators_type() {
 }
 
 #[test]
+fn a_shuffle_stages_pending_batches_count_in_the_batch_lag() {
+    let p = worker(0, 1);
+    p.record(batch(1, 5000, 10, 40, 1));
+    let shuffle = p.stage("counts", "weir.default.wc-counts".into());
+    shuffle.record(batch(1, 5000, 10, 40, 3));
+    let json = serde_json::to_vec(&p.snapshot(LAST_BATCHES)).unwrap();
+    let s: WorkerSnapshot = serde_json::from_slice(&json).unwrap();
+    assert_eq!(s.stages[0].stage, "counts");
+    assert_eq!(s.stages[0].batches, [wb(5000, 10, 40, 3)]);
+    let answers: Vec<(u32, Result<WorkerSnapshot, ()>)> = vec![(0, Ok(s))];
+    assert_eq!(fold(&answers).batch_lag, Some(1 + 3));
+}
+
+#[test]
 fn the_last_batch_adds_the_workers_batches_of_the_latest_time() {
     let answers: Vec<(u32, Result<WorkerSnapshot, ()>)> = vec![
         (
@@ -83,6 +97,7 @@ fn the_last_batch_adds_the_workers_batches_of_the_latest_time() {
             Ok(WorkerSnapshot {
                 worker: 0,
                 batches: vec![wb(5000, 7, 30, 0), wb(10_000, 10, 40, 1)],
+                stages: vec![],
             }),
         ),
         (2, Err(())),
@@ -91,6 +106,7 @@ fn the_last_batch_adds_the_workers_batches_of_the_latest_time() {
             Ok(WorkerSnapshot {
                 worker: 1,
                 batches: vec![wb(10_000, 5, 90, 2)],
+                stages: vec![],
             }),
         ),
         (
@@ -98,6 +114,7 @@ fn the_last_batch_adds_the_workers_batches_of_the_latest_time() {
             Ok(WorkerSnapshot {
                 worker: 3,
                 batches: vec![],
+                stages: vec![],
             }),
         ),
     ];

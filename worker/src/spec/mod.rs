@@ -308,6 +308,12 @@ pub struct StepSpec {
     /// Re-key through a Kafka topic so that keyed steps after it see every record of a key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repartition: Option<RepartitionSpec>,
+    /// On an `aggregate` or `state` step: keep a result and a state per input partition
+    /// instead of one per key. Without it, the worker brings every record of a key to one
+    /// place first (an automatic repartition, see the README) whenever a `keyBy` changed the
+    /// key or the job reads several topics.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_partition: bool,
 }
 
 /// A CEL expression, checked when the job loads.

@@ -374,6 +374,12 @@ impl JobSpec {
                     );
                 }
             }
+            if step.per_partition && step.aggregate.is_none() && step.state.is_none() {
+                c.err(
+                    format!("{at}.perPartition"),
+                    "applies to an aggregate or state step, the steps that group by key; remove it here",
+                );
+            }
             if let Some(r) = &step.repartition {
                 if let Some(t) = &r.topic {
                     c.topic(format!("{at}.repartition.topic"), t);

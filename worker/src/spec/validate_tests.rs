@@ -42,3 +42,15 @@ fn reset_state_may_name_a_step_the_pipeline_no_longer_has() {
     let yaml = "batchInterval: 5s\nsource: {kafka: {bootstrapServers: 'k:9092', topics: [in]}}\nsink: {stdout: {}}\ncheckpoint: {resetState: [gone]}\n";
     assert!(parse_job(yaml, "t").is_ok());
 }
+
+#[test]
+fn per_partition_applies_only_to_steps_that_group_by_key() {
+    let e = errors("- {id: f, filter: 'true', perPartition: true}\n");
+    assert!(
+        e.contains("pipeline[0].perPartition") && e.contains("aggregate or state"),
+        "{e}"
+    );
+    let ok =
+        errors("- {id: k, keyBy: value}\n- {id: n, perPartition: true, aggregate: {count: {}}}\n");
+    assert_eq!(ok, "");
+}
