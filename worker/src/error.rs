@@ -26,9 +26,9 @@ pub enum Error {
     #[error("Kafka {op} failed: {source}; the client reports: {why}")]
     Unreachable {
         op: &'static str,
-        why: String,
+        why: Box<str>,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("reading the batch timed out: {0}")]
     ReadTimeout(String),

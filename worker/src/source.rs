@@ -362,7 +362,11 @@ impl Source {
     /// (a timeout alone does not).
     fn with_link_error(&self, e: Error) -> Error {
         match (e, self.link.recent_error(self.probe_timeout * 3)) {
-            (Error::Kafka { op, source }, Some(why)) => Error::Unreachable { op, why, source },
+            (Error::Kafka { op, source }, Some(why)) => Error::Unreachable {
+                op,
+                why: why.into(),
+                source: Box::new(source),
+            },
             (e, _) => e,
         }
     }
