@@ -146,13 +146,11 @@ fn reduced(r: &Refused, keep_value: bool) -> (Option<&[u8]>, OwnedHeaders) {
     };
     let mut h = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
     for (k, v) in &r.headers {
-        if keep_value || k.starts_with("weir.") {
-            if k != H_TRUNCATED {
-                h = h.insert(Header {
-                    key: k,
-                    value: v.as_deref(),
-                });
-            }
+        if (keep_value || k.starts_with("weir.")) && k != H_TRUNCATED {
+            h = h.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
         }
     }
     h = h.insert(Header {
