@@ -669,9 +669,9 @@ mod metric_tests {
         assert!((0.0..=0.005).contains(&p50), "p50 {p50}\n{text}");
         assert!((0.0..=0.005).contains(&p99), "p99 {p99}");
         let total = quantile(&text, "weir_batch_total_delay_seconds", 0.99);
-        assert!((0.005..=0.01).contains(&total), "total delay p99 {total}");
+        assert!((0.0025..=0.005).contains(&total), "total delay p99 {total}");
         // A gauge does not take a counter's suffix.
-        assert!(text.contains("\nweir_worker_offset_lag "), "{text}");
+        assert!(text.contains("\nweir_worker_offset_lag{"), "{text}");
         assert!(!text.contains("weir_offset_lag_total"), "{text}");
     }
 }
