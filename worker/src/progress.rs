@@ -658,8 +658,9 @@ mod metric_tests {
                 processing_ms: 4,
                 total_delay_ms: 5,
                 pending_batches: 0,
-                lag: 0,
+                lag: Some(0),
                 rate_limit: None,
+                source_error: None,
             });
         }
         let text = p.metrics_text();
