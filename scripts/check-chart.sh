@@ -125,7 +125,7 @@ no ServiceMonitor, dashboard or NetworkPolicy :: not set(kinds) & {'ServiceMonit
 a Role and RoleBinding per watched namespace :: sorted(o['metadata']['namespace'] for o in objs if o['kind'] == 'Role' and not o['metadata']['name'].endswith('-leader-election')) == ['team-a', 'team-b'] and sorted(o['metadata']['namespace'] for o in objs if o['kind'] == 'RoleBinding' and not o['metadata']['name'].endswith('-leader-election')) == ['team-a', 'team-b']
 --namespaces flag :: '--namespaces=team-a,team-b' in container()['args']"
   [metrics-off]="no Service :: 'Service' not in kinds"
-  [dashboard]="dashboard ConfigMap with the metrics :: all(m in one('ConfigMap', '-dashboard')['data']['weir.json'] for m in ['weir_offset_lag', 'weir_batch_lag', 'weir_records_per_second', 'weir_batch_processing_seconds', 'weir_operator_reconciles_total', 'weir_operator_reconcile_errors_total'])
+  [dashboard]="dashboard ConfigMap with the metrics :: all(m in one('ConfigMap', '-dashboard')['data']['weir.json'] for m in ['weir_offset_lag', 'weir_batch_lag', 'weir_records_per_second', 'weir_batch_processing_seconds', 'weir_batch_total_delay_seconds', 'weir_operator_reconciles_total', 'weir_operator_reconcile_errors_total'])
 dashboard JSON parses and has panels :: len(json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['panels']) >= 6
 labelled for the Grafana sidecar :: one('ConfigMap', '-dashboard')['metadata']['labels']['grafana_dashboard'] == '1'"
   [network-policy]="NetworkPolicy on the metrics port :: one('NetworkPolicy')['spec']['ingress'][0]['ports'][0]['port'] == 'metrics'

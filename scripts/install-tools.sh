@@ -11,6 +11,7 @@
 #   tansu                a second, independent Kafka broker for tests (cargo install with only the
 #                        sqlite engine and a quick release profile: about 11 CPU-minutes, 6-7 min
 #                        on an idle 2-core machine; the binary is cached, the build dir removed)
+#   prometheus           Debian's package, for promtool (check metrics); apt-get when missing
 #   postgresql           Debian's server package (initdb, postgres) for the postgres sink's tests,
 #                        which start their own throwaway server; apt-get when it is missing
 #
@@ -188,6 +189,21 @@ if [[ $(id -u) -eq 0 ]] && ! id weir-pg >/dev/null 2>&1; then
   fi
 fi
 
+# --- promtool ---------------------------------------------------------------------------------
+# `promtool check metrics` lints a live /metrics (a test in worker/tests/process.rs); it ships in
+# Debian's prometheus package.
+PROMTOOL_BIN="$(command -v promtool || true)"
+if [[ -n "$PROMTOOL_BIN" ]]; then
+  log "promtool: present at $PROMTOOL_BIN"
+elif [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  log "promtool: installing Debian's prometheus with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  PROMTOOL_BIN="$(command -v promtool)" || die "prometheus installed, but no promtool on PATH"
+else
+  die "promtool is required (apt-get install prometheus), or put it on PATH"
+fi
+
 # --- the paths the tests read -----------------------------------------------------------------
 {
   echo "# written by scripts/install-tools.sh"
@@ -198,6 +214,7 @@ fi
   echo "export WEIR_CARGO_FUZZ_BIN=\"$CARGO_FUZZ_BIN\""
   if [[ -x "$TANSU_BIN" ]]; then echo "export WEIR_TANSU_BIN=\"$TANSU_BIN\""; fi
   echo "export WEIR_PG_BIN=\"$PG_BIN\""
+  echo "export WEIR_PROMTOOL_BIN=\"$PROMTOOL_BIN\""
 } >"$TOOLS/env.sh.tmp"
 mv "$TOOLS/env.sh.tmp" "$TOOLS/env.sh"
 log "paths (also in $TOOLS/env.sh):"

@@ -35,6 +35,24 @@ pub struct RunConfig {
     pub shutdown_timeout: std::time::Duration,
 }
 
+/// Loads a job file and checks everything `run` checks before it connects: the spec and its
+/// pipeline. `validate` and `run` share it, so whatever `run` would refuse before reading a
+/// record, `validate` refuses too (both exit 2).
+///
+/// # Errors
+/// [`Error::Load`] or [`Error::Pipeline`]: the job itself is wrong.
+pub fn check_job(file: &std::path::Path) -> Result<crate::spec::JobFile> {
+    let job = load_job_file(file)?;
+    crate::pipeline::Pipeline::compile(&job.spec)?;
+    Ok(job)
+}
+
+/// Whether an error is a refusal of the job or its flags (exit 2, as `validate`), rather than a
+/// failure while running it (exit 1).
+pub fn is_refusal(e: &Error) -> bool {
+    matches!(e, Error::Load(_) | Error::Pipeline(_))
+}
+
 /// Runs the job until SIGTERM/SIGINT (the batch in flight finishes and commits) or until
 /// `max_batches`.
 ///
@@ -47,7 +65,7 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
             cfg.ordinal, cfg.workers
         )));
     }
-    let mut job = load_job_file(&cfg.file)?;
+    let mut job = check_job(&cfg.file)?;
     if let Some(n) = &cfg.name {
         job.name.clone_from(n);
     }

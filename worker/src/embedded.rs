@@ -185,6 +185,12 @@ pub fn host_mock_cluster(brokers: i32, topics: &[String]) -> Result<()> {
             ),
             None => (t.as_str(), 1),
         };
+        // librdkafka asserts on these (an abort, not an error).
+        if name.is_empty() || !(1..=10_000).contains(&parts) {
+            return Err(Error::Fatal(format!(
+                "--topic {t:?}: give a topic name and 1 to 10000 partitions, e.g. lines:8"
+            )));
+        }
         cluster
             .create_topic(name, parts, 1)
             .map_err(Error::kafka("creating a topic"))?;

@@ -406,6 +406,7 @@ impl Engine {
                 offset: raw.offset,
                 key: raw.key.map(<[u8]>::to_vec),
                 payload: raw.payload.map(<[u8]>::to_vec),
+                headers: raw.header_pairs(),
                 step,
                 error,
             };
@@ -471,6 +472,7 @@ impl Engine {
                     offset: -1,
                     key: Some(o.key.to_payload()),
                     payload: Some(o.value.to_payload()),
+                    headers: Vec::new(),
                     step: Some(f.step),
                     error: f.error.0,
                 });
@@ -500,10 +502,12 @@ impl Engine {
                 .collect(),
         };
         let records_out = batch.records() as u64;
-        self.sink.write(&batch).map_err(fail)?;
+        // Dead letters before the outputs: a dead-letter topic that fails the batch then
+        // replays it before any output was written, so a replay does not write outputs twice.
         if !self.sink.writes_dead_letters() {
             self.dead.write(&dead).map_err(fail)?;
         }
+        self.sink.write(&batch).map_err(fail)?;
         if !self.sink.logs_state() {
             if let Some(log) = &mut self.changelog {
                 log.write(&owned, &batch).map_err(fail)?;

@@ -1,5 +1,6 @@
 //! The `weir-worker` binary: wiring only; everything lives in the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -86,22 +87,46 @@ struct RunArgs {
     shutdown_timeout: weir_worker::spec::Duration,
 }
 
-fn init_tracing(format: &str, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// # Errors
+/// A log filter that does not parse: refused rather than replaced, so a typo cannot silence
+/// the logs a user asked for.
+fn init_tracing(format: &str, level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_regex(false)
+        .parse(level)
+        .map_err(|e| {
+            format!("invalid --log-level (WEIR_LOG) {level:?}: {e}; write a level such as \"info\" or directives such as \"info,weir_worker=debug\"")
+        })?;
+    // Colour codes only for a person at a terminal; in a file or a log collector they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
         builder.init();
     }
+    Ok(())
+}
+
+/// Warns now, not at the failure, when the termination message could not be written.
+fn check_termination_log(path: &std::path::Path) {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "the termination log is not writable; a fatal error's message will be in this log only");
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format, &cli.log_level);
+    if let Err(e) = init_tracing(&cli.log_format, &cli.log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Schema => {
             let schema = schemars::schema_for!(weir_worker::spec::JobSpec);
@@ -125,7 +150,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate { file } => match weir_worker::spec::load_job_file(&file) {
+        Command::Validate { file } => match app::check_job(&file) {
             Ok(job) => {
                 println!(
                     "{}: job {:?} is valid ({} pipeline steps)",
@@ -145,6 +170,9 @@ fn main() -> ExitCode {
                 std::env::var_os("KUBERNETES_SERVICE_HOST")
                     .map(|_| PathBuf::from("/dev/termination-log"))
             });
+            if let Some(path) = &termination_log {
+                check_termination_log(path);
+            }
             let cfg = RunConfig {
                 file: a.file,
                 embedded: a.embedded,
@@ -180,13 +208,14 @@ fn main() -> ExitCode {
                     let msg = format!("weir-worker: {e}");
                     eprintln!("error: {msg}");
                     if let Some(path) = termination_log {
-                        let _ = std::fs::write(path, &msg);
+                        if let Err(w) = std::fs::write(&path, &msg) {
+                            eprintln!(
+                                "warning: cannot write the termination log {}: {w}",
+                                path.display()
+                            );
+                        }
                     }
-                    ExitCode::from(if matches!(e, weir_worker::error::Error::Load(_)) {
-                        2
-                    } else {
-                        1
-                    })
+                    ExitCode::from(if app::is_refusal(&e) { 2 } else { 1 })
                 }
             }
         }

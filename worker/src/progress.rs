@@ -105,6 +105,13 @@ struct State {
     source_down: Option<(Instant, String)>,
 }
 
+/// Bucket bounds of the batch-time histograms, in seconds: from a 5 ms batch to a minute.
+/// OpenTelemetry's default bounds (0, 5, 10 ... 10000) are meant for milliseconds; with
+/// seconds, every batch fell in the first bucket and quantiles read about half of 5 s.
+pub const BATCH_SECONDS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
 #[derive(Clone)]
 struct Instruments {
     lag: Gauge<i64>,
@@ -116,6 +123,7 @@ struct Instruments {
     dead_letters: Counter<u64>,
     processing: Histogram<f64>,
     scheduling: Histogram<f64>,
+    total_delay: Histogram<f64>,
     batches: Counter<u64>,
     source_up: Gauge<u64>,
 }
@@ -157,8 +165,9 @@ impl Progress {
                     "Records waiting per partition: high watermark - last batch's until offset",
                 )
                 .build(),
+            // Not `_total`: Prometheus keeps that suffix for counters, and this is a gauge.
             lag_total: m
-                .i64_gauge("weir_offset_lag_total")
+                .i64_gauge("weir_worker_offset_lag")
                 .with_description("Records waiting across this worker's partitions")
                 .build(),
             batch_lag: m
@@ -185,11 +194,21 @@ impl Progress {
                 .f64_histogram("weir_batch_processing")
                 .with_unit("s")
                 .with_description("Batch processing time")
+                .with_boundaries(BATCH_SECONDS.to_vec())
                 .build(),
             scheduling: m
                 .f64_histogram("weir_batch_scheduling_delay")
                 .with_unit("s")
                 .with_description("Time a batch waited for its turn")
+                .with_boundaries(BATCH_SECONDS.to_vec())
+                .build(),
+            total_delay: m
+                .f64_histogram("weir_batch_total_delay")
+                .with_unit("s")
+                .with_description(
+                    "Scheduling delay plus processing time: from the batch's time to its commit",
+                )
+                .with_boundaries(BATCH_SECONDS.to_vec())
                 .build(),
             batches: m
                 .u64_counter("weir_batches")
@@ -286,6 +305,8 @@ impl Progress {
         i.processing.record(b.processing_ms as f64 / 1000.0, stage);
         i.scheduling
             .record(b.scheduling_delay_ms as f64 / 1000.0, stage);
+        i.total_delay
+            .record(b.total_delay_ms as f64 / 1000.0, stage);
         i.batches.add(1, stage);
         let Ok(mut s) = self.state.lock() else { return };
         s.completed += 1;
@@ -551,7 +572,7 @@ mod tests {
             "{text}"
         );
         assert_eq!(
-            sample(&text, "weir_offset_lag_total").as_deref(),
+            sample(&text, "weir_worker_offset_lag").as_deref(),
             Some("7"),
             "the last known lag, not 0: {text}"
         );
@@ -578,5 +599,80 @@ mod tests {
             })
             .and_then(|l| l.rsplit(' ').next())
             .map(str::to_string)
+    }
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use super::*;
+
+    /// Prometheus' histogram_quantile over one series' cumulative buckets (linear within a
+    /// bucket), as the dashboard's panels compute it.
+    fn quantile(text: &str, name: &str, q: f64) -> f64 {
+        let mut buckets: Vec<(f64, f64)> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+                Some((le, count))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last().map_or(0.0, |b| b.1);
+        let rank = q * total;
+        let mut prev = (0.0, 0.0);
+        for (le, count) in buckets {
+            if count >= rank {
+                return prev.0 + (le - prev.0) * (rank - prev.1) / (count - prev.1);
+            }
+            prev = (le, count);
+        }
+        f64::NAN
+    }
+
+    #[test]
+    fn batch_time_quantiles_read_the_magnitudes_of_the_batches() {
+        let id = Identity {
+            namespace: "n".into(),
+            job: "j".into(),
+            ordinal: 0,
+            workers: 1,
+        };
+        let p = Progress::new(id, "g".into(), Duration::from_millis(100));
+        for _ in 0..100 {
+            p.record(BatchInfo {
+                batch: 0,
+                batch_time: String::new(),
+                batch_time_ms: 0,
+                ranges: Vec::new(),
+                records_in: 1,
+                records_out: 1,
+                dead_lettered: 0,
+                scheduling_delay_ms: 1,
+                processing_ms: 4,
+                total_delay_ms: 5,
+                pending_batches: 0,
+                lag: Some(0),
+                rate_limit: None,
+                source_error: None,
+            });
+        }
+        let text = p.metrics_text();
+        // 4 ms batches: with millisecond bounds on seconds these read 2.5 s and 4.95 s.
+        let p50 = quantile(&text, "weir_batch_processing_seconds", 0.5);
+        let p99 = quantile(&text, "weir_batch_processing_seconds", 0.99);
+        assert!((0.0..=0.005).contains(&p50), "p50 {p50}\n{text}");
+        assert!((0.0..=0.005).contains(&p99), "p99 {p99}");
+        let total = quantile(&text, "weir_batch_total_delay_seconds", 0.99);
+        assert!((0.0025..=0.005).contains(&total), "total delay p99 {total}");
+        // A gauge does not take a counter's suffix.
+        assert!(text.contains("\nweir_worker_offset_lag{"), "{text}");
+        assert!(!text.contains("weir_offset_lag_total"), "{text}");
     }
 }

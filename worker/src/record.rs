@@ -51,7 +51,9 @@ impl Vars for Record {
             Var::Offset => Cow::Owned(Val::Int(self.offset)),
             Var::Timestamp => Cow::Owned(self.timestamp.map_or(Val::Null, Val::Int)),
             Var::Topic => Cow::Owned(Val::Str(self.topic.clone())),
-            Var::Values | Var::State | Var::A | Var::B => return None,
+            Var::Values | Var::State | Var::TimingOut | Var::Removing | Var::A | Var::B => {
+                return None
+            }
         })
     }
 }

@@ -135,6 +135,20 @@ impl<'a> RawRecord<'a> {
             Some(HeaderRef::Owned(h)) => headers_val(h),
         }
     }
+
+    /// The record's headers as they came, for a dead letter to keep.
+    pub fn header_pairs(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        fn pairs<H: Headers>(h: &H) -> Vec<(String, Option<Vec<u8>>)> {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        }
+        match self.headers {
+            None => Vec::new(),
+            Some(HeaderRef::Borrowed(h)) => pairs(h),
+            Some(HeaderRef::Owned(h)) => pairs(h),
+        }
+    }
 }
 
 /// This worker's partitions and the consumers that read them.

@@ -342,3 +342,122 @@ sink: {kafka: {topic: out}}
     assert_eq!(committed(&broker, "g7", "clicks", 2), vec![3, 3]);
     assert_eq!(committed(&broker, "g7", "views", 1), vec![3]);
 }
+
+/// Produces `{"n":1}`, a 2 MB malformed record with a header, and `{"n":2}` to partition 0.
+fn produce_with_a_big_malformed_record(broker: &Broker, topic: &str) -> Vec<u8> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let mut big = b"{\"n\":".to_vec();
+    big.resize(2 << 20, b'x');
+    let p: BaseProducer = broker
+        .client()
+        .set("message.max.bytes", "4000000")
+        .create()
+        .expect("producer");
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "trace-id",
+        value: Some("abc"),
+    });
+    for (payload, headers) in [
+        (&br#"{"n":1}"#[..], None),
+        (&big[..], Some(headers)),
+        (&br#"{"n":2}"#[..], None),
+    ] {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(topic)
+            .payload(payload)
+            .partition(0);
+        if let Some(h) = headers {
+            rec = rec.headers(h);
+        }
+        p.send(rec).expect("send");
+    }
+    p.flush(std::time::Duration::from_secs(30)).expect("flush");
+    big
+}
+
+const BIG_RECORD_JOB: &str = r#"
+batchInterval: 200ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: big}
+pipeline:
+  - {id: double, map: "value.n * 2"}
+sink: {kafka: {topic: out}}
+deadLetter: {topic: dlq}
+"#;
+
+fn header<'a>(r: &'a ReadRecord, k: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_2mb_malformed_record_goes_whole_to_the_dead_letter_topic_and_outputs_are_written_once() {
+    let broker = Broker::in_process();
+    for t in ["in", "out", "dlq"] {
+        broker.create_topic(t, 1);
+    }
+    let big = produce_with_a_big_malformed_record(&broker, "in");
+    let snap = run(&broker, BIG_RECORD_JOB, 3);
+    let out: Vec<String> = read_all(&broker, "out")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).to_string())
+        .collect();
+    assert_eq!(out, ["2", "4"], "each output once");
+    let dlq = read_all(&broker, "dlq");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].value, big, "the dead letter is the whole record");
+    assert_eq!(header(&dlq[0], "trace-id"), Some("abc"));
+    assert_eq!(header(&dlq[0], "weir.source.offset"), Some("1"));
+    assert_eq!(header(&dlq[0], "weir.truncated"), None);
+    assert_eq!(committed(&broker, "big", "in", 1), vec![3]);
+    assert_eq!(snap.dead_lettered, 1);
+    assert_eq!(snap.batches_completed, 3);
+}
+
+#[test]
+fn a_dead_letter_the_broker_refuses_as_too_large_is_written_reduced_and_the_job_goes_on() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let broker = Broker::in_process();
+    for t in ["in", "out", "dlq"] {
+        broker.create_topic(t, 1);
+    }
+    let big = produce_with_a_big_malformed_record(&broker, "in");
+    // The dead letters are written (and acknowledged) before the batch's outputs, so the next
+    // produce request is the dead-letter producer's: the broker refuses it as a broker with a
+    // smaller message.max.bytes would.
+    let Broker::InProcess(mock) = &broker else {
+        unreachable!()
+    };
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let snap = run(&broker, BIG_RECORD_JOB, 3);
+    let out: Vec<String> = read_all(&broker, "out")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).to_string())
+        .collect();
+    assert_eq!(out, ["2", "4"], "each output once: no batch was replayed");
+    let dlq = read_all(&broker, "dlq");
+    assert_eq!(
+        dlq.len(),
+        1,
+        "{:?}",
+        dlq.iter().map(|r| &r.headers).collect::<Vec<_>>()
+    );
+    let d = &dlq[0];
+    assert_eq!(d.value, big[..16 << 10], "a prefix of the value");
+    assert_eq!(header(d, "trace-id"), Some("abc"), "the original headers");
+    assert_eq!(header(d, "weir.source.offset"), Some("1"));
+    assert!(header(d, "weir.error").is_some_and(|e| e.contains("not valid JSON")));
+    let cut = header(d, "weir.truncated").expect("a header saying it was cut");
+    assert!(
+        cut.contains("value 2097152 bytes, kept the first 16384"),
+        "{cut}"
+    );
+    assert!(cut.to_lowercase().contains("too large"), "{cut}");
+    assert_eq!(committed(&broker, "big", "in", 1), vec![3]);
+    assert_eq!(snap.batches_completed, 3);
+}

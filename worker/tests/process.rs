@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -242,4 +243,170 @@ fn sigterm_while_the_broker_is_unreachable_exits_zero() {
         .wait_exit(Duration::from_secs(30))
         .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}\n{}", w.all_logs());
+}
+
+/// Runs the worker binary with `args` and returns (exit code, stderr).
+fn worker(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(WORKER)
+        .args(args)
+        .output()
+        .expect("weir-worker");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn every_refusal_of_run_before_the_first_record_is_a_refusal_of_validate_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let head =
+        "batchInterval: 1s\nsource: {kafka: {bootstrapServers: '127.0.0.1:1', topics: [in], ";
+    let cases = [
+        (
+            "props-unknown",
+            format!("{head}properties: {{fetch.wait.max.mss: '10'}}}}}}\nsink: {{stdout: {{}}}}\n"),
+            "No such configuration property",
+        ),
+        (
+            "props-range",
+            format!("{head}properties: {{linger.ms: '-5'}}}}}}\nsink: {{stdout: {{}}}}\n"),
+            "linger.ms",
+        ),
+        (
+            "window",
+            "batchInterval: 10ms\nsource: {kafka: {bootstrapServers: '127.0.0.1:1', topics: [in]}}\npipeline:\n  - {id: k, keyBy: value}\n  - {id: c, window: {length: 2h}, aggregate: {count: {}}}\nsink: {stdout: {}}\n".to_string(),
+            "at most 100000 are kept",
+        ),
+        (
+            "cel-type",
+            format!("{head}}}}}\npipeline:\n  - {{id: m, map: '1 + \"a\"'}}\nsink: {{stdout: {{}}}}\n"),
+            "fails on every record: no operator +",
+        ),
+        (
+            "cel-div",
+            format!("{head}}}}}\npipeline:\n  - {{id: m, map: 'value.n / (1 / 0)'}}\nsink: {{stdout: {{}}}}\n"),
+            "division by zero",
+        ),
+    ];
+    for (name, yaml, why) in cases {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).expect("write job");
+        let (code, err) = worker(&["validate".as_ref(), path.as_os_str()]);
+        assert_eq!(code, Some(2), "validate {name}: {err}");
+        assert!(err.contains(why), "validate {name}: {err}");
+        let (code, err) = worker(&[
+            "run".as_ref(),
+            path.as_os_str(),
+            "--http-addr".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ]);
+        assert_eq!(code, Some(2), "run {name}: {err}");
+        assert!(err.contains(why), "run {name}: {err}");
+    }
+}
+
+#[test]
+fn an_invalid_log_level_is_refused_and_logs_to_a_file_have_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = job_file(dir.path(), "batchInterval: 1s\nsource: {kafka: {bootstrapServers: 'localhost:1', topics: [in]}}\nsink: {stdout: {}}\n");
+    let (code, err) = worker(&[
+        "--log-level".as_ref(),
+        "weir_worker=loud".as_ref(),
+        "validate".as_ref(),
+        job.as_os_str(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid --log-level"), "{err}");
+    // stderr is a pipe here, as when it goes to a file or a log collector.
+    let (code, err) = worker(&[
+        "run".as_ref(),
+        job.as_os_str(),
+        "--workers".as_ref(),
+        "0".as_ref(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI codes in {err:?}");
+}
+
+#[test]
+fn an_unwritable_termination_log_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = job_file(dir.path(), "batchInterval: 1s\nsource: {kafka: {bootstrapServers: 'localhost:1', topics: [in]}}\nsink: {stdout: {}}\n");
+    let log = dir.path().join("no-such-dir/termination-log");
+    let (code, err) = worker(&[
+        "run".as_ref(),
+        job.as_os_str(),
+        "--workers".as_ref(),
+        "0".as_ref(),
+        "--termination-log".as_ref(),
+        log.as_os_str(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("termination log is not writable"), "{err}");
+    assert!(err.contains("cannot write the termination log"), "{err}");
+}
+
+#[test]
+fn mock_kafka_refuses_a_negative_partition_count_without_aborting() {
+    let (code, err) = worker(&["mock-kafka".as_ref(), "--topic".as_ref(), "x:-3".as_ref()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("1 to 10000 partitions"), "{err}");
+}
+
+#[test]
+fn promtool_finds_the_live_metrics_clean() {
+    let promtool = std::env::var_os("WEIR_PROMTOOL_BIN")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let p = std::path::PathBuf::from("/usr/bin/promtool");
+            p.exists().then_some(p)
+        });
+    let Some(promtool) = promtool else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is required in CI: scripts/install-tools.sh installs it"
+        );
+        eprintln!("promtool not installed; run scripts/install-tools.sh. Skipping.");
+        return;
+    };
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/word-count.yaml");
+    let mut w = WorkerProc::spawn(&example, &["--embedded", "--max-batches", "100"]);
+    eventually("two batches", Duration::from_secs(60), || {
+        w.count_logs("batch completed") >= 2
+    });
+    let metrics = w.get("/metrics").expect("GET /metrics").1;
+    w.signal("TERM");
+    let _ = w.wait_exit(Duration::from_secs(30));
+    for name in [
+        "weir_batch_processing_seconds_bucket",
+        "weir_batch_total_delay_seconds_bucket",
+        "weir_worker_offset_lag",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("write metrics");
+    let out = check.wait_with_output().expect("promtool output");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}\n{metrics}"
+    );
 }

@@ -490,12 +490,22 @@ pub(crate) fn arith(o: u8, a: &Val, b: &Val) -> Result<Val, EvalError> {
         (x, y) => match (num(x), num(y)) {
             (Some(p), Some(q)) if o != b'%' => {
                 let (p, q) = (p.as_f64(), q.as_f64());
-                Ok(Val::Float(match o {
+                // IEEE would give inf or NaN, which JSON cannot hold (they came out as the
+                // string "inf"): a record error, as integer division by zero is.
+                if o == b'/' && q == 0.0 {
+                    return err("division by zero");
+                }
+                let r = match o {
                     b'+' => p + q,
                     b'-' => p - q,
                     b'*' => p * q,
                     _ => p / q,
-                }))
+                };
+                if r.is_finite() {
+                    Ok(Val::Float(r))
+                } else {
+                    err(format!("{} {} {} overflows a double", a, o as char, b))
+                }
             }
             _ => err(format!(
                 "no operator {} for {} and {}",

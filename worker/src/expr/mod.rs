@@ -46,6 +46,10 @@ pub enum Var {
     Item,
     Values,
     State,
+    /// True in a state step's update when the key is timing out (Spark's `isTimingOut`).
+    TimingOut,
+    /// True in a state step's update when `remove` dropped the key.
+    Removing,
     A,
     B,
 }
@@ -63,7 +67,15 @@ impl Var {
     ];
 
     /// The variables particular steps add.
-    const STEP: [Var; 5] = [Var::Item, Var::Values, Var::State, Var::A, Var::B];
+    const STEP: [Var; 7] = [
+        Var::Item,
+        Var::Values,
+        Var::State,
+        Var::TimingOut,
+        Var::Removing,
+        Var::A,
+        Var::B,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -77,6 +89,8 @@ impl Var {
             Var::Item => "item",
             Var::Values => "values",
             Var::State => "state",
+            Var::TimingOut => "timingOut",
+            Var::Removing => "removing",
             Var::A => "a",
             Var::B => "b",
         }
@@ -404,7 +418,34 @@ fn parse_checked(source: &str, vars: &[&str]) -> Result<IdedExpr, ExprError> {
             ),
         ));
     }
+    // A call on constants alone (`1 + "a"`, `1 / 0`) fails on every record the same way:
+    // evaluating it once here turns a dead-letter flood into a refusal at load.
+    let mut failing = None;
+    walk(&ast, &mut Vec::new(), &mut |e, _| {
+        if failing.is_none() && matches!(e.expr, Expr::Call(_)) && free_vars(e).is_empty() {
+            let mut c = compile::Compiler {
+                env: env(),
+                interpreted: 0,
+            };
+            if let Err(EvalError(why)) = c.compile(e)(&NoVars) {
+                failing = Some((e.id, why));
+            }
+        }
+    });
+    if let Some((id, why)) = failing {
+        let (l, c) = position(id);
+        return Err(err(l, c, format!("fails on every record: {why}")));
+    }
     Ok(ast)
+}
+
+/// The variables of an expression that names none.
+struct NoVars;
+
+impl Vars for NoVars {
+    fn var(&self, _: Var) -> Option<Cow<'_, Val>> {
+        None
+    }
 }
 
 /// Worst-case loop iterations of `e` when it is evaluated `times` times; `over` gets the first

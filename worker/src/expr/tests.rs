@@ -269,7 +269,7 @@ fn string_functions_on_hostile_records_stay_linear_and_bounded() {
     assert!(e.0.contains("more than the limit"), "{e}");
     let e = eval("value.s.split('').join(value.s)", &json).unwrap_err();
     assert!(e.0.contains("more than the limit"), "{e}");
-    assert!(eval("'abc'.indexOf('b', 9)", "{}")
+    assert!(eval("value.t.indexOf('b', 9)", r#"{"t":"abc"}"#)
         .unwrap_err()
         .0
         .contains("index out of range: 9"));
@@ -295,4 +295,37 @@ fn functions_the_interpreter_runs_slowly_are_refused_inside_loops() {
     ] {
         assert!(Program::compile(ok, REC).is_ok(), "{ok}");
     }
+}
+
+#[test]
+fn a_float_division_by_zero_is_a_record_error_not_the_string_inf() {
+    for src in ["value.price / 0.0", "value.price / 0", "value.n / 0.0"] {
+        let e = eval(src, r#"{"price":2.5,"n":1}"#).unwrap_err().0;
+        assert!(e.contains("division by zero"), "{src}: {e}");
+    }
+    let e = eval("value.big * value.big", r#"{"big":1e300}"#)
+        .unwrap_err()
+        .0;
+    assert!(e.contains("overflows a double"), "{e}");
+    assert_eq!(
+        eval("value.price / 2", r#"{"price":2.5}"#),
+        Ok(Val::Float(1.25))
+    );
+}
+
+#[test]
+fn calls_on_constants_that_always_fail_are_refused_at_load() {
+    for (src, why) in [
+        ("1 + \"a\"", "no operator + for int and string"),
+        ("value.n + (1 / 0)", "division by zero"),
+        ("value.n + 1.0 / 0.0", "division by zero"),
+    ] {
+        let e = check(src, &["value"]).unwrap_err().to_string();
+        assert!(e.contains("fails on every record"), "{src}: {e}");
+        assert!(e.contains(why), "{src}: {e}");
+    }
+    // Constants that work, and failures that depend on the record, stay allowed.
+    check("value.n / 2 + 1", &["value"]).unwrap();
+    check("value.n / 0", &["value"]).unwrap();
+    check("[1, 2].map(x, x / 1)", &[]).unwrap();
 }

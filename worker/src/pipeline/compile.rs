@@ -97,7 +97,16 @@ fn state_op(st: &StateStepSpec) -> Result<StateOp, ExprError> {
             .as_deref()
             .map(|x| Program::compile(x, &[Var::Key]))
             .transpose()?,
-        update: Program::compile(&st.update, &[Var::Key, Var::Values, Var::State])?,
+        update: Program::compile(
+            &st.update,
+            &[
+                Var::Key,
+                Var::Values,
+                Var::State,
+                Var::TimingOut,
+                Var::Removing,
+            ],
+        )?,
         remove: st
             .remove
             .as_deref()

@@ -1,15 +1,20 @@
 //! Per-key state updated every batch (mapWithState, updateStateByKey).
 //!
 //! For each key with records in a batch, in key order: when the key has state and `remove`
-//! holds for it, the state is dropped and the batch's values for the key with it (seed 004's
-//! mapping function: a word seen more than N times is dropped the next time it shows up);
-//! otherwise `update` computes the new state from `key`, `values` (the batch's values in record
-//! order) and `state` (the previous one, or `initial`, or null), and the step emits
-//! (key, new state). A key not seen for `timeout` of batch time is removed in the first batch at
-//! or after its expiry (so at most one batch late, every batch, not on checkpoints), and the
-//! step emits (key, last state) for it as its final record. With `snapshots`, the step emits the
-//! whole state every batch instead of the updated keys: that contains every update, and a single
-//! output stream could not tell the two apart.
+//! holds for it, the key ends: its state is deleted and the batch's values for it are not added
+//! to any state (seed 004's mapping function: a word seen more than N times is dropped the next
+//! time it shows up); the step emits the key's final record. Otherwise `update` computes the new
+//! state from `key`, `values` (the batch's values in record order) and `state` (the previous
+//! one, or `initial`, or null), and the step emits (key, new state). A key not seen for
+//! `timeout` of batch time ends in the first batch at or after its expiry (so at most one batch
+//! late, every batch, not on checkpoints), and the step emits its final record too.
+//!
+//! A final record is (key, last state), unless `update` names `timingOut` or `removing`: then
+//! it is what `update` returns with `timingOut` (no values, as Spark's `isTimingOut`) or
+//! `removing` (the batch's values) set to true, so a job can mark its final records, e.g.
+//! `timingOut || removing ? {'final': state} : state + size(values)`. Both are false in every
+//! ordinary update. With `snapshots`, the step emits the whole state every batch instead of the
+//! updated keys, plus the final records of timeouts; a removed key just leaves the snapshot.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +32,41 @@ pub struct StateOp {
     pub remove: Option<Program>,
     pub timeout_ms: Option<i64>,
     pub snapshots: bool,
+}
+
+impl StateOp {
+    /// Whether `update` computes final records (it names `timingOut` or `removing`).
+    fn updates_finals(&self) -> bool {
+        self.update.uses(Var::TimingOut) || self.update.uses(Var::Removing)
+    }
+
+    /// A key's final record: what `update` says with the flag set, or its last state.
+    fn final_record(
+        &self,
+        key: &Val,
+        values: &Val,
+        last: &Val,
+        timing_out: bool,
+    ) -> Result<Val, EvalError> {
+        if !self.updates_finals() {
+            return Ok(last.clone());
+        }
+        let vars = StateVars {
+            key,
+            values,
+            state: last,
+            timing_out,
+            removing: !timing_out,
+        };
+        Ok(self.update.eval(&vars)?.into_owned())
+    }
+}
+
+/// What a key with records in a batch becomes.
+enum Next {
+    Update(Entry),
+    /// `remove` held: the key ends with this final record.
+    Removed(Val),
 }
 
 /// A key's state.
@@ -68,6 +108,8 @@ struct StateVars<'a> {
     key: &'a Val,
     values: &'a Val,
     state: &'a Val,
+    timing_out: bool,
+    removing: bool,
 }
 
 impl Vars for StateVars<'_> {
@@ -76,6 +118,8 @@ impl Vars for StateVars<'_> {
             Var::Key => Some(Cow::Borrowed(self.key)),
             Var::Values => Some(Cow::Borrowed(self.values)),
             Var::State => Some(Cow::Borrowed(self.state)),
+            Var::TimingOut => Some(Cow::Owned(Val::Bool(self.timing_out))),
+            Var::Removing => Some(Cow::Owned(Val::Bool(self.removing))),
             _ => None,
         }
     }
@@ -181,7 +225,7 @@ impl KeyedState {
         for (key, values) in keys {
             let values = Val::List(Arc::new(values));
             match self.step_key(op, time, &key, &values) {
-                Ok(Some(entry)) => {
+                Ok(Next::Update(entry)) => {
                     if !op.snapshots {
                         out.records.push((key.clone(), entry.state.clone()));
                     }
@@ -192,7 +236,12 @@ impl KeyedState {
                     }
                     self.set(up, &key, Some(entry));
                 }
-                Ok(None) => self.set(up, &key, None),
+                Ok(Next::Removed(last)) => {
+                    if !op.snapshots {
+                        out.records.push((key.clone(), last));
+                    }
+                    self.set(up, &key, None);
+                }
                 Err(e) => out.failures.push((key, values, e)),
             }
         }
@@ -201,7 +250,7 @@ impl KeyedState {
             self.undo.indexed = Some(time);
         }
         if let Some(timeout) = op.timeout_ms {
-            self.expire(time, timeout, up, &mut out.records);
+            self.expire(op, time, timeout, up, &mut out);
         }
         if op.snapshots {
             out.records.extend(
@@ -214,23 +263,27 @@ impl KeyedState {
         out
     }
 
-    /// The key's next state, or `None` when `remove` drops it.
+    /// The key's next state, or its final record when `remove` ends it.
     fn step_key(
         &self,
         op: &StateOp,
         time: i64,
         key: &Val,
         values: &Val,
-    ) -> Result<Option<Entry>, EvalError> {
+    ) -> Result<Next, EvalError> {
         let existing = self.entries.get(key);
         if let (Some(e), Some(remove)) = (existing, &op.remove) {
             let vars = StateVars {
                 key,
                 values: &Val::Null,
                 state: &e.state,
+                timing_out: false,
+                removing: false,
             };
             if remove.eval_bool(&vars)? {
-                return Ok(None);
+                return op
+                    .final_record(key, values, &e.state, false)
+                    .map(Next::Removed);
             }
         }
         let initial;
@@ -241,6 +294,8 @@ impl KeyedState {
                     key,
                     values: &Val::Null,
                     state: &Val::Null,
+                    timing_out: false,
+                    removing: false,
                 };
                 initial = p.eval(&vars)?.into_owned();
                 &initial
@@ -251,18 +306,23 @@ impl KeyedState {
             key,
             values,
             state: prev,
+            timing_out: false,
+            removing: false,
         };
         let state = op.update.eval(&vars)?.into_owned();
-        Ok(Some(Entry { state, seen: time }))
+        Ok(Next::Update(Entry { state, seen: time }))
     }
 
-    /// Removes keys last seen at or before `time - timeout`, emitting their last state.
+    /// Removes keys last seen at or before `time - timeout`, emitting their final records. A
+    /// key whose final record fails is removed all the same (its failure goes to the dead
+    /// letters): a timeout that could be refused would keep the key for ever.
     fn expire(
         &mut self,
+        op: &StateOp,
         time: i64,
         timeout: i64,
         up: &mut StepUpdate<'_>,
-        records: &mut Vec<(Val, Val)>,
+        out: &mut StateOutput,
     ) {
         let cutoff = time.saturating_sub(timeout);
         let due: Vec<i64> = self.by_seen.range(..=cutoff).map(|(t, _)| *t).collect();
@@ -284,9 +344,13 @@ impl KeyedState {
         // Key order, not index order: the index differs between a live and a restored state.
         expired.sort_by(total_order);
         expired.dedup();
+        let no_values = Val::List(Arc::new(Vec::new()));
         for key in expired {
             if let Some(e) = self.entries.get(&key) {
-                records.push((key.clone(), e.state.clone()));
+                match op.final_record(&key, &no_values, &e.state, true) {
+                    Ok(last) => out.records.push((key.clone(), last)),
+                    Err(err) => out.failures.push((key.clone(), no_values.clone(), err)),
+                }
                 self.set(up, &key, None);
             }
         }

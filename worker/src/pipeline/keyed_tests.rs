@@ -60,11 +60,12 @@ fn seed_004_threshold_removal_gives_the_seeds_output() {
     let third = batch(&p, &mut st, 3_000, &["BBBBBBB"]);
     assert!(third.contains(&"BBBBBBB=1".to_string()), "{third:?}");
 
-    // Without snapshots, the step emits the keys it updated; a removal emits nothing.
+    // Without snapshots, the step emits the keys it updated, and a removed key's last state
+    // as its final record.
     let p = words(&format!("{SEED_004}}}"));
     let mut st = p.new_state();
     assert_eq!(batch(&p, &mut st, 1_000, &[&first]), seed_first);
-    assert!(batch(&p, &mut st, 2_000, &["BBBBBBB"]).is_empty());
+    assert_eq!(batch(&p, &mut st, 2_000, &["BBBBBBB"]), ["BBBBBBB=11"]);
     assert_eq!(batch(&p, &mut st, 3_000, &["AAAAAAAA"]), ["AAAAAAAA=2"]);
 }
 
@@ -179,4 +180,33 @@ fn a_failing_update_keeps_the_key_state_and_names_the_step() {
     assert_eq!(failures.len(), 1);
     assert_eq!(&*failures[0].1.step, "counts");
     assert_eq!(failures[0].0.key, Val::str("bad"));
+}
+
+#[test]
+fn a_removed_key_emits_its_last_state_as_a_timeout_does() {
+    let p = words("{initial: '0', update: 'state + size(values)', remove: 'state >= 2'}");
+    let mut st = p.new_state();
+    assert_eq!(batch(&p, &mut st, 1_000, &["a a b"]), ["a=2", "b=1"]);
+    // "a" is at the threshold: it ends with its last state, and this batch's "a"s are not
+    // counted into any state; "b" goes on.
+    assert_eq!(batch(&p, &mut st, 2_000, &["a b"]), ["a=2", "b=2"]);
+    // Seen again, "a" starts over from the initial state.
+    assert_eq!(batch(&p, &mut st, 3_000, &["a"]), ["a=1"]);
+}
+
+#[test]
+fn update_knows_when_a_key_is_timing_out_or_removed_and_marks_its_final_record() {
+    let p = words(
+        "{initial: '0', update: \"timingOut ? 'timed out at ' + string(state) : removing ? 'removed at ' + string(state) + ' with ' + string(size(values)) : state + size(values)\", remove: 'state >= 3', timeout: 2s}",
+    );
+    let mut st = p.new_state();
+    assert_eq!(batch(&p, &mut st, 1_000, &["a a a b"]), ["a=3", "b=1"]);
+    // An ordinary update sees timingOut and removing false; "a" ends by remove.
+    assert_eq!(
+        batch(&p, &mut st, 2_000, &["a a"]),
+        ["a=removed at 3 with 2"]
+    );
+    // "b", last seen at 1 s, times out at 3 s with a record that says so.
+    assert_eq!(batch(&p, &mut st, 3_000, &[]), ["b=timed out at 1"]);
+    assert_eq!(batch(&p, &mut st, 4_000, &[]), Vec::<String>::new());
 }

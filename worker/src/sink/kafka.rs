@@ -22,11 +22,43 @@ use crate::spec::KafkaSource;
 /// How long a batch may wait for its acks before the batch is replayed.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Counts failed deliveries, keeping the first error to report.
+/// The largest record a Weir producer sends: Weir's own record limit plus room for a key and
+/// headers. librdkafka's default (1 MB) is below what the worker reads, so a dead letter of an
+/// accepted 2 MB record would be refused by the dead-letter producer itself.
+pub const PRODUCER_MAX_MESSAGE_BYTES: usize = crate::record::MAX_RECORD_BYTES + (1 << 20);
+
+/// Bytes of a refused record's value kept in what [`KafkaWriter::take_refused`] returns.
+pub const REFUSED_PREFIX_BYTES: usize = 16 << 10;
+
+/// A record the broker (or the local size check) refused as too large, as much of it as a
+/// reduced copy needs: its headers, its key, the start of its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// At most [`REFUSED_PREFIX_BYTES`] of the value.
+    pub prefix: Vec<u8>,
+    pub value_len: usize,
+    pub error: String,
+}
+
+/// Whether Kafka refused a record for its size (librdkafka's local check or the broker).
+pub fn is_size_refusal(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge
+    )
+}
+
+/// Counts failed deliveries, keeping the first error to report. A writer that keeps refused
+/// records (the dead-letter writer) sets them aside instead of counting them as failed.
 #[derive(Default)]
 pub struct Deliveries {
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    keep_refused: bool,
+    refused: Mutex<Vec<Refused>>,
 }
 
 impl ClientContext for Deliveries {}
@@ -34,7 +66,31 @@ impl ClientContext for Deliveries {}
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
+        use rdkafka::message::{Headers, Message};
+        if let Err((e, m)) = result {
+            if self.keep_refused && e.rdkafka_error_code().is_some_and(is_size_refusal) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let value = m.payload().unwrap_or_default();
+                let refused = Refused {
+                    topic: m.topic().to_string(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    headers,
+                    prefix: value[..value.len().min(REFUSED_PREFIX_BYTES)].to_vec(),
+                    value_len: value.len(),
+                    error: e.to_string(),
+                };
+                if let Ok(mut r) = self.refused.lock() {
+                    r.push(refused);
+                    return;
+                }
+            }
             self.failed.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut first) = self.first_error.lock() {
                 first.get_or_insert_with(|| e.to_string());
@@ -56,8 +112,36 @@ impl KafkaWriter {
     /// # Errors
     /// When the client cannot be created.
     pub fn new(bootstrap: &str, source: &KafkaSource, id: &Identity, role: &str) -> Result<Self> {
-        let producer = client::producer(bootstrap, source, id, role)
-            .create_with_context(Deliveries::default())
+        Self::with_deliveries(bootstrap, source, id, role, Deliveries::default())
+    }
+
+    /// A writer that sets records refused for their size aside (see [`Self::take_refused`])
+    /// instead of failing the flush: the dead-letter writer, which sends reduced copies.
+    ///
+    /// # Errors
+    /// When the client cannot be created.
+    pub fn keeping_refused(
+        bootstrap: &str,
+        source: &KafkaSource,
+        id: &Identity,
+        role: &str,
+    ) -> Result<Self> {
+        let deliveries = Deliveries {
+            keep_refused: true,
+            ..Deliveries::default()
+        };
+        Self::with_deliveries(bootstrap, source, id, role, deliveries)
+    }
+
+    fn with_deliveries(
+        bootstrap: &str,
+        source: &KafkaSource,
+        id: &Identity,
+        role: &str,
+        deliveries: Deliveries,
+    ) -> Result<Self> {
+        let producer = sized(client::producer(bootstrap, source, id, role), source)
+            .create_with_context(deliveries)
             .map_err(Error::kafka("creating a producer"))?;
         Ok(Self {
             producer,
@@ -91,7 +175,46 @@ impl KafkaWriter {
         payload: Option<&[u8]>,
         headers: OwnedHeaders,
     ) -> Result<()> {
+        let ctx = self.producer.context();
+        if ctx.keep_refused {
+            // librdkafka refuses a record over message.max.bytes before sending it; that is
+            // the same refusal as the broker's, and gets the same reduced copy.
+            let kept = headers.clone();
+            return match produce_inner(&self.producer, topic, None, key, payload, Some(headers)) {
+                Err(ProduceError::TooLarge(e)) => {
+                    use rdkafka::message::Headers;
+                    let value = payload.unwrap_or_default();
+                    let refused = Refused {
+                        topic: topic.to_string(),
+                        key: key.map(<[u8]>::to_vec),
+                        headers: kept
+                            .iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect(),
+                        prefix: value[..value.len().min(REFUSED_PREFIX_BYTES)].to_vec(),
+                        value_len: value.len(),
+                        error: e,
+                    };
+                    if let Ok(mut r) = ctx.refused.lock() {
+                        r.push(refused);
+                    }
+                    Ok(())
+                }
+                other => other.map_err(ProduceError::into_error),
+            };
+        }
         produce(&self.producer, topic, None, key, payload, Some(headers))
+    }
+
+    /// The records refused for their size since the last call (only a writer made with
+    /// [`Self::keeping_refused`] keeps them).
+    pub fn take_refused(&mut self) -> Vec<Refused> {
+        self.producer
+            .context()
+            .refused
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     /// Queues a record in the worker's own encoding (lossless for every CEL type); `None` is a
@@ -187,14 +310,15 @@ impl KafkaWriter {
         transactional_id: &str,
         transaction_timeout: Duration,
     ) -> Result<Self> {
-        let producer: BaseProducer<Deliveries> = client::producer(bootstrap, source, id, role)
-            .set("transactional.id", transactional_id)
-            .set(
-                "transaction.timeout.ms",
-                transaction_timeout.as_millis().to_string(),
-            )
-            .create_with_context(Deliveries::default())
-            .map_err(Error::kafka("creating a transactional producer"))?;
+        let producer: BaseProducer<Deliveries> =
+            sized(client::producer(bootstrap, source, id, role), source)
+                .set("transactional.id", transactional_id)
+                .set(
+                    "transaction.timeout.ms",
+                    transaction_timeout.as_millis().to_string(),
+                )
+                .create_with_context(Deliveries::default())
+                .map_err(Error::kafka("creating a transactional producer"))?;
         producer
             .init_transactions(TXN_TIMEOUT)
             .map_err(|e| txn_error("starting transactions", transactional_id, e))?;
@@ -264,6 +388,33 @@ fn txn_error(what: &str, txn_id: &str, e: KafkaError) -> Error {
     }
 }
 
+/// Lets the producer send every record the worker accepts (a user's larger setting stays).
+fn sized(mut c: rdkafka::ClientConfig, source: &KafkaSource) -> rdkafka::ClientConfig {
+    let user = source
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    c.set(
+        "message.max.bytes",
+        user.max(PRODUCER_MAX_MESSAGE_BYTES).to_string(),
+    );
+    c
+}
+
+enum ProduceError {
+    TooLarge(String),
+    Other(String),
+}
+
+impl ProduceError {
+    fn into_error(self) -> Error {
+        match self {
+            ProduceError::TooLarge(e) | ProduceError::Other(e) => Error::Sink(e),
+        }
+    }
+}
+
 /// Queues a record, waiting for room when the local queue is full.
 fn produce(
     producer: &BaseProducer<Deliveries>,
@@ -273,6 +424,18 @@ fn produce(
     payload: Option<&[u8]>,
     headers: Option<OwnedHeaders>,
 ) -> Result<()> {
+    produce_inner(producer, topic, partition, key, payload, headers)
+        .map_err(ProduceError::into_error)
+}
+
+fn produce_inner(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: Option<OwnedHeaders>,
+) -> std::result::Result<(), ProduceError> {
     let mut headers = headers;
     loop {
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
@@ -294,7 +457,13 @@ fn produce(
                 headers = rec.headers;
                 producer.poll(Duration::from_millis(50));
             }
-            Err((e, _)) => return Err(Error::Sink(format!("producing to {topic}: {e}"))),
+            Err((KafkaError::MessageProduction(code), _)) if is_size_refusal(code) => {
+                return Err(ProduceError::TooLarge(format!(
+                    "producing to {topic}: {}",
+                    KafkaError::MessageProduction(code)
+                )))
+            }
+            Err((e, _)) => return Err(ProduceError::Other(format!("producing to {topic}: {e}"))),
         }
     }
 }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 pub use exactly_once::ExactlyOnceSink;
 pub use file::FileSink;
-pub use kafka::{KafkaSink, KafkaWriter};
+pub use kafka::{
+    KafkaSink, KafkaWriter, Refused, PRODUCER_MAX_MESSAGE_BYTES, REFUSED_PREFIX_BYTES,
+};
 pub use postgres::PostgresSink;
 pub use stdout::StdoutSink;
 

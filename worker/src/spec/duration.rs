@@ -1,8 +1,8 @@
 //! Durations as the strings users write ("5s", "1m30s", "250ms").
 //!
-//! The accepted form is Go's duration syntax without signs or fractions, because that is what
-//! Kubernetes' CEL `duration()` parses: the CRD's validation rules and the worker then agree on
-//! every value a user can write.
+//! The accepted form is Go's duration syntax without signs, fractions included ("1.5s",
+//! ".5h"), because that is what Kubernetes' CEL `duration()` parses: the CRD's validation rules
+//! and the worker then agree on every value a user can write.
 
 use std::fmt;
 use std::time::Duration as StdDuration;
@@ -11,7 +11,7 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The pattern the CRD schema enforces; [`Duration::parse`] accepts exactly these strings.
-pub const DURATION_PATTERN: &str = "^([0-9]+(ns|us|ms|s|m|h))+$";
+pub const DURATION_PATTERN: &str = r"^(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|ms|s|m|h))+$";
 
 /// A non-negative duration written as a human string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -42,7 +42,8 @@ impl Duration {
         self.0.as_millis()
     }
 
-    /// Parses "1h2m3s4ms": digits then a unit, repeated.
+    /// Parses "1h2m3s4ms" or "1.5s": a number (with an optional fraction) then a unit,
+    /// repeated. Fractions below a nanosecond are dropped, as Go drops them.
     ///
     /// # Errors
     /// When the string is empty, has a number without a unit, an unknown unit, or overflows.
@@ -62,12 +63,26 @@ impl Duration {
             while i < bytes.len() && bytes[i].is_ascii_digit() {
                 i += 1;
             }
-            if start == i {
+            let whole_end = i;
+            let mut frac = None;
+            if i < bytes.len() && bytes[i] == b'.' {
+                i += 1;
+                let f = i;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                frac = Some(&input[f..i]);
+            }
+            if start == whole_end && frac.is_none_or(str::is_empty) {
                 return Err(err("expected a number"));
             }
-            let n: u128 = input[start..i]
-                .parse()
-                .map_err(|_| err("number too large"))?;
+            let n: u128 = if start == whole_end {
+                0
+            } else {
+                input[start..whole_end]
+                    .parse()
+                    .map_err(|_| err("number too large"))?
+            };
             let unit_start = i;
             while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
                 i += 1;
@@ -82,8 +97,19 @@ impl Duration {
                 "" => return Err(err("a number has no unit")),
                 _ => return Err(err("unknown unit")),
             };
+            // Each fraction digit is worth a tenth of the one before; past nanoseconds, nothing.
+            let mut fraction: u128 = 0;
+            let mut scale = nanos_per;
+            for d in frac.unwrap_or_default().bytes() {
+                scale /= 10;
+                if scale == 0 {
+                    break;
+                }
+                fraction += u128::from(d - b'0') * scale;
+            }
             total = n
                 .checked_mul(nanos_per)
+                .and_then(|v| v.checked_add(fraction))
                 .and_then(|v| total.checked_add(v))
                 .ok_or_else(|| err("too large"))?;
         }
@@ -154,7 +180,7 @@ impl JsonSchema for Duration {
             "type": "string",
             "pattern": DURATION_PATTERN,
             "maxLength": 32,
-            "description": "A duration such as \"500ms\", \"5s\", \"1m30s\" (units: ns, us, ms, s, m, h)."
+            "description": "A duration such as \"500ms\", \"1.5s\", \"1m30s\" (units: ns, us, ms, s, m, h)."
         })
     }
 }
@@ -179,8 +205,27 @@ mod tests {
     }
 
     #[test]
+    fn fractions_are_accepted_as_go_and_kubernetes_cel_accept_them() {
+        for (s, ms) in [
+            ("1.5s", 1_500),
+            (".5s", 500),
+            ("1.s", 1_000),
+            ("0.25m", 15_000),
+            ("1.5h30m", 7_200_000),
+            ("2.5ms", 2),
+        ] {
+            assert_eq!(Duration::parse(s).unwrap().as_millis(), ms, "{s}");
+        }
+        assert_eq!(Duration::parse("1.5s").unwrap().to_string(), "1s500ms");
+        assert_eq!(
+            Duration::parse("1.0000000019s").unwrap().0.as_nanos(),
+            1_000_000_001
+        );
+    }
+
+    #[test]
     fn rejects_with_a_reason_and_the_fix() {
-        for bad in ["", "5", "5 s", "-1s", "1.5s", "3d", "s"] {
+        for bad in ["", "5", "5 s", "-1s", ".s", "1..5s", "3d", "s", "1.5"] {
             let e = Duration::parse(bad).unwrap_err().to_string();
             assert!(e.contains("e.g. \"500ms\""), "{bad}: {e}");
         }
@@ -197,10 +242,16 @@ mod tests {
             }
             while !rest.is_empty() {
                 let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-                if digits == 0 {
+                rest = &rest[digits..];
+                if let Some(r) = rest.strip_prefix('.') {
+                    let fraction = r.bytes().take_while(u8::is_ascii_digit).count();
+                    rest = &r[fraction..];
+                    if digits == 0 && fraction == 0 {
+                        return false;
+                    }
+                } else if digits == 0 {
                     return false;
                 }
-                rest = &rest[digits..];
                 let unit = ["ns", "us", "ms", "s", "m", "h"]
                     .iter()
                     .find(|u| rest.starts_with(*u) && !(**u == "m" && rest.starts_with("ms")));
@@ -220,9 +271,17 @@ mod tests {
             "x",
             "1d",
             "5sm",
+            "1.5s",
+            ".5s",
+            "1.s",
+            ".s",
+            "1..5s",
         ] {
             assert_eq!(matches_pattern(s), Duration::parse(s).is_ok(), "{s}");
         }
-        assert_eq!(DURATION_PATTERN, "^([0-9]+(ns|us|ms|s|m|h))+$");
+        assert_eq!(
+            DURATION_PATTERN,
+            r"^(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|ms|s|m|h))+$"
+        );
     }
 }

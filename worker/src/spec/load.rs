@@ -77,6 +77,9 @@ pub fn parse_job(text: &str, default_name: &str) -> Result<JobFile, LoadError> {
     if text.len() > MAX_JOB_FILE_BYTES {
         return Err(LoadError::TooLarge(text.len()));
     }
+    // Editors on Windows start UTF-8 files with a byte-order mark; the YAML parser would read
+    // it as content before the first document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let doc: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| LoadError::Yaml(e.to_string()))?;
     let serde_yaml::Value::Mapping(mut top) = doc else {
@@ -123,20 +126,34 @@ pub fn parse_job(text: &str, default_name: &str) -> Result<JobFile, LoadError> {
     };
 
     let mut unknown = Vec::new();
-    let mut on_unknown = |path: serde_ignored::Path| unknown.push(format!("{prefix}{path}"));
+    let mut on_unknown =
+        |path: serde_ignored::Path| unknown.push(format!("{prefix}{}", field_path(&path)));
     let de = serde_ignored::Deserializer::new(spec_value, &mut on_unknown);
-    let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." {
-            prefix.trim_end_matches('.').to_string()
-        } else {
-            format!("{prefix}{path}")
-        };
-        LoadError::Shape(format!("{at}: {}", e.into_inner()))
-    })?;
-    if !unknown.is_empty() {
-        return Err(LoadError::UnknownFields(unknown));
-    }
+    let parsed: Result<JobSpec, _> = serde_path_to_error::deserialize(de);
+    let spec = match parsed {
+        Ok(spec) if unknown.is_empty() => spec,
+        // A misspelled field is unknown, and often also the reason a required one is missing:
+        // name it first, since it is the fix.
+        Ok(_) => return Err(LoadError::UnknownFields(with_suggestions(unknown))),
+        Err(e) => {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                prefix.trim_end_matches('.').to_string()
+            } else {
+                format!("{prefix}{path}")
+            };
+            let shape = format!("{at}: {}", e.into_inner());
+            if unknown.is_empty() {
+                return Err(LoadError::Shape(shape));
+            }
+            let fields = with_suggestions(unknown);
+            return Err(LoadError::Shape(format!(
+                "unknown field{} {} (then {shape}); check the spelling against `weir-worker schema`",
+                if fields.len() > 1 { "s" } else { "" },
+                fields.join(", ")
+            )));
+        }
+    };
     spec.validate()?;
     Ok(JobFile {
         name,
@@ -145,9 +162,110 @@ pub fn parse_job(text: &str, default_name: &str) -> Result<JobFile, LoadError> {
     })
 }
 
+/// A field's path as a user writes it: serde_ignored marks the inside of an optional field
+/// with a `?` segment (`sink.stdout.?.limt`), which is not part of the YAML.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    path.to_string()
+        .split('.')
+        .filter(|s| *s != "?")
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Each unknown field with the nearest field name of the spec, when one is close enough to be
+/// a misspelling of it.
+fn with_suggestions(unknown: Vec<String>) -> Vec<String> {
+    let names = spec_field_names();
+    unknown
+        .into_iter()
+        .map(|path| {
+            let last = path.rsplit('.').next().unwrap_or(&path);
+            let best = names
+                .iter()
+                .map(|n| (edit_distance(&last.to_lowercase(), &n.to_lowercase()), n))
+                .min();
+            match best {
+                Some((d, n)) if d > 0 && d <= (last.chars().count() / 3).max(1) => {
+                    format!("{path} (did you mean {n}?)")
+                }
+                _ => path,
+            }
+        })
+        .collect()
+}
+
+/// Every property name in the job spec's schema: the candidates for a misspelled field.
+fn spec_field_names() -> Vec<String> {
+    fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::Object(props)) = m.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                m.values().for_each(|v| collect(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    let schema = serde_json::to_value(schemars::schema_for!(JobSpec)).unwrap_or_default();
+    let mut out = Vec::new();
+    collect(&schema, &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GOOD: &str = "batchInterval: 1s\nsource: {kafka: {bootstrapServers: k:9092, topics: [in]}}\nsink: {stdout: {}}\n";
+
+    #[test]
+    fn a_misspelled_required_field_is_named_with_the_field_it_resembles() {
+        let e = parse_job(&GOOD.replace("batchInterval", "batchIntervall"), "j")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field batchIntervall (did you mean batchInterval?)"),
+            "{e}"
+        );
+        assert!(e.contains("missing field `batchInterval`"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_field_inside_an_optional_one_has_its_yaml_path() {
+        let e = parse_job(&GOOD.replace("stdout: {}", "stdout: {limt: 3}"), "j")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field sink.stdout.limt (did you mean limit?)"),
+            "{e}"
+        );
+        assert!(!e.contains('?') || !e.contains(".?."), "{e}");
+    }
+
+    #[test]
+    fn a_utf8_byte_order_mark_is_not_content() {
+        let job = parse_job(&format!("\u{feff}{GOOD}"), "j").expect("job with a BOM");
+        assert_eq!(job.spec.batch_interval.as_millis(), 1000);
+    }
 
     #[test]
     fn hostile_yaml_is_refused_quickly_with_a_reason() {

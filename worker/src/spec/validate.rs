@@ -85,6 +85,24 @@ impl Checker {
     }
 }
 
+/// Whether librdkafka knows a property and accepts its value, as it would when the worker
+/// creates its clients (which happens after the job started). Only the configuration is
+/// built: nothing connects.
+///
+/// # Errors
+/// librdkafka's reason, e.g. "No such configuration property" or "outside allowed range".
+pub fn check_client_property(key: &str, value: &str) -> Result<(), String> {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set(key, value);
+    match c.create_native_config() {
+        Ok(_) => Ok(()),
+        Err(rdkafka::error::KafkaError::ClientConfig(_, desc, _, _)) => {
+            Err(format!("librdkafka refuses it: {desc}"))
+        }
+        Err(e) => Err(format!("librdkafka refuses it: {e}")),
+    }
+}
+
 /// Kubernetes' rule for Secret (and most object) names: a DNS-1123 subdomain.
 fn is_dns_subdomain(name: &str) -> bool {
     let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
@@ -219,6 +237,8 @@ impl JobSpec {
                 );
             } else if RESERVED_PROPERTIES.contains(&key.as_str()) {
                 c.err(field, "is set by Weir to keep its offset guarantees; remove it (use groupId or startingOffsets)");
+            } else if let Err(why) = check_client_property(key, &k.properties[key]) {
+                c.err(field, why);
             }
         }
 
@@ -351,12 +371,25 @@ impl JobSpec {
                         );
                     }
                 }
-                if slide > len {
+                let batches = len / interval.max(1);
+                if batches > crate::pipeline::window::MAX_WINDOW_BATCHES as u128 {
+                    c.err(
+                        format!("{at}.window.length"),
+                        format!(
+                            "{} is {batches} batches of {}; at most {} are kept, set a longer batchInterval or a shorter window",
+                            w.length,
+                            self.batch_interval,
+                            crate::pipeline::window::MAX_WINDOW_BATCHES
+                        ),
+                    );
+                }
+                // A zero length already has its error; the default slide is not "longer" then.
+                if len > 0 && slide > len {
                     c.err(format!("{at}.window.slide"), "is longer than the window length; records between windows would be skipped, set slide <= length");
                 }
             }
             if let Some(s) = &step.state {
-                let state_vars = ["key", "values", "state"];
+                let state_vars = ["key", "values", "state", "timingOut", "removing"];
                 if let Some(e) = &s.initial {
                     c.expr(format!("{at}.state.initial"), e, &["key"]);
                 }
