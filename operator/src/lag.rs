@@ -38,6 +38,32 @@ pub struct LagSummary {
     pub partitions: u32,
     pub lag: LagStatus,
     pub offsets: OffsetsStatus,
+    /// Partitions whose committed offset is outside the log, said for a person (at most
+    /// [`MAX_OUT_OF_RANGE`]); the workers stop on them unless the job's policy says otherwise.
+    pub out_of_range: Vec<String>,
+}
+
+/// Out-of-range partitions named in the status; the count of the rest follows them.
+pub const MAX_OUT_OF_RANGE: usize = 5;
+
+/// Why a committed offset is outside its partition's log, if it is. PURE.
+pub fn out_of_range(p: &PartitionOffsets) -> Option<String> {
+    let c = p.committed?;
+    let (t, n) = (&p.topic, p.partition);
+    if c > p.end {
+        Some(format!(
+            "{t}-{n}: committed offset {c} is past the log end {} (the topic was recreated, or a broker lost its data)",
+            p.end
+        ))
+    } else if c < p.log_start {
+        Some(format!(
+            "{t}-{n}: committed offset {c} is before the log start {} (retention deleted {} records the job had not read)",
+            p.log_start,
+            p.log_start - c
+        ))
+    } else {
+        None
+    }
 }
 
 /// Totals over every partition of every stage (the input's, then each later stage's
@@ -72,6 +98,17 @@ pub fn summarize(obs: &KafkaObservation, starting: &StartingOffsets, rows: usize
     all.sort_by(|a, b| {
         (Reverse(a.lag), &a.topic, a.partition).cmp(&(Reverse(b.lag), &b.topic, b.partition))
     });
+    let mut out_of_range: Vec<String> = obs
+        .partitions
+        .iter()
+        .chain(obs.stages.iter().flat_map(|s| &s.partitions))
+        .filter_map(out_of_range)
+        .collect();
+    if out_of_range.len() > MAX_OUT_OF_RANGE {
+        let more = out_of_range.len() - MAX_OUT_OF_RANGE;
+        out_of_range.truncate(MAX_OUT_OF_RANGE);
+        out_of_range.push(format!("and {more} more partitions"));
+    }
     let keep = rows.min(MAX_ROWS).min(all.len());
     let omitted = u32::try_from(all.len() - keep).unwrap_or(u32::MAX);
     all.truncate(keep);
@@ -82,5 +119,6 @@ pub fn summarize(obs: &KafkaObservation, starting: &StartingOffsets, rows: usize
             partitions: all,
             omitted,
         },
+        out_of_range,
     }
 }

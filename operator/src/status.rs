@@ -159,6 +159,9 @@ fn cut(msg: &mut String) {
     }
 }
 
+/// The condition that says a committed offset is outside its partition's log.
+pub const OFFSETS_OUT_OF_RANGE: &str = "OffsetsOutOfRange";
+
 /// Adds what was read from Kafka. A failed read keeps the last known numbers and says why, so
 /// a broker outage shows as an error next to stale figures instead of as zero lag.
 pub fn with_kafka(
@@ -171,6 +174,36 @@ pub fn with_kafka(
             status.lag = Some(s.lag.clone());
             status.offsets = Some(s.offsets.clone());
             status.observe_error = None;
+            let (state, reason, message) = if s.out_of_range.is_empty() {
+                (
+                    "False",
+                    "OffsetsInLog",
+                    "every committed offset is within its partition's log".to_string(),
+                )
+            } else {
+                (
+                    "True",
+                    "CommittedOffsetsOutsideLog",
+                    format!(
+                        "{}. Workers stop on such a partition unless source.kafka.offsetOutOfRange is earliest or latest; or rewind the job (spec.rewind)",
+                        s.out_of_range.join("; ")
+                    ),
+                )
+            };
+            let mut message = message;
+            cut(&mut message);
+            set_condition(
+                &mut status.conditions,
+                Condition {
+                    type_: OFFSETS_OUT_OF_RANGE.into(),
+                    status: state.into(),
+                    reason: reason.into(),
+                    message,
+                    // Kept while the condition does not change (set_condition).
+                    last_transition_time: Time(Timestamp::now()),
+                    observed_generation: None,
+                },
+            );
         }
         Err(e) => {
             let mut msg = e.to_string();

@@ -4,6 +4,7 @@
 use k8s_openapi::jiff::Timestamp;
 use weir_worker::spec::StartingOffsets;
 
+use crate::crd::StreamingJobStatus;
 use crate::fixtures;
 use crate::lag::{partition_lag, summarize, DEFAULT_ROWS, MAX_ROWS};
 use crate::observe::{KafkaObservation, PartitionOffsets};
@@ -166,4 +167,42 @@ fn a_failed_read_keeps_the_last_numbers_and_says_why() {
         json["observeError"].is_null() && json.get("observeError").is_some(),
         "sent as null, so the merge patch clears it"
     );
+}
+
+#[test]
+fn a_committed_offset_outside_the_log_is_a_condition_that_names_the_partition_and_the_fix() {
+    let mut obs = fixtures::topic("t", &[(0, 10, Some(1000)), (0, 10, Some(5))]);
+    obs.partitions[1].log_start = 8;
+    let s = summarize(&obs, &StartingOffsets::Latest, DEFAULT_ROWS);
+    let st = status::with_kafka(StreamingJobStatus::default(), Ok(&s));
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::OFFSETS_OUT_OF_RANGE)
+        .expect("condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "CommittedOffsetsOutsideLog")
+    );
+    assert!(
+        c.message
+            .contains("t-0: committed offset 1000 is past the log end 10")
+            && c.message
+                .contains("t-1: committed offset 5 is before the log start 8")
+            && c.message.contains("offsetOutOfRange"),
+        "{}",
+        c.message
+    );
+    let fine = summarize(
+        &fixtures::topic("t", &[(0, 10, Some(10))]),
+        &StartingOffsets::Latest,
+        DEFAULT_ROWS,
+    );
+    let st = status::with_kafka(st, Ok(&fine));
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::OFFSETS_OUT_OF_RANGE)
+        .expect("condition");
+    assert_eq!(c.status, "False");
 }
