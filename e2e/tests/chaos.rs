@@ -19,8 +19,9 @@ fn worker_bin() -> PathBuf {
     bin
 }
 
-#[test]
-fn postgres_sink_killed_three_times_loses_and_repeats_nothing() {
+/// Runs the PostgreSQL version of the harness: 20,000 records, three workers killed (with
+/// `overlap`, each started beside the running one first), and asserts its closing line.
+fn postgres_run(overlap: bool) {
     if weir_e2e::pg::bin_dir().is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -37,7 +38,7 @@ fn postgres_sink_killed_three_times_loses_and_repeats_nothing() {
         bootstrap: None,
         worker: worker_bin(),
         log_dir: Some(log_dir.path().to_path_buf()),
-        overlap: false,
+        overlap,
     })
     .expect("the harness ran");
     assert_eq!(
@@ -49,30 +50,11 @@ fn postgres_sink_killed_three_times_loses_and_repeats_nothing() {
 }
 
 #[test]
+fn postgres_sink_killed_three_times_loses_and_repeats_nothing() {
+    postgres_run(false);
+}
+
+#[test]
 fn postgres_sink_with_a_second_worker_of_the_same_ordinal_started_three_times_counts_once() {
-    if weir_e2e::pg::bin_dir().is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the PostgreSQL server is required in CI: scripts/install-tools.sh installs it"
-        );
-        eprintln!("PostgreSQL server not installed; skipping");
-        return;
-    }
-    let log_dir = tempfile::tempdir().expect("tempdir");
-    let outcome = run(&Options {
-        sink: SinkKind::Postgres,
-        records: 20_000,
-        kills: 3,
-        bootstrap: None,
-        worker: worker_bin(),
-        log_dir: Some(log_dir.path().to_path_buf()),
-        overlap: true,
-    })
-    .expect("the harness ran");
-    assert_eq!(
-        outcome.to_string(),
-        "lost=0 duplicated=0 state_equal=true",
-        "worker logs in {}",
-        log_dir.keep().display()
-    );
+    postgres_run(true);
 }

@@ -445,6 +445,18 @@ impl Progress {
     }
 }
 
+/// The value of the first sample of `name` in a Prometheus text exposition (`/metrics`), for
+/// the checks and tools that read it.
+pub fn sample_value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,13 +578,9 @@ mod tests {
         );
         assert!(p.liveness_at(at + Duration::from_secs(6)).is_ok());
         let text = p.metrics_text();
+        assert_eq!(sample_value(&text, "weir_source_up"), Some("0"), "{text}");
         assert_eq!(
-            sample(&text, "weir_source_up").as_deref(),
-            Some("0"),
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, "weir_worker_offset_lag").as_deref(),
+            sample_value(&text, "weir_worker_offset_lag"),
             Some("7"),
             "the last known lag, not 0: {text}"
         );
@@ -583,22 +591,7 @@ mod tests {
         assert!(p
             .health_at(Instant::now() + Duration::from_secs(60))
             .is_ok());
-        assert_eq!(
-            sample(&p.metrics_text(), "weir_source_up").as_deref(),
-            Some("1")
-        );
-    }
-
-    /// The value of the first sample of `name` in a Prometheus text exposition.
-    fn sample(text: &str, name: &str) -> Option<String> {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|r| r.starts_with(['{', ' ']))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .map(str::to_string)
+        assert_eq!(sample_value(&p.metrics_text(), "weir_source_up"), Some("1"));
     }
 }
 

@@ -40,18 +40,6 @@ sink: {{kafka: {{topic: out}}}}
     )
 }
 
-/// The value of the first sample of `name` in a Prometheus text exposition.
-fn sample(text: &str, name: &str) -> Option<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with(['{', ' ']))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .map(str::to_string)
-}
-
 #[test]
 fn a_killed_broker_makes_the_worker_unready_with_the_cause_and_nothing_is_lost_when_it_returns() {
     let Some(mut broker) = Broker::tansu() else {
@@ -85,7 +73,10 @@ fn a_killed_broker_makes_the_worker_unready_with_the_cause_and_nothing_is_lost_w
         "a warning says the brokers are gone, when it happens:\n{logs}"
     );
     let metrics = w.get("/metrics").expect("metrics").1;
-    assert_eq!(sample(&metrics, "weir_source_up").as_deref(), Some("0"));
+    assert_eq!(
+        weir_worker::progress::sample_value(&metrics, "weir_source_up"),
+        Some("0")
+    );
     let last = w.progress().expect("progress")["batches"]
         .as_array()
         .and_then(|b| b.last().cloned())
