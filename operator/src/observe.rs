@@ -345,15 +345,15 @@ fn observe_stage(
             .filter(|d| !d.is_zero())
             .ok_or(ObserveError::Timeout(timeout))
     };
-    let consumer: BaseConsumer = weir_worker::client::base(&source.bootstrap_servers, source)
+    let consumer: ObserveConsumer = weir_worker::client::base(&source.bootstrap_servers, source)
         .set("group.id", &stage.group)
         .set("client.id", "weir-operator-observer")
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(weir_worker::client::SourceContext::default())
         .map_err(ObserveError::Client)?;
     let md = consumer
         .fetch_metadata(Some(&stage.topic), left()?)
-        .map_err(ObserveError::kafka("topic metadata"))?;
+        .map_err(ObserveError::request(&consumer, "topic metadata"))?;
     // Workers create the topic when they start; before that the stage has nothing to read.
     let n = match md.topics().iter().find(|t| t.name() == stage.topic) {
         Some(t) if t.error().is_none() => t.partitions().len(),
@@ -375,7 +375,7 @@ fn observe_stage(
         let ends = list_offsets(&consumer, &partitions, Offset::End, left()?)?;
         let committed = consumer
             .committed_offsets(partition_list(&partitions, Offset::Invalid)?, left()?)
-            .map_err(ObserveError::kafka("committed offsets"))?;
+            .map_err(ObserveError::request(&consumer, "committed offsets"))?;
         for p in &mut partitions {
             p.log_start = offset_of(&starts, p).ok_or(ObserveError::NoOffsets("log start"))?;
             p.end = offset_of(&ends, p).ok_or(ObserveError::NoOffsets("end"))?;
