@@ -442,6 +442,16 @@ pub struct RewindStatus {
     /// Partitions set but not listed because of the cap.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub omitted: u32,
+    /// The target it was done for, in words (e.g. `toEarliest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Offsets asked for past the end of their partition, which were set to the end instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capped: Option<String>,
+    /// Set when `spec.rewind` names a different target under the id already done: it is not
+    /// run again until the id changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

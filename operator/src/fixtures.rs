@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::crd::ResumedOffset;
 use crate::observe::{KafkaObservation, KafkaTarget, ObserveError, Observer, PartitionOffsets};
-use crate::rewind::RewindTo;
+use crate::rewind::{RewindTo, Rewound};
 
 /// One request as the API server received it.
 #[derive(Clone, Debug)]
@@ -600,33 +600,44 @@ impl Observer for DataObserver {
             })
     }
 
-    fn rewind(
-        &self,
-        _target: &KafkaTarget,
-        to: &RewindTo,
-    ) -> Result<Vec<ResumedOffset>, ObserveError> {
+    fn rewind(&self, _target: &KafkaTarget, to: &RewindTo) -> Result<Rewound, ObserveError> {
         self.rewinds.lock().expect("fixture lock").push(to.clone());
-        let answer = self.answer.lock().expect("fixture lock").clone();
+        let answer = self
+            .answer
+            .lock()
+            .expect("fixture lock")
+            .clone()
+            .unwrap_or_default();
         let offset = |(topic, partition, offset): (String, i32, i64)| ResumedOffset {
             topic,
             partition,
             offset: Some(offset),
         };
         Ok(match to {
-            RewindTo::Offsets(list) => list.iter().cloned().map(offset).collect(),
-            _ => answer
-                .unwrap_or_default()
-                .partitions
-                .into_iter()
-                .map(|p| {
-                    let at = if *to == RewindTo::Earliest {
-                        p.log_start
-                    } else {
-                        p.end
-                    };
-                    offset((p.topic, p.partition, at))
-                })
-                .collect(),
+            // Checked as the real observer checks them, against the partitions it reports.
+            RewindTo::Offsets(list) => {
+                let checked = crate::rewind::check_offsets(list, &answer.partitions)
+                    .map_err(ObserveError::RewindRefused)?;
+                Rewound {
+                    offsets: checked.offsets.into_iter().map(offset).collect(),
+                    capped: checked.capped,
+                }
+            }
+            _ => Rewound {
+                offsets: answer
+                    .partitions
+                    .into_iter()
+                    .map(|p| {
+                        let at = if *to == RewindTo::Earliest {
+                            p.log_start
+                        } else {
+                            p.end
+                        };
+                        offset((p.topic, p.partition, at))
+                    })
+                    .collect(),
+                capped: Vec::new(),
+            },
         })
     }
 

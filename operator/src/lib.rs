@@ -119,6 +119,8 @@ impl Error {
                 _ => ErrorClass::Permanent,
             },
             Self::Draining(_) => ErrorClass::Waiting,
+            // A refused login or ACL waits for a person, like a 403.
+            Self::Rewind(observe::ObserveError::Auth { .. }) => ErrorClass::Rejected,
             Self::Rewind(_) => ErrorClass::Transient,
         }
     }

@@ -115,6 +115,9 @@ pub enum ObserveError {
     },
     #[error("input topic {0:?} does not exist or has no partitions")]
     MissingTopic(String),
+    /// A rewind Kafka cannot do (a partition it does not have): nothing was committed.
+    #[error("{0}")]
+    RewindRefused(String),
     #[error("the brokers gave no {0} offset for a partition")]
     NoOffsets(&'static str),
     #[error("observing Kafka took longer than {0:?}")]
@@ -124,6 +127,14 @@ pub enum ObserveError {
     /// Names the Secret and a key or the API's reason, never a value.
     #[error("cannot use the credentials Secret {secret:?}: {reason}")]
     Credentials { secret: String, reason: String },
+    /// Kafka refused the login or the permission: retrying will not help until someone fixes
+    /// the Secret or the ACLs, so the message says which.
+    #[error("reading {op} from Kafka: {advice} ({reason})")]
+    Auth {
+        op: &'static str,
+        advice: &'static str,
+        reason: String,
+    },
 }
 
 impl ObserveError {
@@ -133,16 +144,76 @@ impl ObserveError {
             Self::Client(_) => "client",
             Self::Kafka { .. } => "kafka",
             Self::MissingTopic(_) => "missing_topic",
+            Self::RewindRefused(_) => "rewind_refused",
             Self::Credentials { .. } => "credentials",
+            Self::Auth { .. } => "auth",
             Self::NoOffsets(_) => "no_offsets",
             Self::Timeout(_) => "timeout",
             Self::Task(_) => "task",
         }
     }
 
+    /// A Kafka error, named as an authentication or authorization failure when it is one.
     pub(crate) fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> Self {
-        move |source| Self::Kafka { op, source }
+        move |source| match weir_worker::error::auth_kind(&source) {
+            Some(kind) => Self::Auth {
+                op,
+                advice: weir_worker::error::auth_advice(kind),
+                reason: source.to_string(),
+            },
+            None => Self::Kafka { op, source },
+        }
     }
+
+    /// As [`ObserveError::kafka`] for a request of `consumer`, which also asks the client
+    /// whether a refused login caused it: librdkafka reports that only as a client event, and
+    /// the request as a transport failure or timeout.
+    pub(crate) fn request<'a>(
+        consumer: &'a ObserveConsumer,
+        op: &'static str,
+    ) -> impl FnOnce(KafkaError) -> Self + 'a {
+        move |source| match weir_worker::client::auth_failure(consumer) {
+            Some(reason) => Self::Auth {
+                op,
+                advice: weir_worker::error::auth_advice(
+                    weir_worker::error::AuthKind::Authentication,
+                ),
+                reason,
+            },
+            None => Self::kafka(op)(source),
+        }
+    }
+
+    /// A topic's error in a metadata answer: a refused topic is named as such; anything else
+    /// is a topic that is missing or has no partitions.
+    pub(crate) fn topic(topic: &str, error: Option<rdkafka::types::RDKafkaRespErr>) -> Self {
+        match error {
+            Some(e) => match Self::kafka("topic metadata")(KafkaError::MetadataFetch(e.into())) {
+                auth @ Self::Auth { .. } => auth,
+                _ => Self::MissingTopic(topic.to_string()),
+            },
+            None => Self::MissingTopic(topic.to_string()),
+        }
+    }
+}
+
+/// The consumer the operator reads offsets with: the worker's context, which keeps a refused
+/// login for [`ObserveError::request`].
+pub(crate) type ObserveConsumer = BaseConsumer<weir_worker::client::SourceContext>;
+
+/// A short-lived consumer on the job's group that joins nothing (it only reads and sets
+/// offsets), with the job's credentials.
+///
+/// # Errors
+/// When librdkafka refuses the settings.
+pub(crate) fn consumer(target: &KafkaTarget, role: &str) -> Result<ObserveConsumer, ObserveError> {
+    let source = &target.source;
+    weir_worker::client::base(&source.bootstrap_servers, source)
+        .set("group.id", &target.group)
+        .set("client.id", format!("weir-operator-{role}"))
+        .set("enable.auto.commit", "false")
+        .create_with_context(weir_worker::client::SourceContext::default())
+        .map_err(ObserveError::Client)
 }
 
 /// Reads a job's Kafka offsets. Blocking: call it from the blocking pool.
@@ -151,15 +222,17 @@ pub trait Observer: Send + Sync + 'static {
     /// When the brokers cannot be reached in time or a topic is missing.
     fn kafka(&self, target: &KafkaTarget) -> Result<KafkaObservation, ObserveError>;
 
-    /// Sets the job's group offsets for a rewind; returns the offsets committed.
+    /// Sets the job's group offsets for a rewind, all in one commit; returns the offsets
+    /// committed.
     ///
     /// # Errors
-    /// When the brokers cannot be reached in time, a topic is missing or the commit fails.
+    /// When the brokers cannot be reached in time, a topic is missing, a listed partition does
+    /// not exist ([`ObserveError::RewindRefused`], nothing committed) or the commit fails.
     fn rewind(
         &self,
         target: &KafkaTarget,
         to: &crate::rewind::RewindTo,
-    ) -> Result<Vec<crate::crd::ResumedOffset>, ObserveError>;
+    ) -> Result<crate::rewind::Rewound, ObserveError>;
 
     /// Where worker `ordinal`'s `/progress` listens: its name under the job's headless
     /// Service, so it works from any operator replica without listing pods.
@@ -197,23 +270,18 @@ impl Observer for KafkaObserver {
                 .ok_or(ObserveError::Timeout(self.timeout))
         };
         let source = &target.source;
-        let consumer: BaseConsumer = weir_worker::client::base(&source.bootstrap_servers, source)
-            .set("group.id", &target.group)
-            .set("client.id", "weir-operator-observer")
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(ObserveError::Client)?;
+        let consumer = consumer(target, "observer")?;
 
         let mut obs = KafkaObservation::default();
         for topic in &source.topics {
             let md = consumer
                 .fetch_metadata(Some(topic), left()?)
-                .map_err(ObserveError::kafka("topic metadata"))?;
+                .map_err(ObserveError::request(&consumer, "topic metadata"))?;
             let n = match md.topics().iter().find(|t| t.name() == topic) {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
                     t.partitions().len()
                 }
-                _ => return Err(ObserveError::MissingTopic(topic.clone())),
+                t => return Err(ObserveError::topic(topic, t.and_then(|t| t.error()))),
             };
             // Kafka numbers a topic's partitions 0..n with i32 ids.
             let n = i32::try_from(n).unwrap_or(i32::MAX);
@@ -241,7 +309,7 @@ impl Observer for KafkaObserver {
         };
         let committed = consumer
             .committed_offsets(partition_list(&obs.partitions, Offset::Invalid)?, left()?)
-            .map_err(ObserveError::kafka("committed offsets"))?;
+            .map_err(ObserveError::request(&consumer, "committed offsets"))?;
         for p in &mut obs.partitions {
             p.log_start = offset_of(&starts, p).ok_or(ObserveError::NoOffsets("log start"))?;
             p.end = offset_of(&ends, p).ok_or(ObserveError::NoOffsets("end"))?;
@@ -258,7 +326,7 @@ impl Observer for KafkaObserver {
         &self,
         target: &KafkaTarget,
         to: &crate::rewind::RewindTo,
-    ) -> Result<Vec<crate::crd::ResumedOffset>, ObserveError> {
+    ) -> Result<crate::rewind::Rewound, ObserveError> {
         crate::rewind::set_offsets(target, to, self.timeout)
     }
 }
@@ -277,15 +345,15 @@ fn observe_stage(
             .filter(|d| !d.is_zero())
             .ok_or(ObserveError::Timeout(timeout))
     };
-    let consumer: BaseConsumer = weir_worker::client::base(&source.bootstrap_servers, source)
+    let consumer: ObserveConsumer = weir_worker::client::base(&source.bootstrap_servers, source)
         .set("group.id", &stage.group)
         .set("client.id", "weir-operator-observer")
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(weir_worker::client::SourceContext::default())
         .map_err(ObserveError::Client)?;
     let md = consumer
         .fetch_metadata(Some(&stage.topic), left()?)
-        .map_err(ObserveError::kafka("topic metadata"))?;
+        .map_err(ObserveError::request(&consumer, "topic metadata"))?;
     // Workers create the topic when they start; before that the stage has nothing to read.
     let n = match md.topics().iter().find(|t| t.name() == stage.topic) {
         Some(t) if t.error().is_none() => t.partitions().len(),
@@ -307,7 +375,7 @@ fn observe_stage(
         let ends = list_offsets(&consumer, &partitions, Offset::End, left()?)?;
         let committed = consumer
             .committed_offsets(partition_list(&partitions, Offset::Invalid)?, left()?)
-            .map_err(ObserveError::kafka("committed offsets"))?;
+            .map_err(ObserveError::request(&consumer, "committed offsets"))?;
         for p in &mut partitions {
             p.log_start = offset_of(&starts, p).ok_or(ObserveError::NoOffsets("log start"))?;
             p.end = offset_of(&ends, p).ok_or(ObserveError::NoOffsets("end"))?;
@@ -336,14 +404,14 @@ fn partition_list(
 /// ListOffsets for every partition: `Beginning` and `End` give the log start and end, a
 /// timestamp the first offset at or after it (none: `End`).
 fn list_offsets(
-    consumer: &BaseConsumer,
+    consumer: &ObserveConsumer,
     partitions: &[PartitionOffsets],
     at: Offset,
     timeout: Duration,
 ) -> Result<TopicPartitionList, ObserveError> {
     let found = consumer
         .offsets_for_times(partition_list(partitions, at)?, timeout)
-        .map_err(ObserveError::kafka("list offsets"))?;
+        .map_err(ObserveError::request(consumer, "list offsets"))?;
     for e in found.elements() {
         e.error().map_err(ObserveError::kafka("list offsets"))?;
     }
@@ -436,7 +504,7 @@ pub async fn rewind(
     observer: std::sync::Arc<dyn Observer>,
     target: KafkaTarget,
     to: crate::rewind::RewindTo,
-) -> Result<Vec<crate::crd::ResumedOffset>, ObserveError> {
+) -> Result<crate::rewind::Rewound, ObserveError> {
     tokio::task::spawn_blocking(move || observer.rewind(&target, &to))
         .await
         .map_err(|e| ObserveError::Task(e.to_string()))?

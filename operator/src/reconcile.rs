@@ -118,6 +118,8 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     let mut workers = None;
     let mut failed = None;
     let mut rewound = None;
+    // Some(why) per pass that handled the rewind: Some(None) when nothing was refused.
+    let mut refused: Option<Option<String>> = None;
     let mut autoscaled = None;
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
@@ -136,8 +138,9 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         };
         let watched = failures::watch(ctx, job, &seen).await?;
         let stopped = watched.record.stopped.as_ref().map(|s| s.reason.clone());
-        let (rewinding, done) = rewind::step(ctx, job, &ns, now).await?;
-        rewound = done;
+        let step = rewind::step(ctx, job, &ns, now, &offsets).await?;
+        rewound = step.done;
+        refused = Some(step.refused);
         let mut count = scaling::desired_workers(partitions, &job.spec.workers, job.spec.suspend);
         let autoscale = autoscale_step(ctx, job, partitions, &read, recent.as_ref(), count.0);
         if let Some(a) = &autoscale {
@@ -147,7 +150,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         let mut children = desired::children_for(job, &ctx.settings.defaults, count)?;
         if stopped.is_some() {
             children.workers = (0, "stopped by the restart policy".into());
-        } else if let Some(id) = rewinding {
+        } else if let Some(id) = step.stopping {
             children.workers = (0, format!("rewind {id:?}: stopping the workers"));
         }
         let next = scaling::next_replicas(children.workers.0, now);
@@ -222,6 +225,15 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     if let Some(a) = autoscaled {
         new.autoscale = a;
     }
+    let refusal = refused.and_then(|why| {
+        rewind::record_refusal(
+            &mut new,
+            previous,
+            why.as_deref(),
+            job.meta().generation,
+            Timestamp::now(),
+        )
+    });
     if let Some(watched) = &failed {
         watched.record.clone().write(&mut new);
         new = conditions::apply(
@@ -246,6 +258,16 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         return Ok(outcome);
     }
     apply::status(&ctx.client, job, &new).await?;
+    if let Some(note) = refusal {
+        warn!(%note, "rewind refused; the workers keep running");
+        publish(
+            ctx,
+            job,
+            (EventType::Warning, "RewindRefused", "Rewind"),
+            note,
+        )
+        .await;
+    }
     for t in conditions::transitions(previous, &new) {
         let type_ = if t.warning {
             EventType::Warning
@@ -348,6 +370,11 @@ async fn observe_kafka(
 }
 
 /// An Event is a courtesy; status already says it, so a failed post is only logged.
+///
+/// kube-runtime's recorder folds Events with the same type, reason and action into one (a
+/// series with a count) and keeps the first one's note, so three rewinds would show the
+/// first id three times. The action carries a fingerprint of the note: each occurrence with
+/// other facts is an Event of its own, and only true repeats are counted in one.
 pub(crate) async fn publish(
     ctx: &Context,
     job: &StreamingJob,
@@ -357,13 +384,21 @@ pub(crate) async fn publish(
     let event = Event {
         type_,
         reason: reason.into(),
+        action: format!("{action}-{:08x}", fingerprint(&note)),
         note: Some(note),
-        action: action.into(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
         warn!(error = %e, "cannot publish event");
     }
+}
+
+/// FNV-1a of `text`: stable across builds and processes (unlike std's hasher), so a restarted
+/// operator folds a repeat the same way.
+fn fingerprint(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Asks the `pods` workers that exist for their progress, all at once, each within the

@@ -6,21 +6,28 @@
 //! over them when its batch ends. The commit is an ordinary group offset commit (the workers
 //! assign partitions themselves, so the group has no members to disturb), so every Kafka tool
 //! sees the new position at once.
+//!
+//! Explicit offsets are checked against the partitions Kafka reports before anything stops,
+//! and again just before the commit: a partition that does not exist refuses the whole rewind
+//! (a Warning Event and the `RewindRefused` condition name it, and the workers keep running);
+//! an offset past the end of its partition is set to the end, and status says so. All the
+//! offsets go in one commit, never part of them.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use tracing::info;
 
 use crate::controller::Context;
 use crate::crd::{ResumedOffset, RewindSpec, RewindStatus, StreamingJob};
-use crate::observe::{KafkaTarget, ObserveError};
+use crate::observe::{KafkaTarget, ObserveError, PartitionOffsets};
 use crate::reconcile::publish;
 use crate::restarts::RESUMED_ROWS;
 use crate::scaling::Running;
@@ -83,29 +90,149 @@ pub fn pending<'a>(spec: Option<&'a RewindSpec>, done: Option<&str>) -> Option<&
     spec.filter(|r| done != Some(r.id.as_str()))
 }
 
+/// The condition a refused rewind sets, naming what Kafka does not have.
+pub const REWIND_REFUSED: &str = "RewindRefused";
+
+/// PURE: a spec's target in words, as status shows it (`toEarliest`, `offsets lines/2@7`).
+pub fn describe(spec: &RewindSpec) -> String {
+    let mut words = match (&spec.to_timestamp, &spec.offsets) {
+        (Some(t), _) => format!("toTimestamp {t}"),
+        (None, Some(list)) => format!(
+            "offsets {}",
+            list.iter()
+                .map(|o| format!("{}/{}@{}", o.topic, o.partition, o.offset))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ if spec.to_earliest => "toEarliest".into(),
+        _ if spec.to_latest => "toLatest".into(),
+        _ => "no target".into(),
+    };
+    crate::status::cut(&mut words);
+    words
+}
+
+/// Explicit offsets, checked against the partitions Kafka reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// What to commit: every listed partition, offsets past the end set to the end.
+    pub offsets: Vec<(String, i32, i64)>,
+    /// One line per offset that was past the end.
+    pub capped: Vec<String>,
+}
+
+/// PURE: `list` against `known` partitions (their ends as last read).
+///
+/// # Errors
+/// Names every listed partition Kafka does not have, with each topic's partition count.
+pub fn check_offsets(
+    list: &[(String, i32, i64)],
+    known: &[PartitionOffsets],
+) -> Result<Checked, String> {
+    let mut checked = Checked {
+        offsets: Vec::with_capacity(list.len()),
+        capped: Vec::new(),
+    };
+    let mut missing = Vec::new();
+    for (topic, partition, offset) in list {
+        match known
+            .iter()
+            .find(|p| p.topic == *topic && p.partition == *partition)
+        {
+            None => missing.push(format!("{topic}/{partition}")),
+            Some(p) if *offset > p.end => {
+                checked.capped.push(format!(
+                    "{topic}/{partition}: {offset} is past the end of the partition, {}; set to the end",
+                    p.end
+                ));
+                checked.offsets.push((topic.clone(), *partition, p.end));
+            }
+            Some(_) => checked.offsets.push((topic.clone(), *partition, *offset)),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(checked);
+    }
+    let mut topics: Vec<&str> = list.iter().map(|(t, _, _)| t.as_str()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let counts: Vec<String> = topics
+        .iter()
+        .map(|t| {
+            let n = known.iter().filter(|p| p.topic == *t).count();
+            format!("{t} has {n} partitions, 0..{}", n.saturating_sub(1))
+        })
+        .collect();
+    Err(format!(
+        "partition {} does not exist ({}); fix spec.rewind.offsets and set a new id. \
+         No offsets were set",
+        missing.join(", "),
+        counts.join("; ")
+    ))
+}
+
+/// What a rewind committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewound {
+    pub offsets: Vec<ResumedOffset>,
+    /// As [`Checked::capped`].
+    pub capped: Vec<String>,
+}
+
 /// PURE: what status shows of a rewind done at `now`.
-pub fn status(id: &str, mut offsets: Vec<ResumedOffset>, now: Timestamp) -> RewindStatus {
+pub fn status(spec: &RewindSpec, done: Rewound, now: Timestamp) -> RewindStatus {
+    let mut offsets = done.offsets;
     offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     let omitted = offsets.len().saturating_sub(RESUMED_ROWS);
     offsets.truncate(RESUMED_ROWS);
+    let capped = (!done.capped.is_empty()).then(|| {
+        let mut s = done.capped.join("; ");
+        crate::status::cut(&mut s);
+        s
+    });
     RewindStatus {
-        id: id.to_string(),
+        id: spec.id.clone(),
         time: Time(now),
         offsets,
         omitted: u32::try_from(omitted).unwrap_or(u32::MAX),
+        target: Some(describe(spec)),
+        capped,
+        ignored: None,
     }
 }
 
-/// Commits the job's group offsets per `to`, within `timeout`. Blocking: call it from the
-/// blocking pool. Returns the offsets committed.
+/// PURE: `last` with a note when `spec` asks for another target under the id already done,
+/// which a user who edited only the target would otherwise wait for in vain.
+pub fn with_ignored(last: Option<RewindStatus>, spec: Option<&RewindSpec>) -> Option<RewindStatus> {
+    let mut last = last?;
+    last.ignored = spec
+        .filter(|s| s.id == last.id)
+        .map(describe)
+        .filter(|asked| last.target.as_ref().is_some_and(|done| done != asked))
+        .map(|asked| {
+            let mut s = format!(
+                "spec.rewind asks for {asked} under id {:?}, which was already done (for {}); \
+                 set a new id to run it",
+                last.id,
+                last.target.as_deref().unwrap_or_default()
+            );
+            crate::status::cut(&mut s);
+            s
+        });
+    Some(last)
+}
+
+/// Commits the job's group offsets per `to`, within `timeout`, in one commit. Blocking: call it
+/// from the blocking pool. Returns the offsets committed.
 ///
 /// # Errors
-/// When the brokers cannot be reached, a topic is missing, or the commit is refused.
+/// When the brokers cannot be reached, a topic is missing, a listed partition does not exist
+/// ([`ObserveError::RewindRefused`]: nothing committed), or the commit is refused.
 pub fn set_offsets(
     target: &KafkaTarget,
     to: &RewindTo,
     timeout: Duration,
-) -> Result<Vec<ResumedOffset>, ObserveError> {
+) -> Result<Rewound, ObserveError> {
     let deadline = Instant::now() + timeout;
     let left = || {
         deadline
@@ -114,96 +241,143 @@ pub fn set_offsets(
             .ok_or(ObserveError::Timeout(timeout))
     };
     let source = &target.source;
-    let consumer: BaseConsumer = weir_worker::client::base(&source.bootstrap_servers, source)
-        .set("group.id", &target.group)
-        .set("client.id", "weir-operator-rewind")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(ObserveError::Client)?;
-    let mut tpl = TopicPartitionList::new();
-    match to {
+    let consumer = crate::observe::consumer(target, "rewind")?;
+    // Every partition of the topics involved, with its end.
+    let topics: Vec<String> = match to {
         RewindTo::Offsets(list) => {
-            for (topic, partition, offset) in list {
-                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                    .map_err(ObserveError::kafka("partition list"))?;
-            }
+            let mut t: Vec<String> = list.iter().map(|(t, _, _)| t.clone()).collect();
+            t.sort_unstable();
+            t.dedup();
+            t
+        }
+        _ => source.topics.clone(),
+    };
+    let mut all = TopicPartitionList::new();
+    for topic in &topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), left()?)
+            .map_err(ObserveError::request(&consumer, "topic metadata"))?;
+        let t = match md.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => t,
+            t => return Err(ObserveError::topic(topic, t.and_then(|t| t.error()))),
+        };
+        for p in t.partitions() {
+            all.add_partition_offset(topic, p.id(), Offset::End)
+                .map_err(ObserveError::kafka("partition list"))?;
+        }
+    }
+    let list = |l: TopicPartitionList| {
+        let found = consumer
+            .offsets_for_times(l, left()?)
+            .map_err(ObserveError::request(&consumer, "list offsets"))?;
+        for e in found.elements() {
+            e.error().map_err(ObserveError::kafka("list offsets"))?;
+        }
+        Ok::<_, ObserveError>(found)
+    };
+    let at = |l: &TopicPartitionList,
+              e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
+        l.find_partition(e.topic(), e.partition())
+            .and_then(|x| match x.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+    };
+    let ends = list(all.clone())?;
+    let mut known = Vec::with_capacity(ends.count());
+    for e in ends.elements() {
+        known.push(PartitionOffsets {
+            topic: e.topic().to_string(),
+            partition: e.partition(),
+            log_start: 0,
+            end: at(&ends, &e).ok_or(ObserveError::NoOffsets("end"))?,
+            committed: None,
+            offset_for_time: None,
+        });
+    }
+    let checked = match to {
+        RewindTo::Offsets(asked) => {
+            check_offsets(asked, &known).map_err(ObserveError::RewindRefused)?
         }
         _ => {
-            let at = match to {
-                RewindTo::Timestamp(ms) => Offset::Offset(*ms),
-                RewindTo::Earliest => Offset::Beginning,
-                _ => Offset::End,
+            let start = match to {
+                RewindTo::Timestamp(ms) => Some(Offset::Offset(*ms)),
+                RewindTo::Earliest => Some(Offset::Beginning),
+                _ => None,
             };
-            let (mut ask, mut ends) = (TopicPartitionList::new(), TopicPartitionList::new());
-            for topic in &source.topics {
-                let md = consumer
-                    .fetch_metadata(Some(topic), left()?)
-                    .map_err(ObserveError::kafka("topic metadata"))?;
-                let t = md
-                    .topics()
+            let found = match start {
+                Some(offset) => {
+                    let mut ask = TopicPartitionList::new();
+                    for p in &known {
+                        ask.add_partition_offset(&p.topic, p.partition, offset)
+                            .map_err(ObserveError::kafka("partition list"))?;
+                    }
+                    Some(list(ask)?)
+                }
+                None => None,
+            };
+            Checked {
+                offsets: known
                     .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .filter(|t| !t.partitions().is_empty())
-                    .ok_or_else(|| ObserveError::MissingTopic(topic.clone()))?;
-                for p in t.partitions() {
-                    ask.add_partition_offset(topic, p.id(), at)
-                        .map_err(ObserveError::kafka("partition list"))?;
-                    ends.add_partition_offset(topic, p.id(), Offset::End)
-                        .map_err(ObserveError::kafka("partition list"))?;
-                }
-            }
-            let list = |l: TopicPartitionList| {
-                let found = consumer
-                    .offsets_for_times(l, left()?)
-                    .map_err(ObserveError::kafka("list offsets"))?;
-                for e in found.elements() {
-                    e.error().map_err(ObserveError::kafka("list offsets"))?;
-                }
-                Ok::<_, ObserveError>(found)
-            };
-            let (found, ends) = (list(ask)?, list(ends)?);
-            for e in found.elements() {
-                let offset = match e.offset() {
-                    Offset::Offset(o) => o,
-                    // No record at or after the time: the end, so nothing older is read again.
-                    _ => ends
-                        .find_partition(e.topic(), e.partition())
-                        .and_then(|x| match x.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        })
-                        .ok_or(ObserveError::NoOffsets("end"))?,
-                };
-                tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset))
-                    .map_err(ObserveError::kafka("partition list"))?;
+                    .map(|p| {
+                        // No record at or after the time: the end, so nothing older is read again.
+                        let offset = found
+                            .as_ref()
+                            .and_then(|f| f.find_partition(&p.topic, p.partition))
+                            .and_then(|x| match x.offset() {
+                                Offset::Offset(o) => Some(o),
+                                _ => None,
+                            })
+                            .unwrap_or(p.end);
+                        (p.topic.clone(), p.partition, offset)
+                    })
+                    .collect(),
+                capped: Vec::new(),
             }
         }
+    };
+    let mut tpl = TopicPartitionList::with_capacity(checked.offsets.len());
+    for (topic, partition, offset) in &checked.offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(ObserveError::kafka("partition list"))?;
     }
     consumer
         .commit(&tpl, CommitMode::Sync)
-        .map_err(ObserveError::kafka("offset commit"))?;
-    Ok(tpl
-        .elements()
-        .iter()
-        .map(|e| ResumedOffset {
-            topic: e.topic().to_string(),
-            partition: e.partition(),
-            offset: match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            },
-        })
-        .collect())
+        .map_err(ObserveError::request(&consumer, "offset commit"))?;
+    Ok(Rewound {
+        offsets: checked
+            .offsets
+            .into_iter()
+            .map(|(topic, partition, offset)| ResumedOffset {
+                topic,
+                partition,
+                offset: Some(offset),
+            })
+            .collect(),
+        capped: checked.capped,
+    })
 }
 
-/// Runs a pending rewind once no worker is left. Returns the id of a rewind still waiting
-/// for the workers to stop, and the last rewind done for status.
+/// What one pass does about `spec.rewind`.
+#[derive(Debug, Default)]
+pub(crate) struct Step {
+    /// The id of a rewind waiting for the workers to stop.
+    pub stopping: Option<String>,
+    /// The last rewind done, for status.
+    pub done: Option<RewindStatus>,
+    /// Why the pending rewind was refused (it stops nothing and commits nothing).
+    pub refused: Option<String>,
+}
+
+/// Runs a pending rewind once no worker is left, after checking explicit offsets against
+/// `partitions` (as last observed) before stopping anything.
 pub(crate) async fn step(
     ctx: &Context,
     job: &StreamingJob,
     ns: &str,
     now: Option<Running>,
-) -> Result<(Option<String>, Option<RewindStatus>)> {
+    partitions: &[PartitionOffsets],
+) -> Result<Step> {
     let last = ctx
         .rewound(job)
         .or_else(|| job.status.as_ref().and_then(|s| s.rewind.clone()));
@@ -211,23 +385,59 @@ pub(crate) async fn step(
         job.spec.rewind.as_ref(),
         last.as_ref().map(|r| r.id.as_str()),
     ) else {
-        return Ok((None, last));
+        return Ok(Step {
+            done: with_ignored(last, job.spec.rewind.as_ref()),
+            ..Step::default()
+        });
     };
-    if now.is_some_and(|n| n.pods > 0) {
-        return Ok((Some(spec.id.clone()), last));
-    }
     let kafka = KafkaTarget::of(job, ns, &job.name_any());
     // validate() refused a bad target before this runs.
     let Ok(to) = target(spec, &kafka.source.topics) else {
-        return Ok((None, last));
+        return Ok(Step {
+            done: last,
+            ..Step::default()
+        });
     };
+    let refused = |why: String| {
+        let mut s = format!("rewind {:?}: {why}", spec.id);
+        crate::status::cut(&mut s);
+        Ok(Step {
+            done: last.clone(),
+            refused: Some(s),
+            ..Step::default()
+        })
+    };
+    if let RewindTo::Offsets(list) = &to {
+        // Nothing stops before the partitions are known: without them a rewind Kafka would
+        // refuse leaves the job stopped. observeError says why they are not.
+        if partitions.is_empty() {
+            return Ok(Step {
+                done: last,
+                ..Step::default()
+            });
+        }
+        if let Err(why) = check_offsets(list, partitions) {
+            return refused(why);
+        }
+    }
+    if now.is_some_and(|n| n.pods > 0) {
+        return Ok(Step {
+            stopping: Some(spec.id.clone()),
+            done: last,
+            refused: None,
+        });
+    }
     let kafka = crate::observe::with_credentials(ctx, ns, kafka)
         .await
         .map_err(Error::Rewind)?;
-    let offsets = crate::observe::rewind(ctx.observer.clone(), kafka, to)
-        .await
-        .map_err(Error::Rewind)?;
-    let done = status(&spec.id, offsets, Timestamp::now());
+    let rewound = match crate::observe::rewind(ctx.observer.clone(), kafka, to).await {
+        Ok(r) => r,
+        // Kafka changed since the last observation: nothing was committed; the workers start
+        // again from where they were.
+        Err(ObserveError::RewindRefused(why)) => return refused(why),
+        Err(e) => return Err(Error::Rewind(e)),
+    };
+    let done = status(spec, rewound, Timestamp::now());
     ctx.keep_rewound(job, done.clone());
     let shown: Vec<String> = done
         .offsets
@@ -242,6 +452,9 @@ pub(crate) async fn step(
     if done.omitted > 0 {
         note.push_str(&format!(" and {} more partitions", done.omitted));
     }
+    if let Some(c) = &done.capped {
+        note.push_str(&format!(" ({c})"));
+    }
     info!(id = %spec.id, partitions = done.offsets.len() + done.omitted as usize, "rewound; starting the workers");
     publish(
         ctx,
@@ -250,5 +463,40 @@ pub(crate) async fn step(
         crate::status::cut_message(note),
     )
     .await;
-    Ok((None, Some(done)))
+    Ok(Step {
+        done: Some(done),
+        ..Step::default()
+    })
+}
+
+/// Sets or clears the `RewindRefused` condition; returns the note of a refusal the previous
+/// status did not show yet, for a Warning Event.
+pub(crate) fn record_refusal(
+    status: &mut crate::crd::StreamingJobStatus,
+    previous: Option<&crate::crd::StreamingJobStatus>,
+    refused: Option<&str>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<String> {
+    let Some(message) = refused else {
+        status.conditions.retain(|c| c.type_ != REWIND_REFUSED);
+        return None;
+    };
+    let shown = previous.is_some_and(|p| {
+        p.conditions
+            .iter()
+            .any(|c| c.type_ == REWIND_REFUSED && c.message == message)
+    });
+    crate::status::set_condition(
+        &mut status.conditions,
+        Condition {
+            type_: REWIND_REFUSED.into(),
+            status: "True".into(),
+            reason: "PartitionNotFound".into(),
+            message: message.to_string(),
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        },
+    );
+    (!shown).then(|| message.to_string())
 }

@@ -148,7 +148,7 @@ pub fn cut_message(mut msg: String) -> String {
 }
 
 /// Messages are shown in `kubectl describe`; keep them readable and the status small.
-fn cut(msg: &mut String) {
+pub(crate) fn cut(msg: &mut String) {
     if msg.len() > 1024 {
         let mut at = 1024;
         while !msg.is_char_boundary(at) {

@@ -1,6 +1,6 @@
 //! `weir-worker run`: wires the job file, the engine, the HTTP endpoints and signals.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -12,7 +12,7 @@ use crate::embedded::Embedded;
 use crate::engine::Options;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::spec::load_job_file;
+use crate::spec::{load_job_file, JobFile, KafkaSource};
 
 /// What `run` needs besides the job file.
 #[derive(Clone, Debug)]
@@ -75,21 +75,8 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
     if let Some(b) = &cfg.bootstrap_servers {
         job.spec.source.kafka.bootstrap_servers.clone_from(b);
     }
-    let kafka = &mut job.spec.source.kafka;
-    match (&cfg.credentials, &kafka.credentials_secret) {
-        (Some(path), _) => {
-            kafka.credentials = Credentials::load(path).map_err(|e| Error::Fatal(e.to_string()))?;
-            info!(settings = ?kafka.credentials.setting_names().collect::<Vec<_>>(), "Kafka credentials loaded");
-        }
-        (None, Some(secret)) => {
-            return Err(Error::Fatal(format!(
-                "source.kafka.credentialsSecret is {secret:?} but no credentials were given: \
-                 in Kubernetes the operator mounts the Secret; elsewhere pass \
-                 --kafka-credentials DIR_OR_ENV_FILE (or WEIR_KAFKA_CREDENTIALS)"
-            )));
-        }
-        (None, None) => {}
-    }
+    load_credentials(&mut job.spec.source.kafka, cfg.credentials.as_deref(), true)?;
+    crate::client::check_settings(&job.spec.source.kafka)?;
     // The mock cluster lives as long as this function; it is not Send, so it stays here.
     let embedded = if cfg.embedded {
         Some(Embedded::start(&mut job)?)
@@ -165,6 +152,39 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
             Err(e)
         }
     }
+}
+
+/// `weir-worker validate`: the job file as `run` loads it, the credentials when given, and the
+/// Kafka client settings as this build of librdkafka takes them, so what `validate` accepts
+/// `run` can start.
+///
+/// # Errors
+/// An invalid job, unusable credentials, or client settings librdkafka refuses.
+pub fn validate(file: &Path, credentials: Option<&Path>) -> Result<JobFile> {
+    let mut job = check_job(file)?;
+    load_credentials(&mut job.spec.source.kafka, credentials, false)?;
+    crate::client::check_settings(&job.spec.source.kafka)?;
+    Ok(job)
+}
+
+/// Reads the credentials into `kafka`. `required`: a job naming a credentialsSecret cannot run
+/// without them (validate checks the rest of the job without).
+fn load_credentials(kafka: &mut KafkaSource, path: Option<&Path>, required: bool) -> Result<()> {
+    match (path, &kafka.credentials_secret) {
+        (Some(path), _) => {
+            kafka.credentials = Credentials::load(path).map_err(|e| Error::Fatal(e.to_string()))?;
+            info!(settings = ?kafka.credentials.setting_names().collect::<Vec<_>>(), "Kafka credentials loaded");
+        }
+        (None, Some(secret)) if required => {
+            return Err(Error::Fatal(format!(
+                "source.kafka.credentialsSecret is {secret:?} but no credentials were given: \
+                 in Kubernetes the operator mounts the Secret; elsewhere pass \
+                 --kafka-credentials DIR_OR_ENV_FILE (or WEIR_KAFKA_CREDENTIALS)"
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn on_signal(cancel: CancellationToken) {

@@ -1,7 +1,8 @@
 //! librdkafka client settings shared by the worker's consumer and producers.
 
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::BaseProducer;
 use rdkafka::{ClientConfig, ClientContext};
 
 use crate::spec::KafkaSource;
@@ -87,6 +88,9 @@ struct LinkState {
     last: Option<(String, std::time::Instant)>,
     /// Per error code: when it was last logged, and how many came since.
     logged: std::collections::HashMap<i32, (std::time::Instant, u64)>,
+    /// librdkafka's reason for the last refused login (it names the mechanism and the
+    /// broker's answer, never the password).
+    refused_login: Option<String>,
 }
 
 /// The same client error is logged at most once in this long; the log line then says how
@@ -131,6 +135,27 @@ impl Link {
         }
     }
 
+    /// The last refused login, if any: unlike an outage, no retry can help.
+    pub fn refused_login_reason(&self) -> Option<String> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .refused_login
+            .clone()
+    }
+
+    fn refused_login(&self, reason: String) {
+        let mut s = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.last = Some((
+            format!("authentication failed: {reason}"),
+            std::time::Instant::now(),
+        ));
+        s.refused_login = Some(reason);
+    }
+
     /// Records a client error; `Some(left out)` when it is due to be logged.
     fn note(&self, code: i32, text: String) -> Option<u64> {
         let now = std::time::Instant::now();
@@ -168,6 +193,12 @@ pub struct SourceContext {
 
 impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        if is_auth_failure(&error) {
+            // Kept for the request that failed because of it: see [`auth_failure`].
+            tracing::error!(%error, reason, "Kafka authentication failed");
+            self.link.refused_login(reason.to_string());
+            return;
+        }
         self.link.report_kafka(&error, reason);
     }
 
@@ -187,6 +218,74 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {}
+
+/// Whether librdkafka reports that the brokers refused the client's login (SASL or TLS
+/// client authentication), as opposed to a network or broker failure.
+pub fn is_auth_failure(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(C::Authentication | C::SaslAuthenticationFailed)
+    )
+}
+
+/// Serves the events a consumer has queued (its error callbacks among them) and returns the
+/// authentication failure it reported, if any. librdkafka reports a refused login only as a
+/// client event; the request that failed because of it just times out or reports a transport
+/// failure. Call only on a consumer with no partitions assigned: polling would take records.
+pub fn auth_failure(consumer: &BaseConsumer<SourceContext>) -> Option<String> {
+    // The event that failed the broker connection is queued before the request gives up; a
+    // short wait covers the hand-over between librdkafka's threads.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while consumer.context().link.refused_login_reason().is_none() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        // Returns at the first event, or when `left` is over.
+        let _ = consumer.poll(left);
+    }
+    consumer.context().link.refused_login_reason()
+}
+
+/// Creates a consumer and a producer from the job's settings, exactly as `run` will, and drops
+/// them: librdkafka checks every setting when a client is created (a protocol or SASL
+/// mechanism this build cannot serve, an unreadable CA file, a malformed PEM), without waiting
+/// for a broker. So `weir-worker validate` refuses what `run` would fail on.
+///
+/// # Errors
+/// [`crate::error::Error::Fatal`] with librdkafka's reason, which names the setting (never a
+/// credential's value: those take any text, so librdkafka never quotes them as invalid).
+pub fn check_settings(source: &KafkaSource) -> crate::error::Result<()> {
+    let id = Identity {
+        namespace: "validate".into(),
+        job: "validate".into(),
+        ordinal: 0,
+        workers: 1,
+    };
+    let refused = |e: KafkaError| {
+        let reason = match e {
+            KafkaError::ClientConfig(_, desc, key, _) => format!("{key}: {desc}"),
+            KafkaError::ClientCreation(s) => s,
+            e => e.to_string(),
+        };
+        crate::error::Error::Fatal(format!(
+            "the Kafka client settings (source.kafka.properties and the credentials) cannot be \
+             used: {reason}; Weir's build serves security.protocol {} and sasl.mechanism {}",
+            crate::credentials::PROTOCOLS.join(", "),
+            crate::credentials::MECHANISMS.join(", ")
+        ))
+    };
+    let consumer: BaseConsumer<SourceContext> = consumer(source, &id, "weir-validate")
+        .create_with_context(SourceContext::default())
+        .map_err(refused)?;
+    drop(consumer);
+    let producer: BaseProducer = producer(&source.bootstrap_servers, source, &id, "validate")
+        .create()
+        .map_err(refused)?;
+    drop(producer);
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

@@ -35,8 +35,12 @@ pub const KEYS: &[(&str, &str)] = &[
     ("ssl.key.location", "ssl.key.location"),
 ];
 
-const PROTOCOLS: &[&str] = &["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
-const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+/// The `security.protocol` values Weir accepts; the build serves each (a test creates a client
+/// with every one).
+pub const PROTOCOLS: &[&str] = &["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
+/// The `sasl.mechanism` values Weir accepts. GSSAPI (Kerberos) would need librdkafka built
+/// with Cyrus SASL, which Weir's build leaves out; OAUTHBEARER needs a token provider.
+pub const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 /// A credential value. Nothing prints it: `Debug` is redacted and there is no `Display`.
 #[derive(Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ pub enum Class {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kafka {op} failed: {source}")]
+    #[error("Kafka {op} failed: {source}{}", auth_hint(source))]
     Kafka {
         op: &'static str,
         #[source]
@@ -44,6 +44,10 @@ pub enum Error {
     /// partition): this one must stop writing.
     #[error("{0}")]
     Fenced(String),
+    /// The brokers refused the client's login or its permissions: no retry can help, so the
+    /// worker stops at once and says what to check.
+    #[error("{0}")]
+    Auth(String),
     /// The worker was asked to stop while waiting to retry.
     #[error("stopped while retrying")]
     Cancelled,
@@ -56,29 +60,74 @@ impl Error {
 
     pub fn class(&self) -> Class {
         match self {
-            Error::Kafka { source, .. } if is_fatal_kafka(source) => Class::Fatal,
+            Error::Kafka { source, .. } if auth_kind(source).is_some() => Class::Fatal,
             Error::Kafka { .. } | Error::Unreachable { .. } => Class::Retriable,
             Error::ReadTimeout(_) | Error::Sink(_) => Class::Abortable,
             Error::Load(_)
             | Error::Pipeline(_)
             | Error::Fatal(_)
             | Error::Fenced(_)
+            | Error::Auth(_)
             | Error::Cancelled => Class::Fatal,
         }
     }
 }
 
-fn is_fatal_kafka(e: &KafkaError) -> bool {
+/// Which way Kafka refused a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthKind {
+    /// The login failed: wrong username or password, unknown user, a mechanism or TLS
+    /// setting the brokers do not accept.
+    Authentication,
+    /// The login worked but the principal may not do this (ACLs).
+    Authorization,
+}
+
+/// Whether `e` is Kafka refusing the client's credentials or permissions.
+pub fn auth_kind(e: &KafkaError) -> Option<AuthKind> {
     use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            C::TopicAuthorizationFailed
-                | C::GroupAuthorizationFailed
-                | C::SaslAuthenticationFailed
-                | C::Authentication
-        )
-    )
+    match e.rdkafka_error_code()? {
+        C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState => Some(AuthKind::Authentication),
+        C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::DelegationTokenAuthorizationFailed => Some(AuthKind::Authorization),
+        _ => None,
+    }
+}
+
+/// What to check after Kafka refused the client, for every message that reports it.
+pub fn auth_advice(kind: AuthKind) -> &'static str {
+    match kind {
+        AuthKind::Authentication => {
+            "Kafka authentication failed: check the credentials in the Secret named by \
+             source.kafka.credentialsSecret (security.protocol, sasl.mechanism, sasl.username, \
+             sasl.password, ca.crt)"
+        }
+        AuthKind::Authorization => {
+            "Kafka authorization failed: the principal lacks the ACLs for this; grant them, or \
+             check that the Secret named by source.kafka.credentialsSecret holds the intended user"
+        }
+    }
+}
+
+fn auth_hint(e: &KafkaError) -> String {
+    auth_kind(e).map_or_else(String::new, |k| format!("; {}", auth_advice(k)))
+}
+
+impl Error {
+    /// A refused login, with librdkafka's reason (it names the mechanism and the broker's
+    /// answer, never the password).
+    pub fn authentication(reason: &str) -> Error {
+        Error::Auth(format!(
+            "{} ({reason})",
+            auth_advice(AuthKind::Authentication)
+        ))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -28,8 +28,14 @@ struct Cli {
 enum Command {
     /// Run a job: a StreamingJob manifest or a bare job spec in YAML.
     Run(RunArgs),
-    /// Check a job file and exit.
-    Validate { file: PathBuf },
+    /// Check a job file (and, when given, the Kafka credentials) and exit: 0 when `run`
+    /// can start it, 2 with the reason when not.
+    Validate {
+        file: PathBuf,
+        /// Also check these credentials, as `run --kafka-credentials` reads them.
+        #[arg(long, env = "WEIR_KAFKA_CREDENTIALS")]
+        kafka_credentials: Option<PathBuf>,
+    },
     /// Print the JSON schema of the job spec.
     Schema,
     /// Host librdkafka's mock cluster on a loopback port until stdin closes (for tests and
@@ -150,7 +156,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate { file } => match app::check_job(&file) {
+        Command::Validate {
+            file,
+            kafka_credentials,
+        } => match app::validate(&file, kafka_credentials.as_deref()) {
             Ok(job) => {
                 println!(
                     "{}: job {:?} is valid ({} pipeline steps)",

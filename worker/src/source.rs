@@ -211,7 +211,11 @@ impl Source {
         let mut counts = Vec::new();
         for topic in &spec.topics {
             let n = retry.run("reading topic metadata", || {
-                let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT).map_err(Error::kafka("metadata"))?;
+                // A refused login surfaces only as a client event, the request itself as a
+                // transport failure or timeout: ask the client, so it is not retried as an outage.
+                let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT).map_err(|e| {
+                    client::auth_failure(&consumer).map_or_else(|| Error::kafka("metadata")(e), |r| Error::authentication(&r))
+                })?;
                 match md.topics().iter().find(|t| t.name() == topic) {
                     Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
                     Some(t) => Err(Error::Kafka {
@@ -222,7 +226,8 @@ impl Source {
                 }
             })
             .map_err(|e| match e {
-                Error::Cancelled => e,
+                Error::Cancelled | Error::Auth(_) => e,
+                Error::Kafka { ref source, .. } if crate::error::auth_kind(source).is_some() => Error::Auth(format!("reading input topic {topic:?}: {e}")),
                 e => Error::Fatal(format!("input topic {topic:?} is not available ({e}); create it or fix source.kafka.topics")),
             })?;
             counts.push((topic.clone(), n));

@@ -334,3 +334,45 @@ async fn probe_the_mock_cluster_finds_no_offset_for_a_timestamp() {
         .unwrap();
     assert_eq!(obs.partitions[0].offset_for_time, None);
 }
+
+/// A refused login (a SASL client against the mock cluster, which has no SASL: librdkafka
+/// fails the login with its authentication error) and a refused topic (TopicAuthorizationFailed
+/// injected into the mock's metadata) are named as such, with what to check, not reported as
+/// a broker outage or a missing topic.
+#[test]
+fn a_refused_login_or_topic_is_named_in_the_observation() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("lines", 1, 1).unwrap();
+    let mut t = target(&cluster.bootstrap_servers(), &["lines"], "earliest");
+    t.source.credentials = weir_worker::credentials::Credentials::from_secret_data(
+        "Secret default/kafka-client",
+        [
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanism", "PLAIN"),
+            ("sasl.username", "weir"),
+            ("sasl.password", "wrong"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
+    )
+    .unwrap();
+    let e = KafkaObserver::default().kafka(&t).unwrap_err();
+    assert_eq!(e.metric_label(), "auth", "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("Kafka authentication failed")
+            && msg.contains("source.kafka.credentialsSecret")
+            && !msg.contains("wrong"),
+        "{msg}"
+    );
+
+    let t = target(&cluster.bootstrap_servers(), &["lines"], "earliest");
+    cluster
+        .topic_error(
+            "lines",
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let e = KafkaObserver::default().kafka(&t).unwrap_err();
+    assert_eq!(e.metric_label(), "auth", "{e}");
+    assert!(e.to_string().contains("Kafka authorization failed"), "{e}");
+}

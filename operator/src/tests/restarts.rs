@@ -405,11 +405,31 @@ fn the_restart_record_keeps_the_status_small_at_its_largest() {
         Ok(&summarize(&obs, &StartingOffsets::Latest, 1_000_000)),
     );
     out.record.write(&mut st);
-    st.rewind = Some(crate::rewind::status(
-        "r".repeat(253).as_str(),
-        st.last_failure.clone().unwrap().resumed_from,
+    let big = crate::crd::RewindSpec {
+        id: "r".repeat(253),
+        to_timestamp: None,
+        offsets: Some(vec![
+            crate::crd::RewindOffset {
+                topic: "t".repeat(249),
+                partition: 0,
+                offset: 0,
+            };
+            50
+        ]),
+        to_earliest: false,
+        to_latest: false,
+    };
+    let capped = vec!["x".repeat(200); 50];
+    let mut rewound = crate::rewind::status(
+        &big,
+        crate::rewind::Rewound {
+            offsets: st.last_failure.clone().unwrap().resumed_from,
+            capped,
+        },
         t(0),
-    ));
+    );
+    rewound.ignored = Some("i".repeat(2000));
+    st.rewind = Some(rewound);
     let bytes = serde_json::to_vec(&st).unwrap().len();
     assert!(bytes < 100 * 1024, "status is {bytes} bytes");
 }

@@ -156,7 +156,7 @@ async fn rewind_commits_the_group_offsets_on_a_real_broker() {
 
     let set = set_offsets(&t, &RewindTo::Latest, wait).unwrap();
     assert_eq!(
-        set.iter().map(|o| o.offset).collect::<Vec<_>>(),
+        set.offsets.iter().map(|o| o.offset).collect::<Vec<_>>(),
         [Some(10); 3]
     );
     assert_eq!(committed(&t), [Some(10); 3], "latest: everything skipped");
@@ -257,4 +257,228 @@ async fn a_new_rewind_id_stops_the_workers_sets_offsets_once_and_starts_them_aga
         "done once per id"
     );
     assert_eq!(replicas(&server.requests()).last(), Some(&2));
+}
+
+#[test]
+fn explicit_offsets_are_checked_against_the_partitions_kafka_has() {
+    let known = fixtures::topic("lines", &[(0, 100, Some(60)); 3]).partitions;
+    let checked =
+        rewind::check_offsets(&[("lines".into(), 0, 10), ("lines".into(), 2, 500)], &known)
+            .unwrap();
+    assert_eq!(
+        checked.offsets,
+        [("lines".to_string(), 0, 10), ("lines".to_string(), 2, 100)],
+        "past the end: the end, not the offset given"
+    );
+    assert_eq!(
+        checked.capped,
+        ["lines/2: 500 is past the end of the partition, 100; set to the end"]
+    );
+    let refused = rewind::check_offsets(&[("lines".into(), 0, 10), ("lines".into(), 7, 1)], &known)
+        .unwrap_err();
+    assert!(
+        refused.starts_with("partition lines/7 does not exist (lines has 3 partitions, 0..2)"),
+        "{refused}"
+    );
+    let done = rewind::status(
+        &RewindSpec {
+            offsets: Some(vec![RewindOffset {
+                topic: "lines".into(),
+                partition: 2,
+                offset: 500,
+            }]),
+            ..spec("r1")
+        },
+        rewind::Rewound {
+            offsets: Vec::new(),
+            capped: checked.capped,
+        },
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    );
+    assert_eq!(done.target.as_deref(), Some("offsets lines/2@500"));
+    assert!(done.capped.unwrap().contains("set to the end"));
+}
+
+#[test]
+fn status_says_when_a_new_target_under_a_done_id_is_ignored() {
+    let earliest = RewindSpec {
+        to_earliest: true,
+        ..spec("1")
+    };
+    let done = rewind::status(
+        &earliest,
+        rewind::Rewound::default(),
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    );
+    let same = rewind::with_ignored(Some(done.clone()), Some(&earliest)).unwrap();
+    assert_eq!(same.ignored, None, "the spec is what was done");
+    let switched = RewindSpec {
+        to_timestamp: Some("2026-01-31T12:00:00Z".into()),
+        ..spec("1")
+    };
+    let ignored = rewind::with_ignored(Some(done), Some(&switched)).unwrap();
+    assert_eq!(
+        ignored.ignored.as_deref(),
+        Some(
+            "spec.rewind asks for toTimestamp 2026-01-31T12:00:00Z under id \"1\", which was \
+             already done (for toEarliest); set a new id to run it"
+        )
+    );
+}
+
+fn warnings<'a>(r: &'a [Recorded], reason: &str) -> Vec<&'a Recorded> {
+    r.iter()
+        .filter(|x| x.is(&Method::POST, EVENTS) && x.body["reason"] == reason)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_impossible_rewind_stops_nothing_and_posts_a_warning() {
+    let observer = DataObserver::new(Some(fixtures::topic("lines", &[(20, 100, Some(60)); 8])));
+    let settings = Settings {
+        observe_every: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let (server, token, run) = start_wc(&observer, settings);
+    server.wait_for(WAIT, |r| replicas(r) == [2]).await;
+    server.insert(PODS, pod(0));
+    server.insert(PODS, pod(1));
+
+    let mut spec = fixtures::spec();
+    spec["rewind"] = json!({"id": "bad", "offsets": [
+        {"topic": "lines", "partition": 3, "offset": 5},
+        {"topic": "lines", "partition": 9, "offset": 5},
+    ]});
+    server
+        .push_event(JOBS, "MODIFIED", fixtures::job("wc", 2, spec))
+        .await;
+    let r = server
+        .wait_for(WAIT, |r| !warnings(r, "RewindRefused").is_empty())
+        .await;
+    let event = warnings(&r, "RewindRefused")[0];
+    assert_eq!(event.body["type"], "Warning");
+    let note = event.body["note"].as_str().unwrap();
+    assert!(
+        note.starts_with(
+            "rewind \"bad\": partition lines/9 does not exist (lines has 8 partitions, 0..7)"
+        ),
+        "{note}"
+    );
+    let status = r
+        .iter()
+        .rev()
+        .find(|x| x.is(&Method::PATCH, STATUS))
+        .map(|x| x.body["status"].clone())
+        .unwrap();
+    let condition = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "RewindRefused")
+        .cloned()
+        .expect("a RewindRefused condition");
+    assert_eq!(condition["status"], "True");
+    assert!(condition["message"].as_str().unwrap().contains("lines/9"));
+    // Several more passes: still nothing stopped, nothing committed, one Warning.
+    let passes = |r: &[Recorded]| replicas(r).len();
+    let before = passes(&r);
+    server.wait_for(WAIT, |r| passes(r) > before + 2).await;
+    token.cancel();
+    run.await.unwrap();
+    let r = server.requests();
+    assert!(
+        replicas(&r).iter().all(|n| *n == 2),
+        "the workers were never stopped: {:?}",
+        replicas(&r)
+    );
+    assert!(
+        observer.rewinds.lock().unwrap().is_empty(),
+        "nothing committed"
+    );
+    assert_eq!(
+        warnings(&r, "RewindRefused").len(),
+        1,
+        "one Warning per refusal"
+    );
+}
+
+#[tokio::test]
+async fn three_rewinds_post_three_events_with_their_own_ids() {
+    let observer = DataObserver::new(Some(fixtures::topic("lines", &[(20, 100, Some(60)); 2])));
+    let settings = Settings {
+        observe_every: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let (server, token, run) = start_wc(&observer, settings);
+    server.wait_for(WAIT, |r| !replicas(r).is_empty()).await;
+    let targets = [
+        json!({"toEarliest": true}),
+        json!({"toLatest": true}),
+        json!({"offsets": [{"topic": "lines", "partition": 1, "offset": 42}]}),
+    ];
+    for (i, to) in targets.iter().enumerate() {
+        let id = format!("r{i}");
+        let mut spec = fixtures::spec();
+        let mut rewind = to.clone();
+        rewind["id"] = json!(id);
+        spec["rewind"] = rewind;
+        server
+            .push_event(JOBS, "MODIFIED", fixtures::job("wc", 2 + i as i64, spec))
+            .await;
+        server
+            .wait_for(WAIT, |r| warnings(r, "Rewound").len() > i)
+            .await;
+    }
+    token.cancel();
+    run.await.unwrap();
+    let r = server.requests();
+    let notes: Vec<String> = warnings(&r, "Rewound")
+        .iter()
+        .map(|e| e.body["note"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        notes.len(),
+        3,
+        "three Events, not one with a count: {notes:?}"
+    );
+    assert!(
+        notes[0].starts_with("rewind \"r0\": group offsets set to lines/0@20"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[1].starts_with("rewind \"r1\": group offsets set to lines/0@100"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[2].starts_with("rewind \"r2\": group offsets set to lines/1@42"),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rewind_kafka_cannot_do_commits_nothing_on_a_real_broker() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("lines", 3, 1).unwrap();
+    produce(&cluster, "lines", 3, 10, 1_700_000_000_000);
+    let t = target(&cluster.bootstrap_servers(), &["lines"], "earliest");
+    let wait = Duration::from_secs(10);
+    set_offsets(&t, &RewindTo::Earliest, wait).unwrap();
+    let asked = RewindTo::Offsets(vec![("lines".into(), 1, 5), ("lines".into(), 9, 5)]);
+    let e = set_offsets(&t, &asked, wait).unwrap_err();
+    assert!(
+        e.to_string().contains("partition lines/9 does not exist"),
+        "{e}"
+    );
+    let committed: Vec<_> = KafkaObserver::default()
+        .kafka(&t)
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.committed)
+        .collect();
+    assert_eq!(committed, [Some(0); 3], "not even lines/1 was committed");
+    // Past the end: the end, said so.
+    let done = set_offsets(&t, &RewindTo::Offsets(vec![("lines".into(), 2, 500)]), wait).unwrap();
+    assert_eq!(done.offsets[0].offset, Some(10));
+    assert_eq!(done.capped.len(), 1);
 }

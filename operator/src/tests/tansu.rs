@@ -209,7 +209,7 @@ async fn a_rewind_to_a_time_commits_the_first_offset_at_or_after_it() {
         Duration::from_secs(10),
     )
     .unwrap();
-    assert_eq!(set[0].offset, Some(2), "the record stamped 3 s");
+    assert_eq!(set.offsets[0].offset, Some(2), "the record stamped 3 s");
     let obs = observe::kafka(std::sync::Arc::new(KafkaObserver::default()), t)
         .await
         .unwrap();

@@ -52,6 +52,17 @@ impl Broker {
     /// tansu's sqlite engine on a free loopback port; `None` (with a note) when tansu is not
     /// installed, which only `scripts/test.sh` guarantees.
     pub fn tansu() -> Option<Broker> {
+        Self::tansu_with(&[])
+    }
+
+    /// tansu with `--authentication`: every client must log in with SASL SCRAM against users
+    /// in its storage, and a fresh broker has none, so every login is refused as a wrong
+    /// password is. `None` (with a note) when tansu is not installed.
+    pub fn tansu_authenticating() -> Option<Broker> {
+        Self::tansu_with(&["--authentication"])
+    }
+
+    fn tansu_with(more: &[&str]) -> Option<Broker> {
         let bin = std::env::var("WEIR_TANSU_BIN")
             .ok()
             .map(PathBuf::from)
@@ -70,7 +81,7 @@ impl Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let bootstrap = format!("127.0.0.1:{port}");
-        let child = start_tansu(&bin, dir.path(), port);
+        let child = start_tansu_with(&bin, dir.path(), port, more);
         Some(Broker::Tansu {
             child,
             bootstrap,
@@ -177,6 +188,11 @@ impl Drop for Broker {
 
 /// tansu's broker with its sqlite engine in `dir`, listening on `port` once this returns.
 fn start_tansu(bin: &Path, dir: &Path, port: u16) -> Child {
+    start_tansu_with(bin, dir, port, &[])
+}
+
+/// As [`start_tansu`], with more broker options.
+fn start_tansu_with(bin: &Path, dir: &Path, port: u16, more: &[&str]) -> Child {
     let bootstrap = format!("127.0.0.1:{port}");
     let child = Command::new(bin)
         .args([
@@ -189,6 +205,7 @@ fn start_tansu(bin: &Path, dir: &Path, port: u16) -> Child {
             // Relative to the working directory: tansu misreads absolute sqlite URLs.
             "sqlite://tansu.db",
         ])
+        .args(more)
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
