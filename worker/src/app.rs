@@ -50,7 +50,7 @@ pub fn check_job(file: &std::path::Path) -> Result<crate::spec::JobFile> {
 /// Whether an error is a refusal of the job or its flags (exit 2, as `validate`), rather than a
 /// failure while running it (exit 1).
 pub fn is_refusal(e: &Error) -> bool {
-    matches!(e, Error::Load(_) | Error::Pipeline(_))
+    matches!(e, Error::Load(_) | Error::Pipeline(_) | Error::Settings(_))
 }
 
 /// Runs the job until SIGTERM/SIGINT (the batch in flight finishes and commits) or until
@@ -172,11 +172,12 @@ pub fn validate(file: &Path, credentials: Option<&Path>) -> Result<JobFile> {
 fn load_credentials(kafka: &mut KafkaSource, path: Option<&Path>, required: bool) -> Result<()> {
     match (path, &kafka.credentials_secret) {
         (Some(path), _) => {
-            kafka.credentials = Credentials::load(path).map_err(|e| Error::Fatal(e.to_string()))?;
+            kafka.credentials =
+                Credentials::load(path).map_err(|e| Error::Settings(e.to_string()))?;
             info!(settings = ?kafka.credentials.setting_names().collect::<Vec<_>>(), "Kafka credentials loaded");
         }
         (None, Some(secret)) if required => {
-            return Err(Error::Fatal(format!(
+            return Err(Error::Settings(format!(
                 "source.kafka.credentialsSecret is {secret:?} but no credentials were given: \
                  in Kubernetes the operator mounts the Secret; elsewhere pass \
                  --kafka-credentials DIR_OR_ENV_FILE (or WEIR_KAFKA_CREDENTIALS)"

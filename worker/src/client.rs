@@ -86,6 +86,10 @@ pub struct Link {
 struct LinkState {
     /// The latest client error and when it came.
     last: Option<(String, std::time::Instant)>,
+    /// The latest of librdkafka's own error lines, which name the cause ("Failed to resolve
+    /// ...", "Connection refused"), where the error codes that follow only say "all brokers
+    /// are down".
+    cause: Option<(String, std::time::Instant)>,
     /// Per error code: when it was last logged, and how many came since.
     logged: std::collections::HashMap<i32, (std::time::Instant, u64)>,
     /// librdkafka's reason for the last refused login (it names the mechanism and the
@@ -98,16 +102,31 @@ struct LinkState {
 const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Link {
-    /// The latest client error no older than `within`, if any.
+    /// The latest client error no older than `within`, if any: a line that names the cause
+    /// first, else the latest error code.
     pub fn recent_error(&self, within: std::time::Duration) -> Option<String> {
         let s = self
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        s.last
-            .as_ref()
-            .filter(|(_, at)| at.elapsed() <= within)
-            .map(|(e, _)| e.clone())
+        let recent = |e: &Option<(String, std::time::Instant)>| {
+            e.as_ref()
+                .filter(|(_, at)| at.elapsed() <= within)
+                .map(|(e, _)| e.clone())
+        };
+        recent(&s.cause).or_else(|| recent(&s.last))
+    }
+
+    /// Reports one of librdkafka's own error or warning lines, which carry the cause.
+    fn report_cause(&self, kind: i32, text: String) {
+        {
+            let mut s = self
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.cause = Some((text.clone(), std::time::Instant::now()));
+        }
+        self.report(kind, text);
     }
 
     /// Reports an error a client returned or called back with; end-of-partition notices are
@@ -182,6 +201,24 @@ impl Link {
     }
 }
 
+/// The fix for a broker that could not be reached, from what librdkafka said about it. PURE.
+pub fn unreachable_fix(why: &str) -> &'static str {
+    let w = why.to_ascii_lowercase();
+    if w.contains("resolve") {
+        "the host name does not resolve: fix source.kafka.bootstrapServers (in Kubernetes, the Service's name and namespace)"
+    } else if w.contains("connection refused") {
+        "nothing accepts connections there: check the port in source.kafka.bootstrapServers and that the brokers are running"
+    } else if w.contains("ssl")
+        || w.contains("tls")
+        || w.contains("certificate")
+        || w.contains("handshake")
+    {
+        "the TLS handshake failed: check security.protocol and the CA (ca.crt) in the Secret named by source.kafka.credentialsSecret"
+    } else {
+        "check source.kafka.bootstrapServers, that the brokers are running, and that the network lets the worker reach them"
+    }
+}
+
 /// Client events of the worker's consumers. A consumer hands its errors to whoever polls it
 /// (the source reports them to the [`Link`]); librdkafka's warnings and errors in its log
 /// carry the cause ("Connect to ... failed: Connection refused"), so they go to the link too,
@@ -210,7 +247,8 @@ impl ClientContext for SourceContext {
                 let kind = fac.bytes().fold(-1_000_i32, |h, b| {
                     h.wrapping_mul(31).wrapping_sub(i32::from(b))
                 });
-                self.link.report(kind, format!("{fac}: {log_message}"));
+                self.link
+                    .report_cause(kind, format!("{fac}: {log_message}"));
             }
             _ => tracing::trace!(facility = fac, "librdkafka: {log_message}"),
         }
@@ -254,7 +292,7 @@ pub fn auth_failure(consumer: &BaseConsumer<SourceContext>) -> Option<String> {
 /// for a broker. So `weir-worker validate` refuses what `run` would fail on.
 ///
 /// # Errors
-/// [`crate::error::Error::Fatal`] with librdkafka's reason, which names the setting (never a
+/// [`crate::error::Error::Settings`] with librdkafka's reason, which names the setting (never a
 /// credential's value: those take any text, so librdkafka never quotes them as invalid).
 pub fn check_settings(source: &KafkaSource) -> crate::error::Result<()> {
     let id = Identity {
@@ -269,7 +307,7 @@ pub fn check_settings(source: &KafkaSource) -> crate::error::Result<()> {
             KafkaError::ClientCreation(s) => s,
             e => e.to_string(),
         };
-        crate::error::Error::Fatal(format!(
+        crate::error::Error::Settings(format!(
             "the Kafka client settings (source.kafka.properties and the credentials) cannot be \
              used: {reason}; Weir's build serves security.protocol {} and sasl.mechanism {}",
             crate::credentials::PROTOCOLS.join(", "),
@@ -290,6 +328,15 @@ pub fn check_settings(source: &KafkaSource) -> crate::error::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_broker_gets_the_fix_for_what_librdkafka_said() {
+        let fix = |why| unreachable_fix(why);
+        assert!(fix("FAIL: nohost:9092/bootstrap: Failed to resolve 'nohost:9092': Name or service not known").contains("does not resolve"));
+        assert!(fix("FAIL: 127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)").contains("check the port"));
+        assert!(fix("FAIL: b:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed").contains("TLS handshake"));
+        assert!(fix("Local: Timed out").contains("network"));
+    }
 
     #[test]
     fn a_repeated_client_error_is_logged_once_per_period_with_the_count_left_out() {

@@ -40,6 +40,11 @@ pub enum Error {
     Pipeline(#[from] crate::pipeline::PipelineError),
     #[error("{0}")]
     Fatal(String),
+    /// Settings given besides the job file that cannot be used (credentials, client
+    /// settings librdkafka refuses): like an invalid job, found before any record is read,
+    /// and refused the same way by `validate` and `run` (exit 2).
+    #[error("{0}")]
+    Settings(String),
     /// A newer producer with the same transactional id took over (a newer worker owns the
     /// partition): this one must stop writing.
     #[error("{0}")]
@@ -66,6 +71,7 @@ impl Error {
             Error::Load(_)
             | Error::Pipeline(_)
             | Error::Fatal(_)
+            | Error::Settings(_)
             | Error::Fenced(_)
             | Error::Auth(_)
             | Error::Cancelled => Class::Fatal,

@@ -214,7 +214,10 @@ impl Source {
                 // A refused login surfaces only as a client event, the request itself as a
                 // transport failure or timeout: ask the client, so it is not retried as an outage.
                 let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT).map_err(|e| {
-                    client::auth_failure(&consumer).map_or_else(|| Error::kafka("metadata")(e), |r| Error::authentication(&r))
+                    client::auth_failure(&consumer).map_or_else(
+                        || with_link_error(&context.link, Error::kafka("metadata")(e), REQUEST_TIMEOUT * 2),
+                        |r| Error::authentication(&r),
+                    )
                 })?;
                 match md.topics().iter().find(|t| t.name() == topic) {
                     Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
@@ -228,6 +231,11 @@ impl Source {
             .map_err(|e| match e {
                 Error::Cancelled | Error::Auth(_) => e,
                 Error::Kafka { ref source, .. } if crate::error::auth_kind(source).is_some() => Error::Auth(format!("reading input topic {topic:?}: {e}")),
+                Error::Unreachable { ref why, .. } => Error::Fatal(format!(
+                    "cannot read input topic {topic:?}: the brokers at {} could not be reached ({e}); {}",
+                    spec.bootstrap_servers,
+                    client::unreachable_fix(why)
+                )),
                 e => Error::Fatal(format!("input topic {topic:?} is not available ({e}); create it or fix source.kafka.topics")),
             })?;
             counts.push((topic.clone(), n));
@@ -377,17 +385,8 @@ impl Source {
             .collect()
     }
 
-    /// A request error with what the clients last heard from the brokers, which says why
-    /// (a timeout alone does not).
     fn with_link_error(&self, e: Error) -> Error {
-        match (e, self.link.recent_error(self.probe_timeout * 3)) {
-            (Error::Kafka { op, source }, Some(why)) => Error::Unreachable {
-                op,
-                why: why.into(),
-                source: Box::new(source),
-            },
-            (e, _) => e,
-        }
+        with_link_error(&self.link, e, self.probe_timeout * 3)
     }
 
     /// Handles positions outside their partition's log by the job's `offsetOutOfRange`
@@ -629,6 +628,19 @@ impl Source {
             self.positions[i] = r.from;
         }
         self.reassign();
+    }
+}
+
+/// A request error with what the clients heard from the brokers in the last `within`, which
+/// says why (a timeout alone does not).
+fn with_link_error(link: &Link, e: Error, within: Duration) -> Error {
+    match (e, link.recent_error(within)) {
+        (Error::Kafka { op, source }, Some(why)) => Error::Unreachable {
+            op,
+            why: why.into(),
+            source: Box::new(source),
+        },
+        (e, _) => e,
     }
 }
 

@@ -243,7 +243,7 @@ fn every_accepted_protocol_and_mechanism_makes_a_client() {
 
 /// `validate` answers for the build: a mechanism librdkafka was built without (GSSAPI needs
 /// Cyrus SASL, which Weir's build leaves out) is refused with exit 2 and the reason, and
-/// `run` refuses it with the same reason instead of failing later. The README's example
+/// `run` refuses it with the same reason and exit code instead of failing later. The README's example
 /// (SASL_SSL with SCRAM-SHA-512 and a CA) validates.
 #[test]
 fn validate_refuses_what_the_build_cannot_serve_and_run_agrees() {
@@ -277,7 +277,11 @@ sink: {stdout: {}}
         .output()
         .expect("run");
     let ran = String::from_utf8_lossy(&run.stderr).to_string();
-    assert!(!run.status.success(), "{ran}");
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "a refusal, as validate's: {ran}"
+    );
     assert!(
         ran.contains("GSSAPI") && ran.contains("cannot be used"),
         "{ran}"

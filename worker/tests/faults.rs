@@ -69,8 +69,10 @@ fn a_killed_broker_makes_the_worker_unready_with_the_cause_and_nothing_is_lost_w
     assert_eq!(w.get("/livez").map(|(s, _)| s), Some(200));
     let logs = w.all_logs();
     assert!(
-        logs.contains("batch not planned") && logs.contains("Kafka client error"),
-        "a warning says the brokers are gone, when it happens:\n{logs}"
+        logs.contains("batch not planned")
+            && logs.contains("Kafka client error")
+            && logs.contains("Connection refused"),
+        "a warning says the brokers are gone, and why, when it happens:\n{logs}"
     );
     let metrics = w.get("/metrics").expect("metrics").1;
     assert_eq!(
@@ -238,4 +240,40 @@ fn retention_overtaking_the_job_stops_it_by_default_with_the_records_it_lost() {
             && msg.contains("retention deleted records"),
         "{msg}"
     );
+}
+
+/// Runs a job against `bootstrap` with a short retry budget until it gives up.
+fn unreachable_run(bootstrap: &str) -> (Option<i32>, String, String, std::time::Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = job_file(
+        dir.path(),
+        &format!(
+            "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: '{bootstrap}', topics: [in], retries: {{maxRetries: 1, backoff: 100ms}}}}}}\nsink: {{stdout: {{}}}}\n"
+        ),
+    );
+    let started = Instant::now();
+    let (code, msg, logs) = run_to_exit(&job, dir.path());
+    (code, msg, logs, started.elapsed())
+}
+
+#[test]
+fn an_unresolvable_host_and_a_refused_connection_are_told_apart_each_with_its_fix() {
+    let (code, msg, logs, took) = unreachable_run("no-such-host.invalid:9092");
+    assert_eq!(code, Some(1), "{logs}");
+    assert!(msg.contains("does not resolve"), "{msg}");
+    assert!(
+        logs.contains("Kafka client error") && logs.contains("resolve"),
+        "the cause is logged when it happens:\n{logs}"
+    );
+    eprintln!("unresolvable host: gave up after {took:?}");
+
+    let port = free_port();
+    let (code, msg, logs, took) = unreachable_run(&format!("127.0.0.1:{port}"));
+    assert_eq!(code, Some(1), "{logs}");
+    assert!(
+        msg.contains("nothing accepts connections there") && !msg.contains("create it"),
+        "{msg}"
+    );
+    assert!(logs.contains("Connection refused"), "{logs}");
+    eprintln!("refused connection: gave up after {took:?}");
 }
