@@ -144,6 +144,44 @@ fn sigterm_with_the_broker_frozen_exits_within_the_shutdown_timeout() {
     eprintln!("exited {took:?} after SIGTERM with {status:?}");
 }
 
+#[test]
+fn sigterm_while_a_call_waits_on_a_frozen_broker_exits_at_the_deadline_without_committing() {
+    let broker = mock_process_with(&[("in", PARTITIONS), ("out", PARTITIONS)]);
+    produce_numbered(&broker, "in", PARTITIONS, 0, 100);
+    // Frozen before the worker connects: its metadata request waits on the broker.
+    broker.signal("STOP");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = job(dir.path(), &broker, "deadline", "");
+    let log = dir.path().join("termination-log");
+    let mut w = WorkerProc::spawn(
+        &job,
+        &[
+            "--shutdown-timeout",
+            "1s",
+            "--termination-log",
+            log.to_str().expect("path"),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    w.signal("TERM");
+    let status = w.wait_exit(Duration::from_secs(20));
+    let took = asked.elapsed();
+    broker.signal("CONT");
+    let status =
+        status.unwrap_or_else(|| panic!("still running 20 s after SIGTERM:\n{}", w.all_logs()));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(status.code(), Some(1), "{}", w.all_logs());
+    let msg = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(msg.contains("did not stop within 1s"), "{msg}");
+    assert_eq!(
+        committed(&broker, "deadline", "in", PARTITIONS),
+        vec![-1, -1],
+        "nothing committed"
+    );
+    eprintln!("exited {took:?} after SIGTERM at the deadline");
+}
+
 /// Commits `offset` for every partition of "in" in `group`.
 fn commit_offsets(broker: &Broker, group: &str, offset: i64) {
     let c: BaseConsumer = broker
