@@ -314,13 +314,16 @@ pub fn check_settings(source: &KafkaSource) -> crate::error::Result<()> {
             crate::credentials::MECHANISMS.join(", ")
         ))
     };
-    let consumer: BaseConsumer<SourceContext> = consumer(source, &id, "weir-validate")
-        .create_with_context(SourceContext::default())
-        .map_err(refused)?;
+    // Without brokers to talk to: a client starts connecting to its bootstrap servers as soon
+    // as it exists, and a check must not (the brokers may not be reachable from where
+    // `validate` runs, and `run --embedded` replaces them after this check).
+    let mut c = consumer(source, &id, "weir-validate");
+    c.remove("bootstrap.servers");
+    let consumer: BaseConsumer = c.create().map_err(refused)?;
     drop(consumer);
-    let producer: BaseProducer = producer(&source.bootstrap_servers, source, &id, "validate")
-        .create()
-        .map_err(refused)?;
+    let mut p = producer(&source.bootstrap_servers, source, &id, "validate");
+    p.remove("bootstrap.servers");
+    let producer: BaseProducer = p.create().map_err(refused)?;
     drop(producer);
     Ok(())
 }
