@@ -6,7 +6,8 @@
 # Without --bootstrap it hosts librdkafka's mock cluster on a loopback port, with enough
 # partitions that the backlog fits the mock's per-partition retention (about 5 MiB). It writes
 # RECORDS (default 1000000) 100-byte JSON records, drains them once with a raw consumer (assign,
-# same fetch settings, counting only) and once with a worker running filter + keyBy + count, and
+# same fetch settings, counting only) and once with a worker running filter + keyBy + count (which
+# since keys meet across partitions runs through the shuffle: the rate is its first stage's), and
 # prints both rates and `ratio=<worker/raw>`. --job stateful runs a running count per page (a
 # state step, its changelog, a Kafka sink at least once); --job exactly-once the same with the
 # exactly-once Kafka sink (a transaction per partition and batch). Not a test: figures depend
@@ -42,8 +43,12 @@ topic="weir-drain-$$"
 partitions=$(( (records + 24999) / 25000 )); [ "$partitions" -lt 8 ] && partitions=8
 if [ -z "$bootstrap" ]; then
   mkfifo "$work/hold"
+  # The mock cluster cannot create topics on request: every topic the job uses is made here,
+  # among them the shuffle the worker puts before the keyed step (`views`, after a keyBy) and
+  # that stage's changelog.
   "$bin/weir-worker" mock-kafka --topic "$topic:$partitions" --topic "$topic-out:$partitions" \
-    --topic "weir-bench-$$-changelog:$partitions" < "$work/hold" > "$work/mock.out" 2>"$work/mock.err" &
+    --topic "weir-bench-$$-changelog:$partitions" --topic "job-views-repartition:$partitions" \
+    --topic "weir-bench-$$-views-changelog:$partitions" < "$work/hold" > "$work/mock.out" 2>"$work/mock.err" &
   pids+=($!)
   exec 9>"$work/hold"   # keeps the mock's stdin open until this script exits
   for _ in $(seq 100); do grep -q bootstrap "$work/mock.out" 2>/dev/null && break; sleep 0.1; done
