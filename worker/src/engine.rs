@@ -289,9 +289,11 @@ impl Engine {
                     if matches!(&e, Error::Kafka { source, .. } if source.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange))
                     {
                         // Retention overtook the job mid-read: the job's policy decides, as at
-                        // start; the batch then runs again from where that leaves it.
-                        let marks = self.source.fresh_watermarks()?;
-                        self.source.check_log_bounds(&marks)?;
+                        // start; the batch then runs again from where that leaves it. Without
+                        // watermarks the next attempt plans without them, and says so.
+                        if let Ok(marks) = self.source.fresh_watermarks() {
+                            self.source.check_log_bounds(&marks)?;
+                        }
                         continue;
                     }
                     if matches!(e, Error::Cancelled) {
