@@ -105,13 +105,7 @@ impl WorkerPod {
             .and_then(|s| s.terminated.as_ref())
             .map(|t| Exit {
                 exit_code: t.exit_code,
-                message: t
-                    .message
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|m| !m.is_empty())
-                    .or(t.reason.as_deref())
-                    .map(str::to_string),
+                message: exit_message(t.reason.as_deref(), t.message.as_deref()),
             });
         Some(Self {
             worker,
@@ -121,6 +115,61 @@ impl WorkerPod {
             last_exit,
         })
     }
+}
+
+/// What a container's last run said, for a person. PURE. An OOM kill says so, with what to
+/// change (the worker cannot: the kernel killed it). Otherwise the worker's own termination
+/// message, or, where Kubernetes fell back to the log's tail (a kill the worker could not
+/// report), its last meaningful line without colour codes; else Kubernetes' reason.
+pub fn exit_message(reason: Option<&str>, message: Option<&str>) -> Option<String> {
+    let said = message.map(last_words).filter(|m| !m.is_empty());
+    match (reason, said) {
+        (Some("OOMKilled"), said) => Some(format!(
+            "OOMKilled: the worker used more memory than its limit; raise spec.resources.limits.memory, or lower source.kafka.maxRatePerPartition so that batches hold less{}",
+            said.map_or_else(String::new, |s| format!(" (its last words: {s})"))
+        )),
+        (_, Some(s)) => Some(s),
+        (r, None) => r.map(str::to_string),
+    }
+}
+
+/// The line of a message worth reading: the message itself when it is one line (the worker's
+/// termination message), else the last line of the log tail that reports an error (or its
+/// last line), without ANSI colour codes.
+fn last_words(message: &str) -> String {
+    let plain = strip_ansi(message);
+    let lines: Vec<&str> = plain
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("ERROR") || l.starts_with("error:") || l.contains("panicked"))
+        .or(lines.last());
+    line.map_or_else(String::new, |l| (*l).to_string())
+}
+
+/// `s` without ANSI escape sequences (ESC [ ... final byte).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for f in chars.by_ref() {
+                    if ('@'..='~').contains(&f) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The part of the status this module owns.

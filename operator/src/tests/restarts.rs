@@ -303,12 +303,45 @@ fn a_pod_gives_its_worker_restarts_and_termination_message() {
     );
     let exit = w.last_exit.unwrap();
     assert_eq!(exit.exit_code, 137);
-    assert_eq!(exit.message.as_deref(), Some("state store full"));
+    let said = exit.message.unwrap();
+    assert!(
+        said.starts_with("OOMKilled: the worker used more memory than its limit")
+            && said.contains("spec.resources.limits.memory")
+            && said.ends_with("(its last words: state store full)"),
+        "an OOM kill says so, with the fix: {said}"
+    );
     let w = parse(terminated(None));
+    assert!(
+        w.last_exit
+            .unwrap()
+            .message
+            .unwrap()
+            .starts_with("OOMKilled:"),
+        "no message: still named"
+    );
+    let error = |message: &str| {
+        json!({"containerStatuses": [{
+            "name": "worker", "image": "w", "imageID": "", "ready": false, "restartCount": 1,
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}
+        }]})
+    };
+    // FallbackToLogsOnError: the log's tail, coloured, of a worker killed mid-batch.
+    let tail = "\u{1b}[2m2026-12-01T10:00:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m batch completed records_in=5\n\
+                \u{1b}[2m2026-12-01T10:00:01Z\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m worker failed error=Kafka commit failed\n\
+                \u{1b}[2m2026-12-01T10:00:01Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m closing\n";
+    let said = parse(error(tail)).last_exit.unwrap().message.unwrap();
     assert_eq!(
-        w.last_exit.unwrap().message.as_deref(),
-        Some("OOMKilled"),
-        "no message: Kubernetes' reason"
+        said, "2026-12-01T10:00:01Z ERROR worker failed error=Kafka commit failed",
+        "the line that reports the error, without colour codes"
+    );
+    let said = parse(error("weir-worker: input topic \"lines\" is not available"))
+        .last_exit
+        .unwrap()
+        .message;
+    assert_eq!(
+        said.as_deref(),
+        Some("weir-worker: input topic \"lines\" is not available"),
+        "the worker's own message as it wrote it"
     );
     let w = parse(json!({}));
     assert_eq!(
