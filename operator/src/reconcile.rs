@@ -100,8 +100,18 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
             }
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
+    // A racing reconcile (or the API server's garbage collector) may already have removed the
+    // job: its finalizer is then gone with it, which is what this pass wanted.
+    let result = match result {
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s)))
+            if s.code == 404 =>
+        {
+            debug!("the job was gone before its finalizer was removed");
+            Ok(Action::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    };
     match &result {
         Ok(_) => ctx.forget_failures(&job),
         Err(e) if e.class() == ErrorClass::Waiting => {}

@@ -129,3 +129,32 @@ async fn a_deleted_job_drains_its_workers_before_its_finalizer_goes() {
         "a deleted job's gauges go with it"
     );
 }
+
+#[tokio::test]
+async fn a_finalizer_already_gone_with_its_job_is_not_a_failure() {
+    let mut job = fixtures::job("wc", 1, fixtures::spec());
+    job["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+    let metrics = Metrics::new().unwrap();
+    let observer = DataObserver::new(Some(fixtures::topic("lines", &[(0, 10, Some(10)); 8])));
+    // A racing reconcile removed the job first: the finalizer's removal finds nothing.
+    let (server, token, run) = start_observed(
+        job,
+        metrics.clone(),
+        |s| s.fail(Method::PATCH, JOB, http::StatusCode::NOT_FOUND, 1),
+        observer,
+        Settings::default(),
+    );
+    let r = server.wait_for(WAIT, |r| !json_patches(r).is_empty()).await;
+    // Give a retry (which a failure would cause) the time to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel();
+    run.await.unwrap();
+    assert_eq!(ops(json_patches(&r)[0])[1].0, "remove");
+    assert_eq!(
+        json_patches(&server.requests()).len(),
+        1,
+        "a 404 on the finalizer's removal is not retried"
+    );
+    let text = metrics.render();
+    assert!(!text.contains("weir_operator_reconcile_errors"), "{text}");
+}
