@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, ResourceRequirements, Toleration,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -576,4 +577,113 @@ pub struct PartitionOffsetStatus {
     /// The end of the log (high watermark).
     pub end: i64,
     pub lag: i64,
+}
+
+/// The `format`s the API server recognises in a CRD's schema (apiextensions-apiserver's
+/// supported formats plus OpenAPI's numeric ones); any other makes it warn on every create and
+/// update of the CRD and of each object.
+pub const KNOWN_FORMATS: &[&str] = &[
+    "int32",
+    "int64",
+    "float",
+    "double",
+    "byte",
+    "binary",
+    "date",
+    "date-time",
+    "datetime",
+    "duration",
+    "password",
+    "bsonobjectid",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "mac",
+    "uuid",
+    "uuid3",
+    "uuid4",
+    "uuid5",
+    "isbn",
+    "isbn10",
+    "isbn13",
+    "creditcard",
+    "ssn",
+    "hexcolor",
+    "rgbcolor",
+];
+
+/// The CRD as the API server gets it: the generated one with schemars' unsigned formats
+/// rewritten (see [`kubernetes_formats`]).
+pub fn definition() -> CustomResourceDefinition {
+    let crd = <StreamingJob as kube::CustomResourceExt>::crd();
+    let mut value = match serde_json::to_value(&crd) {
+        Ok(v) => v,
+        Err(_) => return crd,
+    };
+    kubernetes_formats(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// Rewrites schemars' `uint8`..`uint64` (Rust's unsigned types) as the signed formats
+/// Kubernetes knows, with the bounds that made them unsigned: `minimum: 0`, and for types
+/// narrower than 64 bits the type's own maximum unless a tighter one is set. A u32 becomes
+/// int64, since int32 could not hold its upper half.
+pub fn kubernetes_formats(schema: &mut serde_json::Value) {
+    use serde_json::Value;
+    match schema {
+        Value::Object(map) => {
+            let unsigned = match map.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some(("int32", Some(u64::from(u8::MAX)))),
+                Some("uint16") => Some(("int32", Some(u64::from(u16::MAX)))),
+                Some("uint32") => Some(("int64", Some(u64::from(u32::MAX)))),
+                Some("uint64" | "uint") => Some(("int64", None)),
+                _ => None,
+            };
+            if let Some((format, max)) = unsigned {
+                map.insert("format".into(), format.into());
+                let min = map.get("minimum").and_then(Value::as_f64).unwrap_or(0.0);
+                map.insert("minimum".into(), min.max(0.0).into());
+                if let Some(max) = max {
+                    // Exact as f64: every bound here is below 2^53.
+                    #[allow(clippy::cast_precision_loss)]
+                    let max = max as f64;
+                    let set = map.get("maximum").and_then(Value::as_f64).unwrap_or(max);
+                    map.insert("maximum".into(), set.min(max).into());
+                }
+            }
+            map.values_mut().for_each(kubernetes_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(kubernetes_formats),
+        _ => {}
+    }
+}
+
+/// Every `format` in `schema` the API server does not recognise, with its JSON path.
+pub fn unknown_formats(schema: &serde_json::Value) -> Vec<String> {
+    fn walk(v: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(f) = map.get("format").and_then(serde_json::Value::as_str) {
+                    if !KNOWN_FORMATS.contains(&f) {
+                        out.push(format!("{at}: {f}"));
+                    }
+                }
+                for (k, v) in map {
+                    walk(v, &format!("{at}.{k}"), out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(v, &format!("{at}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(schema, "", &mut out);
+    out
 }

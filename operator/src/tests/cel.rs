@@ -2,14 +2,13 @@
 //! kube's client-side validation) the way the API server evaluates them at admission.
 
 use kube::core::cel::{compile_schema, estimate_rule_cost, Validator};
-use kube::CustomResourceExt;
 use serde_json::{json, Value};
 
 use crate::crd::StreamingJob;
 use crate::fixtures;
 
 fn schema() -> Value {
-    serde_json::to_value(StreamingJob::crd()).unwrap()["spec"]["versions"][0]["schema"]
+    serde_json::to_value(crate::crd::definition()).unwrap()["spec"]["versions"][0]["schema"]
         ["openAPIV3Schema"]
         .clone()
 }

@@ -1,7 +1,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use kube::CustomResourceExt;
 use serde_json::Value;
 use weir_worker::spec::{parse_job, JobSpec, KUBERNETES_ONLY_FIELDS};
 
@@ -12,7 +11,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn crd_json() -> Value {
-    serde_json::to_value(StreamingJob::crd()).unwrap()
+    serde_json::to_value(crate::crd::definition()).unwrap()
 }
 
 fn open_api_schema() -> Value {
@@ -314,4 +313,41 @@ fn schema_rejects_an_invalid_manifest() {
             "{expected} not reported in:\n{errs}"
         );
     }
+}
+
+#[test]
+fn the_crd_uses_only_formats_the_api_server_knows() {
+    let crd = crd_json();
+    assert_eq!(crate::crd::unknown_formats(&crd), Vec::<String>::new());
+    // What was unsigned keeps its bounds: maxRestarts is a u32 with maximum 10000.
+    let max_restarts = &open_api_schema()["properties"]["spec"]["properties"]["restartPolicy"]
+        ["properties"]["maxRestarts"];
+    assert_eq!(max_restarts["format"], "int64");
+    assert_eq!(max_restarts["minimum"], 0.0);
+    assert_eq!(max_restarts["maximum"], 10000.0);
+    let text = crate::crd_yaml().unwrap();
+    assert!(!text.contains("format: uint"), "{text}");
+}
+
+#[test]
+fn unsigned_formats_become_signed_with_their_bounds() {
+    let mut schema = serde_json::json!({"properties": {
+        "a": {"type": "integer", "format": "uint32"},
+        "b": {"type": "integer", "format": "uint64", "minimum": 1.0},
+        "c": {"type": "array", "items": {"type": "integer", "format": "uint16", "maximum": 9.0}},
+    }});
+    crate::crd::kubernetes_formats(&mut schema);
+    let p = &schema["properties"];
+    assert_eq!(
+        p["a"],
+        serde_json::json!({"type": "integer", "format": "int64", "minimum": 0.0, "maximum": 4294967295.0})
+    );
+    assert_eq!(
+        p["b"],
+        serde_json::json!({"type": "integer", "format": "int64", "minimum": 1.0})
+    );
+    assert_eq!(
+        p["c"]["items"],
+        serde_json::json!({"type": "integer", "format": "int32", "minimum": 0.0, "maximum": 9.0})
+    );
 }
