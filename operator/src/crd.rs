@@ -67,7 +67,7 @@ fn job_rules(schema: &mut schemars::Schema) {
     doc = "A micro-batch streaming job over Kafka, run by Weir as a StatefulSet of workers.",
     scale(
         spec_replicas_path = ".spec.workers.replicas",
-        status_replicas_path = ".status.workers.ready",
+        status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
@@ -352,6 +352,12 @@ pub struct StreamingJobStatus {
     pub phase: Option<Phase>,
     #[serde(default)]
     pub workers: WorkersStatus,
+    /// Worker pods that exist, ready or not (the StatefulSet's `status.replicas`): what
+    /// `/scale` reports as the current count, so an autoscaler counts Pending pods too.
+    /// The ready ones are `workers.ready`.
+    // Always written (0 included): the status is a merge patch, and a left-out field stays.
+    #[serde(default)]
+    pub replicas: u32,
     /// Label selector of the worker pods, for the `/scale` subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,

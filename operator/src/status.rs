@@ -68,6 +68,7 @@ pub fn compute(
                 reason: Some(reason.clone()),
             };
             status.selector = Some(selector.clone());
+            status.replicas = *current;
             let (d, r, c) = (*desired, *ready, *current);
             if *suspended {
                 (

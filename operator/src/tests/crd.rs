@@ -142,7 +142,7 @@ fn crd_names_subresources_and_columns() {
     );
     assert_eq!(
         v["subresources"]["scale"]["statusReplicasPath"],
-        ".status.workers.ready"
+        ".status.replicas"
     );
     assert_eq!(
         v["subresources"]["scale"]["labelSelectorPath"],

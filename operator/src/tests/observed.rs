@@ -241,3 +241,30 @@ async fn the_jobs_figures_reach_the_operators_metrics_endpoint() {
     assert_eq!(value("weir_job_workers_ready"), Some(0));
     assert_eq!(value("weir_job_restarts"), Some(0));
 }
+
+#[tokio::test]
+async fn scale_reports_pods_that_exist_as_current_and_ready_ones_apart() {
+    let observer = DataObserver::new(Some(lines(8)));
+    let (server, token, run) = start_observed(
+        fixtures::job("wc", 1, fixtures::spec()),
+        Metrics::new().unwrap(),
+        |s| {
+            // Two pods exist and both are still Pending.
+            s.insert(
+                "/apis/apps/v1/namespaces/default/statefulsets",
+                serde_json::json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                    "metadata": {"name": "wc", "namespace": "default"},
+                    "status": {"replicas": 2, "readyReplicas": 0}}),
+            );
+        },
+        observer,
+        settings(),
+    );
+    let r = server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
+    token.cancel();
+    run.await.unwrap();
+    let s = &statuses(&r)[0];
+    // The CRD's /scale reads .status.replicas (tests::crd checks the path): an HPA sees 2.
+    assert_eq!(s["replicas"], 2);
+    assert_eq!(s["workers"]["ready"], 0);
+}
