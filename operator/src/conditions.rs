@@ -17,6 +17,8 @@ use crate::observe::PartitionOffsets;
 pub const PROGRESSING: &str = "Progressing";
 pub const STALLED: &str = "Stalled";
 pub const DEGRADED: &str = "Degraded";
+/// Progressing's reason while the job's offsets cannot be read from Kafka.
+pub const KAFKA_UNREACHABLE: &str = "KafkaUnreachable";
 
 /// One worker's partitions, summed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,8 +102,13 @@ pub struct Health {
 }
 
 /// Sets Progressing, Stalled and Degraded on `status` (which has its workers, unreachable
-/// workers and restart budget filled in), and moves a Running phase to Degraded when some
-/// worker is unwell.
+/// workers, restart budget and Kafka's observation filled in), moves a Running phase to
+/// Degraded when the job is unwell, and makes Ready agree with the phase.
+///
+/// The invariants, which `tests::conditions` checks over a table of observations:
+/// Ready is True exactly when the phase is Running; the phase is Degraded exactly when
+/// Degraded is True; a failed read of Kafka makes Progressing Unknown (`KafkaUnreachable`),
+/// since nothing is known of the offsets, and a running job Degraded.
 pub fn apply(
     mut status: StreamingJobStatus,
     h: &Health,
@@ -109,19 +116,25 @@ pub fn apply(
     now: Timestamp,
 ) -> StreamingJobStatus {
     let running = status.phase == Some(Phase::Running) || status.phase == Some(Phase::Degraded);
-    let progressing = match (h.advanced, h.lag) {
-        (Some(true), _) => (
+    let progressing = match (status.observe_error.as_deref(), h.advanced, h.lag) {
+        // The figures in status are the last known ones: no claim about progress holds.
+        (Some(e), ..) => (
+            "Unknown",
+            KAFKA_UNREACHABLE,
+            format!("cannot read the job's offsets: {e}"),
+        ),
+        (None, Some(true), _) => (
             "True",
             "OffsetsAdvancing",
             "committed offsets advanced".to_string(),
         ),
-        (_, 0) => ("False", "CaughtUp", "no records are waiting".to_string()),
-        (Some(false), lag) => (
+        (None, _, 0) => ("False", "CaughtUp", "no records are waiting".to_string()),
+        (None, Some(false), lag) => (
             "False",
             "OffsetsNotAdvancing",
             format!("{lag} records wait and committed offsets did not advance"),
         ),
-        (None, _) => (
+        (None, None, _) => (
             "Unknown",
             "FirstObservation",
             "offsets observed once so far".to_string(),
@@ -153,6 +166,12 @@ pub fn apply(
             format!("{}/{} workers ready", w.ready, w.desired),
         ));
     }
+    if let Some(e) = status.observe_error.as_deref().filter(|_| running) {
+        unwell.push((
+            KAFKA_UNREACHABLE,
+            format!("cannot read the job's offsets from Kafka: {e}"),
+        ));
+    }
     if let Some(u) = status
         .unreachable_workers
         .as_ref()
@@ -173,6 +192,16 @@ pub fn apply(
         unwell.push(("WorkersStalled", stalled.2.clone()));
     }
     let degraded = match unwell.first() {
+        // Degradation is judged of a job that should be running; before that (Pending,
+        // Rescaling) or without workers (Suspended, Failed) Ready and the phase say why.
+        None if !running => (
+            "False",
+            "NotRunning",
+            format!(
+                "{}/{} workers ready; judged once the job runs",
+                w.ready, w.desired
+            ),
+        ),
         None => (
             "False",
             "WorkersHealthy",
@@ -208,6 +237,28 @@ pub fn apply(
     if status.phase == Some(Phase::Running) && condition_is(&status, DEGRADED, "True") {
         status.phase = Some(Phase::Degraded);
     }
+    // Ready means able to make progress: a Degraded job is not, whatever its pods say, so
+    // `kubectl wait --for=condition=Ready` does not pass for a job that processes nothing.
+    if let Some(d) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == DEGRADED && c.status == "True")
+        .cloned()
+    {
+        if condition_is(&status, crate::status::READY, "True") {
+            crate::status::set_condition(
+                &mut status.conditions,
+                Condition {
+                    type_: crate::status::READY.into(),
+                    status: "False".into(),
+                    reason: d.reason,
+                    message: d.message,
+                    observed_generation: generation,
+                    last_transition_time: Time(now),
+                },
+            );
+        }
+    }
     status
 }
 
@@ -234,16 +285,41 @@ pub struct Transition {
     pub note: String,
 }
 
-/// The Stalled and Degraded flips from `previous` to `new`: a warning when one turns True, a
-/// normal Event when it clears.
+/// The Stalled and Degraded flips from `previous` to `new`, and Kafka becoming unreadable or
+/// readable again: a warning when one turns bad, a normal Event when it clears. Once per
+/// flip, not per observation.
 pub fn transitions(
     previous: Option<&StreamingJobStatus>,
     new: &StreamingJobStatus,
 ) -> Vec<Transition> {
     let was = |type_: &str| previous.is_some_and(|p| condition_is(p, type_, "True"));
-    [STALLED, DEGRADED]
+    let unreachable = |s: &StreamingJobStatus| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == PROGRESSING && c.reason == KAFKA_UNREACHABLE)
+    };
+    let kafka = new
+        .conditions
+        .iter()
+        .find(|c| c.type_ == PROGRESSING)
+        .and_then(
+            |c| match (previous.is_some_and(unreachable), unreachable(new)) {
+                (false, true) => Some(Transition {
+                    warning: true,
+                    reason: KAFKA_UNREACHABLE.into(),
+                    note: c.message.clone(),
+                }),
+                (true, false) => Some(Transition {
+                    warning: false,
+                    reason: "KafkaReachable".into(),
+                    note: format!("offsets read again; {}", c.message),
+                }),
+                _ => None,
+            },
+        );
+    kafka
         .into_iter()
-        .filter_map(|type_| {
+        .chain([STALLED, DEGRADED].into_iter().filter_map(|type_| {
             let c = new.conditions.iter().find(|c| c.type_ == type_)?;
             match (was(type_), c.status == "True") {
                 (false, true) => Some(Transition {
@@ -258,6 +334,6 @@ pub fn transitions(
                 }),
                 _ => None,
             }
-        })
+        }))
         .collect()
 }

@@ -57,6 +57,10 @@ pub struct Settings {
     /// Batch intervals a worker may go with records waiting and no commit before it is
     /// Stalled and restarted.
     pub stall_batches: u32,
+    /// How long a new job's reconcile waits for Kafka before it applies the children without
+    /// workers, so an unreachable broker (which takes its timeout to say so) does not leave
+    /// a job without a StatefulSet.
+    pub create_before_kafka: Duration,
 }
 
 impl Default for Settings {
@@ -71,6 +75,7 @@ impl Default for Settings {
             offset_rows: crate::lag::DEFAULT_ROWS,
             read_credentials: false,
             stall_batches: 5,
+            create_before_kafka: Duration::from_secs(1),
         }
     }
 }

@@ -72,6 +72,12 @@ fn job_rules(schema: &mut schemars::Schema) {
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Progressing\")].reason",
+        description = "Why the job is or is not progressing, e.g. KafkaUnreachable"
+    ),
+    printcolumn(
         name = "Workers",
         type_ = "integer",
         json_path = ".status.workers.ready",

@@ -567,6 +567,8 @@ pub struct DataObserver {
     /// Each rewind asked for, in order; it is answered with the explicit offsets asked, or
     /// with every observed partition at its log start (earliest) or end (anything else).
     pub rewinds: Mutex<Vec<RewindTo>>,
+    /// How long each Kafka read takes, as a broker's timeout does.
+    pub delay: Mutex<Duration>,
 }
 
 impl DataObserver {
@@ -576,6 +578,7 @@ impl DataObserver {
             asked: Mutex::default(),
             workers: Mutex::default(),
             rewinds: Mutex::default(),
+            delay: Mutex::default(),
         })
     }
 
@@ -590,6 +593,8 @@ impl Observer for DataObserver {
             .lock()
             .expect("fixture lock")
             .push(target.clone());
+        // Called on a blocking thread, as librdkafka's calls are.
+        std::thread::sleep(*self.delay.lock().expect("fixture lock"));
         self.answer
             .lock()
             .expect("fixture lock")

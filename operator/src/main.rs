@@ -141,6 +141,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         offset_rows: args.status_offset_rows,
         read_credentials: args.read_credentials_secrets,
         stall_batches: args.stall_batches,
+        ..Settings::default()
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
 

@@ -1,10 +1,11 @@
-//! One reconcile of one job: the finalizer's dispatch, then validate -> observe Kafka ->
-//! desired -> apply -> status (or, for a deleted job, [`crate::cleanup`]).
+//! One reconcile of one job: the finalizer's dispatch, then validate -> observe Kafka (a new
+//! job's children are applied without workers meanwhile if that is slow) -> desired -> apply
+//! -> status (or, for a deleted job, [`crate::cleanup`]).
 //!
 //! Level-triggered: every pass recomputes everything from the job as it is now. An invalid
 //! spec is reported (status and an Event), never returned as an error, so a typo does not
 //! turn into a retry loop; the children keep running the last valid spec. Kafka is read before
-//! the children are built because partition counts set the worker count; a failed read is
+//! the workers are counted because partition counts set the worker count; a failed read is
 //! reported in status, not retried as an error, and scaling keeps the last known count.
 
 use std::sync::Arc;
@@ -137,7 +138,18 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         let recent = ctx.recent(job);
         let (partitions, read, offsets) = match &recent {
             Some(o) => (o.partitions, o.kafka.clone(), o.offsets.clone()),
-            None => observe_kafka(ctx, job, &ns, previous).await,
+            None => {
+                // Apply first when Kafka is slow to answer: a quick answer costs no extra write.
+                let observing = observe_kafka(ctx, job, &ns, previous);
+                tokio::pin!(observing);
+                tokio::select! {
+                    read = &mut observing => read,
+                    () = tokio::time::sleep(ctx.settings.create_before_kafka) => {
+                        create_children(ctx, job, &ns, &name).await?;
+                        observing.await
+                    }
+                }
+            }
         };
         let (now, pods) = apply::running(&ctx.client, &ns, &name).await?;
         let seen = failures::Seen {
@@ -306,6 +318,24 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         info!(phase = ?new.phase, desired = new.workers.desired, ready = new.workers.ready, lag, "status updated");
     }
     Ok(outcome)
+}
+
+/// Applies a new job's children with no workers while Kafka has not answered: reading an
+/// unreachable broker takes its timeout, and until then `kubectl` would show a job without
+/// children. No workers, because their count comes from the partitions; the pass goes on to
+/// set it. A job whose StatefulSet exists keeps it as it is until then.
+async fn create_children(ctx: &Context, job: &StreamingJob, ns: &str, name: &str) -> Result<()> {
+    if apply::running(&ctx.client, ns, name).await?.0.is_some() {
+        return Ok(());
+    }
+    let children = desired::children_for(
+        job,
+        &ctx.settings.defaults,
+        (0, "waiting for the partition count".into()),
+    )?;
+    apply::children(&ctx.client, ns, &desired::with_replicas(children, 0)).await?;
+    debug!("children created before Kafka is read");
+    Ok(())
 }
 
 /// The autoscaler's decision, for a job that autoscales: a new one on a fresh observation,

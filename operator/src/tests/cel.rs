@@ -4,7 +4,6 @@
 use kube::core::cel::{compile_schema, estimate_rule_cost, Validator};
 use serde_json::{json, Value};
 
-use crate::crd::StreamingJob;
 use crate::fixtures;
 
 fn schema() -> Value {

@@ -173,10 +173,19 @@ async fn new_job_applies_its_children_then_writes_status() {
     );
     assert_eq!(status["conditions"][0]["type"], "Ready");
     assert_eq!(status["conditions"][0]["status"], "False");
-    assert!(
-        r.iter().all(|x| x.method != Method::POST),
-        "no events for a healthy job"
-    );
+    // The brokers cannot be reached: Progressing says nothing is known, and one Warning says why.
+    let progressing = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap();
+    assert_eq!(progressing["status"], "Unknown");
+    assert_eq!(progressing["reason"], "KafkaUnreachable");
+    let events: Vec<&Recorded> = r.iter().filter(|x| x.method == Method::POST).collect();
+    assert_eq!(events.len(), 1, "one event, for the unreachable brokers");
+    assert_eq!(events[0].body["type"], "Warning");
+    assert_eq!(events[0].body["reason"], "KafkaUnreachable");
 }
 
 #[tokio::test]

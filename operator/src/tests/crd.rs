@@ -154,7 +154,15 @@ fn crd_names_subresources_and_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    for c in ["Phase", "Workers", "Lag", "Batch Lag", "Last Batch", "Age"] {
+    for c in [
+        "Phase",
+        "Progress",
+        "Workers",
+        "Lag",
+        "Batch Lag",
+        "Last Batch",
+        "Age",
+    ] {
         assert!(columns.contains(&c), "{c} in {columns:?}");
     }
     // Every column path exists in the schema, or kubectl shows <none> forever.
@@ -164,9 +172,17 @@ fn crd_names_subresources_and_columns() {
         if path.starts_with(".metadata") {
             continue;
         }
+        // A list filter (`conditions[?(@.type=="Ready")]`) walks into the list's items.
+        let path = match (path.find("[?("), path.find(")]")) {
+            (Some(a), Some(b)) => format!("{}[]{}", &path[..a], &path[b + 2..]),
+            _ => path.to_string(),
+        };
         let mut node = &schema;
         for part in path.trim_start_matches('.').split('.') {
-            node = &node["properties"][part];
+            node = match part.strip_suffix("[]") {
+                Some(list) => &node["properties"][list]["items"],
+                None => &node["properties"][part],
+            };
         }
         assert!(node.is_object(), "{path} is not in the schema");
     }

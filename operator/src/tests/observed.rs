@@ -268,3 +268,114 @@ async fn scale_reports_pods_that_exist_as_current_and_ready_ones_apart() {
     assert_eq!(s["replicas"], 2);
     assert_eq!(s["workers"]["ready"], 0);
 }
+
+fn events<'a>(r: &'a [Recorded], reason: &str) -> Vec<&'a Recorded> {
+    r.iter()
+        .filter(|x| x.is(&Method::POST, crate::tests::wc::EVENTS) && x.body["reason"] == reason)
+        .collect()
+}
+
+fn progressing(status: &Value) -> (String, String) {
+    let c = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap();
+    (
+        c["status"].as_str().unwrap().into(),
+        c["reason"].as_str().unwrap().into(),
+    )
+}
+
+#[tokio::test]
+async fn an_unreachable_kafka_makes_progressing_unknown_with_one_warning_per_outage() {
+    let observer = DataObserver::new(Some(lines(8)));
+    let (server, token, run) = start_wc(&observer, settings());
+    let r = server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
+    assert_ne!(
+        progressing(statuses(&r).last().unwrap()).1,
+        "KafkaUnreachable"
+    );
+
+    observer.set(None);
+    let r = server
+        .wait_for(WAIT, |r| {
+            statuses(r)
+                .last()
+                .is_some_and(|s| progressing(s).1 == "KafkaUnreachable")
+        })
+        .await;
+    let s = statuses(&r).last().unwrap().clone();
+    assert_eq!(progressing(&s).0, "Unknown");
+    assert!(s["observeError"].is_string());
+    assert_eq!(events(&r, "KafkaUnreachable")[0].body["type"], "Warning");
+    // The status write comes back as a watch event, as a real API server sends it: later
+    // observations of the same outage post no more Events.
+    let mut job = fixtures::job("wc", 1, fixtures::spec());
+    job["status"] = s;
+    server.push_event(JOBS, "MODIFIED", job).await;
+    let posted = |r: &[Recorded]| {
+        r.iter()
+            .filter(|x| x.path.starts_with(crate::tests::wc::EVENTS))
+            .count()
+    };
+    // A pass already under way may still hold the old object: count from the next one.
+    let asked = || observer.asked.lock().unwrap().len();
+    let now = asked();
+    server.wait_for(WAIT, |_| asked() > now + 1).await;
+    let before = posted(&server.requests());
+    let now = asked();
+    server.wait_for(WAIT, |_| asked() >= now + 2).await;
+    assert_eq!(
+        posted(&server.requests()),
+        before,
+        "once per outage, not per observation"
+    );
+
+    observer.set(Some(lines(8)));
+    let r = server
+        .wait_for(WAIT, |r| !events(r, "KafkaReachable").is_empty())
+        .await;
+    token.cancel();
+    run.await.unwrap();
+    assert_eq!(events(&r, "KafkaReachable")[0].body["type"], "Normal");
+    let s = statuses(&r).last().unwrap().clone();
+    assert_ne!(progressing(&s).1, "KafkaUnreachable");
+    assert!(s["observeError"].is_null());
+}
+
+#[tokio::test]
+async fn a_new_jobs_children_appear_while_kafka_is_slow_to_answer() {
+    let observer = DataObserver::new(None);
+    *observer.delay.lock().unwrap() = Duration::from_secs(3);
+    let settings = Settings {
+        create_before_kafka: Duration::from_millis(100),
+        ..settings()
+    };
+    let (server, token, run) = start_wc(&observer, settings);
+    let started = tokio::time::Instant::now();
+    let r = server.wait_for(WAIT, |r| !sts_replicas(r).is_empty()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the StatefulSet waits for no Kafka timeout"
+    );
+    assert_eq!(
+        sts_replicas(&r),
+        [0],
+        "no workers before their count is known"
+    );
+    assert!(statuses(&r).is_empty(), "Kafka has not answered yet");
+    let r = server.wait_for(WAIT, |r| !statuses(r).is_empty()).await;
+    token.cancel();
+    run.await.unwrap();
+    assert_eq!(
+        sts_replicas(&r),
+        [0, 2],
+        "then workers.min, Kafka being unreachable"
+    );
+    assert_eq!(
+        progressing(&statuses(&r)[0]),
+        ("Unknown".into(), "KafkaUnreachable".into())
+    );
+}
