@@ -105,6 +105,8 @@ pub struct Health {
 /// workers, restart budget and Kafka's observation filled in), moves a Running phase to
 /// Degraded when the job is unwell, and makes Ready agree with the phase.
 ///
+/// Degraded is judged of a running job (and of a pending one whose workers restart); a job
+/// not yet running gets Degraded=False `NotRunning`, never "all workers are ready".
 /// The invariants, which `tests::conditions` checks over a table of observations:
 /// Ready is True exactly when the phase is Running; the phase is Degraded exactly when
 /// Degraded is True; a failed read of Kafka makes Progressing Unknown (`KafkaUnreachable`),
@@ -191,9 +193,15 @@ pub fn apply(
     if stalled.0 == "True" {
         unwell.push(("WorkersStalled", stalled.2.clone()));
     }
+    // Before the job runs (Pending, Rescaling) unreachable workers are expected, and without
+    // workers (Suspended, Failed) there is nothing to degrade: Ready and the phase say why.
+    // Workers that restart before they ever get ready (a crash loop) do make a pending job
+    // Degraded.
+    let pending = status.phase == Some(Phase::Pending);
+    if !running {
+        unwell.retain(|(reason, _)| pending && *reason == "WorkersRestarted");
+    }
     let degraded = match unwell.first() {
-        // Degradation is judged of a job that should be running; before that (Pending,
-        // Rescaling) or without workers (Suspended, Failed) Ready and the phase say why.
         None if !running => (
             "False",
             "NotRunning",
@@ -234,7 +242,8 @@ pub fn apply(
             },
         );
     }
-    if status.phase == Some(Phase::Running) && condition_is(&status, DEGRADED, "True") {
+    if (status.phase == Some(Phase::Running) || pending) && condition_is(&status, DEGRADED, "True")
+    {
         status.phase = Some(Phase::Degraded);
     }
     // Ready means able to make progress: a Degraded job is not, whatever its pods say, so

@@ -282,3 +282,119 @@ fn flips_of_stalled_and_degraded_become_events() {
         ]
     );
 }
+
+/// Every combination of what one reconcile observes, through both halves of the status
+/// (`status::compute`, then `conditions::apply`): the phase and the conditions never disagree.
+#[test]
+fn phase_and_conditions_agree_over_every_combination_of_observations() {
+    use crate::conditions::{DEGRADED, PROGRESSING};
+    use crate::status::{compute, Observation, READY};
+    // (desired, current pods, ready pods, suspended, stopped by the restart policy)
+    let sets = [
+        (2, 0, 0, false, false),
+        (2, 2, 0, false, false),
+        (2, 2, 1, false, false),
+        (2, 2, 2, false, false),
+        (3, 2, 2, false, false),
+        (1, 3, 3, false, false),
+        (0, 0, 0, true, false),
+        (0, 0, 0, false, true),
+    ];
+    let cond = |s: &StreamingJobStatus, type_: &str| {
+        let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    };
+    let mut cases = 0;
+    for (desired, current, ready, suspended, stopped) in sets {
+        for unreachable in [false, true] {
+            for kafka_down in [false, true] {
+                for stalled_worker in [false, true] {
+                    for restarted in [false, true] {
+                        for (advanced, lag) in
+                            [(None, 0), (None, 5), (Some(true), 5), (Some(false), 5)]
+                        {
+                            let observation = Observation::Applied {
+                                desired,
+                                reason: "test".into(),
+                                suspended,
+                                stopped: stopped.then(|| "3 restarts in 10m".into()),
+                                current,
+                                ready,
+                                selector: "weir.dev/job=wc".into(),
+                            };
+                            let health = Health {
+                                advanced,
+                                lag,
+                                stalled: if stalled_worker { vec![0] } else { vec![] },
+                                still_for: 6,
+                            };
+                            let pass = |previous: Option<&StreamingJobStatus>| {
+                                let mut s = compute(previous, Some(1), &observation, t(10));
+                                s.unreachable_workers = unreachable.then(|| vec![1]);
+                                s.observe_error =
+                                    kafka_down.then(|| "BrokerTransportFailure".into());
+                                s.restart_budget = restarted.then(|| RestartBudgetStatus {
+                                    window_start: Time(t(0)),
+                                    used: 1,
+                                });
+                                apply(s, &health, Some(1), t(10))
+                            };
+                            let s = pass(None);
+                            let case = format!(
+                                "{desired}/{current}/{ready} suspended={suspended} \
+                                 stopped={stopped} unreachable={unreachable} \
+                                 kafka_down={kafka_down} stalled={stalled_worker} \
+                                 restarted={restarted} advanced={advanced:?} lag={lag}: {s:#?}"
+                            );
+                            let phase = s.phase.unwrap();
+                            let ready_c = cond(&s, READY);
+                            let degraded = cond(&s, DEGRADED);
+                            let progressing = cond(&s, PROGRESSING);
+                            assert_eq!(
+                                ready_c.0 == "True",
+                                phase == Phase::Running,
+                                "Ready is True exactly when Running: {case}"
+                            );
+                            assert_eq!(
+                                degraded.0 == "True",
+                                phase == Phase::Degraded,
+                                "Degraded is True exactly in phase Degraded: {case}"
+                            );
+                            if ready_c.0 == "True" {
+                                assert!(
+                                    ready >= desired
+                                        && !unreachable
+                                        && !kafka_down
+                                        && !stalled_worker,
+                                    "Ready only for a job able to make progress: {case}"
+                                );
+                            }
+                            if degraded.1 == "WorkersHealthy" {
+                                assert!(
+                                    ready >= desired && !unreachable && !kafka_down,
+                                    "healthy only when it is: {case}"
+                                );
+                            }
+                            if kafka_down {
+                                assert_eq!(
+                                    (progressing.0.as_str(), progressing.1.as_str()),
+                                    ("Unknown", "KafkaUnreachable"),
+                                    "{case}"
+                                );
+                            } else {
+                                assert_ne!(progressing.1, "KafkaUnreachable", "{case}");
+                            }
+                            // Recomputed from what it wrote, the status is the same: no
+                            // write, no Event.
+                            let again = pass(Some(&s));
+                            assert_eq!(again, s, "stable: {case}");
+                            assert_eq!(transitions(Some(&s), &again), [], "{case}");
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 8 * 2 * 2 * 2 * 2 * 4);
+}
