@@ -367,3 +367,11 @@ fn unsigned_formats_become_signed_with_their_bounds() {
         serde_json::json!({"type": "integer", "format": "int32", "minimum": 0.0, "maximum": 9.0})
     );
 }
+
+#[test]
+fn the_scripted_api_refuses_a_crd_with_a_format_kubernetes_does_not_know() {
+    let raw = serde_json::to_value(<StreamingJob as kube::CustomResourceExt>::crd()).unwrap();
+    let refused = crate::fixtures::install_crd(&raw).unwrap_err();
+    assert!(refused.contains("uint32"), "{refused}");
+    assert_eq!(crate::fixtures::install_crd(&crd_json()), Ok(()));
+}
