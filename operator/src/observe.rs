@@ -262,13 +262,7 @@ impl Default for KafkaObserver {
 
 impl Observer for KafkaObserver {
     fn kafka(&self, target: &KafkaTarget) -> Result<KafkaObservation, ObserveError> {
-        let deadline = Instant::now() + self.timeout;
-        let left = || {
-            deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-                .ok_or(ObserveError::Timeout(self.timeout))
-        };
+        let left = time_left(self.timeout);
         let source = &target.source;
         let consumer = consumer(target, "observer")?;
 
@@ -331,6 +325,18 @@ impl Observer for KafkaObserver {
     }
 }
 
+/// What is left of `timeout` from now, asked before each request of a read that must end
+/// within it; [`ObserveError::Timeout`] once it is spent.
+pub(crate) fn time_left(timeout: Duration) -> impl Fn() -> Result<Duration, ObserveError> {
+    let deadline = Instant::now() + timeout;
+    move || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(ObserveError::Timeout(timeout))
+    }
+}
+
 /// A later stage's repartition topic and its group's offsets, with a client of the stage's
 /// group (committed offsets are read for the client's own group).
 fn observe_stage(
@@ -338,13 +344,7 @@ fn observe_stage(
     stage: &StageTarget,
     timeout: Duration,
 ) -> Result<StageOffsets, ObserveError> {
-    let deadline = Instant::now() + timeout;
-    let left = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or(ObserveError::Timeout(timeout))
-    };
+    let left = time_left(timeout);
     let consumer: ObserveConsumer = weir_worker::client::base(&source.bootstrap_servers, source)
         .set("group.id", &stage.group)
         .set("client.id", "weir-operator-observer")

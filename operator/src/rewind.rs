@@ -13,7 +13,7 @@
 //! an offset past the end of its partition is set to the end, and status says so. All the
 //! offsets go in one commit, never part of them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -233,13 +233,7 @@ pub fn set_offsets(
     to: &RewindTo,
     timeout: Duration,
 ) -> Result<Rewound, ObserveError> {
-    let deadline = Instant::now() + timeout;
-    let left = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or(ObserveError::Timeout(timeout))
-    };
+    let left = crate::observe::time_left(timeout);
     let source = &target.source;
     let consumer = crate::observe::consumer(target, "rewind")?;
     // Every partition of the topics involved, with its end.
