@@ -36,12 +36,32 @@ const RUN_AS_USER: i64 = 65532;
 #[derive(Clone, Debug)]
 pub struct Defaults {
     pub image: String,
+    /// `WEIR_LOG_FORMAT` of the workers: `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+/// How workers write their logs (never with colour codes: they are not on a terminal).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
 }
 
 impl Default for Defaults {
     fn default() -> Self {
         Self {
             image: format!("ghcr.io/weir-dev/weir-worker:{}", env!("CARGO_PKG_VERSION")),
+            log_format: LogFormat::default(),
         }
     }
 }
@@ -275,6 +295,7 @@ fn stateful_set(
                 ..EnvVar::default()
             },
             env("WEIR_HTTP_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
+            env("WEIR_LOG_FORMAT", defaults.log_format.as_str().to_string()),
             // The worker's own deadline after SIGTERM, inside the pod's grace period.
             env(
                 "WEIR_SHUTDOWN_TIMEOUT",

@@ -11,7 +11,7 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use weir_operator::controller::{self, Context, Scope, Settings};
-use weir_operator::desired::Defaults;
+use weir_operator::desired::{Defaults, LogFormat};
 use weir_operator::leader::{self, LeaseConfig};
 use weir_operator::metrics::Metrics;
 use weir_operator::{crd_yaml, http, telemetry};
@@ -66,6 +66,9 @@ struct RunArgs {
     /// Worker image for jobs that do not set spec.image.
     #[arg(long, env = "WEIR_WORKER_IMAGE")]
     worker_image: Option<String>,
+    /// How the workers log: text or json.
+    #[arg(long, env = "WEIR_WORKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    worker_log_format: LogFormat,
     /// Reconcile every job at least this often, e.g. "5m".
     #[arg(long, env = "WEIR_RESYNC", default_value = "5m", value_parser = parse_duration)]
     resync: Duration,
@@ -130,10 +133,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             Scope::Namespaces(args.namespaces.clone())
         },
-        defaults: args
-            .worker_image
-            .clone()
-            .map_or_else(Defaults::default, |image| Defaults { image }),
+        defaults: Defaults {
+            image: args
+                .worker_image
+                .clone()
+                .unwrap_or_else(|| Defaults::default().image),
+            log_format: args.worker_log_format,
+        },
         resync: args.resync,
         instance: Some(identity.clone()),
         observe_every: args.observe_every,

@@ -24,7 +24,11 @@ impl LogLevel {
 pub fn init(level: &str, json: bool) -> Result<LogLevel, String> {
     let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
     let (filter, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    // Colour codes only where a person reads a terminal: `kubectl logs` and collectors show
+    // them as text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
         registry.with(fmt.json().flatten_event(true)).try_init()

@@ -98,6 +98,12 @@ fn statefulset_runs_the_workers_safely() {
         .as_array()
         .unwrap()
         .contains(&json!({"name": "WEIR_HTTP_ADDR", "value": "0.0.0.0:8080"})));
+    assert!(
+        env.as_array()
+            .unwrap()
+            .contains(&json!({"name": "WEIR_LOG_FORMAT", "value": "text"})),
+        "workers log as the chart's logFormat says: {env}"
+    );
     let sc = w.security_context.unwrap();
     assert_eq!(sc.run_as_non_root, Some(true));
     assert_eq!(sc.run_as_user, Some(65532));

@@ -640,3 +640,24 @@ async fn the_scripted_api_server_forbids_what_the_rules_do_not_declare() {
     );
     assert!(server.used().is_empty());
 }
+
+#[test]
+fn the_charts_log_format_reaches_the_operator_and_its_workers() {
+    let args = |set: &[&str]| -> Vec<Value> {
+        let objs = helm_template(set);
+        of_kind(&objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let text = args(&[]);
+    assert!(
+        text.contains(&json!("--worker-log-format=text")) && !text.contains(&json!("--log-json"))
+    );
+    let json_logs = args(&["--set", "logFormat=json"]);
+    assert!(
+        json_logs.contains(&json!("--worker-log-format=json"))
+            && json_logs.contains(&json!("--log-json")),
+        "{json_logs:?}"
+    );
+}
