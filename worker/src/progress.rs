@@ -373,11 +373,18 @@ impl Progress {
     /// with the client's reason, once batches have found the brokers silent for three
     /// intervals (at least 5 s): a dead broker must not look like a caught-up job.
     pub fn health(&self) -> Result<(), String> {
+        self.in_every_stage(Self::health_at)
+    }
+
+    /// `check` of this stage and then of each later one, naming the stage that fails.
+    fn in_every_stage(
+        &self,
+        check: fn(&Progress, Instant) -> Result<(), String>,
+    ) -> Result<(), String> {
         let now = Instant::now();
-        self.health_at(now)?;
+        check(self, now)?;
         for p in self.later_stages() {
-            p.health_at(now)
-                .map_err(|e| format!("stage {}: {e}", p.stage.value))?;
+            check(&p, now).map_err(|e| format!("stage {}: {e}", p.stage.value))?;
         }
         Ok(())
     }
@@ -406,13 +413,7 @@ impl Progress {
     /// several intervals (or none at all within the start-up grace period). A batch that
     /// found the brokers silent still counts: restarting the worker would not bring them back.
     pub fn liveness(&self) -> Result<(), String> {
-        let now = Instant::now();
-        self.liveness_at(now)?;
-        for p in self.later_stages() {
-            p.liveness_at(now)
-                .map_err(|e| format!("stage {}: {e}", p.stage.value))?;
-        }
-        Ok(())
+        self.in_every_stage(Self::liveness_at)
     }
 
     fn liveness_at(&self, now: Instant) -> Result<(), String> {

@@ -119,6 +119,22 @@ fn a_killed_broker_makes_the_worker_unready_with_the_cause_and_nothing_is_lost_w
     assert_eq!(seen, (0..400).collect::<Vec<u64>>(), "nothing lost");
 }
 
+/// SIGTERMs `w` while `broker` is frozen, waits at most 20 s for its exit, then lets the
+/// broker go on: the exit status and how long the worker took.
+fn terminate_then_thaw(
+    w: &mut WorkerProc,
+    broker: &Broker,
+) -> (std::process::ExitStatus, Duration) {
+    let asked = Instant::now();
+    w.signal("TERM");
+    let status = w.wait_exit(Duration::from_secs(20));
+    let took = asked.elapsed();
+    broker.signal("CONT");
+    let status =
+        status.unwrap_or_else(|| panic!("still running 20 s after SIGTERM:\n{}", w.all_logs()));
+    (status, took)
+}
+
 #[test]
 fn sigterm_with_the_broker_frozen_exits_within_the_shutdown_timeout() {
     let broker = mock_process_with(&[("in", PARTITIONS), ("out", PARTITIONS)]);
@@ -132,13 +148,7 @@ fn sigterm_with_the_broker_frozen_exits_within_the_shutdown_timeout() {
     broker.signal("STOP");
     // Let the worker get stuck on the frozen broker.
     std::thread::sleep(Duration::from_secs(2));
-    let asked = Instant::now();
-    w.signal("TERM");
-    let status = w.wait_exit(Duration::from_secs(20));
-    let took = asked.elapsed();
-    broker.signal("CONT");
-    let status =
-        status.unwrap_or_else(|| panic!("still running 20 s after SIGTERM:\n{}", w.all_logs()));
+    let (status, took) = terminate_then_thaw(&mut w, &broker);
     // Within the shutdown timeout (3 s) and the time to notice it, far below a pod's 30 s.
     assert!(took < Duration::from_secs(10), "took {took:?}: {status:?}");
     eprintln!("exited {took:?} after SIGTERM with {status:?}");
@@ -163,13 +173,7 @@ fn sigterm_while_a_call_waits_on_a_frozen_broker_exits_at_the_deadline_without_c
         ],
     );
     std::thread::sleep(Duration::from_secs(1));
-    let asked = Instant::now();
-    w.signal("TERM");
-    let status = w.wait_exit(Duration::from_secs(20));
-    let took = asked.elapsed();
-    broker.signal("CONT");
-    let status =
-        status.unwrap_or_else(|| panic!("still running 20 s after SIGTERM:\n{}", w.all_logs()));
+    let (status, took) = terminate_then_thaw(&mut w, &broker);
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(status.code(), Some(1), "{}", w.all_logs());
     let msg = std::fs::read_to_string(&log).unwrap_or_default();
