@@ -12,11 +12,14 @@
 #                        sqlite engine and a quick release profile: about 11 CPU-minutes, 6-7 min
 #                        on an idle 2-core machine; the binary is cached, the build dir removed)
 #   prometheus           Debian's package, for promtool (check metrics); apt-get when missing
+#   ShellCheck           Debian's shellcheck package; scripts/check-shell.sh lints every shell script with
+#                        it; apt-get when missing
 #   postgresql           Debian's server package (initdb, postgres) for the postgres sink's tests,
 #                        which start their own throwaway server; apt-get when it is missing
 #
 # Writes "$WEIR_TOOLS/env.sh" with the exports the tests read (WEIR_HELM_BIN, WEIR_KUBECTL_BIN,
-# WEIR_KUBE_VALIDATE_BIN, WEIR_CARGO_FUZZ_BIN, WEIR_TANSU_BIN, WEIR_PG_BIN); scripts/test.sh sources it.
+# WEIR_KUBE_VALIDATE_BIN, WEIR_CARGO_FUZZ_BIN, WEIR_TANSU_BIN, WEIR_PG_BIN, WEIR_PROMTOOL_BIN,
+# WEIR_SHELLCHECK_BIN); scripts/test.sh sources it.
 #
 # Env: WEIR_TOOLS       cache dir (default ~/.cache/weir-tools)
 #      WEIR_SKIP_TANSU  =1 to skip the tansu build (e.g. for scripts/check-chart.sh alone)
@@ -204,6 +207,21 @@ else
   die "promtool is required (apt-get install prometheus), or put it on PATH"
 fi
 
+# --- shellcheck -------------------------------------------------------------------------------
+# scripts/check-shell.sh runs it over every shell script in the repository.
+SHELLCHECK_BIN="$(command -v shellcheck || true)"
+if [[ -n "$SHELLCHECK_BIN" ]]; then
+  log "shellcheck: present at $SHELLCHECK_BIN ($("$SHELLCHECK_BIN" --version | sed -n 's/^version: //p'))"
+elif [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  log "shellcheck: installing Debian's shellcheck with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >/dev/null
+  SHELLCHECK_BIN="$(command -v shellcheck)" || die "shellcheck installed, but not on PATH"
+  log "shellcheck: installed at $SHELLCHECK_BIN ($("$SHELLCHECK_BIN" --version | sed -n 's/^version: //p'))"
+else
+  die "shellcheck is required (apt-get install shellcheck), or put it on PATH"
+fi
+
 # --- the paths the tests read -----------------------------------------------------------------
 {
   echo "# written by scripts/install-tools.sh"
@@ -215,6 +233,7 @@ fi
   if [[ -x "$TANSU_BIN" ]]; then echo "export WEIR_TANSU_BIN=\"$TANSU_BIN\""; fi
   echo "export WEIR_PG_BIN=\"$PG_BIN\""
   echo "export WEIR_PROMTOOL_BIN=\"$PROMTOOL_BIN\""
+  echo "export WEIR_SHELLCHECK_BIN=\"$SHELLCHECK_BIN\""
 } >"$TOOLS/env.sh.tmp"
 mv "$TOOLS/env.sh.tmp" "$TOOLS/env.sh"
 log "paths (also in $TOOLS/env.sh):"
