@@ -166,9 +166,10 @@ pg_bin_dir() {
   if d=$(command -v initdb 2>/dev/null) && [[ -x "$(dirname "$d")/postgres" ]]; then
     dirname "$d"; return 0
   fi
-  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+  # Newest version first; an unmatched glob stays literal and fails the -x test.
+  while IFS= read -r d; do
     if [[ -x "$d/initdb" && -x "$d/postgres" ]]; then echo "$d"; return 0; fi
-  done
+  done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r)
   return 1
 }
 if PG_BIN=$(pg_bin_dir); then
