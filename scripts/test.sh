@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, in one command (the README's second command; .ci/run calls exactly this):
-# tools, formatting, lints, every cargo test in the workspace, a short fuzz pass, then the
-# offline chart checks.
+# tools, the shell checks (shellcheck over every script, e2e/kind.sh's plan), formatting,
+# lints, every cargo test in the workspace, a short fuzz pass, then the offline chart checks.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -13,9 +13,13 @@ started=$SECONDS
 
 section "tools (scripts/install-tools.sh)"
 bash scripts/install-tools.sh
-# WEIR_HELM_BIN, WEIR_KUBECTL_BIN, WEIR_KUBE_VALIDATE_BIN, WEIR_TANSU_BIN, WEIR_PG_BIN for the tests.
+# WEIR_HELM_BIN, WEIR_KUBECTL_BIN, WEIR_KUBE_VALIDATE_BIN, WEIR_TANSU_BIN, WEIR_PG_BIN,
+# WEIR_PROMTOOL_BIN, WEIR_SHELLCHECK_BIN for the tests.
 # shellcheck disable=SC1091
 source "$WEIR_TOOLS/env.sh"
+
+section "scripts/check-shell.sh (shellcheck, e2e/kind.sh's plan; seconds, before any build)"
+bash scripts/check-shell.sh
 
 section "toolchain"
 cargo --version
