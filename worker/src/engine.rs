@@ -6,7 +6,7 @@
 //! the batch: a crash anywhere replays, never skips.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
@@ -18,7 +18,7 @@ use crate::error::{Class, Error, Result};
 use crate::expr::Val;
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
 use crate::plan::{OffsetRange, Planner, RateEstimator};
-use crate::progress::{BatchInfo, Progress, RangeInfo};
+use crate::progress::{now_ms, rfc3339, BatchInfo, Progress, RangeInfo, ResumedAt};
 use crate::record::{decode_key_as, decode_value, Record};
 use crate::sink::{BatchOutput, PartitionOutput, Sink};
 use crate::source::{RawRecord, Source};
@@ -57,12 +57,6 @@ pub struct Engine {
     stage: Arc<str>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Engine {
     /// Compiles the pipeline, connects to Kafka and resumes from the committed offsets.
     ///
@@ -79,7 +73,14 @@ impl Engine {
         let pipeline = Pipeline::compile(&job.spec)?;
         let group = job.spec.group_id(&id.namespace, &id.job);
         let interval = job.spec.batch_interval.as_std();
-        let mut source = Source::connect(&job.spec.source.kafka, id, &group, interval, cancel)?;
+        let mut source = Source::connect(
+            &job.spec.source.kafka,
+            id,
+            &group,
+            interval,
+            &progress,
+            cancel,
+        )?;
         // Fence first, then read offsets (Kafka's transactional order): the sink's recovery
         // starts the transactional producers (or takes the database's partition epochs), which
         // aborts what an older worker of these partitions left open and stops it committing
@@ -162,6 +163,17 @@ impl Engine {
                 .map(|_| pipeline.new_state())
                 .collect(),
         };
+        progress.resumed(
+            source
+                .positions()
+                .into_iter()
+                .map(|(tp, offset)| ResumedAt {
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition,
+                    offset,
+                })
+                .collect(),
+        );
         Ok(Engine {
             job,
             pipeline,
@@ -329,9 +341,7 @@ impl Engine {
     ) -> BatchInfo {
         BatchInfo {
             batch: seq,
-            batch_time: chrono::DateTime::from_timestamp_millis(time)
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default(),
+            batch_time: rfc3339(time),
             batch_time_ms: time,
             ranges: self
                 .source
@@ -537,9 +547,7 @@ impl Engine {
             .collect();
         Ok(BatchInfo {
             batch: seq,
-            batch_time: chrono::DateTime::from_timestamp_millis(time)
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default(),
+            batch_time: rfc3339(time),
             batch_time_ms: time,
             lag: Some(range_info.iter().filter_map(|r| r.lag).sum()),
             source_error: None,

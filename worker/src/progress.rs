@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider};
 use opentelemetry::KeyValue;
@@ -56,6 +56,62 @@ pub struct BatchInfo {
     pub rate_limit: Option<f64>,
 }
 
+/// Where the worker's first stage began reading one of its input partitions when it started:
+/// the committed offset, or where the starting policy (or the sink's stored offsets, or the
+/// changelog) put a partition. The operator shows these as a restart's `resumedFrom`: they are
+/// the worker's fact, which the group's offsets no longer are once it has committed a batch.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumedAt {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What the worker is waiting on: a broker call it retries (with the attempt and the bound of
+/// its retries), or batches that find the brokers silent (retried every batch). The operator
+/// reads it so a worker that says why it waits is not taken for a stalled one.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Retrying {
+    /// What failed, with the client's cause.
+    pub reason: String,
+    pub since: String,
+    pub since_ms: i64,
+    /// Attempts so far and the retries allowed; absent while batches retry the brokers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+/// How long a worker may go without completing a batch while records wait before it is
+/// not live: five batch intervals, at least 30 s.
+fn stall_limit(interval: Duration) -> Duration {
+    (interval * 5).max(Duration::from_secs(30))
+}
+
+/// How long a worker may take from its start to its first batch (connecting, fencing,
+/// restoring state) before it is not live; the operator waits as long before it calls a
+/// starting worker stalled.
+pub fn startup_grace(interval: Duration) -> Duration {
+    stall_limit(interval) * 4
+}
+
+/// Milliseconds since the Unix epoch, by the wall clock (batch times, report times).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `ms` since the epoch as RFC 3339; empty when out of range.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
+}
+
 /// The body of `GET /progress`.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -65,6 +121,14 @@ pub struct Snapshot {
     pub worker: u32,
     pub workers: u32,
     pub group: String,
+    /// When this worker process started: a report from before a restart is told apart by it.
+    pub started_at: String,
+    pub started_at_ms: i64,
+    /// Where the first stage began reading each of its partitions; empty until it has.
+    pub resumed_from: Vec<ResumedAt>,
+    /// Set while the worker waits on the brokers (in any stage): what failed and since when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<Retrying>,
     pub batches_completed: u64,
     pub records_in: u64,
     pub records_out: u64,
@@ -101,8 +165,12 @@ struct State {
     dead_lettered: u64,
     last_completed: Option<Instant>,
     last_lag: i64,
-    /// Since when (and why) batches find the brokers silent; `None` while they answer.
-    source_down: Option<(Instant, String)>,
+    /// Since when (and why) batches find the brokers silent; `None` while they answer. The
+    /// wall-clock time (ms) goes in `/progress`.
+    source_down: Option<(Instant, i64, String)>,
+    /// A broker call being retried, from its first failure until it succeeds or gives up.
+    retrying: Option<Retrying>,
+    resumed_from: Vec<ResumedAt>,
 }
 
 /// Bucket bounds of the batch-time histograms, in seconds: from a 5 ms batch to a minute.
@@ -134,6 +202,7 @@ pub struct Progress {
     group: String,
     interval: Duration,
     started: Instant,
+    started_ms: i64,
     state: Mutex<State>,
     registry: prometheus::Registry,
     instruments: Instruments,
@@ -143,6 +212,16 @@ pub struct Progress {
     stage: KeyValue,
     /// The later stages, reported with this one (only the first stage has any).
     stages: Mutex<Vec<Arc<Progress>>>,
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("worker", &self.id.ordinal)
+            .field("group", &self.group)
+            .field("stage", &self.stage.value)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Progress {
@@ -226,6 +305,7 @@ impl Progress {
             group,
             interval,
             started: Instant::now(),
+            started_ms: now_ms(),
             state: Mutex::new(State::default()),
             registry,
             instruments,
@@ -244,6 +324,7 @@ impl Progress {
             group,
             interval: self.interval,
             started: Instant::now(),
+            started_ms: now_ms(),
             state: Mutex::new(State::default()),
             registry: self.registry.clone(),
             instruments: self.instruments.clone(),
@@ -316,8 +397,8 @@ impl Progress {
         s.last_completed = Some(Instant::now());
         match (&b.source_error, &s.source_down) {
             (None, _) => s.source_down = None,
-            (Some(why), None) => s.source_down = Some((Instant::now(), why.clone())),
-            (Some(why), Some((since, _))) => s.source_down = Some((*since, why.clone())),
+            (Some(why), None) => s.source_down = Some((Instant::now(), now_ms(), why.clone())),
+            (Some(why), Some((since, ms, _))) => s.source_down = Some((*since, *ms, why.clone())),
         }
         if let Some(lag) = b.lag {
             s.last_lag = lag;
@@ -329,11 +410,12 @@ impl Progress {
     }
 
     pub fn snapshot(&self, last: usize) -> Snapshot {
-        let stages = self
-            .later_stages()
-            .iter()
-            .map(|p| p.stage_snapshot(last))
-            .collect();
+        let later = self.later_stages();
+        let stages = later.iter().map(|p| p.stage_snapshot(last)).collect();
+        // The first stage's wait, else a later stage's: the worker waits either way.
+        let retrying = std::iter::once(self)
+            .chain(later.iter().map(AsRef::as_ref))
+            .find_map(Progress::waiting_on);
         let s = self
             .state
             .lock()
@@ -344,6 +426,10 @@ impl Progress {
             worker: self.id.ordinal,
             workers: self.id.workers,
             group: self.group.clone(),
+            started_at: rfc3339(self.started_ms),
+            started_at_ms: self.started_ms,
+            resumed_from: s.resumed_from.clone(),
+            retrying,
             batches_completed: s.completed,
             records_in: s.records_in,
             records_out: s.records_out,
@@ -351,6 +437,56 @@ impl Progress {
             batches: s.batches.iter().rev().take(last).rev().cloned().collect(),
             stages,
         }
+    }
+
+    /// What this stage waits on: a call being retried, else batches finding the brokers silent.
+    fn waiting_on(&self) -> Option<Retrying> {
+        let s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.retrying.clone().or_else(|| {
+            s.source_down.as_ref().map(|(_, ms, why)| Retrying {
+                reason: why.clone(),
+                since: rfc3339(*ms),
+                since_ms: *ms,
+                attempt: None,
+                max_retries: None,
+            })
+        })
+    }
+
+    /// A broker call failed and will be tried again (attempt `attempt` of `1 + max_retries`):
+    /// `/progress` says so until [`Progress::retried`]. An ongoing wait keeps its start.
+    pub fn retrying(&self, reason: String, attempt: u32, max_retries: u32) {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since_ms = s.retrying.as_ref().map_or_else(now_ms, |r| r.since_ms);
+        s.retrying = Some(Retrying {
+            reason,
+            since: rfc3339(since_ms),
+            since_ms,
+            attempt: Some(attempt),
+            max_retries: Some(max_retries),
+        });
+    }
+
+    /// The call being retried succeeded, or gave up (the error then ends the worker).
+    pub fn retried(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retrying = None;
+    }
+
+    /// Where the first stage began reading, once it has resumed.
+    pub fn resumed(&self, at: Vec<ResumedAt>) {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .resumed_from = at;
     }
 
     fn stage_snapshot(&self, last: usize) -> StageSnapshot {
@@ -395,8 +531,17 @@ impl Progress {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(r) = &s.retrying {
+            return Err(format!(
+                "retrying the Kafka brokers since {} (attempt {} of {}): {}",
+                r.since,
+                r.attempt.unwrap_or(0),
+                r.max_retries.map_or(0, |m| m + 1),
+                r.reason
+            ));
+        }
         match &s.source_down {
-            Some((since, why))
+            Some((since, _, why))
                 if now.saturating_duration_since(*since)
                     >= (self.interval * 3).max(Duration::from_secs(5)) =>
             {
@@ -421,13 +566,17 @@ impl Progress {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let limit = (self.interval * 5).max(Duration::from_secs(30));
+        let limit = stall_limit(self.interval);
         let since = |t: Instant| now.saturating_duration_since(t);
         match s.last_completed {
-            None if since(self.started) > limit * 4 => Err(format!(
-                "no batch completed in {:?} since start",
-                since(self.started)
-            )),
+            // A worker retrying the brokers is not hung: its retries are bounded, and it
+            // exits with the broker's error (its termination message) when they are spent.
+            None if s.retrying.is_none() && since(self.started) > startup_grace(self.interval) => {
+                Err(format!(
+                    "no batch completed in {:?} since start",
+                    since(self.started)
+                ))
+            }
             Some(t) if since(t) > limit && s.last_lag > 0 => Err(format!(
                 "no batch completed for {:?} while {} records are waiting",
                 since(t),
@@ -593,6 +742,76 @@ mod tests {
             .health_at(Instant::now() + Duration::from_secs(60))
             .is_ok());
         assert_eq!(sample_value(&p.metrics_text(), "weir_source_up"), Some("1"));
+        let json = serde_json::to_value(p.snapshot(1)).expect("json");
+        assert!(json.get("retrying").is_none(), "{json}");
+    }
+
+    #[test]
+    fn a_worker_retrying_the_brokers_says_so_and_is_unready_but_live() {
+        let p = progress();
+        let before = now_ms();
+        p.retrying("reading topic metadata failed: refused".into(), 1, 5);
+        p.retrying("reading topic metadata failed: refused again".into(), 2, 5);
+        let json = serde_json::to_value(p.snapshot(1)).expect("json");
+        let r = &json["retrying"];
+        assert_eq!(r["reason"], "reading topic metadata failed: refused again");
+        assert_eq!(
+            (r["attempt"].as_u64(), r["maxRetries"].as_u64()),
+            (Some(2), Some(5))
+        );
+        let since = r["sinceMs"].as_i64().expect("sinceMs");
+        assert!(
+            since >= before && since <= now_ms(),
+            "the first failure's time: {r}"
+        );
+        let e = p.health_at(Instant::now()).unwrap_err();
+        assert!(
+            e.contains("attempt 2 of 6") && e.contains("refused again"),
+            "{e}"
+        );
+        // Past the start-up grace with no batch: still live, because it is retrying.
+        assert!(p
+            .liveness_at(Instant::now() + Duration::from_secs(600))
+            .is_ok());
+        p.retried();
+        let json = serde_json::to_value(p.snapshot(1)).expect("json");
+        assert!(json.get("retrying").is_none(), "{json}");
+        assert!(p
+            .liveness_at(Instant::now() + Duration::from_secs(600))
+            .is_err());
+    }
+
+    #[test]
+    fn a_later_stage_waiting_on_the_brokers_shows_in_the_workers_report() {
+        let p = progress();
+        let shuffle = p.stage("counts", "g-counts".into());
+        let mut down = batch(0);
+        down.source_error = Some("listing offsets timed out".into());
+        shuffle.record(down);
+        let json = serde_json::to_value(p.snapshot(1)).expect("json");
+        assert_eq!(json["retrying"]["reason"], "listing offsets timed out");
+        assert!(json["retrying"].get("attempt").is_none(), "{json}");
+    }
+
+    #[test]
+    fn the_report_says_when_the_worker_started_and_where_it_resumed() {
+        let before = now_ms();
+        let p = progress();
+        let json = serde_json::to_value(p.snapshot(1)).expect("json");
+        assert_eq!(json["resumedFrom"], serde_json::json!([]));
+        let started = json["startedAtMs"].as_i64().expect("startedAtMs");
+        assert!(started >= before && started <= now_ms());
+        assert_eq!(json["startedAt"], rfc3339(started));
+        p.resumed(vec![ResumedAt {
+            topic: "in".into(),
+            partition: 3,
+            offset: 9600,
+        }]);
+        let json = serde_json::to_value(p.snapshot(1)).expect("json");
+        assert_eq!(
+            json["resumedFrom"],
+            serde_json::json!([{"topic": "in", "partition": 3, "offset": 9600}])
+        );
     }
 }
 

@@ -5,6 +5,7 @@
 //! the job's consumer group, written only after a batch's output.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -24,10 +25,11 @@ use crate::client::{self, Identity, Link};
 use crate::error::{Error, Result};
 use crate::expr::Val;
 use crate::plan::{OffsetRange, TopicPartition};
+use crate::progress::Progress;
 use crate::spec::{KafkaSource, OutOfRangePolicy, RetrySpec, StartingOffsets};
 
 /// Timeout of one broker request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which partitions of `partitions_per_topic` worker `ordinal` of `workers` owns.
 pub fn assignment(
@@ -52,6 +54,8 @@ pub fn assignment(
 pub struct Retry {
     pub spec: RetrySpec,
     pub cancel: CancellationToken,
+    /// Where a retry in progress is reported (`/progress`, `/healthz`).
+    pub report: Option<Arc<Progress>>,
 }
 
 impl Retry {
@@ -61,26 +65,35 @@ impl Retry {
     /// # Errors
     /// The last error, or [`Error::Cancelled`].
     pub fn run<T>(&self, what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
-        let mut wait = self.spec.backoff.as_std();
-        let cap = wait.saturating_mul(30);
+        let mut waits = self.spec.waits();
         let mut attempt = 0;
-        loop {
+        let result = loop {
             match f() {
-                Ok(v) => return Ok(v),
-                Err(e)
-                    if e.class() == crate::error::Class::Retriable
-                        && attempt < self.spec.max_retries =>
-                {
+                Ok(v) => break Ok(v),
+                Err(e) if e.class() == crate::error::Class::Retriable => {
+                    let Some(wait) = waits.next() else {
+                        break Err(e);
+                    };
                     attempt += 1;
                     warn!(error = %e, attempt, max = self.spec.max_retries, "{what} failed; retrying in {wait:?}");
-                    if !crate::shutdown::sleep(wait, &self.cancel) {
-                        return Err(Error::Cancelled);
+                    if let Some(p) = &self.report {
+                        p.retrying(
+                            format!("{what} failed: {e}"),
+                            attempt,
+                            self.spec.max_retries,
+                        );
                     }
-                    wait = (wait * 2).min(cap);
+                    if !crate::shutdown::sleep(wait, &self.cancel) {
+                        break Err(Error::Cancelled);
+                    }
                 }
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
+        };
+        if let Some(p) = self.report.as_ref().filter(|_| attempt > 0) {
+            p.retried();
         }
+        result
     }
 }
 
@@ -194,11 +207,13 @@ impl Source {
         id: &Identity,
         group: &str,
         batch_interval: Duration,
+        progress: &Arc<Progress>,
         cancel: &CancellationToken,
     ) -> Result<Source> {
         let retry = Retry {
             spec: spec.retries.clone(),
             cancel: cancel.clone(),
+            report: Some(progress.clone()),
         };
         let context = SourceContext::default();
         let create = || -> Result<SourceConsumer> {

@@ -241,6 +241,30 @@ pub struct RetrySpec {
     pub backoff: Duration,
 }
 
+impl RetrySpec {
+    /// The waits between attempts: `backoff`, doubling each time up to 30 times it, one per
+    /// retry allowed.
+    pub fn waits(&self) -> impl Iterator<Item = std::time::Duration> {
+        let first = self.backoff.as_std();
+        let cap = first.saturating_mul(30);
+        std::iter::successors(Some(first), move |w| Some(w.saturating_mul(2).min(cap)))
+            .take(self.max_retries as usize)
+    }
+
+    /// The longest a worker retries one broker call before it gives up and exits, when each
+    /// attempt takes `attempt` (its request timeout): the operator waits this long for a worker
+    /// that does not answer before it calls it stalled.
+    pub fn give_up_within(&self, attempt: std::time::Duration) -> std::time::Duration {
+        let waits = self.waits().fold(
+            std::time::Duration::ZERO,
+            std::time::Duration::saturating_add,
+        );
+        attempt
+            .saturating_mul(self.max_retries.saturating_add(1))
+            .saturating_add(waits)
+    }
+}
+
 impl Default for RetrySpec {
     fn default() -> Self {
         Self {

@@ -54,3 +54,26 @@ fn per_partition_applies_only_to_steps_that_group_by_key() {
         errors("- {id: k, keyBy: value}\n- {id: n, perPartition: true, aggregate: {count: {}}}\n");
     assert_eq!(ok, "");
 }
+
+#[test]
+fn the_retry_bound_is_every_attempt_and_every_wait_between_them() {
+    use std::time::Duration;
+    let spec = crate::spec::RetrySpec {
+        max_retries: 4,
+        backoff: "1s".parse().expect("duration"),
+    };
+    let waits: Vec<Duration> = spec.waits().collect();
+    assert_eq!(waits, [1, 2, 4, 8].map(Duration::from_secs));
+    // Five attempts of 10 s and 15 s of waits.
+    assert_eq!(
+        spec.give_up_within(Duration::from_secs(10)),
+        Duration::from_secs(65)
+    );
+    // The doubling stops at 30 times the first wait.
+    let long = crate::spec::RetrySpec {
+        max_retries: 8,
+        backoff: "100ms".parse().expect("duration"),
+    };
+    let last = long.waits().last().expect("a wait");
+    assert_eq!(last, Duration::from_secs(3));
+}
