@@ -59,7 +59,14 @@ pub async fn status(
 ) -> Result<()> {
     let api: Api<StreamingJob> =
         Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": status });
+    // Fails only for a status that cannot be JSON, which kube's own patch would refuse too.
+    let new = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
+    let old = job
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let patch = serde_json::json!({ "status": clearing(&old, new) });
     api.patch_status(
         &job.name_any(),
         &PatchParams::default(),
@@ -67,6 +74,29 @@ pub async fn status(
     )
     .await?;
     Ok(())
+}
+
+/// `new` as a merge patch over `old`: every field `old` has and `new` leaves out is sent as
+/// null, which removes it. Without that, a field the status no longer has (a failure's exit
+/// code, a rewind's capped offsets) would keep its old value beside the new ones. PURE.
+pub fn clearing(old: &serde_json::Value, new: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(before), Value::Object(mut after)) => {
+            for (key, was) in before {
+                match after.remove(key) {
+                    Some(now) => {
+                        after.insert(key.clone(), clearing(was, now));
+                    }
+                    None => {
+                        after.insert(key.clone(), Value::Null);
+                    }
+                }
+            }
+            Value::Object(after)
+        }
+        (_, new) => new,
+    }
 }
 
 /// The job's workers as they are: the StatefulSet's replicas and the worker pods that still
@@ -81,6 +111,7 @@ pub async fn running(client: &Client, ns: &str, job: &str) -> Result<(Option<Run
         return Ok((None, Vec::new()));
     };
     let replicas = sts.spec.and_then(|s| s.replicas).unwrap_or(0);
+    let created = sts.status.map_or(0, |s| s.replicas);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let listed = pods
         .list(&ListParams::default().labels(&desired::selector_string(job)))
@@ -88,6 +119,7 @@ pub async fn running(client: &Client, ns: &str, job: &str) -> Result<(Option<Run
     let running = Running {
         replicas: u32::try_from(replicas).unwrap_or(0),
         pods: u32::try_from(listed.items.len()).unwrap_or(u32::MAX),
+        created: u32::try_from(created).unwrap_or(0),
     };
     Ok((Some(running), listed.items))
 }

@@ -90,6 +90,40 @@ pub fn stalled(counts: &[u32], threshold: u32) -> Vec<u32> {
         .collect()
 }
 
+/// What a worker's own report says of it, for the stall verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Said {
+    /// It answered, claiming to run batches.
+    Running,
+    /// It answered that it waits on the brokers.
+    Retrying,
+    /// It has said nothing of batches for this long: it does not answer, or it is still
+    /// starting (connecting, fencing, restoring state).
+    Quiet(std::time::Duration),
+}
+
+/// Of the workers without progress for the threshold (`candidates`), the stalled ones: those
+/// that claim to run batches, and those quiet for longer than `bound` (the worker's own
+/// retry bound and start-up grace, by which it would have exited with its error or run a
+/// batch). A worker that says it is retrying is not stalled: a restart cannot bring the
+/// brokers back, spends the restart budget, and would replace the worker's own account
+/// with "stalled".
+pub fn judge(
+    candidates: &[u32],
+    said: impl Fn(u32) -> Said,
+    bound: std::time::Duration,
+) -> Vec<u32> {
+    candidates
+        .iter()
+        .copied()
+        .filter(|w| match said(*w) {
+            Said::Running => true,
+            Said::Retrying => false,
+            Said::Quiet(d) => d > bound,
+        })
+        .collect()
+}
+
 /// What the conditions are computed from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Health {
@@ -99,6 +133,8 @@ pub struct Health {
     pub stalled: Vec<u32>,
     /// Observations the stalled workers have gone without progress.
     pub still_for: u32,
+    /// Workers that say they wait on the brokers: (ordinal, their account).
+    pub retrying: Vec<(u32, String)>,
 }
 
 /// Sets Progressing, Stalled and Degraded on `status` (which has its workers, unreachable
@@ -193,13 +229,18 @@ pub fn apply(
     if stalled.0 == "True" {
         unwell.push(("WorkersStalled", stalled.2.clone()));
     }
+    for (_, said) in &h.retrying {
+        unwell.push(("WorkersRetrying", said.clone()));
+    }
     // Before the job runs (Pending, Rescaling) unreachable workers are expected, and without
     // workers (Suspended, Failed) there is nothing to degrade: Ready and the phase say why.
-    // Workers that restart before they ever get ready (a crash loop) do make a pending job
-    // Degraded.
+    // Workers that restart before they ever get ready (a crash loop), or that say they
+    // cannot reach the brokers, do make a pending job Degraded.
     let pending = status.phase == Some(Phase::Pending);
     if !running {
-        unwell.retain(|(reason, _)| pending && *reason == "WorkersRestarted");
+        unwell.retain(|(reason, _)| {
+            pending && matches!(*reason, "WorkersRestarted" | "WorkersRetrying")
+        });
     }
     let degraded = match unwell.first() {
         None if !running => (

@@ -17,9 +17,9 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::conditions::{Health, WorkerOffsets};
 use crate::crd::{AutoscaleStatus, RewindStatus, StreamingJob};
 use crate::desired::Defaults;
+use crate::failures::Watched;
 use crate::lag::LagSummary;
 use crate::metrics::Metrics;
 use crate::observe::{KafkaObserver, Observer, PartitionOffsets};
@@ -121,10 +121,9 @@ pub struct Observed {
     /// Every input partition's offsets, for the committed offsets a restarted worker resumes
     /// from; empty when the read failed.
     pub offsets: Arc<[PartitionOffsets]>,
-    /// Progress per worker, and for how many observations each has not moved.
-    pub progress_by_worker: Vec<WorkerOffsets>,
-    pub still: Vec<u32>,
-    pub health: Health,
+    /// What the restart and stall checks found: progress per worker, for how many
+    /// observations each has not moved, how long silent workers have been silent.
+    pub watched: Watched,
     /// The autoscaler's decision at this observation, if the job autoscales.
     pub autoscale: Option<AutoscaleStatus>,
 }

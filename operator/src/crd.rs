@@ -475,7 +475,8 @@ fn is_zero(n: &u32) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastFailureStatus {
-    /// When the operator saw the restart.
+    /// When the failed run ended (its container's finishedAt), or when the operator deleted
+    /// a stalled worker's pod.
     pub time: Time,
     pub worker: u32,
     /// The container's termination message (what the worker wrote to /dev/termination-log,
@@ -483,8 +484,9 @@ pub struct LastFailureStatus {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    /// The committed offsets of the worker's partitions as observed: where it resumes.
-    /// Capped, by topic and partition number.
+    /// Where the worker's next run says it resumed (its `/progress`), by topic and partition
+    /// number, capped; empty until that run has said so. The group's committed offsets are
+    /// not used: they move on with the new run's first commit.
     #[schemars(length(max = 20))]
     pub resumed_from: Vec<ResumedOffset>,
     /// Partitions of the worker not listed because of the cap.

@@ -5,6 +5,8 @@
 //! Counting happens on fresh observations only, so each restart is counted and announced
 //! once; in between, the last decision stands (a stopped job can still be resumed at once).
 
+use std::time::Instant;
+
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams};
@@ -12,10 +14,11 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
-use crate::conditions::{self, Health, WorkerOffsets};
+use crate::conditions::{self, Health, Said, WorkerOffsets};
 use crate::controller::{Context, Observed};
 use crate::crd::StreamingJob;
 use crate::observe::PartitionOffsets;
+use crate::progress::ProgressSummary;
 use crate::reconcile::publish;
 use crate::restarts::{self, Outcome, Record, WorkerPod, RESTART_ANNOTATION};
 use crate::scaling::Running;
@@ -28,6 +31,11 @@ pub struct Watched {
     pub progress_by_worker: Vec<WorkerOffsets>,
     pub still: Vec<u32>,
     pub health: Health,
+    /// Since when each worker that says nothing of batches (no answer, or still starting)
+    /// has been quiet.
+    pub quiet_since: Vec<(u32, Instant)>,
+    /// The retry episodes announced with an Event: (worker, the episode's start in ms).
+    pub retries_told: Vec<(u32, i64)>,
 }
 
 /// The workers as they are now, and what was read of them.
@@ -36,6 +44,8 @@ pub struct Seen<'a> {
     pub pods: &'a [Pod],
     /// Every input partition; empty when Kafka could not be read.
     pub offsets: &'a [PartitionOffsets],
+    /// What the workers said of themselves (`/progress`).
+    pub progress: &'a ProgressSummary,
     /// The observation this pass reuses, if it is not a fresh one.
     pub recent: Option<&'a Observed>,
 }
@@ -58,7 +68,6 @@ pub async fn watch(ctx: &Context, job: &StreamingJob, seen: &Seen<'_>) -> Result
         generation: job.metadata.generation,
         annotation,
         workers,
-        partitions: seen.offsets,
     };
     let now = Timestamp::now();
     let Some(fresh) = fresh_progress(ctx, job, seen, workers) else {
@@ -70,25 +79,18 @@ pub async fn watch(ctx: &Context, job: &StreamingJob, seen: &Seen<'_>) -> Result
             stopped_now: false,
             resumed,
         };
-        let record = announce(ctx, job, outcome, None).await;
-        let (progress_by_worker, still, health) = seen
-            .recent
-            .map(|r| {
-                (
-                    r.progress_by_worker.clone(),
-                    r.still.clone(),
-                    r.health.clone(),
-                )
-            })
-            .unwrap_or_default();
-        return Ok(Watched {
-            record,
-            progress_by_worker,
-            still,
-            health,
-        });
+        let record = announce(ctx, job, outcome, None, seen.progress).await;
+        let mut watched = seen.recent.map(|r| r.watched.clone()).unwrap_or_default();
+        watched.record = record;
+        return Ok(watched);
     };
-    let (progress_by_worker, mut still, health) = fresh;
+    let Watched {
+        progress_by_worker,
+        mut still,
+        health,
+        quiet_since,
+        ..
+    } = fresh;
     let name = job.name_any();
     let pods: Vec<WorkerPod> = seen
         .pods
@@ -96,7 +98,7 @@ pub async fn watch(ctx: &Context, job: &StreamingJob, seen: &Seen<'_>) -> Result
         .filter_map(|p| WorkerPod::from_pod(p, &name))
         .collect();
     let outcome = restarts::decide(previous, &policy, &pods, now);
-    let mut record = announce(ctx, job, outcome, None).await;
+    let mut record = announce(ctx, job, outcome, None, seen.progress).await;
 
     for &w in &health.stalled {
         let ready = pods.iter().any(|p| p.worker == w && p.ready);
@@ -118,51 +120,139 @@ pub async fn watch(ctx: &Context, job: &StreamingJob, seen: &Seen<'_>) -> Result
             "worker {w} stalled: records wait and no offsets were committed for {observations} observations; its pod was deleted"
         );
         warn!(worker = w, pod = %pod, "stalled worker restarted");
-        let outcome = restarts::record_stalled(record, &policy, w, why.clone(), now);
-        record = announce(ctx, job, outcome, Some(why)).await;
+        let outcome = restarts::record_stalled(record, &policy, w, why.clone(), Timestamp::now());
+        record = announce(ctx, job, outcome, Some(why), seen.progress).await;
         if let Some(s) = still.get_mut(w as usize) {
             *s = 0;
         }
     }
+    let retries_told = tell_retries(ctx, job, seen, &health).await;
     Ok(Watched {
         record,
         progress_by_worker,
         still,
         health,
+        quiet_since,
+        retries_told,
     })
 }
 
+/// A Warning Event for each worker that says it waits on the brokers, once per episode (a
+/// new `since`), with the worker's own account.
+async fn tell_retries(
+    ctx: &Context,
+    job: &StreamingJob,
+    seen: &Seen<'_>,
+    health: &Health,
+) -> Vec<(u32, i64)> {
+    let before = ctx
+        .last(job)
+        .map(|l| l.watched.retries_told)
+        .unwrap_or_default();
+    let mut told = Vec::new();
+    for (w, said) in &health.retrying {
+        let Some(since) = seen
+            .progress
+            .report(*w)
+            .and_then(|r| r.retrying.as_ref())
+            .map(|r| r.since_ms)
+        else {
+            continue;
+        };
+        told.push((*w, since));
+        if !before.contains(&(*w, since)) {
+            warn!(worker = w, note = %said, "worker retrying the brokers");
+            publish(
+                ctx,
+                job,
+                (EventType::Warning, "WorkerRetrying", "Retry"),
+                said.clone(),
+            )
+            .await;
+        }
+    }
+    told
+}
+
 /// Per-worker progress against the job's last observation, on a fresh observation of a job
-/// whose workers all run at their count; `None` when this pass reuses an observation.
+/// whose workers all run at their count, with what the workers say of themselves; `None`
+/// when this pass reuses an observation. The record is left for the caller.
 fn fresh_progress(
     ctx: &Context,
     job: &StreamingJob,
     seen: &Seen<'_>,
     workers: u32,
-) -> Option<(Vec<WorkerOffsets>, Vec<u32>, Health)> {
+) -> Option<Watched> {
     if seen.recent.is_some() {
         return None;
     }
     let last = ctx.last(job);
+    let at = Instant::now();
+    // Since when each worker that says nothing of batches has been quiet.
+    let starting = seen
+        .progress
+        .reports
+        .iter()
+        .filter(|r| !r.ran_batches && r.retrying.is_none())
+        .map(|r| &r.worker);
+    let quiet_since: Vec<(u32, Instant)> = seen
+        .progress
+        .unreachable
+        .iter()
+        .chain(starting)
+        .map(|w| {
+            let since = last
+                .as_ref()
+                .and_then(|l| l.watched.quiet_since.iter().find(|(x, _)| x == w))
+                .map_or(at, |(_, t)| *t);
+            (*w, since)
+        })
+        .collect();
+    let retrying: Vec<(u32, String)> = seen
+        .progress
+        .reports
+        .iter()
+        .filter_map(|r| {
+            r.retrying
+                .as_ref()
+                .map(|x| (r.worker, x.describe(r.worker)))
+        })
+        .collect();
     let steady = seen
         .running
         .is_some_and(|r| r.pods == r.replicas && r.replicas > 0);
     if seen.offsets.is_empty() || !steady {
         // Nothing to compare: Kafka was not read, or workers come and go.
         let workers = workers as usize;
-        return Some((
-            vec![WorkerOffsets::default(); workers],
-            vec![0; workers],
-            Health::default(),
-        ));
+        return Some(Watched {
+            progress_by_worker: vec![WorkerOffsets::default(); workers],
+            still: vec![0; workers],
+            health: Health {
+                retrying,
+                ..Health::default()
+            },
+            quiet_since,
+            ..Watched::default()
+        });
     }
     let starting = &job.spec.job.source.kafka.starting_offsets;
     let now = conditions::per_worker(seen.offsets, starting, workers);
     let (before, counts) = last
         .as_ref()
-        .map(|l| (l.progress_by_worker.as_slice(), l.still.as_slice()))
+        .map(|l| {
+            (
+                l.watched.progress_by_worker.as_slice(),
+                l.watched.still.as_slice(),
+            )
+        })
         .unwrap_or_default();
-    let still = conditions::still(before, counts, &now);
+    let mut still = conditions::still(before, counts, &now);
+    // The stall clock of a worker that says it waits on the brokers starts when it stops.
+    for (w, _) in &retrying {
+        if let Some(c) = still.get_mut(*w as usize) {
+            *c = 0;
+        }
+    }
     let total = |w: &[WorkerOffsets]| {
         w.iter()
             .map(|o| o.committed)
@@ -174,7 +264,13 @@ fn fresh_progress(
         job.spec.job.batch_interval.as_std(),
         ctx.settings.observe_every,
     );
-    let stalled = conditions::stalled(&still, threshold);
+    let bound = quiet_bound(job);
+    let said = |w: u32| match quiet_since.iter().find(|(x, _)| *x == w) {
+        Some((_, since)) => Said::Quiet(at.saturating_duration_since(*since)),
+        None if retrying.iter().any(|(x, _)| *x == w) => Said::Retrying,
+        None => Said::Running,
+    };
+    let stalled = conditions::judge(&conditions::stalled(&still, threshold), said, bound);
     let still_for = stalled
         .iter()
         .filter_map(|w| still.get(*w as usize))
@@ -186,19 +282,60 @@ fn fresh_progress(
         lag: now.iter().map(|o| o.lag).fold(0i64, i64::saturating_add),
         stalled,
         still_for,
+        retrying,
     };
-    Some((now, still, health))
+    Some(Watched {
+        progress_by_worker: now,
+        still,
+        health,
+        quiet_since,
+        ..Watched::default()
+    })
+}
+
+/// How long a worker may say nothing of batches before it is judged: its retry bound for a
+/// broker call, or its start-up grace (liveness), whichever is longer. By then the worker
+/// has exited with its own error, been restarted by its liveness probe, or run a batch.
+fn quiet_bound(job: &StreamingJob) -> std::time::Duration {
+    let spec = &job.spec.job;
+    let retries = spec
+        .source
+        .kafka
+        .retries
+        .give_up_within(weir_worker::source::REQUEST_TIMEOUT);
+    retries.max(weir_worker::progress::startup_grace(
+        spec.batch_interval.as_std(),
+    ))
 }
 
 /// Keeps `outcome`'s record and publishes its Events; `stalled` replaces the note of an
 /// operator-made restart.
+///
+/// A last failure whose worker has since reported where it resumed gets `resumedFrom` from
+/// that report: in the restart's Event when the report came with it, else in an Event of its
+/// own.
 async fn announce(
     ctx: &Context,
     job: &StreamingJob,
-    outcome: Outcome,
+    mut outcome: Outcome,
     stalled: Option<String>,
+    progress: &ProgressSummary,
 ) -> Record {
+    let filled = restarts::fill_resumed(&mut outcome.record, progress);
     ctx.keep_restart_record(job, outcome.record.clone());
+    if let Some(f) = outcome.record.last_failure.as_ref().filter(|f| {
+        filled && stalled.is_none() && !outcome.restarted.iter().any(|r| r.worker == f.worker)
+    }) {
+        let note = restarts::resumed_note(f);
+        info!(worker = f.worker, %note, "worker resumed");
+        publish(
+            ctx,
+            job,
+            (EventType::Normal, "WorkerResumed", "Resume"),
+            note,
+        )
+        .await;
+    }
     for r in &outcome.restarted {
         let note = match &stalled {
             Some(why) => why.clone(),

@@ -354,7 +354,9 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
                 .cloned()
                 .unwrap_or_else(|| json!({}));
             if loc.sub.as_deref() == Some("status") {
-                obj["status"] = body["status"].clone();
+                // A JSON merge patch (RFC 7386), as the API server applies one: fields sent
+                // win, null removes one, and what is not sent stays.
+                json_patch::merge(&mut obj, &json!({"status": body["status"].clone()}));
             } else {
                 // Server-side apply and merge patches: the fields sent win.
                 merge(&mut obj, &body);

@@ -23,6 +23,15 @@ const MAX_BODY: u64 = 4 << 20;
 #[serde(rename_all = "camelCase")]
 pub struct WorkerSnapshot {
     pub worker: u32,
+    /// When the worker process started (ms since the epoch); absent from older workers.
+    #[serde(default)]
+    pub started_at_ms: Option<i64>,
+    /// Where the worker began reading its partitions; empty until it has.
+    #[serde(default)]
+    pub resumed_from: Vec<WorkerResumed>,
+    /// Set while the worker waits on the brokers, with why.
+    #[serde(default)]
+    pub retrying: Option<WorkerRetrying>,
     /// Most recent last.
     #[serde(default)]
     pub batches: Vec<WorkerBatch>,
@@ -30,6 +39,52 @@ pub struct WorkerSnapshot {
     /// own batches; absent from workers of jobs with one stage.
     #[serde(default)]
     pub stages: Vec<WorkerStage>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerResumed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerRetrying {
+    pub reason: String,
+    pub since_ms: i64,
+    #[serde(default)]
+    pub attempt: Option<u32>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
+impl WorkerRetrying {
+    /// The worker's own account, for a condition and an Event.
+    pub fn describe(&self, worker: u32) -> String {
+        let attempt = match (self.attempt, self.max_retries) {
+            (Some(a), Some(m)) => format!(", attempt {a} of {}", m.saturating_add(1)),
+            _ => String::new(),
+        };
+        let since = k8s_openapi::jiff::Timestamp::from_millisecond(self.since_ms)
+            .map_or_else(|_| "a while".to_string(), |t| t.to_string());
+        format!(
+            "worker {worker} is retrying the Kafka brokers (since {since}{attempt}): {}",
+            self.reason
+        )
+    }
+}
+
+/// What one worker said of itself, kept for the restart and stall decisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub worker: u32,
+    /// It has run batches since it started (it is past connecting and restoring).
+    pub ran_batches: bool,
+    pub started_at_ms: Option<i64>,
+    pub resumed_from: Vec<WorkerResumed>,
+    pub retrying: Option<WorkerRetrying>,
 }
 
 /// A later stage's part of a worker's `/progress`.
@@ -107,6 +162,14 @@ pub struct ProgressSummary {
     pub last_batch: Option<LastBatchStatus>,
     /// Ordinals that did not answer, ascending.
     pub unreachable: Vec<u32>,
+    /// The workers that answered, by ordinal.
+    pub reports: Vec<WorkerReport>,
+}
+
+impl ProgressSummary {
+    pub fn report(&self, worker: u32) -> Option<&WorkerReport> {
+        self.reports.iter().find(|r| r.worker == worker)
+    }
 }
 
 /// PURE: the job's view of its workers' answers. Batches are planned on the same wall-clock
@@ -154,9 +217,22 @@ pub fn fold<E>(answers: &[(u32, Result<WorkerSnapshot, E>)]) -> ProgressSummary 
                 .unwrap_or(0),
         }
     });
+    let mut reports: Vec<WorkerReport> = answers
+        .iter()
+        .filter_map(|(i, a)| a.as_ref().ok().map(|s| (*i, s)))
+        .map(|(worker, s)| WorkerReport {
+            worker,
+            ran_batches: !s.batches.is_empty(),
+            started_at_ms: s.started_at_ms,
+            resumed_from: s.resumed_from.clone(),
+            retrying: s.retrying.clone(),
+        })
+        .collect();
+    reports.sort_by_key(|r| r.worker);
     ProgressSummary {
         batch_lag,
         last_batch,
         unreachable,
+        reports,
     }
 }

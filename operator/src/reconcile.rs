@@ -152,10 +152,21 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
             }
         };
         let (now, pods) = apply::running(&ctx.client, &ns, &name).await?;
+        // The workers' own reports come before the restart and stall checks: a worker that
+        // says it is retrying the brokers is not stalled, and a restarted one says where it
+        // resumed.
+        let progress = match &recent {
+            Some(o) => o.progress.clone(),
+            None => {
+                let asked = now.map_or(0, |r| r.pods.max(r.created));
+                observe_workers(ctx, &ns, &name, asked).await
+            }
+        };
         let seen = failures::Seen {
             running: now,
             pods: &pods,
             offsets: &offsets,
+            progress: &progress,
             recent: recent.as_ref(),
         };
         let watched = failures::watch(ctx, job, &seen).await?;
@@ -189,10 +200,6 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         let st = sts.status.unwrap_or_default();
         let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
         let current = u32::try_from(st.replicas).unwrap_or(0);
-        let progress = match &recent {
-            Some(o) => o.progress.clone(),
-            None => observe_workers(ctx, &ns, &name, current).await,
-        };
         if recent.is_none() {
             ctx.remember(
                 job,
@@ -203,9 +210,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
                     kafka: read.clone(),
                     progress: progress.clone(),
                     offsets,
-                    progress_by_worker: watched.progress_by_worker.clone(),
-                    still: watched.still.clone(),
-                    health: watched.health.clone(),
+                    watched: watched.clone(),
                     autoscale,
                 },
             );

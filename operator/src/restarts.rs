@@ -14,7 +14,7 @@ use crate::crd::{
     LastFailureStatus, RestartBudgetStatus, RestartPolicySpec, ResumedOffset, StoppedStatus,
     StreamingJobStatus,
 };
-use crate::observe::PartitionOffsets;
+use crate::progress::ProgressSummary;
 
 /// Setting this annotation to a new value starts a job the restart policy stopped.
 pub const RESTART_ANNOTATION: &str = "weir.dev/restart";
@@ -70,6 +70,8 @@ pub struct Exit {
     pub exit_code: i32,
     /// The termination message, else Kubernetes' reason (e.g. OOMKilled).
     pub message: Option<String>,
+    /// When the failed run ended: the run that reports after it is the one that resumed.
+    pub finished_at: Option<Timestamp>,
 }
 
 impl WorkerPod {
@@ -106,6 +108,7 @@ impl WorkerPod {
             .map(|t| Exit {
                 exit_code: t.exit_code,
                 message: exit_message(t.reason.as_deref(), t.message.as_deref()),
+                finished_at: t.finished_at.as_ref().map(|f| f.0),
             });
         Some(Self {
             worker,
@@ -216,8 +219,6 @@ pub struct Job<'a> {
     pub annotation: Option<&'a str>,
     /// The worker count the pods run with: worker i owns partitions `p mod workers == i`.
     pub workers: u32,
-    /// Every input partition as last observed, for `resumedFrom`.
-    pub partitions: &'a [PartitionOffsets],
 }
 
 /// One worker's restarts found by this observation, for an Event.
@@ -311,7 +312,7 @@ fn count(record: &mut Record, job: &Job<'_>, restarted: &[Restarted], now: Times
     }
     record.restarts = record.restarts.saturating_add(new);
     if let Some(last) = restarted.last() {
-        record.last_failure = Some(failure(last, job, now));
+        record.last_failure = Some(failure(last, now));
     }
     let budget = match record.budget.take() {
         Some(b) if !window_over(&b) => RestartBudgetStatus {
@@ -339,41 +340,87 @@ fn count(record: &mut Record, job: &Job<'_>, restarted: &[Restarted], now: Times
     spent
 }
 
-fn failure(r: &Restarted, job: &Job<'_>, now: Timestamp) -> LastFailureStatus {
-    let mut mine: Vec<&PartitionOffsets> = job
-        .partitions
-        .iter()
-        .filter(|p| owner(p.partition, job.workers) == Some(r.worker))
-        .collect();
-    mine.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    let omitted = mine.len().saturating_sub(RESUMED_ROWS);
+/// The failure of `r`'s last run. `resumedFrom` stays empty until the worker's next run
+/// reports where it resumed ([`fill_resumed`]): the group's offsets read now may already be
+/// past that, once the new run has committed a batch.
+fn failure(r: &Restarted, now: Timestamp) -> LastFailureStatus {
     let message = r
         .exit
         .as_ref()
         .and_then(|e| e.message.clone())
         .unwrap_or_else(|| "the worker restarted without a termination message".into());
     LastFailureStatus {
-        time: Time(now),
+        time: Time(r.exit.as_ref().and_then(|e| e.finished_at).unwrap_or(now)),
         worker: r.worker,
         message: crate::status::cut_message(message),
         exit_code: r.exit.as_ref().map(|e| e.exit_code),
-        resumed_from: mine
-            .into_iter()
-            .take(RESUMED_ROWS)
-            .map(|p| ResumedOffset {
-                topic: p.topic.clone(),
-                partition: p.partition,
-                offset: p.committed,
-            })
-            .collect(),
-        resumed_from_omitted: u32::try_from(omitted).unwrap_or(u32::MAX),
+        resumed_from: Vec::new(),
+        resumed_from_omitted: 0,
     }
 }
 
-/// The worker that owns `partition` among `workers`, as the worker assigns itself.
-fn owner(partition: i32, workers: u32) -> Option<u32> {
-    let p = u32::try_from(partition).ok()?;
-    (workers > 0).then(|| p % workers)
+/// A report from a run that started before `failure` ended is the failed run's, not the one
+/// that resumed. Kubernetes gives the end in whole seconds and the operator's clock may be a
+/// little off the worker's: a second of slack, far less than any run lives before it fails
+/// and is restarted.
+const SAME_RUN_SLACK_MS: i64 = 1000;
+
+/// Fills the last failure's `resumedFrom` from its worker's report, once a run that started
+/// after the failure says where it resumed. Returns whether it did. PURE.
+pub fn fill_resumed(record: &mut Record, progress: &ProgressSummary) -> bool {
+    let Some(f) = record
+        .last_failure
+        .as_mut()
+        .filter(|f| f.resumed_from.is_empty())
+    else {
+        return false;
+    };
+    let ended = f.time.0.as_millisecond();
+    let Some(report) = progress.report(f.worker).filter(|r| {
+        !r.resumed_from.is_empty()
+            && r.started_at_ms
+                .is_some_and(|s| s >= ended.saturating_sub(SAME_RUN_SLACK_MS))
+    }) else {
+        return false;
+    };
+    let mut rows: Vec<ResumedOffset> = report
+        .resumed_from
+        .iter()
+        .map(|o| ResumedOffset {
+            topic: o.topic.clone(),
+            partition: o.partition,
+            offset: Some(o.offset),
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    f.resumed_from_omitted =
+        u32::try_from(rows.len().saturating_sub(RESUMED_ROWS)).unwrap_or(u32::MAX);
+    rows.truncate(RESUMED_ROWS);
+    f.resumed_from = rows;
+    true
+}
+
+/// The Event note for a worker that resumed after its last failure.
+pub fn resumed_note(failure: &LastFailureStatus) -> String {
+    let more = match failure.resumed_from_omitted {
+        0 => String::new(),
+        n => format!(" and {n} more partitions"),
+    };
+    crate::status::cut_message(format!(
+        "worker {} resumed from {}{more}",
+        failure.worker,
+        offsets(&failure.resumed_from)
+    ))
+}
+
+fn offsets(rows: &[ResumedOffset]) -> String {
+    rows.iter()
+        .map(|o| match o.offset {
+            Some(n) => format!("{}/{}@{n}", o.topic, o.partition),
+            None => format!("{}/{}@start", o.topic, o.partition),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether `budget`'s job may have a worker restarted by the operator now: the wait after
@@ -412,15 +459,7 @@ pub fn restarted_note(r: &Restarted, failure: Option<&LastFailureStatus>) -> Str
         }
     }
     if let Some(f) = failure.filter(|f| f.worker == r.worker && !f.resumed_from.is_empty()) {
-        let from: Vec<String> = f
-            .resumed_from
-            .iter()
-            .map(|o| match o.offset {
-                Some(n) => format!("{}/{}@{n}", o.topic, o.partition),
-                None => format!("{}/{}@start", o.topic, o.partition),
-            })
-            .collect();
-        note.push_str(&format!("; resumes from {}", from.join(", ")));
+        note.push_str(&format!("; resumed from {}", offsets(&f.resumed_from)));
     }
     crate::status::cut_message(note)
 }

@@ -76,6 +76,8 @@ pub struct Running {
     pub replicas: u32,
     /// Worker pods that exist, terminating ones included.
     pub pods: u32,
+    /// Pods the StatefulSet controller reports it has created (`status.replicas`).
+    pub created: u32,
 }
 
 /// The StatefulSet's replicas for this step towards `desired` workers.
@@ -170,7 +172,13 @@ mod tests {
 
     #[test]
     fn a_new_count_goes_through_zero_while_workers_exist() {
-        let at = |replicas, pods| Some(Running { replicas, pods });
+        let at = |replicas, pods| {
+            Some(Running {
+                replicas,
+                pods,
+                created: pods,
+            })
+        };
         assert_eq!(next_replicas(3, None), 3, "a new job starts at once");
         assert_eq!(next_replicas(3, at(3, 3)), 3, "steady");
         assert_eq!(next_replicas(3, at(3, 1)), 3, "pods still starting");

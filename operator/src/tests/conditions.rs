@@ -148,6 +148,7 @@ fn conditions_follow_the_health() {
         lag: 10,
         stalled: vec![],
         still_for: 0,
+        retrying: vec![],
     };
     let s = apply(running(2, 2), &healthy, Some(1), t(0));
     assert_eq!(s.phase, Some(Phase::Running));
@@ -181,6 +182,7 @@ fn conditions_follow_the_health() {
         lag: 10,
         stalled: vec![1],
         still_for: 6,
+        retrying: vec![],
     };
     let s = apply(running(2, 2), &stuck, Some(1), t(0));
     assert_eq!(
@@ -253,6 +255,7 @@ fn flips_of_stalled_and_degraded_become_events() {
         lag: 10,
         stalled: vec![0],
         still_for: 5,
+        retrying: vec![],
     };
     let ok = Health {
         advanced: Some(true),
@@ -327,6 +330,7 @@ fn phase_and_conditions_agree_over_every_combination_of_observations() {
                                 lag,
                                 stalled: if stalled_worker { vec![0] } else { vec![] },
                                 still_for: 6,
+                                retrying: vec![],
                             };
                             let pass = |previous: Option<&StreamingJobStatus>| {
                                 let mut s = compute(previous, Some(1), &observation, t(10));

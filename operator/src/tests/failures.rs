@@ -29,7 +29,8 @@ fn pod(i: u32, restarts: u32, message: &str) -> Value {
     let last = if restarts == 0 {
         json!({})
     } else {
-        json!({"terminated": {"exitCode": 1, "reason": "Error", "message": message}})
+        json!({"terminated": {"exitCode": 1, "reason": "Error", "message": message,
+                              "finishedAt": "2026-01-01T00:00:00Z"}})
     };
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": format!("wc-{i}"), "namespace": "default", "uid": format!("pod-{i}"),
@@ -51,9 +52,29 @@ fn job(annotation: Option<&str>) -> Value {
 
 #[tokio::test]
 async fn restarts_are_recorded_and_a_spent_budget_fails_the_job_until_restarted() {
-    // 8 partitions, 2 workers; partition p committed at 10 * p.
-    let parts: Vec<_> = (0..8).map(|p| (0, 100, Some(10 * p))).collect();
+    // 8 partitions, 2 workers. The restarted worker 1 resumed partitions 1, 3, 5, 7 at 9600
+    // and has committed a batch since: the group's offsets (10,000 + p) are past that.
+    let parts: Vec<_> = (0..8).map(|p| (0, 20_000, Some(10_000 + p))).collect();
     let observer = DataObserver::new(Some(fixtures::topic("lines", &parts)));
+    let worker = std::sync::Arc::new(super::progress::worker(1, 2));
+    worker.resumed(
+        [1, 3, 5, 7]
+            .map(|partition| weir_worker::progress::ResumedAt {
+                topic: "lines".into(),
+                partition,
+                offset: 9600,
+            })
+            .to_vec(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (addr, http) = weir_worker::http::serve("127.0.0.1:0", worker, stop.clone())
+        .await
+        .unwrap();
+    observer
+        .workers
+        .lock()
+        .unwrap()
+        .extend(["127.0.0.1:9".to_string(), addr.to_string()]);
     let settings = Settings {
         observe_every: Duration::from_millis(100),
         ..Settings::default()
@@ -96,8 +117,8 @@ async fn restarts_are_recorded_and_a_spent_budget_fails_the_job_until_restarted(
         .collect();
     assert_eq!(
         resumed,
-        [(1, 10), (3, 30), (5, 50), (7, 70)],
-        "p mod 2 == 1"
+        [(1, 9600), (3, 9600), (5, 9600), (7, 9600)],
+        "where the worker says it resumed, not where the group is now"
     );
     assert_eq!(s["restartBudget"]["used"], 1);
     assert_ne!(s["phase"], "Failed", "one restart is within the budget");
@@ -114,7 +135,7 @@ async fn restarts_are_recorded_and_a_spent_budget_fails_the_job_until_restarted(
     assert_eq!(
         event.body["note"],
         "worker 1 restarted (exit code 1): sink refused the batch: broker down; \
-         resumes from lines/1@10, lines/3@30, lines/5@50, lines/7@70"
+         resumed from lines/1@9600, lines/3@9600, lines/5@9600, lines/7@9600"
     );
 
     // Two more restarts: three within the hour, more than maxRestarts 2.
@@ -179,6 +200,8 @@ async fn restarts_are_recorded_and_a_spent_budget_fails_the_job_until_restarted(
         .await;
     token.cancel();
     run.await.unwrap();
+    stop.cancel();
+    http.await.unwrap();
     assert_eq!(events(&r, "Resumed").len(), 1);
     let last = statuses(&r).pop().unwrap();
     assert_ne!(last["phase"], "Failed");

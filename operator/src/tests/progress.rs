@@ -96,6 +96,9 @@ fn the_last_batch_adds_the_workers_batches_of_the_latest_time() {
             0,
             Ok(WorkerSnapshot {
                 worker: 0,
+                started_at_ms: None,
+                resumed_from: vec![],
+                retrying: None,
                 batches: vec![wb(5000, 7, 30, 0), wb(10_000, 10, 40, 1)],
                 stages: vec![],
             }),
@@ -105,6 +108,9 @@ fn the_last_batch_adds_the_workers_batches_of_the_latest_time() {
             1,
             Ok(WorkerSnapshot {
                 worker: 1,
+                started_at_ms: None,
+                resumed_from: vec![],
+                retrying: None,
                 batches: vec![wb(10_000, 5, 90, 2)],
                 stages: vec![],
             }),
@@ -113,6 +119,9 @@ fn the_last_batch_adds_the_workers_batches_of_the_latest_time() {
             3,
             Ok(WorkerSnapshot {
                 worker: 3,
+                started_at_ms: None,
+                resumed_from: vec![],
+                retrying: None,
                 batches: vec![],
                 stages: vec![],
             }),

@@ -9,7 +9,10 @@ use weir_worker::spec::Duration;
 
 use crate::crd::{RestartBudgetStatus, RestartPolicySpec, StoppedStatus};
 use crate::fixtures;
-use crate::restarts::{backoff_over, decide, Exit, Job, Record, SeenRestarts, WorkerPod};
+use crate::progress::{ProgressSummary, WorkerReport, WorkerResumed};
+use crate::restarts::{
+    backoff_over, decide, fill_resumed, Exit, Job, Record, SeenRestarts, WorkerPod,
+};
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).unwrap()
@@ -33,6 +36,7 @@ fn pod(worker: u32, uid: &str, restarts: u32) -> WorkerPod {
         last_exit: (restarts > 0).then(|| Exit {
             exit_code: 1,
             message: Some(format!("worker {worker}: sink refused the batch")),
+            finished_at: None,
         }),
     }
 }
@@ -58,7 +62,6 @@ fn job(policy: &RestartPolicySpec) -> Job<'_> {
         generation: Some(1),
         annotation: None,
         workers: 2,
-        partitions: &[],
     }
 }
 
@@ -241,42 +244,90 @@ fn the_stop_names_the_reason_and_holds_until_the_spec_or_the_annotation_changes(
     );
 }
 
+/// What worker `worker` said at `/progress`: started at `started` (s), resumed `rows`.
+fn report(worker: u32, started: i64, rows: &[(&str, i32, i64)]) -> ProgressSummary {
+    ProgressSummary {
+        reports: vec![WorkerReport {
+            worker,
+            ran_batches: true,
+            started_at_ms: Some(started * 1000),
+            resumed_from: rows
+                .iter()
+                .map(|(topic, partition, offset)| WorkerResumed {
+                    topic: (*topic).into(),
+                    partition: *partition,
+                    offset: *offset,
+                })
+                .collect(),
+            retrying: None,
+        }],
+        ..ProgressSummary::default()
+    }
+}
+
 #[test]
-fn last_failure_has_the_message_and_the_workers_committed_offsets() {
+fn last_failure_has_the_message_and_resumes_where_the_worker_says() {
     let p = policy();
-    let parts: Vec<_> = (0..7).map(|i| (0, 100, Some(10 * i))).collect();
-    let obs = fixtures::topic("lines", &parts);
     let j = Job {
         workers: 3,
-        partitions: &obs.partitions,
         ..job(&p)
     };
-    let out = decide(Record::default(), &j, &[pod(1, "b", 1)], t(1000));
-    let f = out.record.last_failure.unwrap();
+    let mut crashed = pod(1, "b", 1);
+    if let Some(e) = crashed.last_exit.as_mut() {
+        e.finished_at = Some(t(990));
+    }
+    let mut out = decide(Record::default(), &j, &[crashed], t(1000));
+    let f = out.record.last_failure.clone().unwrap();
     assert_eq!(f.worker, 1);
     assert_eq!(f.message, "worker 1: sink refused the batch");
     assert_eq!(f.exit_code, Some(1));
-    assert_eq!(f.time, Time(t(1000)));
+    assert_eq!(f.time, Time(t(990)), "when the failed run ended");
+    assert!(f.resumed_from.is_empty(), "unknown until the worker says");
+
+    // The failed run's own report (started before it ended) and another worker's are not
+    // where worker 1 resumed.
+    assert!(!fill_resumed(
+        &mut out.record,
+        &report(1, 900, &[("lines", 1, 5)])
+    ));
+    assert!(!fill_resumed(
+        &mut out.record,
+        &report(0, 995, &[("lines", 0, 5)])
+    ));
+    assert!(
+        !fill_resumed(&mut out.record, &report(1, 995, &[])),
+        "not resumed yet"
+    );
+    // The new run's report: its offsets, in partition order, whatever the group says now.
+    let new_run = report(1, 995, &[("lines", 4, 9600), ("lines", 1, 9600)]);
+    assert!(fill_resumed(&mut out.record, &new_run));
+    let f = out.record.last_failure.clone().unwrap();
     let resumed: Vec<(i32, Option<i64>)> = f
         .resumed_from
         .iter()
         .map(|r| (r.partition, r.offset))
         .collect();
-    assert_eq!(resumed, [(1, Some(10)), (4, Some(40))], "p mod 3 == 1");
+    assert_eq!(resumed, [(1, Some(9600)), (4, Some(9600))]);
     assert_eq!(f.resumed_from_omitted, 0);
+    assert_eq!(
+        crate::restarts::resumed_note(&f),
+        "worker 1 resumed from lines/1@9600, lines/4@9600"
+    );
+    assert!(
+        !fill_resumed(&mut out.record, &report(1, 999, &[("lines", 1, 10_000)])),
+        "filled once, from the run that resumed"
+    );
 
-    let wide = fixtures::topic("lines", &vec![(0, 100, None); 100]);
+    // A wide worker: the first rows, and how many more.
     let j = Job {
         workers: 1,
-        partitions: &wide.partitions,
         ..job(&p)
     };
-    let f = decide(Record::default(), &j, &[pod(0, "a", 1)], t(1000))
-        .record
-        .last_failure
-        .unwrap();
+    let mut out = decide(Record::default(), &j, &[pod(0, "a", 1)], t(1000));
+    let rows: Vec<(&str, i32, i64)> = (0..100).map(|i| ("lines", i, 7)).collect();
+    assert!(fill_resumed(&mut out.record, &report(0, 1001, &rows)));
+    let f = out.record.last_failure.unwrap();
     assert_eq!((f.resumed_from.len(), f.resumed_from_omitted), (20, 80));
-    assert_eq!(f.resumed_from[0].offset, None, "not committed yet");
 }
 
 #[test]
@@ -419,10 +470,11 @@ fn the_restart_record_keeps_the_status_small_at_its_largest() {
     let p = policy();
     let j = Job {
         workers: 50,
-        partitions: &obs.partitions,
         ..job(&p)
     };
-    let out = decide(Record::default(), &j, &pods, t(1000));
+    let mut out = decide(Record::default(), &j, &pods, t(1000));
+    let rows: Vec<(&str, i32, i64)> = (0..1000).map(|i| (topic.as_str(), i, 1)).collect();
+    assert!(fill_resumed(&mut out.record, &report(999, 1001, &rows)));
     assert_eq!(out.record.seen.len(), 1000);
     let applied = Observation::Applied {
         desired: 1000,
@@ -465,4 +517,26 @@ fn the_restart_record_keeps_the_status_small_at_its_largest() {
     st.rewind = Some(rewound);
     let bytes = serde_json::to_vec(&st).unwrap().len();
     assert!(bytes < 100 * 1024, "status is {bytes} bytes");
+}
+
+#[test]
+fn a_status_write_clears_what_the_new_status_no_longer_has() {
+    // The last failure was a crash with an exit code; the new one, a stalled worker the
+    // operator restarted, has none: the merge patch must remove the old one.
+    let old = json!({"phase": "Running", "lastFailure": {"worker": 1, "exitCode": 137,
+                     "resumedFrom": [{"topic": "t", "partition": 1, "offset": 5}],
+                     "resumedFromOmitted": 3}, "rewind": {"id": "a"}});
+    let new = json!({"phase": "Degraded", "lastFailure": {"worker": 0, "resumedFrom": []}});
+    let patch = crate::apply::clearing(&old, new);
+    assert_eq!(
+        patch,
+        json!({"phase": "Degraded", "rewind": null, "lastFailure": {"worker": 0,
+               "resumedFrom": [], "exitCode": null, "resumedFromOmitted": null}})
+    );
+    let mut stored = old.clone();
+    json_patch::merge(&mut stored, &patch);
+    assert_eq!(
+        stored,
+        json!({"phase": "Degraded", "lastFailure": {"worker": 0, "resumedFrom": []}})
+    );
 }

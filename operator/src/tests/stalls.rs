@@ -3,10 +3,13 @@
 //! the worker's pod (the StatefulSet starts it again from its committed offsets), counting it
 //! as a restart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use weir_worker::progress::ResumedAt;
 
 use super::controller::start_observed;
 use crate::controller::Settings;
@@ -27,6 +30,13 @@ fn ready_pod(i: u32) -> Value {
                         "labels": {"app.kubernetes.io/name": "weir-worker", "weir.dev/job": "wc"}},
            "status": {"containerStatuses": [{
                "name": "worker", "image": "weir", "imageID": "", "ready": true, "restartCount": 0}]}})
+}
+
+/// Rows of the status's `lastFailure.resumedFrom` (absent or empty: 0).
+fn resumed_rows(status: &Value) -> usize {
+    status["lastFailure"]["resumedFrom"]
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 fn condition(status: &Value, type_: &str) -> Value {
@@ -50,6 +60,19 @@ async fn a_stalled_worker_is_restarted_and_counted() {
             (0, 100, Some(10)),
         ],
     )));
+    // Worker 1 answers and claims to run batches (its last one read nothing): a stall. Worker
+    // 0 does not answer, for less than its retry bound: not judged yet.
+    let claims = Arc::new(super::progress::worker(1, 2));
+    claims.record(super::progress::batch(1, 5000, 0, 5, 0));
+    let stop = CancellationToken::new();
+    let (addr, http) = weir_worker::http::serve("127.0.0.1:0", claims, stop.clone())
+        .await
+        .unwrap();
+    observer
+        .workers
+        .lock()
+        .unwrap()
+        .extend(["127.0.0.1:9".to_string(), addr.to_string()]);
     let mut spec = fixtures::spec();
     // Two observations of 100 ms cover two batches of 100 ms.
     spec["batchInterval"] = json!("100ms");
@@ -62,7 +85,7 @@ async fn a_stalled_worker_is_restarted_and_counted() {
         fixtures::job("wc", 1, spec),
         Metrics::new().unwrap(),
         |_| {},
-        observer,
+        observer.clone(),
         settings,
     );
     server
@@ -89,11 +112,33 @@ async fn a_stalled_worker_is_restarted_and_counted() {
             .any(|x| x.is(&Method::DELETE, &format!("{PODS}/wc-0"))),
         "the worker that keeps up is left alone"
     );
+    // The new pod's worker says where it resumed.
+    let resumed = Arc::new(super::progress::worker(1, 2));
+    resumed.resumed(
+        [1, 3]
+            .map(|partition| ResumedAt {
+                topic: "lines".into(),
+                partition,
+                offset: 10,
+            })
+            .to_vec(),
+    );
+    let (addr, http2) = weir_worker::http::serve("127.0.0.1:0", resumed, stop.clone())
+        .await
+        .unwrap();
+    observer.workers.lock().unwrap()[1] = addr.to_string();
     let r = server
-        .wait_for(WAIT, |r| statuses(r).iter().any(|s| s["restarts"] == 1))
+        .wait_for(WAIT, |r| {
+            statuses(r)
+                .iter()
+                .any(|s| s["restarts"] == 1 && resumed_rows(s) > 0)
+        })
         .await;
     token.cancel();
     run.await.unwrap();
+    stop.cancel();
+    http.await.unwrap();
+    http2.await.unwrap();
 
     let s = statuses(&r)
         .into_iter()
@@ -119,15 +164,25 @@ async fn a_stalled_worker_is_restarted_and_counted() {
             .starts_with("worker 1 stalled"),
         "{failure}"
     );
-    let resumed: Vec<i64> = failure["resumedFrom"]
+    assert_eq!(resumed_rows(&s), 0, "until the new run says: {failure}");
+    let filled = statuses(&r)
+        .into_iter()
+        .find(|s| resumed_rows(s) > 0)
+        .unwrap();
+    let resumed: Vec<(i64, i64)> = filled["lastFailure"]["resumedFrom"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| o["offset"].as_i64().unwrap())
+        .map(|o| {
+            (
+                o["partition"].as_i64().unwrap(),
+                o["offset"].as_i64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(resumed, [10, 10]);
+    assert_eq!(resumed, [(1, 10), (3, 10)]);
     let reasons = event_reasons(&r);
-    for reason in ["WorkerRestarted", "Stalled", "Degraded"] {
+    for reason in ["WorkerRestarted", "Stalled", "Degraded", "WorkerResumed"] {
         assert!(
             reasons.iter().any(|x| x == reason),
             "{reason} in {reasons:?}"
