@@ -327,6 +327,9 @@ fn condition_is(status: &StreamingJobStatus, type_: &str, s: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == s)
 }
 
+/// The conditions whose flips get an Event of their own.
+const FLIPS: [&str; 3] = [STALLED, DEGRADED, crate::status::OFFSETS_AT_RISK];
+
 /// An Event for a condition that flipped: (warning, reason, note).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -335,9 +338,9 @@ pub struct Transition {
     pub note: String,
 }
 
-/// The Stalled and Degraded flips from `previous` to `new`, and Kafka becoming unreadable or
-/// readable again: a warning when one turns bad, a normal Event when it clears. Once per
-/// flip, not per observation.
+/// The Stalled, Degraded and OffsetsAtRisk flips from `previous` to `new`, and Kafka becoming
+/// unreadable or readable again: a warning when one turns bad, a normal Event when it clears.
+/// Once per flip, not per observation.
 pub fn transitions(
     previous: Option<&StreamingJobStatus>,
     new: &StreamingJobStatus,
@@ -369,7 +372,7 @@ pub fn transitions(
         );
     kafka
         .into_iter()
-        .chain([STALLED, DEGRADED].into_iter().filter_map(|type_| {
+        .chain(FLIPS.into_iter().filter_map(|type_| {
             let c = new.conditions.iter().find(|c| c.type_ == type_)?;
             match (was(type_), c.status == "True") {
                 (false, true) => Some(Transition {

@@ -96,6 +96,12 @@ fn job_rules(schema: &mut schemars::Schema) {
         description = "Records behind the end of the input topics"
     ),
     printcolumn(
+        name = "Lag Seconds",
+        type_ = "integer",
+        json_path = ".status.lag.seconds",
+        description = "Seconds the oldest unread record is behind now, the most over partitions"
+    ),
+    printcolumn(
         name = "Batch Lag",
         type_ = "integer",
         json_path = ".status.batchLag",
@@ -367,6 +373,12 @@ pub struct StreamingJobStatus {
     /// Label selector of the worker pods, for the `/scale` subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Ready, Progressing, Stalled, Degraded, OffsetsOutOfRange (a committed offset outside
+    /// its partition's log) and OffsetsAtRisk: True when, on some partition, records wait,
+    /// retention has deleted records before (the log start is past 0), the job's position is
+    /// inside the log, and fewer than 10% of the records the partition retains lie between the
+    /// log start and the job's next unread record; the message gives each such partition's
+    /// margin in records and in time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -554,6 +566,14 @@ pub struct LagStatus {
     pub records: i64,
     /// The lag of the laggiest partition.
     pub max_partition: i64,
+    /// How far behind the head the job is in time, in seconds: over the partitions with
+    /// records waiting, the most by which the next unread record's timestamp (the record at
+    /// the committed offset) is older than the observation. 0 when no records wait. Null when
+    /// a waiting partition's next record could not be read within the observation's bound
+    /// (one record per partition, a short wait): never a made-up 0.
+    // Null, not left out, when unknown: the status is written with a merge patch.
+    #[serde(default)]
+    pub seconds: Option<i64>,
 }
 
 /// The job's most recent batch: the workers' batches of the latest batch time together.

@@ -691,8 +691,11 @@ pub fn topic(name: &str, parts: &[(i64, i64, Option<i64>)]) -> KafkaObservation 
                 end,
                 committed,
                 offset_for_time: None,
+                next_timestamp: None,
+                log_start_timestamp: None,
             })
             .collect(),
         stages: Vec::new(),
+        read_at_millis: None,
     }
 }

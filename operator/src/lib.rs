@@ -6,7 +6,7 @@
 //! - [`controller`]: the kube-runtime `Controller`, its context, error policy and shutdown.
 //! - [`reconcile`]: one pass over one job: validate, build children, apply, write status.
 //! - [`observe`], [`progress`]: reading the job's partitions and offsets from Kafka (behind a
-//!   trait) and its workers' `/progress`.
+//!   trait, with [`clients`] kept open between observations) and its workers' `/progress`.
 //! - [`desired`], [`scaling`], [`lag`], [`status`]: PURE functions from a job (and
 //!   observations) to children, worker counts, lag and status.
 //! - [`restarts`]: PURE: worker pods' restarts -> restart count, last failure, the restart
@@ -24,6 +24,7 @@
 pub mod apply;
 pub mod autoscale;
 pub mod cleanup;
+pub mod clients;
 pub mod conditions;
 pub mod controller;
 pub mod crd;

@@ -32,6 +32,9 @@ pub struct Metrics {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JobFigures {
     pub lag: Option<i64>,
+    /// `status.lag.seconds`: unknown (no series) when a waiting partition's next record could
+    /// not be read.
+    pub lag_seconds: Option<i64>,
     pub batch_lag: Option<u64>,
     pub workers_desired: u32,
     pub workers_ready: u32,
@@ -45,11 +48,16 @@ type Jobs = Arc<Mutex<BTreeMap<(String, String), JobFigures>>>;
 /// yet (no lag before the first Kafka read) has no series.
 fn job_gauges(meter: &Meter, jobs: &Jobs) -> Vec<ObservableGauge<i64>> {
     type Pick = fn(&JobFigures) -> Option<i64>;
-    let figures: [(&'static str, &'static str, Pick); 5] = [
+    let figures: [(&'static str, &'static str, Pick); 6] = [
         (
             "weir_job_lag_records",
             "Records behind the end of the job's input topics",
             |f| f.lag,
+        ),
+        (
+            "weir_job_lag_seconds",
+            "Seconds the job's oldest unread record is behind now, the most over partitions",
+            |f| f.lag_seconds,
         ),
         (
             "weir_job_batch_lag",
@@ -222,6 +230,7 @@ mod job_tests {
             "clicks",
             JobFigures {
                 lag: Some(1234),
+                lag_seconds: Some(95),
                 batch_lag: Some(2),
                 workers_desired: 3,
                 workers_ready: 2,
@@ -232,6 +241,7 @@ mod job_tests {
         let text = m.render();
         for line in [
             "weir_job_lag_records{job=\"clicks\",namespace=\"prod\"",
+            "weir_job_lag_seconds{job=\"clicks\",namespace=\"prod\"",
             "weir_job_batch_lag{job=\"clicks\",namespace=\"prod\"",
             "weir_job_workers_desired{job=\"clicks\",namespace=\"prod\"",
             "weir_job_workers_ready{job=\"clicks\",namespace=\"prod\"",
@@ -246,6 +256,12 @@ mod job_tests {
                 .and_then(|v| v.parse().ok())
         };
         assert_eq!(value("weir_job_lag_records", "clicks"), Some(1234.0));
+        assert_eq!(value("weir_job_lag_seconds", "clicks"), Some(95.0));
+        assert_eq!(
+            value("weir_job_lag_seconds", "views"),
+            None,
+            "unknown is no series, never 0"
+        );
         assert_eq!(value("weir_job_workers_ready", "clicks"), Some(2.0));
         assert_eq!(value("weir_job_restarts", "clicks"), Some(4.0));
         assert_eq!(

@@ -5,15 +5,27 @@
 //! The [`Observer`] trait is the seam: the controller gets the real [`KafkaObserver`], tests
 //! may feed the broker's answers as data (e.g. a topic that grew, which no test broker can do).
 //! librdkafka's calls block, so the controller runs an observer on the blocking pool, and
-//! every call here has a finite timeout.
+//! every call here has a finite timeout. Its clients stay open between observations
+//! ([`crate::clients`]), so a dead broker is logged at most once per kind of error per 30 s,
+//! not once per observation.
+//!
+//! Besides offsets, an observation reads record timestamps for the lag in seconds and
+//! OffsetsAtRisk ([`crate::lag`]): the next unread record of each partition with records
+//! waiting and, for a partition at risk, the record at its log start. One record per
+//! partition, with small fetches and a short wait ([`RECORD_WAIT`]); a timestamp not read in
+//! time is unknown (the figures that need it are null), never a failed observation.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tracing::debug;
 use weir_worker::spec::{KafkaSource, StartingOffsets};
 
+use crate::clients::{ClientCache, Kept};
 use crate::crd::StreamingJob;
 use crate::scaling::PartitionCounts;
 
@@ -76,6 +88,12 @@ pub struct PartitionOffsets {
     pub committed: Option<i64>,
     /// For a timestamp startingOffsets: the first offset at or after that time, if any.
     pub offset_for_time: Option<i64>,
+    /// Milliseconds since the epoch: the timestamp of the next record the job has not read,
+    /// read only when records wait; `None` when it was not read.
+    pub next_timestamp: Option<i64>,
+    /// Milliseconds since the epoch: the timestamp of the record at the log start, read only
+    /// for a partition at risk ([`crate::lag::at_risk`]).
+    pub log_start_timestamp: Option<i64>,
 }
 
 /// What one observation of Kafka found.
@@ -87,6 +105,9 @@ pub struct KafkaObservation {
     /// The job's later stages, in data-flow order; a stage whose repartition topic the
     /// workers have not created yet has no partitions.
     pub stages: Vec<StageOffsets>,
+    /// Milliseconds since the epoch when the record timestamps were read: the "now" of the
+    /// lag in seconds. `None` when none were read.
+    pub read_at_millis: Option<i64>,
 }
 
 /// A later stage's partitions: its repartition topic, with its group's committed offsets.
@@ -207,13 +228,35 @@ pub(crate) type ObserveConsumer = BaseConsumer<weir_worker::client::SourceContex
 /// # Errors
 /// When librdkafka refuses the settings.
 pub(crate) fn consumer(target: &KafkaTarget, role: &str) -> Result<ObserveConsumer, ObserveError> {
-    let source = &target.source;
-    weir_worker::client::base(&source.bootstrap_servers, source)
-        .set("group.id", &target.group)
-        .set("client.id", format!("weir-operator-{role}"))
-        .set("enable.auto.commit", "false")
+    config(&target.source, &target.group, role)
         .create_with_context(weir_worker::client::SourceContext::default())
         .map_err(ObserveError::Client)
+}
+
+/// The settings of the operator's consumers on `group`: they join nothing (they only read
+/// and set offsets, and assign partitions to read one record's timestamp), with the job's
+/// credentials. Fetches are small: the observer reads one record per partition.
+fn config(source: &KafkaSource, group: &str, role: &str) -> ClientConfig {
+    // librdkafka refuses a fetch.max.bytes below message.max.bytes.
+    let fetch_max = source
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        .max(1 << 20);
+    let mut c = weir_worker::client::base(&source.bootstrap_servers, source);
+    c.set("group.id", group)
+        .set("client.id", format!("weir-operator-{role}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A position outside the log yields no record (its timestamp is unknown), never one
+        // from elsewhere.
+        .set("auto.offset.reset", "error")
+        .set("max.partition.fetch.bytes", "65536")
+        .set("fetch.max.bytes", fetch_max.to_string())
+        .set("queued.min.messages", "1")
+        .set("fetch.wait.max.ms", "10");
+    c
 }
 
 /// Reads a job's Kafka offsets. Blocking: call it from the blocking pool.
@@ -244,75 +287,62 @@ pub trait Observer: Send + Sync + 'static {
     }
 }
 
-/// The real observer: a short-lived librdkafka consumer per observation (no group membership:
-/// it only reads offsets, so it never disturbs the workers' partition assignment).
+/// The real observer: librdkafka consumers kept open per configuration (no group membership:
+/// they only read offsets, so they never disturb the workers' partition assignment).
 #[derive(Clone, Debug)]
 pub struct KafkaObserver {
     /// The whole observation's budget; each request gets what is left of it.
     pub timeout: Duration,
+    /// The open clients, one per cluster, settings, credentials and group.
+    pub clients: Arc<ClientCache>,
 }
 
 impl Default for KafkaObserver {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(10),
+            clients: Arc::default(),
         }
+    }
+}
+
+/// How long an observation waits for the records whose timestamps it reads, per pass (the
+/// next unread records, then the log start's of partitions at risk).
+pub const RECORD_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an observation serves its client's queued events (log lines, errors) at its end.
+const SERVE_EVENTS: Duration = Duration::from_millis(5);
+
+impl KafkaObserver {
+    /// Runs `read` with the open client for `config`, then serves the client's events (its
+    /// log lines reach the rate-limited log here). A refused login closes the client, so the
+    /// next observation logs in afresh.
+    fn with_client<T>(
+        &self,
+        config: &ClientConfig,
+        read: impl FnOnce(&Kept) -> Result<T, ObserveError>,
+    ) -> Result<T, ObserveError> {
+        let kept = self.clients.get(config)?;
+        let result = read(&kept);
+        crate::clients::serve_events(&kept, SERVE_EVENTS);
+        if let Err(ObserveError::Auth { .. }) = &result {
+            self.clients.forget(config);
+        }
+        result
     }
 }
 
 impl Observer for KafkaObserver {
     fn kafka(&self, target: &KafkaTarget) -> Result<KafkaObservation, ObserveError> {
         let left = time_left(self.timeout);
-        let source = &target.source;
-        let consumer = consumer(target, "observer")?;
-
-        let mut obs = KafkaObservation::default();
-        for topic in &source.topics {
-            let md = consumer
-                .fetch_metadata(Some(topic), left()?)
-                .map_err(ObserveError::request(&consumer, "topic metadata"))?;
-            let n = match md.topics().iter().find(|t| t.name() == topic) {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                    t.partitions().len()
-                }
-                t => return Err(ObserveError::topic(topic, t.and_then(|t| t.error()))),
-            };
-            // Kafka numbers a topic's partitions 0..n with i32 ids.
-            let n = i32::try_from(n).unwrap_or(i32::MAX);
-            obs.topics.push((topic.clone(), n.unsigned_abs()));
-            obs.partitions
-                .extend((0..n).map(|partition| PartitionOffsets {
-                    topic: topic.clone(),
-                    partition,
-                    log_start: 0,
-                    end: 0,
-                    committed: None,
-                    offset_for_time: None,
-                }));
-        }
-        // One ListOffsets request per broker for all partitions (not one per partition, as
-        // per-partition watermark queries would be): thousands of partitions stay cheap.
-        let starts = list_offsets(&consumer, &obs.partitions, Offset::Beginning, left()?)?;
-        let ends = list_offsets(&consumer, &obs.partitions, Offset::End, left()?)?;
-        let times = match &source.starting_offsets {
-            StartingOffsets::Timestamp(t) => {
-                let at = Offset::Offset(t.timestamp_millis());
-                Some(list_offsets(&consumer, &obs.partitions, at, left()?)?)
-            }
-            _ => None,
-        };
-        let committed = consumer
-            .committed_offsets(partition_list(&obs.partitions, Offset::Invalid)?, left()?)
-            .map_err(ObserveError::request(&consumer, "committed offsets"))?;
-        for p in &mut obs.partitions {
-            p.log_start = offset_of(&starts, p).ok_or(ObserveError::NoOffsets("log start"))?;
-            p.end = offset_of(&ends, p).ok_or(ObserveError::NoOffsets("end"))?;
-            p.committed = offset_of(&committed, p);
-            p.offset_for_time = times.as_ref().and_then(|t| offset_of(t, p));
-        }
+        let config = config(&target.source, &target.group, "observer");
+        let mut obs = self.with_client(&config, |kept| observe_input(kept, target, &left))?;
         for stage in &target.stages {
-            obs.stages.push(observe_stage(source, stage, left()?)?);
+            let config = config_for_stage(&target.source, stage);
+            let offsets = self.with_client(&config, |kept| observe_stage(kept, stage, &left))?;
+            obs.stages.push(offsets);
         }
+        obs.read_at_millis = Some(k8s_openapi::jiff::Timestamp::now().as_millisecond());
         Ok(obs)
     }
 
@@ -323,6 +353,66 @@ impl Observer for KafkaObserver {
     ) -> Result<crate::rewind::Rewound, ObserveError> {
         crate::rewind::set_offsets(target, to, self.timeout)
     }
+}
+
+fn config_for_stage(source: &KafkaSource, stage: &StageTarget) -> ClientConfig {
+    config(source, &stage.group, "observer")
+}
+
+/// The input topics' partitions, offsets and record timestamps.
+fn observe_input(
+    kept: &Kept,
+    target: &KafkaTarget,
+    left: &impl Fn() -> Result<Duration, ObserveError>,
+) -> Result<KafkaObservation, ObserveError> {
+    let source = &target.source;
+    let consumer = &kept.consumer;
+    let mut obs = KafkaObservation::default();
+    for topic in &source.topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), left()?)
+            .map_err(ObserveError::request(consumer, "topic metadata"))?;
+        let n = match md.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len(),
+            t => return Err(ObserveError::topic(topic, t.and_then(|t| t.error()))),
+        };
+        // Kafka numbers a topic's partitions 0..n with i32 ids.
+        let n = i32::try_from(n).unwrap_or(i32::MAX);
+        obs.topics.push((topic.clone(), n.unsigned_abs()));
+        obs.partitions
+            .extend((0..n).map(|partition| PartitionOffsets {
+                topic: topic.clone(),
+                partition,
+                log_start: 0,
+                end: 0,
+                committed: None,
+                offset_for_time: None,
+                next_timestamp: None,
+                log_start_timestamp: None,
+            }));
+    }
+    // One ListOffsets request per broker for all partitions (not one per partition, as
+    // per-partition watermark queries would be): thousands of partitions stay cheap.
+    let starts = list_offsets(consumer, &obs.partitions, Offset::Beginning, left()?)?;
+    let ends = list_offsets(consumer, &obs.partitions, Offset::End, left()?)?;
+    let times = match &source.starting_offsets {
+        StartingOffsets::Timestamp(t) => {
+            let at = Offset::Offset(t.timestamp_millis());
+            Some(list_offsets(consumer, &obs.partitions, at, left()?)?)
+        }
+        _ => None,
+    };
+    let committed = consumer
+        .committed_offsets(partition_list(&obs.partitions, Offset::Invalid)?, left()?)
+        .map_err(ObserveError::request(consumer, "committed offsets"))?;
+    for p in &mut obs.partitions {
+        p.log_start = offset_of(&starts, p).ok_or(ObserveError::NoOffsets("log start"))?;
+        p.end = offset_of(&ends, p).ok_or(ObserveError::NoOffsets("end"))?;
+        p.committed = offset_of(&committed, p);
+        p.offset_for_time = times.as_ref().and_then(|t| offset_of(t, p));
+    }
+    read_timestamps(kept, &mut obs.partitions, &source.starting_offsets, left);
+    Ok(obs)
 }
 
 /// What is left of `timeout` from now, asked before each request of a read that must end
@@ -340,20 +430,14 @@ pub(crate) fn time_left(timeout: Duration) -> impl Fn() -> Result<Duration, Obse
 /// A later stage's repartition topic and its group's offsets, with a client of the stage's
 /// group (committed offsets are read for the client's own group).
 fn observe_stage(
-    source: &KafkaSource,
+    kept: &Kept,
     stage: &StageTarget,
-    timeout: Duration,
+    left: &impl Fn() -> Result<Duration, ObserveError>,
 ) -> Result<StageOffsets, ObserveError> {
-    let left = time_left(timeout);
-    let consumer: ObserveConsumer = weir_worker::client::base(&source.bootstrap_servers, source)
-        .set("group.id", &stage.group)
-        .set("client.id", "weir-operator-observer")
-        .set("enable.auto.commit", "false")
-        .create_with_context(weir_worker::client::SourceContext::default())
-        .map_err(ObserveError::Client)?;
+    let consumer = &kept.consumer;
     let md = consumer
         .fetch_metadata(Some(&stage.topic), left()?)
-        .map_err(ObserveError::request(&consumer, "topic metadata"))?;
+        .map_err(ObserveError::request(consumer, "topic metadata"))?;
     // Workers create the topic when they start; before that the stage has nothing to read.
     let n = match md.topics().iter().find(|t| t.name() == stage.topic) {
         Some(t) if t.error().is_none() => t.partitions().len(),
@@ -368,25 +452,128 @@ fn observe_stage(
             end: 0,
             committed: None,
             offset_for_time: None,
+            next_timestamp: None,
+            log_start_timestamp: None,
         })
         .collect();
     if !partitions.is_empty() {
-        let starts = list_offsets(&consumer, &partitions, Offset::Beginning, left()?)?;
-        let ends = list_offsets(&consumer, &partitions, Offset::End, left()?)?;
+        let starts = list_offsets(consumer, &partitions, Offset::Beginning, left()?)?;
+        let ends = list_offsets(consumer, &partitions, Offset::End, left()?)?;
         let committed = consumer
             .committed_offsets(partition_list(&partitions, Offset::Invalid)?, left()?)
-            .map_err(ObserveError::request(&consumer, "committed offsets"))?;
+            .map_err(ObserveError::request(consumer, "committed offsets"))?;
         for p in &mut partitions {
             p.log_start = offset_of(&starts, p).ok_or(ObserveError::NoOffsets("log start"))?;
             p.end = offset_of(&ends, p).ok_or(ObserveError::NoOffsets("end"))?;
             p.committed = offset_of(&committed, p);
         }
+        // A stage's group starts at the earliest offset of its repartition topic.
+        read_timestamps(kept, &mut partitions, &StartingOffsets::Earliest, left);
     }
     Ok(StageOffsets {
         stage: stage.stage.clone(),
         group: stage.group.clone(),
         partitions,
     })
+}
+
+/// Reads the timestamps [`crate::lag`] needs: each waiting partition's next unread record,
+/// then the log start's record of each partition at risk. What is not read in time (or has no
+/// timestamp) stays `None`: a bounded read, never a reason to fail the observation.
+fn read_timestamps(
+    kept: &Kept,
+    partitions: &mut [PartitionOffsets],
+    starting: &StartingOffsets,
+    left: &impl Fn() -> Result<Duration, ObserveError>,
+) {
+    let next: Vec<(usize, i64)> = (0..)
+        .zip(partitions.iter())
+        .filter_map(|(i, p)| crate::lag::next_unread(p, starting).map(|o| (i, o)))
+        .collect();
+    let wait = |left: &dyn Fn() -> Result<Duration, ObserveError>| {
+        left().map_or(Duration::ZERO, |l| l.min(RECORD_WAIT))
+    };
+    for (i, ts) in record_timestamps(kept, partitions, &next, wait(left)) {
+        if let Some(p) = partitions.get_mut(i) {
+            p.next_timestamp = Some(ts);
+        }
+    }
+    let starts: Vec<(usize, i64)> = (0..)
+        .zip(partitions.iter())
+        .filter_map(|(i, p)| crate::lag::at_risk(p, starting).map(|_| (i, p.log_start)))
+        .collect();
+    for (i, ts) in record_timestamps(kept, partitions, &starts, wait(left)) {
+        if let Some(p) = partitions.get_mut(i) {
+            p.log_start_timestamp = Some(ts);
+        }
+    }
+}
+
+/// The timestamp of the first record at or after each `(partition index, offset)` of
+/// `wanted`, by index: the partitions are assigned at those offsets and polled until each has
+/// given one record or `wait` is over, then unassigned. A record without a timestamp, and a
+/// partition with no record in time (or an offset outside its log), are left out.
+fn record_timestamps(
+    kept: &Kept,
+    partitions: &[PartitionOffsets],
+    wanted: &[(usize, i64)],
+    wait: Duration,
+) -> HashMap<usize, i64> {
+    let mut found = HashMap::new();
+    if wanted.is_empty() || wait.is_zero() {
+        return found;
+    }
+    // One read at a time per client: the assignment is the client's.
+    let _assigned = kept.assign.lock().unwrap_or_else(PoisonError::into_inner);
+    let consumer = &kept.consumer;
+    let mut tpl = TopicPartitionList::with_capacity(wanted.len());
+    let mut from: HashMap<(String, i32), (usize, i64)> = HashMap::with_capacity(wanted.len());
+    for &(i, offset) in wanted {
+        let Some(p) = partitions.get(i) else { continue };
+        if tpl
+            .add_partition_offset(&p.topic, p.partition, Offset::Offset(offset))
+            .is_ok()
+        {
+            from.insert((p.topic.clone(), p.partition), (i, offset));
+        }
+    }
+    if let Err(error) = consumer.assign(&tpl) {
+        debug!(%error, "cannot assign partitions to read record timestamps");
+        return found;
+    }
+    let deadline = Instant::now() + wait;
+    let mut done = HashSet::with_capacity(from.len());
+    while done.len() < from.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            debug!(
+                read = done.len(),
+                wanted = from.len(),
+                "record timestamps not all read in time"
+            );
+            break;
+        }
+        match consumer.poll(left) {
+            Some(Ok(m)) => {
+                let Some(&(i, offset)) = from.get(&(m.topic().to_string(), m.partition())) else {
+                    continue;
+                };
+                if m.offset() >= offset && done.insert(i) {
+                    if let Some(ts) = m.timestamp().to_millis() {
+                        found.insert(i, ts);
+                    }
+                }
+            }
+            // E.g. an offset outside the log (auto.offset.reset is error): that partition's
+            // timestamp stays unknown.
+            Some(Err(error)) => debug!(%error, "reading a record timestamp"),
+            None => {}
+        }
+    }
+    if let Err(error) = consumer.unassign() {
+        debug!(%error, "cannot unassign the partitions read for timestamps");
+    }
+    found
 }
 
 fn partition_list(

@@ -275,6 +275,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         &job.name_any(),
         JobFigures {
             lag: new.lag.as_ref().map(|l| l.records),
+            lag_seconds: new.lag.as_ref().and_then(|l| l.seconds),
             batch_lag: new.batch_lag,
             workers_desired: new.workers.desired,
             workers_ready: new.workers.ready,

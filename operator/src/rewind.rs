@@ -287,6 +287,8 @@ pub fn set_offsets(
             end: at(&ends, &e).ok_or(ObserveError::NoOffsets("end"))?,
             committed: None,
             offset_for_time: None,
+            next_timestamp: None,
+            log_start_timestamp: None,
         });
     }
     let checked = match to {

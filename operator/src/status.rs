@@ -163,6 +163,10 @@ pub(crate) fn cut(msg: &mut String) {
 /// The condition that says a committed offset is outside its partition's log.
 pub const OFFSETS_OUT_OF_RANGE: &str = "OffsetsOutOfRange";
 
+/// The condition that says retention is about to delete records the job has not read
+/// ([`crate::lag::at_risk`]).
+pub const OFFSETS_AT_RISK: &str = "OffsetsAtRisk";
+
 /// Adds what was read from Kafka. A failed read keeps the last known numbers and says why, so
 /// a broker outage shows as an error next to stale figures instead of as zero lag.
 pub fn with_kafka(
@@ -205,6 +209,7 @@ pub fn with_kafka(
                     observed_generation: None,
                 },
             );
+            set_condition(&mut status.conditions, at_risk_condition(&s.at_risk));
         }
         Err(e) => {
             let mut msg = e.to_string();
@@ -213,6 +218,38 @@ pub fn with_kafka(
         }
     }
     status
+}
+
+/// OffsetsAtRisk from the partitions at risk: the margins, and what to do about them.
+fn at_risk_condition(at_risk: &[String]) -> Condition {
+    let (state, reason, message) = if at_risk.is_empty() {
+        (
+            "False",
+            "RetentionMarginKept",
+            format!(
+                "no partition's next unread record is within {}% of its retained log from the log start",
+                crate::lag::AT_RISK_PERCENT
+            ),
+        )
+    } else {
+        (
+            "True",
+            "RetentionNearCommittedOffsets",
+            format!(
+                "{}. Retention deletes from the log start: these records go unread unless the job catches up (more workers, a higher maxRatePerPartition) or the topic keeps more (retention.ms, retention.bytes)",
+                at_risk.join("; ")
+            ),
+        )
+    };
+    Condition {
+        type_: OFFSETS_AT_RISK.into(),
+        status: state.into(),
+        reason: reason.into(),
+        message: cut_message(message),
+        // Kept while the condition does not change (set_condition).
+        last_transition_time: Time(Timestamp::now()),
+        observed_generation: None,
+    }
 }
 
 /// Replaces the condition of the same type, keeping its transition time if status is unchanged.

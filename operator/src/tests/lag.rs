@@ -6,7 +6,10 @@ use weir_worker::spec::StartingOffsets;
 
 use crate::crd::StreamingJobStatus;
 use crate::fixtures;
-use crate::lag::{partition_lag, summarize, DEFAULT_ROWS, MAX_ROWS};
+use crate::lag::{
+    at_risk, lag_seconds, next_unread, partition_lag, partition_lag_seconds, summarize,
+    DEFAULT_ROWS, MAX_ROWS,
+};
 use crate::observe::{KafkaObservation, PartitionOffsets};
 use crate::status::{self, Observation};
 
@@ -205,4 +208,237 @@ fn a_committed_offset_outside_the_log_is_a_condition_that_names_the_partition_an
         .find(|c| c.type_ == status::OFFSETS_OUT_OF_RANGE)
         .expect("condition");
     assert_eq!(c.status, "False");
+}
+
+/// A partition with `next` as the next unread record's timestamp (ms).
+fn timed(log_start: i64, end: i64, committed: Option<i64>, next: Option<i64>) -> PartitionOffsets {
+    PartitionOffsets {
+        next_timestamp: next,
+        ..part(log_start, end, committed)
+    }
+}
+
+#[test]
+fn lag_in_seconds_is_the_next_unread_records_age_and_unknown_is_never_zero() {
+    let now = Some(1_000_000);
+    let latest = StartingOffsets::Latest;
+    assert_eq!(next_unread(&part(0, 100, Some(40)), &latest), Some(40));
+    assert_eq!(
+        next_unread(&part(50, 100, Some(40)), &latest),
+        Some(50),
+        "the log start, once retention passed the commit"
+    );
+    assert_eq!(next_unread(&part(0, 100, Some(100)), &latest), None);
+    assert_eq!(
+        next_unread(&part(30, 100, None), &StartingOffsets::Earliest),
+        Some(30)
+    );
+
+    let behind = timed(0, 100, Some(40), Some(1_000_000 - 90_500));
+    assert_eq!(
+        partition_lag_seconds(&behind, &latest, now),
+        Some(90),
+        "whole seconds"
+    );
+    let caught_up = timed(0, 100, Some(100), None);
+    assert_eq!(
+        partition_lag_seconds(&caught_up, &latest, now),
+        Some(0),
+        "nothing waits: 0, no read needed"
+    );
+    let unread = timed(0, 100, Some(40), None);
+    assert_eq!(
+        partition_lag_seconds(&unread, &latest, now),
+        None,
+        "waiting, timestamp unknown: null"
+    );
+    assert_eq!(
+        partition_lag_seconds(&behind, &latest, None),
+        None,
+        "no time of the read"
+    );
+    let ahead = timed(0, 100, Some(40), Some(1_005_000));
+    assert_eq!(
+        partition_lag_seconds(&ahead, &latest, now),
+        Some(0),
+        "a producer clock ahead of ours"
+    );
+
+    let obs = |parts: Vec<PartitionOffsets>| KafkaObservation {
+        partitions: parts,
+        read_at_millis: now,
+        ..KafkaObservation::default()
+    };
+    let older = timed(0, 100, Some(10), Some(1_000_000 - 300_000));
+    let job = obs(vec![behind.clone(), older.clone(), caught_up.clone()]);
+    assert_eq!(
+        lag_seconds(&job, &latest),
+        Some(300),
+        "the most over partitions"
+    );
+    assert_eq!(lag_seconds(&obs(vec![caught_up.clone()]), &latest), Some(0));
+    assert_eq!(
+        lag_seconds(&obs(vec![behind.clone(), unread.clone()]), &latest),
+        None,
+        "one waiting partition unread: the most over the others could understate"
+    );
+    let mut staged = obs(vec![caught_up]);
+    staged.stages.push(crate::observe::StageOffsets {
+        partitions: vec![older],
+        ..Default::default()
+    });
+    assert_eq!(
+        lag_seconds(&staged, &latest),
+        Some(300),
+        "a later stage's backlog counts"
+    );
+
+    let s = summarize(&job, &latest, DEFAULT_ROWS);
+    assert_eq!(s.lag.seconds, Some(300));
+    let st = status::with_kafka(
+        StreamingJobStatus::default(),
+        Ok(&summarize(&obs(vec![unread]), &latest, DEFAULT_ROWS)),
+    );
+    let json = serde_json::to_value(&st).unwrap();
+    assert!(
+        json["lag"]["seconds"].is_null() && json["lag"].get("seconds").is_some(),
+        "sent as null, so the merge patch clears a figure that is no longer known: {json}"
+    );
+}
+
+#[test]
+fn offsets_are_at_risk_when_the_unread_backlog_fills_nine_tenths_of_the_retained_log() {
+    let latest = StartingOffsets::Latest;
+    // 1000 records retained (1000..2000): under 100 before the position is at risk.
+    let risk = at_risk(&part(1000, 2000, Some(1099)), &latest).expect("99 < 10% of 1000");
+    assert_eq!(
+        (risk.position, risk.margin, risk.margin_millis),
+        (1099, 99, None)
+    );
+    assert_eq!(
+        at_risk(&part(1000, 2000, Some(1100)), &latest),
+        None,
+        "exactly 10%: kept"
+    );
+    assert_eq!(
+        at_risk(&part(1000, 2000, Some(2000)), &latest),
+        None,
+        "nothing waits"
+    );
+    assert_eq!(
+        at_risk(&part(0, 2000, Some(5)), &latest),
+        None,
+        "retention has deleted nothing yet"
+    );
+    assert_eq!(
+        at_risk(&part(1000, 2000, Some(10)), &latest),
+        None,
+        "gone already: OffsetsOutOfRange's"
+    );
+    assert_eq!(
+        at_risk(&part(1000, 2000, None), &StartingOffsets::Earliest).map(|r| r.margin),
+        Some(0),
+        "a job starting at the earliest offset reads the records retention deletes next"
+    );
+    assert_eq!(at_risk(&part(1000, 2000, None), &latest), None);
+
+    let mut p = part(1000, 2000, Some(1020));
+    p.log_start_timestamp = Some(50_000);
+    p.next_timestamp = Some(50_000 + 200_000);
+    let risk = at_risk(&p, &latest).unwrap();
+    assert_eq!(risk.margin_millis, Some(200_000));
+    assert_eq!(
+        risk.describe(),
+        "t-0: the next unread record (offset 1020) is 20 records (about 3m20s of input) from the log start 1000, under 10% of the 1000 records retained"
+    );
+
+    let mut obs = fixtures::topic(
+        "t",
+        &[
+            (1000, 2000, Some(1050)),
+            (1000, 2000, Some(1010)),
+            (1000, 2000, Some(1500)),
+        ],
+    );
+    obs.partitions[0].topic = "u".into();
+    let s = summarize(&obs, &latest, DEFAULT_ROWS);
+    assert_eq!(s.at_risk.len(), 2);
+    assert!(
+        s.at_risk[0].starts_with("t-1:") && s.at_risk[1].starts_with("u-0:"),
+        "least margin first: {:?}",
+        s.at_risk
+    );
+    let st = status::with_kafka(StreamingJobStatus::default(), Ok(&s));
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::OFFSETS_AT_RISK)
+        .expect("condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "RetentionNearCommittedOffsets")
+    );
+    assert!(
+        c.message
+            .contains("t-1: the next unread record (offset 1010) is 10 records (time unknown")
+            && c.message.contains("retention.ms"),
+        "{}",
+        c.message
+    );
+    let safe = summarize(
+        &fixtures::topic("t", &[(1000, 2000, Some(1500))]),
+        &latest,
+        DEFAULT_ROWS,
+    );
+    let st = status::with_kafka(st, Ok(&safe));
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::OFFSETS_AT_RISK)
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "RetentionMarginKept")
+    );
+}
+
+#[test]
+fn many_partitions_at_risk_are_named_up_to_the_cap() {
+    let obs = fixtures::topic("t", &[(1000, 2000, Some(1001)); 12]);
+    let s = summarize(&obs, &StartingOffsets::Latest, DEFAULT_ROWS);
+    assert_eq!(s.at_risk.len(), crate::lag::MAX_OUT_OF_RANGE + 1);
+    assert_eq!(
+        s.at_risk.last().map(String::as_str),
+        Some("and 7 more partitions")
+    );
+}
+
+#[test]
+fn offsets_at_risk_flips_post_one_warning_and_one_normal_event() {
+    let summary = |committed| {
+        summarize(
+            &fixtures::topic("t", &[(1000, 2000, Some(committed))]),
+            &StartingOffsets::Latest,
+            DEFAULT_ROWS,
+        )
+    };
+    let safe = status::with_kafka(StreamingJobStatus::default(), Ok(&summary(1500)));
+    let risky = status::with_kafka(safe.clone(), Ok(&summary(1001)));
+    let flips = crate::conditions::transitions(Some(&safe), &risky);
+    assert_eq!(flips.len(), 1, "{flips:?}");
+    assert!(flips[0].warning && flips[0].reason == "OffsetsAtRisk");
+    assert!(
+        flips[0]
+            .note
+            .contains("t-0: the next unread record (offset 1001) is 1 records"),
+        "{}",
+        flips[0].note
+    );
+    assert!(
+        crate::conditions::transitions(Some(&risky), &risky).is_empty(),
+        "once per flip"
+    );
+    let flips = crate::conditions::transitions(Some(&risky), &safe);
+    assert_eq!(flips.len(), 1, "{flips:?}");
+    assert!(!flips[0].warning && flips[0].reason == "OffsetsAtRiskCleared");
 }

@@ -10,6 +10,7 @@ mod desired;
 mod drain;
 mod failures;
 mod kafka;
+mod kafka_time;
 mod lag;
 mod leader;
 mod observed;

@@ -379,3 +379,72 @@ async fn a_new_jobs_children_appear_while_kafka_is_slow_to_answer() {
         ("Unknown".into(), "KafkaUnreachable".into())
     );
 }
+
+fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
+    let c = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str()?.into(),
+        c["reason"].as_str()?.into(),
+        c["message"].as_str()?.into(),
+    ))
+}
+
+#[tokio::test]
+async fn retention_nearing_the_commits_sets_offsets_at_risk_with_a_warning_and_clears_it() {
+    // 1000 records retained on each partition; partition 1's commit is 5 from the log start.
+    let risky = || {
+        fixtures::topic(
+            "lines",
+            &[(1000, 2000, Some(1500)), (1000, 2000, Some(1005))],
+        )
+    };
+    let observer = DataObserver::new(Some(risky()));
+    let (server, token, run) = start_wc(&observer, settings());
+    let r = server
+        .wait_for(WAIT, |r| !events(r, "OffsetsAtRisk").is_empty())
+        .await;
+    let s = statuses(&r).last().unwrap().clone();
+    let (state, reason, message) = condition(&s, "OffsetsAtRisk").unwrap();
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("True", "RetentionNearCommittedOffsets")
+    );
+    assert!(
+        message.starts_with(
+            "lines-1: the next unread record (offset 1005) is 5 records (time unknown"
+        ),
+        "{message}"
+    );
+    let warning = &events(&r, "OffsetsAtRisk")[0].body;
+    assert_eq!(warning["type"], "Warning");
+    assert!(
+        warning["note"].as_str().unwrap().contains("lines-1"),
+        "{warning}"
+    );
+    assert_eq!(
+        s["lag"]["seconds"],
+        Value::Null,
+        "no timestamps read: unknown, never 0"
+    );
+
+    // The status write comes back through the watch, as a real API server sends it; then the
+    // job catches up.
+    let mut job = fixtures::job("wc", 1, fixtures::spec());
+    job["status"] = s;
+    server.push_event(JOBS, "MODIFIED", job).await;
+    observer.set(Some(fixtures::topic(
+        "lines",
+        &[(1000, 2000, Some(1500)), (1000, 2000, Some(1900))],
+    )));
+    let r = server
+        .wait_for(WAIT, |r| !events(r, "OffsetsAtRiskCleared").is_empty())
+        .await;
+    token.cancel();
+    run.await.unwrap();
+    assert_eq!(events(&r, "OffsetsAtRiskCleared")[0].body["type"], "Normal");
+    let s = statuses(&r).last().unwrap().clone();
+    assert_eq!(condition(&s, "OffsetsAtRisk").unwrap().0, "False");
+}

@@ -150,6 +150,12 @@ async fn the_real_observer_reads_tansu_too() {
     assert_eq!(timed.partitions[0].offset_for_time, Some(2));
     let s = summarize(&timed, &at.parse().unwrap(), DEFAULT_ROWS);
     assert_eq!(s.lag.records, 2, "offsets 2 and 3 wait");
+    // The next unread record is offset 2, stamped 3 s after the epoch.
+    assert_eq!(timed.partitions[0].next_timestamp, Some(3_000));
+    assert_eq!(
+        s.lag.seconds,
+        timed.read_at_millis.map(|at| (at - 3_000) / 1000)
+    );
 
     // Probe: for a time after every record Kafka answers no offset (start at the end); tansu
     // answers 0, the first offset, which would count the whole log. That case is tested with
