@@ -402,3 +402,17 @@ fn phase_and_conditions_agree_over_every_combination_of_observations() {
     }
     assert_eq!(cases, 8 * 2 * 2 * 2 * 2 * 4);
 }
+
+#[test]
+fn only_a_worker_that_claims_to_run_or_is_quiet_past_its_bound_is_stalled() {
+    use crate::conditions::{judge, Said};
+    let bound = Duration::from_secs(75);
+    let said = |w: u32| match w {
+        0 => Said::Running,
+        1 => Said::Retrying,
+        2 => Said::Quiet(Duration::from_secs(74)),
+        _ => Said::Quiet(Duration::from_secs(76)),
+    };
+    assert_eq!(judge(&[0, 1, 2, 3], said, bound), [0, 3]);
+    assert_eq!(judge(&[1, 2], said, bound), Vec::<u32>::new());
+}

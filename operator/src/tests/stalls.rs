@@ -189,3 +189,209 @@ async fn a_stalled_worker_is_restarted_and_counted() {
         );
     }
 }
+
+/// The worker binary of this workspace, beside the test executable (`cargo test --workspace`
+/// builds it, as `scripts/test.sh` runs it).
+fn worker_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the target directory")
+        .join("weir-worker");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p weir-worker` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_reach_kafka_is_not_stalled_and_its_own_words_are_its_last_failure() {
+    // The operator reads Kafka; worker 1 cannot (nothing listens where its job points). It is
+    // a real worker process, whose /progress the operator reads as it reads a pod's.
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        format!(
+            "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: '127.0.0.1:{}', topics: [lines], \
+             retries: {{maxRetries: 1, backoff: 100ms}}}}}}\nsink: {{stdout: {{}}}}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("termination-log");
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut child = tokio::process::Command::new(worker_binary())
+        .arg("run")
+        .arg(&job)
+        .args(["--http-addr", &http, "--worker", "1", "--workers", "2"])
+        .arg("--termination-log")
+        .arg(&log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the worker");
+
+    // Worker 1's partitions (1, 3) wait and its commits never move; worker 0 has caught up.
+    let observer = DataObserver::new(Some(fixtures::topic(
+        "lines",
+        &[
+            (0, 100, Some(100)),
+            (0, 100, Some(10)),
+            (0, 100, Some(100)),
+            (0, 100, Some(10)),
+        ],
+    )));
+    let caught_up = Arc::new(super::progress::worker(0, 2));
+    caught_up.record(super::progress::batch(1, 5000, 0, 5, 0));
+    let stop = CancellationToken::new();
+    let (addr, served) = weir_worker::http::serve("127.0.0.1:0", caught_up, stop.clone())
+        .await
+        .unwrap();
+    observer
+        .workers
+        .lock()
+        .unwrap()
+        .extend([addr.to_string(), http.clone()]);
+    let mut spec = fixtures::spec();
+    spec["batchInterval"] = json!("100ms");
+    // The worker's own bound, as the operator reads it from the spec.
+    spec["source"]["kafka"]["retries"] = json!({"maxRetries": 1, "backoff": "100ms"});
+    let settings = Settings {
+        observe_every: Duration::from_millis(100),
+        stall_batches: 2,
+        ..Settings::default()
+    };
+    let (server, token, run) = start_observed(
+        fixtures::job("wc", 1, spec),
+        Metrics::new().unwrap(),
+        |_| {},
+        observer,
+        settings,
+    );
+    server
+        .wait_for(WAIT, |r| r.iter().any(|x| x.is(&Method::PATCH, STS)))
+        .await;
+    // Ready pods (a readiness probe may lag): only the verdict keeps worker 1's pod.
+    server.insert(PODS, ready_pod(0));
+    server.insert(PODS, ready_pod(1));
+    server.insert(
+        "/apis/apps/v1/namespaces/default/statefulsets",
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+               "metadata": {"name": "wc", "namespace": "default"},
+               "spec": {"replicas": 2}, "status": {"replicas": 2, "readyReplicas": 2}}),
+    );
+
+    // It connects (one request timeout), then retries, then gives up: about 20 s, far more
+    // than the 2 observations that make a worker stalled.
+    let code = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the worker gives up within its retries")
+        .expect("the worker's exit");
+    assert_eq!(code.code(), Some(1));
+    let words = std::fs::read_to_string(&log).expect("the termination message");
+    assert!(!words.contains('\u{1b}'), "no colour codes: {words:?}");
+    assert!(
+        words.contains("127.0.0.1") && words.contains("nothing accepts connections"),
+        "the real cause: {words}"
+    );
+    let r = server.requests();
+    assert!(
+        !r.iter()
+            .any(|x| x.is(&Method::DELETE, &format!("{PODS}/wc-1"))),
+        "a worker that says it is retrying is not restarted"
+    );
+    let retrying: Vec<&Recorded> = r
+        .iter()
+        .filter(|x| x.is(&Method::POST, EVENTS) && x.body["reason"] == "WorkerRetrying")
+        .collect();
+    assert_eq!(retrying.len(), 1, "one Event per retry episode");
+    let note = retrying[0].body["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("worker 1 is retrying the Kafka brokers")
+            && note.contains("reading topic metadata failed"),
+        "{note}"
+    );
+    assert!(
+        statuses(&r).iter().any(|s| {
+            condition(s, "Degraded")["reason"] == "WorkersRetrying"
+                && condition(s, "Stalled")["status"] == "False"
+        }),
+        "Degraded says why, Stalled does not claim a stall"
+    );
+
+    // Kubernetes restarts the container and keeps what the worker wrote.
+    let mut crashed = ready_pod(1);
+    crashed["status"]["containerStatuses"][0]["restartCount"] = json!(1);
+    crashed["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {
+        "exitCode": 1, "reason": "Error", "message": words,
+        "finishedAt": "2026-01-01T00:00:00Z"}});
+    server.insert(PODS, crashed);
+    let r = server
+        .wait_for(WAIT, |r| statuses(r).iter().any(|s| s["restarts"] == 1))
+        .await;
+    token.cancel();
+    run.await.unwrap();
+    stop.cancel();
+    served.await.unwrap();
+    let s = statuses(&r)
+        .into_iter()
+        .find(|s| s["restarts"] == 1)
+        .unwrap();
+    assert_eq!(s["lastFailure"]["message"], words.trim(), "{s}");
+    assert_eq!(s["lastFailure"]["exitCode"], 1);
+}
+
+#[tokio::test]
+async fn an_oom_killed_worker_says_so_in_its_last_failure() {
+    let observer = DataObserver::new(Some(fixtures::topic("lines", &[(0, 100, Some(100))])));
+    let settings = Settings {
+        observe_every: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let (server, token, run) = start_observed(
+        fixtures::job("wc", 1, fixtures::spec()),
+        Metrics::new().unwrap(),
+        |_| {},
+        observer,
+        settings,
+    );
+    server
+        .wait_for(WAIT, |r| r.iter().any(|x| x.is(&Method::PATCH, STS)))
+        .await;
+    let mut killed = ready_pod(0);
+    killed["status"]["containerStatuses"][0]["restartCount"] = json!(1);
+    // The kubelet's fallback: the log's tail, colour codes and all.
+    killed["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {
+        "exitCode": 137, "reason": "OOMKilled",
+        "message": "\u{1b}[2m2026-01-01T00:00:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m batch done\n"}});
+    server.insert(PODS, killed);
+    let r = server
+        .wait_for(WAIT, |r| statuses(r).iter().any(|s| s["restarts"] == 1))
+        .await;
+    token.cancel();
+    run.await.unwrap();
+    let s = statuses(&r)
+        .into_iter()
+        .find(|s| s["restarts"] == 1)
+        .unwrap();
+    let message = s["lastFailure"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("OOMKilled: the worker used more memory than its limit")
+            && message.contains("spec.resources.limits.memory")
+            && !message.contains('\u{1b}'),
+        "{message}"
+    );
+    assert_eq!(s["lastFailure"]["exitCode"], 137);
+}
