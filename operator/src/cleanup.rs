@@ -22,7 +22,7 @@ pub const DRAIN_FINALIZER: &str = "weir.dev/drain";
 pub async fn drain(job: &StreamingJob, ctx: &Context) -> Result<Action> {
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
-    let (running, _) = apply::running(&ctx.client, &ns, &name).await?;
+    let (running, _) = apply::running(ctx.cache(), &ns, &name);
     let Some(now) = running else {
         ctx.metrics.forget_job(&ns, &name);
         return Ok(Action::await_change());
@@ -38,6 +38,12 @@ pub async fn drain(job: &StreamingJob, ctx: &Context) -> Result<Action> {
     }
     if now.pods > 0 {
         return Err(Error::Draining(now.pods));
+    }
+    // Removing the finalizer cannot be undone: the store may not have seen a pod yet, so the
+    // API server has the last word (one LIST, once per deleted job).
+    let live = apply::live_pods(&ctx.client, &ns, &name).await?;
+    if live > 0 {
+        return Err(Error::Draining(live));
     }
     info!("workers drained; the job can go");
     ctx.metrics.forget_job(&ns, &name);

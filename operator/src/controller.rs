@@ -6,10 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::Action;
+use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
@@ -17,7 +15,8 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::crd::{AutoscaleStatus, RewindStatus, StreamingJob};
+use crate::cache::{self, Cache, Feeds};
+use crate::crd::{AutoscaleStatus, RewindStatus, StreamingJob, StreamingJobStatus};
 use crate::desired::Defaults;
 use crate::failures::Watched;
 use crate::lag::LagSummary;
@@ -61,6 +60,9 @@ pub struct Settings {
     /// workers, so an unreachable broker (which takes its timeout to say so) does not leave
     /// a job without a StatefulSet.
     pub create_before_kafka: Duration,
+    /// Reconciles that may run at once; the rest wait their turn, so a thousand jobs do not
+    /// reach the API server in one burst.
+    pub concurrency: u16,
 }
 
 impl Default for Settings {
@@ -76,6 +78,7 @@ impl Default for Settings {
             read_credentials: false,
             stall_batches: 5,
             create_before_kafka: Duration::from_secs(1),
+            concurrency: 16,
         }
     }
 }
@@ -87,24 +90,62 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub observer: Arc<dyn Observer>,
+    /// The watch-fed stores of children and pods, set when the controller starts.
+    cache: std::sync::OnceLock<Cache>,
+    /// When each job's children were last applied whatever the stores held: a resync that
+    /// repairs what no watch event told of.
+    applied: Mutex<HashMap<ObjectRef<StreamingJob>, Instant>>,
     /// Consecutive failures per job, for exponential backoff; cleared on success.
     failures: Mutex<HashMap<ObjectRef<StreamingJob>, u32>>,
     /// The last observation of each job, reused within the observation period.
     observed: Mutex<HashMap<ObjectRef<StreamingJob>, Observed>>,
-    /// Each job's restart record as last computed, by job uid. Ahead of the cached job's
-    /// status until our status write comes back through the watch, so a restart is never
-    /// counted twice from a stale cache.
-    restarts: Mutex<HashMap<ObjectRef<StreamingJob>, KeptRecord>>,
-    /// Each job's last rewind, by job uid: a rewind is done once even if the cached job's
-    /// status does not show it yet.
-    rewinds: Mutex<HashMap<ObjectRef<StreamingJob>, KeptRewind>>,
+    /// Each job's restart record as last computed. Ahead of the cached job's status until
+    /// our status write comes back through the watch, so a restart is never counted twice
+    /// from a stale cache.
+    restarts: Kept<Record>,
+    /// Each job's last rewind: a rewind is done once even if the cached job's status does not
+    /// show it yet.
+    rewinds: Kept<RewindStatus>,
+    /// Each job's status as last written: a reconcile that runs before the write comes back
+    /// through the watch (a child's watch event) does not write the same status again.
+    written: Kept<StreamingJobStatus>,
 }
 
-/// A job's last rewind with the job's uid and when it was kept.
-type KeptRewind = (Option<String>, Instant, RewindStatus);
+/// A value per job that this operator computed and the cached job may not show yet, with
+/// the job's uid (a job deleted and created again starts afresh) and when it was kept.
+struct Kept<T> {
+    by_job: Mutex<HashMap<ObjectRef<StreamingJob>, KeptFor<T>>>,
+}
 
-/// A job's restart record with the job's uid and when it was kept.
-type KeptRecord = (Option<String>, Instant, Record);
+/// A kept value with its job's uid and when it was kept.
+type KeptFor<T> = (Option<String>, Instant, T);
+
+impl<T: Clone> Kept<T> {
+    fn new() -> Self {
+        Self {
+            by_job: Mutex::default(),
+        }
+    }
+
+    fn get(&self, job: &StreamingJob) -> Option<T> {
+        let kept = self.by_job.lock().ok()?;
+        kept.get(&ObjectRef::from_obj(job))
+            .filter(|(uid, _, _)| *uid == job.metadata.uid)
+            .map(|(_, _, v)| v.clone())
+    }
+
+    /// Keeps `value` for `job`; forgets what was kept longer than `keep` ago (deleted jobs).
+    fn keep(&self, job: &StreamingJob, value: T, keep: Duration) {
+        let Ok(mut kept) = self.by_job.lock() else {
+            return;
+        };
+        kept.retain(|_, (_, at, _)| at.elapsed() < keep);
+        kept.insert(
+            ObjectRef::from_obj(job),
+            (job.metadata.uid.clone(), Instant::now(), value),
+        );
+    }
+}
 
 /// What one reconcile read from Kafka and the workers.
 ///
@@ -140,10 +181,13 @@ impl Context {
             settings,
             metrics,
             observer: Arc::new(KafkaObserver::default()),
+            cache: std::sync::OnceLock::new(),
+            applied: Mutex::default(),
             failures: Mutex::default(),
             observed: Mutex::default(),
-            restarts: Mutex::default(),
-            rewinds: Mutex::default(),
+            restarts: Kept::new(),
+            rewinds: Kept::new(),
+            written: Kept::new(),
         }
     }
 
@@ -152,6 +196,11 @@ impl Context {
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = observer;
         self
+    }
+
+    /// The stores of children and pods (empty until [`run`] starts the watches).
+    pub fn cache(&self) -> &Cache {
+        self.cache.get_or_init(Cache::default)
     }
 
     pub(crate) fn forget_failures(&self, job: &StreamingJob) {
@@ -189,45 +238,55 @@ impl Context {
         seen.insert(ObjectRef::from_obj(job), o);
     }
 
+    /// How long kept values outlive their job's last reconcile.
+    fn keep_for(&self) -> Duration {
+        self.settings.observe_every.max(self.settings.resync) * 2
+    }
+
     /// The job's restart record as this operator last computed it, if it has one for this
     /// job (same uid: a job deleted and created again starts afresh).
     pub(crate) fn restart_record(&self, job: &StreamingJob) -> Option<Record> {
-        let kept = self.restarts.lock().ok()?;
-        kept.get(&ObjectRef::from_obj(job))
-            .filter(|(uid, _, _)| *uid == job.metadata.uid)
-            .map(|(_, _, r)| r.clone())
+        self.restarts.get(job)
     }
 
     pub(crate) fn keep_restart_record(&self, job: &StreamingJob, record: Record) {
-        let Ok(mut kept) = self.restarts.lock() else {
-            return;
-        };
-        let keep = self.settings.observe_every.max(self.settings.resync) * 2;
-        kept.retain(|_, (_, at, _)| at.elapsed() < keep);
-        kept.insert(
-            ObjectRef::from_obj(job),
-            (job.metadata.uid.clone(), Instant::now(), record),
-        );
+        self.restarts.keep(job, record, self.keep_for());
     }
 
     /// The job's last rewind as this operator did it, if any (same uid).
     pub(crate) fn rewound(&self, job: &StreamingJob) -> Option<RewindStatus> {
-        let kept = self.rewinds.lock().ok()?;
-        kept.get(&ObjectRef::from_obj(job))
-            .filter(|(uid, _, _)| *uid == job.metadata.uid)
-            .map(|(_, _, r)| r.clone())
+        self.rewinds.get(job)
     }
 
     pub(crate) fn keep_rewound(&self, job: &StreamingJob, done: RewindStatus) {
-        let Ok(mut kept) = self.rewinds.lock() else {
-            return;
+        self.rewinds.keep(job, done, self.keep_for());
+    }
+
+    /// The job's status as this operator last wrote it (same uid).
+    pub(crate) fn written(&self, job: &StreamingJob) -> Option<StreamingJobStatus> {
+        self.written.get(job)
+    }
+
+    pub(crate) fn keep_written(&self, job: &StreamingJob, status: StreamingJobStatus) {
+        self.written.keep(job, status, self.keep_for());
+    }
+
+    /// Whether the job's children are due an apply whatever the stores hold (none yet, or the
+    /// resync period passed since the last one); marks it done.
+    pub(crate) fn resync_due(&self, job: &StreamingJob) -> bool {
+        let Ok(mut applied) = self.applied.lock() else {
+            return true;
         };
-        let keep = self.settings.observe_every.max(self.settings.resync) * 2;
-        kept.retain(|_, (_, at, _)| at.elapsed() < keep);
-        kept.insert(
-            ObjectRef::from_obj(job),
-            (job.metadata.uid.clone(), Instant::now(), done),
-        );
+        let keep = self.settings.resync * 2;
+        applied.retain(|_, at| at.elapsed() < keep);
+        let key = ObjectRef::from_obj(job);
+        let due = applied
+            .get(&key)
+            .is_none_or(|at| at.elapsed() >= self.settings.resync);
+        if due {
+            applied.insert(key, Instant::now());
+        }
+        due
     }
 
     fn count_failure(&self, job: &StreamingJob) -> u32 {
@@ -264,58 +323,56 @@ pub fn error_policy(job: Arc<StreamingJob>, error: &Error, ctx: Arc<Context>) ->
     Action::requeue(wait)
 }
 
-/// Only Weir's children are cached, not every ConfigMap in the cluster.
-fn owned() -> watcher::Config {
-    watcher::Config::default().labels("app.kubernetes.io/managed-by=weir-operator")
-}
-
-fn controller(
-    api: Api<StreamingJob>,
-    client: &Client,
-    ns: Option<&str>,
-) -> Controller<StreamingJob> {
-    fn child<K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
-        client: &Client,
-        ns: Option<&str>,
-    ) -> Api<K>
-    where
-        K::DynamicType: Default,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
+fn controller(api: Api<StreamingJob>, feeds: Feeds, concurrency: u16) -> Controller<StreamingJob> {
     Controller::new(api, watcher::Config::default())
-        .owns(child::<StatefulSet>(client, ns), owned())
-        .owns(child::<ConfigMap>(client, ns), owned())
-        .owns(child::<Service>(client, ns), owned())
-        .owns(child::<PodDisruptionBudget>(client, ns), owned())
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .owns_stream(feeds.stateful_sets)
+        .owns_stream(feeds.config_maps)
+        .owns_stream(feeds.services)
+        .owns_stream(feeds.pdbs)
 }
 
 /// Runs until `shutdown` is cancelled; reconciles in flight finish first.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
-    let apis: Vec<(Api<StreamingJob>, Option<String>)> = match &ctx.settings.scope {
+    let scopes: Vec<(Api<StreamingJob>, Option<String>)> = match &ctx.settings.scope {
         Scope::All => vec![(Api::all(client.clone()), None)],
         Scope::Namespaces(list) => list
             .iter()
             .map(|ns| (Api::namespaced(client.clone(), ns), Some(ns.clone())))
             .collect(),
     };
-    let runs = apis.into_iter().map(|(api, ns)| {
+    let mut stores = Vec::new();
+    let mut runs = Vec::new();
+    let mut pods = Vec::new();
+    for (api, ns) in scopes {
+        let (s, mut feeds) = cache::start(&client, ns.as_deref());
+        stores.push(s);
+        let pod_feed = std::mem::replace(&mut feeds.pods, futures::stream::empty().boxed());
+        pods.push(Feeds::drive(pod_feed));
         let token = shutdown.clone();
-        controller(api, &client, ns.as_deref())
-            .graceful_shutdown_on(async move { token.cancelled().await })
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                match result {
-                    Ok((job, _)) => debug!(job = %job.name, "reconciled"),
-                    Err(e) => debug!(error = %e, "controller event"),
-                }
-            })
-    });
-    futures::future::join_all(runs).await;
+        runs.push(
+            controller(api, feeds, ctx.settings.concurrency)
+                .graceful_shutdown_on(async move { token.cancelled().await })
+                .run(reconcile, error_policy, ctx.clone())
+                .for_each(|result| async move {
+                    match result {
+                        Ok((job, _)) => debug!(job = %job.name, "reconciled"),
+                        Err(e) => debug!(error = %e, "controller event"),
+                    }
+                }),
+        );
+    }
+    if ctx.cache.set(Cache::new(stores)).is_err() {
+        warn!("the controller runs once per context; the first one's stores are kept");
+    }
+    // The pods' watch triggers nothing (restarts are read each observation); it only keeps
+    // the store current, until the controllers have stopped.
+    let pods = futures::future::join_all(pods);
+    tokio::select! {
+        _ = futures::future::join_all(runs) => {}
+        _ = pods => {}
+    }
 }
 
 #[cfg(test)]

@@ -361,7 +361,11 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
                 // Server-side apply and merge patches: the fields sent win.
                 merge(&mut obj, &body);
             }
+            let existed = st.objects.contains_key(&key(&name));
             let obj = st.store(key(&name), obj);
+            if loc.sub.is_none() && announced(&loc.plural) {
+                st.notify(&loc, if existed { "MODIFIED" } else { "ADDED" }, &obj);
+            }
             json_response(StatusCode::OK, &obj)
         }
         (Method::DELETE, Some(name)) => {
@@ -374,6 +378,16 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
             "not scripted",
         ),
     }
+}
+
+/// The kinds whose every write is announced to watches, as the API server does: the ones
+/// the operator reads from watch-fed stores. Jobs are announced only for metadata writes, so
+/// tests decide when the controller hears of anything else about them.
+fn announced(plural: &str) -> bool {
+    matches!(
+        plural,
+        "statefulsets" | "configmaps" | "services" | "poddisruptionbudgets" | "pods"
+    )
 }
 
 fn merge(into: &mut Value, patch: &Value) {
@@ -397,7 +411,11 @@ impl State {
                 .is_some_and(|f| !f.is_empty())
         });
         if !finalized {
-            return self.objects.remove(&key).unwrap_or(Value::Null);
+            let gone = self.objects.remove(&key).unwrap_or(Value::Null);
+            if !gone.is_null() && announced(&loc.plural) {
+                self.notify(loc, "DELETED", &gone);
+            }
+            return gone;
         }
         let mut obj = self.objects[&key].clone();
         obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
@@ -406,8 +424,8 @@ impl State {
         obj
     }
 
-    /// Tells open watches of `loc`'s kind about `obj`. Only metadata writes (finalizers,
-    /// deletion) are announced: tests decide when the controller hears of anything else.
+    /// Tells open watches of `loc`'s kind about `obj`: every write of the [`announced`]
+    /// kinds, and of jobs only metadata writes (finalizers, deletion).
     fn notify(&mut self, loc: &Loc, kind: &str, obj: &Value) {
         let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
         for (ns, tx) in self
@@ -434,7 +452,8 @@ impl State {
 }
 
 impl ApiServer {
-    /// Stores `obj` as if created earlier; it shows up in LISTs and GETs.
+    /// Stores `obj` as if created earlier; it shows up in LISTs and GETs, and in the watches
+    /// of the kinds the operator caches (as a change the API server announces).
     pub fn insert(&self, collection: &str, obj: Value) {
         let name = obj["metadata"]["name"]
             .as_str()
@@ -442,9 +461,35 @@ impl ApiServer {
             .to_string();
         let loc = parse(&format!("{collection}/{name}")).expect("a namespaced collection path");
         let mut st = self.state.lock().expect("fixture state lock");
+        let ns = loc.namespace.clone().unwrap_or_default();
+        let key = (loc.prefix.clone(), ns, loc.plural.clone(), name);
+        let existed = st.objects.contains_key(&key);
         st.resource_version += 1;
-        let ns = loc.namespace.unwrap_or_default();
-        st.objects.insert((loc.prefix, ns, loc.plural, name), obj);
+        let mut obj = obj;
+        // A watch event needs one (a watcher restarts on an object without it); a version
+        // the test gave stays.
+        if obj["metadata"]["resourceVersion"].is_null() {
+            obj["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
+        }
+        st.objects.insert(key, obj.clone());
+        if announced(&loc.plural) {
+            st.notify(&loc, if existed { "MODIFIED" } else { "ADDED" }, &obj);
+        }
+    }
+
+    /// The object at `path` (e.g. a StatefulSet's) as the server stores it now.
+    pub fn object(&self, path: &str) -> Option<Value> {
+        let loc = parse(path)?;
+        let st = self.state.lock().expect("fixture state lock");
+        let name = loc.name?;
+        st.objects
+            .get(&(
+                loc.prefix,
+                loc.namespace.unwrap_or_default(),
+                loc.plural,
+                name,
+            ))
+            .cloned()
     }
 
     /// Removes an object, as if it went away by itself (a pod that exited).
@@ -452,9 +497,13 @@ impl ApiServer {
         let loc = parse(&format!("{collection}/{name}")).expect("a namespaced collection path");
         let mut st = self.state.lock().expect("fixture state lock");
         st.resource_version += 1;
-        let ns = loc.namespace.unwrap_or_default();
-        st.objects
-            .remove(&(loc.prefix, ns, loc.plural, name.to_string()));
+        let ns = loc.namespace.clone().unwrap_or_default();
+        let gone =
+            st.objects
+                .remove(&(loc.prefix.clone(), ns, loc.plural.clone(), name.to_string()));
+        if let Some(obj) = gone.filter(|_| announced(&loc.plural)) {
+            st.notify(&loc, "DELETED", &obj);
+        }
     }
 
     /// Deletes an object as a user would (`kubectl delete`).

@@ -23,6 +23,7 @@
 
 pub mod apply;
 pub mod autoscale;
+pub mod cache;
 pub mod cleanup;
 pub mod clients;
 pub mod conditions;

@@ -69,7 +69,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "apps",
         resource: "statefulsets",
-        verbs: &["get", "list", "watch", "patch", "create"],
+        verbs: &["list", "watch", "patch", "create"],
         scope: Scope::Jobs,
     },
     Rule {
@@ -81,8 +81,9 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "",
         resource: "pods",
-        // delete: a stalled worker is restarted by deleting its pod.
-        verbs: &["list", "delete"],
+        // watch: the operator reads its workers' pods from a watch-fed store; delete: a
+        // stalled worker is restarted by deleting its pod.
+        verbs: &["list", "watch", "delete"],
         scope: Scope::Jobs,
     },
     Rule {

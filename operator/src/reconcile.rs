@@ -77,6 +77,11 @@ pub fn validate(job: &StreamingJob) -> Vec<FieldError> {
 #[instrument(skip_all, fields(job = %job.name_any(), namespace = job.namespace().as_deref().unwrap_or_default()))]
 pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
+    // An empty store before its first LIST would read as "no pods": restarts would be
+    // counted again and children applied for nothing.
+    if !ctx.cache().ready().await {
+        warn!("the watch caches are not filled yet; reading what they hold");
+    }
     let api: Api<StreamingJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let inner = ctx.clone();
@@ -124,7 +129,11 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
 /// Returns a fixed outcome name for the metrics.
 async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static str> {
     let errors = validate(job);
-    let previous = job.status.as_ref();
+    // What this operator last wrote is the status the server holds (only Weir writes it),
+    // even when the cached job does not show it yet: a child's watch event can start this
+    // pass before our last status write has come back.
+    let written = ctx.written(job);
+    let previous = written.as_ref().or(job.status.as_ref());
     let mut kafka = None;
     let mut workers = None;
     let mut failed = None;
@@ -151,7 +160,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
                 }
             }
         };
-        let (now, pods) = apply::running(&ctx.client, &ns, &name).await?;
+        let (now, pods) = apply::running(ctx.cache(), &ns, &name);
         // The workers' own reports come before the restart and stall checks: a worker that
         // says it is retrying the brokers is not stalled, and a restarted one says where it
         // resumed.
@@ -196,7 +205,8 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
             publish(ctx, job, (EventType::Normal, "Rescaling", "Scale"), note).await;
         }
         let children = desired::with_replicas(children, next);
-        let sts = apply::children(&ctx.client, &ns, &children).await?;
+        let force = ctx.resync_due(job);
+        let sts = apply::children(&ctx.client, ctx.cache(), force, &ns, &children).await?;
         let st = sts.status.unwrap_or_default();
         let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
         let current = u32::try_from(st.replicas).unwrap_or(0);
@@ -285,7 +295,8 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     if !status::changed(previous, &new) {
         return Ok(outcome);
     }
-    apply::status(&ctx.client, job, &new).await?;
+    apply::status(&ctx.client, job, previous, &new).await?;
+    ctx.keep_written(job, new.clone());
     if let Some(note) = refusal {
         warn!(%note, "rewind refused; the workers keep running");
         publish(
@@ -331,7 +342,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
 /// children. No workers, because their count comes from the partitions; the pass goes on to
 /// set it. A job whose StatefulSet exists keeps it as it is until then.
 async fn create_children(ctx: &Context, job: &StreamingJob, ns: &str, name: &str) -> Result<()> {
-    if apply::running(&ctx.client, ns, name).await?.0.is_some() {
+    if apply::running(ctx.cache(), ns, name).0.is_some() {
         return Ok(());
     }
     let children = desired::children_for(
@@ -339,7 +350,8 @@ async fn create_children(ctx: &Context, job: &StreamingJob, ns: &str, name: &str
         &ctx.settings.defaults,
         (0, "waiting for the partition count".into()),
     )?;
-    apply::children(&ctx.client, ns, &desired::with_replicas(children, 0)).await?;
+    let none = desired::with_replicas(children, 0);
+    apply::children(&ctx.client, ctx.cache(), false, ns, &none).await?;
     debug!("children created before Kafka is read");
     Ok(())
 }

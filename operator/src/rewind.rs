@@ -416,7 +416,13 @@ pub(crate) async fn step(
             return refused(why);
         }
     }
-    if now.is_some_and(|n| n.pods > 0) {
+    // Setting offsets under a running worker cannot be undone: the store may not have seen a
+    // pod yet, so the API server has the last word before the commit.
+    let live = match now.filter(|n| n.pods == 0) {
+        Some(_) => crate::apply::live_pods(&ctx.client, ns, &job.name_any()).await?,
+        None => 0,
+    };
+    if now.is_some_and(|n| n.pods > 0) || live > 0 {
         return Ok(Step {
             stopping: Some(spec.id.clone()),
             done: last,

@@ -193,8 +193,7 @@ async fn reconciles_within_the_period_reuse_the_observation_and_write_nothing() 
     let mut job = fixtures::job("wc", 1, fixtures::spec());
     job["status"] = first.clone();
     server.push_event(JOBS, "MODIFIED", job).await;
-    server.wait_for(WAIT, |r| sts_replicas(r).len() == 2).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(observer.asked.lock().unwrap().len(), 1);
     assert_eq!(statuses(&server.requests()).len(), 1, "no second write");
 

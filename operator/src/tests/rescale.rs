@@ -62,9 +62,11 @@ async fn a_grown_topic_rescales_through_zero_once_the_workers_are_gone() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let draining = server.requests();
     let since = replicas(&draining).split_off(replicas(&r).len());
-    assert!(
-        !since.is_empty() && since.iter().all(|n| *n == 0),
-        "{since:?}"
+    assert!(since.iter().all(|n| *n == 0), "{since:?}");
+    assert_eq!(
+        server.object(STS).unwrap()["spec"]["replicas"],
+        0,
+        "still zero while the workers exit"
     );
     let events: Vec<&Recorded> = draining
         .iter()

@@ -199,13 +199,14 @@ async fn a_new_rewind_id_stops_the_workers_sets_offsets_once_and_starts_them_aga
     server
         .push_event(JOBS, "MODIFIED", fixtures::job("wc", 2, spec.clone()))
         .await;
-    let r = server
+    server
         .wait_for(WAIT, |r| replicas(r).last() == Some(&0))
         .await;
     // Workers still committing: no offsets are touched through another pass.
-    let passes = |r: &[Recorded]| replicas(r).len();
-    let before = passes(&r);
-    server.wait_for(WAIT, |r| passes(r) > before).await;
+    // A pass is a fresh observation: the children are applied only when they change.
+    let passes = || observer.asked.lock().unwrap().len();
+    let before = passes();
+    server.wait_for(WAIT, |_| passes() > before).await;
     assert!(
         observer.rewinds.lock().unwrap().is_empty(),
         "not while a worker runs"
@@ -247,8 +248,8 @@ async fn a_new_rewind_id_stops_the_workers_sets_offsets_once_and_starts_them_aga
     server
         .push_event(JOBS, "MODIFIED", fixtures::job("wc", 3, spec))
         .await;
-    let before = passes(&server.requests());
-    server.wait_for(WAIT, |r| passes(r) > before + 2).await;
+    let before = passes();
+    server.wait_for(WAIT, |_| passes() > before + 2).await;
     token.cancel();
     run.await.unwrap();
     assert_eq!(
@@ -380,9 +381,9 @@ async fn an_impossible_rewind_stops_nothing_and_posts_a_warning() {
     assert_eq!(condition["status"], "True");
     assert!(condition["message"].as_str().unwrap().contains("lines/9"));
     // Several more passes: still nothing stopped, nothing committed, one Warning.
-    let passes = |r: &[Recorded]| replicas(r).len();
-    let before = passes(&r);
-    server.wait_for(WAIT, |r| passes(r) > before + 2).await;
+    let passes = || observer.asked.lock().unwrap().len();
+    let before = passes();
+    server.wait_for(WAIT, |_| passes() > before + 2).await;
     token.cancel();
     run.await.unwrap();
     let r = server.requests();
