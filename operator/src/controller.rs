@@ -92,6 +92,10 @@ pub struct Context {
     pub observer: Arc<dyn Observer>,
     /// The watch-fed stores of children and pods, set when the controller starts.
     cache: std::sync::OnceLock<Cache>,
+    /// Until when the API server asked for no requests (a 429's `retryAfterSeconds`): every
+    /// reconcile waits for it, not only the refused one, since the server is overloaded for
+    /// all of them.
+    quiet_until: Mutex<Option<Instant>>,
     /// When each job's children were last applied whatever the stores held: a resync that
     /// repairs what no watch event told of.
     applied: Mutex<HashMap<ObjectRef<StreamingJob>, Instant>>,
@@ -182,6 +186,7 @@ impl Context {
             metrics,
             observer: Arc::new(KafkaObserver::default()),
             cache: std::sync::OnceLock::new(),
+            quiet_until: Mutex::default(),
             applied: Mutex::default(),
             failures: Mutex::default(),
             observed: Mutex::default(),
@@ -214,8 +219,9 @@ impl Context {
         let seen = self.observed.lock().ok()?;
         seen.get(&ObjectRef::from_obj(job))
             .filter(|o| {
-                // Nine tenths: the requeue one period later always finds it stale.
-                o.at.elapsed() < self.settings.observe_every * 9 / 10
+                // Eight tenths: the requeue one period later (at least nine tenths of it, with
+                // the jitter) always finds it stale.
+                o.at.elapsed() < self.settings.observe_every * 8 / 10
                     && o.generation == job.metadata.generation
             })
             .cloned()
@@ -271,6 +277,22 @@ impl Context {
         self.written.keep(job, status, self.keep_for());
     }
 
+    /// Waits out a pause the API server asked for, if one is on.
+    pub(crate) async fn api_pause(&self) {
+        let until = self.quiet_until.lock().ok().and_then(|u| *u);
+        if let Some(until) = until.filter(|u| *u > Instant::now()) {
+            debug!(wait = ?until.saturating_duration_since(Instant::now()), "the API server asked for a pause");
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+
+    fn pause_api(&self, wait: Duration) {
+        if let Ok(mut u) = self.quiet_until.lock() {
+            let until = Instant::now() + wait;
+            *u = Some(u.map_or(until, |old| old.max(until)));
+        }
+    }
+
     /// Whether the job's children are due an apply whatever the stores hold (none yet, or the
     /// resync period passed since the last one); marks it done.
     pub(crate) fn resync_due(&self, job: &StreamingJob) -> bool {
@@ -303,7 +325,9 @@ impl Context {
 pub fn backoff(class: ErrorClass, attempt: u32) -> Duration {
     let (base, cap) = match class {
         ErrorClass::Conflict => (Duration::from_millis(500), Duration::from_secs(10)),
-        ErrorClass::Transient => (Duration::from_secs(2), Duration::from_secs(300)),
+        ErrorClass::Transient | ErrorClass::Throttled => {
+            (Duration::from_secs(2), Duration::from_secs(300))
+        }
         ErrorClass::Rejected => (Duration::from_secs(30), Duration::from_secs(900)),
         ErrorClass::Permanent => (Duration::from_secs(300), Duration::from_secs(1800)),
         ErrorClass::Waiting => return Duration::from_secs(2),
@@ -314,13 +338,34 @@ pub fn backoff(class: ErrorClass, attempt: u32) -> Duration {
 
 pub fn error_policy(job: Arc<StreamingJob>, error: &Error, ctx: Arc<Context>) -> Action {
     let attempt = ctx.count_failure(&job);
-    let wait = backoff(error.class(), attempt);
+    let mut wait = backoff(error.class(), attempt);
     if error.class() == ErrorClass::Waiting {
         debug!(%error, retry_in = ?wait, "waiting");
         return Action::requeue(wait);
     }
+    if let Some(asked) = error.retry_after() {
+        ctx.pause_api(asked);
+        wait = wait.max(asked);
+    }
+    // Spread: jobs refused together (a throttled burst) must not all come back together.
+    let wait = jittered(wait, &job);
     warn!(error = %error, class = ?error.class(), attempt, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
+}
+
+/// `period` moved by up to a tenth either way, differently for each job and each time, so
+/// jobs created or refused together spread out over their requeues instead of reaching the
+/// API server in one burst every period.
+pub fn jittered(period: Duration, job: &StreamingJob) -> Duration {
+    let seed = format!(
+        "{}/{}/{:?}",
+        job.metadata.uid.as_deref().unwrap_or_default(),
+        job.metadata.name.as_deref().unwrap_or_default(),
+        Instant::now()
+    );
+    // A fraction in [0.9, 1.1].
+    let fraction = 0.9 + 0.2 * f64::from(crate::reconcile::fingerprint(&seed)) / f64::from(u32::MAX);
+    period.mul_f64(fraction)
 }
 
 fn controller(api: Api<StreamingJob>, feeds: Feeds, concurrency: u16) -> Controller<StreamingJob> {

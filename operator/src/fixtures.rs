@@ -210,6 +210,16 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
         .find(|(m, p, _, left)| *m == parts.method && *p == path && *left > 0)
     {
         f.3 -= 1;
+        if f.2 == StatusCode::TOO_MANY_REQUESTS {
+            // As API priority and fairness refuses a request: it says when to come back.
+            return json_response(
+                f.2,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "reason": "TooManyRequests", "code": 429,
+                        "message": "Too many requests, please try again later.",
+                        "details": {"retryAfterSeconds": 1}}),
+            );
+        }
         return status(f.2, "InternalError", "scripted failure");
     }
     let Some(loc) = parse(&path) else {

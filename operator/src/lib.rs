@@ -78,8 +78,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum ErrorClass {
     /// Someone else wrote first (409): retry almost at once.
     Conflict,
-    /// Network trouble, 5xx, 429: the server will recover; back off exponentially.
+    /// Network trouble, 5xx: the server will recover; back off exponentially.
     Transient,
+    /// 429: the API server's fair queuing refused the request; wait at least as long as it
+    /// asks (`retryAfterSeconds`), then back off like a transient failure.
+    Throttled,
     /// 4xx other than conflicts (forbidden, invalid): a person must act; retry slowly.
     Rejected,
     /// A bug or a malformed object: retrying soon will not help.
@@ -92,6 +95,7 @@ impl Error {
     /// The metric label: a fixed variant name, never object data.
     pub fn metric_label(&self) -> &'static str {
         match self {
+            Self::Kube(kube::Error::Api(s)) if s.code == 429 => "throttled",
             Self::Kube(_) => "kube",
             Self::SerializeSpec(_) => "serialize_spec",
             Self::MissingField(_) => "missing_field",
@@ -127,10 +131,38 @@ impl Error {
     }
 }
 
+impl Error {
+    /// How long the API server asked to wait before the next request (a 429's
+    /// `retryAfterSeconds`).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let kube = match self {
+            Self::Kube(e) => e,
+            Self::Finalizer(f) => match f.as_ref() {
+                FinalizerError::ApplyFailed(inner) | FinalizerError::CleanupFailed(inner) => {
+                    return inner.retry_after()
+                }
+                FinalizerError::AddFinalizer(k) | FinalizerError::RemoveFinalizer(k) => k,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        match kube {
+            kube::Error::Api(s) => s
+                .details
+                .as_ref()
+                .map(|d| d.retry_after_seconds)
+                .filter(|s| *s > 0)
+                .map(|s| std::time::Duration::from_secs(u64::from(s))),
+            _ => None,
+        }
+    }
+}
+
 fn kube_class(e: &kube::Error) -> ErrorClass {
     match e {
         kube::Error::Api(s) if s.code == 409 => ErrorClass::Conflict,
-        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => ErrorClass::Transient,
+        kube::Error::Api(s) if s.code == 429 => ErrorClass::Throttled,
+        kube::Error::Api(s) if s.code >= 500 => ErrorClass::Transient,
         kube::Error::Api(_) => ErrorClass::Rejected,
         _ => ErrorClass::Transient,
     }

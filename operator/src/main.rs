@@ -89,6 +89,11 @@ struct RunArgs {
     /// reported Stalled and restarted.
     #[arg(long, env = "WEIR_STALL_BATCHES", default_value_t = 5)]
     stall_batches: u32,
+    /// Reconciles that may run at once (at least 1); the others wait their turn, so many jobs
+    /// do not reach the API server in one burst.
+    #[arg(long, env = "WEIR_MAX_CONCURRENT_RECONCILES", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -147,6 +152,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         offset_rows: args.status_offset_rows,
         read_credentials: args.read_credentials_secrets,
         stall_batches: args.stall_batches,
+        concurrency: args.max_concurrent_reconciles,
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics));

@@ -77,6 +77,7 @@ pub fn validate(job: &StreamingJob) -> Vec<FieldError> {
 #[instrument(skip_all, fields(job = %job.name_any(), namespace = job.namespace().as_deref().unwrap_or_default()))]
 pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
+    ctx.api_pause().await;
     // An empty store before its first LIST would read as "no pods": restarts would be
     // counted again and children applied for nothing.
     if !ctx.cache().ready().await {
@@ -92,12 +93,11 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
                 inner.metrics.reconciled(outcome, started.elapsed());
                 // Valid jobs come back every observation period, so lag and partition counts
                 // follow the brokers; an invalid one has nothing to observe until it changes.
-                Ok(match outcome {
-                    "applied" => {
-                        Action::requeue(inner.settings.observe_every.min(inner.settings.resync))
-                    }
-                    _ => Action::requeue(inner.settings.resync),
-                })
+                let period = match outcome {
+                    "applied" => inner.settings.observe_every.min(inner.settings.resync),
+                    _ => inner.settings.resync,
+                };
+                Ok(Action::requeue(crate::controller::jittered(period, &job)))
             }
             FinalizerEvent::Cleanup(job) => {
                 let action = cleanup::drain(&job, &inner).await?;
@@ -453,7 +453,7 @@ pub(crate) async fn publish(
 
 /// FNV-1a of `text`: stable across builds and processes (unlike std's hasher), so a restarted
 /// operator folds a repeat the same way.
-fn fingerprint(text: &str) -> u32 {
+pub(crate) fn fingerprint(text: &str) -> u32 {
     text.bytes().fold(0x811c_9dc5, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })

@@ -341,7 +341,8 @@ async fn api_errors_are_retried_after_a_backoff_and_counted() {
     let stss = applies(&r, STS);
     assert_eq!(stss.len(), 3, "the failed apply is retried");
     let waited = stss[2].at - stss[1].at;
-    let second = controller::backoff(crate::ErrorClass::Transient, 2);
+    // Less the tenth the jitter may take off.
+    let second = controller::backoff(crate::ErrorClass::Transient, 2) * 9 / 10;
     assert!(
         waited >= second,
         "retried after {waited:?}, before the {second:?} backoff"
@@ -354,6 +355,36 @@ async fn api_errors_are_retried_after_a_backoff_and_counted() {
         metrics
             .render()
             .contains("weir_operator_reconcile_errors_total{error=\"kube\""),
+        "{}",
+        metrics.render()
+    );
+}
+
+#[tokio::test]
+async fn a_throttled_request_pauses_every_reconcile_for_as_long_as_the_server_asks() {
+    let metrics = Metrics::new().unwrap();
+    let (server, token, run) = start_with(
+        fixtures::job("wc", 1, fixtures::spec()),
+        metrics.clone(),
+        |s| s.fail(Method::PATCH, STS, http::StatusCode::TOO_MANY_REQUESTS, 1),
+    );
+    let r = server
+        .wait_for(WAIT, |r| !status_patches(r).is_empty())
+        .await;
+    stop(token, run).await;
+    let stss = applies(&r, STS);
+    assert_eq!(stss.len(), 2, "the throttled apply is retried");
+    // The first pass's ConfigMap and Service are watch events that start the next pass at
+    // once; it still waits out the second the server asked for.
+    let waited = stss[1].at - stss[0].at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "retried after {waited:?}, before the server's retryAfterSeconds"
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("weir_operator_reconcile_errors_total{error=\"throttled\""),
         "{}",
         metrics.render()
     );
