@@ -4,7 +4,7 @@
 //! Progress is judged per worker from the committed offsets of the partitions it owns
 //! (`p mod workers == i`), because one stuck worker hides behind others that advance. A worker
 //! is stalled when records wait for it (lag > 0) and its committed offsets have not moved for
-//! enough observations to cover `stallBatches` batch intervals.
+//! `stallBatches` batch intervals (at least as many observation periods), by the clock.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -69,23 +69,26 @@ pub fn still(before: &[WorkerOffsets], counts: &[u32], now: &[WorkerOffsets]) ->
         .collect()
 }
 
-/// Observations without progress that make a worker stalled: `batches` batch intervals'
-/// worth, and never fewer than `batches` observations.
-pub fn stall_threshold(
+/// How long a worker may have records waiting and commit nothing before it is stalled:
+/// `batches` batch intervals, and never less than `batches` observation periods (a shorter
+/// stall cannot be told from a slow batch at the operator's pace). Time, not a count of
+/// observations: an operator whose observations come late (many jobs) judges no later.
+pub fn stall_after(
     batches: u32,
     batch_interval: std::time::Duration,
     observe_every: std::time::Duration,
-) -> u32 {
-    let every = observe_every.as_millis().max(1);
-    let wanted = (batch_interval.as_millis() * u128::from(batches)).div_ceil(every);
-    u32::try_from(wanted).unwrap_or(u32::MAX).max(batches)
+) -> std::time::Duration {
+    batch_interval
+        .saturating_mul(batches)
+        .max(observe_every.saturating_mul(batches))
 }
 
-/// Workers stalled for at least `threshold` observations, ascending.
-pub fn stalled(counts: &[u32], threshold: u32) -> Vec<u32> {
+/// Workers that have gone `after` or longer without progress while records wait, ascending:
+/// `quiet_for[w]` is how long worker w has (`None`: it progressed or is caught up).
+pub fn stalled(quiet_for: &[Option<std::time::Duration>], after: std::time::Duration) -> Vec<u32> {
     (0u32..)
-        .zip(counts)
-        .filter(|(_, c)| **c >= threshold.max(1))
+        .zip(quiet_for)
+        .filter(|(_, q)| q.is_some_and(|q| q >= after))
         .map(|(w, _)| w)
         .collect()
 }
@@ -131,8 +134,8 @@ pub struct Health {
     pub advanced: Option<bool>,
     pub lag: i64,
     pub stalled: Vec<u32>,
-    /// Observations the stalled workers have gone without progress.
-    pub still_for: u32,
+    /// How long the stalled workers have gone without progress (the longest).
+    pub still_for: std::time::Duration,
     /// Workers that say they wait on the brokers: (ordinal, their account).
     pub retrying: Vec<(u32, String)>,
 }
@@ -185,14 +188,14 @@ pub fn apply(
             "True",
             "OffsetsNotAdvancing",
             format!(
-                "{} {}: records wait and no offsets were committed for {} observations",
+                "{} {}: records wait and no offsets were committed for {}",
                 if h.stalled.len() == 1 {
                     "worker"
                 } else {
                     "workers"
                 },
                 list(&h.stalled),
-                h.still_for
+                human(h.still_for)
             ),
         )
     };
@@ -310,6 +313,19 @@ pub fn apply(
         }
     }
     status
+}
+
+/// A duration as `kubectl` shows ages (`1m15s`), milliseconds under a second.
+pub fn human(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    match (secs / 3600, secs % 3600 / 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
 }
 
 fn list(workers: &[u32]) -> String {

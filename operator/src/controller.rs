@@ -159,6 +159,8 @@ impl<T: Clone> Kept<T> {
 #[derive(Clone, Debug)]
 pub struct Observed {
     pub at: std::time::Instant,
+    /// The same moment by the wall clock, for `status.observedAt`.
+    pub at_time: k8s_openapi::jiff::Timestamp,
     pub generation: Option<i64>,
     pub partitions: Option<PartitionCounts>,
     pub kafka: std::result::Result<LagSummary, String>,
@@ -364,7 +366,8 @@ pub fn jittered(period: Duration, job: &StreamingJob) -> Duration {
         Instant::now()
     );
     // A fraction in [0.9, 1.1].
-    let fraction = 0.9 + 0.2 * f64::from(crate::reconcile::fingerprint(&seed)) / f64::from(u32::MAX);
+    let fraction =
+        0.9 + 0.2 * f64::from(crate::reconcile::fingerprint(&seed)) / f64::from(u32::MAX);
     period.mul_f64(fraction)
 }
 

@@ -114,6 +114,13 @@ fn job_rules(schema: &mut schemars::Schema) {
         description = "Time of the job's most recent batch"
     ),
     printcolumn(
+        name = "Observed",
+        type_ = "date",
+        json_path = ".status.observedAt",
+        priority = "1",
+        description = "When the operator last read the job's offsets and workers"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -382,6 +389,11 @@ pub struct StreamingJobStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// When the operator last read the job's Kafka offsets and asked its workers: how old the
+    /// figures in this status are. Far behind the observation period, the operator is
+    /// overloaded (or stopped); `weir_job_observed_timestamp_seconds` says the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
     /// Input partitions over all topics, as last read from the brokers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_partitions: Option<u32>,

@@ -36,6 +36,8 @@ pub struct Watched {
     pub quiet_since: Vec<(u32, Instant)>,
     /// The retry episodes announced with an Event: (worker, the episode's start in ms).
     pub retries_told: Vec<(u32, i64)>,
+    /// When each worker was last seen progressing (or with nothing to do).
+    pub moving_at: Vec<Instant>,
 }
 
 /// The workers as they are now, and what was read of them.
@@ -89,6 +91,7 @@ pub async fn watch(ctx: &Context, job: &StreamingJob, seen: &Seen<'_>) -> Result
         mut still,
         health,
         quiet_since,
+        mut moving_at,
         ..
     } = fresh;
     let name = job.name_any();
@@ -115,15 +118,18 @@ pub async fn watch(ctx: &Context, job: &StreamingJob, seen: &Seen<'_>) -> Result
         let api: Api<Pod> =
             Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
         api.delete(&pod, &DeleteParams::default()).await?;
-        let observations = still.get(w as usize).copied().unwrap_or(0);
         let why = format!(
-            "worker {w} stalled: records wait and no offsets were committed for {observations} observations; its pod was deleted"
+            "worker {w} stalled: records wait and no offsets were committed for {}; its pod was deleted",
+            conditions::human(health.still_for)
         );
         warn!(worker = w, pod = %pod, "stalled worker restarted");
         let outcome = restarts::record_stalled(record, &policy, w, why.clone(), Timestamp::now());
         record = announce(ctx, job, outcome, Some(why), seen.progress).await;
         if let Some(s) = still.get_mut(w as usize) {
             *s = 0;
+        }
+        if let Some(t) = moving_at.get_mut(w as usize) {
+            *t = Instant::now();
         }
     }
     let retries_told = tell_retries(ctx, job, seen, &health).await;
@@ -134,6 +140,7 @@ pub async fn watch(ctx: &Context, job: &StreamingJob, seen: &Seen<'_>) -> Result
         health,
         quiet_since,
         retries_told,
+        moving_at,
     })
 }
 
@@ -259,24 +266,41 @@ fn fresh_progress(
             .fold(0i64, i64::saturating_add)
     };
     let advanced = (before.len() == now.len()).then(|| total(&now) > total(before));
-    let threshold = conditions::stall_threshold(
+    let after = conditions::stall_after(
         ctx.settings.stall_batches,
         job.spec.job.batch_interval.as_std(),
         ctx.settings.observe_every,
     );
+    let before_moving = last
+        .as_ref()
+        .map(|l| l.watched.moving_at.as_slice())
+        .filter(|m| m.len() == still.len())
+        .unwrap_or_default();
+    let moving_at: Vec<Instant> = still
+        .iter()
+        .enumerate()
+        .map(|(w, c)| match (c, before_moving.get(w)) {
+            (0, _) | (_, None) => at,
+            (_, Some(t)) => *t,
+        })
+        .collect();
+    let quiet_for: Vec<Option<std::time::Duration>> = still
+        .iter()
+        .zip(&moving_at)
+        .map(|(c, t)| (*c > 0).then(|| at.saturating_duration_since(*t)))
+        .collect();
     let bound = quiet_bound(job);
     let said = |w: u32| match quiet_since.iter().find(|(x, _)| *x == w) {
         Some((_, since)) => Said::Quiet(at.saturating_duration_since(*since)),
         None if retrying.iter().any(|(x, _)| *x == w) => Said::Retrying,
         None => Said::Running,
     };
-    let stalled = conditions::judge(&conditions::stalled(&still, threshold), said, bound);
+    let stalled = conditions::judge(&conditions::stalled(&quiet_for, after), said, bound);
     let still_for = stalled
         .iter()
-        .filter_map(|w| still.get(*w as usize))
-        .copied()
+        .filter_map(|w| quiet_for.get(*w as usize).copied().flatten())
         .max()
-        .unwrap_or(0);
+        .unwrap_or_default();
     let health = Health {
         advanced,
         lag: now.iter().map(|o| o.lag).fold(0i64, i64::saturating_add),
@@ -289,6 +313,7 @@ fn fresh_progress(
         still,
         health,
         quiet_since,
+        moving_at,
         ..Watched::default()
     })
 }

@@ -39,6 +39,9 @@ pub struct JobFigures {
     pub workers_desired: u32,
     pub workers_ready: u32,
     pub restarts: u32,
+    /// `status.observedAt` in seconds since the epoch: `time() - ` this is how old the job's
+    /// figures are, which a gauge of the age would hide once the operator stops updating it.
+    pub observed_at: Option<i64>,
 }
 
 /// Each job's figures by (namespace, name).
@@ -48,7 +51,7 @@ type Jobs = Arc<Mutex<BTreeMap<(String, String), JobFigures>>>;
 /// yet (no lag before the first Kafka read) has no series.
 fn job_gauges(meter: &Meter, jobs: &Jobs) -> Vec<ObservableGauge<i64>> {
     type Pick = fn(&JobFigures) -> Option<i64>;
-    let figures: [(&'static str, &'static str, Pick); 6] = [
+    let figures: [(&'static str, &'static str, Pick); 7] = [
         (
             "weir_job_lag_records",
             "Records behind the end of the job's input topics",
@@ -76,6 +79,11 @@ fn job_gauges(meter: &Meter, jobs: &Jobs) -> Vec<ObservableGauge<i64>> {
             "weir_job_restarts",
             "Worker restarts over the job's life",
             |f| Some(i64::from(f.restarts)),
+        ),
+        (
+            "weir_job_observed_timestamp_seconds",
+            "When the operator last read the job's offsets and workers (Unix time)",
+            |f| f.observed_at,
         ),
     ];
     figures
@@ -235,6 +243,7 @@ mod job_tests {
                 workers_desired: 3,
                 workers_ready: 2,
                 restarts: 4,
+                observed_at: Some(1_796_000_000),
             },
         );
         m.job("prod", "views", JobFigures::default());
@@ -264,6 +273,10 @@ mod job_tests {
         );
         assert_eq!(value("weir_job_workers_ready", "clicks"), Some(2.0));
         assert_eq!(value("weir_job_restarts", "clicks"), Some(4.0));
+        assert_eq!(
+            value("weir_job_observed_timestamp_seconds", "clicks"),
+            Some(1_796_000_000.0)
+        );
         assert_eq!(
             value("weir_job_lag_records", "views"),
             None,

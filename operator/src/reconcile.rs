@@ -141,6 +141,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     // Some(why) per pass that handled the rewind: Some(None) when nothing was refused.
     let mut refused: Option<Option<String>> = None;
     let mut autoscaled = None;
+    let mut observed_at = None;
     let (observation, outcome) = if errors.is_empty() {
         let ns = job.namespace().unwrap_or_default();
         let name = job.name_any();
@@ -210,11 +211,14 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         let st = sts.status.unwrap_or_default();
         let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
         let current = u32::try_from(st.replicas).unwrap_or(0);
+        // One moment for the observation and its `observedAt`.
+        let at_time = recent.as_ref().map_or_else(Timestamp::now, |o| o.at_time);
         if recent.is_none() {
             ctx.remember(
                 job,
                 Observed {
                     at: std::time::Instant::now(),
+                    at_time,
                     generation: job.metadata.generation,
                     partitions,
                     kafka: read.clone(),
@@ -225,6 +229,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
                 },
             );
         }
+        observed_at = Some(at_time);
         kafka = Some(read);
         workers = Some(progress);
         failed = Some(watched);
@@ -252,6 +257,9 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     );
     if let Some(read) = &kafka {
         new = status::with_kafka(new, read.as_ref().map_err(String::as_str));
+    }
+    if let Some(at) = observed_at {
+        new.observed_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
     }
     if let Some(progress) = &workers {
         new = status::with_progress(new, progress);
@@ -290,6 +298,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
             workers_desired: new.workers.desired,
             workers_ready: new.workers.ready,
             restarts: new.restarts,
+            observed_at: new.observed_at.as_ref().map(|t| t.0.as_second()),
         },
     );
     if !status::changed(previous, &new) {

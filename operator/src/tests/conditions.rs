@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use weir_worker::spec::StartingOffsets;
 
 use crate::conditions::{
-    apply, per_worker, stall_threshold, stalled, still, transitions, Health, WorkerOffsets,
+    apply, per_worker, stall_after, stalled, still, transitions, Health, WorkerOffsets,
 };
 use crate::crd::{Phase, RestartBudgetStatus, StreamingJobStatus, WorkersStatus};
 use crate::fixtures;
@@ -118,27 +118,34 @@ fn a_worker_is_still_while_records_wait_and_its_commits_do_not_move() {
 }
 
 #[test]
-fn stalled_takes_enough_observations_to_cover_the_batches() {
+fn a_stall_is_judged_by_the_clock_not_by_the_count_of_observations() {
     let s = Duration::from_secs;
-    // (batches, batch interval, observation period, observations)
+    // (batches, batch interval, observation period, time without progress that stalls)
     let cases = [
-        (5, s(5), s(15), 5),
-        (3, s(60), s(15), 12),
-        (2, s(10), s(15), 2),
+        (5, s(5), s(15), s(75)),
+        (3, s(60), s(15), s(180)),
+        (2, s(10), s(15), s(30)),
     ];
     for (batches, interval, every, want) in cases {
         assert_eq!(
-            stall_threshold(batches, interval, every),
+            stall_after(batches, interval, every),
             want,
             "{batches} x {interval:?}"
         );
     }
-    assert_eq!(stalled(&[0, 5, 4, 9], 5), [1, 3]);
+    // Observations that come late (an operator with many jobs) judge no later: one look
+    // after 80 s without progress is enough.
     assert_eq!(
-        stalled(&[0, 1], 0),
-        [1],
-        "a threshold of 0 still needs one observation"
+        stalled(&[None, Some(s(80)), Some(s(74)), Some(s(75))], s(75)),
+        [1, 3]
     );
+    assert_eq!(stalled(&[None, None], s(0)), Vec::<u32>::new());
+    assert_eq!(crate::conditions::human(s(75)), "1m15s");
+    assert_eq!(
+        crate::conditions::human(Duration::from_millis(250)),
+        "250ms"
+    );
+    assert_eq!(crate::conditions::human(s(7260)), "2h1m");
 }
 
 #[test]
@@ -147,7 +154,7 @@ fn conditions_follow_the_health() {
         advanced: Some(true),
         lag: 10,
         stalled: vec![],
-        still_for: 0,
+        still_for: Duration::ZERO,
         retrying: vec![],
     };
     let s = apply(running(2, 2), &healthy, Some(1), t(0));
@@ -181,7 +188,7 @@ fn conditions_follow_the_health() {
         advanced: Some(false),
         lag: 10,
         stalled: vec![1],
-        still_for: 6,
+        still_for: Duration::from_secs(90),
         retrying: vec![],
     };
     let s = apply(running(2, 2), &stuck, Some(1), t(0));
@@ -206,7 +213,7 @@ fn conditions_follow_the_health() {
         .message;
     assert_eq!(
         stalled_msg,
-        "worker 1: records wait and no offsets were committed for 6 observations"
+        "worker 1: records wait and no offsets were committed for 1m30s"
     );
 
     let mut restarted = running(2, 2);
@@ -254,7 +261,7 @@ fn flips_of_stalled_and_degraded_become_events() {
         advanced: Some(false),
         lag: 10,
         stalled: vec![0],
-        still_for: 5,
+        still_for: Duration::from_secs(75),
         retrying: vec![],
     };
     let ok = Health {
@@ -329,7 +336,7 @@ fn phase_and_conditions_agree_over_every_combination_of_observations() {
                                 advanced,
                                 lag,
                                 stalled: if stalled_worker { vec![0] } else { vec![] },
-                                still_for: 6,
+                                still_for: Duration::from_secs(90),
                                 retrying: vec![],
                             };
                             let pass = |previous: Option<&StreamingJobStatus>| {
