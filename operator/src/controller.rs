@@ -96,6 +96,10 @@ pub struct Context {
     /// reconcile waits for it, not only the refused one, since the server is overloaded for
     /// all of them.
     quiet_until: Mutex<Option<Instant>>,
+    /// Namespaces the API server said are being deleted, and since when: their jobs' children
+    /// are not applied (each create would be refused) while the namespace controller removes
+    /// them and the jobs' finalizers drain.
+    terminating: Mutex<HashMap<String, Instant>>,
     /// When each job's children were last applied whatever the stores held: a resync that
     /// repairs what no watch event told of.
     applied: Mutex<HashMap<ObjectRef<StreamingJob>, Instant>>,
@@ -189,6 +193,7 @@ impl Context {
             observer: Arc::new(KafkaObserver::default()),
             cache: std::sync::OnceLock::new(),
             quiet_until: Mutex::default(),
+            terminating: Mutex::default(),
             applied: Mutex::default(),
             failures: Mutex::default(),
             observed: Mutex::default(),
@@ -292,6 +297,23 @@ impl Context {
         if let Ok(mut u) = self.quiet_until.lock() {
             let until = Instant::now() + wait;
             *u = Some(u.map_or(until, |old| old.max(until)));
+        }
+    }
+
+    /// Whether `ns` was found being deleted lately (within a resync period: a namespace that
+    /// is recreated under the same name is applied to again after that).
+    pub(crate) fn terminating(&self, ns: &str) -> bool {
+        self.terminating
+            .lock()
+            .ok()
+            .and_then(|t| t.get(ns).copied())
+            .is_some_and(|since| since.elapsed() < self.settings.resync)
+    }
+
+    pub(crate) fn mark_terminating(&self, ns: &str) {
+        if let Ok(mut t) = self.terminating.lock() {
+            t.retain(|_, since| since.elapsed() < self.settings.resync);
+            t.entry(ns.to_string()).or_insert_with(Instant::now);
         }
     }
 

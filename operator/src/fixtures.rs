@@ -82,6 +82,9 @@ struct State {
     watchers: Watches,
     requests: Vec<Recorded>,
     resource_version: u64,
+    /// Namespaces being deleted: creating anything in them is refused, as the API server's
+    /// NamespaceLifecycle admission does.
+    terminating: std::collections::BTreeSet<String>,
     /// Scripted failures: (method, path, status code, how many more times).
     failures: Vec<(Method, String, StatusCode, usize)>,
     /// The (group, resource, verb) of every request, as RBAC sees it.
@@ -229,6 +232,32 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
             &format!("no route for {path}"),
         );
     };
+    if let Some(ns) = loc
+        .namespace
+        .as_ref()
+        .filter(|ns| st.terminating.contains(*ns))
+    {
+        let name = loc.name.clone().unwrap_or_default();
+        let exists =
+            st.objects
+                .contains_key(&(loc.prefix.clone(), ns.clone(), loc.plural.clone(), name));
+        let creates = parts.method == Method::POST || (parts.method == Method::PATCH && !exists);
+        if creates {
+            let message = format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                loc.plural,
+                loc.name.clone().unwrap_or_default()
+            );
+            return json_response(
+                StatusCode::FORBIDDEN,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "reason": "Forbidden", "code": 403, "message": message,
+                        "details": {"name": loc.name, "kind": loc.plural, "causes": [
+                            {"reason": "NamespaceTerminating", "field": "metadata.namespace",
+                             "message": format!("namespace {ns} is being terminated")}]}}),
+            );
+        }
+    }
     let (group, resource, verb) = permission(&parts.method, &query, &loc);
     if !crate::rbac::allows(&group, &resource, &verb) {
         st.forbidden.push(format!("{} {path}", parts.method));
@@ -485,6 +514,12 @@ impl ApiServer {
         if announced(&loc.plural) {
             st.notify(&loc, if existed { "MODIFIED" } else { "ADDED" }, &obj);
         }
+    }
+
+    /// Marks `ns` as being deleted: from now on nothing new may be created in it.
+    pub fn terminate_namespace(&self, ns: &str) {
+        let mut st = self.state.lock().expect("fixture state lock");
+        st.terminating.insert(ns.to_string());
     }
 
     /// The object at `path` (e.g. a StatefulSet's) as the server stores it now.

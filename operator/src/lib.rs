@@ -132,6 +132,23 @@ impl Error {
 }
 
 impl Error {
+    /// The API server refused to create an object because its namespace is being deleted
+    /// (403, cause `NamespaceTerminating`): nothing should be applied there any more.
+    pub fn namespace_terminating(&self) -> bool {
+        let kube = match self {
+            Self::Kube(e) => e,
+            Self::Finalizer(f) => match f.as_ref() {
+                FinalizerError::ApplyFailed(inner) | FinalizerError::CleanupFailed(inner) => {
+                    return inner.namespace_terminating()
+                }
+                _ => return false,
+            },
+            _ => return false,
+        };
+        matches!(kube, kube::Error::Api(s) if s.code == 403
+            && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+    }
+
     /// How long the API server asked to wait before the next request (a 429's
     /// `retryAfterSeconds`).
     pub fn retry_after(&self) -> Option<std::time::Duration> {

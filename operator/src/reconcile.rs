@@ -118,6 +118,17 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
         }
         other => other.map_err(|e| Error::Finalizer(Box::new(e))),
     };
+    // Not a failure: the namespace is being deleted, and with it the job. Nothing is applied
+    // there again; the job's deletion runs its finalizer.
+    let result = match result {
+        Err(e) if e.namespace_terminating() => {
+            let ns = job.namespace().unwrap_or_default();
+            info!(namespace = %ns, "the namespace is being deleted; its jobs' children are no longer applied");
+            ctx.mark_terminating(&ns);
+            Ok(Action::requeue(ctx.settings.observe_every))
+        }
+        other => other,
+    };
     match &result {
         Ok(_) => ctx.forget_failures(&job),
         Err(e) if e.class() == ErrorClass::Waiting => {}
@@ -206,8 +217,17 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
             publish(ctx, job, (EventType::Normal, "Rescaling", "Scale"), note).await;
         }
         let children = desired::with_replicas(children, next);
-        let force = ctx.resync_due(job);
-        let sts = apply::children(&ctx.client, ctx.cache(), force, &ns, &children).await?;
+        let sts = if ctx.terminating(&ns) {
+            // The namespace goes: its controller removes the children; the job's own
+            // deletion and finalizer follow. Status still says what is left.
+            ctx.cache()
+                .stateful_set(&ns, &name)
+                .map(|s| (*s).clone())
+                .unwrap_or_default()
+        } else {
+            let force = ctx.resync_due(job);
+            apply::children(&ctx.client, ctx.cache(), force, &ns, &children).await?
+        };
         let st = sts.status.unwrap_or_default();
         let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
         let current = u32::try_from(st.replicas).unwrap_or(0);
@@ -351,7 +371,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
 /// children. No workers, because their count comes from the partitions; the pass goes on to
 /// set it. A job whose StatefulSet exists keeps it as it is until then.
 async fn create_children(ctx: &Context, job: &StreamingJob, ns: &str, name: &str) -> Result<()> {
-    if apply::running(ctx.cache(), ns, name).0.is_some() {
+    if ctx.terminating(ns) || apply::running(ctx.cache(), ns, name).0.is_some() {
         return Ok(());
     }
     let children = desired::children_for(

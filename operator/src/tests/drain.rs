@@ -158,3 +158,54 @@ async fn a_finalizer_already_gone_with_its_job_is_not_a_failure() {
     let text = metrics.render();
     assert!(!text.contains("weir_operator_reconcile_errors"), "{text}");
 }
+
+#[tokio::test]
+async fn a_job_in_a_namespace_being_deleted_is_not_applied_again_and_its_finalizer_completes() {
+    let metrics = Metrics::new().unwrap();
+    let observer = DataObserver::new(Some(fixtures::topic("lines", &[(0, 10, Some(10)); 8])));
+    let settings = Settings {
+        observe_every: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let job = fixtures::job("wc", 1, fixtures::spec());
+    let (server, token, run) = start_observed(job, metrics.clone(), |_| {}, observer, settings);
+    server
+        .wait_for(WAIT, |r| r.iter().any(|x| x.is(&Method::PATCH, STS)))
+        .await;
+
+    // `kubectl delete namespace default`: the namespace controller removes the StatefulSet
+    // (a watch event for the job) before it gets to the job itself.
+    server.terminate_namespace("default");
+    let before = server.requests().len();
+    server.remove("/apis/apps/v1/namespaces/default/statefulsets", "wc");
+    // Ten observation periods.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tried: Vec<Recorded> = server.requests()[before..]
+        .iter()
+        .filter(|x| x.is(&Method::PATCH, STS))
+        .cloned()
+        .collect();
+    assert!(
+        tried.len() <= 1,
+        "one refused create tells the operator; it does not try again: {} tries",
+        tried.len()
+    );
+    assert!(server.object(STS).is_none(), "nothing was re-created");
+
+    server.delete(JOBS, "wc");
+    let r = server
+        .wait_for(WAIT, |r| {
+            json_patches(r)
+                .iter()
+                .any(|p| ops(p).iter().any(|(op, _)| op == "remove"))
+        })
+        .await;
+    token.cancel();
+    run.await.unwrap();
+    assert!(server.object(JOB).is_none(), "the job is gone: {r:?}");
+    let text = metrics.render();
+    assert!(
+        !text.contains("weir_operator_reconcile_errors_total{error=\"kube\""),
+        "a terminating namespace is not a failure: {text}"
+    );
+}
