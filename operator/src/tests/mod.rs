@@ -18,6 +18,7 @@ mod progress;
 mod rescale;
 mod restarts;
 mod rewind;
+mod scale;
 mod security;
 mod stalls;
 mod suspend;
