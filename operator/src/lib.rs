@@ -6,7 +6,9 @@
 //! - [`controller`]: the kube-runtime `Controller`, its context, error policy and shutdown.
 //! - [`reconcile`]: one pass over one job: validate, build children, apply, write status.
 //! - [`observe`], [`progress`]: reading the job's partitions and offsets from Kafka (behind a
-//!   trait, with [`clients`] kept open between observations) and its workers' `/progress`.
+//!   trait, with [`clients`] kept open between observations and [`topic_reads`] shared by
+//!   the jobs of a cluster) and its workers' `/progress`.
+//! - [`cache`]: the watch-fed stores of children and pods reconciles read.
 //! - [`desired`], [`scaling`], [`lag`], [`status`]: PURE functions from a job (and
 //!   observations) to children, worker counts, lag and status.
 //! - [`restarts`]: PURE: worker pods' restarts -> restart count, last failure, the restart
@@ -44,6 +46,7 @@ pub mod rewind;
 pub mod scaling;
 pub mod status;
 pub mod telemetry;
+pub mod topic_reads;
 
 #[cfg(test)]
 mod fixtures;

@@ -28,6 +28,7 @@ use weir_worker::spec::{KafkaSource, StartingOffsets};
 use crate::clients::{ClientCache, Kept};
 use crate::crd::StreamingJob;
 use crate::scaling::PartitionCounts;
+use crate::topic_reads::{Bounds, TopicReads};
 
 /// Which Kafka data a job reads and where its offsets live.
 #[derive(Clone, Debug, PartialEq)]
@@ -295,6 +296,8 @@ pub struct KafkaObserver {
     pub timeout: Duration,
     /// The open clients, one per cluster, settings, credentials and group.
     pub clients: Arc<ClientCache>,
+    /// Topic bounds read lately, shared by the jobs of a cluster.
+    pub topics: Arc<TopicReads>,
 }
 
 impl Default for KafkaObserver {
@@ -302,6 +305,7 @@ impl Default for KafkaObserver {
         Self {
             timeout: Duration::from_secs(10),
             clients: Arc::default(),
+            topics: Arc::default(),
         }
     }
 }
@@ -336,7 +340,9 @@ impl Observer for KafkaObserver {
     fn kafka(&self, target: &KafkaTarget) -> Result<KafkaObservation, ObserveError> {
         let left = time_left(self.timeout);
         let config = config(&target.source, &target.group, "observer");
-        let mut obs = self.with_client(&config, |kept| observe_input(kept, target, &left))?;
+        let mut obs = self.with_client(&config, |kept| {
+            observe_input(kept, &self.topics, &config, target, &left)
+        })?;
         for stage in &target.stages {
             let config = config_for_stage(&target.source, stage);
             let offsets = self.with_client(&config, |kept| observe_stage(kept, stage, &left))?;
@@ -359,16 +365,43 @@ fn config_for_stage(source: &KafkaSource, stage: &StageTarget) -> ClientConfig {
     config(source, &stage.group, "observer")
 }
 
-/// The input topics' partitions, offsets and record timestamps.
+/// The input topics' partitions, offsets and record timestamps. A topic's partitions and
+/// bounds come from `shared` when another job read them lately; the committed offsets are
+/// always this job's own read.
 fn observe_input(
     kept: &Kept,
+    shared: &TopicReads,
+    config: &ClientConfig,
     target: &KafkaTarget,
     left: &impl Fn() -> Result<Duration, ObserveError>,
 ) -> Result<KafkaObservation, ObserveError> {
     let source = &target.source;
     let consumer = &kept.consumer;
     let mut obs = KafkaObservation::default();
+    let mut unread: Vec<&str> = Vec::new();
+    let blank = |topic: &str, partition: i32, (log_start, end): (i64, i64)| PartitionOffsets {
+        topic: topic.to_string(),
+        partition,
+        log_start,
+        end,
+        committed: None,
+        offset_for_time: None,
+        next_timestamp: None,
+        log_start_timestamp: None,
+    };
     for topic in &source.topics {
+        if let Some(b) = shared.get(config, topic, &target.group) {
+            obs.topics.push((
+                topic.clone(),
+                u32::try_from(b.partitions.len()).unwrap_or(u32::MAX),
+            ));
+            obs.partitions.extend(
+                (0..)
+                    .zip(b.partitions)
+                    .map(|(p, bounds)| blank(topic, p, bounds)),
+            );
+            continue;
+        }
         let md = consumer
             .fetch_metadata(Some(topic), left()?)
             .map_err(ObserveError::request(consumer, "topic metadata"))?;
@@ -380,21 +413,39 @@ fn observe_input(
         let n = i32::try_from(n).unwrap_or(i32::MAX);
         obs.topics.push((topic.clone(), n.unsigned_abs()));
         obs.partitions
-            .extend((0..n).map(|partition| PartitionOffsets {
-                topic: topic.clone(),
-                partition,
-                log_start: 0,
-                end: 0,
-                committed: None,
-                offset_for_time: None,
-                next_timestamp: None,
-                log_start_timestamp: None,
-            }));
+            .extend((0..n).map(|partition| blank(topic, partition, (0, 0))));
+        unread.push(topic);
     }
-    // One ListOffsets request per broker for all partitions (not one per partition, as
-    // per-partition watermark queries would be): thousands of partitions stay cheap.
-    let starts = list_offsets(consumer, &obs.partitions, Offset::Beginning, left()?)?;
-    let ends = list_offsets(consumer, &obs.partitions, Offset::End, left()?)?;
+    // One ListOffsets request per broker for all partitions not shared (not one per
+    // partition, as per-partition watermark queries would be): thousands of partitions stay
+    // cheap.
+    let fresh: Vec<PartitionOffsets> = obs
+        .partitions
+        .iter()
+        .filter(|p| unread.contains(&p.topic.as_str()))
+        .cloned()
+        .collect();
+    if !fresh.is_empty() {
+        let starts = list_offsets(consumer, &fresh, Offset::Beginning, left()?)?;
+        let ends = list_offsets(consumer, &fresh, Offset::End, left()?)?;
+        for p in obs
+            .partitions
+            .iter_mut()
+            .filter(|p| unread.contains(&p.topic.as_str()))
+        {
+            p.log_start = offset_of(&starts, p).ok_or(ObserveError::NoOffsets("log start"))?;
+            p.end = offset_of(&ends, p).ok_or(ObserveError::NoOffsets("end"))?;
+        }
+        for topic in unread {
+            let bounds = obs
+                .partitions
+                .iter()
+                .filter(|p| p.topic == topic)
+                .map(|p| (p.log_start, p.end))
+                .collect();
+            shared.put(config, topic, &target.group, Bounds { partitions: bounds });
+        }
+    }
     let times = match &source.starting_offsets {
         StartingOffsets::Timestamp(t) => {
             let at = Offset::Offset(t.timestamp_millis());
@@ -406,8 +457,6 @@ fn observe_input(
         .committed_offsets(partition_list(&obs.partitions, Offset::Invalid)?, left()?)
         .map_err(ObserveError::request(consumer, "committed offsets"))?;
     for p in &mut obs.partitions {
-        p.log_start = offset_of(&starts, p).ok_or(ObserveError::NoOffsets("log start"))?;
-        p.end = offset_of(&ends, p).ok_or(ObserveError::NoOffsets("end"))?;
         p.committed = offset_of(&committed, p);
         p.offset_for_time = times.as_ref().and_then(|t| offset_of(t, p));
     }

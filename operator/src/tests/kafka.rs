@@ -392,3 +392,44 @@ fn a_refused_login_or_topic_is_named_in_the_observation() {
     assert_eq!(e.metric_label(), "auth", "{e}");
     assert!(e.to_string().contains("Kafka authorization failed"), "{e}");
 }
+
+#[test]
+fn jobs_on_one_topic_share_its_read_but_each_reads_its_own_commits() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("shared", 4, 1).unwrap();
+    produce(&cluster, "shared", &[10, 10, 10, 10]);
+    commit(&cluster, "shared", &[(0, 5), (1, 5), (2, 5), (3, 5)]);
+    let first = target(&cluster.bootstrap_servers(), &["shared"], "earliest");
+    let mut second = first.clone();
+    second.group = "weir.default.other".into();
+    commit_in(
+        &cluster,
+        &second.group,
+        "shared",
+        &[(0, 1), (1, 1), (2, 1), (3, 1)],
+    );
+
+    let observer = KafkaObserver::default();
+    let a = observer.kafka(&first).unwrap();
+    let b = observer.kafka(&second).unwrap();
+    assert_eq!(
+        (observer.topics.made(), observer.topics.shared()),
+        (1, 1),
+        "the second job used the first one's read of the topic"
+    );
+    let ends = |o: &crate::observe::KafkaObservation| -> Vec<i64> {
+        o.partitions.iter().map(|p| p.end).collect()
+    };
+    assert_eq!(ends(&a), ends(&b));
+    let committed = |o: &crate::observe::KafkaObservation| -> Vec<Option<i64>> {
+        o.partitions.iter().map(|p| p.committed).collect()
+    };
+    assert_eq!(committed(&a), [Some(5); 4]);
+    assert_eq!(committed(&b), [Some(1); 4], "each job's own group");
+
+    // A job's next look reads again: never older bounds than its own last read.
+    produce(&cluster, "shared", &[3, 0, 0, 0]);
+    let again = observer.kafka(&first).unwrap();
+    assert_eq!(observer.topics.made(), 2);
+    assert_eq!(again.partitions[0].end, 13);
+}

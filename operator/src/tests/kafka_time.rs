@@ -266,6 +266,7 @@ fn a_dead_broker_is_logged_a_bounded_number_of_times_per_observation_by_one_kept
     let observer = KafkaObserver {
         timeout: Duration::from_millis(300),
         clients: Arc::new(ClientCache::new(Duration::ZERO)),
+        ..KafkaObserver::default()
     };
     let _ = observer.kafka(&t);
     let _ = observer.kafka(&t);

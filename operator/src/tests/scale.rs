@@ -115,16 +115,18 @@ async fn a_job_at_steady_state_costs_one_request_per_period_however_many_jobs_th
     let mut costs = Vec::new();
     for jobs in [10, 100] {
         let fleet = start(jobs, settings(period));
-        let cost = fleet
-            .steady_cost(period, period * 3, period * 6)
-            .await;
+        let cost = fleet.steady_cost(period, period * 3, period * 6).await;
         let r = fleet.server.requests();
         let applies = r
             .iter()
             .filter(|x| x.content_type.as_deref() == Some("application/apply-patch+yaml"))
             .count();
         fleet.stop().await;
-        assert_eq!(applies, jobs * 4, "each child applied once, never again when unchanged");
+        assert_eq!(
+            applies,
+            jobs * 4,
+            "each child applied once, never again when unchanged"
+        );
         eprintln!(
             "{jobs} jobs: {:.2} requests per job per period, {:.2} per reconcile",
             cost.per_job_per_period, cost.per_reconcile
@@ -149,7 +151,12 @@ fn process_figures() -> (f64, f64) {
     // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
     let after = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let cpu = (ticks(11) + ticks(12)) / 100.0;
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let hwm = status
@@ -181,9 +188,7 @@ async fn bench_a_thousand_jobs() {
         .await;
     let converged = started.elapsed();
     let (cpu1, _) = process_figures();
-    let cost = fleet
-        .steady_cost(period, Duration::ZERO, period * 2)
-        .await;
+    let cost = fleet.steady_cost(period, Duration::ZERO, period * 2).await;
     let (cpu2, rss) = process_figures();
     let steady_cpu = (cpu2 - cpu1) / (period * 2).as_secs_f64();
     fleet.stop().await;
