@@ -7,9 +7,9 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use tracing::info;
 
-use crate::controller::Context;
+use crate::context::Context;
 use crate::crd::StreamingJob;
-use crate::reconcile::publish;
+use crate::events::publish;
 use crate::{apply, Error, Result};
 
 /// The job's finalizer: set on every job the operator has seen.

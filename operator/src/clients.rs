@@ -20,7 +20,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::Consumer;
 use rdkafka::ClientConfig;
 
-use crate::observe::{ObserveConsumer, ObserveError};
+use crate::observation::{ObserveConsumer, ObserveError};
 
 /// How long a client may go unused before it is closed: a few observation periods, so a job's
 /// client lives as long as the job, and a deleted job's goes soon after it.

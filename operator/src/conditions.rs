@@ -12,7 +12,7 @@ use weir_worker::spec::StartingOffsets;
 
 use crate::crd::{Phase, StreamingJobStatus};
 use crate::lag::partition_lag;
-use crate::observe::PartitionOffsets;
+use crate::observation::PartitionOffsets;
 
 pub const PROGRESSING: &str = "Progressing";
 pub const STALLED: &str = "Stalled";

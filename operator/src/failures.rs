@@ -15,30 +15,14 @@ use kube::ResourceExt;
 use tracing::{info, warn};
 
 use crate::conditions::{self, Health, Said, WorkerOffsets};
-use crate::controller::{Context, Observed};
+use crate::context::{Context, Observed, Watched};
 use crate::crd::StreamingJob;
-use crate::observe::PartitionOffsets;
+use crate::events::publish;
+use crate::observation::PartitionOffsets;
 use crate::progress::ProgressSummary;
-use crate::reconcile::publish;
 use crate::restarts::{self, Outcome, Record, WorkerPod, RESTART_ANNOTATION};
 use crate::scaling::Running;
 use crate::Result;
-
-/// What one pass decided about the job's failures.
-#[derive(Clone, Debug, Default)]
-pub struct Watched {
-    pub record: Record,
-    pub progress_by_worker: Vec<WorkerOffsets>,
-    pub still: Vec<u32>,
-    pub health: Health,
-    /// Since when each worker that says nothing of batches (no answer, or still starting)
-    /// has been quiet.
-    pub quiet_since: Vec<(u32, Instant)>,
-    /// The retry episodes announced with an Event: (worker, the episode's start in ms).
-    pub retries_told: Vec<(u32, i64)>,
-    /// When each worker was last seen progressing (or with nothing to do).
-    pub moving_at: Vec<Instant>,
-}
 
 /// The workers as they are now, and what was read of them.
 pub struct Seen<'a> {

@@ -17,7 +17,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
 
 use crate::crd::ResumedOffset;
-use crate::observe::{KafkaObservation, KafkaTarget, ObserveError, Observer, PartitionOffsets};
+use crate::observation::{KafkaObservation, KafkaTarget, ObserveError, PartitionOffsets};
+use crate::observe::Observer;
 use crate::rewind::{RewindTo, Rewound};
 
 /// One request as the API server received it.

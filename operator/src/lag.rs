@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use weir_worker::spec::StartingOffsets;
 
 use crate::crd::{LagStatus, OffsetsStatus, PartitionOffsetStatus};
-use crate::observe::{KafkaObservation, PartitionOffsets};
+use crate::observation::{KafkaObservation, PartitionOffsets};
 
 /// Default number of per-partition rows in status.
 pub const DEFAULT_ROWS: usize = 20;

@@ -3,11 +3,15 @@
 //! Modules in the order a job flows through them (watch -> reconcile -> observe -> desired ->
 //! apply -> status):
 //! - [`crd`]: the `StreamingJob` API (spec, status, conditions) and its CRD.
-//! - [`controller`]: the kube-runtime `Controller`, its context, error policy and shutdown.
+//! - [`controller`]: the kube-runtime `Controller`, its error policy and shutdown.
+//! - [`context`]: what reconciles share: settings, clients, stores, and what survives from one
+//!   pass of a job to the next; [`requeue`] (PURE): backoff and jitter.
 //! - [`reconcile`]: one pass over one job: validate, build children, apply, write status.
-//! - [`observe`], [`progress`]: reading the job's partitions and offsets from Kafka (behind a
-//!   trait, with [`clients`] kept open between observations and [`topic_reads`] shared by
-//!   the jobs of a cluster) and its workers' `/progress`.
+//! - [`observation`] (PURE): what an observation of Kafka is: target, partitions, offsets, why
+//!   a read failed.
+//! - [`observe`], [`progress`]: reading the job's partitions and offsets from Kafka and setting
+//!   them for a rewind (behind a trait, with [`clients`] kept open between observations and
+//!   [`topic_reads`] shared by the jobs of a cluster) and its workers' `/progress`.
 //! - [`cache`]: the watch-fed stores of children and pods reconciles read.
 //! - [`desired`], [`scaling`], [`lag`], [`status`]: PURE functions from a job (and
 //!   observations) to children, worker counts, lag and status.
@@ -16,7 +20,9 @@
 //! - [`conditions`]: PURE: per-worker progress over observations -> Progressing, Stalled,
 //!   Degraded, and the Events their flips deserve.
 //! - [`failures`]: the I/O side of restarts and stalls: Events, deleting a stalled worker.
-//! - [`rewind`]: declarative rewind: stop the workers, set the group's offsets, start again.
+//! - [`rewind`] (PURE): declarative rewind's plan; [`rewind_step`]: a pass's part of it (stop
+//!   the workers, set the group's offsets, start again).
+//! - [`events`]: the Events posted beside the status.
 //! - [`autoscale`]: PURE: optional lag-driven autoscaling above the partition-derived count.
 //! - [`apply`]: server-side apply of the children and the status patch.
 //! - [`cleanup`]: the finalizer: a deleted job's workers drain (commit, exit) before it goes.
@@ -29,20 +35,25 @@ pub mod cache;
 pub mod cleanup;
 pub mod clients;
 pub mod conditions;
+pub mod context;
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod events;
 pub mod failures;
 pub mod http;
 pub mod lag;
 pub mod leader;
 pub mod metrics;
+pub mod observation;
 pub mod observe;
 pub mod progress;
 pub mod rbac;
 pub mod reconcile;
+pub mod requeue;
 pub mod restarts;
 pub mod rewind;
+pub mod rewind_step;
 pub mod scaling;
 pub mod status;
 pub mod telemetry;
@@ -68,7 +79,7 @@ pub enum Error {
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("cannot set the job's offsets for the rewind: {0}")]
-    Rewind(#[source] observe::ObserveError),
+    Rewind(#[source] observation::ObserveError),
     /// Not a failure: a deleted job waits for its workers to commit and exit.
     #[error("waiting for {0} worker pods to finish their batch and exit")]
     Draining(u32),
@@ -128,7 +139,7 @@ impl Error {
             },
             Self::Draining(_) => ErrorClass::Waiting,
             // A refused login or ACL waits for a person, like a 403.
-            Self::Rewind(observe::ObserveError::Auth { .. }) => ErrorClass::Rejected,
+            Self::Rewind(observation::ObserveError::Auth { .. }) => ErrorClass::Rejected,
             Self::Rewind(_) => ErrorClass::Transient,
         }
     }

@@ -169,8 +169,8 @@ impl Metrics {
     }
 
     /// Records one failed Kafka observation, labelled by
-    /// [`crate::observe::ObserveError::metric_label`].
-    pub fn observe_failed(&self, error: &crate::observe::ObserveError) {
+    /// [`crate::observation::ObserveError::metric_label`].
+    pub fn observe_failed(&self, error: &crate::observation::ObserveError) {
         self.observe_failures
             .add(1, &[KeyValue::new("error", error.metric_label())]);
     }

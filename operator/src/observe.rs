@@ -19,209 +19,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tracing::debug;
 use weir_worker::spec::{KafkaSource, StartingOffsets};
 
 use crate::clients::{ClientCache, Kept};
-use crate::crd::StreamingJob;
-use crate::scaling::PartitionCounts;
+use crate::crd::ResumedOffset;
+use crate::observation::{
+    KafkaObservation, KafkaTarget, ObserveConsumer, ObserveError, PartitionOffsets, StageOffsets,
+    StageTarget,
+};
+use crate::rewind::{check_offsets, Checked, RewindTo, Rewound};
 use crate::topic_reads::{Bounds, TopicReads};
-
-/// Which Kafka data a job reads and where its offsets live.
-#[derive(Clone, Debug, PartialEq)]
-pub struct KafkaTarget {
-    pub source: KafkaSource,
-    pub group: String,
-    /// The job's later stages, as the workers split it (`weir_worker::stages::split`).
-    pub stages: Vec<StageTarget>,
-}
-
-/// A later stage of a job: the repartition topic it reads and the group its offsets are in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StageTarget {
-    /// The repartition step's id.
-    pub stage: String,
-    pub topic: String,
-    pub group: String,
-}
-
-impl KafkaTarget {
-    pub fn of(job: &StreamingJob, namespace: &str, name: &str) -> Self {
-        let file = weir_worker::spec::JobFile {
-            name: name.to_string(),
-            namespace: namespace.to_string(),
-            spec: job.spec.job.clone(),
-        };
-        let stages = weir_worker::stages::split(&file)
-            .into_iter()
-            .skip(1)
-            .filter_map(|s| {
-                let k = &s.job.spec.source.kafka;
-                Some(StageTarget {
-                    topic: k.topics.first()?.clone(),
-                    group: s.job.spec.group_id(namespace, name),
-                    stage: s.name,
-                })
-            })
-            .collect();
-        Self {
-            source: job.spec.job.source.kafka.clone(),
-            group: job.spec.job.group_id(namespace, name),
-            stages,
-        }
-    }
-}
-
-/// One partition as the brokers reported it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionOffsets {
-    pub topic: String,
-    pub partition: i32,
-    /// The first offset still in the log (retention moves it).
-    pub log_start: i64,
-    /// The high watermark: the offset the next record will get. Read as the workers read
-    /// (read_committed), so behind an open transaction it is the last stable offset.
-    pub end: i64,
-    /// The job's committed offset; `None` before the job's first commit.
-    pub committed: Option<i64>,
-    /// For a timestamp startingOffsets: the first offset at or after that time, if any.
-    pub offset_for_time: Option<i64>,
-    /// Milliseconds since the epoch: the timestamp of the next record the job has not read,
-    /// read only when records wait; `None` when it was not read.
-    pub next_timestamp: Option<i64>,
-    /// Milliseconds since the epoch: the timestamp of the record at the log start, read only
-    /// for a partition at risk ([`crate::lag::at_risk`]).
-    pub log_start_timestamp: Option<i64>,
-}
-
-/// What one observation of Kafka found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KafkaObservation {
-    /// Each input topic with its partition count, in spec order.
-    pub topics: Vec<(String, u32)>,
-    pub partitions: Vec<PartitionOffsets>,
-    /// The job's later stages, in data-flow order; a stage whose repartition topic the
-    /// workers have not created yet has no partitions.
-    pub stages: Vec<StageOffsets>,
-    /// Milliseconds since the epoch when the record timestamps were read: the "now" of the
-    /// lag in seconds. `None` when none were read.
-    pub read_at_millis: Option<i64>,
-}
-
-/// A later stage's partitions: its repartition topic, with its group's committed offsets.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StageOffsets {
-    pub stage: String,
-    pub group: String,
-    pub partitions: Vec<PartitionOffsets>,
-}
-
-impl KafkaObservation {
-    pub fn partition_counts(&self) -> PartitionCounts {
-        PartitionCounts::from_topics(self.topics.iter().map(|(_, n)| *n))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ObserveError {
-    #[error("cannot create a Kafka client: {0}")]
-    Client(#[source] KafkaError),
-    #[error("reading {op} from Kafka failed: {source}")]
-    Kafka {
-        op: &'static str,
-        #[source]
-        source: KafkaError,
-    },
-    #[error("input topic {0:?} does not exist or has no partitions")]
-    MissingTopic(String),
-    /// A rewind Kafka cannot do (a partition it does not have): nothing was committed.
-    #[error("{0}")]
-    RewindRefused(String),
-    #[error("the brokers gave no {0} offset for a partition")]
-    NoOffsets(&'static str),
-    #[error("observing Kafka took longer than {0:?}")]
-    Timeout(Duration),
-    #[error("the observation task did not finish: {0}")]
-    Task(String),
-    /// Names the Secret and a key or the API's reason, never a value.
-    #[error("cannot use the credentials Secret {secret:?}: {reason}")]
-    Credentials { secret: String, reason: String },
-    /// Kafka refused the login or the permission: retrying will not help until someone fixes
-    /// the Secret or the ACLs, so the message says which.
-    #[error("reading {op} from Kafka: {advice} ({reason})")]
-    Auth {
-        op: &'static str,
-        advice: &'static str,
-        reason: String,
-    },
-}
-
-impl ObserveError {
-    /// The metric label: a fixed variant name, never object data.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Client(_) => "client",
-            Self::Kafka { .. } => "kafka",
-            Self::MissingTopic(_) => "missing_topic",
-            Self::RewindRefused(_) => "rewind_refused",
-            Self::Credentials { .. } => "credentials",
-            Self::Auth { .. } => "auth",
-            Self::NoOffsets(_) => "no_offsets",
-            Self::Timeout(_) => "timeout",
-            Self::Task(_) => "task",
-        }
-    }
-
-    /// A Kafka error, named as an authentication or authorization failure when it is one.
-    pub(crate) fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> Self {
-        move |source| match weir_worker::error::auth_kind(&source) {
-            Some(kind) => Self::Auth {
-                op,
-                advice: weir_worker::error::auth_advice(kind),
-                reason: source.to_string(),
-            },
-            None => Self::Kafka { op, source },
-        }
-    }
-
-    /// As [`ObserveError::kafka`] for a request of `consumer`, which also asks the client
-    /// whether a refused login caused it: librdkafka reports that only as a client event, and
-    /// the request as a transport failure or timeout.
-    pub(crate) fn request<'a>(
-        consumer: &'a ObserveConsumer,
-        op: &'static str,
-    ) -> impl FnOnce(KafkaError) -> Self + 'a {
-        move |source| match weir_worker::client::auth_failure(consumer) {
-            Some(reason) => Self::Auth {
-                op,
-                advice: weir_worker::error::auth_advice(
-                    weir_worker::error::AuthKind::Authentication,
-                ),
-                reason,
-            },
-            None => Self::kafka(op)(source),
-        }
-    }
-
-    /// A topic's error in a metadata answer: a refused topic is named as such; anything else
-    /// is a topic that is missing or has no partitions.
-    pub(crate) fn topic(topic: &str, error: Option<rdkafka::types::RDKafkaRespErr>) -> Self {
-        match error {
-            Some(e) => match Self::kafka("topic metadata")(KafkaError::MetadataFetch(e.into())) {
-                auth @ Self::Auth { .. } => auth,
-                _ => Self::MissingTopic(topic.to_string()),
-            },
-            None => Self::MissingTopic(topic.to_string()),
-        }
-    }
-}
-
-/// The consumer the operator reads offsets with: the worker's context, which keeps a refused
-/// login for [`ObserveError::request`].
-pub(crate) type ObserveConsumer = BaseConsumer<weir_worker::client::SourceContext>;
 
 /// A short-lived consumer on the job's group that joins nothing (it only reads and sets
 /// offsets), with the job's credentials.
@@ -357,7 +167,7 @@ impl Observer for KafkaObserver {
         target: &KafkaTarget,
         to: &crate::rewind::RewindTo,
     ) -> Result<crate::rewind::Rewound, ObserveError> {
-        crate::rewind::set_offsets(target, to, self.timeout)
+        set_offsets(target, to, self.timeout)
     }
 }
 
@@ -680,12 +490,20 @@ pub async fn kafka(
 /// # Errors
 /// A Secret that cannot be read or holds unusable credentials, or the observation's error.
 pub async fn kafka_with_credentials(
-    ctx: &crate::controller::Context,
+    reader: &Credentials<'_>,
+    observer: std::sync::Arc<dyn Observer>,
     ns: &str,
     target: KafkaTarget,
 ) -> Result<KafkaObservation, ObserveError> {
-    let target = with_credentials(ctx, ns, target).await?;
-    kafka(ctx.observer.clone(), target).await
+    let target = with_credentials(reader, ns, target).await?;
+    kafka(observer, target).await
+}
+
+/// How the operator may read a job's credentials Secret: with this client, and only when
+/// `read` (`Settings::read_credentials`).
+pub struct Credentials<'a> {
+    pub client: &'a kube::Client,
+    pub read: bool,
 }
 
 /// The target with the job's credentials read from its Secret when the operator may
@@ -696,20 +514,17 @@ pub async fn kafka_with_credentials(
 /// # Errors
 /// A Secret that cannot be read or holds unusable credentials.
 pub async fn with_credentials(
-    ctx: &crate::controller::Context,
+    reader: &Credentials<'_>,
     ns: &str,
     mut target: KafkaTarget,
 ) -> Result<KafkaTarget, ObserveError> {
-    if let (true, Some(name)) = (
-        ctx.settings.read_credentials,
-        target.source.credentials_secret.clone(),
-    ) {
+    if let (true, Some(name)) = (reader.read, target.source.credentials_secret.clone()) {
         let fail = |reason: String| ObserveError::Credentials {
             secret: name.clone(),
             reason,
         };
         let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-            kube::Api::namespaced(ctx.client.clone(), ns);
+            kube::Api::namespaced(reader.client.clone(), ns);
         let secret = match api.get_opt(&name).await {
             Ok(Some(s)) => s,
             Ok(None) => return Err(fail("it does not exist".into())),
@@ -739,9 +554,141 @@ pub async fn with_credentials(
 pub async fn rewind(
     observer: std::sync::Arc<dyn Observer>,
     target: KafkaTarget,
-    to: crate::rewind::RewindTo,
-) -> Result<crate::rewind::Rewound, ObserveError> {
+    to: RewindTo,
+) -> Result<Rewound, ObserveError> {
     tokio::task::spawn_blocking(move || observer.rewind(&target, &to))
         .await
         .map_err(|e| ObserveError::Task(e.to_string()))?
+}
+
+/// Commits the job's group offsets per `to`, within `timeout`, in one commit. Blocking: call it
+/// from the blocking pool. Returns the offsets committed.
+///
+/// # Errors
+/// When the brokers cannot be reached, a topic is missing, a listed partition does not exist
+/// ([`ObserveError::RewindRefused`]: nothing committed), or the commit is refused.
+pub fn set_offsets(
+    target: &KafkaTarget,
+    to: &RewindTo,
+    timeout: Duration,
+) -> Result<Rewound, ObserveError> {
+    let left = time_left(timeout);
+    let source = &target.source;
+    let consumer = consumer(target, "rewind")?;
+    // Every partition of the topics involved, with its end.
+    let topics: Vec<String> = match to {
+        RewindTo::Offsets(list) => {
+            let mut t: Vec<String> = list.iter().map(|(t, _, _)| t.clone()).collect();
+            t.sort_unstable();
+            t.dedup();
+            t
+        }
+        _ => source.topics.clone(),
+    };
+    let mut all = TopicPartitionList::new();
+    for topic in &topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), left()?)
+            .map_err(ObserveError::request(&consumer, "topic metadata"))?;
+        let t = match md.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => t,
+            t => return Err(ObserveError::topic(topic, t.and_then(|t| t.error()))),
+        };
+        for p in t.partitions() {
+            all.add_partition_offset(topic, p.id(), Offset::End)
+                .map_err(ObserveError::kafka("partition list"))?;
+        }
+    }
+    let list = |l: TopicPartitionList| {
+        let found = consumer
+            .offsets_for_times(l, left()?)
+            .map_err(ObserveError::request(&consumer, "list offsets"))?;
+        for e in found.elements() {
+            e.error().map_err(ObserveError::kafka("list offsets"))?;
+        }
+        Ok::<_, ObserveError>(found)
+    };
+    let at = |l: &TopicPartitionList,
+              e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
+        l.find_partition(e.topic(), e.partition())
+            .and_then(|x| match x.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+    };
+    let ends = list(all.clone())?;
+    let mut known = Vec::with_capacity(ends.count());
+    for e in ends.elements() {
+        known.push(PartitionOffsets {
+            topic: e.topic().to_string(),
+            partition: e.partition(),
+            log_start: 0,
+            end: at(&ends, &e).ok_or(ObserveError::NoOffsets("end"))?,
+            committed: None,
+            offset_for_time: None,
+            next_timestamp: None,
+            log_start_timestamp: None,
+        });
+    }
+    let checked = match to {
+        RewindTo::Offsets(asked) => {
+            check_offsets(asked, &known).map_err(ObserveError::RewindRefused)?
+        }
+        _ => {
+            let start = match to {
+                RewindTo::Timestamp(ms) => Some(Offset::Offset(*ms)),
+                RewindTo::Earliest => Some(Offset::Beginning),
+                _ => None,
+            };
+            let found = match start {
+                Some(offset) => {
+                    let mut ask = TopicPartitionList::new();
+                    for p in &known {
+                        ask.add_partition_offset(&p.topic, p.partition, offset)
+                            .map_err(ObserveError::kafka("partition list"))?;
+                    }
+                    Some(list(ask)?)
+                }
+                None => None,
+            };
+            Checked {
+                offsets: known
+                    .iter()
+                    .map(|p| {
+                        // No record at or after the time: the end, so nothing older is read again.
+                        let offset = found
+                            .as_ref()
+                            .and_then(|f| f.find_partition(&p.topic, p.partition))
+                            .and_then(|x| match x.offset() {
+                                Offset::Offset(o) => Some(o),
+                                _ => None,
+                            })
+                            .unwrap_or(p.end);
+                        (p.topic.clone(), p.partition, offset)
+                    })
+                    .collect(),
+                capped: Vec::new(),
+            }
+        }
+    };
+    let mut tpl = TopicPartitionList::with_capacity(checked.offsets.len());
+    for (topic, partition, offset) in &checked.offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(ObserveError::kafka("partition list"))?;
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .map_err(ObserveError::request(&consumer, "offset commit"))?;
+    Ok(Rewound {
+        offsets: checked
+            .offsets
+            .into_iter()
+            .map(|(topic, partition, offset)| ResumedOffset {
+                topic,
+                partition,
+                offset: Some(offset),
+            })
+            .collect(),
+        capped: checked.capped,
+    })
 }

@@ -14,22 +14,26 @@ use std::time::Instant;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 use weir_worker::spec::FieldError;
 
 use crate::cleanup::{self, DRAIN_FINALIZER};
-use crate::controller::{Context, Observed};
+use crate::context::{Context, Observed};
 use crate::crd::{AutoscaleStatus, StreamingJob, StreamingJobStatus};
+use crate::events::publish;
 use crate::lag::{self, LagSummary};
 use crate::metrics::JobFigures;
-use crate::observe::{self, KafkaTarget, PartitionOffsets};
+use crate::observation::{KafkaTarget, PartitionOffsets};
+use crate::observe;
 use crate::progress::{self, ProgressSummary};
 use crate::scaling::{self, PartitionCounts};
 use crate::status::{self, Observation};
-use crate::{apply, autoscale, conditions, desired, failures, rewind, Error, ErrorClass, Result};
+use crate::{
+    apply, autoscale, conditions, desired, failures, rewind, rewind_step, Error, ErrorClass, Result,
+};
 
 /// Checks the job spec the way the worker will (`JobSpec::validate`), plus what the operator
 /// needs. Field paths are relative to `spec`.
@@ -97,7 +101,7 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
                     "applied" => inner.settings.observe_every.min(inner.settings.resync),
                     _ => inner.settings.resync,
                 };
-                Ok(Action::requeue(crate::controller::jittered(period, &job)))
+                Ok(Action::requeue(crate::requeue::jittered(period, &job)))
             }
             FinalizerEvent::Cleanup(job) => {
                 let action = cleanup::drain(&job, &inner).await?;
@@ -192,7 +196,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         };
         let watched = failures::watch(ctx, job, &seen).await?;
         let stopped = watched.record.stopped.as_ref().map(|s| s.reason.clone());
-        let step = rewind::step(ctx, job, &ns, now, &offsets).await?;
+        let step = rewind_step::step(ctx, job, &ns, now, &offsets).await?;
         rewound = step.done;
         refused = Some(step.refused);
         let mut count = scaling::desired_workers(partitions, &job.spec.workers, job.spec.suspend);
@@ -434,7 +438,9 @@ async fn observe_kafka(
 ) {
     let target = KafkaTarget::of(job, ns, &job.name_any());
     let starting = target.source.starting_offsets.clone();
-    match observe::kafka_with_credentials(ctx, ns, target).await {
+    match observe::kafka_with_credentials(&ctx.credentials(), ctx.observer.clone(), ns, target)
+        .await
+    {
         Ok(obs) => (
             Some(obs.partition_counts()),
             Ok(lag::summarize(&obs, &starting, ctx.settings.offset_rows)),
@@ -454,38 +460,6 @@ async fn observe_kafka(
             (last, Err(e.to_string()), Arc::new([]))
         }
     }
-}
-
-/// An Event is a courtesy; status already says it, so a failed post is only logged.
-///
-/// kube-runtime's recorder folds Events with the same type, reason and action into one (a
-/// series with a count) and keeps the first one's note, so three rewinds would show the
-/// first id three times. The action carries a fingerprint of the note: each occurrence with
-/// other facts is an Event of its own, and only true repeats are counted in one.
-pub(crate) async fn publish(
-    ctx: &Context,
-    job: &StreamingJob,
-    (type_, reason, action): (EventType, &str, &str),
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        action: format!("{action}-{:08x}", fingerprint(&note)),
-        note: Some(note),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-        warn!(error = %e, "cannot publish event");
-    }
-}
-
-/// FNV-1a of `text`: stable across builds and processes (unlike std's hasher), so a restarted
-/// operator folds a repeat the same way.
-pub(crate) fn fingerprint(text: &str) -> u32 {
-    text.bytes().fold(0x811c_9dc5, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
 }
 
 /// Asks the `pods` workers that exist for their progress, all at once, each within the

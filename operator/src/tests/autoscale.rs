@@ -212,14 +212,14 @@ mod through_the_controller {
     use http::Method;
     use serde_json::json;
 
-    use crate::controller::Settings;
+    use crate::context::Settings;
     use crate::fixtures::{self, DataObserver};
     use crate::metrics::Metrics;
     use crate::tests::controller::start_observed;
     use crate::tests::wc::{statuses, STS, WAIT};
 
     /// 8 partitions, `lag` records waiting on each.
-    fn lagging(lag: i64) -> crate::observe::KafkaObservation {
+    fn lagging(lag: i64) -> crate::observation::KafkaObservation {
         fixtures::topic("lines", &[(0, 1000 + lag, Some(1000)); 8])
     }
 

@@ -8,7 +8,8 @@ use http::Method;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::{self, Context, Settings};
+use crate::context::{Context, Settings};
+use crate::controller;
 use crate::desired::CONFIG_HASH_ANNOTATION;
 use crate::fixtures::{self, ApiServer, DataObserver, Recorded};
 use crate::metrics::Metrics;
@@ -342,7 +343,7 @@ async fn api_errors_are_retried_after_a_backoff_and_counted() {
     assert_eq!(stss.len(), 3, "the failed apply is retried");
     let waited = stss[2].at - stss[1].at;
     // Less the tenth the jitter may take off.
-    let second = controller::backoff(crate::ErrorClass::Transient, 2) * 9 / 10;
+    let second = crate::requeue::backoff(crate::ErrorClass::Transient, 2) * 9 / 10;
     assert!(
         waited >= second,
         "retried after {waited:?}, before the {second:?} backoff"

@@ -8,7 +8,7 @@ use http::Method;
 use serde_json::json;
 
 use super::controller::start_observed;
-use crate::controller::Settings;
+use crate::context::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
 use crate::tests::wc::{pod, EVENTS, JOBS, PODS, STS, WAIT};
@@ -95,7 +95,7 @@ async fn a_deleted_job_drains_its_workers_before_its_finalizer_goes() {
     );
     // The workers are still committing: the finalizer stays through another drain step
     // (one comes every 2 s while pods are left).
-    tokio::time::sleep(crate::controller::backoff(crate::ErrorClass::Waiting, 1) * 3 / 2).await;
+    tokio::time::sleep(crate::requeue::backoff(crate::ErrorClass::Waiting, 1) * 3 / 2).await;
     let r = server.requests();
     assert_eq!(json_patches(&r).len(), 1, "the finalizer stays");
 

@@ -9,7 +9,7 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::controller::start_observed;
-use crate::controller::Settings;
+use crate::context::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
 use crate::tests::wc::{replicas, statuses, EVENTS, JOBS, PODS, STS, WAIT};

@@ -14,7 +14,8 @@ use serde_json::json;
 use crate::crd::{StreamingJob, StreamingJobStatus};
 use crate::fixtures;
 use crate::lag::{summarize, DEFAULT_ROWS};
-use crate::observe::{self, KafkaObserver, KafkaTarget, ObserveError, Observer};
+use crate::observation::{KafkaTarget, ObserveError};
+use crate::observe::{self, KafkaObserver, Observer};
 use crate::status::{self, Observation};
 
 const GROUP: &str = "weir.default.wc";
@@ -417,11 +418,11 @@ fn jobs_on_one_topic_share_its_read_but_each_reads_its_own_commits() {
         (1, 1),
         "the second job used the first one's read of the topic"
     );
-    let ends = |o: &crate::observe::KafkaObservation| -> Vec<i64> {
+    let ends = |o: &crate::observation::KafkaObservation| -> Vec<i64> {
         o.partitions.iter().map(|p| p.end).collect()
     };
     assert_eq!(ends(&a), ends(&b));
-    let committed = |o: &crate::observe::KafkaObservation| -> Vec<Option<i64>> {
+    let committed = |o: &crate::observation::KafkaObservation| -> Vec<Option<i64>> {
         o.partitions.iter().map(|p| p.committed).collect()
     };
     assert_eq!(committed(&a), [Some(5); 4]);

@@ -10,7 +10,7 @@ use crate::lag::{
     at_risk, lag_seconds, next_unread, partition_lag, partition_lag_seconds, summarize,
     DEFAULT_ROWS, MAX_ROWS,
 };
-use crate::observe::{KafkaObservation, PartitionOffsets};
+use crate::observation::{KafkaObservation, PartitionOffsets};
 use crate::status::{self, Observation};
 
 fn part(log_start: i64, end: i64, committed: Option<i64>) -> PartitionOffsets {
@@ -283,7 +283,7 @@ fn lag_in_seconds_is_the_next_unread_records_age_and_unknown_is_never_zero() {
         "one waiting partition unread: the most over the others could understate"
     );
     let mut staged = obs(vec![caught_up]);
-    staged.stages.push(crate::observe::StageOffsets {
+    staged.stages.push(crate::observation::StageOffsets {
         partitions: vec![older],
         ..Default::default()
     });

@@ -91,7 +91,8 @@ async fn only_the_lease_holder_runs_the_controller() {
     use k8s_openapi::jiff::Timestamp;
     use tokio_util::sync::CancellationToken;
 
-    use crate::controller::{self, Context, Settings};
+    use crate::context::{Context, Settings};
+    use crate::controller;
     use crate::leader::while_leading;
     use crate::metrics::Metrics;
 

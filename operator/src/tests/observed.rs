@@ -8,7 +8,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::controller::{start_observed, start_wc};
-use crate::controller::Settings;
+use crate::context::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
 use crate::tests::wc::{statuses, JOBS, STS, WAIT};
@@ -21,7 +21,7 @@ fn sts_replicas(r: &[Recorded]) -> Vec<Value> {
 }
 
 /// `n` partitions of "lines", each with 100 records; partition p committed at 10 * p.
-fn lines(n: usize) -> crate::observe::KafkaObservation {
+fn lines(n: usize) -> crate::observation::KafkaObservation {
     let parts: Vec<_> = (0..n)
         .map(|p| (0, 100, Some(10 * i64::try_from(p).unwrap())))
         .collect();

@@ -7,7 +7,7 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::controller::start_wc;
-use crate::controller::Settings;
+use crate::context::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 
 const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/wc";
@@ -39,7 +39,7 @@ fn pod(i: u32) -> Value {
                         "labels": {"app.kubernetes.io/name": "weir-worker", "weir.dev/job": "wc"}}})
 }
 
-fn lines(n: usize) -> crate::observe::KafkaObservation {
+fn lines(n: usize) -> crate::observation::KafkaObservation {
     fixtures::topic("lines", &vec![(0, 100, Some(100)); n])
 }
 

@@ -13,11 +13,12 @@ use serde_json::json;
 
 use super::controller::start_wc;
 use super::kafka::target;
-use crate::controller::Settings;
+use crate::context::Settings;
 use crate::crd::{RewindOffset, RewindSpec};
 use crate::fixtures::{self, DataObserver, Recorded};
+use crate::observe::set_offsets;
 use crate::observe::{KafkaObserver, Observer};
-use crate::rewind::{self, set_offsets, RewindTo};
+use crate::rewind::{self, RewindTo};
 use crate::tests::wc::{pod, replicas, EVENTS, JOBS, PODS, STATUS, WAIT};
 
 /// Produces `n` records to each of `topic`'s partitions, record i at `t0 + 1000 * i` ms.
@@ -145,7 +146,7 @@ async fn rewind_commits_the_group_offsets_on_a_real_broker() {
     let t0 = 1_700_000_000_000;
     produce(&cluster, "lines", 3, 10, t0);
     let t = target(&cluster.bootstrap_servers(), &["lines"], "earliest");
-    let committed = |t: &crate::observe::KafkaTarget| {
+    let committed = |t: &crate::observation::KafkaTarget| {
         let obs = KafkaObserver::default().kafka(t).unwrap();
         obs.partitions
             .iter()

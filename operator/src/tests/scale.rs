@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use http::Method;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::{self, Context, Settings};
+use crate::context::{Context, Settings};
+use crate::controller;
 use crate::fixtures::{self, ApiServer, DataObserver, Recorded};
 use crate::metrics::Metrics;
 

@@ -16,7 +16,8 @@ use kube::Api;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::{self, Context, Settings};
+use crate::context::{Context, Settings};
+use crate::controller;
 use crate::crd::StreamingJob;
 use crate::desired::{children, Defaults, CREDENTIALS_DIR, JOB_FILE_KEY};
 use crate::fixtures::{self, DataObserver};
@@ -528,7 +529,7 @@ fn kafka_client_secret() -> Value {
 async fn observe_with_secret(
     read_credentials: bool,
     secret: Option<Value>,
-) -> (fixtures::ApiServer, Vec<crate::observe::KafkaTarget>) {
+) -> (fixtures::ApiServer, Vec<crate::observation::KafkaTarget>) {
     let mut spec = fixtures::spec();
     spec["source"]["kafka"]["credentialsSecret"] = json!("kafka-client");
     let observer = DataObserver::new(Some(fixtures::topic("lines", &[(0, 10, Some(5)); 8])));

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use weir_worker::progress::ResumedAt;
 
 use super::controller::start_observed;
-use crate::controller::Settings;
+use crate::context::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::metrics::Metrics;
 use crate::tests::wc::{statuses, EVENTS, PODS, STS, WAIT};

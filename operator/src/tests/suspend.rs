@@ -7,7 +7,7 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::controller::start_wc;
-use crate::controller::Settings;
+use crate::context::Settings;
 use crate::fixtures::{self, DataObserver, Recorded};
 use crate::tests::wc::{pod, replicas, JOBS, PODS, STATUS, WAIT};
 

@@ -209,7 +209,7 @@ async fn a_rewind_to_a_time_commits_the_first_offset_at_or_after_it() {
     write_timed(&broker.bootstrap).await;
 
     let t = target(&broker.bootstrap, &["timed"], "latest");
-    let set = crate::rewind::set_offsets(
+    let set = crate::observe::set_offsets(
         &t,
         &crate::rewind::RewindTo::Timestamp(2_500),
         Duration::from_secs(10),
