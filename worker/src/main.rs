@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a job: a StreamingJob manifest or a bare job spec in YAML.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a job file (and, when given, the Kafka credentials) and exit: 0 when `run`
     /// can start it, 2 with the reason when not.
     Validate {
@@ -91,6 +91,16 @@ struct RunArgs {
     /// without committing it (e.g. 25s); keep it below the pod's grace period.
     #[arg(long, env = "WEIR_SHUTDOWN_TIMEOUT", default_value = "25s")]
     shutdown_timeout: weir_worker::spec::Duration,
+    /// Bytes of records (keys and values) one batch may hold, all of the job's stages
+    /// together, as a size: 64Mi, 1Gi, or bytes. Default: derived from the pod's memory limit
+    /// (the cgroup's; 512Mi when there is none), so a large backlog is read in batches that
+    /// fit it.
+    #[arg(long, env = "WEIR_BATCH_BYTES")]
+    batch_bytes: Option<String>,
+    /// Records one batch may hold, all stages together. Default: derived from the memory
+    /// limit, as --batch-bytes.
+    #[arg(long, env = "WEIR_BATCH_RECORDS")]
+    batch_records: Option<u64>,
 }
 
 /// # Errors
@@ -195,6 +205,8 @@ fn main() -> ExitCode {
                 print: a.print,
                 credentials: a.kafka_credentials,
                 shutdown_timeout: a.shutdown_timeout.as_std(),
+                batch_bytes: a.batch_bytes,
+                batch_records: a.batch_records,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -5,6 +5,7 @@
 //! the job's consumer group, written only after a batch's output.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use tracing::{info, warn};
 use crate::client::{self, Identity, Link};
 use crate::error::{Error, Result};
 use crate::expr::Val;
-use crate::plan::{OffsetRange, TopicPartition};
+use crate::plan::{Budget, OffsetRange, TopicPartition};
 use crate::progress::Progress;
 use crate::spec::{KafkaSource, OutOfRangePolicy, RetrySpec, StartingOffsets};
 
@@ -529,27 +530,32 @@ impl Source {
         )
     }
 
-    /// Reads each range, calling `f` for every record in it, in offset order per partition.
-    /// Lanes run in parallel, each with its own `states[lane]`.
+    /// Reads each range, calling `f` for every record in it, in offset order per partition,
+    /// until the batch holds its `budget`: then every lane stops where it is, and the ranges
+    /// end at [`Source::positions`] (the rest is read by the next batches). Lanes run in
+    /// parallel, each with its own `states[lane]`. Returns what the batch took in.
     ///
     /// # Errors
     /// A broker error, or a timeout when a range cannot be read completely.
     pub fn read<S: Send>(
         &mut self,
         ranges: &[OffsetRange],
+        budget: Budget,
         states: &mut [S],
         f: &(impl Fn(&mut S, RawRecord<'_>) + Sync),
-    ) -> Result<()> {
+    ) -> Result<Taken> {
         let until: Vec<i64> = ranges.iter().map(|r| r.until).collect();
         let count = self.lanes.len();
         let deadline = Instant::now() + self.read_timeout;
+        let held = Held::new(budget);
         let ctx = LaneCtx {
             owned: &self.owned,
             by_partition: &self.by_partition,
             until: &until,
             deadline,
             lanes: count,
-            keep_ahead: self.keep_ahead,
+            keep_ahead: keep_ahead_within(self.keep_ahead, budget, self.owned.len()),
+            held: &held,
             cancel: &self.retry.cancel,
             link: &self.link,
         };
@@ -595,7 +601,16 @@ impl Source {
                 Err(e) => error = error.or(Some(e)),
             }
         }
-        error.map_or(Ok(()), Err)
+        error.map_or(Ok(held.taken()), Err)
+    }
+
+    /// The ranges as read: each ends where its partition's reading stopped, which is before
+    /// the planned `until` when the batch's budget was spent.
+    pub fn read_ranges(&self, mut planned: Vec<OffsetRange>) -> Vec<OffsetRange> {
+        for (r, at) in planned.iter_mut().zip(&self.positions) {
+            r.until = r.until.min(*at).max(r.from);
+        }
+        planned
     }
 
     /// Commits the batch's until-offsets to the job's group. Call only after the batch's
@@ -692,8 +707,76 @@ fn keep_ahead_bytes() -> usize {
         .unwrap_or(1 << 20)
 }
 
+/// The least a partition keeps ahead, whatever the budget: a few records, so that a lane
+/// does not seek back for every record that came early.
+const MIN_KEEP_AHEAD: usize = 16 << 10;
+
+/// What a partition keeps ahead in a batch of `budget` over `partitions`: all partitions
+/// together keep at most half the budget's bytes, so many partitions cannot hold more than
+/// the batch does.
+fn keep_ahead_within(keep_ahead: usize, budget: Budget, partitions: usize) -> usize {
+    let share = usize::try_from(budget.bytes / 2 / partitions.max(1) as u64).unwrap_or(usize::MAX);
+    keep_ahead.min(share.max(MIN_KEEP_AHEAD))
+}
+
 fn size_of_record(m: &impl Message) -> usize {
     m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)
+}
+
+/// What a batch took in: the bytes (keys and values as read) and the records handed to the
+/// pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub bytes: u64,
+    pub records: u64,
+}
+
+/// The bytes and records a batch holds, shared by its lanes, against its budget.
+struct Held {
+    bytes: AtomicU64,
+    records: AtomicU64,
+    budget: Budget,
+    /// A record did not fit: every lane stops.
+    full: AtomicBool,
+}
+
+impl Held {
+    fn new(budget: Budget) -> Self {
+        Held {
+            bytes: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            budget,
+            full: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes a record of `bytes` into the batch if it fits the budget. The batch's first
+    /// record always fits, so a record larger than the whole budget is read alone.
+    fn take(&self, bytes: usize) -> bool {
+        let bytes = bytes as u64;
+        let records = self.records.fetch_add(1, Ordering::Relaxed);
+        let before = self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if records == 0
+            || (records < self.budget.records && before.saturating_add(bytes) <= self.budget.bytes)
+        {
+            return true;
+        }
+        self.records.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.full.store(true, Ordering::Relaxed);
+        false
+    }
+
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    fn taken(&self) -> Taken {
+        Taken {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            records: self.records.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A lane: its consumer (none for lane 0, which uses the source's) and what it keeps between
@@ -740,6 +823,8 @@ struct LaneCtx<'a> {
     deadline: Instant,
     lanes: usize,
     keep_ahead: usize,
+    /// What the batch holds; once full, the lanes stop.
+    held: &'a Held,
     /// Shutdown: a read that waits (a broker that stopped answering) gives up the batch,
     /// uncommitted, rather than hold the worker past its grace period.
     cancel: &'a CancellationToken,
@@ -796,11 +881,16 @@ impl LaneRead<'_> {
                 if off >= self.positions[i] && off >= until[i] {
                     break;
                 }
+                let size = size_of_record(m);
                 if off >= self.positions[i] {
+                    if !ctx.held.take(size) {
+                        // The budget is spent: the record stays for the next batch.
+                        return Ok(());
+                    }
                     f(RawRecord::of(i, m, m.headers().map(HeaderRef::Owned)));
                     self.positions[i] = off + 1;
                 }
-                ahead.bytes -= size_of_record(m);
+                ahead.bytes -= size;
                 ahead.records.pop_front();
             }
             if ahead.seek && ahead.records.is_empty() {
@@ -825,6 +915,10 @@ impl LaneRead<'_> {
         let mut polls = 0u32;
         let mut idle_polls = 0u32;
         while remaining > 0 {
+            if ctx.held.is_full() {
+                // Another lane spent the budget: this lane's ranges end where it is.
+                return Ok(());
+            }
             let Some(next) = self.consumer.poll(Duration::from_millis(100)) else {
                 if Instant::now() > ctx.deadline {
                     return Err(self.timeout(ctx, &todo));
@@ -879,6 +973,18 @@ impl LaneRead<'_> {
                     ahead.seek = true;
                 }
                 continue;
+            }
+            let size = size_of_record(&m);
+            if !ctx.held.take(size) {
+                // The budget is spent: the record is the next batch's first (kept, or
+                // fetched again), and this lane's ranges end where it is.
+                if ahead.bytes + size <= ctx.keep_ahead {
+                    ahead.bytes += size;
+                    ahead.records.push_back(m.detach());
+                } else {
+                    ahead.seek = true;
+                }
+                return Ok(());
             }
             f(RawRecord::of(i, &m, m.headers().map(HeaderRef::Borrowed)));
             self.positions[i] = off + 1;

@@ -586,9 +586,29 @@ pub fn run(broker: &Broker, yaml: &str, batches: u64) -> weir_worker::progress::
         .run(
             &weir_worker::engine::Options {
                 max_batches: Some(batches),
+                ..Default::default()
             },
             &cancel,
         )
+        .expect("run");
+    assert_eq!(n, batches);
+    progress.snapshot(100)
+}
+
+/// As [`run`], with batches that hold at most `budget`.
+pub fn run_within(
+    broker: &Broker,
+    yaml: &str,
+    batches: u64,
+    budget: weir_worker::plan::Budget,
+) -> weir_worker::progress::Snapshot {
+    let (mut engine, progress) = connect(broker, yaml).unwrap_or_else(|e| panic!("connect: {e}"));
+    let opts = weir_worker::engine::Options {
+        max_batches: Some(batches),
+        budget,
+    };
+    let n = engine
+        .run(&opts, &tokio_util::sync::CancellationToken::new())
         .expect("run");
     assert_eq!(n, batches);
     progress.snapshot(100)
@@ -682,6 +702,7 @@ pub fn run_stages_in_turn(
         .unwrap_or_else(|e| panic!("connect stages: {e}"));
     let opts = weir_worker::engine::Options {
         max_batches: Some(batches),
+        ..Default::default()
     };
     for stage in &mut stages {
         stage.run(&opts, &cancel).expect("run a stage");
