@@ -53,11 +53,12 @@ sink: {kafka: {topic: out}}
     assert_eq!(snap.records_out, 150);
 }
 
-/// `n` JSON records of exactly `size` bytes, numbered from `first`.
+/// `n` JSON records of exactly `size` bytes, numbered from `first`, with one of three keys
+/// (`k0`, `k1`, `k2`) in `k`.
 fn sized_records(first: u64, n: u64, size: usize) -> Vec<String> {
     (first..first + n)
         .map(|i| {
-            let head = format!(r#"{{"n":{i},"pad":""#);
+            let head = format!(r#"{{"n":{i},"k":"k{}","pad":""#, i % 3);
             format!("{head}{}\"}}", "x".repeat(size - head.len() - 2))
         })
         .collect()
@@ -142,10 +143,78 @@ sink: {kafka: {topic: out}}
 }
 
 #[test]
+fn the_shuffle_stage_holds_no_more_than_its_part_of_the_budget() {
+    // keyBy + count runs as two stages joined by a repartition topic; the worker's budget of
+    // 200 KB is shared, 100 KB each. The first stage meets a backlog of 1.2 MB of 1000-byte
+    // records, the second what the first writes to the shuffle (the same records, re-keyed).
+    let broker = Broker::in_process();
+    for (t, n) in [("in", 4), ("out", 4), ("t-counts-repartition", 4)] {
+        broker.create_topic(t, n);
+    }
+    for p in 0..4 {
+        let records = sized_records(p * 300, 300, 1000);
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+        produce_raw(&broker, "in", p as i32, &refs);
+    }
+    let job = r#"
+batchInterval: 100ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-shuffle, backpressure: {enabled: false}}
+pipeline:
+  - {id: by-k, keyBy: "value.k"}
+  - {id: counts, aggregate: {count: {}}}
+sink: {kafka: {topic: out}}
+"#;
+    let budget = weir_worker::plan::Budget {
+        bytes: 200_000,
+        records: 100_000,
+    };
+    let snap = run_stages_within(&broker, job, 40, budget);
+    let part = budget.split(2);
+    let first = snap.in_flight.as_ref().expect("the first stage's report");
+    let shuffle = snap.stages[0]
+        .in_flight
+        .as_ref()
+        .expect("the shuffle stage's report");
+    for (stage, held) in [("input", first), ("counts", shuffle)] {
+        assert_eq!(held.budget, part, "{stage}");
+        assert!(
+            held.peak_bytes > 0 && held.peak_bytes <= part.bytes,
+            "{stage}: {held:?}"
+        );
+        assert!(
+            held.capped_batches >= 1,
+            "{stage} met a backlog over its budget: {held:?}"
+        );
+    }
+    assert_eq!(snap.records_in, 1200);
+    assert_eq!(
+        snap.stages[0].records_in, 1200,
+        "the shuffle stage read every record once"
+    );
+    // Per-batch counts of the three keys add up to the input, whatever the batches were.
+    let total: u64 = read_all(&broker, "out")
+        .iter()
+        .map(|r| {
+            std::str::from_utf8(&r.value)
+                .expect("utf-8")
+                .parse::<u64>()
+                .expect("count")
+        })
+        .sum();
+    assert_eq!(total, 1200);
+    assert_eq!(
+        committed(&broker, "g-shuffle-counts", "t-counts-repartition", 4),
+        high_watermarks(&broker, "t-counts-repartition", 4)
+    );
+}
+
+#[test]
 fn a_budget_of_records_caps_batches_too_and_a_record_larger_than_the_budget_is_read_alone() {
     let broker = Broker::in_process();
     broker.create_topic("in", 2);
     broker.create_topic("big", 1);
+    broker.create_topic("out", 1);
     produce_numbered(&broker, "in", 2, 0, 100);
     let records = sized_records(0, 3, 5_000);
     let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
@@ -158,7 +227,7 @@ source:
   kafka: {{bootstrapServers: BOOTSTRAP, topics: [{topic}], startingOffsets: earliest, groupId: {group}, backpressure: {{enabled: false}}}}
 pipeline:
   - {{id: n, map: "value.n"}}
-sink: {{stdout: {{limit: 0}}}}
+sink: {{kafka: {{topic: out}}}}
 "#
         )
     };
