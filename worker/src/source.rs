@@ -554,7 +554,8 @@ impl Source {
             until: &until,
             deadline,
             lanes: count,
-            keep_ahead: keep_ahead_within(self.keep_ahead, budget, self.owned.len()),
+            keep_ahead: self.keep_ahead,
+            lane_keeps: lane_keeps(budget, count),
             held: &held,
             cancel: &self.retry.cancel,
             link: &self.link,
@@ -707,16 +708,19 @@ fn keep_ahead_bytes() -> usize {
         .unwrap_or(1 << 20)
 }
 
-/// The least a partition keeps ahead, whatever the budget: a few records, so that a lane
-/// does not seek back for every record that came early.
-const MIN_KEEP_AHEAD: usize = 16 << 10;
+/// The least a lane keeps ahead, whatever the budget: a few records, so that it does not
+/// seek back for every record that came early.
+const MIN_LANE_KEEPS: usize = 64 << 10;
 
-/// What a partition keeps ahead in a batch of `budget` over `partitions`: all partitions
-/// together keep at most half the budget's bytes, so many partitions cannot hold more than
-/// the batch does.
-fn keep_ahead_within(keep_ahead: usize, budget: Budget, partitions: usize) -> usize {
-    let share = usize::try_from(budget.bytes / 2 / partitions.max(1) as u64).unwrap_or(usize::MAX);
-    keep_ahead.min(share.max(MIN_KEEP_AHEAD))
+/// What one of `lanes` keeps ahead, all its partitions together, in a batch of `budget`: the
+/// lanes together keep at most half the budget's bytes, so that many partitions cannot hold
+/// more than the batch does. Shared by the lane's partitions (rather than split evenly), a
+/// partition that finished its range early keeps what the others do not need.
+fn lane_keeps(budget: Budget, lanes: usize) -> usize {
+    let share = budget.bytes / 2 / lanes.max(1) as u64;
+    usize::try_from(share)
+        .unwrap_or(usize::MAX)
+        .max(MIN_LANE_KEEPS)
 }
 
 fn size_of_record(m: &impl Message) -> usize {
@@ -793,6 +797,7 @@ impl Lane {
             state: LaneState {
                 assigned: false,
                 ahead: (0..partitions).map(|_| Ahead::default()).collect(),
+                kept: 0,
             },
         }
     }
@@ -805,6 +810,25 @@ struct LaneState {
     assigned: bool,
     /// Per partition (indexed like the source's), records read past the range.
     ahead: Vec<Ahead>,
+    /// Bytes kept in `ahead`, all partitions together.
+    kept: usize,
+}
+
+impl LaneState {
+    /// Keeps a record that came before its partition's turn, or, when the partition's or the
+    /// lane's bound would be passed, drops it and every later one of its partition, which is
+    /// then read again from its position.
+    fn keep(&mut self, i: usize, m: &rdkafka::message::BorrowedMessage<'_>, ctx: &LaneCtx<'_>) {
+        let size = size_of_record(m);
+        let ahead = &mut self.ahead[i];
+        if ahead.bytes + size <= ctx.keep_ahead && self.kept + size <= ctx.lane_keeps {
+            ahead.bytes += size;
+            self.kept += size;
+            ahead.records.push_back(m.detach());
+        } else {
+            ahead.seek = true;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -822,7 +846,10 @@ struct LaneCtx<'a> {
     until: &'a [i64],
     deadline: Instant,
     lanes: usize,
+    /// Bytes a partition keeps ahead.
     keep_ahead: usize,
+    /// Bytes a lane keeps ahead, all its partitions together.
+    lane_keeps: usize,
     /// What the batch holds; once full, the lanes stop.
     held: &'a Held,
     /// Shutdown: a read that waits (a broker that stopped answering) gives up the batch,
@@ -871,10 +898,12 @@ impl LaneRead<'_> {
             for &i in &mine {
                 self.state.ahead[i] = Ahead::default();
             }
+            self.state.kept = 0;
             self.state.assigned = true;
         }
         for &i in &mine {
-            let ahead = &mut self.state.ahead[i];
+            let LaneState { ahead, kept, .. } = &mut *self.state;
+            let ahead = &mut ahead[i];
             // Records kept from the last batch come first, in offset order.
             while let Some(m) = ahead.records.front() {
                 let off = m.offset();
@@ -891,6 +920,7 @@ impl LaneRead<'_> {
                     self.positions[i] = off + 1;
                 }
                 ahead.bytes -= size;
+                *kept -= size;
                 ahead.records.pop_front();
             }
             if ahead.seek && ahead.records.is_empty() {
@@ -965,25 +995,13 @@ impl LaneRead<'_> {
                 continue;
             }
             if off >= until[i] || !ahead.records.is_empty() {
-                let size = size_of_record(&m);
-                if ahead.bytes + size <= ctx.keep_ahead {
-                    ahead.bytes += size;
-                    ahead.records.push_back(m.detach());
-                } else {
-                    ahead.seek = true;
-                }
+                self.state.keep(i, &m, ctx);
                 continue;
             }
-            let size = size_of_record(&m);
-            if !ctx.held.take(size) {
+            if !ctx.held.take(size_of_record(&m)) {
                 // The budget is spent: the record is the next batch's first (kept, or
                 // fetched again), and this lane's ranges end where it is.
-                if ahead.bytes + size <= ctx.keep_ahead {
-                    ahead.bytes += size;
-                    ahead.records.push_back(m.detach());
-                } else {
-                    ahead.seek = true;
-                }
+                self.state.keep(i, &m, ctx);
                 return Ok(());
             }
             f(RawRecord::of(i, &m, m.headers().map(HeaderRef::Borrowed)));
