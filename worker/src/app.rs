@@ -33,6 +33,11 @@ pub struct RunConfig {
     /// without committing that batch (which runs again on restart). Below the pod's grace
     /// period, which the operator sets with it.
     pub shutdown_timeout: std::time::Duration,
+    /// `--batch-bytes`: what one batch may hold, as a size (`64Mi`); `None` derives it from
+    /// the memory limit.
+    pub batch_bytes: Option<String>,
+    /// `--batch-records`: records one batch may hold; `None` derives it from the memory limit.
+    pub batch_records: Option<u64>,
 }
 
 /// Loads a job file and checks everything `run` checks before it connects: the spec and its
@@ -50,7 +55,10 @@ pub fn check_job(file: &std::path::Path) -> Result<crate::spec::JobFile> {
 /// Whether an error is a refusal of the job or its flags (exit 2, as `validate`), rather than a
 /// failure while running it (exit 1).
 pub fn is_refusal(e: &Error) -> bool {
-    matches!(e, Error::Load(_) | Error::Pipeline(_) | Error::Settings(_))
+    matches!(
+        e,
+        Error::Load(_) | Error::Pipeline(_) | Error::Settings(_) | Error::Budget(_)
+    )
 }
 
 /// Runs the job until SIGTERM/SIGINT (the batch in flight finishes and commits) or until
@@ -66,6 +74,9 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
         )));
     }
     let mut job = check_job(&cfg.file)?;
+    let limit = crate::memory::cgroup_limit();
+    let (budget, budget_from) =
+        crate::memory::resolve(cfg.batch_bytes.as_deref(), cfg.batch_records, limit)?;
     if let Some(n) = &cfg.name {
         job.name.clone_from(n);
     }
@@ -109,9 +120,17 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
     info!(job = %id.job, worker = id.ordinal, workers = id.workers, group = %group, progress = %format!("http://{addr}/progress"), "worker starting");
     let signals = tokio::spawn(on_signal(cancel.clone()));
 
+    info!(
+        budget_bytes = budget.bytes,
+        budget_records = budget.records,
+        memory_limit = limit,
+        from = ?budget_from,
+        "what one batch may hold (all stages together)"
+    );
     let print = cfg.print.or(embedded.as_ref().map(|_| 10));
     let opts = Options {
         max_batches: cfg.max_batches,
+        budget,
     };
     let engine_cancel = cancel.clone();
     let engine = tokio::task::spawn_blocking(move || -> Result<u64> {

@@ -17,11 +17,11 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Class, Error, Result};
 use crate::expr::Val;
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
-use crate::plan::{OffsetRange, Planner, RateEstimator};
+use crate::plan::{Budget, OffsetRange, Planner, RateEstimator};
 use crate::progress::{now_ms, rfc3339, BatchInfo, Progress, RangeInfo, ResumedAt};
 use crate::record::{decode_key_as, decode_value, Record};
 use crate::sink::{BatchOutput, PartitionOutput, Sink};
-use crate::source::{RawRecord, Source};
+use crate::source::{RawRecord, Source, Taken};
 use crate::spec::JobFile;
 
 /// One source lane's share of a batch.
@@ -32,11 +32,14 @@ struct LaneWork<'p> {
     records_in: u64,
 }
 
-/// How a run ends early.
+/// How a run ends early, and what its batches may hold.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Stop after this many batches.
     pub max_batches: Option<u64>,
+    /// What one batch may hold in flight (of all the job's stages together: each stage gets
+    /// its part); by default what the fallback memory limit allows.
+    pub budget: Budget,
 }
 
 /// The worker's engine, connected and resumed.
@@ -55,6 +58,8 @@ pub struct Engine {
     estimator: Option<RateEstimator>,
     /// The repartition step whose topic this engine reads ("input" for the job's input).
     stage: Arc<str>,
+    /// What the last batch held.
+    held: Taken,
 }
 
 impl Engine {
@@ -96,6 +101,8 @@ impl Engine {
             max_rate_per_partition: k.max_rate_per_partition,
             estimated_rate: None,
             initial_rate: k.backpressure.initial_rate,
+            budget: Budget::default(),
+            bytes_per_record: None,
         };
         let estimator = k
             .backpressure
@@ -186,6 +193,7 @@ impl Engine {
             planner,
             estimator,
             stage: Arc::from("input"),
+            held: Taken::default(),
         })
     }
 
@@ -216,6 +224,7 @@ impl Engine {
     /// # Errors
     /// A fatal error, or an error that outlasted its retries.
     pub fn run(&mut self, opts: &Options, cancel: &CancellationToken) -> Result<u64> {
+        self.planner.budget = opts.budget;
         let interval = self.planner.batch_interval_ms as i64;
         let mut next = (now_ms() / interval + 1) * interval;
         let mut seq = 0u64;
@@ -258,6 +267,7 @@ impl Engine {
                         scheduling_delay_ms = info.scheduling_delay_ms,
                         lag = lag.unwrap_or_default(),
                         pending_batches = info.pending_batches,
+                        held_bytes = self.held.bytes,
                         "batch completed"
                     );
                 }
@@ -390,8 +400,7 @@ impl Engine {
             .check_log_bounds(&marks)
             .map_err(|e| (e, None))?;
         let highs: Vec<i64> = marks.iter().map(|(_, h)| *h).collect();
-        let ranges = self.planner.plan(&self.source.positions(), &highs);
-        let fail = |e: Error| (e, Some(ranges.clone()));
+        let planned = self.planner.plan(&self.source.positions(), &highs);
 
         let owned = self.source.owned().to_vec();
         let format = self.job.spec.source.format;
@@ -454,9 +463,22 @@ impl Engine {
                 }
             }
         };
-        self.source
-            .read(&ranges, &mut work, &on_record)
-            .map_err(fail)?;
+        let budget = self.planner.budget;
+        let taken = self
+            .source
+            .read(&planned, budget, &mut work, &on_record)
+            .map_err(|e| (e, Some(planned.clone())))?;
+        // The budget may have ended ranges before their planned offsets: the batch is what
+        // was read, and its offsets are committed; the next batches read the rest.
+        let ranges = self.source.read_ranges(planned.clone());
+        let capped = ranges.iter().zip(&planned).any(|(r, p)| r.until < p.until);
+        let fail = |e: Error| (e, Some(ranges.clone()));
+        self.held = taken;
+        if taken.records > 0 {
+            self.planner.bytes_per_record = Some(taken.bytes as f64 / taken.records as f64);
+        }
+        self.progress
+            .held(budget, taken.bytes, taken.records, capped);
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut records_in = 0u64;
         let mut runs: Vec<Option<PartitionRun<'_>>> = (0..owned.len()).map(|_| None).collect();

@@ -45,6 +45,10 @@ pub enum Error {
     /// and refused the same way by `validate` and `run` (exit 2).
     #[error("{0}")]
     Settings(String),
+    /// A batch budget (`--batch-bytes`, `--batch-records`) that cannot work: refused before
+    /// anything is read, like invalid settings (exit 2).
+    #[error(transparent)]
+    Budget(#[from] crate::memory::BudgetError),
     /// A newer producer with the same transactional id took over (a newer worker owns the
     /// partition): this one must stop writing.
     #[error("{0}")]
@@ -72,6 +76,7 @@ impl Error {
             | Error::Pipeline(_)
             | Error::Fatal(_)
             | Error::Settings(_)
+            | Error::Budget(_)
             | Error::Fenced(_)
             | Error::Auth(_)
             | Error::Cancelled => Class::Fatal,

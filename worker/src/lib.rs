@@ -7,7 +7,8 @@
 //!   and reading offset ranges in parallel lanes; [`client`]: librdkafka settings;
 //!   [`credentials`]: SASL/TLS settings from a mounted Secret, never printed.
 //! - [`plan`]: PURE batch plans: ranges capped by the high watermark, the rate limit and the
-//!   PID backpressure estimate.
+//!   PID backpressure estimate, all within the batch's memory budget; [`memory`]: that budget,
+//!   from the pod's memory limit or the worker's flags.
 //! - [`record`]: decoding per format; [`pipeline`]: PURE steps, aggregates, windows and keyed
 //!   state per partition.
 //! - [`sink`]: stdout, Kafka, files; [`dead_letter`]: records that failed, with the reason.
@@ -29,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod expr;
 pub mod http;
+pub mod memory;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

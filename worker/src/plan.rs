@@ -2,7 +2,9 @@
 //!
 //! PURE. A plan caps each partition's range by the high watermark, by `maxRatePerPartition` x
 //! the batch interval, and by the backpressure estimate, which Spark's PID estimator computes
-//! from how fast the last batches were processed and how late they started.
+//! from how fast the last batches were processed and how late they started. A batch as a
+//! whole is also capped by its memory [`Budget`]: however large the backlog, a plan asks for
+//! no more records than the budget holds (and the reader stops where its bytes are spent).
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,6 +46,34 @@ pub struct OffsetRange {
 impl OffsetRange {
     pub fn count(&self) -> i64 {
         (self.until - self.from).max(0)
+    }
+}
+
+/// What one batch may hold in flight: the bytes of its records (keys and values as read) and
+/// their number. The planner keeps a batch's ranges within it; the source stops reading a
+/// batch whose bytes would pass it (a single record larger than the budget is read alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    pub bytes: u64,
+    pub records: u64,
+}
+
+impl Budget {
+    /// This budget shared by `n` stages that hold their batches at the same time.
+    pub fn split(self, n: usize) -> Budget {
+        let n = n.max(1) as u64;
+        Budget {
+            bytes: (self.bytes / n).max(1),
+            records: (self.records / n).max(1),
+        }
+    }
+}
+
+impl Default for Budget {
+    /// The budget of a worker that found no memory limit.
+    fn default() -> Self {
+        crate::memory::budget_for_limit(crate::memory::FALLBACK_LIMIT)
     }
 }
 
@@ -123,6 +153,11 @@ pub struct Planner {
     pub estimated_rate: Option<f64>,
     /// Per-partition rate before the first estimate.
     pub initial_rate: Option<u64>,
+    /// What a batch may hold.
+    pub budget: Budget,
+    /// Bytes per record of the last batches that read any, to turn the budget's bytes into
+    /// records; until one did, the budget's records alone cap the plan.
+    pub bytes_per_record: Option<f64>,
 }
 
 impl Planner {
@@ -130,23 +165,38 @@ impl Planner {
     /// watermarks, in the same order.
     pub fn plan(&self, positions: &[(TopicPartition, i64)], ends: &[i64]) -> Vec<OffsetRange> {
         let caps = self.max_per_partition(positions, ends);
-        positions
+        let mut counts: Vec<i64> = positions
             .iter()
             .zip(ends)
             .enumerate()
-            .map(|(i, ((tp, from), end))| {
-                let until = match &caps {
-                    Some(c) => (*from).saturating_add(c[i]).min(*end),
-                    None => *end,
-                };
-                OffsetRange {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    from: *from,
-                    until: until.max(*from),
-                }
+            .map(|(i, ((_, from), end))| {
+                let lag = (end - from).max(0);
+                caps.as_ref().map_or(lag, |c| c[i].min(lag))
+            })
+            .collect();
+        share_within(&mut counts, self.records_allowed());
+        positions
+            .iter()
+            .zip(counts)
+            .map(|((tp, from), n)| OffsetRange {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                from: *from,
+                until: from.saturating_add(n),
             })
             .collect()
+    }
+
+    /// Records the budget lets a batch plan: its records, and its bytes at the bytes per
+    /// record seen so far.
+    fn records_allowed(&self) -> i64 {
+        let by_bytes = self
+            .bytes_per_record
+            .filter(|b| *b >= 1.0)
+            .map_or(u64::MAX, |b| (self.budget.bytes as f64 / b) as u64);
+        i64::try_from(self.budget.records.min(by_bytes))
+            .unwrap_or(i64::MAX)
+            .max(1)
     }
 
     /// Records each partition may read this batch; `None` when nothing limits them.
@@ -194,6 +244,31 @@ impl Planner {
     }
 }
 
+/// Scales `counts` down so that they add up to at most `total`, each in proportion to what it
+/// asked for, so that every partition of a large backlog moves (a partition's share rounds
+/// down; what that leaves over goes one record each to the first partitions cut short).
+fn share_within(counts: &mut [i64], total: i64) {
+    let asked: i64 = counts.iter().sum();
+    if asked <= total {
+        return;
+    }
+    let wanted = counts.to_vec();
+    let mut left = total;
+    for n in counts.iter_mut() {
+        *n = (i128::from(*n) * i128::from(total) / i128::from(asked)) as i64;
+        left -= *n;
+    }
+    for (n, w) in counts.iter_mut().zip(&wanted) {
+        if left <= 0 {
+            break;
+        }
+        if *n < *w {
+            *n += 1;
+            left -= 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +283,11 @@ mod tests {
             max_rate_per_partition: max,
             estimated_rate: None,
             initial_rate: None,
+            budget: Budget {
+                bytes: u64::MAX,
+                records: u64::MAX,
+            },
+            bytes_per_record: None,
         }
     }
 
@@ -243,6 +323,59 @@ mod tests {
             r.iter().map(OffsetRange::count).collect::<Vec<_>>(),
             [600, 600]
         );
+    }
+
+    #[test]
+    fn a_backlog_larger_than_the_budget_is_planned_within_it_in_proportion_to_each_lag() {
+        let mut p = planner(None);
+        p.budget = Budget {
+            bytes: 1_000_000,
+            records: 1_000,
+        };
+        let positions = [(tp(0), 0), (tp(1), 500), (tp(2), 7)];
+        let ends = [3_000, 1_500, 7];
+        let r = p.plan(&positions, &ends);
+        // 4000 records wait, 3:1; the budget's 1000 records are shared the same way.
+        assert_eq!(
+            r.iter().map(|r| (r.from, r.until)).collect::<Vec<_>>(),
+            [(0, 750), (500, 750), (7, 7)]
+        );
+        // 1 KB a record: the bytes allow 1000 records too; at 2 KB, 500.
+        p.bytes_per_record = Some(2_000.0);
+        let r = p.plan(&positions, &ends);
+        assert_eq!(r.iter().map(OffsetRange::count).sum::<i64>(), 500);
+        assert_eq!(
+            r.iter().map(OffsetRange::count).collect::<Vec<_>>(),
+            [375, 125, 0]
+        );
+        // Rounding never passes the budget, and its leftovers are not lost.
+        p.budget.records = 10;
+        p.bytes_per_record = None;
+        let r = p.plan(&[(tp(0), 0), (tp(1), 0), (tp(2), 0)], &[100, 100, 100]);
+        assert_eq!(
+            r.iter().map(OffsetRange::count).collect::<Vec<_>>(),
+            [4, 3, 3]
+        );
+        // Within the budget, the rate cap still rules.
+        p.max_rate_per_partition = Some(1);
+        let r = p.plan(&[(tp(0), 0), (tp(1), 0)], &[100, 100]);
+        assert_eq!(r.iter().map(OffsetRange::count).collect::<Vec<_>>(), [2, 2]);
+    }
+
+    #[test]
+    fn a_budget_shared_by_stages_gives_each_its_part() {
+        let b = Budget {
+            bytes: 90,
+            records: 10,
+        };
+        assert_eq!(
+            b.split(3),
+            Budget {
+                bytes: 30,
+                records: 3
+            }
+        );
+        assert_eq!(b.split(0), b);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use serde::Serialize;
 
 use crate::client::Identity;
+use crate::plan::Budget;
 
 /// Batches kept for `GET /progress`.
 pub const KEPT_BATCHES: usize = 100;
@@ -112,6 +113,23 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// What a stage's batches held against their memory budget: the bytes (keys and values as
+/// read) and records taken into a batch, which the source never lets pass the budget (but
+/// for a single record larger than it, read alone).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlight {
+    pub budget: Budget,
+    pub last_bytes: u64,
+    pub last_records: u64,
+    /// The most one batch held since the worker started.
+    pub peak_bytes: u64,
+    pub peak_records: u64,
+    /// Batches that ended before their planned offsets because the budget was spent; the
+    /// next batches read on from there (the lag says how much waits).
+    pub capped_batches: u64,
+}
+
 /// The body of `GET /progress`.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -135,6 +153,9 @@ pub struct Snapshot {
     pub dead_lettered: u64,
     /// Most recent last.
     pub batches: Vec<BatchInfo>,
+    /// The first stage's batches against their memory budget; absent before its first batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<InFlight>,
     /// The job's later stages (after each repartition step), with their own groups, offsets
     /// and batches; the fields above are the first stage's, which reads the job's input.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -154,6 +175,8 @@ pub struct StageSnapshot {
     pub dead_lettered: u64,
     /// Most recent last; the ranges are of the stage's repartition topic.
     pub batches: Vec<BatchInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<InFlight>,
 }
 
 #[derive(Default)]
@@ -171,6 +194,7 @@ struct State {
     /// A broker call being retried, from its first failure until it succeeds or gives up.
     retrying: Option<Retrying>,
     resumed_from: Vec<ResumedAt>,
+    in_flight: Option<InFlight>,
 }
 
 /// Bucket bounds of the batch-time histograms, in seconds: from a 5 ms batch to a minute.
@@ -409,6 +433,22 @@ impl Progress {
         s.batches.push_back(b);
     }
 
+    /// Records what a batch held (`bytes`, `records`) against its `budget`; `capped` when
+    /// the budget ended it before its planned offsets.
+    pub fn held(&self, budget: Budget, bytes: u64, records: u64, capped: bool) {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let f = s.in_flight.get_or_insert_with(InFlight::default);
+        f.budget = budget;
+        f.last_bytes = bytes;
+        f.last_records = records;
+        f.peak_bytes = f.peak_bytes.max(bytes);
+        f.peak_records = f.peak_records.max(records);
+        f.capped_batches += u64::from(capped);
+    }
+
     pub fn snapshot(&self, last: usize) -> Snapshot {
         let later = self.later_stages();
         let stages = later.iter().map(|p| p.stage_snapshot(last)).collect();
@@ -435,6 +475,7 @@ impl Progress {
             records_out: s.records_out,
             dead_lettered: s.dead_lettered,
             batches: s.batches.iter().rev().take(last).rev().cloned().collect(),
+            in_flight: s.in_flight.clone(),
             stages,
         }
     }
@@ -502,6 +543,7 @@ impl Progress {
             records_out: s.records_out,
             dead_lettered: s.dead_lettered,
             batches: s.batches.iter().rev().take(last).rev().cloned().collect(),
+            in_flight: s.in_flight.clone(),
         }
     }
 

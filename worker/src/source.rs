@@ -5,6 +5,7 @@
 //! the job's consumer group, written only after a batch's output.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use tracing::{info, warn};
 use crate::client::{self, Identity, Link};
 use crate::error::{Error, Result};
 use crate::expr::Val;
-use crate::plan::{OffsetRange, TopicPartition};
+use crate::plan::{Budget, OffsetRange, TopicPartition};
 use crate::progress::Progress;
 use crate::spec::{KafkaSource, OutOfRangePolicy, RetrySpec, StartingOffsets};
 
@@ -529,20 +530,24 @@ impl Source {
         )
     }
 
-    /// Reads each range, calling `f` for every record in it, in offset order per partition.
-    /// Lanes run in parallel, each with its own `states[lane]`.
+    /// Reads each range, calling `f` for every record in it, in offset order per partition,
+    /// until the batch holds its `budget`: then every lane stops where it is, and the ranges
+    /// end at [`Source::positions`] (the rest is read by the next batches). Lanes run in
+    /// parallel, each with its own `states[lane]`. Returns what the batch took in.
     ///
     /// # Errors
     /// A broker error, or a timeout when a range cannot be read completely.
     pub fn read<S: Send>(
         &mut self,
         ranges: &[OffsetRange],
+        budget: Budget,
         states: &mut [S],
         f: &(impl Fn(&mut S, RawRecord<'_>) + Sync),
-    ) -> Result<()> {
+    ) -> Result<Taken> {
         let until: Vec<i64> = ranges.iter().map(|r| r.until).collect();
         let count = self.lanes.len();
         let deadline = Instant::now() + self.read_timeout;
+        let held = Held::new(budget);
         let ctx = LaneCtx {
             owned: &self.owned,
             by_partition: &self.by_partition,
@@ -550,6 +555,8 @@ impl Source {
             deadline,
             lanes: count,
             keep_ahead: self.keep_ahead,
+            lane_keeps: lane_keeps(budget, count),
+            held: &held,
             cancel: &self.retry.cancel,
             link: &self.link,
         };
@@ -595,7 +602,16 @@ impl Source {
                 Err(e) => error = error.or(Some(e)),
             }
         }
-        error.map_or(Ok(()), Err)
+        error.map_or(Ok(held.taken()), Err)
+    }
+
+    /// The ranges as read: each ends where its partition's reading stopped, which is before
+    /// the planned `until` when the batch's budget was spent.
+    pub fn read_ranges(&self, mut planned: Vec<OffsetRange>) -> Vec<OffsetRange> {
+        for (r, at) in planned.iter_mut().zip(&self.positions) {
+            r.until = r.until.min(*at).max(r.from);
+        }
+        planned
     }
 
     /// Commits the batch's until-offsets to the job's group. Call only after the batch's
@@ -692,8 +708,79 @@ fn keep_ahead_bytes() -> usize {
         .unwrap_or(1 << 20)
 }
 
+/// The least a lane keeps ahead, whatever the budget: a few records, so that it does not
+/// seek back for every record that came early.
+const MIN_LANE_KEEPS: usize = 64 << 10;
+
+/// What one of `lanes` keeps ahead, all its partitions together, in a batch of `budget`: the
+/// lanes together keep at most half the budget's bytes, so that many partitions cannot hold
+/// more than the batch does. Shared by the lane's partitions (rather than split evenly), a
+/// partition that finished its range early keeps what the others do not need.
+fn lane_keeps(budget: Budget, lanes: usize) -> usize {
+    let share = budget.bytes / 2 / lanes.max(1) as u64;
+    usize::try_from(share)
+        .unwrap_or(usize::MAX)
+        .max(MIN_LANE_KEEPS)
+}
+
 fn size_of_record(m: &impl Message) -> usize {
     m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)
+}
+
+/// What a batch took in: the bytes (keys and values as read) and the records handed to the
+/// pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub bytes: u64,
+    pub records: u64,
+}
+
+/// The bytes and records a batch holds, shared by its lanes, against its budget.
+struct Held {
+    bytes: AtomicU64,
+    records: AtomicU64,
+    budget: Budget,
+    /// A record did not fit: every lane stops.
+    full: AtomicBool,
+}
+
+impl Held {
+    fn new(budget: Budget) -> Self {
+        Held {
+            bytes: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            budget,
+            full: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes a record of `bytes` into the batch if it fits the budget. The batch's first
+    /// record always fits, so a record larger than the whole budget is read alone.
+    fn take(&self, bytes: usize) -> bool {
+        let bytes = bytes as u64;
+        let records = self.records.fetch_add(1, Ordering::Relaxed);
+        let before = self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if records == 0
+            || (records < self.budget.records && before.saturating_add(bytes) <= self.budget.bytes)
+        {
+            return true;
+        }
+        self.records.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.full.store(true, Ordering::Relaxed);
+        false
+    }
+
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    fn taken(&self) -> Taken {
+        Taken {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            records: self.records.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A lane: its consumer (none for lane 0, which uses the source's) and what it keeps between
@@ -710,6 +797,7 @@ impl Lane {
             state: LaneState {
                 assigned: false,
                 ahead: (0..partitions).map(|_| Ahead::default()).collect(),
+                kept: 0,
             },
         }
     }
@@ -722,6 +810,25 @@ struct LaneState {
     assigned: bool,
     /// Per partition (indexed like the source's), records read past the range.
     ahead: Vec<Ahead>,
+    /// Bytes kept in `ahead`, all partitions together.
+    kept: usize,
+}
+
+impl LaneState {
+    /// Keeps a record that came before its partition's turn, or, when the partition's or the
+    /// lane's bound would be passed, drops it and every later one of its partition, which is
+    /// then read again from its position.
+    fn keep(&mut self, i: usize, m: &rdkafka::message::BorrowedMessage<'_>, ctx: &LaneCtx<'_>) {
+        let size = size_of_record(m);
+        let ahead = &mut self.ahead[i];
+        if ahead.bytes + size <= ctx.keep_ahead && self.kept + size <= ctx.lane_keeps {
+            ahead.bytes += size;
+            self.kept += size;
+            ahead.records.push_back(m.detach());
+        } else {
+            ahead.seek = true;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -739,7 +846,12 @@ struct LaneCtx<'a> {
     until: &'a [i64],
     deadline: Instant,
     lanes: usize,
+    /// Bytes a partition keeps ahead.
     keep_ahead: usize,
+    /// Bytes a lane keeps ahead, all its partitions together.
+    lane_keeps: usize,
+    /// What the batch holds; once full, the lanes stop.
+    held: &'a Held,
     /// Shutdown: a read that waits (a broker that stopped answering) gives up the batch,
     /// uncommitted, rather than hold the worker past its grace period.
     cancel: &'a CancellationToken,
@@ -786,21 +898,29 @@ impl LaneRead<'_> {
             for &i in &mine {
                 self.state.ahead[i] = Ahead::default();
             }
+            self.state.kept = 0;
             self.state.assigned = true;
         }
         for &i in &mine {
-            let ahead = &mut self.state.ahead[i];
+            let LaneState { ahead, kept, .. } = &mut *self.state;
+            let ahead = &mut ahead[i];
             // Records kept from the last batch come first, in offset order.
             while let Some(m) = ahead.records.front() {
                 let off = m.offset();
                 if off >= self.positions[i] && off >= until[i] {
                     break;
                 }
+                let size = size_of_record(m);
                 if off >= self.positions[i] {
+                    if !ctx.held.take(size) {
+                        // The budget is spent: the record stays for the next batch.
+                        return Ok(());
+                    }
                     f(RawRecord::of(i, m, m.headers().map(HeaderRef::Owned)));
                     self.positions[i] = off + 1;
                 }
-                ahead.bytes -= size_of_record(m);
+                ahead.bytes -= size;
+                *kept -= size;
                 ahead.records.pop_front();
             }
             if ahead.seek && ahead.records.is_empty() {
@@ -825,6 +945,10 @@ impl LaneRead<'_> {
         let mut polls = 0u32;
         let mut idle_polls = 0u32;
         while remaining > 0 {
+            if ctx.held.is_full() {
+                // Another lane spent the budget: this lane's ranges end where it is.
+                return Ok(());
+            }
             let Some(next) = self.consumer.poll(Duration::from_millis(100)) else {
                 if Instant::now() > ctx.deadline {
                     return Err(self.timeout(ctx, &todo));
@@ -871,14 +995,14 @@ impl LaneRead<'_> {
                 continue;
             }
             if off >= until[i] || !ahead.records.is_empty() {
-                let size = size_of_record(&m);
-                if ahead.bytes + size <= ctx.keep_ahead {
-                    ahead.bytes += size;
-                    ahead.records.push_back(m.detach());
-                } else {
-                    ahead.seek = true;
-                }
+                self.state.keep(i, &m, ctx);
                 continue;
+            }
+            if !ctx.held.take(size_of_record(&m)) {
+                // The budget is spent: the record is the next batch's first (kept, or
+                // fetched again), and this lane's ranges end where it is.
+                self.state.keep(i, &m, ctx);
+                return Ok(());
             }
             f(RawRecord::of(i, &m, m.headers().map(HeaderRef::Borrowed)));
             self.positions[i] = off + 1;

@@ -259,6 +259,8 @@ pub fn connect(
 
 /// Runs the stages side by side until cancelled or each ran `opts.max_batches`; a stage that
 /// fails stops the others (after their batch in flight). Returns the first stage's batches.
+/// The stages hold their batches at the same time, so they share the batch budget: each
+/// gets an equal part of `opts.budget`.
 ///
 /// # Errors
 /// The first stage error.
@@ -266,6 +268,10 @@ pub fn run(engines: &mut [Engine], opts: &Options, cancel: &CancellationToken) -
     if let [one] = engines {
         return one.run(opts, cancel);
     }
+    let opts = &Options {
+        budget: opts.budget.split(engines.len()),
+        ..opts.clone()
+    };
     let results: Vec<Result<u64>> = std::thread::scope(|s| {
         let handles: Vec<_> = engines
             .iter_mut()

@@ -53,6 +53,204 @@ sink: {kafka: {topic: out}}
     assert_eq!(snap.records_out, 150);
 }
 
+/// `n` JSON records of exactly `size` bytes, numbered from `first`, with one of three keys
+/// (`k0`, `k1`, `k2`) in `k`.
+fn sized_records(first: u64, n: u64, size: usize) -> Vec<String> {
+    (first..first + n)
+        .map(|i| {
+            let head = format!(r#"{{"n":{i},"k":"k{}","pad":""#, i % 3);
+            format!("{head}{}\"}}", "x".repeat(size - head.len() - 2))
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_never_holds_more_than_its_budget_and_the_rest_waits_for_the_next_batches() {
+    // A backlog of 4 x 300 records of 1000 bytes (1.2 MB) against a budget of 100 KB: no
+    // rate limit and no backpressure, so only the budget keeps a batch from reading it all.
+    let broker = Broker::in_process();
+    broker.create_topic("in", 4);
+    broker.create_topic("out", 4);
+    const SIZE: usize = 1000;
+    for p in 0..4 {
+        let records = sized_records(p * 300, 300, SIZE);
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+        produce_raw(&broker, "in", p as i32, &refs);
+    }
+    let job = r#"
+batchInterval: 100ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-budget, backpressure: {enabled: false}}
+pipeline:
+  - {id: n, map: "value.n"}
+sink: {kafka: {topic: out}}
+"#;
+    let budget = weir_worker::plan::Budget {
+        bytes: 100_000,
+        records: 10_000,
+    };
+    let snap = run_within(&broker, job, 16, budget);
+    let busy: Vec<_> = snap.batches.iter().filter(|b| b.records_in > 0).collect();
+    for b in &busy {
+        // What the batch held, from its offsets and the records' known size, not from the
+        // worker's own count.
+        let records: i64 = b.ranges.iter().map(|r| r.until - r.from).sum();
+        assert_eq!(records as u64, b.records_in, "batch {}", b.batch);
+        assert!(
+            records as usize * SIZE <= 100_000,
+            "batch {} held {records} records of {SIZE} bytes, over its budget of 100000 bytes",
+            b.batch
+        );
+    }
+    // The first batch met a backlog 12 times its budget: it read what fitted, the rest waited.
+    let first = &snap.batches[0];
+    assert!(first.records_in > 0, "the first batch read nothing");
+    assert_eq!(
+        first.lag,
+        Some(1200 - first.records_in as i64),
+        "the lag says what waits"
+    );
+    assert!(
+        busy.len() >= 12,
+        "1.2 MB in batches of 100 KB: {} batches",
+        busy.len()
+    );
+    let held = snap.in_flight.as_ref().expect("the batches' budget report");
+    assert_eq!(held.budget, budget);
+    assert!(
+        held.peak_bytes <= 100_000 && held.peak_bytes >= 90 * SIZE as u64,
+        "peak {} bytes against a budget of 100000",
+        held.peak_bytes
+    );
+    // The first batch was planned before any record's size was known and ended at the budget;
+    // the next ones were planned within it from the bytes per record it saw.
+    assert_eq!(held.capped_batches, 1, "{held:?}");
+    // Capped batches lose nothing and repeat nothing: each record once, offsets at the end.
+    assert_eq!(snap.records_in, 1200);
+    assert_eq!(snap.batches.last().and_then(|b| b.lag), Some(0));
+    assert_eq!(committed(&broker, "g-budget", "in", 4), vec![300; 4]);
+    let mut out: Vec<u64> = read_all(&broker, "out")
+        .iter()
+        .map(|r| {
+            std::str::from_utf8(&r.value)
+                .expect("utf-8")
+                .parse()
+                .expect("n")
+        })
+        .collect();
+    out.sort_unstable();
+    assert_eq!(out, (0..1200).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_shuffle_stage_holds_no_more_than_its_part_of_the_budget() {
+    // keyBy + count runs as two stages joined by a repartition topic; the worker's budget of
+    // 200 KB is shared, 100 KB each. The first stage meets a backlog of 1.2 MB of 1000-byte
+    // records, the second what the first writes to the shuffle (the same records, re-keyed).
+    let broker = Broker::in_process();
+    for (t, n) in [("in", 4), ("out", 4), ("t-counts-repartition", 4)] {
+        broker.create_topic(t, n);
+    }
+    for p in 0..4 {
+        let records = sized_records(p * 300, 300, 1000);
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+        produce_raw(&broker, "in", p as i32, &refs);
+    }
+    let job = r#"
+batchInterval: 100ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-shuffle, backpressure: {enabled: false}}
+pipeline:
+  - {id: by-k, keyBy: "value.k"}
+  - {id: counts, aggregate: {count: {}}}
+sink: {kafka: {topic: out}}
+"#;
+    let budget = weir_worker::plan::Budget {
+        bytes: 200_000,
+        records: 100_000,
+    };
+    let snap = run_stages_within(&broker, job, 40, budget);
+    let part = budget.split(2);
+    let first = snap.in_flight.as_ref().expect("the first stage's report");
+    let shuffle = snap.stages[0]
+        .in_flight
+        .as_ref()
+        .expect("the shuffle stage's report");
+    for (stage, held) in [("input", first), ("counts", shuffle)] {
+        assert_eq!(held.budget, part, "{stage}");
+        assert!(
+            held.peak_bytes > 0 && held.peak_bytes <= part.bytes,
+            "{stage}: {held:?}"
+        );
+        assert!(
+            held.capped_batches >= 1,
+            "{stage} met a backlog over its budget: {held:?}"
+        );
+    }
+    assert_eq!(snap.records_in, 1200);
+    assert_eq!(
+        snap.stages[0].records_in, 1200,
+        "the shuffle stage read every record once"
+    );
+    // Per-batch counts of the three keys add up to the input, whatever the batches were.
+    let total: u64 = read_all(&broker, "out")
+        .iter()
+        .map(|r| {
+            std::str::from_utf8(&r.value)
+                .expect("utf-8")
+                .parse::<u64>()
+                .expect("count")
+        })
+        .sum();
+    assert_eq!(total, 1200);
+    assert_eq!(
+        committed(&broker, "g-shuffle-counts", "t-counts-repartition", 4),
+        high_watermarks(&broker, "t-counts-repartition", 4)
+    );
+}
+
+#[test]
+fn a_budget_of_records_caps_batches_too_and_a_record_larger_than_the_budget_is_read_alone() {
+    let broker = Broker::in_process();
+    broker.create_topic("in", 2);
+    broker.create_topic("big", 1);
+    broker.create_topic("out", 1);
+    produce_numbered(&broker, "in", 2, 0, 100);
+    let records = sized_records(0, 3, 5_000);
+    let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+    produce_raw(&broker, "big", 0, &refs);
+    let job = |topic: &str, group: &str| {
+        format!(
+            r#"
+batchInterval: 100ms
+source:
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [{topic}], startingOffsets: earliest, groupId: {group}, backpressure: {{enabled: false}}}}
+pipeline:
+  - {{id: n, map: "value.n"}}
+sink: {{kafka: {{topic: out}}}}
+"#
+        )
+    };
+    let by_records = weir_worker::plan::Budget {
+        bytes: u64::MAX,
+        records: 15,
+    };
+    let snap = run_within(&broker, &job("in", "g-records"), 8, by_records);
+    let per_batch: Vec<u64> = snap.batches.iter().map(|b| b.records_in).collect();
+    assert_eq!(per_batch, [15, 15, 15, 15, 15, 15, 10, 0]);
+    assert_eq!(committed(&broker, "g-records", "in", 2), vec![50, 50]);
+
+    // 5 KB records, a budget of 1 KB: each batch reads one record, so the job still moves.
+    let tiny = weir_worker::plan::Budget {
+        bytes: 1_000,
+        records: 100,
+    };
+    let snap = run_within(&broker, &job("big", "g-big"), 4, tiny);
+    let per_batch: Vec<u64> = snap.batches.iter().map(|b| b.records_in).collect();
+    assert_eq!(per_batch, [1, 1, 1, 0]);
+    assert_eq!(committed(&broker, "g-big", "big", 1), vec![3]);
+}
+
 #[test]
 fn malformed_and_failing_records_go_to_the_dead_letter_topic_and_the_job_goes_on() {
     let broker = Broker::in_process();

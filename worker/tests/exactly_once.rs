@@ -115,6 +115,7 @@ fn a_zombie_worker_whose_commit_the_broker_fences_stops_and_the_newer_worker_goe
     let cancel = CancellationToken::new();
     let one = Options {
         max_batches: Some(1),
+        ..Default::default()
     };
     zombie
         .run(&one, &cancel)
@@ -138,6 +139,7 @@ fn a_zombie_worker_whose_commit_the_broker_fences_stops_and_the_newer_worker_goe
         .run(
             &Options {
                 max_batches: Some(5),
+                ..Default::default()
             },
             &cancel,
         )
@@ -186,6 +188,7 @@ impl Sink for OlderWorkerCommitsUntilFenced {
         if let Some(mut older) = self.older.take() {
             let two = Options {
                 max_batches: Some(2),
+                ..Default::default()
             };
             older
                 .run(&two, &CancellationToken::new())
@@ -205,6 +208,7 @@ fn a_newer_worker_reads_offsets_only_after_fencing_the_older_so_nothing_counts_t
     let (mut older, _) = connect(&broker, &job).expect("older worker");
     let one = Options {
         max_batches: Some(1),
+        ..Default::default()
     };
     older.run(&one, &CancellationToken::new()).expect("a batch");
     assert_eq!(committed(&broker, "eo", "in", PARTITIONS), vec![10, 10]);
@@ -224,6 +228,7 @@ fn a_newer_worker_reads_offsets_only_after_fencing_the_older_so_nothing_counts_t
         .run(
             &Options {
                 max_batches: Some(4),
+                ..Default::default()
             },
             &CancellationToken::new(),
         )

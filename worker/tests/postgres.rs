@@ -210,6 +210,7 @@ fn state_comes_back_from_weir_state_even_with_the_group_reset_to_the_start() {
         .run(
             &weir_worker::engine::Options {
                 max_batches: Some(2),
+                ..Default::default()
             },
             &cancel,
         )

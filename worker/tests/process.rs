@@ -307,6 +307,29 @@ fn every_refusal_of_run_before_the_first_record_is_a_refusal_of_validate_exit_2(
 }
 
 #[test]
+fn a_batch_budget_that_cannot_work_is_refused_before_anything_is_read_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = job_file(
+        dir.path(),
+        "batchInterval: 1s\nsource: {kafka: {bootstrapServers: 'localhost:1', topics: [in]}}\nsink: {stdout: {}}\n",
+    );
+    for (flags, says) in [
+        (&["--batch-bytes", "1Ki"][..], "set at least 64Ki"),
+        (&["--batch-bytes", "64MB"][..], "use Ki, Mi, Gi"),
+        (
+            &["--batch-records", "0"][..],
+            "--batch-records must be at least 1",
+        ),
+    ] {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), job.as_os_str()];
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        let (code, err) = worker(&args);
+        assert_eq!(code, Some(2), "{flags:?}: {err}");
+        assert!(err.contains(says), "{flags:?}: {err}");
+    }
+}
+
+#[test]
 fn an_invalid_log_level_is_refused_and_logs_to_a_file_have_no_colour_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let job = job_file(dir.path(), "batchInterval: 1s\nsource: {kafka: {bootstrapServers: 'localhost:1', topics: [in]}}\nsink: {stdout: {}}\n");

@@ -293,6 +293,18 @@ impl KafkaWriter {
     }
 }
 
+/// Where a transaction's commit spent its time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TxnTimes {
+    /// Waiting for the acks of the records produced in it.
+    pub acks: Duration,
+    /// Adding the source offsets to it (`send_offsets_to_transaction`: AddOffsetsToTxn and
+    /// TxnOffsetCommit).
+    pub offsets: Duration,
+    /// Committing it (EndTxn).
+    pub end_txn: Duration,
+}
+
 /// How long a transactional call may take before the batch fails.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -339,7 +351,7 @@ impl KafkaWriter {
     }
 
     /// Waits for every record's ack, adds `offsets` of `group` to the transaction and
-    /// commits it.
+    /// commits it (EndTxn); returns how long each of the three took.
     ///
     /// # Errors
     /// [`Error::Fenced`] when a newer producer took over; otherwise the transaction must be
@@ -348,14 +360,22 @@ impl KafkaWriter {
         &mut self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
-    ) -> Result<()> {
+    ) -> Result<TxnTimes> {
+        let started = std::time::Instant::now();
         self.flush()?;
+        let acked = std::time::Instant::now();
         self.producer
             .send_offsets_to_transaction(offsets, group, TXN_TIMEOUT)
             .map_err(|e| txn_error("adding offsets to a transaction", &self.txn_id, e))?;
+        let offsets_sent = std::time::Instant::now();
         self.producer
             .commit_transaction(TXN_TIMEOUT)
-            .map_err(|e| txn_error("committing a transaction", &self.txn_id, e))
+            .map_err(|e| txn_error("committing a transaction", &self.txn_id, e))?;
+        Ok(TxnTimes {
+            acks: acked - started,
+            offsets: offsets_sent - acked,
+            end_txn: offsets_sent.elapsed(),
+        })
     }
 
     /// # Errors

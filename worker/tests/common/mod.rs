@@ -586,9 +586,29 @@ pub fn run(broker: &Broker, yaml: &str, batches: u64) -> weir_worker::progress::
         .run(
             &weir_worker::engine::Options {
                 max_batches: Some(batches),
+                ..Default::default()
             },
             &cancel,
         )
+        .expect("run");
+    assert_eq!(n, batches);
+    progress.snapshot(100)
+}
+
+/// As [`run`], with batches that hold at most `budget`.
+pub fn run_within(
+    broker: &Broker,
+    yaml: &str,
+    batches: u64,
+    budget: weir_worker::plan::Budget,
+) -> weir_worker::progress::Snapshot {
+    let (mut engine, progress) = connect(broker, yaml).unwrap_or_else(|e| panic!("connect: {e}"));
+    let opts = weir_worker::engine::Options {
+        max_batches: Some(batches),
+        budget,
+    };
+    let n = engine
+        .run(&opts, &tokio_util::sync::CancellationToken::new())
         .expect("run");
     assert_eq!(n, batches);
     progress.snapshot(100)
@@ -668,6 +688,26 @@ pub fn run_stages_until(broker: &Broker, yaml: &str, mut done: impl FnMut() -> b
     runner.join().expect("stages thread").expect("stages run");
 }
 
+/// Runs every stage of a job (see [`run`]) side by side, each for `batches` batches, sharing
+/// `budget` as the worker does; returns the progress, later stages under `stages`.
+pub fn run_stages_within(
+    broker: &Broker,
+    yaml: &str,
+    batches: u64,
+    budget: weir_worker::plan::Budget,
+) -> weir_worker::progress::Snapshot {
+    let (job, id, progress) = worker_zero_of_one(broker, yaml);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut stages = weir_worker::stages::connect(job, &id, None, progress.clone(), &cancel)
+        .unwrap_or_else(|e| panic!("connect stages: {e}"));
+    let opts = weir_worker::engine::Options {
+        max_batches: Some(batches),
+        budget,
+    };
+    weir_worker::stages::run(&mut stages, &opts, &cancel).expect("run the stages");
+    progress.snapshot(100)
+}
+
 /// Runs every stage of a job (see [`run`]) in turn, first to last, each for `batches`
 /// batches, so a later stage's batches see everything the earlier stages wrote; returns the
 /// progress, later stages under `stages`.
@@ -682,6 +722,7 @@ pub fn run_stages_in_turn(
         .unwrap_or_else(|e| panic!("connect stages: {e}"));
     let opts = weir_worker::engine::Options {
         max_batches: Some(batches),
+        ..Default::default()
     };
     for stage in &mut stages {
         stage.run(&opts, &cancel).expect("run a stage");
