@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use weir_operator::lag;
-use weir_operator::observe::{KafkaObserver, KafkaTarget, Observer};
+use weir_operator::observation::KafkaTarget;
+use weir_operator::observe::{KafkaObserver, Observer};
 use weir_operator::progress;
 use weir_worker::spec::{parse_job, StartingOffsets};
 
