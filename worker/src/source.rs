@@ -264,7 +264,7 @@ impl Source {
                 .or_default()
                 .push((tp.topic.clone(), i));
         }
-        let lanes = (0..lane_count(owned.len()))
+        let lanes = (0..lane_count(owned.len(), spec.read_threads))
             .map(|lane| {
                 let consumer = match lane {
                     0 => None,
@@ -289,7 +289,7 @@ impl Source {
             counts,
             retry,
             read_timeout: (batch_interval * 10).max(Duration::from_secs(30)),
-            keep_ahead: keep_ahead_bytes(),
+            keep_ahead: keep_ahead_bytes(spec),
         };
         Ok(source)
     }
@@ -675,14 +675,11 @@ fn with_link_error(link: &Link, e: Error, within: Duration) -> Error {
     }
 }
 
-/// How many lanes read a worker's partitions: one per core, at most one per partition.
-/// `WEIR_SOURCE_THREADS` overrides it.
-fn lane_count(partitions: usize) -> usize {
+/// How many lanes read a worker's partitions: `source.kafka.readThreads`, else one per core;
+/// at most one per partition.
+fn lane_count(partitions: usize, threads: Option<u32>) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let wanted = std::env::var("WEIR_SOURCE_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cores);
+    let wanted = threads.map_or(cores, |t| t as usize);
     wanted.clamp(1, partitions.max(1))
 }
 
@@ -699,13 +696,12 @@ fn tpl(
     Ok(tpl)
 }
 
-/// Bytes of records read past a partition's range that a lane keeps for the next batch; past
-/// it, the lane drops them and seeks back instead. `WEIR_READ_AHEAD_BYTES` overrides it.
-fn keep_ahead_bytes() -> usize {
-    std::env::var("WEIR_READ_AHEAD_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1 << 20)
+/// Bytes of records read past a partition's range that a lane keeps for the next batch
+/// (`source.kafka.readAheadBytes`, default 1 MiB); past it, the lane drops them and seeks back
+/// instead.
+fn keep_ahead_bytes(spec: &KafkaSource) -> usize {
+    spec.read_ahead_bytes
+        .map_or(1 << 20, |b| usize::try_from(b).unwrap_or(usize::MAX))
 }
 
 /// The least a lane keeps ahead, whatever the budget: a few records, so that it does not

@@ -447,8 +447,6 @@ fn records_read_ahead_of_a_range_are_kept_or_fetched_again_never_lost() {
     // it waits for one partition, the other's records arrive past its range and are kept for
     // the next batches, up to a bound (300 KB here); past that they are dropped and fetched again. Each record
     // is written once, in order.
-    std::env::set_var("WEIR_SOURCE_THREADS", "1");
-    std::env::set_var("WEIR_READ_AHEAD_BYTES", "300000");
     let broker = Broker::in_process();
     broker.create_topic("in", 2);
     let big = "x".repeat(100_000);
@@ -463,7 +461,7 @@ fn records_read_ahead_of_a_range_are_kept_or_fetched_again_never_lost() {
         r#"
 batchInterval: 200ms
 source:
-  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, maxRatePerPartition: 25, groupId: g6, backpressure: {{enabled: false}}}}
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, maxRatePerPartition: 25, groupId: g6, backpressure: {{enabled: false}}, readThreads: 1, readAheadBytes: 300000}}
 pipeline:
   - {{id: n, map: "value.n"}}
 sink: {{file: {{path: "{}"}}}}

@@ -74,6 +74,16 @@ pub struct KafkaSource {
     pub backpressure: BackpressureSpec,
     #[serde(default)]
     pub retries: RetrySpec,
+    /// Threads (each with its own consumer) that read the worker's partitions. Default: one
+    /// per core, never more than the worker's partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub read_threads: Option<u32>,
+    /// Bytes of records read past a partition's batch range that a reading thread keeps for
+    /// the next batch (also bounded by the batch budget); past it, it drops them and seeks
+    /// back. Default: 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_ahead_bytes: Option<u64>,
     /// What to do when a partition's position is outside its log: below the log start
     /// (retention deleted records the job has not read) or past the log end (the topic was
     /// recreated, or a broker came back without its data). `fail` (the default) stops the
