@@ -123,7 +123,8 @@ pub struct Cache {
     scopes: Vec<Stores>,
 }
 
-/// How long a reconcile waits for the first LIST of every store before it reads anyway.
+/// How long a reconcile waits for the first LIST of every store before it gives up (and is
+/// retried with backoff, counted as `cache_not_ready`).
 const READY_WAIT: Duration = Duration::from_secs(30);
 
 impl Cache {

@@ -80,6 +80,11 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("cannot set the job's offsets for the rewind: {0}")]
     Rewind(#[source] observation::ObserveError),
+    /// The watches behind the stores of children and pods have not listed once yet (an
+    /// API server that does not answer, or RBAC without `list`/`watch` on them): reading
+    /// empty stores would take every worker for gone.
+    #[error("the operator's watches of StatefulSets, ConfigMaps, Services, PodDisruptionBudgets and worker pods have not listed yet; check that its role may list and watch them")]
+    CacheNotReady,
     /// Not a failure: a deleted job waits for its workers to commit and exit.
     #[error("waiting for {0} worker pods to finish their batch and exit")]
     Draining(u32),
@@ -120,6 +125,7 @@ impl Error {
                 _ => "finalizer",
             },
             Self::Draining(_) => "draining",
+            Self::CacheNotReady => "cache_not_ready",
             Self::Rewind(_) => "rewind",
         }
     }
@@ -138,6 +144,7 @@ impl Error {
                 _ => ErrorClass::Permanent,
             },
             Self::Draining(_) => ErrorClass::Waiting,
+            Self::CacheNotReady => ErrorClass::Transient,
             // A refused login or ACL waits for a person, like a 403.
             Self::Rewind(observation::ObserveError::Auth { .. }) => ErrorClass::Rejected,
             Self::Rewind(_) => ErrorClass::Transient,

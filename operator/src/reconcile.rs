@@ -85,7 +85,7 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
     // An empty store before its first LIST would read as "no pods": restarts would be
     // counted again and children applied for nothing.
     if !ctx.cache().ready().await {
-        warn!("the watch caches are not filled yet; reading what they hold");
+        return Err(Error::CacheNotReady);
     }
     let api: Api<StreamingJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
