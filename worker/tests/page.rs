@@ -226,11 +226,52 @@ fn the_job_page_draws_each_batch_and_the_partitions_in_headless_chromium() {
         &url,
         &[
             &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,1900",
+            "--window-size=1280,2400",
             "--hide-scrollbars",
         ],
     );
     let png = std::fs::read(&shot).expect("the screenshot was written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a PNG");
     eprintln!("job page screenshot: {}", shot.display());
+}
+
+#[test]
+fn the_job_page_says_what_the_worker_waits_on_before_its_first_batch() {
+    let Some(bin) = chromium() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let job = job_file(dir.path(), &format!("batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: '127.0.0.1:{port}', topics: [in]}}}}\nsink: {{stdout: {{}}}}\n"));
+    let w = WorkerProc::spawn(&job, &[]);
+    let addr = w
+        .http
+        .clone()
+        .expect("the worker's address from its start line");
+    eventually("retrying in /progress", Duration::from_secs(30), || {
+        w.progress().is_some_and(|p| p["retrying"].is_object())
+    });
+    let dom = headless(&bin, &format!("http://{addr}/"), &["--dump-dom"]);
+    let later = w.progress().expect("/progress");
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "the script did not draw:\n{dom}"
+    );
+    let banner = tags(&dom, "<div class=\"alert retrying\"")
+        .next()
+        .unwrap_or_else(|| panic!("no retrying banner:\n{dom}"));
+    // The wait began before the page looked, and goes on: the same since.
+    assert_eq!(
+        attr(banner, "data-since-ms"),
+        later["retrying"]["sinceMs"].as_i64().map(|m| m.to_string()),
+        "{banner}"
+    );
+    assert!(dom.contains("data-stages=\"1\""), "one stage:\n{dom}");
+    let input = tags(&dom, "<section class=\"stage\"")
+        .next()
+        .expect("the stage");
+    assert_eq!(attr(input, "data-batches").as_deref(), Some("0"));
+    assert_eq!(input.matches("data-points=\"0\"").count(), 5, "{input}");
+    let table = tags(input, "<table class=\"partitions\"")
+        .next()
+        .expect("the partition table");
+    assert_eq!(attr(table, "data-rows").as_deref(), Some("0"));
 }
