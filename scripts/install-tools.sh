@@ -14,12 +14,14 @@
 #   prometheus           Debian's package, for promtool (check metrics); apt-get when missing
 #   ShellCheck           Debian's shellcheck package; scripts/check-shell.sh lints every shell script with
 #                        it; apt-get when missing
+#   chromium             Debian's chromium package, for the job page's test (headless
+#                        --dump-dom and --screenshot); apt-get when missing
 #   postgresql           Debian's server package (initdb, postgres) for the postgres sink's tests,
 #                        which start their own throwaway server; apt-get when it is missing
 #
 # Writes "$WEIR_TOOLS/env.sh" with the exports the tests read (WEIR_HELM_BIN, WEIR_KUBECTL_BIN,
 # WEIR_KUBE_VALIDATE_BIN, WEIR_CARGO_FUZZ_BIN, WEIR_TANSU_BIN, WEIR_PG_BIN, WEIR_PROMTOOL_BIN,
-# WEIR_SHELLCHECK_BIN); scripts/test.sh sources it.
+# WEIR_SHELLCHECK_BIN, WEIR_CHROMIUM_BIN); scripts/test.sh sources it.
 #
 # Env: WEIR_TOOLS       cache dir (default ~/.cache/weir-tools)
 #      WEIR_SKIP_TANSU  =1 to skip the tansu build (e.g. for scripts/check-chart.sh alone)
@@ -223,6 +225,21 @@ else
   die "shellcheck is required (apt-get install shellcheck), or put it on PATH"
 fi
 
+# --- chromium ---------------------------------------------------------------------------------
+# worker/tests/page.rs loads the job page in headless Chromium (--dump-dom, --screenshot).
+CHROMIUM_BIN="$(command -v chromium || true)"
+if [[ -n "$CHROMIUM_BIN" ]]; then
+  log "chromium: present at $CHROMIUM_BIN"
+elif [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  log "chromium: installing Debian's chromium with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  CHROMIUM_BIN="$(command -v chromium)" || die "chromium installed, but not on PATH"
+  log "chromium: installed at $CHROMIUM_BIN"
+else
+  die "chromium is required (apt-get install chromium), or put it on PATH"
+fi
+
 # --- the paths the tests read -----------------------------------------------------------------
 {
   echo "# written by scripts/install-tools.sh"
@@ -235,6 +252,7 @@ fi
   echo "export WEIR_PG_BIN=\"$PG_BIN\""
   echo "export WEIR_PROMTOOL_BIN=\"$PROMTOOL_BIN\""
   echo "export WEIR_SHELLCHECK_BIN=\"$SHELLCHECK_BIN\""
+  echo "export WEIR_CHROMIUM_BIN=\"$CHROMIUM_BIN\""
 } >"$TOOLS/env.sh.tmp"
 mv "$TOOLS/env.sh.tmp" "$TOOLS/env.sh"
 log "paths (also in $TOOLS/env.sh):"

@@ -117,7 +117,13 @@ pub async fn run(cfg: RunConfig) -> Result<u64> {
                 cfg.http_addr
             ))
         })?;
-    info!(job = %id.job, worker = id.ordinal, workers = id.workers, group = %group, progress = %format!("http://{addr}/progress"), "worker starting");
+    let page = format!("http://{addr}/");
+    info!(job = %id.job, worker = id.ordinal, workers = id.workers, group = %group, page = %page, progress = %format!("http://{addr}/progress"), "worker starting");
+    if embedded.is_some() {
+        // The quick start's reader is at a terminal, not reading JSON logs; stderr keeps the
+        // stdout sink's output clean.
+        eprintln!("job page: {page}");
+    }
     let signals = tokio::spawn(on_signal(cancel.clone()));
 
     info!(

@@ -1,4 +1,5 @@
-//! The worker's HTTP endpoints: `/progress` (JSON), `/healthz` (ready: live and the brokers
+//! The worker's HTTP endpoints: `/` (the job page, drawn from `/progress` by its script),
+//! `/progress` (JSON), `/healthz` (ready: live and the brokers
 //! answer), `/livez` (the batch loop goes on), `/metrics` (Prometheus).
 
 use std::net::SocketAddr;
@@ -6,13 +7,20 @@ use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::{Progress, KEPT_BATCHES};
+
+/// The job page: static, with no external assets, built into the binary (no build toolchain).
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
 
 #[derive(Deserialize)]
 struct ProgressQuery {
@@ -49,6 +57,7 @@ async fn metrics(State(p): State<Arc<Progress>>) -> impl IntoResponse {
 
 pub fn router(p: Arc<Progress>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/progress", get(progress))
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))

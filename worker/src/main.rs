@@ -72,7 +72,7 @@ struct RunArgs {
     /// Overrides source.kafka.bootstrapServers.
     #[arg(long, env = "WEIR_BOOTSTRAP_SERVERS")]
     bootstrap_servers: Option<String>,
-    /// Address of /progress, /healthz and /metrics.
+    /// Address of the job page (/), /progress, /healthz and /metrics.
     #[arg(long, env = "WEIR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: String,
     /// Also print the first N results of every batch.
