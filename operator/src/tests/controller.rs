@@ -390,3 +390,47 @@ async fn a_throttled_request_pauses_every_reconcile_for_as_long_as_the_server_as
         metrics.render()
     );
 }
+
+#[test]
+fn a_child_is_the_same_when_the_server_only_added_to_it() {
+    use crate::apply::covers;
+    let want = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [
+        {"name": "worker", "image": "weir:1", "ports": [{"containerPort": 8080}]}]}}}});
+    // What the API server holds: defaults and status added.
+    let have = json!({"metadata": {"uid": "u", "generation": 3},
+        "spec": {"replicas": 2, "revisionHistoryLimit": 10, "template": {"spec": {"containers": [
+        {"name": "worker", "image": "weir:1", "imagePullPolicy": "IfNotPresent",
+         "ports": [{"containerPort": 8080, "protocol": "TCP"}]}]}}},
+        "status": {"replicas": 2}});
+    assert!(covers(&have, &want));
+    let mut edited = have.clone();
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("someone-else:2");
+    assert!(!covers(&edited, &want), "a hand edit is repaired");
+    let mut more = have.clone();
+    more["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"containerPort": 9090}));
+    assert!(!covers(&more, &want), "lists must match in length");
+    let mut scaled = want.clone();
+    scaled["spec"]["replicas"] = json!(3);
+    assert!(!covers(&have, &scaled), "a new desired value is applied");
+}
+
+#[tokio::test]
+async fn a_hand_edited_child_is_applied_again_at_once() {
+    let (server, token, run) = start(fixtures::job("wc", 1, fixtures::spec()));
+    server.wait_for(WAIT, |r| applies(r, STS).len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // `kubectl edit sts wc`: the watch tells the operator, whose store now differs.
+    let mut edited = server.object(STS).unwrap();
+    edited["spec"]["replicas"] = json!(7);
+    server.insert("/apis/apps/v1/namespaces/default/statefulsets", edited);
+    let r = server.wait_for(WAIT, |r| applies(r, STS).len() == 2).await;
+    stop(token, run).await;
+    assert_ne!(
+        applies(&r, STS)[1].body["spec"]["replicas"],
+        7,
+        "the job's own count is applied back"
+    );
+}
