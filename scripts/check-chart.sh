@@ -10,7 +10,8 @@
 #      against the CRD's own schema is a Rust test), and the dashboard JSON parses;
 #   6. the alerts: the rendered PrometheusRule's groups through `promtool check rules`, and
 #      `promtool test rules` over charts/weir/tests/alerts.test.yaml (each alert fires on
-#      series that should fire it and not on others); a changed threshold must fail them.
+#      series that should fire it and not on others); a changed threshold must fail them; the
+#      dashboard's expressions parse (promtool check rules, as recording rules).
 # Usage: scripts/check-chart.sh [CHART_DIR]     (default charts/weir)
 # Tools: WEIR_HELM_BIN, WEIR_KUBE_VALIDATE_BIN, WEIR_PROMTOOL_BIN (or promtool on PATH), or
 # $WEIR_TOOLS/env.sh from scripts/install-tools.sh.
@@ -136,8 +137,10 @@ no ServiceMonitor, PodMonitor, PrometheusRule, dashboard or NetworkPolicy :: not
 a Role and RoleBinding per watched namespace :: sorted(o['metadata']['namespace'] for o in objs if o['kind'] == 'Role' and not o['metadata']['name'].endswith('-leader-election')) == ['team-a', 'team-b'] and sorted(o['metadata']['namespace'] for o in objs if o['kind'] == 'RoleBinding' and not o['metadata']['name'].endswith('-leader-election')) == ['team-a', 'team-b']
 --namespaces flag :: '--namespaces=team-a,team-b' in container()['args']"
   [metrics-off]="no Service :: 'Service' not in kinds"
-  [dashboard]="dashboard ConfigMap with the metrics :: all(m in one('ConfigMap', '-dashboard')['data']['weir.json'] for m in ['weir_offset_lag', 'weir_batch_lag', 'weir_records_per_second', 'weir_batch_processing_seconds', 'weir_batch_total_delay_seconds', 'weir_operator_reconciles_total', 'weir_operator_reconcile_errors_total'])
-dashboard JSON parses and has panels :: len(json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['panels']) >= 6
+  [dashboard]="dashboard ConfigMap with the metrics :: all(m in one('ConfigMap', '-dashboard')['data']['weir.json'] for m in ['weir_worker_offset_lag', 'weir_batch_lag', 'weir_records_in_total', 'weir_records_per_second', 'weir_batch_processing_seconds', 'weir_batch_total_delay_seconds', 'weir_dead_letters_total', 'weir_source_up', 'weir_job_restarts', 'weir_operator_reconciles_total', 'weir_operator_reconcile_errors_total'])
+dashboard JSON parses and has panels :: len(json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['panels']) >= 12
+dashboard templated by namespace and job :: [v['name'] for v in json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['templating']['list']] == ['datasource', 'namespace', 'job']
+every per-job panel filters on namespace and job :: all('namespace=~\"\$namespace\", job=~\"\$job\"' in t['expr'] for p in json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['panels'] if not p['title'].startswith('Operator') for t in p['targets'])
 labelled for the Grafana sidecar :: one('ConfigMap', '-dashboard')['metadata']['labels']['grafana_dashboard'] == '1'"
   [network-policy]="NetworkPolicy on the metrics port :: one('NetworkPolicy')['spec']['ingress'][0]['ports'][0]['port'] == 'metrics'
 no workers' policy without namespaces to put it in :: kinds.count('NetworkPolicy') == 1"
@@ -289,6 +292,22 @@ if (cd "$tmp/promtool" && "$PROMTOOL" test rules alerts.test.yaml) >"$tmp/promto
 else
   fail "promtool test rules $CHART/tests/alerts.test.yaml"; sed 's/^/          /' "$tmp/promtool.log"
 fi
+# The dashboard's expressions parse as PromQL: each becomes a recording rule for promtool
+# (Grafana's $namespace and $job sit inside regex matchers, so they parse as they are).
+for f in "$CHART"/dashboards/*.json; do
+  "$PY" - "$f" "$tmp/dashboard-rules.yaml" <<'PY'
+import json, sys, yaml
+panels = json.load(open(sys.argv[1]))["panels"]
+rules = [{"record": f"dashboard:panel{p['id']}:{t['refId']}", "expr": t["expr"]}
+         for p in panels for t in p.get("targets", [])]
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[2], "w"))
+PY
+  if "$PROMTOOL" check rules "$tmp/dashboard-rules.yaml" >"$tmp/promtool.log" 2>&1; then
+    pass "$f: every expression parses ($(grep -o '[0-9]* rules found' "$tmp/promtool.log"))"
+  else
+    fail "$f: promtool check rules on its expressions"; sed 's/^/          /' "$tmp/promtool.log"
+  fi
+done
 # The tests must see the thresholds: with one moved, they fail.
 for moved in alerts.batchLag.threshold=11 alerts.stalled.for=30m alerts.deadLetters.perSecond=0.2; do
   if ! render_rules --set "$moved" 2>"$tmp/rules.log"; then
