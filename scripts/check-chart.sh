@@ -7,9 +7,14 @@
 #   3. bad values must make helm template fail, saying why (values.schema.json at work);
 #   4. crds/*.yaml and the chart's crds/ validated as CustomResourceDefinitions;
 #   5. examples/*.yaml well-formed YAML with apiVersion, kind and metadata.name (their check
-#      against the CRD's own schema is a Rust test), and the dashboard JSON parses.
+#      against the CRD's own schema is a Rust test), and the dashboard JSON parses;
+#   6. the alerts: the rendered PrometheusRule's groups through `promtool check rules`, and
+#      `promtool test rules` over charts/weir/tests/alerts.test.yaml (each alert fires on
+#      series that should fire it and not on others); a changed threshold must fail them; the
+#      dashboard's expressions parse (promtool check rules, as recording rules).
 # Usage: scripts/check-chart.sh [CHART_DIR]     (default charts/weir)
-# Tools: WEIR_HELM_BIN, WEIR_KUBE_VALIDATE_BIN, or $WEIR_TOOLS/env.sh from scripts/install-tools.sh.
+# Tools: WEIR_HELM_BIN, WEIR_KUBE_VALIDATE_BIN, WEIR_PROMTOOL_BIN (or promtool on PATH), or
+# $WEIR_TOOLS/env.sh from scripts/install-tools.sh.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,8 +28,9 @@ if [[ -z "${WEIR_HELM_BIN:-}" || -z "${WEIR_KUBE_VALIDATE_BIN:-}" ]] && [[ -f "$
 fi
 HELM="${WEIR_HELM_BIN:-}"
 KV="${WEIR_KUBE_VALIDATE_BIN:-}"
-[[ -x "$HELM" && -x "$KV" ]] || {
-  echo "check-chart: helm or kubernetes-validate not found; run scripts/install-tools.sh first" >&2
+PROMTOOL="${WEIR_PROMTOOL_BIN:-$(command -v promtool || true)}"
+[[ -x "$HELM" && -x "$KV" && -x "$PROMTOOL" ]] || {
+  echo "check-chart: helm, kubernetes-validate or promtool not found; run scripts/install-tools.sh first" >&2
   exit 1
 }
 # The venv's python has PyYAML (a kubernetes-validate dependency).
@@ -105,7 +111,13 @@ declare -A SETS=(
   [network-policy]="--set networkPolicy.enabled=true"
   [network-policy-workers]="--set networkPolicy.enabled=true --set watchNamespaces={team-a,team-b} --set networkPolicy.kafka.to[0].ipBlock.cidr=10.0.0.0/16"
   [service-monitor]="--set metrics.serviceMonitor.enabled=true --set replicaCount=2 --set logLevel=debug"
+  [pod-monitor]="--set metrics.podMonitor.enabled=true --set networkPolicy.enabled=true --set watchNamespaces={team-a,team-b}"
+  [pod-monitor-all-namespaces]="--set metrics.podMonitor.enabled=true"
+  [alerts]="--set alerts.enabled=true --set metrics.serviceMonitor.enabled=true --set metrics.podMonitor.enabled=true --set alerts.labels.release=prom"
 )
+# What every alert must carry, and the alerts the chart ships.
+ALERT_NAMES="['WeirOffsetLagGrowing', 'WeirBatchLagHigh', 'WeirJobWorkersNotReady', 'WeirJobStalled', 'WeirJobRestarting', 'WeirJobObservationStale', 'WeirSourceDown', 'WeirDeadLetters', 'WeirOperatorDown']"
+
 declare -A ASSERTS=(
   [default]="operator image is the appVersion :: container()['image'] == 'ghcr.io/weir-dev/weir-operator:$APP_VERSION'
 worker image is the appVersion :: '--worker-image=ghcr.io/weir-dev/weir-worker:$APP_VERSION' in container()['args']
@@ -120,13 +132,15 @@ ClusterRole has no wildcard :: all('*' not in r['verbs'] and '*' not in r['resou
 leases only in the leader-election Role :: any('leases' in r['resources'] for r in one('Role', '-leader-election')['rules']) and not any('leases' in r['resources'] for r in one('ClusterRole')['rules'])
 metrics Service port 9090 named metrics :: one('Service')['spec']['ports'][0] == {'name': 'metrics', 'port': 9090, 'targetPort': 'metrics', 'protocol': 'TCP'}
 StreamingJob CRD included :: any(o['kind'] == 'CustomResourceDefinition' and o['metadata']['name'] == 'streamingjobs.weir.dev' for o in objs)
-no ServiceMonitor, dashboard or NetworkPolicy :: not set(kinds) & {'ServiceMonitor', 'NetworkPolicy', 'ConfigMap'}"
+no ServiceMonitor, PodMonitor, PrometheusRule, dashboard or NetworkPolicy :: not set(kinds) & {'ServiceMonitor', 'PodMonitor', 'PrometheusRule', 'NetworkPolicy', 'ConfigMap'}"
   [namespaced]="no ClusterRole :: 'ClusterRole' not in kinds and 'ClusterRoleBinding' not in kinds
 a Role and RoleBinding per watched namespace :: sorted(o['metadata']['namespace'] for o in objs if o['kind'] == 'Role' and not o['metadata']['name'].endswith('-leader-election')) == ['team-a', 'team-b'] and sorted(o['metadata']['namespace'] for o in objs if o['kind'] == 'RoleBinding' and not o['metadata']['name'].endswith('-leader-election')) == ['team-a', 'team-b']
 --namespaces flag :: '--namespaces=team-a,team-b' in container()['args']"
   [metrics-off]="no Service :: 'Service' not in kinds"
-  [dashboard]="dashboard ConfigMap with the metrics :: all(m in one('ConfigMap', '-dashboard')['data']['weir.json'] for m in ['weir_offset_lag', 'weir_batch_lag', 'weir_records_per_second', 'weir_batch_processing_seconds', 'weir_batch_total_delay_seconds', 'weir_operator_reconciles_total', 'weir_operator_reconcile_errors_total'])
-dashboard JSON parses and has panels :: len(json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['panels']) >= 6
+  [dashboard]="dashboard ConfigMap with the metrics :: all(m in one('ConfigMap', '-dashboard')['data']['weir.json'] for m in ['weir_worker_offset_lag', 'weir_batch_lag', 'weir_records_in_total', 'weir_records_per_second', 'weir_batch_processing_seconds', 'weir_batch_total_delay_seconds', 'weir_dead_letters_total', 'weir_source_up', 'weir_job_restarts', 'weir_operator_reconciles_total', 'weir_operator_reconcile_errors_total'])
+dashboard JSON parses and has panels :: len(json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['panels']) >= 12
+dashboard templated by namespace and job :: [v['name'] for v in json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['templating']['list']] == ['datasource', 'namespace', 'job']
+every per-job panel filters on namespace and job :: all('namespace=~\"\$namespace\", job=~\"\$job\"' in t['expr'] for p in json.loads(one('ConfigMap', '-dashboard')['data']['weir.json'])['panels'] if not p['title'].startswith('Operator') for t in p['targets'])
 labelled for the Grafana sidecar :: one('ConfigMap', '-dashboard')['metadata']['labels']['grafana_dashboard'] == '1'"
   [network-policy]="NetworkPolicy on the metrics port :: one('NetworkPolicy')['spec']['ingress'][0]['ports'][0]['port'] == 'metrics'
 no workers' policy without namespaces to put it in :: kinds.count('NetworkPolicy') == 1"
@@ -134,10 +148,23 @@ no workers' policy without namespaces to put it in :: kinds.count('NetworkPolicy
 workers: ingress from the operator only, egress to DNS and the Kafka CIDR only :: all(len(p['spec']['ingress']) == 1 and p['spec']['ingress'][0]['from'][0]['namespaceSelector']['matchLabels'] == {'kubernetes.io/metadata.name': 'weir-system'} and len(p['spec']['egress']) == 2 and p['spec']['egress'][1]['to'] == [{'ipBlock': {'cidr': '10.0.0.0/16'}}] for p in objs if p['kind'] == 'NetworkPolicy' and p['metadata']['name'].endswith('-workers'))"
   [service-monitor]="2 replicas :: one('Deployment')['spec']['replicas'] == 2
 ServiceMonitor scrapes the metrics port :: one('ServiceMonitor')['spec']['endpoints'][0]['port'] == 'metrics'
+ServiceMonitor keeps the per-job gauges' job and namespace labels :: one('ServiceMonitor')['spec']['endpoints'][0]['honorLabels'] is True
 log level :: '--log-level=debug' in container()['args']"
+  [pod-monitor]="PodMonitor selects the operator's worker pods :: one('PodMonitor')['spec']['selector']['matchLabels'] == {'app.kubernetes.io/name': 'weir-worker', 'app.kubernetes.io/managed-by': 'weir-operator'}
+PodMonitor scrapes /metrics on the workers' http port (8080 in operator/src/desired.rs) :: one('PodMonitor')['spec']['podMetricsEndpoints'][0]['port'] == 'http' and one('PodMonitor')['spec']['podMetricsEndpoints'][0]['path'] == '/metrics'
+PodMonitor names series after the StreamingJob :: one('PodMonitor')['spec']['jobLabel'] == 'weir.dev/job'
+PodMonitor in the watched namespaces :: one('PodMonitor')['spec']['namespaceSelector'] == {'matchNames': ['team-a', 'team-b']}
+workers' policy lets the Prometheus in on 8080 :: all(p['spec']['ingress'][1] == {'from': [{'namespaceSelector': {'matchLabels': {'kubernetes.io/metadata.name': 'monitoring'}}, 'podSelector': {'matchLabels': {'app.kubernetes.io/name': 'prometheus'}}}], 'ports': [{'port': 8080, 'protocol': 'TCP'}]} and len(p['spec']['ingress']) == 2 for p in objs if p['kind'] == 'NetworkPolicy' and p['metadata']['name'].endswith('-workers'))"
+  [pod-monitor-all-namespaces]="PodMonitor in every namespace :: one('PodMonitor')['spec']['namespaceSelector'] == {'any': True}
+no PrometheusRule unless asked :: 'PrometheusRule' not in kinds"
+  [alerts]="PrometheusRule labelled for the ruleSelector :: one('PrometheusRule')['metadata']['labels']['release'] == 'prom'
+the alerts :: [r['alert'] for g in one('PrometheusRule')['spec']['groups'] for r in g['rules']] == $ALERT_NAMES
+each alert has summary, description and runbook :: all({'summary', 'description', 'runbook'} <= set(r['annotations']) and all(r['annotations'].values()) for g in one('PrometheusRule')['spec']['groups'] for r in g['rules'])
+each alert has a severity :: all(r['labels']['severity'] in ('warning', 'critical') for g in one('PrometheusRule')['spec']['groups'] for r in g['rules'])
+batch lag at the seed's 10 :: any(r['expr'] == 'weir_job_batch_lag >= 10' for g in one('PrometheusRule')['spec']['groups'] for r in g['rules'])"
 )
 
-for name in default namespaced metrics-off dashboard network-policy network-policy-workers service-monitor; do
+for name in default namespaced metrics-off dashboard network-policy network-policy-workers service-monitor pod-monitor pod-monitor-all-namespaces alerts; do
   # shellcheck disable=SC2206
   args=(${SETS[$name]})
   section "values: $name ${SETS[$name]:-(defaults)}"
@@ -150,7 +177,7 @@ for name in default namespaced metrics-off dashboard network-policy network-poli
   if "$HELM" template weir "$CHART" -n weir-system --include-crds --kube-version "$KUBE_VERSION.0" \
       "${args[@]}" >"$out" 2>"$tmp/template.log"; then
     pass "helm template ($(grep -c '^kind:' "$out") objects)"
-    validate "$out" "ServiceMonitor" || true
+    validate "$out" "ServiceMonitor|PodMonitor|PrometheusRule" || true
     mapfile -t checks <<<"${ASSERTS[$name]}"
     assert_rendered "$out" "${checks[@]}" || failures=$((failures + 1))
   else
@@ -170,6 +197,12 @@ bad_values=(
   "--set metrics.port=80|/metrics/port"
   "--set image.pullPolicy=Sometimes|/image/pullPolicy"
   "--set networkPolicy.kafka.ports[0].protocol=HTTP|/networkPolicy/kafka/ports/0/protocol"
+  "--set networkPolicy.prometheus.podSelectr.a=b|'podSelectr' not allowed"
+  "--set metrics.podMonitor.interval=30|/metrics/podMonitor/interval"
+  "--set alerts.batchLag.threshold=0|/alerts/batchLag/threshold"
+  "--set alerts.deadLetters.window=5min|/alerts/deadLetters/window"
+  "--set alerts.deadLetters.perSecond=-1|/alerts/deadLetters/perSecond"
+  "--set alerts.restarts.treshold=3|'treshold' not allowed"
 )
 for case in "${bad_values[@]}"; do
   set_args="${case%%|*}" want="${case#*|}"
@@ -218,6 +251,71 @@ for f in "$CHART"/dashboards/*.json; do
     pass "$f: valid JSON"
   else
     fail "$f: invalid JSON: $(tail -1 "$tmp/json.log")"
+  fi
+done
+
+# --- alerts -----------------------------------------------------------------------------------
+section "alerts (promtool $("$PROMTOOL" --version 2>&1 | head -1 | awk '{print $3}'))"
+# The PodMonitor's port name and the alerts' worker metrics are the operator's and the worker's:
+# say so when either moves.
+if grep -qF 'pub const HTTP_PORT: i32 = 8080;' operator/src/desired.rs &&
+    grep -qF 'name: Some("http".into())' operator/src/desired.rs; then
+  pass "workers serve /metrics on the port named http (8080) in operator/src/desired.rs"
+else
+  fail "operator/src/desired.rs no longer names the workers' port http/8080: update templates/podmonitor.yaml and networkpolicy.yaml"
+fi
+for m in weir_source_up weir_records_in weir_dead_letters; do
+  if grep -qF "\"$m\"" worker/src/progress.rs; then
+    pass "the worker exports $m"
+  else
+    fail "worker/src/progress.rs no longer exports $m, which templates/prometheusrule.yaml reads"
+  fi
+done
+# Renders the rules with extra --set arguments into $tmp/promtool/rules.yaml, beside the tests.
+render_rules() {
+  mkdir -p "$tmp/promtool"
+  cp "$CHART/tests/alerts.test.yaml" "$tmp/promtool/"
+  "$HELM" template weir "$CHART" -n weir-system --show-only templates/prometheusrule.yaml \
+      --set alerts.enabled=true --set metrics.serviceMonitor.enabled=true "$@" >"$tmp/rule.yaml" &&
+    "$PY" -c 'import sys, yaml; yaml.safe_dump(yaml.safe_load(open(sys.argv[1]))["spec"], open(sys.argv[2], "w"), sort_keys=False)' \
+      "$tmp/rule.yaml" "$tmp/promtool/rules.yaml"
+}
+if ! render_rules 2>"$tmp/rules.log"; then
+  fail "rendering the PrometheusRule"; sed 's/^/          /' "$tmp/rules.log"
+elif "$PROMTOOL" check rules "$tmp/promtool/rules.yaml" >"$tmp/promtool.log" 2>&1; then
+  pass "promtool check rules: $(grep -o '[0-9]* rules found' "$tmp/promtool.log")"
+else
+  fail "promtool check rules"; sed 's/^/          /' "$tmp/promtool.log"
+fi
+if (cd "$tmp/promtool" && "$PROMTOOL" test rules alerts.test.yaml) >"$tmp/promtool.log" 2>&1; then
+  pass "promtool test rules $CHART/tests/alerts.test.yaml: $(grep -c '^  - interval' "$CHART/tests/alerts.test.yaml") groups, every alert firing and silent"
+else
+  fail "promtool test rules $CHART/tests/alerts.test.yaml"; sed 's/^/          /' "$tmp/promtool.log"
+fi
+# The dashboard's expressions parse as PromQL: each becomes a recording rule for promtool
+# (Grafana's $namespace and $job sit inside regex matchers, so they parse as they are).
+for f in "$CHART"/dashboards/*.json; do
+  "$PY" - "$f" "$tmp/dashboard-rules.yaml" <<'PY'
+import json, sys, yaml
+panels = json.load(open(sys.argv[1]))["panels"]
+rules = [{"record": f"dashboard:panel{p['id']}:{t['refId']}", "expr": t["expr"]}
+         for p in panels for t in p.get("targets", [])]
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[2], "w"))
+PY
+  if "$PROMTOOL" check rules "$tmp/dashboard-rules.yaml" >"$tmp/promtool.log" 2>&1; then
+    pass "$f: every expression parses ($(grep -o '[0-9]* rules found' "$tmp/promtool.log"))"
+  else
+    fail "$f: promtool check rules on its expressions"; sed 's/^/          /' "$tmp/promtool.log"
+  fi
+done
+# The tests must see the thresholds: with one moved, they fail.
+for moved in alerts.batchLag.threshold=11 alerts.stalled.for=30m alerts.deadLetters.perSecond=0.2; do
+  if ! render_rules --set "$moved" 2>"$tmp/rules.log"; then
+    fail "rendering the PrometheusRule with $moved"; sed 's/^/          /' "$tmp/rules.log"
+  elif (cd "$tmp/promtool" && "$PROMTOOL" test rules alerts.test.yaml) >/dev/null 2>&1; then
+    fail "promtool test rules passes with $moved: the tests do not pin that threshold"
+  else
+    pass "promtool test rules fails with $moved"
   fi
 done
 

@@ -300,37 +300,98 @@ mod job_tests {
             "j",
             JobFigures {
                 lag: Some(1),
+                lag_seconds: Some(1),
                 batch_lag: Some(1),
+                observed_at: Some(1),
                 ..JobFigures::default()
             },
         );
         let text = m.render();
+        let queried = dashboard_metrics(|name| {
+            name.starts_with("weir_operator_") || name.starts_with("weir_job_")
+        });
+        assert!(queried.len() >= 5, "{queried:?}");
+        for name in queried {
+            assert!(
+                exported(&text, &name),
+                "the dashboard queries {name}, which the operator does not export:\n{text}"
+            );
+        }
+    }
+
+    /// The rest of the dashboard's metrics are the workers': each is in a worker's `/metrics`
+    /// once it has completed a batch.
+    #[test]
+    fn the_dashboard_queries_only_metrics_the_workers_export() {
+        use weir_worker::progress::{BatchInfo, Progress, RangeInfo};
+        let id = weir_worker::client::Identity {
+            namespace: "ns".into(),
+            job: "j".into(),
+            ordinal: 0,
+            workers: 1,
+        };
+        let p = Progress::new(id, "g".into(), Duration::from_secs(1));
+        p.record(BatchInfo {
+            batch: 0,
+            batch_time: String::new(),
+            batch_time_ms: 0,
+            ranges: vec![RangeInfo {
+                topic: "t".into(),
+                partition: 0,
+                from: 0,
+                until: 10,
+                high_watermark: Some(12),
+                lag: Some(2),
+            }],
+            records_in: 10,
+            records_out: 9,
+            dead_lettered: 1,
+            scheduling_delay_ms: 1,
+            processing_ms: 4,
+            total_delay_ms: 5,
+            pending_batches: 0,
+            lag: Some(2),
+            source_error: None,
+            rate_limit: None,
+        });
+        let text = p.metrics_text();
+        let queried = dashboard_metrics(|name| {
+            !(name.starts_with("weir_operator_") || name.starts_with("weir_job_"))
+        });
+        assert!(queried.len() >= 8, "{queried:?}");
+        for name in queried {
+            assert!(
+                exported(&text, &name),
+                "the dashboard queries {name}, which the worker does not export:\n{text}"
+            );
+        }
+    }
+
+    /// The `weir_…` names in the shipped dashboard's JSON that `pick` keeps, sorted, once each.
+    fn dashboard_metrics(pick: impl Fn(&str) -> bool) -> Vec<String> {
         let dashboard = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../charts/weir/dashboards/weir.json"
         ))
         .unwrap();
-        let mut queried: Vec<&str> = dashboard
-            .match_indices("weir_operator_")
-            .chain(dashboard.match_indices("weir_job_"))
+        let mut queried: Vec<String> = dashboard
+            .match_indices("weir_")
             .map(|(at, _)| {
                 let rest = &dashboard[at..];
                 let end = rest
                     .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                     .unwrap_or(rest.len());
-                &rest[..end]
+                rest[..end].to_string()
             })
+            .filter(|name| pick(name))
             .collect();
         queried.sort_unstable();
         queried.dedup();
-        assert!(queried.len() >= 5, "{queried:?}");
-        for name in queried {
-            assert!(
-                text.lines()
-                    .any(|l| l.starts_with(&format!("{name}{{"))
-                        || l.starts_with(&format!("{name} "))),
-                "the dashboard queries {name}, which the operator does not export:\n{text}"
-            );
-        }
+        queried
+    }
+
+    fn exported(text: &str, name: &str) -> bool {
+        text.lines()
+            .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
     }
 }
