@@ -309,8 +309,8 @@ fn an_unresolvable_host_and_a_refused_connection_are_told_apart_each_with_its_fi
     );
     eprintln!("unresolvable host: gave up after {took:?}");
 
-    let port = free_port();
-    let (code, msg, logs, took) = unreachable_run(&format!("127.0.0.1:{port}"));
+    let (_held, refused) = refused_address();
+    let (code, msg, logs, took) = unreachable_run(&refused);
     assert_eq!(code, Some(1), "{logs}");
     assert!(
         msg.contains("nothing accepts connections there") && !msg.contains("create it"),

@@ -239,8 +239,8 @@ fn the_job_page_draws_each_batch_and_the_partitions_in_headless_chromium() {
 fn the_job_page_says_what_the_worker_waits_on_before_its_first_batch() {
     let Some(bin) = chromium() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let job = job_file(dir.path(), &format!("batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: '127.0.0.1:{port}', topics: [in]}}}}\nsink: {{stdout: {{}}}}\n"));
+    let (_held, refused) = refused_address();
+    let job = job_file(dir.path(), &format!("batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: '{refused}', topics: [in]}}}}\nsink: {{stdout: {{}}}}\n"));
     let w = WorkerProc::spawn(&job, &[]);
     let addr = w
         .http

@@ -216,18 +216,34 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port where every connection is refused while the socket lives (bound, not
+/// listening: nothing else can start a server there meanwhile).
+fn refused_port() -> (socket2::Socket, u16) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    s.bind(&any.into()).expect("bind");
+    let port = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("the bound address")
+        .port();
+    (s, port)
+}
+
 #[tokio::test]
 async fn a_worker_that_cannot_reach_kafka_is_not_stalled_and_its_own_words_are_its_last_failure() {
     // The operator reads Kafka; worker 1 cannot (nothing listens where its job points). It is
     // a real worker process, whose /progress the operator reads as it reads a pod's.
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("job.yaml");
+    let (_held, refused) = refused_port();
     std::fs::write(
         &job,
         format!(
-            "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: '127.0.0.1:{}', topics: [lines], \
-             retries: {{maxRetries: 1, backoff: 100ms}}}}}}\nsink: {{stdout: {{}}}}\n",
-            free_port()
+            "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: '127.0.0.1:{refused}', topics: [lines], \
+             retries: {{maxRetries: 1, backoff: 100ms}}}}}}\nsink: {{stdout: {{}}}}\n"
         ),
     )
     .unwrap();

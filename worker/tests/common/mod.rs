@@ -261,6 +261,24 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok, "kill -{sig} {}", child.id());
 }
 
+/// A loopback address where every connection is refused, and stays so while the guard
+/// lives: a socket bound to the port but not listening holds it (no test or other process
+/// can start a server there, as could happen to a port picked free and released) and the
+/// kernel answers a connection with a reset.
+pub fn refused_address() -> (socket2::Socket, String) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    s.bind(&any.into()).expect("bind");
+    let port = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("the bound address")
+        .port();
+    (s, format!("127.0.0.1:{port}"))
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
