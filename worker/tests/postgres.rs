@@ -417,10 +417,10 @@ fn bad_settings_fail_with_what_to_fix() {
     );
 
     // A server that is not there: the error names where the worker tried, not the password.
-    let port = free_port();
+    let (_held, refused) = refused_address();
     let job = weir_worker::spec::parse_job(&yaml("{table: t}"), "j").expect("job");
     let mut sink = weir_worker::sink::PostgresSink::with_env(&job.spec, &id, |k| match k {
-        "WEIR_PG_URL" => Some(format!("postgresql://app@127.0.0.1:{port}/app")),
+        "WEIR_PG_URL" => Some(format!("postgresql://app@{refused}/app")),
         "PGPASSWORD" => Some("hunter2".into()),
         _ => None,
     })
@@ -433,7 +433,7 @@ fn bad_settings_fail_with_what_to_fix() {
         Err(e) => e.to_string(),
     };
     assert!(
-        err.contains(&format!("app@127.0.0.1:{port}/app")) && !err.contains("hunter2"),
+        err.contains(&format!("app@{refused}/app")) && !err.contains("hunter2"),
         "{err}"
     );
 }

@@ -232,8 +232,8 @@ fn a_fatal_error_goes_to_the_termination_log_and_exits_non_zero() {
 #[test]
 fn sigterm_while_the_broker_is_unreachable_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let job = job_file(dir.path(), &format!("batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: '127.0.0.1:{port}', topics: [in]}}}}\nsink: {{stdout: {{}}}}\n"));
+    let (_held, refused) = refused_address();
+    let job = job_file(dir.path(), &format!("batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: '{refused}', topics: [in]}}}}\nsink: {{stdout: {{}}}}\n"));
     let mut w = WorkerProc::spawn(&job, &[]);
     eventually("a failed metadata request", Duration::from_secs(30), || {
         w.count_logs("retrying in") >= 1
