@@ -27,11 +27,16 @@ const POD: &str = "word-count-0";
 /// How long the test waits for every expression to have series.
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// Debian's `prometheus` (beside `WEIR_PROMTOOL_BIN`'s promtool when that is set, else on
-/// `/usr/bin`), or `None` outside CI when it is not installed.
+/// Debian's `prometheus`: `WEIR_PROMETHEUS_BIN` (scripts/install-tools.sh sets it), else
+/// beside `WEIR_PROMTOOL_BIN`'s promtool, else `/usr/bin/prometheus`; `None` outside CI when
+/// it is not installed.
 fn prometheus_binary() -> Option<PathBuf> {
-    let found = std::env::var_os("WEIR_PROMTOOL_BIN")
-        .and_then(|p| Path::new(&p).parent().map(|d| d.join("prometheus")))
+    let found = std::env::var_os("WEIR_PROMETHEUS_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("WEIR_PROMTOOL_BIN")
+                .and_then(|p| Path::new(&p).parent().map(|d| d.join("prometheus")))
+        })
         .filter(|p| p.exists())
         .or_else(|| {
             let p = PathBuf::from("/usr/bin/prometheus");
