@@ -230,14 +230,12 @@ async fn every_dashboard_expression_has_plausible_series_in_a_real_prometheus() 
     let Some(prometheus_bin) = prometheus_binary() else {
         return;
     };
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../charts/weir/dashboards/weir.json"
-        ))
-        .unwrap(),
-    )
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/weir/dashboards/weir.json"
+    ))
     .unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
     let expressions: Vec<(String, String, String)> = dashboard_expressions(&dashboard)
         .into_iter()
         .map(|(title, expr)| {
@@ -246,6 +244,11 @@ async fn every_dashboard_expression_has_plausible_series_in_a_real_prometheus() 
         })
         .collect();
     assert!(expressions.len() >= 10, "{expressions:?}");
+    assert_eq!(
+        expressions.len(),
+        text.matches("\"expr\"").count(),
+        "every expression of the dashboard is found, wherever a panel keeps it"
+    );
     let dir = tempfile::tempdir().unwrap();
 
     // A live worker: the embedded word count, which writes sample lines (a few malformed, for
