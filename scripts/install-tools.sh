@@ -11,7 +11,8 @@
 #   tansu                a second, independent Kafka broker for tests (cargo install with only the
 #                        sqlite engine and a quick release profile: about 11 CPU-minutes, 6-7 min
 #                        on an idle 2-core machine; the binary is cached, the build dir removed)
-#   prometheus           Debian's package, for promtool (check metrics); apt-get when missing
+#   prometheus           Debian's package: promtool (check metrics, rules) and the server the
+#                        dashboard's test scrapes live processes with; apt-get when missing
 #   ShellCheck           Debian's shellcheck package; scripts/check-shell.sh lints every shell script with
 #                        it; apt-get when missing
 #   chromium             Debian's chromium package, for the job page's test (headless
@@ -21,7 +22,7 @@
 #
 # Writes "$WEIR_TOOLS/env.sh" with the exports the tests read (WEIR_HELM_BIN, WEIR_KUBECTL_BIN,
 # WEIR_KUBE_VALIDATE_BIN, WEIR_CARGO_FUZZ_BIN, WEIR_TANSU_BIN, WEIR_PG_BIN, WEIR_PROMTOOL_BIN,
-# WEIR_SHELLCHECK_BIN, WEIR_CHROMIUM_BIN); scripts/test.sh sources it.
+# WEIR_PROMETHEUS_BIN, WEIR_SHELLCHECK_BIN, WEIR_CHROMIUM_BIN); scripts/test.sh sources it.
 #
 # Env: WEIR_TOOLS       cache dir (default ~/.cache/weir-tools)
 #      WEIR_SKIP_TANSU  =1 to skip the tansu build (e.g. for scripts/check-chart.sh alone)
@@ -195,19 +196,22 @@ if [[ $(id -u) -eq 0 ]] && ! id weir-pg >/dev/null 2>&1; then
   fi
 fi
 
-# --- promtool ---------------------------------------------------------------------------------
-# `promtool check metrics` lints a live /metrics (a test in worker/tests/process.rs); it ships in
-# Debian's prometheus package.
+# --- promtool and prometheus -----------------------------------------------------------------
+# `promtool check metrics` lints a live /metrics (a test in worker/tests/process.rs); the server
+# scrapes a live worker and operator for the dashboard's test (operator/src/tests/prometheus.rs).
+# Both ship in Debian's prometheus package.
 PROMTOOL_BIN="$(command -v promtool || true)"
-if [[ -n "$PROMTOOL_BIN" ]]; then
-  log "promtool: present at $PROMTOOL_BIN"
+PROMETHEUS_BIN="$(command -v prometheus || true)"
+if [[ -n "$PROMTOOL_BIN" && -n "$PROMETHEUS_BIN" ]]; then
+  log "promtool: present at $PROMTOOL_BIN, prometheus at $PROMETHEUS_BIN"
 elif [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-  log "promtool: installing Debian's prometheus with apt-get"
+  log "promtool, prometheus: installing Debian's prometheus with apt-get"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   PROMTOOL_BIN="$(command -v promtool)" || die "prometheus installed, but no promtool on PATH"
+  PROMETHEUS_BIN="$(command -v prometheus)" || die "prometheus installed, but not on PATH"
 else
-  die "promtool is required (apt-get install prometheus), or put it on PATH"
+  die "promtool and prometheus are required (apt-get install prometheus), or put them on PATH"
 fi
 
 # --- shellcheck -------------------------------------------------------------------------------
@@ -251,6 +255,7 @@ fi
   if [[ -x "$TANSU_BIN" ]]; then echo "export WEIR_TANSU_BIN=\"$TANSU_BIN\""; fi
   echo "export WEIR_PG_BIN=\"$PG_BIN\""
   echo "export WEIR_PROMTOOL_BIN=\"$PROMTOOL_BIN\""
+  echo "export WEIR_PROMETHEUS_BIN=\"$PROMETHEUS_BIN\""
   echo "export WEIR_SHELLCHECK_BIN=\"$SHELLCHECK_BIN\""
   echo "export WEIR_CHROMIUM_BIN=\"$CHROMIUM_BIN\""
 } >"$TOOLS/env.sh.tmp"

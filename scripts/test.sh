@@ -14,7 +14,7 @@ started=$SECONDS
 section "tools (scripts/install-tools.sh)"
 bash scripts/install-tools.sh
 # WEIR_HELM_BIN, WEIR_KUBECTL_BIN, WEIR_KUBE_VALIDATE_BIN, WEIR_TANSU_BIN, WEIR_PG_BIN,
-# WEIR_PROMTOOL_BIN, WEIR_SHELLCHECK_BIN for the tests.
+# WEIR_PROMTOOL_BIN, WEIR_PROMETHEUS_BIN, WEIR_SHELLCHECK_BIN for the tests.
 # shellcheck disable=SC1091
 source "$WEIR_TOOLS/env.sh"
 

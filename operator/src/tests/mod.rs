@@ -15,6 +15,7 @@ mod lag;
 mod leader;
 mod observed;
 mod progress;
+mod prometheus;
 mod rescale;
 mod restarts;
 mod rewind;
