@@ -111,6 +111,19 @@ pub enum ErrorClass {
 }
 
 impl Error {
+    /// Every value [`Error::metric_label`] gives: the error counter starts at 0 for each, so
+    /// a healthy operator's error rate reads 0, not "no data".
+    pub const METRIC_LABELS: [&'static str; 8] = [
+        "kube",
+        "throttled",
+        "serialize_spec",
+        "missing_field",
+        "finalizer",
+        "draining",
+        "cache_not_ready",
+        "rewind",
+    ];
+
     /// The metric label: a fixed variant name, never object data.
     pub fn metric_label(&self) -> &'static str {
         match self {

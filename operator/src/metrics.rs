@@ -129,6 +129,13 @@ impl Metrics {
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let meter = provider.meter("weir-operator");
         let jobs = Jobs::default();
+        let failures = meter
+            .u64_counter("weir_operator_reconcile_errors")
+            .with_description("Failed reconciles, by error kind")
+            .build();
+        for label in crate::Error::METRIC_LABELS {
+            failures.add(0, &[KeyValue::new("error", label)]);
+        }
         Ok(Self {
             _gauges: Arc::new(job_gauges(&meter, &jobs)),
             jobs,
@@ -136,10 +143,7 @@ impl Metrics {
                 .u64_counter("weir_operator_reconciles")
                 .with_description("Reconciles run, by outcome")
                 .build(),
-            failures: meter
-                .u64_counter("weir_operator_reconcile_errors")
-                .with_description("Failed reconciles, by error kind")
-                .build(),
+            failures,
             observe_failures: meter
                 .u64_counter("weir_operator_observe_errors")
                 .with_description("Failed reads of a job's Kafka offsets, by error kind")
@@ -205,6 +209,19 @@ mod tests {
     #[test]
     fn renders_counts_with_bounded_labels() {
         let m = Metrics::new().unwrap();
+        let errors = |text: &str, kind: &str| -> Option<f64> {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("weir_operator_reconcile_errors_total{")
+                        && l.contains(&format!("error=\"{kind}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        };
+        // Every kind is there from the start, at 0: a healthy error rate reads 0.
+        let fresh = m.render();
+        for kind in crate::Error::METRIC_LABELS {
+            assert_eq!(errors(&fresh, kind), Some(0.0), "{kind} in\n{fresh}");
+        }
         m.reconciled("applied", Duration::from_millis(20));
         m.failed(
             &crate::Error::MissingField("metadata.uid"),
@@ -215,10 +232,12 @@ mod tests {
             text.contains("weir_operator_reconciles_total{outcome=\"applied\""),
             "{text}"
         );
-        assert!(
-            text.contains("weir_operator_reconcile_errors_total{error=\"missing_field\""),
-            "{text}"
+        assert_eq!(errors(&text, "missing_field"), Some(1.0), "{text}");
+        assert_eq!(
+            crate::Error::MissingField("x").metric_label(),
+            "missing_field"
         );
+        assert!(crate::Error::METRIC_LABELS.contains(&crate::Error::CacheNotReady.metric_label()));
         assert!(
             text.contains("weir_operator_reconcile_duration_seconds_bucket"),
             "{text}"

@@ -38,3 +38,13 @@ pub fn pod(i: u32) -> Value {
            "metadata": {"name": format!("wc-{i}"), "namespace": "default", "uid": format!("pod-{i}"),
                         "labels": {"app.kubernetes.io/name": "weir-worker", "weir.dev/job": "wc"}}})
 }
+
+/// Failed reconciles counted under `error` (all kinds when `None`) in the operator's
+/// `/metrics` text: every kind has a series from the start, at 0.
+pub fn reconcile_errors(text: &str, error: Option<&str>) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("weir_operator_reconcile_errors_total{"))
+        .filter(|l| error.is_none_or(|e| l.contains(&format!("error=\"{e}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
