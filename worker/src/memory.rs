@@ -10,7 +10,35 @@
 use std::num::ParseIntError;
 use std::path::Path;
 
-use crate::plan::Budget;
+use serde::Serialize;
+
+/// What one batch may hold in flight: the bytes of its records (keys and values as read) and
+/// their number. The planner keeps a batch's ranges within it; the source stops reading a
+/// batch whose bytes would pass it (a single record larger than the budget is read alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    pub bytes: u64,
+    pub records: u64,
+}
+
+impl Budget {
+    /// This budget shared by `n` stages that hold their batches at the same time.
+    pub fn split(self, n: usize) -> Budget {
+        let n = n.max(1) as u64;
+        Budget {
+            bytes: (self.bytes / n).max(1),
+            records: (self.records / n).max(1),
+        }
+    }
+}
+
+impl Default for Budget {
+    /// The budget of a worker that found no memory limit.
+    fn default() -> Self {
+        budget_for_limit(FALLBACK_LIMIT)
+    }
+}
 
 /// The memory assumed when no cgroup limit is found (outside a container, or a pod without a
 /// memory limit): the operator's default pod limit, so a worker behaves the same in a

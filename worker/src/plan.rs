@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::memory::Budget;
+
 /// A topic partition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct TopicPartition {
@@ -46,34 +48,6 @@ pub struct OffsetRange {
 impl OffsetRange {
     pub fn count(&self) -> i64 {
         (self.until - self.from).max(0)
-    }
-}
-
-/// What one batch may hold in flight: the bytes of its records (keys and values as read) and
-/// their number. The planner keeps a batch's ranges within it; the source stops reading a
-/// batch whose bytes would pass it (a single record larger than the budget is read alone).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Budget {
-    pub bytes: u64,
-    pub records: u64,
-}
-
-impl Budget {
-    /// This budget shared by `n` stages that hold their batches at the same time.
-    pub fn split(self, n: usize) -> Budget {
-        let n = n.max(1) as u64;
-        Budget {
-            bytes: (self.bytes / n).max(1),
-            records: (self.records / n).max(1),
-        }
-    }
-}
-
-impl Default for Budget {
-    /// The budget of a worker that found no memory limit.
-    fn default() -> Self {
-        crate::memory::budget_for_limit(crate::memory::FALLBACK_LIMIT)
     }
 }
 

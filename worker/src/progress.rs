@@ -10,7 +10,7 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use serde::Serialize;
 
 use crate::client::Identity;
-use crate::plan::Budget;
+use crate::memory::Budget;
 
 /// Batches kept for `GET /progress`.
 pub const KEPT_BATCHES: usize = 100;

@@ -25,7 +25,8 @@ use tracing::{info, warn};
 use crate::client::{self, Identity, Link};
 use crate::error::{Error, Result};
 use crate::expr::Val;
-use crate::plan::{Budget, OffsetRange, TopicPartition};
+use crate::memory::Budget;
+use crate::plan::{OffsetRange, TopicPartition};
 use crate::progress::Progress;
 use crate::spec::{KafkaSource, OutOfRangePolicy, RetrySpec, StartingOffsets};
 

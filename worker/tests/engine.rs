@@ -85,7 +85,7 @@ pipeline:
   - {id: n, map: "value.n"}
 sink: {kafka: {topic: out}}
 "#;
-    let budget = weir_worker::plan::Budget {
+    let budget = weir_worker::memory::Budget {
         bytes: 100_000,
         records: 10_000,
     };
@@ -165,7 +165,7 @@ pipeline:
   - {id: counts, aggregate: {count: {}}}
 sink: {kafka: {topic: out}}
 "#;
-    let budget = weir_worker::plan::Budget {
+    let budget = weir_worker::memory::Budget {
         bytes: 200_000,
         records: 100_000,
     };
@@ -231,7 +231,7 @@ sink: {{kafka: {{topic: out}}}}
 "#
         )
     };
-    let by_records = weir_worker::plan::Budget {
+    let by_records = weir_worker::memory::Budget {
         bytes: u64::MAX,
         records: 15,
     };
@@ -241,7 +241,7 @@ sink: {{kafka: {{topic: out}}}}
     assert_eq!(committed(&broker, "g-records", "in", 2), vec![50, 50]);
 
     // 5 KB records, a budget of 1 KB: each batch reads one record, so the job still moves.
-    let tiny = weir_worker::plan::Budget {
+    let tiny = weir_worker::memory::Budget {
         bytes: 1_000,
         records: 100,
     };

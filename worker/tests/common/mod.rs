@@ -618,7 +618,7 @@ pub fn run_within(
     broker: &Broker,
     yaml: &str,
     batches: u64,
-    budget: weir_worker::plan::Budget,
+    budget: weir_worker::memory::Budget,
 ) -> weir_worker::progress::Snapshot {
     let (mut engine, progress) = connect(broker, yaml).unwrap_or_else(|e| panic!("connect: {e}"));
     let opts = weir_worker::engine::Options {
@@ -712,7 +712,7 @@ pub fn run_stages_within(
     broker: &Broker,
     yaml: &str,
     batches: u64,
-    budget: weir_worker::plan::Budget,
+    budget: weir_worker::memory::Budget,
 ) -> weir_worker::progress::Snapshot {
     let (job, id, progress) = worker_zero_of_one(broker, yaml);
     let cancel = tokio_util::sync::CancellationToken::new();
