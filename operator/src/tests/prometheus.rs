@@ -15,7 +15,7 @@ use super::controller::start_observed;
 use crate::context::Settings;
 use crate::fixtures::{self, DataObserver};
 use crate::metrics::Metrics;
-use crate::tests::wc::PODS;
+use crate::tests::wc::{free_port, worker_binary, PODS};
 
 /// What the dashboard's `$namespace` and `$job` select, and what the scrape config gives the
 /// worker's series: the labels the chart's PodMonitor adds (`job` from the pod's
@@ -59,29 +59,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// The worker binary of this workspace, beside the test executable.
-fn worker_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the target directory")
-        .join("weir-worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p weir-worker` (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
 }
 
 /// One HTTP/1.0 GET; `None` while nothing answers yet. The body of any status.
