@@ -34,7 +34,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use weir_worker::expr::Val;
+use weir_contract::value::Val;
 
 use crate::pg::PgServer;
 
@@ -580,8 +580,8 @@ sink: {sink}
                 "SELECT key, value FROM weir_state WHERE job = $1 AND step = 'counts'",
                 &[&group],
             )? {
-                let k = weir_worker::changelog::codec::decode(r.get(0))?;
-                let v = weir_worker::changelog::codec::decode(r.get(1))?;
+                let k = weir_contract::value::codec::decode(r.get(0))?;
+                let v = weir_contract::value::codec::decode(r.get(1))?;
                 // A state step keeps the key's state and when it was last seen.
                 match (k, v.field("state")) {
                     (Val::Int(k), Some(Val::Int(v))) if k >= 0 => {

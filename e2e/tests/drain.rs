@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
+use weir_contract::spec::{parse_job, StartingOffsets};
 use weir_operator::lag;
 use weir_operator::observation::KafkaTarget;
 use weir_operator::observe::{KafkaObserver, Observer};
 use weir_operator::progress;
-use weir_worker::spec::{parse_job, StartingOffsets};
 
 const PARTITIONS: i32 = 4;
 const RECORDS: u64 = 4_000;

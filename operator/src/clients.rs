@@ -2,7 +2,7 @@
 //!
 //! A client per observation reconnects every time, and against a dead broker each new client
 //! logs librdkafka's errors afresh, so a job's every observation floods the log. Kept clients
-//! keep their connections and their [`weir_worker::client::Link`], which logs each kind of
+//! keep their connections and their [`weir_contract::client::Link`], which logs each kind of
 //! client error at most once per 30 s, however many observations see it.
 //!
 //! A client is keyed by its whole librdkafka configuration: the bootstrap servers, the job's
@@ -128,7 +128,7 @@ impl ClientCache {
                         // Warnings carry the causes ("Connection refused"); the Link rate-limits
                         // them. Debug lines would cost librdkafka work for nothing here.
                         .set_log_level(RDKafkaLogLevel::Warning)
-                        .create_with_context(weir_worker::client::SourceContext::default())
+                        .create_with_context(weir_contract::client::SourceContext::default())
                         .map_err(ObserveError::Client)?;
                     self.created.fetch_add(1, Ordering::Relaxed);
                     let client = Arc::new(Kept {
@@ -160,7 +160,7 @@ impl ClientCache {
 }
 
 /// Serves the events a kept client has queued since it was last used (librdkafka's log lines
-/// and error callbacks, which go to its [`weir_worker::client::Link`] and from there, rate
+/// and error callbacks, which go to its [`weir_contract::client::Link`] and from there, rate
 /// limited, to the log), for at most `within`, so its queue does not grow between
 /// observations. Call only while it has no partitions assigned: polling would take records.
 pub(crate) fn serve_events(kept: &Kept, within: Duration) {

@@ -8,7 +8,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use weir_worker::spec::StartingOffsets;
+use weir_contract::spec::StartingOffsets;
 
 use crate::crd::{Phase, StreamingJobStatus};
 use crate::lag::partition_lag;

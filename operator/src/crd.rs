@@ -1,6 +1,6 @@
 //! The `StreamingJob` API: the worker's job spec plus the parts only Kubernetes needs.
 //!
-//! The pipeline half of the spec is `weir_worker::spec::JobSpec`, flattened in, so a manifest
+//! The pipeline half of the spec is `weir_contract::spec::JobSpec`, flattened in, so a manifest
 //! and the worker's YAML file are the same document. Checks the API server can make itself are
 //! CEL rules in the schema; the rest are made by the controller and reported in status.
 
@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use weir_worker::spec::{Duration, JobSpec};
+use weir_contract::spec::{Duration, JobSpec};
 
 /// Job-wide rules. They sit on the spec, not on the worker's types, so that the worker's crate
 /// stays free of Kubernetes; `fieldPath` points `kubectl` users at the field to fix.

@@ -403,7 +403,7 @@ fn stateful_set(
         for c in &mut pod.containers {
             c.env
                 .get_or_insert_with(Vec::new)
-                .push(env(weir_worker::changelog::STATE_DIR_ENV, STATE_DIR));
+                .push(env(weir_contract::env::STATE_DIR_ENV, STATE_DIR));
         }
     }
 

@@ -311,8 +311,8 @@ fn quiet_bound(job: &StreamingJob) -> std::time::Duration {
         .source
         .kafka
         .retries
-        .give_up_within(weir_worker::source::REQUEST_TIMEOUT);
-    retries.max(weir_worker::progress::startup_grace(
+        .give_up_within(weir_contract::client::REQUEST_TIMEOUT);
+    retries.max(weir_contract::progress::startup_grace(
         spec.batch_interval.as_std(),
     ))
 }

@@ -8,7 +8,7 @@
 
 use std::cmp::Reverse;
 
-use weir_worker::spec::StartingOffsets;
+use weir_contract::spec::StartingOffsets;
 
 use crate::crd::{LagStatus, OffsetsStatus, PartitionOffsetStatus};
 use crate::observation::{KafkaObservation, PartitionOffsets};

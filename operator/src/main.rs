@@ -98,7 +98,7 @@ struct RunArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    weir_worker::spec::Duration::parse(s)
+    weir_contract::spec::Duration::parse(s)
         .map(|d| d.as_std())
         .map_err(|e| e.to_string())
 }

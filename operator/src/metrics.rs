@@ -342,8 +342,9 @@ mod job_tests {
     /// once it has completed a batch.
     #[test]
     fn the_dashboard_queries_only_metrics_the_workers_export() {
-        use weir_worker::progress::{BatchInfo, Progress, RangeInfo};
-        let id = weir_worker::client::Identity {
+        use weir_contract::progress::{BatchInfo, RangeInfo};
+        use weir_worker::progress::Progress;
+        let id = weir_contract::client::Identity {
             namespace: "ns".into(),
             job: "j".into(),
             ordinal: 0,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
-use weir_worker::spec::KafkaSource;
+use weir_contract::spec::KafkaSource;
 
 use crate::crd::StreamingJob;
 use crate::scaling::PartitionCounts;
@@ -17,7 +17,7 @@ use crate::scaling::PartitionCounts;
 pub struct KafkaTarget {
     pub source: KafkaSource,
     pub group: String,
-    /// The job's later stages, as the workers split it (`weir_worker::stages::split`).
+    /// The job's later stages, as the workers split it (`weir_contract::stages::split`).
     pub stages: Vec<StageTarget>,
 }
 
@@ -32,12 +32,12 @@ pub struct StageTarget {
 
 impl KafkaTarget {
     pub fn of(job: &StreamingJob, namespace: &str, name: &str) -> Self {
-        let file = weir_worker::spec::JobFile {
+        let file = weir_contract::spec::JobFile {
             name: name.to_string(),
             namespace: namespace.to_string(),
             spec: job.spec.job.clone(),
         };
-        let stages = weir_worker::stages::split(&file)
+        let stages = weir_contract::stages::split(&file)
             .into_iter()
             .skip(1)
             .filter_map(|s| {
@@ -159,10 +159,10 @@ impl ObserveError {
 
     /// A Kafka error, named as an authentication or authorization failure when it is one.
     pub(crate) fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> Self {
-        move |source| match weir_worker::error::auth_kind(&source) {
+        move |source| match weir_contract::auth::auth_kind(&source) {
             Some(kind) => Self::Auth {
                 op,
-                advice: weir_worker::error::auth_advice(kind),
+                advice: weir_contract::auth::auth_advice(kind),
                 reason: source.to_string(),
             },
             None => Self::Kafka { op, source },
@@ -176,11 +176,11 @@ impl ObserveError {
         consumer: &'a ObserveConsumer,
         op: &'static str,
     ) -> impl FnOnce(KafkaError) -> Self + 'a {
-        move |source| match weir_worker::client::auth_failure(consumer) {
+        move |source| match weir_contract::client::auth_failure(consumer) {
             Some(reason) => Self::Auth {
                 op,
-                advice: weir_worker::error::auth_advice(
-                    weir_worker::error::AuthKind::Authentication,
+                advice: weir_contract::auth::auth_advice(
+                    weir_contract::auth::AuthKind::Authentication,
                 ),
                 reason,
             },
@@ -203,4 +203,4 @@ impl ObserveError {
 
 /// The consumer the operator reads offsets with: the worker's context, which keeps a refused
 /// login for [`ObserveError::request`].
-pub(crate) type ObserveConsumer = BaseConsumer<weir_worker::client::SourceContext>;
+pub(crate) type ObserveConsumer = BaseConsumer<weir_contract::client::SourceContext>;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tracing::debug;
-use weir_worker::spec::{KafkaSource, StartingOffsets};
+use weir_contract::spec::{KafkaSource, StartingOffsets};
 
 use crate::clients::{ClientCache, Kept};
 use crate::crd::ResumedOffset;
@@ -40,7 +40,7 @@ use crate::topic_reads::{Bounds, TopicReads};
 /// When librdkafka refuses the settings.
 pub(crate) fn consumer(target: &KafkaTarget, role: &str) -> Result<ObserveConsumer, ObserveError> {
     config(&target.source, &target.group, role)
-        .create_with_context(weir_worker::client::SourceContext::default())
+        .create_with_context(weir_contract::client::SourceContext::default())
         .map_err(ObserveError::Client)
 }
 
@@ -55,7 +55,7 @@ fn config(source: &KafkaSource, group: &str, role: &str) -> ClientConfig {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0)
         .max(1 << 20);
-    let mut c = weir_worker::client::base(&source.bootstrap_servers, source);
+    let mut c = weir_contract::client::base(&source.bootstrap_servers, source);
     c.set("group.id", group)
         .set("client.id", format!("weir-operator-{role}"))
         .set("enable.auto.commit", "false")
@@ -538,7 +538,7 @@ pub async fn with_credentials(
             .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| (k, v.0));
-        target.source.credentials = weir_worker::credentials::Credentials::from_secret_data(
+        target.source.credentials = weir_contract::credentials::Credentials::from_secret_data(
             &format!("Secret {ns}/{name}"),
             data,
         )

@@ -18,7 +18,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
-use weir_worker::spec::FieldError;
+use weir_contract::spec::FieldError;
 
 use crate::cleanup::{self, DRAIN_FINALIZER};
 use crate::context::{Context, Observed};

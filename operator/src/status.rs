@@ -6,7 +6,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use weir_worker::spec::FieldError;
+use weir_contract::spec::FieldError;
 
 use crate::crd::{Phase, StreamingJobStatus, WorkersStatus};
 use crate::lag::LagSummary;

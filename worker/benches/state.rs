@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use weir_worker::changelog::codec;
 use weir_worker::expr::Val;
 use weir_worker::pipeline::{PartitionState, Pipeline, StateChange};
 use weir_worker::record::Record;
 use weir_worker::spec::parse_job;
+use weir_worker::value::codec;
 
 /// Live heap bytes, to measure what the state holds.
 struct Counting;

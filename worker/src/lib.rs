@@ -23,12 +23,10 @@
 pub mod app;
 pub mod changelog;
 pub mod client;
-pub mod credentials;
 pub mod dead_letter;
 pub mod embedded;
 pub mod engine;
 pub mod error;
-pub mod expr;
 pub mod http;
 pub mod memory;
 pub mod pipeline;
@@ -38,6 +36,8 @@ pub mod record;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
-pub mod spec;
 pub mod stages;
 pub mod topics;
+
+// The contract shared with the operator, under the paths the engine has always used.
+pub use weir_contract::{credentials, expr, limits, spec, value};

@@ -6,10 +6,8 @@ use std::sync::Arc;
 use crate::expr::{Val, ValueNeeds, Var, Vars};
 use crate::spec::Format;
 
-/// Largest record value decoded; bigger ones go to the dead-letter path with this reason.
-pub const MAX_RECORD_BYTES: usize = 8 << 20;
-/// Deepest JSON nesting decoded.
-pub const MAX_JSON_DEPTH: usize = 64;
+// Expressions are bounded by the record size at load (in the contract), so the limits live there.
+pub use weir_contract::limits::{MAX_JSON_DEPTH, MAX_RECORD_BYTES};
 
 /// One record flowing through a partition's pipeline.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,7 +111,7 @@ pub fn decode_value(
             .map_err(|e| DecodeError::Utf8(e.to_string())),
         Format::Bytes => Ok(Val::Bytes(Arc::from(bytes))),
         Format::Shuffle => {
-            crate::changelog::codec::decode(bytes).map_err(|e| DecodeError::Shuffle(e.to_string()))
+            crate::value::codec::decode(bytes).map_err(|e| DecodeError::Shuffle(e.to_string()))
         }
     }
 }
@@ -126,7 +124,7 @@ pub fn decode_value(
 pub fn decode_key_as(format: Format, key: Option<&[u8]>) -> Result<Val, DecodeError> {
     match (format, key) {
         (Format::Shuffle, Some(k)) => {
-            crate::changelog::codec::decode(k).map_err(|e| DecodeError::Shuffle(e.to_string()))
+            crate::value::codec::decode(k).map_err(|e| DecodeError::Shuffle(e.to_string()))
         }
         _ => Ok(decode_key(key)),
     }

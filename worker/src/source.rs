@@ -30,8 +30,8 @@ use crate::plan::{OffsetRange, TopicPartition};
 use crate::progress::Progress;
 use crate::spec::{KafkaSource, OutOfRangePolicy, RetrySpec, StartingOffsets};
 
-/// Timeout of one broker request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+// The operator gives up on a worker's broker calls after the same time, so it is shared.
+pub use weir_contract::client::REQUEST_TIMEOUT;
 
 /// Which partitions of `partitions_per_topic` worker `ordinal` of `workers` owns.
 pub fn assignment(

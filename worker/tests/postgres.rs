@@ -86,8 +86,8 @@ fn stored_state(pg: &PgServer) -> HashMap<String, i64> {
         .expect("select")
         .iter()
         .map(|r| {
-            let k = weir_worker::changelog::codec::decode(r.get(0)).expect("key");
-            let v = weir_worker::changelog::codec::decode(r.get(1)).expect("value");
+            let k = weir_worker::value::codec::decode(r.get(0)).expect("key");
+            let v = weir_worker::value::codec::decode(r.get(1)).expect("value");
             // A state step keeps the key's state and when it was last seen.
             match (k, v.field("state")) {
                 (Val::Str(k), Some(Val::Int(v))) => (k.to_string(), *v),

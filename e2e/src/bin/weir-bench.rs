@@ -69,7 +69,7 @@ fn raw(bootstrap: &str, topic: &str) -> Result<()> {
         .set("auto.offset.reset", "error")
         .set("isolation.level", "read_committed");
     // The worker's own fetch settings, so both read the backlog the same way.
-    for (key, value) in weir_worker::client::CONSUMER_FETCH_DEFAULTS {
+    for (key, value) in weir_contract::client::CONSUMER_FETCH_DEFAULTS {
         config.set(*key, *value);
     }
     let c: BaseConsumer = config.create()?;

@@ -1,7 +1,7 @@
 //! The lag-driven autoscaler's decisions over a sequence of observations, as tables.
 
 use k8s_openapi::jiff::Timestamp;
-use weir_worker::spec::Duration;
+use weir_contract::spec::Duration;
 
 use crate::autoscale::{decide, Inputs};
 use crate::crd::{AutoscaleSpec, AutoscaleStatus};

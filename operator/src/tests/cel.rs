@@ -117,7 +117,7 @@ fn workers_min_must_not_exceed_max() {
 
 #[test]
 fn credentials_in_properties_are_refused_at_admission() {
-    for key in weir_worker::spec::SECRET_PROPERTIES {
+    for key in weir_contract::spec::SECRET_PROPERTIES {
         let mut spec = fixtures::spec();
         spec["source"]["kafka"]["properties"] = json!({ *key: "x", "linger.ms": "5" });
         let errors = broken(spec);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use weir_worker::spec::StartingOffsets;
+use weir_contract::spec::StartingOffsets;
 
 use crate::conditions::{
     apply, per_worker, stall_after, stalled, still, transitions, Health, WorkerOffsets,

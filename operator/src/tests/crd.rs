@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use weir_worker::spec::{parse_job, JobSpec, KUBERNETES_ONLY_FIELDS};
+use weir_contract::spec::{parse_job, JobSpec, KUBERNETES_ONLY_FIELDS};
 
 use crate::crd::StreamingJob;
 
@@ -217,7 +217,7 @@ fn cel_rules_cover_the_cross_field_checks_with_messages() {
     assert_eq!(spec["properties"]["batchInterval"]["maxLength"], 32);
     // An expression longer than the worker accepts is refused at apply time.
     let step = &spec["properties"]["pipeline"]["items"]["properties"];
-    let max = weir_worker::expr::MAX_SOURCE_BYTES;
+    let max = weir_contract::expr::MAX_SOURCE_BYTES;
     for field in ["filter", "map", "flatMap", "keyBy"] {
         assert_eq!(step[field]["maxLength"], max, "{field}");
     }

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::Container;
 use serde_json::json;
-use weir_worker::spec::JobSpec;
+use weir_contract::spec::JobSpec;
 
 use crate::crd::StreamingJob;
 use crate::desired::{children, Children, Defaults, CONFIG_HASH_ANNOTATION, JOB_FILE_KEY};
@@ -38,7 +38,7 @@ fn config_map_holds_the_bare_job_spec() {
         !yaml.contains("workers"),
         "Kubernetes-only fields stay out of the worker's file"
     );
-    weir_worker::spec::parse_job(yaml, "wc").expect("the worker accepts its file");
+    weir_contract::spec::parse_job(yaml, "wc").expect("the worker accepts its file");
 }
 
 #[test]

@@ -59,7 +59,7 @@ async fn restarts_are_recorded_and_a_spent_budget_fails_the_job_until_restarted(
     let worker = std::sync::Arc::new(super::progress::worker(1, 2));
     worker.resumed(
         [1, 3, 5, 7]
-            .map(|partition| weir_worker::progress::ResumedAt {
+            .map(|partition| weir_contract::progress::ResumedAt {
                 topic: "lines".into(),
                 partition,
                 offset: 9600,

@@ -361,7 +361,7 @@ fn a_refused_login_or_topic_is_named_in_the_observation() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("lines", 1, 1).unwrap();
     let mut t = target(&cluster.bootstrap_servers(), &["lines"], "earliest");
-    t.source.credentials = weir_worker::credentials::Credentials::from_secret_data(
+    t.source.credentials = weir_contract::credentials::Credentials::from_secret_data(
         "Secret default/kafka-client",
         [
             ("security.protocol", "SASL_PLAINTEXT"),

@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::ClientConfig;
-use weir_worker::spec::StartingOffsets;
+use weir_contract::spec::StartingOffsets;
 
 use super::kafka::{commit, target};
 use crate::clients::ClientCache;

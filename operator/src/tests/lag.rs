@@ -2,7 +2,7 @@
 //! they make.
 
 use k8s_openapi::jiff::Timestamp;
-use weir_worker::spec::StartingOffsets;
+use weir_contract::spec::StartingOffsets;
 
 use crate::crd::StreamingJobStatus;
 use crate::fixtures;

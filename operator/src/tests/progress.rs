@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use weir_worker::client::Identity;
-use weir_worker::progress::{BatchInfo, Progress, RangeInfo};
+use weir_contract::client::Identity;
+use weir_contract::progress::{BatchInfo, RangeInfo};
+use weir_worker::progress::Progress;
 
 use crate::crd::LastBatchStatus;
 use crate::progress::{fetch, fold, ProgressError, WorkerBatch, WorkerSnapshot, LAST_BATCHES};

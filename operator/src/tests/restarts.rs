@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
-use weir_worker::spec::Duration;
+use weir_contract::spec::Duration;
 
 use crate::crd::{RestartBudgetStatus, RestartPolicySpec, StoppedStatus};
 use crate::fixtures;
@@ -457,7 +457,7 @@ fn seen_restarts_round_trip_through_status() {
 fn the_restart_record_keeps_the_status_small_at_its_largest() {
     use crate::lag::summarize;
     use crate::status::{self, Observation};
-    use weir_worker::spec::StartingOffsets;
+    use weir_contract::spec::StartingOffsets;
 
     // The worst case: 1000 workers that all restarted, the longest topic names Kafka allows,
     // every capped list full.

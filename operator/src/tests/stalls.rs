@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::Method;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use weir_worker::progress::ResumedAt;
+use weir_contract::progress::ResumedAt;
 
 use super::controller::start_observed;
 use crate::context::Settings;

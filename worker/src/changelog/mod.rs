@@ -14,7 +14,6 @@
 //! marker key `[input topic]` with `{from, until, batch, types}` (`types`: each stateful step's
 //! state type, so a changed pipeline is refused instead of misreading old state).
 
-pub mod codec;
 mod read;
 pub mod snapshot;
 
@@ -199,9 +198,8 @@ struct Snapshots {
     last_ms: i64,
 }
 
-/// The directory for local snapshots, on the worker's volume; without it no snapshot is
-/// written or read.
-pub const STATE_DIR_ENV: &str = "WEIR_STATE_DIR";
+// The operator sets it on the pod, so its name is the contract's.
+pub use weir_contract::env::STATE_DIR_ENV;
 
 impl Changelog {
     /// The job's changelog, created if missing (compacted, one partition per input partition

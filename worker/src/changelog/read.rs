@@ -9,13 +9,14 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::snapshot::Snapshot;
-use super::{codec, Marker};
+use super::Marker;
 use crate::client::{self, Identity, SourceContext};
 use crate::error::{Error, Result};
 use crate::expr::Val;
 use crate::pipeline::StateChange;
 use crate::plan::TopicPartition;
 use crate::spec::JobSpec;
+use crate::value::codec;
 
 /// Longest wait for the next changelog record before the restore fails (and is retried by
 /// the worker's restart).

@@ -8,9 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{codec, Marker};
+use super::Marker;
 use crate::expr::Val;
 use crate::pipeline::StateChange;
+use crate::value::codec;
 
 /// One input partition's part of a snapshot.
 pub struct InputState {

@@ -3,9 +3,9 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use crate::expr::value::Val;
 use crate::expr::{EvalError, Program, Var, Vars};
 use crate::spec::AggregateSpec;
+use crate::value::Val;
 
 /// What an aggregate computes.
 #[derive(Debug)]
@@ -219,7 +219,7 @@ impl Accumulators {
                 }
             }
             (AggKind::Avg(_), e) => {
-                let x = crate::expr::value::num(&input).map_or(0.0, |n| n.as_f64());
+                let x = crate::value::num(&input).map_or(0.0, |n| n.as_f64());
                 match e.or_insert(Acc::Avg { sum: 0.0, n: 0 }) {
                     Acc::Avg { sum, n } => {
                         *sum += x;
@@ -298,7 +298,7 @@ fn add_numbers(a: &Val, b: &Val) -> Val {
             .checked_add(*y)
             .map_or(Val::Float(*x as f64 + *y as f64), Val::UInt),
         _ => {
-            let f = |v: &Val| crate::expr::value::num(v).map_or(0.0, |n| n.as_f64());
+            let f = |v: &Val| crate::value::num(v).map_or(0.0, |n| n.as_f64());
             Val::Float(f(a) + f(b))
         }
     }
@@ -315,7 +315,7 @@ fn sub_numbers(a: &Val, b: &Val) -> Val {
             Val::UInt,
         ),
         _ => {
-            let f = |v: &Val| crate::expr::value::num(v).map_or(0.0, |n| n.as_f64());
+            let f = |v: &Val| crate::value::num(v).map_or(0.0, |n| n.as_f64());
             Val::Float(f(a) - f(b))
         }
     }

@@ -18,8 +18,8 @@ use super::aggregate::{total_order, Acc, AggKind};
 use super::store::{StateChange, StepUpdate};
 use crate::expr::{EvalError, Val};
 
-/// Longest window in batches: the ring is allocated up front, so a typo cannot take the memory.
-pub const MAX_WINDOW_BATCHES: i64 = 100_000;
+// The spec's validation refuses a longer window at load, so the bound lives in the contract.
+pub use weir_contract::limits::MAX_WINDOW_BATCHES;
 
 /// A compiled `window` on an aggregate step.
 #[derive(Debug)]

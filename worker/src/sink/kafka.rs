@@ -13,11 +13,11 @@ use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
 
 use super::{BatchOutput, Sink};
-use crate::changelog::codec;
 use crate::client::{self, Identity};
 use crate::error::{Error, Result};
 use crate::expr::Val;
 use crate::spec::KafkaSource;
+use crate::value::codec;
 
 /// How long a batch may wait for its acks before the batch is replayed.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);

@@ -20,13 +20,13 @@ use postgres::{Client, Config, NoTls, Statement, Transaction};
 use tracing::{info, warn};
 
 use super::{BatchOutput, PartitionOutput, Recovery, Sink};
-use crate::changelog::codec;
 use crate::client::Identity;
 use crate::error::{Error, Result};
 use crate::expr::Val;
 use crate::pipeline::StateChange;
 use crate::plan::TopicPartition;
 use crate::spec::{JobSpec, PostgresMode, PostgresSink as PostgresSpec};
+use crate::value::codec;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

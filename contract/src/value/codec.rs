@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::expr::Val;
+use super::Val;
 
 /// The first byte of every changelog key and value this worker writes.
 pub const VERSION: u8 = 1;

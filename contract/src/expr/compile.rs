@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use cel::common::ast::{operators as op, CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
 
-use super::value::{from_cel, num, to_cel, Num, Val};
 use super::{EvalError, Var, Vars};
+use crate::value::{from_cel, num, to_cel, Num, Val};
 
 pub(crate) type Out<'s> = Result<Cow<'s, Val>, EvalError>;
 pub(crate) type Node = Box<dyn for<'s> Fn(&'s dyn Vars) -> Out<'s> + Send + Sync>;
@@ -429,7 +429,7 @@ fn index<'s>(container: Cow<'s, Val>, idx: &Val) -> Out<'s> {
     }
 }
 
-pub(crate) fn compare(a: &Val, b: &Val) -> Result<Ordering, EvalError> {
+pub fn compare(a: &Val, b: &Val) -> Result<Ordering, EvalError> {
     let o = match (a, b) {
         (Val::Str(x), Val::Str(y)) => Some(x.cmp(y)),
         (Val::Bytes(x), Val::Bytes(y)) => Some(x.cmp(y)),

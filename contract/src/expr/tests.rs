@@ -2,6 +2,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::*;
+use crate::value;
 
 struct Rec(HashMap<Var, Val>);
 

@@ -3,6 +3,8 @@
 //! JSON decodes straight into [`Val`] (no intermediate tree), strings and containers are shared
 //! behind `Arc`, and objects keep their field order so output reads like input.
 
+pub mod codec;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -175,14 +177,14 @@ impl Hash for Val {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Num {
+pub enum Num {
     I(i64),
     U(u64),
     F(f64),
 }
 
 impl Num {
-    pub(crate) fn as_f64(self) -> f64 {
+    pub fn as_f64(self) -> f64 {
         match self {
             Num::I(i) => i as f64,
             Num::U(u) => u as f64,
@@ -213,7 +215,7 @@ impl Num {
     }
 }
 
-pub(crate) fn num(v: &Val) -> Option<Num> {
+pub fn num(v: &Val) -> Option<Num> {
     match v {
         Val::Int(i) => Some(Num::I(*i)),
         Val::UInt(u) => Some(Num::U(*u)),

@@ -6,7 +6,6 @@
 //! with its line and column.
 
 mod compile;
-pub mod value;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -15,8 +14,8 @@ use std::sync::{Arc, OnceLock};
 use cel::common::ast::{Expr, IdedExpr};
 use cel::parser::Parser;
 
-pub(crate) use compile::compare;
-pub use value::Val;
+pub use crate::value::Val;
+pub use compile::compare;
 
 /// Deepest nesting an expression may have; deeper input is refused at load, not at run time.
 pub const MAX_DEPTH: u16 = 64;
@@ -28,10 +27,10 @@ pub const MAX_SOURCE_BYTES: usize = 4096;
 pub const MAX_ITERATIONS: u64 = 1 << 25;
 /// Elements a list taken from a record can have: every element costs at least a byte of the
 /// record (`split('')` of a string: one per byte).
-const RECORD_LIST_LEN: u64 = crate::record::MAX_RECORD_BYTES as u64;
+const RECORD_LIST_LEN: u64 = crate::limits::MAX_RECORD_BYTES as u64;
 /// Longest string, bytes or list an expression may build by concatenation: no bigger than a
 /// record, so a chain of `+` cannot multiply a record into gigabytes.
-pub const MAX_VALUE_BYTES: usize = crate::record::MAX_RECORD_BYTES;
+pub const MAX_VALUE_BYTES: usize = crate::limits::MAX_RECORD_BYTES;
 
 /// A variable an expression can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

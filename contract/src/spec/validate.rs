@@ -372,14 +372,14 @@ impl JobSpec {
                     }
                 }
                 let batches = len / interval.max(1);
-                if batches > crate::pipeline::window::MAX_WINDOW_BATCHES as u128 {
+                if batches > crate::limits::MAX_WINDOW_BATCHES as u128 {
                     c.err(
                         format!("{at}.window.length"),
                         format!(
                             "{} is {batches} batches of {}; at most {} are kept, set a longer batchInterval or a shorter window",
                             w.length,
                             self.batch_interval,
-                            crate::pipeline::window::MAX_WINDOW_BATCHES
+                            crate::limits::MAX_WINDOW_BATCHES
                         ),
                     );
                 }
