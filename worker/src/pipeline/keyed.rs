@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::aggregate::total_order;
-use super::store::{StateChange, StepUpdate};
+use super::change::{StateChange, StepUpdate};
 use crate::expr::{EvalError, Program, Val, Var, Vars};
 
 /// A compiled `state` step.

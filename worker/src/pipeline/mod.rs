@@ -7,6 +7,7 @@
 //! step is deterministic: the same records and batch time give the same output, in key order.
 
 pub mod aggregate;
+mod change;
 mod compile;
 pub mod keyed;
 mod needs;
@@ -21,10 +22,11 @@ use crate::expr::{EvalError, ExprError, Program, Val};
 use crate::record::Record;
 
 use aggregate::{Accumulators, AggKind};
+pub use change::StateChange;
+use change::StepUpdate;
 use keyed::{KeyedState, StateOp};
 pub use restore::RestoreError;
-use store::StepUpdate;
-pub use store::{PartitionState, StateChange, StepState};
+pub use store::{PartitionState, StepState};
 use window::{WindowOp, WindowState};
 
 enum Op {

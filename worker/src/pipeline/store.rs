@@ -10,20 +10,9 @@
 
 use std::sync::Arc;
 
+use super::change::StateChange;
 use super::keyed::KeyedState;
 use super::window::WindowState;
-use crate::expr::Val;
-
-/// One state change of a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StateChange {
-    /// The id of the step that owns the state.
-    pub step: Arc<str>,
-    /// Key within the step's state (for a window: `[slot, key]`).
-    pub key: Val,
-    /// The new value; `None` is a tombstone (the key's state is gone).
-    pub value: Option<Val>,
-}
 
 /// A stateful step's state.
 #[derive(Debug, Default)]
@@ -43,12 +32,6 @@ pub struct PartitionState {
     pub(crate) changes: Vec<StateChange>,
     /// Batch time of the last batch applied.
     last_batch: Option<i64>,
-}
-
-/// Where a step records its changes.
-pub(crate) struct StepUpdate<'a> {
-    pub step: &'a Arc<str>,
-    pub changes: &'a mut Vec<StateChange>,
 }
 
 impl PartitionState {

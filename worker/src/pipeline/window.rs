@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::aggregate::{total_order, Acc, AggKind};
-use super::store::{StateChange, StepUpdate};
+use super::change::{StateChange, StepUpdate};
 use crate::expr::{EvalError, Val};
 
 // The spec's validation refuses a longer window at load, so the bound lives in the contract.
