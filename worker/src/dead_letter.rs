@@ -13,7 +13,7 @@ use tracing::warn;
 
 use crate::client::Identity;
 use crate::error::Result;
-use crate::sink::{KafkaWriter, Refused, REFUSED_PREFIX_BYTES};
+use crate::producer::{KafkaWriter, Refused, PRODUCER_MAX_MESSAGE_BYTES, REFUSED_PREFIX_BYTES};
 use crate::spec::JobSpec;
 
 /// Header names on dead-lettered records.
@@ -28,7 +28,7 @@ pub const H_TRUNCATED: &str = "weir.truncated";
 
 /// A dead letter larger than this is reduced before it is sent; the rest of the producer's
 /// limit is room for headers and the record's framing.
-const REDUCE_ABOVE: usize = crate::sink::PRODUCER_MAX_MESSAGE_BYTES - (64 << 10);
+const REDUCE_ABOVE: usize = PRODUCER_MAX_MESSAGE_BYTES - (64 << 10);
 
 /// Dead letters logged per batch when there is no dead-letter topic; the rest are counted.
 const LOGGED_PER_BATCH: usize = 10;
@@ -196,7 +196,7 @@ pub fn send(writer: &mut KafkaWriter, topic: &str, d: &DeadLetter) -> Result<()>
             "value {} bytes, kept the first {}: the dead letter would exceed the producer's limit of {} bytes",
             payload.len(),
             payload.len().min(REFUSED_PREFIX_BYTES),
-            crate::sink::PRODUCER_MAX_MESSAGE_BYTES
+            PRODUCER_MAX_MESSAGE_BYTES
         );
         h = h.insert(Header {
             key: H_TRUNCATED,

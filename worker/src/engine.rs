@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
 
+use crate::batch::{BatchOutput, PartitionOutput};
 use crate::changelog::Changelog;
 use crate::client::Identity;
 use crate::dead_letter::{DeadLetter, DeadLetters};
@@ -21,7 +22,7 @@ use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChang
 use crate::plan::{OffsetRange, Planner, RateEstimator};
 use crate::progress::{now_ms, rfc3339, BatchInfo, Progress, RangeInfo, ResumedAt};
 use crate::record::{decode_key_as, decode_value, Record};
-use crate::sink::{BatchOutput, PartitionOutput, Sink};
+use crate::sink::Sink;
 use crate::source::{RawRecord, Source, Taken};
 use crate::spec::JobFile;
 
@@ -114,6 +115,9 @@ impl Engine {
             None => Changelog::open(&job.spec, id, &group, &pipeline, source.partition_counts())?,
             Some(_) => None,
         };
+        if let Some(log) = &changelog {
+            sink.log_state_as(log.format());
+        }
         let states = match (recovered, &mut changelog) {
             (Some(r), _) => {
                 let moves: Vec<(usize, i64)> = source
@@ -520,10 +524,8 @@ impl Engine {
             .iter_mut()
             .map(PartitionState::take_changes)
             .collect();
-        let log_format = self.changelog.as_ref().map(Changelog::format);
         let batch = BatchOutput {
             batch_time_ms: time,
-            changelog: log_format.as_deref(),
             dead: &dead,
             partitions: ranges
                 .iter()

@@ -21,6 +21,7 @@
 //! - [`error`]: errors classified retriable, abortable (replay the batch) or fatal.
 
 pub mod app;
+pub mod batch;
 pub mod changelog;
 pub mod client;
 pub mod dead_letter;
@@ -31,6 +32,7 @@ pub mod http;
 pub mod memory;
 pub mod pipeline;
 pub mod plan;
+pub mod producer;
 pub mod progress;
 pub mod record;
 pub mod shutdown;

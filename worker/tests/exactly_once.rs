@@ -14,11 +14,12 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaApiKey;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use weir_worker::batch::BatchOutput;
 use weir_worker::dead_letter::H_STEP;
 use weir_worker::engine::{Engine, Options};
 use weir_worker::error::Error;
 use weir_worker::plan::TopicPartition;
-use weir_worker::sink::{BatchOutput, Recovery, Sink};
+use weir_worker::sink::{Recovery, Sink};
 
 const PARTITIONS: i32 = 2;
 

@@ -221,9 +221,9 @@ fn state_comes_back_from_weir_state_even_with_the_group_reset_to_the_start() {
 #[test]
 fn a_replayed_batch_adds_no_rows_in_insert_mode_and_an_overlapping_one_is_refused() {
     use std::sync::Arc;
+    use weir_worker::batch::{BatchOutput, PartitionOutput};
     use weir_worker::pipeline::Output;
     use weir_worker::plan::OffsetRange;
-    use weir_worker::sink::{BatchOutput, PartitionOutput};
 
     let Some(pg) = PgServer::start() else { return };
     let yaml = format!(
@@ -263,7 +263,6 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
     let first = range(0, 5);
     let batch = |r| BatchOutput {
         batch_time_ms: 1_000,
-        changelog: None,
         dead: &[],
         partitions: vec![PartitionOutput {
             range: r,
@@ -298,9 +297,9 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
 #[test]
 fn a_newer_workers_takeover_fences_the_older_one_in_postgresql() {
     use std::sync::Arc;
+    use weir_worker::batch::{BatchOutput, PartitionOutput};
     use weir_worker::pipeline::Output;
     use weir_worker::plan::OffsetRange;
-    use weir_worker::sink::{BatchOutput, PartitionOutput};
 
     let Some(pg) = PgServer::start() else { return };
     let yaml = format!(
@@ -335,7 +334,6 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
         };
         sink.write(&BatchOutput {
             batch_time_ms: 1_000 + from,
-            changelog: None,
             dead: &[],
             partitions: vec![PartitionOutput {
                 range: &range,

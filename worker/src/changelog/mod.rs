@@ -23,12 +23,13 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use crate::batch::{BatchOutput, PartitionOutput};
 use crate::client::Identity;
 use crate::error::{Error, Result};
 use crate::expr::Val;
 use crate::pipeline::{PartitionState, Pipeline, StateChange};
 use crate::plan::TopicPartition;
-use crate::sink::{BatchOutput, KafkaWriter, PartitionOutput};
+use crate::producer::KafkaWriter;
 use crate::spec::JobSpec;
 
 /// The changelog topic of a job whose consumer group is `group`.
@@ -128,7 +129,8 @@ pub struct Restored {
 }
 
 /// How a job's state changes become changelog records: the topic and the state types that
-/// each batch's marker carries. Shared by the changelog writer and a transactional sink.
+/// each batch's marker carries. Shared by the changelog writer and a transactional sink (given
+/// it through [`crate::sink::Sink::log_state_as`]).
 pub struct LogFormat {
     topic: String,
     types: Val,

@@ -15,12 +15,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use super::kafka::{send_output, TxnTimes};
-use super::{BatchOutput, KafkaWriter, Recovery, Sink};
+use super::kafka::send_output;
+use super::{Recovery, Sink};
+use crate::batch::BatchOutput;
+use crate::changelog::LogFormat;
 use crate::client::{self, Identity};
 use crate::dead_letter::{self, DeadLetter};
 use crate::error::{Error, Result};
 use crate::plan::TopicPartition;
+use crate::producer::{KafkaWriter, TxnTimes};
 use crate::spec::{JobSpec, KafkaSource};
 
 pub struct ExactlyOnceSink {
@@ -32,6 +35,8 @@ pub struct ExactlyOnceSink {
     topic: Arc<str>,
     shuffle: bool,
     dead_topic: Option<String>,
+    /// How state changes become changelog records, when the pipeline keeps state.
+    changelog: Option<Arc<LogFormat>>,
     /// Parallel to `owned`; made when the engine says which partitions the worker owns.
     owned: Vec<TopicPartition>,
     txn_timeout: std::time::Duration,
@@ -86,6 +91,7 @@ impl ExactlyOnceSink {
             topic: Arc::from(topic),
             shuffle,
             dead_topic: spec.dead_letter.as_ref().map(|d| d.topic.clone()),
+            changelog: None,
             owned: Vec::new(),
             txn_timeout: transaction_timeout(spec.batch_interval.as_std()),
             producers: Vec::new(),
@@ -114,7 +120,7 @@ impl ExactlyOnceSink {
             for o in part.outputs {
                 send_output(w, &self.topic, self.shuffle, &o.key, &o.value)?;
             }
-            if let Some(log) = batch.changelog {
+            if let Some(log) = &self.changelog {
                 log.send_partition(w, tp, part, batch.batch_time_ms)?;
             }
             if let Some(t) = &self.dead_topic {
@@ -205,6 +211,10 @@ impl ExactlyOnceSink {
 impl Sink for ExactlyOnceSink {
     fn logs_state(&self) -> bool {
         true
+    }
+
+    fn log_state_as(&mut self, format: Arc<LogFormat>) {
+        self.changelog = Some(format);
     }
 
     fn writes_dead_letters(&self) -> bool {

@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::{BatchOutput, Sink};
+use super::Sink;
+use crate::batch::BatchOutput;
 use crate::error::{Error, Result};
 
 pub struct FileSink {
@@ -84,10 +85,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::batch::PartitionOutput;
     use crate::expr::Val;
     use crate::pipeline::Output;
     use crate::plan::OffsetRange;
-    use crate::sink::PartitionOutput;
 
     fn out(n: i64) -> Output {
         Output {
@@ -110,7 +111,6 @@ mod tests {
         let first = [out(40)];
         sink.write(&BatchOutput {
             batch_time_ms: 1_000,
-            changelog: None,
             dead: &[],
             partitions: vec![PartitionOutput {
                 range: &range,
@@ -127,7 +127,6 @@ mod tests {
         };
         sink.write(&BatchOutput {
             batch_time_ms: 9_000,
-            changelog: None,
             dead: &[],
             partitions: vec![PartitionOutput {
                 range: &longer,
@@ -160,7 +159,6 @@ mod tests {
         for t in [1_000, 2_000] {
             sink.write(&BatchOutput {
                 batch_time_ms: t,
-                changelog: None,
                 dead: &[],
                 partitions: vec![PartitionOutput {
                     range: &idle,

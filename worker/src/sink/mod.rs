@@ -11,44 +11,18 @@ use std::sync::Arc;
 
 pub use exactly_once::ExactlyOnceSink;
 pub use file::FileSink;
-pub use kafka::{
-    KafkaSink, KafkaWriter, Refused, PRODUCER_MAX_MESSAGE_BYTES, REFUSED_PREFIX_BYTES,
-};
+pub use kafka::KafkaSink;
 pub use postgres::PostgresSink;
 pub use stdout::StdoutSink;
 
+use crate::batch::BatchOutput;
 use crate::changelog::LogFormat;
 use crate::client::Identity;
-use crate::dead_letter::DeadLetter;
 use crate::error::Result;
-use crate::pipeline::{Output, StateChange};
-use crate::plan::{OffsetRange, TopicPartition};
+use crate::pipeline::StateChange;
+use crate::plan::TopicPartition;
+use crate::producer::KafkaWriter;
 use crate::spec::JobSpec;
-
-/// One partition's results in a batch.
-pub struct PartitionOutput<'a> {
-    pub range: &'a OffsetRange,
-    pub outputs: &'a [Output],
-    /// The partition's keyed-state changes in the batch, in order (none for a stateless job).
-    pub changes: &'a [StateChange],
-}
-
-/// A batch's results.
-pub struct BatchOutput<'a> {
-    pub batch_time_ms: i64,
-    /// Parallel to the worker's owned partitions.
-    pub partitions: Vec<PartitionOutput<'a>>,
-    /// How state changes become changelog records, for a sink that logs them itself.
-    pub changelog: Option<&'a LogFormat>,
-    /// Records that failed, for a sink that writes them in its own transactions.
-    pub dead: &'a [DeadLetter],
-}
-
-impl BatchOutput<'_> {
-    pub fn records(&self) -> usize {
-        self.partitions.iter().map(|p| p.outputs.len()).sum()
-    }
-}
 
 pub trait Sink: Send {
     /// Writes the batch and returns once it is durable (acknowledged, flushed, renamed).
@@ -62,6 +36,11 @@ pub trait Sink: Send {
     fn logs_state(&self) -> bool {
         false
     }
+
+    /// How the job's state changes become changelog records, for a sink that logs them in its
+    /// own transactions ([`Sink::logs_state`]); the engine hands it over once, when the
+    /// changelog is open, so a batch's results do not carry the changelog's encoder.
+    fn log_state_as(&mut self, _format: Arc<LogFormat>) {}
 
     /// Whether `write` also sends the batch's dead letters, in the same transactions as the
     /// output of their partitions.
@@ -144,6 +123,10 @@ impl Sink for Tee {
     // The printed copy must not hide that the main sink is the record of offsets and state.
     fn logs_state(&self) -> bool {
         self.0.logs_state()
+    }
+
+    fn log_state_as(&mut self, format: Arc<LogFormat>) {
+        self.0.log_state_as(format);
     }
 
     fn writes_dead_letters(&self) -> bool {

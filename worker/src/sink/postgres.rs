@@ -19,7 +19,8 @@ use std::time::Duration;
 use postgres::{Client, Config, NoTls, Statement, Transaction};
 use tracing::{info, warn};
 
-use super::{BatchOutput, PartitionOutput, Recovery, Sink};
+use super::{Recovery, Sink};
+use crate::batch::{BatchOutput, PartitionOutput};
 use crate::client::Identity;
 use crate::error::{Error, Result};
 use crate::expr::Val;

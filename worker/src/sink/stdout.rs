@@ -2,7 +2,8 @@
 
 use std::io::Write;
 
-use super::{BatchOutput, Sink};
+use super::Sink;
+use crate::batch::BatchOutput;
 use crate::error::{Error, Result};
 
 pub struct StdoutSink<W: Write + Send> {
