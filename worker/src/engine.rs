@@ -14,6 +14,7 @@ use tracing::{info, info_span, warn};
 use crate::batch::{BatchOutput, PartitionOutput};
 use crate::changelog::Changelog;
 use crate::client::Identity;
+use crate::commit::Commit;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Class, Error, Result};
 use crate::expr::Val;
@@ -50,11 +51,9 @@ pub struct Engine {
     pipeline: Pipeline,
     /// Keyed state per owned partition, parallel to `source.owned()`, kept across batches.
     states: Vec<PartitionState>,
-    /// Where keyed state is logged; `None` when the pipeline keeps none.
-    changelog: Option<Changelog>,
     source: Source,
-    sink: Box<dyn Sink>,
-    dead: DeadLetters,
+    /// The sink, the dead-letter topic and the changelog, written in the delivery mode's order.
+    commit: Commit,
     progress: Arc<Progress>,
     planner: Planner,
     estimator: Option<RateEstimator>,
@@ -115,9 +114,6 @@ impl Engine {
             None => Changelog::open(&job.spec, id, &group, &pipeline, source.partition_counts())?,
             Some(_) => None,
         };
-        if let Some(log) = &changelog {
-            sink.log_state_as(log.format());
-        }
         let states = match (recovered, &mut changelog) {
             (Some(r), _) => {
                 let moves: Vec<(usize, i64)> = source
@@ -190,10 +186,8 @@ impl Engine {
             job,
             pipeline,
             states,
-            changelog,
+            commit: Commit::new(sink, dead, changelog),
             source,
-            sink,
-            dead,
             progress,
             planner,
             estimator,
@@ -539,23 +533,9 @@ impl Engine {
                 .collect(),
         };
         let records_out = batch.records() as u64;
-        // Dead letters before the outputs: a dead-letter topic that fails the batch then
-        // replays it before any output was written, so a replay does not write outputs twice.
-        if !self.sink.writes_dead_letters() {
-            self.dead.write(&dead).map_err(fail)?;
-        }
-        self.sink.write(&batch).map_err(fail)?;
-        if !self.sink.logs_state() {
-            if let Some(log) = &mut self.changelog {
-                log.write(&owned, &batch).map_err(fail)?;
-            }
-        }
-        // With a transactional sink the offsets are already stored with the output; this
-        // commit mirrors them to the group, where lag tools read them.
-        self.source.commit(&ranges).map_err(fail)?;
-        if let Some(log) = &mut self.changelog {
-            log.batch_done(&owned, &batch, &self.states);
-        }
+        self.commit
+            .batch(&owned, &batch, &ranges, &mut self.source, &self.states)
+            .map_err(fail)?;
 
         let processing_ms = started.elapsed().as_millis() as u64;
         let range_info: Vec<RangeInfo> = ranges

@@ -1,0 +1,82 @@
+//! The commit step: a batch's results made durable, and only then its offsets (or with them,
+//! in one transaction). The worker's central invariant, in one place: a crash anywhere
+//! replays a batch, never skips one. One order per delivery mode:
+//!
+//! - At least once (stdout, files, Kafka without transactions): dead letters, then the sink's
+//!   outputs, then the changelog's state changes, each acknowledged, then the offsets. Dead
+//!   letters go first so a dead-letter topic that fails the batch replays it before any output
+//!   was written, and a replay does not write outputs twice.
+//! - Kafka transactional (exactly once): the sink writes each partition's outputs, state
+//!   changes, dead letters and offsets in one transaction per partition; the group commit
+//!   that follows only mirrors the offsets for lag tools.
+//! - Database of record (PostgreSQL): the sink stores outputs, state and offsets in one
+//!   database transaction and is where a restart resumes; dead letters go first, as at least
+//!   once, and the group commit again only mirrors the offsets.
+//!
+//! Which order applies follows from what the sink says it writes itself
+//! ([`Sink::logs_state`], [`Sink::writes_dead_letters`]).
+
+use crate::batch::BatchOutput;
+use crate::changelog::Changelog;
+use crate::dead_letter::DeadLetters;
+use crate::error::Result;
+use crate::pipeline::PartitionState;
+use crate::plan::{OffsetRange, TopicPartition};
+use crate::sink::Sink;
+use crate::source::Source;
+
+/// Where a batch's results go, and the order they become final in.
+pub struct Commit {
+    sink: Box<dyn Sink>,
+    dead: DeadLetters,
+    /// Where keyed state is logged; `None` when the pipeline keeps none, or the sink is the
+    /// record of state.
+    changelog: Option<Changelog>,
+}
+
+impl Commit {
+    /// A sink that logs state in its own transactions is given the changelog's format here.
+    pub fn new(mut sink: Box<dyn Sink>, dead: DeadLetters, changelog: Option<Changelog>) -> Self {
+        if let Some(log) = &changelog {
+            sink.log_state_as(log.format());
+        }
+        Commit {
+            sink,
+            dead,
+            changelog,
+        }
+    }
+
+    /// Writes the batch (`ranges` are what it read of each owned partition) and commits its
+    /// offsets, in the delivery mode's order; then lets the changelog note the batch (and
+    /// write its local snapshots when one is due).
+    ///
+    /// # Errors
+    /// When any part was not written or acknowledged, or the offsets were not committed: the
+    /// engine then replays the batch.
+    pub fn batch(
+        &mut self,
+        owned: &[TopicPartition],
+        batch: &BatchOutput<'_>,
+        ranges: &[OffsetRange],
+        source: &mut Source,
+        states: &[PartitionState],
+    ) -> Result<()> {
+        if !self.sink.writes_dead_letters() {
+            self.dead.write(batch.dead)?;
+        }
+        self.sink.write(batch)?;
+        if !self.sink.logs_state() {
+            if let Some(log) = &mut self.changelog {
+                log.write(owned, batch)?;
+            }
+        }
+        // With a transactional sink the offsets are already stored with the output; this
+        // commit mirrors them to the group, where lag tools read them.
+        source.commit(ranges)?;
+        if let Some(log) = &mut self.changelog {
+            log.batch_done(owned, batch, states);
+        }
+        Ok(())
+    }
+}
