@@ -20,12 +20,12 @@ use crate::error::{Class, Error, Result};
 use crate::expr::Val;
 use crate::memory::Budget;
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
-use crate::plan::{OffsetRange, Planner, RateEstimator};
+use crate::plan::{OffsetRange, Planner, RateEstimator, TopicPartition};
 use crate::progress::{now_ms, rfc3339, BatchInfo, Progress, RangeInfo, ResumedAt};
 use crate::record::{decode_key_as, decode_value, Record};
 use crate::sink::Sink;
 use crate::source::{RawRecord, Source, Taken};
-use crate::spec::JobFile;
+use crate::spec::{Format, JobFile};
 
 /// One source lane's share of a batch.
 struct LaneWork<'p> {
@@ -378,7 +378,8 @@ impl Engine {
         }
     }
 
-    /// One batch. On error, returns the ranges it had planned so they can be rewound.
+    /// One batch: plan, then [`read_and_run`], [`finish`], [`Commit::batch`] and the
+    /// progress report. On error, returns the ranges it had planned so they can be rewound.
     fn batch(
         &mut self,
         seq: u64,
@@ -402,71 +403,17 @@ impl Engine {
         let planned = self.planner.plan(&self.source.positions(), &highs);
 
         let owned = self.source.owned().to_vec();
-        let format = self.job.spec.source.format;
-        let pipeline = &self.pipeline;
-        let needs = pipeline.needs();
-        // Each lane of the source runs the pipeline for its own partitions.
-        let lanes = self.source.lanes();
-        let mut work: Vec<LaneWork<'_>> = (0..lanes)
-            .map(|_| LaneWork {
-                runs: (0..owned.len()).map(|_| None).collect(),
-                dead: Vec::new(),
-                records_in: 0,
-            })
-            .collect();
-        for (i, state) in self.states.iter_mut().enumerate() {
-            work[i % lanes].runs[i] = Some(pipeline.start(state));
-        }
-        let on_record = |w: &mut LaneWork<'_>, raw: RawRecord<'_>| {
-            w.records_in += 1;
-            let tp = &owned[raw.index];
-            let letter = |step, error: String| DeadLetter {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                offset: raw.offset,
-                key: raw.key.map(<[u8]>::to_vec),
-                payload: raw.payload.map(<[u8]>::to_vec),
-                headers: raw.header_pairs(),
-                step,
-                error,
-            };
-            let value = match decode_value(format, raw.payload, &needs.value) {
-                Ok(v) => v,
-                Err(e) => return w.dead.push(letter(None, e.to_string())),
-            };
-            let rec = Record {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                offset: raw.offset,
-                timestamp: raw.timestamp,
-                key: if needs.key {
-                    match decode_key_as(format, raw.key) {
-                        Ok(k) => k,
-                        Err(e) => return w.dead.push(letter(None, e.to_string())),
-                    }
-                } else {
-                    Val::Null
-                },
-                value,
-                headers: if needs.headers {
-                    raw.headers()
-                } else {
-                    Val::Null
-                },
-                item: Val::Null,
-                item_is_output: false,
-            };
-            if let Some(run) = w.runs[raw.index].as_mut() {
-                if let Err(f) = run.push(rec) {
-                    w.dead.push(letter(Some(f.step), f.error.0));
-                }
-            }
-        };
         let budget = self.planner.budget;
-        let taken = self
-            .source
-            .read(&planned, budget, &mut work, &on_record)
-            .map_err(|e| (e, Some(planned.clone())))?;
+        let (work, taken) = read_and_run(
+            &mut self.source,
+            &self.pipeline,
+            &mut self.states,
+            self.job.spec.source.format,
+            &owned,
+            &planned,
+            budget,
+        )
+        .map_err(|e| (e, Some(planned.clone())))?;
         // The budget may have ended ranges before their planned offsets: the batch is what
         // was read, and its offsets are committed; the next batches read the rest.
         let ranges = self.source.read_ranges(planned.clone());
@@ -478,40 +425,7 @@ impl Engine {
         }
         self.progress
             .held(budget, taken.bytes, taken.records, capped);
-        let mut dead: Vec<DeadLetter> = Vec::new();
-        let mut records_in = 0u64;
-        let mut runs: Vec<Option<PartitionRun<'_>>> = (0..owned.len()).map(|_| None).collect();
-        for w in work {
-            records_in += w.records_in;
-            dead.extend(w.dead);
-            for (i, run) in w.runs.into_iter().enumerate() {
-                if run.is_some() {
-                    runs[i] = run;
-                }
-            }
-        }
-
-        let mut outputs: Vec<Vec<Output>> = Vec::with_capacity(owned.len());
-        for (tp, run) in owned.iter().zip(runs) {
-            let Some(run) = run else {
-                outputs.push(Vec::new());
-                continue;
-            };
-            let (out, failures) = run.finish(&tp.topic, tp.partition, time);
-            for (o, f) in failures {
-                dead.push(DeadLetter {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset: -1,
-                    key: Some(o.key.to_payload()),
-                    payload: Some(o.value.to_payload()),
-                    headers: Vec::new(),
-                    step: Some(f.step),
-                    error: f.error.0,
-                });
-            }
-            outputs.push(out);
-        }
+        let (outputs, dead, records_in) = finish(&owned, work, time);
         // A replay of this batch recomputes its changes: taking them here loses nothing.
         let changes: Vec<Vec<StateChange>> = self
             .states
@@ -538,18 +452,7 @@ impl Engine {
             .map_err(fail)?;
 
         let processing_ms = started.elapsed().as_millis() as u64;
-        let range_info: Vec<RangeInfo> = ranges
-            .iter()
-            .zip(&highs)
-            .map(|(r, h)| RangeInfo {
-                topic: r.topic.to_string(),
-                partition: r.partition,
-                from: r.from,
-                until: r.until,
-                high_watermark: Some(*h),
-                lag: Some((h - r.until).max(0)),
-            })
-            .collect();
+        let range_info = range_info(&ranges, &highs);
         Ok(BatchInfo {
             batch: seq,
             batch_time: rfc3339(time),
@@ -567,4 +470,143 @@ impl Engine {
             rate_limit: self.planner.estimated_rate,
         })
     }
+}
+
+/// Read and run: reads the planned ranges in the source's lanes, each lane decoding its
+/// partitions' records and pushing them through their pipeline runs; a record that cannot be
+/// decoded or fails a step becomes a dead letter. Returns each lane's work and what the batch
+/// took in against its budget.
+///
+/// # Errors
+/// As [`Source::read`].
+fn read_and_run<'p>(
+    source: &mut Source,
+    pipeline: &'p Pipeline,
+    states: &'p mut [PartitionState],
+    format: Format,
+    owned: &[TopicPartition],
+    planned: &[OffsetRange],
+    budget: Budget,
+) -> Result<(Vec<LaneWork<'p>>, Taken)> {
+    let needs = pipeline.needs();
+    // Each lane of the source runs the pipeline for its own partitions.
+    let lanes = source.lanes();
+    let mut work: Vec<LaneWork<'_>> = (0..lanes)
+        .map(|_| LaneWork {
+            runs: (0..owned.len()).map(|_| None).collect(),
+            dead: Vec::new(),
+            records_in: 0,
+        })
+        .collect();
+    for (i, state) in states.iter_mut().enumerate() {
+        work[i % lanes].runs[i] = Some(pipeline.start(state));
+    }
+    let on_record = |w: &mut LaneWork<'_>, raw: RawRecord<'_>| {
+        w.records_in += 1;
+        let tp = &owned[raw.index];
+        let letter = |step, error: String| DeadLetter {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            offset: raw.offset,
+            key: raw.key.map(<[u8]>::to_vec),
+            payload: raw.payload.map(<[u8]>::to_vec),
+            headers: raw.header_pairs(),
+            step,
+            error,
+        };
+        let value = match decode_value(format, raw.payload, &needs.value) {
+            Ok(v) => v,
+            Err(e) => return w.dead.push(letter(None, e.to_string())),
+        };
+        let rec = Record {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            offset: raw.offset,
+            timestamp: raw.timestamp,
+            key: if needs.key {
+                match decode_key_as(format, raw.key) {
+                    Ok(k) => k,
+                    Err(e) => return w.dead.push(letter(None, e.to_string())),
+                }
+            } else {
+                Val::Null
+            },
+            value,
+            headers: if needs.headers {
+                raw.headers()
+            } else {
+                Val::Null
+            },
+            item: Val::Null,
+            item_is_output: false,
+        };
+        if let Some(run) = w.runs[raw.index].as_mut() {
+            if let Err(f) = run.push(rec) {
+                w.dead.push(letter(Some(f.step), f.error.0));
+            }
+        }
+    };
+    let taken = source.read(planned, budget, &mut work, &on_record)?;
+    Ok((work, taken))
+}
+
+/// Finish: ends every partition's run at batch `time` (aggregates, windows and state steps
+/// emit here), with the lanes' dead letters and those of the barrier steps. Returns the
+/// outputs per owned partition, the dead letters and the records read.
+fn finish(
+    owned: &[TopicPartition],
+    work: Vec<LaneWork<'_>>,
+    time: i64,
+) -> (Vec<Vec<Output>>, Vec<DeadLetter>, u64) {
+    let mut dead: Vec<DeadLetter> = Vec::new();
+    let mut records_in = 0u64;
+    let mut runs: Vec<Option<PartitionRun<'_>>> = (0..owned.len()).map(|_| None).collect();
+    for w in work {
+        records_in += w.records_in;
+        dead.extend(w.dead);
+        for (i, run) in w.runs.into_iter().enumerate() {
+            if run.is_some() {
+                runs[i] = run;
+            }
+        }
+    }
+
+    let mut outputs: Vec<Vec<Output>> = Vec::with_capacity(owned.len());
+    for (tp, run) in owned.iter().zip(runs) {
+        let Some(run) = run else {
+            outputs.push(Vec::new());
+            continue;
+        };
+        let (out, failures) = run.finish(&tp.topic, tp.partition, time);
+        for (o, f) in failures {
+            dead.push(DeadLetter {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset: -1,
+                key: Some(o.key.to_payload()),
+                payload: Some(o.value.to_payload()),
+                headers: Vec::new(),
+                step: Some(f.step),
+                error: f.error.0,
+            });
+        }
+        outputs.push(out);
+    }
+    (outputs, dead, records_in)
+}
+
+/// Progress: each range read, with its partition's high watermark and the lag left.
+fn range_info(ranges: &[OffsetRange], highs: &[i64]) -> Vec<RangeInfo> {
+    ranges
+        .iter()
+        .zip(highs)
+        .map(|(r, h)| RangeInfo {
+            topic: r.topic.to_string(),
+            partition: r.partition,
+            from: r.from,
+            until: r.until,
+            high_watermark: Some(*h),
+            lag: Some((h - r.until).max(0)),
+        })
+        .collect()
 }
