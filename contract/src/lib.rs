@@ -11,7 +11,7 @@
 //! - [`client`]: librdkafka settings and the client context that watches the link;
 //!   [`credentials`]: SASL/TLS settings from a mounted Secret, never printed; [`auth`]: a
 //!   refused login or permission, and what to check.
-//! - [`env`]: the environment the operator's pods give the worker; [`progress`]: the parts of
+//! - [`env`](mod@env): the environment the operator's pods give the worker; [`progress`]: the parts of
 //!   a worker's `/progress` the operator reads back.
 
 pub mod auth;

@@ -4,7 +4,7 @@
 //! values, client settings and credentials, stage naming) is the `weir-contract` crate,
 //! re-exported here under the paths the engine uses ([`spec`], [`expr`], [`value`],
 //! [`credentials`], [`limits`]). The modules follow a batch through the worker:
-//! - [`source`]: this worker's partitions (ordinal i of N owns p mod N == i), where they resume,
+//! - `source`: this worker's partitions (ordinal i of N owns p mod N == i), where they resume,
 //!   and reading offset ranges in parallel lanes; [`client`]: librdkafka settings (and the
 //!   check `validate` runs with them).
 //! - [`plan`]: PURE batch plans: ranges capped by the high watermark, the rate limit and the
@@ -15,15 +15,15 @@
 //! - [`batch`]: a batch's results (outputs, state changes, dead letters per partition).
 //! - [`sink`]: stdout, Kafka, files, PostgreSQL; [`dead_letter`]: records that failed, with the
 //!   reason; [`changelog`]: keyed state logged to a compacted topic each batch, and restored at
-//!   start; [`producer`]: the Kafka writer all of them produce with.
-//! - [`commit`]: the commit step, one order per delivery mode (offsets last, or inside the
+//!   start; `producer`: the Kafka writer all of them produce with.
+//! - `commit`: the commit step, one order per delivery mode (offsets last, or inside the
 //!   transaction).
 //! - [`engine`]: the batch loop (plan, read and run, finish, commit, progress).
 //! - [`progress`]: BatchInfo, metrics; [`http`]: `/progress`, `/healthz`, `/metrics`.
-//! - [`app`]: `weir-worker run` wiring and signals; [`shutdown`]: waits that SIGTERM ends;
+//! - [`app`]: `weir-worker run` wiring and signals; `shutdown`: waits that SIGTERM ends;
 //!   [`embedded`]: the in-process mock cluster.
 //! - [`stages`]: a job with `repartition` steps runs as stages joined by Kafka topics;
-//!   [`topics`]: the changelog and repartition topics workers create.
+//!   `topics`: the changelog and repartition topics workers create.
 //! - [`error`]: errors classified retriable, abortable (replay the batch) or fatal.
 //!
 //! The engine's API is re-exported at the root: [`Engine`] with its [`Options`], the stages
@@ -33,7 +33,7 @@ pub mod app;
 pub mod batch;
 pub mod changelog;
 pub mod client;
-pub mod commit;
+mod commit;
 pub mod dead_letter;
 pub mod embedded;
 pub mod engine;
@@ -42,14 +42,14 @@ pub mod http;
 pub mod memory;
 pub mod pipeline;
 pub mod plan;
-pub mod producer;
+mod producer;
 pub mod progress;
 pub mod record;
-pub mod shutdown;
+mod shutdown;
 pub mod sink;
-pub mod source;
+mod source;
 pub mod stages;
-pub mod topics;
+mod topics;
 
 // The contract shared with the operator, under the paths the engine has always used.
 pub use weir_contract::{credentials, expr, limits, spec, value};
