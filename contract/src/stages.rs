@@ -18,6 +18,11 @@ use crate::spec::{
     StepSpec,
 };
 
+/// The changelog topic of a job (or a later stage) whose consumer group is `group`.
+pub fn changelog_topic(group: &str) -> String {
+    format!("{group}-changelog")
+}
+
 /// The repartition topic of a step.
 pub fn repartition_topic(job: &str, step: &StepSpec) -> String {
     step.repartition

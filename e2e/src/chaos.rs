@@ -427,7 +427,7 @@ pub fn run(o: &Options) -> Result<Outcome> {
     let input = format!("chaos-in-{id:08x}");
     let output = format!("chaos-out-{id:08x}");
     let group = format!("chaos-{id:08x}");
-    let changelog = weir_worker::changelog::topic_name(&group);
+    let changelog = weir_contract::stages::changelog_topic(&group);
     let table = format!("chaos_{id:08x}");
     let parts = partitions(o.records);
     if let Some(d) = &o.log_dir {

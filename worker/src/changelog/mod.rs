@@ -32,10 +32,8 @@ use crate::plan::TopicPartition;
 use crate::producer::KafkaWriter;
 use crate::spec::JobSpec;
 
-/// The changelog topic of a job whose consumer group is `group`.
-pub fn topic_name(group: &str) -> String {
-    format!("{group}-changelog")
-}
+// Named with the stages' topics and groups, in the contract.
+pub use weir_contract::stages::changelog_topic as topic_name;
 
 /// What a partition's last marker says.
 #[derive(Debug, Clone, PartialEq)]
