@@ -13,8 +13,9 @@
 //!   database transaction and is where a restart resumes; dead letters go first, as at least
 //!   once, and the group commit again only mirrors the offsets.
 //!
-//! Which order applies follows from what the sink says it writes itself
-//! ([`Sink::logs_state`], [`Sink::writes_dead_letters`]).
+//! Which order applies follows from what the sink writes itself: the state changes when it
+//! took the changelog's format ([`Sink::log_state_as`]), the dead letters when it says so
+//! ([`Sink::writes_dead_letters`]).
 
 use crate::batch::BatchOutput;
 use crate::changelog::Changelog;
@@ -32,18 +33,22 @@ pub struct Commit {
     /// Where keyed state is logged; `None` when the pipeline keeps none, or the sink is the
     /// record of state.
     changelog: Option<Changelog>,
+    /// The sink took the changelog's format: it logs the state changes in its transactions.
+    sink_logs_state: bool,
 }
 
 impl Commit {
-    /// A sink that logs state in its own transactions is given the changelog's format here.
+    /// Offers the sink the changelog's format, which a sink that logs state in its own
+    /// transactions takes.
     pub fn new(mut sink: Box<dyn Sink>, dead: DeadLetters, changelog: Option<Changelog>) -> Self {
-        if let Some(log) = &changelog {
-            sink.log_state_as(log.format());
-        }
+        let sink_logs_state = changelog
+            .as_ref()
+            .is_some_and(|log| sink.log_state_as(log.format()));
         Commit {
             sink,
             dead,
             changelog,
+            sink_logs_state,
         }
     }
 
@@ -66,7 +71,7 @@ impl Commit {
             self.dead.write(batch.dead)?;
         }
         self.sink.write(batch)?;
-        if !self.sink.logs_state() {
+        if !self.sink_logs_state {
             if let Some(log) = &mut self.changelog {
                 log.write(owned, batch)?;
             }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -15,6 +16,7 @@ use rdkafka::types::RDKafkaApiKey;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use weir_worker::batch::BatchOutput;
+use weir_worker::changelog::LogFormat;
 use weir_worker::dead_letter::H_STEP;
 use weir_worker::engine::{Engine, Options};
 use weir_worker::error::Error;
@@ -178,6 +180,9 @@ impl Sink for OlderWorkerCommitsUntilFenced {
     }
     fn logs_state(&self) -> bool {
         self.inner.logs_state()
+    }
+    fn log_state_as(&mut self, format: Arc<LogFormat>) -> bool {
+        self.inner.log_state_as(format)
     }
     fn writes_dead_letters(&self) -> bool {
         self.inner.writes_dead_letters()

@@ -213,8 +213,9 @@ impl Sink for ExactlyOnceSink {
         true
     }
 
-    fn log_state_as(&mut self, format: Arc<LogFormat>) {
+    fn log_state_as(&mut self, format: Arc<LogFormat>) -> bool {
         self.changelog = Some(format);
+        true
     }
 
     fn writes_dead_letters(&self) -> bool {

@@ -37,10 +37,14 @@ pub trait Sink: Send {
         false
     }
 
-    /// How the job's state changes become changelog records, for a sink that logs them in its
-    /// own transactions ([`Sink::logs_state`]); the engine hands it over once, when the
-    /// changelog is open, so a batch's results do not carry the changelog's encoder.
-    fn log_state_as(&mut self, _format: Arc<LogFormat>) {}
+    /// Offered once the changelog is open: how the job's state changes become changelog
+    /// records. A sink that writes them in its own transactions keeps it and returns true, and
+    /// the commit step leaves the batch's changes to it; any other returns false, and the
+    /// changelog writer logs them. A sink that wraps another must forward it: otherwise the
+    /// changes are logged, but outside the wrapped sink's transactions.
+    fn log_state_as(&mut self, _format: Arc<LogFormat>) -> bool {
+        false
+    }
 
     /// Whether `write` also sends the batch's dead letters, in the same transactions as the
     /// output of their partitions.
@@ -125,8 +129,8 @@ impl Sink for Tee {
         self.0.logs_state()
     }
 
-    fn log_state_as(&mut self, format: Arc<LogFormat>) {
-        self.0.log_state_as(format);
+    fn log_state_as(&mut self, format: Arc<LogFormat>) -> bool {
+        self.0.log_state_as(format)
     }
 
     fn writes_dead_letters(&self) -> bool {
