@@ -209,16 +209,23 @@ pub fn create_topics(client: &ClientConfig, topics: &[(&str, i32)]) -> Result<()
         .iter()
         .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(-1)))
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            what: "a runtime for the admin client".into(),
-            source,
-        })?;
-    let made = rt.block_on(
-        admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(TIMEOUT))),
-    )?;
+    // On a thread of its own, so that a test inside a runtime (`#[tokio::test]`) can call it.
+    let made = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|source| Error::Io {
+                        what: "a runtime for the admin client".into(),
+                        source,
+                    })?;
+                let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+                Ok::<_, Error>(rt.block_on(admin.create_topics(&new, &opts))?)
+            })
+            .join()
+            .map_err(|_| Error::Failed("the admin client's thread panicked".into()))
+    })??;
     for r in made {
         r.map_err(|(t, e)| Error::Failed(format!("creating topic {t}: {e}")))?;
     }
