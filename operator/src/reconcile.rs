@@ -323,7 +323,9 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
             workers_ready: new.workers.ready,
             restarts: new.restarts,
             observed_at: new.observed_at.as_ref().map(|t| t.0.as_second()),
-        },
+            ..JobFigures::default()
+        }
+        .with_status(&new),
     );
     if !status::changed(previous, &new) {
         return Ok(outcome);
