@@ -67,6 +67,23 @@ pub fn worker_binary() -> std::path::PathBuf {
     bin
 }
 
+/// The operator binary of this workspace, beside the test executable. `cargo test` builds no
+/// binary of this crate (it has no integration tests): `scripts/test.sh` builds it first.
+pub fn operator_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the target directory")
+        .join("weir-operator");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p weir-operator` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
