@@ -509,7 +509,21 @@ mod job_tests {
                 batch_lag: Some(1),
                 observed_at: Some(1),
                 ..JobFigures::default()
-            },
+            }
+            .with_status(&StreamingJobStatus {
+                phase: Some(Phase::Running),
+                conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    reason: "WorkersReady".into(),
+                    message: String::new(),
+                    observed_generation: None,
+                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                }],
+                ..StreamingJobStatus::default()
+            }),
         );
         let text = m.render();
         let queried = dashboard_metrics(|name| {
