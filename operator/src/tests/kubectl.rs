@@ -69,6 +69,7 @@ struct Said {
     stderr: String,
 }
 
+#[derive(Clone)]
 struct Kubectl {
     bin: PathBuf,
     config: PathBuf,
@@ -243,6 +244,44 @@ async fn kubectl_waits_gets_and_describes_a_job_as_the_readme_says() {
         seen(&server)
     );
 
+    let waits = readme_waits();
+    assert!(
+        waits
+            .iter()
+            .any(|w| w.iter().any(|a| a == "--for=condition=Ready"))
+            && waits
+                .iter()
+                .any(|w| w.iter().any(|a| a.starts_with("--for=jsonpath="))),
+        "the README documents both waits: {waits:?}"
+    );
+    // kubectl waits for Ready from before the job is: it hears of the change through its
+    // watch of the one job (a fieldSelector on the name).
+    let watching = |r: &[fixtures::Recorded]| {
+        r.iter()
+            .filter(|x| {
+                x.query.contains("watch=true")
+                    && x.query.contains("fieldSelector=metadata.name%3Dword-count")
+            })
+            .count()
+    };
+    let watches_before = watching(&server.requests());
+    let ready_wait = waits
+        .iter()
+        .find(|w| w.iter().any(|a| a == "--for=condition=Ready"))
+        .cloned()
+        .unwrap_or_default();
+    let early = tokio::spawn({
+        let kubectl = kubectl.clone();
+        let args = ready_wait.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kubectl.run(&args).await
+        }
+    });
+    server
+        .wait_for(CALL, |r| watching(r) > watches_before)
+        .await;
+
     // The brokers answer, the worker's pod and StatefulSet are ready and its /progress
     // answers: the job runs.
     let now_ms = k8s_openapi::jiff::Timestamp::now().as_millisecond();
@@ -282,15 +321,16 @@ async fn kubectl_waits_gets_and_describes_a_job_as_the_readme_says() {
     sts["status"] = json!({"replicas": 1, "readyReplicas": 1});
     server.insert(STS, sts);
 
-    let waits = readme_waits();
+    let waited = early.await.unwrap();
     assert!(
-        waits
-            .iter()
-            .any(|w| w.iter().any(|a| a == "--for=condition=Ready"))
-            && waits
-                .iter()
-                .any(|w| w.iter().any(|a| a.starts_with("--for=jsonpath="))),
-        "the README documents both waits: {waits:?}"
+        waited.ok
+            && waited
+                .stdout
+                .contains("streamingjob.weir.dev/word-count condition met"),
+        "kubectl {ready_wait:?}, started before the job was Ready: {}\n{}\nrequests:\n{}",
+        waited.stdout,
+        waited.stderr,
+        seen(&server)
     );
     for args in &waits {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -342,6 +382,42 @@ async fn kubectl_waits_gets_and_describes_a_job_as_the_readme_says() {
         row.len() == 9 && age(row[7]) && age(row[8]),
         "{}",
         got.stdout
+    );
+
+    // -o wide adds the columns of priority 1: Desired, and Observed (an age).
+    let wide = kubectl.run(&["get", "sj", "-o", "wide"]).await;
+    assert!(wide.ok, "{}", wide.stderr);
+    assert_eq!(
+        squeeze(wide.stdout.lines().next().unwrap_or_default()),
+        "NAME PHASE PROGRESS WORKERS DESIRED LAG LAG SECONDS BATCH LAG LAST BATCH OBSERVED AGE",
+        "{}",
+        wide.stdout
+    );
+
+    // What a real server refuses, this one refuses, in kubectl's words.
+    let unknown = kubectl.run(&["get", "streamingjobz"]).await;
+    assert!(
+        !unknown.ok
+            && unknown
+                .stderr
+                .contains("the server doesn't have a resource type \"streamingjobz\""),
+        "{}",
+        unknown.stderr
+    );
+    let raw = kubectl
+        .run(&[
+            "get",
+            "--raw",
+            "/apis/weir.dev/v1alpha1/namespaces/default/nope",
+        ])
+        .await;
+    assert!(
+        !raw.ok
+            && raw
+                .stderr
+                .contains("the server could not find the requested resource"),
+        "{}",
+        raw.stderr
     );
 
     let described = kubectl.run(&["describe", "sj", JOB]).await;

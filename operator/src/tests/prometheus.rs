@@ -392,6 +392,8 @@ async fn every_dashboard_expression_has_plausible_series_in_a_real_prometheus() 
         records_in.len() >= 2 && records_in.iter().all(|v| *v > 0.0),
         "the input stage and the stage after the keyBy: {records_in:?}"
     );
+    // The operator process asked the API only what the chart's RBAC rules grant.
+    assert_eq!(server.forbidden(), Vec::<String>::new());
     // The operator process's phase gauge: one phase at a time.
     assert_eq!(values("weir_job_phase"), [1.0]);
     let lag = values("weir_job_lag_records");
