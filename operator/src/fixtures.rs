@@ -529,8 +529,9 @@ fn answer(
 }
 
 /// The kinds whose every write is announced to watches, as the API server does: the ones
-/// the operator reads from watch-fed stores. Jobs are announced only for metadata writes, so
-/// tests decide when the controller hears of anything else about them.
+/// the operator reads from watch-fed stores. Jobs are announced only for metadata writes
+/// (creation, finalizers, deletion), so tests decide when the controller hears of anything
+/// else about them; a watch that hears every write (`kubectl`'s) hears those too.
 fn announced(plural: &str) -> bool {
     matches!(
         plural,
