@@ -365,7 +365,9 @@ fn figures(new: &StreamingJobStatus) -> JobFigures {
         workers_ready: new.workers.ready,
         restarts: new.restarts,
         observed_at: new.observed_at.as_ref().map(|t| t.0.as_second()),
+        ..JobFigures::default()
     }
+    .with_status(new)
 }
 
 /// The Events (and log lines) of a status just written: a rewind refused, each condition's

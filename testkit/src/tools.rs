@@ -88,8 +88,8 @@ pub fn pg_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, b)| b)
 }
 
-/// A binary of this workspace (`weir-worker`), beside the running test executable: `cargo
-/// test --workspace` builds it, as `scripts/test.sh` runs it. Integration tests of the crate
+/// A binary of this workspace (`weir-worker`, `weir-operator`), beside the running test
+/// executable: `scripts/test.sh` builds both before the tests. Integration tests of the crate
 /// that owns the binary should use `env!("CARGO_BIN_EXE_...")` instead.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
@@ -101,7 +101,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         .join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it with `cargo build -p weir-worker` (scripts/test.sh does)",
+        "{} is missing: build it with `cargo build -p {name}` (scripts/test.sh does)",
         bin.display()
     );
     bin

@@ -55,4 +55,10 @@ pub fn worker_binary() -> std::path::PathBuf {
     weir_testkit::tools::workspace_binary("weir-worker")
 }
 
+/// The operator binary of this workspace, beside the test executable. `cargo test` builds no
+/// binary of this crate (it has no integration tests): `scripts/test.sh` builds it first.
+pub fn operator_binary() -> std::path::PathBuf {
+    weir_testkit::tools::workspace_binary("weir-operator")
+}
+
 pub use weir_testkit::{free_port, refused_port};
