@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Drain benchmark: how fast a worker drains a backlog, next to a raw librdkafka consumer.
 #
-#   bench/drain.sh [RECORDS] [--bootstrap HOST:PORT] [--job stateless|stateful|exactly-once]
+#   bench/drain.sh [RECORDS] [--bootstrap HOST:PORT]
+#                  [--job stateless|windowed|keyed|stateful|exactly-once]
 #                  [--bin DIR] [-- WORKER_RUN_FLAGS...]
 #
 # Without --bootstrap it hosts librdkafka's mock cluster on a loopback port, with enough
 # partitions that the backlog fits the mock's per-partition retention (about 5 MiB). It writes
 # RECORDS (default 1000000) 100-byte JSON records, drains them once with a raw consumer (assign,
-# same fetch settings, counting only) and once with a worker running filter + keyBy + count (which
-# since keys meet across partitions runs through the shuffle: the rate is its first stage's), and
-# prints both rates and `ratio=<worker/raw>`. --job stateful runs a running count per page (a
-# state step, its changelog, a Kafka sink at least once); --job exactly-once the same with the
-# exactly-once Kafka sink (a transaction per partition and batch), and prints where its
-# transactions' time went (produce and acks, the offsets sent to the transaction, EndTxn).
+# same fetch settings, counting only) and once with a worker running a job of one kind:
+#   stateless     filter + map, nothing kept (the per-record path);
+#   windowed      filter + keyBy + a 10 s window count per input partition (no shuffle);
+#   keyed         filter + keyBy + count per batch, keys meeting across partitions (through the
+#                 shuffle: two stages);
+#   stateful      a running count per page (a state step, its changelog, a Kafka sink at least
+#                 once, through the shuffle);
+#   exactly-once  the same with the exactly-once Kafka sink (a transaction per partition and
+#                 batch); it also prints where its transactions' time went (produce and acks,
+#                 the offsets sent to the transaction, EndTxn).
+# It prints both rates and `ratio=<worker/raw>`, where the worker's rate is the first stage's
+# records over its batches' processing time, and `wall_ratio`, from the worker's start until
+# every stage has read everything the stage before it wrote: what a user waits for.
 # Both processes' peak RSS and CPU seconds are printed too (raw_peak_rss_mib, worker_peak_rss_mib,
 # worker_cpu_s). --bin DIR runs weir-worker and weir-bench from DIR instead of building them
 # (to compare builds in one session); flags after `--` go to `weir-worker run` (e.g.
@@ -32,12 +40,12 @@ while [ $# -gt 0 ]; do
     --job) job="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     --) shift; worker_flags=("$@"); break ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) records="$1"; shift ;;
   esac
 done
 case "$records" in ''|*[!0-9]*) echo "RECORDS must be a number, got '$records'" >&2; exit 2 ;; esac
-case "$job" in stateless|stateful|exactly-once) ;; *) echo "--job must be stateless, stateful or exactly-once, got '$job'" >&2; exit 2 ;; esac
+case "$job" in stateless|windowed|keyed|stateful|exactly-once) ;; *) echo "--job must be stateless, windowed, keyed, stateful or exactly-once, got '$job'" >&2; exit 2 ;; esac
 
 if [ -z "$bin" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
@@ -95,10 +103,15 @@ source:
     groupId: weir-bench-$$
 pipeline:
   - {id: valid, filter: "has(value.page) && value.page != ''"}
-  - {id: by-page, keyBy: "value.page"}
 JOB
 case "$job" in
-  stateless) printf '%s\n' '  - {id: views, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
+  stateless) ;;
+  *) echo '  - {id: by-page, keyBy: "value.page"}' >> "$work/job.yaml" ;;
+esac
+case "$job" in
+  stateless) printf '%s\n' "  - {id: page, map: \"{'page': value.page}\"}" 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
+  windowed) printf '%s\n' '  - {id: views, perPartition: true, window: {length: 10s}, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
+  keyed) printf '%s\n' '  - {id: views, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
   stateful) printf '%s\n' "  - {id: views, state: {initial: '0', update: 'state + size(values)'}}" "sink: {kafka: {topic: $topic-out}}" >> "$work/job.yaml" ;;
   exactly-once) printf '%s\n' "  - {id: views, state: {initial: '0', update: 'state + size(values)'}}" "sink: {kafka: {topic: $topic-out, delivery: exactlyOnce}}" >> "$work/job.yaml" ;;
 esac
@@ -115,7 +128,22 @@ raw_rate = float(raw_fields["raw_rate"])
 # What the log holds (the mock's retention may have dropped the oldest records of a partition).
 records = int(raw_fields["raw_records"])
 with open(log, "w") as err:
+    started = time.time()
     worker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def drained(snap):
+    """The first stage read the whole backlog and each later stage what the one before wrote."""
+    if snap["recordsIn"] < records:
+        return False
+    wrote = snap["recordsOut"]
+    for stage in snap.get("stages", []):
+        if stage["recordsIn"] < wrote:
+            return False
+        wrote = stage["recordsOut"]
+    return True
+
+
 deadline = time.time() + 1800
 while True:
     if worker.poll() is not None:
@@ -128,7 +156,8 @@ while True:
         snap = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/progress?last=100", timeout=5))
     except Exception:
         snap = None
-    if snap and snap["recordsIn"] >= records:
+    if snap and drained(snap):
+        wall = time.time() - started
         break
     if time.time() > deadline:
         worker.kill()
@@ -138,13 +167,14 @@ busy = [b for b in snap["batches"] if b["recordsIn"] > 0]
 seconds = sum(b["processingMs"] for b in busy) / 1000.0
 rate = snap["recordsIn"] / seconds
 print(f"worker_records={snap['recordsIn']} worker_batches={len(busy)} worker_seconds={seconds:.3f} worker_rate={rate:.0f}")
+print(f"worker_stages={1 + len(snap.get('stages', []))} worker_wall_s={wall:.2f} wall_rate={snap['recordsIn'] / wall:.0f} wall_ratio={snap['recordsIn'] / wall / raw_rate:.2f}")
 # Peak RSS (VmHWM) and CPU seconds of the worker so far, from /proc.
 with open(f"/proc/{worker.pid}/status") as f:
     hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
 with open(f"/proc/{worker.pid}/stat") as f:
     fields = f.read().rsplit(")", 1)[1].split()
 cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-print(f"worker_peak_rss_mib={hwm / 1024:.0f} worker_cpu_s={cpu:.2f}")
+print(f"worker_peak_rss_mib={hwm / 1024:.0f} worker_cpu_s={cpu:.2f} worker_cpu_s_per_million={cpu / snap['recordsIn'] * 1e6:.2f}")
 if "inFlight" in snap:
     f = snap["inFlight"]
     print(f"budget_bytes={f['budget']['bytes']} budget_records={f['budget']['records']} peak_batch_bytes={f['peakBytes']} peak_batch_records={f['peakRecords']}")

@@ -116,7 +116,7 @@ declare -A SETS=(
   [alerts]="--set alerts.enabled=true --set metrics.serviceMonitor.enabled=true --set metrics.podMonitor.enabled=true --set alerts.labels.release=prom"
 )
 # What every alert must carry, and the alerts the chart ships.
-ALERT_NAMES="['WeirOffsetLagGrowing', 'WeirBatchLagHigh', 'WeirJobWorkersNotReady', 'WeirJobStalled', 'WeirJobRestarting', 'WeirJobObservationStale', 'WeirSourceDown', 'WeirDeadLetters', 'WeirOperatorDown']"
+ALERT_NAMES="['WeirOffsetLagGrowing', 'WeirBatchLagHigh', 'WeirJobWorkersNotReady', 'WeirJobStalled', 'WeirJobRestarting', 'WeirJobObservationStale', 'WeirJobFailed', 'WeirOffsetsAtRisk', 'WeirSourceDown', 'WeirDeadLetters', 'WeirOperatorDown']"
 
 declare -A ASSERTS=(
   [default]="operator image is the appVersion :: container()['image'] == 'ghcr.io/weir-dev/weir-operator:$APP_VERSION'
@@ -309,7 +309,8 @@ PY
   fi
 done
 # The tests must see the thresholds: with one moved, they fail.
-for moved in alerts.batchLag.threshold=11 alerts.stalled.for=30m alerts.deadLetters.perSecond=0.2; do
+for moved in alerts.batchLag.threshold=11 alerts.stalled.for=30m alerts.deadLetters.perSecond=0.2 \
+  alerts.jobFailed.for=10m alerts.offsetsAtRisk.for=15m; do
   if ! render_rules --set "$moved" 2>"$tmp/rules.log"; then
     fail "rendering the PrometheusRule with $moved"; sed 's/^/          /' "$tmp/rules.log"
   elif (cd "$tmp/promtool" && "$PROMTOOL" test rules alerts.test.yaml) >/dev/null 2>&1; then

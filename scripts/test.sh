@@ -38,6 +38,9 @@ section "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 section "cargo test --workspace --all-targets"
+# The operator's tests start its binary (the live-Prometheus test), which `cargo test` does
+# not build for a crate without integration tests.
+cargo build -p weir-operator --bin weir-operator
 # --all-targets: every unit and integration test, without doc-tests (there are none to run).
 cargo test --workspace --all-targets 2>&1 | tee "$CARGO_TARGET_DIR/weir-test.log"
 test_summary=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$CARGO_TARGET_DIR/weir-test.log")

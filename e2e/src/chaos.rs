@@ -23,22 +23,20 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rand::Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use weir_contract::value::Val;
 
-use crate::pg::PgServer;
+use weir_testkit::broker::create_topics;
+use weir_testkit::pg::PgServer;
+use weir_testkit::{kafka, Broker, Killed};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
 /// Distinct keys of the stateful job: inputs `n` count under `n % KEYS`.
 pub const KEYS: u64 = 1000;
 
@@ -120,105 +118,9 @@ pub fn expected(records: u64) -> HashMap<u64, i64> {
         .collect()
 }
 
-struct Proc {
-    child: Child,
-    _stdin: Option<ChildStdin>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_mock(worker: &Path, topics: &[(&str, i32)]) -> Result<(Proc, String)> {
-    let mut cmd = Command::new(worker);
-    cmd.arg("mock-kafka");
-    for (t, p) in topics {
-        cmd.args(["--topic", &format!("{t}:{p}")]);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {} mock-kafka", worker.display()))?;
-    let stdin = child.stdin.take();
-    let out = child.stdout.take().context("mock-kafka stdout")?;
-    let proc = Proc {
-        child,
-        _stdin: stdin,
-    };
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line)?;
-    let bootstrap = line
-        .trim()
-        .strip_prefix("bootstrap.servers=")
-        .with_context(|| format!("mock-kafka printed {line:?}"))?
-        .to_string();
-    Ok((proc, bootstrap))
-}
-
-fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(-1)))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    for r in rt.block_on(admin.create_topics(
-        &new,
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-    ))? {
-        r.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
-    }
-    Ok(())
-}
-
-fn produce(bootstrap: &str, topic: &str, partitions: i32, records: u64) -> Result<()> {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .set("enable.idempotence", "true")
-        .set("queue.buffering.max.messages", "500000")
-        .create()?;
-    let mut key = String::new();
-    let mut payload = String::new();
-    for n in 0..records {
-        use std::fmt::Write as _;
-        key.clear();
-        payload.clear();
-        let _ = write!(key, "{n}");
-        let _ = write!(payload, r#"{{"n":{n}}}"#);
-        let part = (n % partitions as u64) as i32;
-        loop {
-            match p.send(
-                BaseRecord::to(topic)
-                    .key(&key)
-                    .payload(&payload)
-                    .partition(part),
-            ) {
-                Ok(()) => break,
-                Err(_) => {
-                    p.poll(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-    p.flush(Duration::from_secs(120))?;
-    Ok(())
-}
-
 /// A worker process; its log lines go to a file and its finished batches are counted.
 struct Worker {
-    proc: Proc,
+    proc: Killed,
     batches: Arc<AtomicU64>,
 }
 
@@ -272,26 +174,23 @@ impl Worker {
             }
         });
         Ok(Worker {
-            proc: Proc {
-                child,
-                _stdin: None,
-            },
+            proc: Killed::new(child),
             batches,
         })
     }
 
     fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
-        Ok(self.proc.child.try_wait()?)
+        Ok(self.proc.child().try_wait()?)
     }
 
     fn kill9(&mut self) -> Result<()> {
-        self.proc.child.kill()?;
-        self.proc.child.wait()?;
+        self.proc.child().kill()?;
+        self.proc.child().wait()?;
         Ok(())
     }
 
     fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
-        let pid = self.proc.child.id().to_string();
+        let pid = self.proc.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status()?;
         let deadline = Instant::now() + within;
         loop {
@@ -306,98 +205,32 @@ impl Worker {
     }
 }
 
-fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?)
-}
-
-fn high_watermarks(c: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>> {
-    (0..partitions)
-        .map(|p| Ok(c.fetch_watermarks(topic, p, TIMEOUT)?.1))
-        .collect()
-}
-
 /// The group's committed offsets, asked again while the broker cannot answer yet (an offset
 /// fetch answers UNSTABLE_OFFSET_COMMIT while a killed worker's transaction is still open).
-fn group_offsets(c: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+fn group_offsets(
+    client: &ClientConfig,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<i64>> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        match group_offsets_once(c, topic, partitions) {
+        match kafka::committed(client, group, topic, partitions) {
             Ok(o) => return Ok(o),
             Err(e) if Instant::now() < deadline => {
                 eprintln!("weir-chaos: reading the group's offsets failed ({e}); asking again");
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(e) => return Err(e.context("reading the group's offsets for 120 s")),
+            Err(e) => return Err(anyhow!(e).context("reading the group's offsets for 120 s")),
         }
     }
 }
 
-fn group_offsets_once(c: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>> {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let r = c.committed_offsets(tpl, TIMEOUT)?;
-    Ok((0..partitions)
-        .map(|p| match r.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect())
-}
-
-/// Every record of `topic` as (key, value) in partition order.
-fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<(Option<String>, Vec<u8>)>> {
-    let c = consumer(bootstrap, "weir-chaos-reader")?;
-    let md = c.fetch_metadata(Some(topic), TIMEOUT)?;
-    let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
-    let mut tpl = TopicPartitionList::new();
-    let mut left = 0i64;
-    let mut ends = Vec::new();
-    for p in 0..parts {
-        let (low, high) = c.fetch_watermarks(topic, p, TIMEOUT)?;
-        ends.push(high);
-        left += high - low;
-        tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
-    }
-    let mut out = Vec::with_capacity(left.max(0) as usize);
-    if left <= 0 {
-        return Ok(out);
-    }
-    c.assign(&tpl)?;
-    let mut idle = Instant::now();
-    let mut done = vec![false; parts as usize];
-    for (p, d) in done.iter_mut().enumerate() {
-        let (low, high) = c.fetch_watermarks(topic, p as i32, TIMEOUT)?;
-        *d = high <= low;
-    }
-    while !done.iter().all(|d| *d) {
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                idle = Instant::now();
-                let p = m.partition() as usize;
-                if m.offset() < ends[p] {
-                    out.push((
-                        m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        m.payload().unwrap_or_default().to_vec(),
-                    ));
-                }
-                if m.offset() + 1 >= ends[p] {
-                    done[p] = true;
-                }
-            }
-            Some(Err(e)) => bail!("reading {topic}: {e}"),
-            // A read_committed reader skips transaction markers: stop when nothing comes.
-            None if idle.elapsed() > Duration::from_secs(10) => break,
-            None => {}
-        }
-    }
-    Ok(out)
+/// Client settings for the broker at `bootstrap`.
+fn client(bootstrap: &str) -> ClientConfig {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .clone()
 }
 
 /// Compares final counts per key with the expected ones: (lost, duplicated).
@@ -441,12 +274,13 @@ pub fn run(o: &Options) -> Result<Outcome> {
     }
     let (_mock, bootstrap) = match &o.bootstrap {
         Some(b) => {
-            create_topics(b, &topics)?;
+            create_topics(&client(b), &topics)?;
             (None, b.clone())
         }
         None => {
-            let (p, b) = start_mock(&o.worker, &topics)?;
-            (Some(p), b)
+            let mock = Broker::mock_process(&o.worker, &topics)?;
+            let b = mock.bootstrap();
+            (Some(mock), b)
         }
     };
     let pg = match o.sink {
@@ -487,7 +321,13 @@ sink: {sink}
 
     let producer = {
         let (b, t, n) = (bootstrap.clone(), input.clone(), o.records);
-        std::thread::spawn(move || produce(&b, &t, parts, n))
+        std::thread::spawn(move || {
+            let config = client(&b)
+                .set("enable.idempotence", "true")
+                .set("queue.buffering.max.messages", "500000")
+                .clone();
+            kafka::produce_numbered(&config, &t, parts, 0, n)
+        })
     };
 
     let mut rng = rand::rng();
@@ -528,8 +368,10 @@ sink: {sink}
         .map_err(|_| anyhow!("the producer panicked"))??;
 
     let mut last = older.context("the last worker")?;
-    let c = consumer(&bootstrap, &group)?;
-    let ends = high_watermarks(&c, &input, parts)?;
+    let reader = client(&bootstrap)
+        .set("isolation.level", "read_committed")
+        .clone();
+    let ends = kafka::high_watermarks(&reader, &input, parts)?;
     let total: i64 = ends.iter().sum();
     let deadline = Instant::now() + Duration::from_secs(300 + o.records / 5_000);
     loop {
@@ -547,7 +389,7 @@ sink: {sink}
                 }
                 stored
             }
-            None => group_offsets(&c, &input, parts)?,
+            None => group_offsets(&reader, &group, &input, parts)?,
         };
         if at == ends {
             break;
@@ -597,7 +439,8 @@ sink: {sink}
             let mut seen = HashSet::new();
             let mut last_value = HashMap::new();
             let mut dup_records = 0u64;
-            for (k, v) in read_all(&bootstrap, &output)? {
+            for r in kafka::read_all(&reader, &output)? {
+                let (k, v) = (r.key, r.value);
                 let k: u64 = k.context("an output record without a key")?.parse()?;
                 let v: i64 = serde_json::from_slice(&v)?;
                 if !seen.insert((k, v)) {

@@ -1,5 +1,4 @@
-//! Support for the end-to-end tests and scripts: a throwaway PostgreSQL server ([`pg`]) and
-//! the kill test harness behind `e2e/chaos.sh` ([`chaos`]).
+//! Support for the end-to-end tests and scripts: the kill test harness behind `e2e/chaos.sh`
+//! ([`chaos`]), on the workspace's test kit (`weir_testkit`).
 
 pub mod chaos;
-pub mod pg;

@@ -6,28 +6,15 @@ use std::path::PathBuf;
 
 use weir_e2e::chaos::{run, Options, SinkKind};
 
-/// The worker binary cargo built for the workspace's tests.
 fn worker_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("weir-worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p weir-worker` (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
+    weir_testkit::tools::workspace_binary("weir-worker")
 }
 
 /// Runs the PostgreSQL version of the harness: 20,000 records, three workers killed (with
 /// `overlap`, each started beside the running one first), and asserts its closing line.
 fn postgres_run(overlap: bool) {
-    if weir_e2e::pg::bin_dir().is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the PostgreSQL server is required in CI: scripts/install-tools.sh installs it"
-        );
-        eprintln!("PostgreSQL server not installed; skipping");
+    let found = weir_testkit::tools::pg_bin_dir();
+    if weir_testkit::tools::required("the PostgreSQL server", "WEIR_PG_BIN", found).is_none() {
         return;
     }
     let log_dir = tempfile::tempdir().expect("tempdir");

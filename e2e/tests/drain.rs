@@ -2,9 +2,7 @@
 //! StatefulSet runs them) drain a backlog from a broker in a third process, and the operator's
 //! own Kafka observer and `/progress` reader see the lag fall to zero.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -14,64 +12,16 @@ use weir_operator::lag;
 use weir_operator::observation::KafkaTarget;
 use weir_operator::observe::{KafkaObserver, Observer};
 use weir_operator::progress;
+use weir_testkit::{free_port, Broker, Killed};
 
 const PARTITIONS: i32 = 4;
 const RECORDS: u64 = 4_000;
 
-/// The worker binary cargo built for the workspace's tests.
-fn worker_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("weir-worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p weir-worker` (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_falls_to_zero_as_real_workers_drain_a_backlog() {
-    let bin = worker_bin();
-    let mut mock = Command::new(&bin)
-        .args([
-            "mock-kafka",
-            "--topic",
-            &format!("in:{PARTITIONS}"),
-            "--topic",
-            "out:4",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start mock-kafka");
-    let mut line = String::new();
-    BufReader::new(mock.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("bootstrap");
-    let _mock = Proc(mock);
-    let bootstrap = line
-        .trim()
-        .trim_start_matches("bootstrap.servers=")
-        .to_string();
+    let bin = weir_testkit::tools::workspace_binary("weir-worker");
+    let mock = Broker::mock_process(&bin, &[("in", PARTITIONS), ("out", 4)]).expect("mock-kafka");
+    let bootstrap = mock.bootstrap();
 
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -104,9 +54,9 @@ async fn lag_falls_to_zero_as_real_workers_drain_a_backlog() {
     };
 
     let ports = [free_port(), free_port()];
-    let _workers: Vec<Proc> = (0..2)
+    let _workers: Vec<Killed> = (0..2)
         .map(|ordinal| {
-            Proc(
+            Killed::new(
                 Command::new(&bin)
                     .arg("run")
                     .arg(&file)

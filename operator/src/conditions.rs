@@ -220,13 +220,23 @@ pub fn apply(
     {
         unwell.push((
             "WorkersUnreachable",
-            format!("no progress from workers {}", list(u)),
+            // A person reads "no progress from workers 0" as "no workers made progress".
+            if u.len() == 1 {
+                format!("worker {} does not answer at /progress", list(u))
+            } else {
+                format!("workers {} do not answer at /progress", list(u))
+            },
         ));
     }
     if let Some(b) = &status.restart_budget {
         unwell.push((
             "WorkersRestarted",
-            format!("{} worker restarts since {}", b.used, b.window_start.0),
+            format!(
+                "{} worker {} since {}",
+                b.used,
+                if b.used == 1 { "restart" } else { "restarts" },
+                b.window_start.0
+            ),
         ));
     }
     if stalled.0 == "True" {

@@ -561,6 +561,20 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    /// The phase as `status.phase` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Rescaling => "Rescaling",
+            Self::Degraded => "Degraded",
+            Self::Suspended => "Suspended",
+            Self::Failed => "Failed",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkersStatus {

@@ -2,6 +2,12 @@
 //! kube-rs's controller-rs example, extended with LIST and WATCH so the real `Controller` runs
 //! against it. It keeps objects in memory, answers by method and path like the API server
 //! would, keeps watch streams open, and records every request for assertions.
+//! [`ApiServer::listen`] serves the same objects over loopback HTTP, for processes: the
+//! operator binary and the real `kubectl` (see [`served`]).
+
+mod served;
+
+pub use served::{now as served_now, Caller};
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -73,8 +79,31 @@ fn parse(path: &str) -> Option<Loc> {
 }
 
 type WatchSender = mpsc::Sender<Result<Bytes, Infallible>>;
-/// Open watches by (API prefix, plural), each with the namespace it covers (None: all).
-type Watches = HashMap<(String, String), Vec<(Option<String>, WatchSender)>>;
+
+/// One open watch.
+struct Watch {
+    /// The namespace it covers (None: all).
+    namespace: Option<String>,
+    /// `fieldSelector=metadata.name=...`: the one object it covers (None: all).
+    name: Option<String>,
+    /// Hears every write, as from a real API server (an [`Caller::Admin`]'s `kubectl`);
+    /// otherwise only what [`announced`] says, so tests decide when the operator hears what.
+    every_write: bool,
+    tx: WatchSender,
+}
+
+impl Watch {
+    fn covers(&self, namespace: Option<&String>, obj: &Value) -> bool {
+        (self.namespace.is_none() || self.namespace.as_ref() == namespace)
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| obj["metadata"]["name"].as_str() == Some(n.as_str()))
+    }
+}
+
+/// Open watches by (API prefix, plural).
+type Watches = HashMap<(String, String), Vec<Watch>>;
 
 #[derive(Default)]
 struct State {
@@ -127,11 +156,25 @@ fn permission(method: &Method, query: &str, loc: &Loc) -> (String, String, Strin
 pub struct ApiServer {
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
+    /// The loopback HTTP servers of [`ApiServer::listen`].
+    listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.task.abort();
+        for l in self
+            .listeners
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+        {
+            l.abort();
+        }
+        // Ends the open watch streams, so their connections close too.
+        if let Ok(mut st) = self.state.lock() {
+            st.watchers.clear();
+        }
     }
 }
 
@@ -162,11 +205,22 @@ pub fn start() -> (Client, ApiServer) {
     let shared = state.clone();
     let task = tokio::spawn(async move {
         while let Some((request, send)) = handle.next_request().await {
-            let response = answer(&shared, request).await;
+            let (parts, body) = request.into_parts();
+            let bytes = axum::body::to_bytes(Body::new(body), 16 << 20)
+                .await
+                .unwrap_or_default();
+            let response = answer(&shared, parts, &bytes, Caller::Operator);
             send.send_response(response);
         }
     });
-    (Client::new(service, "default"), ApiServer { state, task })
+    (
+        Client::new(service, "default"),
+        ApiServer {
+            state,
+            task,
+            listeners: Mutex::default(),
+        },
+    )
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
@@ -185,13 +239,15 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     )
 }
 
-async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> Response<Body> {
-    let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(Body::new(body), 16 << 20)
-        .await
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&bytes)
-        .or_else(|_| serde_yaml::from_slice(&bytes))
+/// Answers one request as the API server would answer `caller`.
+fn answer(
+    state: &Mutex<State>,
+    parts: http::request::Parts,
+    bytes: &[u8],
+    caller: Caller,
+) -> Response<Body> {
+    let body: Value = serde_json::from_slice(bytes)
+        .or_else(|_| serde_yaml::from_slice(bytes))
         .unwrap_or(Value::Null);
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or_default().to_string();
@@ -226,11 +282,15 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
         }
         return status(f.2, "InternalError", "scripted failure");
     }
-    let Some(loc) = parse(&path) else {
+    if let Some(r) = served::discovery(&path) {
+        return r;
+    }
+    let Some(loc) = parse(&path).filter(|l| served::known(&l.prefix, &l.plural)) else {
+        // What a real API server says of a path it has no resource for.
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!("no route for {path}"),
+            "the server could not find the requested resource",
         );
     };
     if let Some(ns) = loc
@@ -260,7 +320,7 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
         }
     }
     let (group, resource, verb) = permission(&parts.method, &query, &loc);
-    if !crate::rbac::allows(&group, &resource, &verb) {
+    if caller == Caller::Operator && !crate::rbac::allows(&group, &resource, &verb) {
         st.forbidden.push(format!("{} {path}", parts.method));
         return status(
             StatusCode::FORBIDDEN,
@@ -288,28 +348,66 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
             st.watchers
                 .entry((loc.prefix.clone(), loc.plural.clone()))
                 .or_default()
-                .push((loc.namespace.clone(), tx));
+                .push(Watch {
+                    namespace: loc.namespace.clone(),
+                    name: served::selected_name(&query),
+                    every_write: caller == Caller::Admin,
+                    tx,
+                });
             Response::builder()
                 .header("content-type", "application/json")
                 .body(Body::from_stream(rx))
                 .expect("static response parts are valid")
         }
         (Method::GET, None) => {
-            let items: Vec<Value> = st
-                .objects
-                .iter()
-                .filter(|((p, n, pl, _), _)| {
-                    *p == loc.prefix && *pl == loc.plural && (loc.namespace.is_none() || *n == ns)
-                })
-                .map(|(_, v)| v.clone())
-                .collect();
+            let items: Vec<Value> = if loc.prefix == "/api/v1" && loc.plural == "events" {
+                // Core Events are the events.k8s.io ones seen through the older API, as the
+                // API server keeps one store for both.
+                st.objects
+                    .iter()
+                    .filter(|((p, n, pl, _), _)| {
+                        p == "/apis/events.k8s.io/v1"
+                            && pl == "events"
+                            && (loc.namespace.is_none() || *n == ns)
+                    })
+                    .map(|(_, v)| served::core_event(v))
+                    .collect()
+            } else {
+                st.objects
+                    .iter()
+                    .filter(|((p, n, pl, _), _)| {
+                        *p == loc.prefix
+                            && *pl == loc.plural
+                            && (loc.namespace.is_none() || *n == ns)
+                    })
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            };
+            let items = match served::field_selector(&query) {
+                Ok(selector) => items
+                    .into_iter()
+                    .filter(|o| served::selects(&selector, o))
+                    .collect::<Vec<_>>(),
+                Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+            };
             let rv = st.resource_version.to_string();
+            if served::wants_table(&parts.headers) {
+                return json_response(StatusCode::OK, &served::table(&loc.plural, &items, &rv));
+            }
+            let (api_version, kind) = served::list_kind(&loc.prefix, &loc.plural);
             json_response(
                 StatusCode::OK,
-                &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": items}),
+                &json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": rv}, "items": items}),
             )
         }
         (Method::GET, Some(name)) => match st.objects.get(&key(&name)) {
+            Some(obj) if loc.sub.is_none() && served::wants_table(&parts.headers) => {
+                let rv = st.resource_version.to_string();
+                json_response(
+                    StatusCode::OK,
+                    &served::table(&loc.plural, std::slice::from_ref(obj), &rv),
+                )
+            }
             Some(obj) => json_response(StatusCode::OK, obj),
             None => status(
                 StatusCode::NOT_FOUND,
@@ -329,7 +427,17 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
                     &format!("{name} exists"),
                 );
             }
+            let mut body = body;
+            // What the API server sets on every object it creates.
+            body["metadata"]["creationTimestamp"] = json!(served::now());
+            if loc.plural == "streamingjobs" {
+                body["metadata"]["generation"] = json!(1);
+            }
             let obj = st.store(key(&name), body);
+            // A creation is a metadata write: the controller hears of new jobs.
+            if announced(&loc.plural) || loc.plural == "streamingjobs" {
+                st.notify(&loc, "ADDED", &obj);
+            }
             json_response(StatusCode::CREATED, &obj)
         }
         (Method::PUT, Some(name)) => {
@@ -382,7 +490,7 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
                     .is_none_or(Vec::is_empty);
             let obj = st.store(key(&name), obj);
             if done {
-                st.objects.remove(&key(&name));
+                st.take(&key(&name));
             }
             st.notify(&loc, if done { "DELETED" } else { "MODIFIED" }, &obj);
             json_response(StatusCode::OK, &obj)
@@ -421,8 +529,9 @@ async fn answer(state: &Mutex<State>, request: Request<kube::client::Body>) -> R
 }
 
 /// The kinds whose every write is announced to watches, as the API server does: the ones
-/// the operator reads from watch-fed stores. Jobs are announced only for metadata writes, so
-/// tests decide when the controller hears of anything else about them.
+/// the operator reads from watch-fed stores. Jobs are announced only for metadata writes
+/// (creation, finalizers, deletion), so tests decide when the controller hears of anything
+/// else about them; a watch that hears every write (`kubectl`'s) hears those too.
 fn announced(plural: &str) -> bool {
     matches!(
         plural,
@@ -451,7 +560,7 @@ impl State {
                 .is_some_and(|f| !f.is_empty())
         });
         if !finalized {
-            let gone = self.objects.remove(&key).unwrap_or(Value::Null);
+            let gone = self.take(&key).unwrap_or(Value::Null);
             if !gone.is_null() && announced(&loc.plural) {
                 self.notify(loc, "DELETED", &gone);
             }
@@ -468,14 +577,36 @@ impl State {
     /// kinds, and of jobs only metadata writes (finalizers, deletion).
     fn notify(&mut self, loc: &Loc, kind: &str, obj: &Value) {
         let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
-        for (ns, tx) in self
+        for w in self
             .watchers
             .get_mut(&(loc.prefix.clone(), loc.plural.clone()))
             .into_iter()
             .flatten()
         {
-            if ns.is_none() || *ns == loc.namespace {
-                let _ = tx.try_send(Ok(line.clone()));
+            if !w.every_write && w.covers(loc.namespace.as_ref(), obj) {
+                let _ = w.tx.try_send(Ok(line.clone()));
+            }
+        }
+    }
+
+    /// Tells the watches that hear every write (a real API server's) about one.
+    fn tell_every_write(
+        &mut self,
+        key: &(String, String, String, String),
+        kind: &str,
+        obj: &Value,
+    ) {
+        let (prefix, ns, plural, _) = key;
+        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
+        let ns = Some(ns.clone()).filter(|n| !n.is_empty());
+        for w in self
+            .watchers
+            .get_mut(&(prefix.clone(), plural.clone()))
+            .into_iter()
+            .flatten()
+        {
+            if w.every_write && w.covers(ns.as_ref(), obj) {
+                let _ = w.tx.try_send(Ok(line.clone()));
             }
         }
     }
@@ -486,8 +617,21 @@ impl State {
         if obj["metadata"]["uid"].is_null() {
             obj["metadata"]["uid"] = json!(format!("uid-{}", self.resource_version));
         }
+        let kind = if self.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.tell_every_write(&key, kind, &obj);
         self.objects.insert(key, obj.clone());
         obj
+    }
+
+    /// Removes an object, telling the watches that hear every write.
+    fn take(&mut self, key: &(String, String, String, String)) -> Option<Value> {
+        let gone = self.objects.remove(key)?;
+        self.tell_every_write(key, "DELETED", &gone);
+        Some(gone)
     }
 }
 
@@ -511,6 +655,7 @@ impl ApiServer {
         if obj["metadata"]["resourceVersion"].is_null() {
             obj["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
         }
+        st.tell_every_write(&key, if existed { "MODIFIED" } else { "ADDED" }, &obj);
         st.objects.insert(key, obj.clone());
         if announced(&loc.plural) {
             st.notify(&loc, if existed { "MODIFIED" } else { "ADDED" }, &obj);
@@ -544,9 +689,7 @@ impl ApiServer {
         let mut st = self.state.lock().expect("fixture state lock");
         st.resource_version += 1;
         let ns = loc.namespace.clone().unwrap_or_default();
-        let gone =
-            st.objects
-                .remove(&(loc.prefix.clone(), ns, loc.plural.clone(), name.to_string()));
+        let gone = st.take(&(loc.prefix.clone(), ns, loc.plural.clone(), name.to_string()));
         if let Some(obj) = gone.filter(|_| announced(&loc.plural)) {
             st.notify(&loc, "DELETED", &obj);
         }
@@ -577,8 +720,10 @@ impl ApiServer {
                     .get(&(loc.prefix.clone(), loc.plural.clone()))
                     .into_iter()
                     .flatten()
-                    .filter(|(ns, _)| ns.is_none() || *ns == loc.namespace)
-                    .map(|(_, tx)| tx.clone())
+                    .filter(|w| {
+                        !w.every_write && (w.namespace.is_none() || w.namespace == loc.namespace)
+                    })
+                    .map(|w| w.tx.clone())
                     .collect()
             };
             if !senders.is_empty() {

@@ -3,7 +3,11 @@
 //! Labels are fixed names (error variants, outcomes), never job names, so the number of
 //! series stays bounded however many jobs a cluster runs. The one exception is the per-job
 //! gauges (`weir_job_*`), which exist to tell jobs apart: one series per job and figure, read
-//! from [`JobFigures`] at each scrape, and gone once the job is deleted.
+//! from [`JobFigures`] at each scrape, and gone once the job is deleted. `weir_job_phase` and
+//! `weir_job_condition` add one label of a fixed set each (the phases, the condition types
+//! and their three statuses), in the manner of kube-state-metrics' `kube_pod_status_phase`:
+//! every value has a series, 1 for the current one and 0 for the others, so a flip never
+//! leaves a stale 1 behind.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +17,8 @@ use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider, Observabl
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
+
+use crate::crd::{Phase, StreamingJobStatus};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,7 +35,7 @@ pub struct Metrics {
 }
 
 /// What the per-job gauges show of one job, as its last reconcile saw it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobFigures {
     pub lag: Option<i64>,
     /// `status.lag.seconds`: unknown (no series) when a waiting partition's next record could
@@ -42,7 +48,50 @@ pub struct JobFigures {
     /// `status.observedAt` in seconds since the epoch: `time() - ` this is how old the job's
     /// figures are, which a gauge of the age would hide once the operator stops updating it.
     pub observed_at: Option<i64>,
+    pub phase: Option<Phase>,
+    /// The status of each condition type the job has, by type; only [`CONDITION_TYPES`] are
+    /// exported.
+    pub conditions: BTreeMap<String, String>,
 }
+
+impl JobFigures {
+    /// The phase and conditions of `status`, for the gauges.
+    pub fn with_status(mut self, status: &StreamingJobStatus) -> Self {
+        self.phase = status.phase;
+        self.conditions = status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone()))
+            .collect();
+        self
+    }
+}
+
+/// The condition types the operator sets: the only values of `weir_job_condition`'s
+/// `condition` label.
+pub const CONDITION_TYPES: [&str; 7] = [
+    crate::status::READY,
+    crate::conditions::PROGRESSING,
+    crate::conditions::STALLED,
+    crate::conditions::DEGRADED,
+    crate::status::OFFSETS_OUT_OF_RANGE,
+    crate::status::OFFSETS_AT_RISK,
+    crate::rewind::REWIND_REFUSED,
+];
+
+/// A condition's statuses as Kubernetes writes them, and as the `status` label says them
+/// (lower case, as kube-state-metrics does).
+const CONDITION_STATUSES: [(&str, &str); 3] =
+    [("True", "true"), ("False", "false"), ("Unknown", "unknown")];
+
+const PHASES: [Phase; 6] = [
+    Phase::Pending,
+    Phase::Running,
+    Phase::Rescaling,
+    Phase::Degraded,
+    Phase::Suspended,
+    Phase::Failed,
+];
 
 /// Each job's figures by (namespace, name).
 type Jobs = Arc<Mutex<BTreeMap<(String, String), JobFigures>>>;
@@ -110,6 +159,61 @@ fn job_gauges(meter: &Meter, jobs: &Jobs) -> Vec<ObservableGauge<i64>> {
         .collect()
 }
 
+/// `weir_job_phase` and `weir_job_condition`: a series per job and value of the fixed label
+/// set, 1 for the job's current one. A job without a phase yet (never reconciled to a status)
+/// has no phase series; a condition the job does not have, no condition series.
+fn state_gauges(meter: &Meter, jobs: &Jobs) -> Vec<ObservableGauge<i64>> {
+    let phases = jobs.clone();
+    let phase = meter
+        .i64_observable_gauge("weir_job_phase")
+        .with_description("The job's phase: 1 for the current one, 0 for the others")
+        .with_callback(move |gauge| {
+            let Ok(jobs) = phases.lock() else { return };
+            for ((namespace, job), figures) in jobs.iter() {
+                let Some(current) = figures.phase else {
+                    continue;
+                };
+                for p in PHASES {
+                    let labels = [
+                        KeyValue::new("namespace", namespace.clone()),
+                        KeyValue::new("job", job.clone()),
+                        KeyValue::new("phase", p.as_str()),
+                    ];
+                    gauge.observe(i64::from(p == current), &labels);
+                }
+            }
+        })
+        .build();
+    let conditions = jobs.clone();
+    let condition = meter
+        .i64_observable_gauge("weir_job_condition")
+        .with_description(
+            "The job's conditions: 1 for each condition's current status (true, false, \
+             unknown), 0 for the others",
+        )
+        .with_callback(move |gauge| {
+            let Ok(jobs) = conditions.lock() else { return };
+            for ((namespace, job), figures) in jobs.iter() {
+                for type_ in CONDITION_TYPES {
+                    let Some(current) = figures.conditions.get(type_) else {
+                        continue;
+                    };
+                    for (status, label) in CONDITION_STATUSES {
+                        let labels = [
+                            KeyValue::new("namespace", namespace.clone()),
+                            KeyValue::new("job", job.clone()),
+                            KeyValue::new("condition", type_),
+                            KeyValue::new("status", label),
+                        ];
+                        gauge.observe(i64::from(current == status), &labels);
+                    }
+                }
+            }
+        })
+        .build();
+    vec![phase, condition]
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -137,7 +241,12 @@ impl Metrics {
             failures.add(0, &[KeyValue::new("error", label)]);
         }
         Ok(Self {
-            _gauges: Arc::new(job_gauges(&meter, &jobs)),
+            _gauges: Arc::new(
+                job_gauges(&meter, &jobs)
+                    .into_iter()
+                    .chain(state_gauges(&meter, &jobs))
+                    .collect(),
+            ),
             jobs,
             reconciles: meter
                 .u64_counter("weir_operator_reconciles")
@@ -263,6 +372,7 @@ mod job_tests {
                 workers_ready: 2,
                 restarts: 4,
                 observed_at: Some(1_796_000_000),
+                ..JobFigures::default()
             },
         );
         m.job("prod", "views", JobFigures::default());
@@ -310,6 +420,82 @@ mod job_tests {
     }
 
     #[test]
+    fn phase_and_conditions_are_one_series_per_value_and_go_with_the_job() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let condition = |type_: &str, status: &str| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        };
+        let mut status = StreamingJobStatus {
+            phase: Some(Phase::Failed),
+            conditions: vec![
+                condition("Ready", "False"),
+                condition("OffsetsAtRisk", "True"),
+                condition("Progressing", "Unknown"),
+                // Not a type the operator sets: no label value of its own.
+                condition("SomethingElse", "True"),
+            ],
+            ..StreamingJobStatus::default()
+        };
+        let m = Metrics::new().unwrap();
+        m.job("prod", "clicks", JobFigures::default().with_status(&status));
+        m.job("prod", "fresh", JobFigures::default());
+        let text = m.render();
+        let value = |text: &str, labels: &str| -> Option<f64> {
+            text.lines()
+                .find(|l| l.contains(labels) && l.contains("job=\"clicks\""))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+        };
+        let phase = |text: &str, p: &str| value(text, &format!("phase=\"{p}\""));
+        let cond = |text: &str, c: &str, s: &str| {
+            value(
+                text,
+                &format!("condition=\"{c}\",job=\"clicks\",namespace=\"prod\",status=\"{s}\""),
+            )
+        };
+        assert_eq!(phase(&text, "Failed"), Some(1.0), "{text}");
+        for other in ["Pending", "Running", "Rescaling", "Degraded", "Suspended"] {
+            assert_eq!(phase(&text, other), Some(0.0), "{other} in\n{text}");
+        }
+        assert_eq!(cond(&text, "OffsetsAtRisk", "true"), Some(1.0), "{text}");
+        assert_eq!(cond(&text, "OffsetsAtRisk", "false"), Some(0.0), "{text}");
+        assert_eq!(cond(&text, "Ready", "false"), Some(1.0), "{text}");
+        assert_eq!(cond(&text, "Progressing", "unknown"), Some(1.0), "{text}");
+        assert_eq!(
+            cond(&text, "Stalled", "false"),
+            None,
+            "a condition not set has no series"
+        );
+        assert!(!text.contains("SomethingElse"), "{text}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("weir_job_phase") && l.contains("job=\"fresh\"")),
+            "no phase before the first status:\n{text}"
+        );
+
+        // A flip moves the 1; nothing stays at 1 from before.
+        status.phase = Some(Phase::Running);
+        status.conditions[1] = condition("OffsetsAtRisk", "False");
+        m.job("prod", "clicks", JobFigures::default().with_status(&status));
+        let text = m.render();
+        assert_eq!(phase(&text, "Failed"), Some(0.0), "{text}");
+        assert_eq!(phase(&text, "Running"), Some(1.0), "{text}");
+        assert_eq!(cond(&text, "OffsetsAtRisk", "true"), Some(0.0), "{text}");
+        assert_eq!(cond(&text, "OffsetsAtRisk", "false"), Some(1.0), "{text}");
+
+        // A removed job's series go, every one of them.
+        m.forget_job("prod", "clicks");
+        let text = m.render();
+        assert!(!text.contains("job=\"clicks\""), "{text}");
+    }
+
+    #[test]
     fn the_dashboard_queries_only_metrics_the_operator_exports() {
         let m = Metrics::new().unwrap();
         m.reconciled("applied", Duration::from_millis(5));
@@ -323,7 +509,21 @@ mod job_tests {
                 batch_lag: Some(1),
                 observed_at: Some(1),
                 ..JobFigures::default()
-            },
+            }
+            .with_status(&StreamingJobStatus {
+                phase: Some(Phase::Running),
+                conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    reason: "WorkersReady".into(),
+                    message: String::new(),
+                    observed_generation: None,
+                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                }],
+                ..StreamingJobStatus::default()
+            }),
         );
         let text = m.render();
         let queried = dashboard_metrics(|name| {

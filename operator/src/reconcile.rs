@@ -1,6 +1,8 @@
-//! One reconcile of one job: the finalizer's dispatch, then validate -> observe Kafka (a new
-//! job's children are applied without workers meanwhile if that is slow) -> desired -> apply
-//! -> status (or, for a deleted job, [`crate::cleanup`]).
+//! One reconcile of one job: the finalizer's dispatch, then validate -> observe (Kafka — a
+//! new job's children are applied without workers meanwhile if that is slow —, the pods, the
+//! workers' own reports, failures, a pending rewind) -> decide the children (pure) -> apply
+//! them -> the status, computed in one pure step from what the pass saw -> its Events (or,
+//! for a deleted job, [`crate::cleanup`]).
 //!
 //! Level-triggered: every pass recomputes everything from the job as it is now. An invalid
 //! spec is reported (status and an Event), never returned as an error, so a typo does not
@@ -21,8 +23,8 @@ use tracing::{debug, info, instrument, warn};
 use weir_contract::spec::FieldError;
 
 use crate::cleanup::{self, DRAIN_FINALIZER};
-use crate::context::{Context, Observed};
-use crate::crd::{AutoscaleStatus, StreamingJob, StreamingJobStatus};
+use crate::context::{Context, Observed, Watched};
+use crate::crd::{AutoscaleStatus, RewindStatus, StreamingJob, StreamingJobStatus};
 use crate::events::publish;
 use crate::lag::{self, LagSummary};
 use crate::metrics::JobFigures;
@@ -141,7 +143,8 @@ pub async fn reconcile(job: Arc<StreamingJob>, ctx: Arc<Context>) -> Result<Acti
     result
 }
 
-/// Returns a fixed outcome name for the metrics.
+/// One pass over a job that exists: observe -> decide -> act (children, then status), and
+/// the Events of what changed. Returns a fixed outcome name for the metrics.
 async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static str> {
     let errors = validate(job);
     // What this operator last wrote is the status the server holds (only Weir writes it),
@@ -149,187 +152,234 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
     // pass before our last status write has come back.
     let written = ctx.written(job);
     let previous = written.as_ref().or(job.status.as_ref());
-    let mut kafka = None;
-    let mut workers = None;
-    let mut failed = None;
-    let mut rewound = None;
-    // Some(why) per pass that handled the rewind: Some(None) when nothing was refused.
-    let mut refused: Option<Option<String>> = None;
-    let mut autoscaled = None;
-    let mut observed_at = None;
-    let (observation, outcome) = if errors.is_empty() {
-        let ns = job.namespace().unwrap_or_default();
-        let name = job.name_any();
-        let recent = ctx.recent(job);
-        let (partitions, read, offsets) = match &recent {
-            Some(o) => (o.partitions, o.kafka.clone(), o.offsets.clone()),
-            None => {
-                // Apply first when Kafka is slow to answer: a quick answer costs no extra write.
-                let observing = observe_kafka(ctx, job, &ns, previous);
-                tokio::pin!(observing);
-                tokio::select! {
-                    read = &mut observing => read,
-                    () = tokio::time::sleep(ctx.settings.create_before_kafka) => {
-                        create_children(ctx, job, &ns, &name).await?;
-                        observing.await
-                    }
-                }
-            }
-        };
-        let (now, pods) = apply::running(ctx.cache(), &ns, &name);
-        // The workers' own reports come before the restart and stall checks: a worker that
-        // says it is retrying the brokers is not stalled, and a restarted one says where it
-        // resumed.
-        let progress = match &recent {
-            Some(o) => o.progress.clone(),
-            None => {
-                let asked = now.map_or(0, |r| r.pods.max(r.created));
-                observe_workers(ctx, &ns, &name, asked).await
-            }
-        };
-        let seen = failures::Seen {
-            running: now,
-            pods: &pods,
-            offsets: &offsets,
-            progress: &progress,
-            recent: recent.as_ref(),
-        };
-        let watched = failures::watch(ctx, job, &seen).await?;
-        let stopped = watched.record.stopped.as_ref().map(|s| s.reason.clone());
-        let step = rewind_step::step(ctx, job, &ns, now, &offsets).await?;
-        rewound = step.done;
-        refused = Some(step.refused);
-        let mut count = scaling::desired_workers(partitions, &job.spec.workers, job.spec.suspend);
-        let autoscale = autoscale_step(ctx, job, partitions, &read, recent.as_ref(), count.0);
-        if let Some(a) = &autoscale {
-            count = (a.workers, a.reason.clone());
-        }
-        autoscaled = Some(autoscale.clone());
-        let mut children = desired::children_for(job, &ctx.settings.defaults, count)?;
-        if stopped.is_some() {
-            children.workers = (0, "stopped by the restart policy".into());
-        } else if let Some(id) = step.stopping {
-            children.workers = (0, format!("rewind {id:?}: stopping the workers"));
-        }
-        let next = scaling::next_replicas(children.workers.0, now);
-        if let Some(now) = now.filter(|n| next == 0 && n.replicas > 0 && children.workers.0 > 0) {
-            let note = format!(
-                "stopping {} workers to start {}: {}",
-                now.replicas, children.workers.0, children.workers.1
-            );
-            info!(%note, "rescaling through zero");
-            publish(ctx, job, (EventType::Normal, "Rescaling", "Scale"), note).await;
-        }
-        let children = desired::with_replicas(children, next);
-        let sts = if ctx.terminating(&ns) {
-            // The namespace goes: its controller removes the children; the job's own
-            // deletion and finalizer follow. Status still says what is left.
-            ctx.cache()
-                .stateful_set(&ns, &name)
-                .map(|s| (*s).clone())
-                .unwrap_or_default()
-        } else {
-            let force = ctx.resync_due(job);
-            apply::children(&ctx.client, ctx.cache(), force, &ns, &children).await?
-        };
-        let st = sts.status.unwrap_or_default();
-        let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
-        let current = u32::try_from(st.replicas).unwrap_or(0);
-        // One moment for the observation and its `observedAt`.
-        let at_time = recent.as_ref().map_or_else(Timestamp::now, |o| o.at_time);
-        if recent.is_none() {
-            ctx.remember(
-                job,
-                Observed {
-                    at: std::time::Instant::now(),
-                    at_time,
-                    generation: job.metadata.generation,
-                    partitions,
-                    kafka: read.clone(),
-                    progress: progress.clone(),
-                    offsets,
-                    watched: watched.clone(),
-                    autoscale,
-                },
-            );
-        }
-        observed_at = Some(at_time);
-        kafka = Some(read);
-        workers = Some(progress);
-        failed = Some(watched);
-        (
-            Observation::Applied {
-                desired: children.workers.0,
-                reason: children.workers.1,
-                suspended: job.spec.suspend,
-                stopped,
-                current,
-                ready: count(st.ready_replicas),
-                selector: desired::selector_string(&name),
-            },
-            "applied",
-        )
+    let (observation, pass, outcome) = if errors.is_empty() {
+        let (observation, pass) = run(job, ctx, previous).await?;
+        (observation, Some(pass), "applied")
     } else {
-        (Observation::Invalid(errors), "invalid")
+        (Observation::Invalid(errors), None, "invalid")
     };
-
-    let mut new = status::compute(
-        previous,
-        job.meta().generation,
-        &observation,
-        Timestamp::now(),
-    );
-    if let Some(read) = &kafka {
-        new = status::with_kafka(new, read.as_ref().map_err(String::as_str));
-    }
-    if let Some(at) = observed_at {
-        new.observed_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
-    }
-    if let Some(progress) = &workers {
-        new = status::with_progress(new, progress);
-    }
-    if rewound.is_some() {
-        new.rewind = rewound;
-    }
-    if let Some(a) = autoscaled {
-        new.autoscale = a;
-    }
-    let refusal = refused.and_then(|why| {
-        rewind::record_refusal(
-            &mut new,
-            previous,
-            why.as_deref(),
-            job.meta().generation,
-            Timestamp::now(),
-        )
-    });
-    if let Some(watched) = &failed {
-        watched.record.clone().write(&mut new);
-        new = conditions::apply(
-            new,
-            &watched.health,
-            job.meta().generation,
-            Timestamp::now(),
-        );
-    }
+    let generation = job.meta().generation;
+    let (new, refusal) = status_of(previous, generation, &observation, pass, Timestamp::now());
     ctx.metrics.job(
         &job.namespace().unwrap_or_default(),
         &job.name_any(),
-        JobFigures {
-            lag: new.lag.as_ref().map(|l| l.records),
-            lag_seconds: new.lag.as_ref().and_then(|l| l.seconds),
-            batch_lag: new.batch_lag,
-            workers_desired: new.workers.desired,
-            workers_ready: new.workers.ready,
-            restarts: new.restarts,
-            observed_at: new.observed_at.as_ref().map(|t| t.0.as_second()),
-        },
+        figures(&new),
     );
     if !status::changed(previous, &new) {
         return Ok(outcome);
     }
     apply::status(&ctx.client, job, previous, &new).await?;
     ctx.keep_written(job, new.clone());
+    announce(ctx, job, previous, &new, &observation, refusal).await;
+    Ok(outcome)
+}
+
+/// What a pass over a valid job saw and did: everything its status is computed from.
+struct Pass {
+    kafka: Result<LagSummary, String>,
+    /// One moment for the observation and its `observedAt`.
+    observed_at: Timestamp,
+    workers: ProgressSummary,
+    watched: Watched,
+    rewound: Option<RewindStatus>,
+    /// Why a pending rewind was refused; `None` when nothing was.
+    refused: Option<String>,
+    autoscale: Option<AutoscaleStatus>,
+}
+
+/// Observe (Kafka, the pods, the workers' own reports, failures, a pending rewind), decide
+/// the children, apply them, and remember the observation for the passes of its period.
+async fn run(
+    job: &StreamingJob,
+    ctx: &Context,
+    previous: Option<&StreamingJobStatus>,
+) -> Result<(Observation, Pass)> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let recent = ctx.recent(job);
+    let (partitions, read, offsets) = match &recent {
+        Some(o) => (o.partitions, o.kafka.clone(), o.offsets.clone()),
+        None => {
+            // Apply first when Kafka is slow to answer: a quick answer costs no extra write.
+            let observing = observe_kafka(ctx, job, &ns, previous);
+            tokio::pin!(observing);
+            tokio::select! {
+                read = &mut observing => read,
+                () = tokio::time::sleep(ctx.settings.create_before_kafka) => {
+                    create_children(ctx, job, &ns, &name).await?;
+                    observing.await
+                }
+            }
+        }
+    };
+    let (now, pods) = apply::running(ctx.cache(), &ns, &name);
+    // The workers' own reports come before the restart and stall checks: a worker that says
+    // it is retrying the brokers is not stalled, and a restarted one says where it resumed.
+    let progress = match &recent {
+        Some(o) => o.progress.clone(),
+        None => {
+            let asked = now.map_or(0, |r| r.pods.max(r.created));
+            observe_workers(ctx, &ns, &name, asked).await
+        }
+    };
+    let seen = failures::Seen {
+        running: now,
+        pods: &pods,
+        offsets: &offsets,
+        progress: &progress,
+        recent: recent.as_ref(),
+    };
+    let watched = failures::watch(ctx, job, &seen).await?;
+    let stopped = watched.record.stopped.as_ref().map(|s| s.reason.clone());
+    let step = rewind_step::step(ctx, job, &ns, now, &offsets).await?;
+    let floor = scaling::desired_workers(partitions, &job.spec.workers, job.spec.suspend);
+    let autoscale = autoscale_step(ctx, job, partitions, &read, recent.as_ref(), floor.0);
+
+    let held = match (&stopped, &step.stopping) {
+        (Some(_), _) => Some("stopped by the restart policy".to_string()),
+        (None, Some(id)) => Some(format!("rewind {id:?}: stopping the workers")),
+        (None, None) => None,
+    };
+    let count = autoscale
+        .as_ref()
+        .map_or(floor, |a| (a.workers, a.reason.clone()));
+    let (children, rescaling) = decide(job, &ctx.settings.defaults, count, held, now)?;
+
+    if let Some(note) = rescaling {
+        info!(%note, "rescaling through zero");
+        publish(ctx, job, (EventType::Normal, "Rescaling", "Scale"), note).await;
+    }
+    let sts = if ctx.terminating(&ns) {
+        // The namespace goes: its controller removes the children; the job's own deletion
+        // and finalizer follow. Status still says what is left.
+        ctx.cache()
+            .stateful_set(&ns, &name)
+            .map(|s| (*s).clone())
+            .unwrap_or_default()
+    } else {
+        let force = ctx.resync_due(job);
+        apply::children(&ctx.client, ctx.cache(), force, &ns, &children).await?
+    };
+    let st = sts.status.unwrap_or_default();
+    let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
+    let at_time = recent.as_ref().map_or_else(Timestamp::now, |o| o.at_time);
+    if recent.is_none() {
+        ctx.remember(
+            job,
+            Observed {
+                at: std::time::Instant::now(),
+                at_time,
+                generation: job.metadata.generation,
+                partitions,
+                kafka: read.clone(),
+                progress: progress.clone(),
+                offsets,
+                watched: watched.clone(),
+                autoscale: autoscale.clone(),
+            },
+        );
+    }
+    let observation = Observation::Applied {
+        desired: children.workers.0,
+        reason: children.workers.1,
+        suspended: job.spec.suspend,
+        stopped,
+        current: u32::try_from(st.replicas).unwrap_or(0),
+        ready: count(st.ready_replicas),
+        selector: desired::selector_string(&name),
+    };
+    let pass = Pass {
+        kafka: read,
+        observed_at: at_time,
+        workers: progress,
+        watched,
+        rewound: step.done,
+        refused: step.refused,
+        autoscale,
+    };
+    Ok((observation, pass))
+}
+
+/// The children to apply, from the worker count and why (`count`), unless the restart
+/// policy or a rewind holds the workers at zero (`held`, why); and, when the count changes
+/// through zero, the note that says so. Pure.
+fn decide(
+    job: &StreamingJob,
+    defaults: &desired::Defaults,
+    count: (u32, String),
+    held: Option<String>,
+    now: Option<scaling::Running>,
+) -> Result<(desired::Children, Option<String>)> {
+    let mut children = desired::children_for(job, defaults, count)?;
+    if let Some(why) = held {
+        children.workers = (0, why);
+    }
+    let next = scaling::next_replicas(children.workers.0, now);
+    let rescaling = now
+        .filter(|n| next == 0 && n.replicas > 0 && children.workers.0 > 0)
+        .map(|n| {
+            format!(
+                "stopping {} workers to start {}: {}",
+                n.replicas, children.workers.0, children.workers.1
+            )
+        });
+    Ok((desired::with_replicas(children, next), rescaling))
+}
+
+/// The job's new status from the last one and what this pass saw (none for an invalid
+/// spec), in one place; with the note of a rewind refused now. Pure.
+fn status_of(
+    previous: Option<&StreamingJobStatus>,
+    generation: Option<i64>,
+    observation: &Observation,
+    pass: Option<Pass>,
+    now: Timestamp,
+) -> (StreamingJobStatus, Option<String>) {
+    let mut new = status::compute(previous, generation, observation, now);
+    let Some(pass) = pass else {
+        return (new, None);
+    };
+    new = status::with_kafka(new, pass.kafka.as_ref().map_err(String::as_str));
+    new.observed_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        pass.observed_at,
+    ));
+    new = status::with_progress(new, &pass.workers);
+    if pass.rewound.is_some() {
+        new.rewind = pass.rewound;
+    }
+    new.autoscale = pass.autoscale;
+    let refusal =
+        rewind::record_refusal(&mut new, previous, pass.refused.as_deref(), generation, now);
+    pass.watched.record.clone().write(&mut new);
+    new = conditions::apply(new, &pass.watched.health, generation, now);
+    (new, refusal)
+}
+
+/// The per-job figures the operator's `/metrics` carries.
+fn figures(new: &StreamingJobStatus) -> JobFigures {
+    JobFigures {
+        lag: new.lag.as_ref().map(|l| l.records),
+        lag_seconds: new.lag.as_ref().and_then(|l| l.seconds),
+        batch_lag: new.batch_lag,
+        workers_desired: new.workers.desired,
+        workers_ready: new.workers.ready,
+        restarts: new.restarts,
+        observed_at: new.observed_at.as_ref().map(|t| t.0.as_second()),
+        ..JobFigures::default()
+    }
+    .with_status(new)
+}
+
+/// The Events (and log lines) of a status just written: a rewind refused, each condition's
+/// transition, an invalid spec.
+async fn announce(
+    ctx: &Context,
+    job: &StreamingJob,
+    previous: Option<&StreamingJobStatus>,
+    new: &StreamingJobStatus,
+    observation: &Observation,
+    refusal: Option<String>,
+) {
     if let Some(note) = refusal {
         warn!(%note, "rewind refused; the workers keep running");
         publish(
@@ -340,7 +390,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         )
         .await;
     }
-    for t in conditions::transitions(previous, &new) {
+    for t in conditions::transitions(previous, new) {
         let type_ = if t.warning {
             EventType::Warning
         } else {
@@ -350,7 +400,7 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         publish(ctx, job, (type_, &t.reason, "Observe"), t.note).await;
     }
     if let Observation::Invalid(_) = observation {
-        let message = status::ready_condition(&new).map(|c| c.message.clone());
+        let message = status::ready_condition(new).map(|c| c.message.clone());
         warn!(
             message = message.as_deref().unwrap_or_default(),
             "invalid spec; children left as they were"
@@ -367,7 +417,6 @@ async fn reconcile_inner(job: &StreamingJob, ctx: &Context) -> Result<&'static s
         let lag = new.lag.as_ref().map(|l| l.records);
         info!(phase = ?new.phase, desired = new.workers.desired, ready = new.workers.ready, lag, "status updated");
     }
-    Ok(outcome)
 }
 
 /// Applies a new job's children with no workers while Kafka has not answered: reading an

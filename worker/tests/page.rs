@@ -3,30 +3,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-/// Debian's chromium, as scripts/install-tools.sh installs it and sets WEIR_CHROMIUM_BIN.
-fn chromium() -> Option<PathBuf> {
-    let bin = std::env::var_os("WEIR_CHROMIUM_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let p = PathBuf::from("/usr/bin/chromium");
-            p.exists().then_some(p)
-        });
-    if bin.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium is required in CI: scripts/install-tools.sh installs it and sets WEIR_CHROMIUM_BIN"
-        );
-        eprintln!("chromium not installed; run scripts/install-tools.sh. Skipping.");
-    }
-    bin
-}
 
 /// Runs headless Chromium on `url` with `args`, giving the page's script 6 s of virtual time
 /// (its first poll of `progress`, then two more). Returns stdout.
@@ -153,7 +135,9 @@ fn check_stage(section: &str, name: &str, later: &Value) -> usize {
 
 #[test]
 fn the_job_page_draws_each_batch_and_the_partitions_in_headless_chromium() {
-    let Some(bin) = chromium() else { return };
+    let Some(bin) = weir_testkit::tools::chromium() else {
+        return;
+    };
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/word-count.yaml");
     let w = WorkerProc::spawn(&example, &["--embedded", "--max-batches", "1000"]);
     let addr = w
@@ -237,7 +221,9 @@ fn the_job_page_draws_each_batch_and_the_partitions_in_headless_chromium() {
 
 #[test]
 fn the_job_page_says_what_the_worker_waits_on_before_its_first_batch() {
-    let Some(bin) = chromium() else { return };
+    let Some(bin) = weir_testkit::tools::chromium() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let (_held, refused) = refused_address();
     let job = job_file(dir.path(), &format!("batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: '{refused}', topics: [in]}}}}\nsink: {{stdout: {{}}}}\n"));

@@ -379,18 +379,7 @@ fn mock_kafka_refuses_a_negative_partition_count_without_aborting() {
 
 #[test]
 fn promtool_finds_the_live_metrics_clean() {
-    let promtool = std::env::var_os("WEIR_PROMTOOL_BIN")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            let p = std::path::PathBuf::from("/usr/bin/promtool");
-            p.exists().then_some(p)
-        });
-    let Some(promtool) = promtool else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required in CI: scripts/install-tools.sh installs it"
-        );
-        eprintln!("promtool not installed; run scripts/install-tools.sh. Skipping.");
+    let Some(promtool) = weir_testkit::tools::promtool() else {
         return;
     };
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/word-count.yaml");

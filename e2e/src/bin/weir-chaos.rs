@@ -12,6 +12,10 @@ const USAGE: &str = "usage: weir-chaos --worker PATH --sink kafka|postgres --rec
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let get = |name: &str| -> Option<String> {
         args.iter()
             .position(|a| a == name)

@@ -234,7 +234,7 @@ fn conditions_follow_the_health() {
         .unwrap()
         .message;
     assert!(
-        message.contains("no progress from workers 0; 2 worker restarts since"),
+        message.contains("worker 0 does not answer at /progress; 2 worker restarts since"),
         "{message}"
     );
 

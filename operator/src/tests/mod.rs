@@ -11,6 +11,7 @@ mod drain;
 mod failures;
 mod kafka;
 mod kafka_time;
+mod kubectl;
 mod lag;
 mod leader;
 mod observed;

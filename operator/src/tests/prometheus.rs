@@ -1,21 +1,21 @@
 //! The shipped dashboard against a real Prometheus: Debian's `prometheus` scrapes a live
-//! worker process (the embedded word count) and the operator's own `/metrics` (the real
-//! Controller reconciling that job against the scripted API) on loopback, and every PromQL
-//! expression of `charts/weir/dashboards/weir.json` must return series with plausible values.
-//! The expressions are read out of the JSON, so a new panel is checked as soon as it exists.
+//! worker process (the embedded word count) and a live operator process (the operator binary
+//! reconciling that job against the scripted API, served on loopback, and reading the
+//! worker's Kafka: the mock cluster the embedded worker hosts), and every PromQL expression of
+//! `charts/weir/dashboards/weir.json` must return series with plausible values. The
+//! expressions are read out of the JSON, so a new panel is checked as soon as it exists.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_testkit::Killed;
 
-use super::controller::start_observed;
-use crate::context::Settings;
-use crate::fixtures::{self, DataObserver};
-use crate::metrics::Metrics;
-use crate::tests::wc::{free_port, worker_binary, PODS};
+use super::kubectl::kubeconfig;
+use crate::fixtures::{self, Caller};
+use crate::tests::wc::{free_port, operator_binary, worker_binary, PODS};
 
 /// What the dashboard's `$namespace` and `$job` select, and what the scrape config gives the
 /// worker's series: the labels the chart's PodMonitor adds (`job` from the pod's
@@ -25,41 +25,6 @@ const JOB: &str = "word-count";
 const POD: &str = "word-count-0";
 /// How long the test waits for every expression to have series.
 const DEADLINE: Duration = Duration::from_secs(90);
-
-/// Debian's `prometheus`: `WEIR_PROMETHEUS_BIN` (scripts/install-tools.sh sets it), else
-/// beside `WEIR_PROMTOOL_BIN`'s promtool, else `/usr/bin/prometheus`; `None` outside CI when
-/// it is not installed.
-fn prometheus_binary() -> Option<PathBuf> {
-    let found = std::env::var_os("WEIR_PROMETHEUS_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("WEIR_PROMTOOL_BIN")
-                .and_then(|p| Path::new(&p).parent().map(|d| d.join("prometheus")))
-        })
-        .filter(|p| p.exists())
-        .or_else(|| {
-            let p = PathBuf::from("/usr/bin/prometheus");
-            p.exists().then_some(p)
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "prometheus is required in CI: scripts/install-tools.sh installs Debian's package"
-        );
-        eprintln!("prometheus not installed; run scripts/install-tools.sh. Skipping.");
-    }
-    found
-}
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One HTTP/1.0 GET; `None` while nothing answers yet. The body of any status.
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -138,6 +103,25 @@ fn substituted(expr: &str, dashboard: &Value) -> String {
     out
 }
 
+/// The embedded worker's bootstrap address, from the line its log says it at start.
+async fn bootstrap_of(log: &Path) -> String {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(b) = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("bootstrap="))
+        {
+            return b.to_string();
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the worker never said its bootstrap address:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The samples `expr` returns now: each series' labels and value.
 async fn query(prometheus: &str, expr: &str) -> Result<Vec<(Value, f64)>, String> {
     let path = format!("/api/v1/query?query={}", percent_encoded(expr));
@@ -203,7 +187,7 @@ fn implausible(expr: &str, got: &Result<Vec<(Value, f64)>, String>) -> Option<St
 
 #[tokio::test]
 async fn every_dashboard_expression_has_plausible_series_in_a_real_prometheus() {
-    let Some(prometheus_bin) = prometheus_binary() else {
+    let Some(prometheus_bin) = weir_testkit::tools::prometheus() else {
         return;
     };
     let text = std::fs::read_to_string(concat!(
@@ -230,6 +214,7 @@ async fn every_dashboard_expression_has_plausible_series_in_a_real_prometheus() 
     // A live worker: the embedded word count, which writes sample lines (a few malformed, for
     // the dead letters) to its own mock cluster and runs a batch every 2 s.
     let worker_addr = format!("127.0.0.1:{}", free_port());
+    let worker_log = dir.path().join("worker.log");
     let _worker = tokio::process::Command::new(worker_binary())
         .arg("run")
         .arg(concat!(
@@ -239,43 +224,32 @@ async fn every_dashboard_expression_has_plausible_series_in_a_real_prometheus() 
         .args(["--embedded", "--http-addr", &worker_addr])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&worker_log).unwrap())
         .kill_on_drop(true)
         .spawn()
         .expect("start the worker");
+    let bootstrap = bootstrap_of(&worker_log).await;
 
-    // The operator reconciling the same job: 60 records wait, the oldest 30 s old; its
-    // workers' `/progress` is the live worker's. One apply of the StatefulSet fails, so the
-    // reconcile errors have a series, as a cluster's would after its first failure.
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
+    // A live operator reconciling the same job against the scripted API, with the job's
+    // brokers the worker's mock cluster, so its figures are Kafka's own. The workers'
+    // `/progress` is where a pod's would be (the pod's DNS name), which does not resolve
+    // here: the job is Degraded (WorkersUnreachable), which no panel reads.
+    let (_client, server) = fixtures::start();
+    let api = server.listen(Caller::Operator).await;
+    let example: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/word-count.yaml"
+        ))
+        .unwrap(),
     )
     .unwrap();
-    let mut kafka = fixtures::topic("lines", &[(0, 100, Some(40))]);
-    kafka.partitions[0].next_timestamp = Some(now - 30_000);
-    kafka.read_at_millis = Some(now);
-    let observer = DataObserver::new(Some(kafka));
-    observer.workers.lock().unwrap().push(worker_addr.clone());
-    let mut spec = fixtures::spec();
-    spec["batchInterval"] = json!("2s");
+    let mut spec: Value = serde_json::to_value(&example["spec"]).unwrap();
+    spec["source"]["kafka"]["bootstrapServers"] = json!(bootstrap);
     spec["workers"] = json!({"partitionsPerWorker": 4, "min": 1, "max": 1});
-    let settings = Settings {
-        observe_every: Duration::from_millis(500),
-        // The scripted offsets never move: this test is not about stalls.
-        stall_batches: 1_000_000,
-        ..Settings::default()
-    };
-    let metrics = Metrics::new().unwrap();
-    let (server, token, run) = start_observed(
+    server.insert(
+        "/apis/weir.dev/v1alpha1/namespaces/default/streamingjobs",
         fixtures::job(JOB, 1, spec),
-        metrics.clone(),
-        // No scripted failure: a healthy operator's error panels read 0, not "no data".
-        |_| {},
-        observer,
-        settings,
     );
     server.insert(
         PODS,
@@ -293,19 +267,33 @@ async fn every_dashboard_expression_has_plausible_series_in_a_real_prometheus() 
                "spec": {"replicas": 1}, "status": {"replicas": 1, "readyReplicas": 1}}),
     );
     let operator_addr = format!("127.0.0.1:{}", free_port());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let served = tokio::spawn(crate::http::serve(
-        operator_addr.parse().unwrap(),
-        crate::http::router(metrics, None),
-        stop.clone().cancelled_owned(),
-    ));
+    let operator_log = dir.path().join("operator.log");
+    let operator_out = std::fs::File::create(&operator_log).unwrap();
+    let _operator = tokio::process::Command::new(operator_binary())
+        .args([
+            "run",
+            "--no-leader-election",
+            "--metrics-addr",
+            &operator_addr,
+        ])
+        .args(["--observe-every", "1s", "--progress-timeout", "500ms"])
+        // The mock cluster's offsets are committed by the worker's batches; not about stalls.
+        .args(["--stall-batches", "1000000"])
+        .env("KUBECONFIG", kubeconfig(dir.path(), api))
+        .env("WEIR_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(operator_out.try_clone().unwrap())
+        .stderr(operator_out)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the operator");
 
     let config = dir.path().join("prometheus.yml");
     std::fs::write(&config, prometheus_config(&operator_addr, &worker_addr)).unwrap();
     let prometheus_addr = format!("127.0.0.1:{}", free_port());
     let log = dir.path().join("prometheus.log");
     let log_file = std::fs::File::create(&log).unwrap();
-    let _prometheus = Killed(
+    let _prometheus = Killed::new(
         Command::new(prometheus_bin)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -342,25 +330,22 @@ async fn every_dashboard_expression_has_plausible_series_in_a_real_prometheus() 
         assert!(
             started.elapsed() < DEADLINE,
             "after {DEADLINE:?} these dashboard expressions have no series or implausible \
-             values:\n{}\n\nprometheus said:\n{}\nthe worker's /metrics:\n{:?}\nthe \
-             operator's /metrics:\n{:?}",
+             values:\n{}\n\nprometheus said:\n{}\nthe operator said:\n{}\nthe worker's \
+             /metrics:\n{:?}\nthe operator's /metrics:\n{:?}",
             wrong.join("\n"),
             std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(&operator_log).unwrap_or_default(),
             get(&worker_addr, "/metrics").await,
             get(&operator_addr, "/metrics").await,
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    token.cancel();
-    run.await.unwrap();
-    stop.cancel();
-    served.await.unwrap().unwrap();
     for (title, expr, got) in &answers {
         eprintln!("{title}: {expr}\n  -> {got:?}");
     }
 
     // And what the test knows: each of the worker's stages reads records, and the operator's
-    // figures are the scripted ones.
+    // figures are Kafka's and the scripted StatefulSet's.
     let values = |needle: &str| -> Vec<f64> {
         answers
             .iter()
@@ -373,8 +358,28 @@ async fn every_dashboard_expression_has_plausible_series_in_a_real_prometheus() 
         records_in.len() >= 2 && records_in.iter().all(|v| *v > 0.0),
         "the input stage and the stage after the keyBy: {records_in:?}"
     );
-    assert_eq!(values("weir_job_lag_records"), [60.0]);
-    assert!(values("weir_job_lag_seconds")[0] >= 30.0);
+    // The operator process asked the API only what the chart's RBAC rules grant.
+    assert_eq!(server.forbidden(), Vec::<String>::new());
+    // The operator process's phase gauge: one phase at a time.
+    assert_eq!(values("weir_job_phase"), [1.0]);
+    let lag = values("weir_job_lag_records");
+    assert!(lag.len() == 1 && lag[0] >= 0.0, "{lag:?}");
+    // The operator read the committed offsets of the worker's group from the mock cluster,
+    // which its batches move: some status write says how far they got.
+    let committed = server.requests().iter().any(|r| {
+        r.path.ends_with("/streamingjobs/word-count/status")
+            && r.body["status"]["offsets"]["partitions"]
+                .as_array()
+                .is_some_and(|o| {
+                    o.iter()
+                        .any(|p| p["committed"].as_i64().is_some_and(|c| c > 0))
+                })
+    });
+    assert!(
+        committed,
+        "no status with a committed offset:\n{}",
+        std::fs::read_to_string(&operator_log).unwrap_or_default()
+    );
     assert_eq!(
         values("sum by (namespace, job) (weir_job_workers_desired"),
         [1.0]

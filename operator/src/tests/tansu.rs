@@ -1,106 +1,27 @@
 //! The real observer against the second, independent broker: tansu with its sqlite engine, in
 //! its own process, so the observer is not tuned to librdkafka's mock cluster.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
+use weir_testkit::broker::create_topics;
+use weir_testkit::Broker;
 
 use super::kafka::target;
 use crate::lag::{summarize, DEFAULT_ROWS};
 use crate::observe::{self, KafkaObserver};
 
-struct Tansu {
-    child: Child,
-    bootstrap: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// tansu on a free loopback port; `None` (with a note) where it is not installed, which
-/// only `scripts/install-tools.sh` guarantees (and CI must have).
-fn tansu() -> Option<Tansu> {
-    let bin = std::env::var("WEIR_TANSU_BIN")
-        .ok()
-        .map(PathBuf::from)
-        .or_else(|| {
-            let home = std::env::var_os("HOME")?;
-            let p = Path::new(&home).join(".cache/weir-tools/tansu-0.6.0/bin/tansu");
-            p.exists().then_some(p)
-        });
-    let Some(bin) = bin else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tansu is required in CI: scripts/install-tools.sh installs it"
-        );
-        eprintln!("tansu not installed; run scripts/install-tools.sh. Skipping.");
-        return None;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        // Relative to the working directory: tansu misreads absolute sqlite URLs.
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let bootstrap = format!("127.0.0.1:{port}");
-    let t = Tansu {
-        child,
-        bootstrap,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&t.bootstrap).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(t)
-}
-
 #[tokio::test]
 async fn the_real_observer_reads_tansu_too() {
-    let Some(broker) = tansu() else { return };
-    let client = |c: &mut ClientConfig| c.set("bootstrap.servers", &broker.bootstrap).clone();
-    let admin: AdminClient<DefaultClientContext> =
-        client(&mut ClientConfig::new()).create().unwrap();
-    let created = admin
-        .create_topics(
-            &[NewTopic::new("clicks", 3, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap();
-    created.into_iter().for_each(|r| {
-        r.unwrap();
-    });
+    let Some(broker) = Broker::tansu() else {
+        return;
+    };
+    let bootstrap = broker.bootstrap();
+    create_topics(&broker.client(), &[("clicks", 3)]).unwrap();
 
-    let p: BaseProducer = client(&mut ClientConfig::new()).create().unwrap();
+    let p: BaseProducer = broker.client().create().unwrap();
     for (partition, n) in [(0, 4), (2, 7)] {
         for i in 0..n {
             let payload = format!("record {i}");
@@ -113,7 +34,9 @@ async fn the_real_observer_reads_tansu_too() {
         }
     }
     p.flush(Duration::from_secs(10)).unwrap();
-    let c: BaseConsumer = client(ClientConfig::new().set("group.id", "weir.default.wc"))
+    let c: BaseConsumer = broker
+        .client()
+        .set("group.id", "weir.default.wc")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -123,7 +46,7 @@ async fn the_real_observer_reads_tansu_too() {
         .unwrap();
     c.commit(&tpl, CommitMode::Sync).unwrap();
 
-    let t = target(&broker.bootstrap, &["clicks"], "earliest");
+    let t = target(&bootstrap, &["clicks"], "earliest");
     let obs = observe::kafka(std::sync::Arc::new(KafkaObserver::default()), t)
         .await
         .unwrap();
@@ -141,9 +64,9 @@ async fn the_real_observer_reads_tansu_too() {
 
     // A timestamp policy counts from the first record at or after the time: "timed" has
     // records stamped 1 s, 2 s, 3 s, 4 s after the epoch; 2.5 s finds offset 2.
-    write_timed(&broker.bootstrap).await;
+    write_timed(&broker);
     let at = "1970-01-01T00:00:02.5Z";
-    let t = target(&broker.bootstrap, &["timed"], at);
+    let t = target(&bootstrap, &["timed"], at);
     let timed = observe::kafka(std::sync::Arc::new(KafkaObserver::default()), t)
         .await
         .unwrap();
@@ -160,7 +83,7 @@ async fn the_real_observer_reads_tansu_too() {
     // Probe: for a time after every record Kafka answers no offset (start at the end); tansu
     // answers 0, the first offset, which would count the whole log. That case is tested with
     // the broker's answers as data (tests::lag::no_commit_counts_from_where_the_worker_will_start).
-    let t = target(&broker.bootstrap, &["timed"], "2100-01-01T00:00:00Z");
+    let t = target(&bootstrap, &["timed"], "2100-01-01T00:00:00Z");
     let future = observe::kafka(std::sync::Arc::new(KafkaObserver::default()), t)
         .await
         .unwrap();
@@ -172,25 +95,9 @@ async fn the_real_observer_reads_tansu_too() {
 }
 
 /// Topic "timed": one partition, records stamped 1 s, 2 s, 3 s and 4 s after the epoch.
-async fn write_timed(bootstrap: &str) {
-    let config = || {
-        ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .clone()
-    };
-    let admin: AdminClient<DefaultClientContext> = config().create().unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new("timed", 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .for_each(|r| {
-            r.unwrap();
-        });
-    let p: BaseProducer = config().create().unwrap();
+fn write_timed(broker: &Broker) {
+    create_topics(&broker.client(), &[("timed", 1)]).unwrap();
+    let p: BaseProducer = broker.client().create().unwrap();
     for ts in [1_000i64, 2_000, 3_000, 4_000] {
         p.send(
             BaseRecord::<(), str>::to("timed")
@@ -205,10 +112,12 @@ async fn write_timed(bootstrap: &str) {
 
 #[tokio::test]
 async fn a_rewind_to_a_time_commits_the_first_offset_at_or_after_it() {
-    let Some(broker) = tansu() else { return };
-    write_timed(&broker.bootstrap).await;
+    let Some(broker) = Broker::tansu() else {
+        return;
+    };
+    write_timed(&broker);
 
-    let t = target(&broker.bootstrap, &["timed"], "latest");
+    let t = target(&broker.bootstrap(), &["timed"], "latest");
     let set = crate::observe::set_offsets(
         &t,
         &crate::rewind::RewindTo::Timestamp(2_500),

@@ -50,42 +50,15 @@ pub fn reconcile_errors(text: &str, error: Option<&str>) -> f64 {
         .sum()
 }
 
-/// The worker binary of this workspace, beside the test executable (`cargo test --workspace`
-/// builds it, as `scripts/test.sh` runs it).
+/// The worker binary of this workspace, beside the test executable.
 pub fn worker_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("the target directory")
-        .join("weir-worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p weir-worker` (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
+    weir_testkit::tools::workspace_binary("weir-worker")
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// The operator binary of this workspace, beside the test executable. `cargo test` builds no
+/// binary of this crate (it has no integration tests): `scripts/test.sh` builds it first.
+pub fn operator_binary() -> std::path::PathBuf {
+    weir_testkit::tools::workspace_binary("weir-operator")
 }
 
-/// A loopback port where every connection is refused while the socket lives (bound, not
-/// listening: nothing else can start a server there meanwhile).
-pub fn refused_port() -> (socket2::Socket, u16) {
-    let s =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
-    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
-    s.bind(&any.into()).expect("bind");
-    let port = s
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .expect("the bound address")
-        .port();
-    (s, port)
-}
+pub use weir_testkit::{free_port, refused_port};

@@ -1,19 +1,14 @@
 //! A throwaway PostgreSQL server for tests and the chaos harness: Debian's server binaries,
 //! `initdb` into a temporary directory, `postgres` on a free loopback port, gone on drop.
 //!
-//! The binaries are found through `WEIR_PG_BIN` (the directory holding `initdb`), then `PATH`,
-//! then `/usr/lib/postgresql/<version>/bin` (where Debian's package puts them, off `PATH`).
+//! The binaries are found by [`crate::tools::pg_bin_dir`].
 //! PostgreSQL refuses to run as root, so as root the server runs as an unprivileged user:
 //! `weir-pg` if it exists (scripts/install-tools.sh creates it), else `nobody`.
-//!
-//! Shared by the worker's tests (`worker/tests/common`) and the e2e crate, so both start
-//! the server the same way.
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,31 +20,6 @@ pub struct PgServer {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
-}
-
-/// The directory with `initdb` and `postgres`.
-pub fn bin_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("WEIR_PG_BIN").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for d in std::env::split_paths(&path) {
-            if d.join("initdb").is_file() && d.join("postgres").is_file() {
-                return Some(d);
-            }
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let v: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, b)| b)
 }
 
 /// (uid, gid) of the user the server runs as when this process is root.
@@ -80,18 +50,11 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
 impl PgServer {
     /// Starts a server. Without PostgreSQL installed: `None` with a note, except in CI (`CI`
     /// set), where it panics, since CI must run every test.
     pub fn start() -> Option<PgServer> {
-        let Some(bin) = bin_dir() else {
+        let Some(bin) = crate::tools::pg_bin_dir() else {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "the PostgreSQL server is required in CI: scripts/install-tools.sh installs it and sets WEIR_PG_BIN"
@@ -148,7 +111,7 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
+        let port = crate::net::free_port();
         let log_file = std::fs::File::create(&log).expect("PostgreSQL log file");
         if let Some((uid, gid)) = as_user {
             let _ = std::os::unix::fs::chown(&log, Some(uid), Some(gid));
