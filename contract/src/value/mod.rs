@@ -53,7 +53,7 @@ impl Val {
 
     pub fn field(&self, name: &str) -> Option<&Val> {
         match self {
-            Val::Map(m) => m.iter().find(|(k, _)| &**k == name).map(|(_, v)| v),
+            Val::Map(m) => m.iter().find(|(k, _)| same_name(k, name)).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -296,6 +296,34 @@ impl<'de> de::DeserializeSeed<'de> for DepthSeed {
     }
 }
 
+/// Field names compared the cheap way first: this runs for every key of every record
+/// decoded and every field an expression reads, and most names that differ differ in length
+/// or first byte. Short names are compared in place rather than through a `memcmp` call,
+/// which profiling showed as the largest single cost of a stateless job's decoding.
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() || a.first() != b.first() {
+        return false;
+    }
+    if a.len() <= 16 {
+        a.iter().zip(b).all(|(x, y)| x == y)
+    } else {
+        a == b
+    }
+}
+
+/// The pipeline's name for `key` when the pipeline reads that field: a scan of the few
+/// names a pipeline reads beats the tree's ordered compares; a long list uses the tree.
+#[inline]
+fn kept<'f>(fields: &'f std::collections::BTreeSet<Arc<str>>, key: &str) -> Option<&'f Arc<str>> {
+    if fields.len() <= 8 {
+        fields.iter().find(|f| same_name(f, key))
+    } else {
+        fields.get(key)
+    }
+}
+
 struct ValVisitor<'f> {
     left: usize,
     /// Keep only these fields of an object (the top level of a projected decode).
@@ -353,7 +381,7 @@ impl<'de> Visitor<'de> for ValVisitor<'_> {
             let name = match self.fields {
                 None => Arc::from(&*k),
                 // A kept field's name comes from the pipeline: keeping it allocates nothing.
-                Some(fields) => match fields.get(&*k) {
+                Some(fields) => match kept(fields, &k) {
                     Some(name) => name.clone(),
                     None => {
                         map.next_value::<de::IgnoredAny>()?;
@@ -442,6 +470,46 @@ pub(crate) fn from_cel(v: &cel::Value) -> Result<Val, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_match_exactly_whatever_their_length_or_first_byte() {
+        for (a, b, same) in [
+            ("page", "page", true),
+            ("page", "pagf", false),
+            ("page", "user", false),
+            ("page", "pag", false),
+            ("", "", true),
+            ("a_rather_long_field_name", "a_rather_long_field_name", true),
+            (
+                "a_rather_long_field_name",
+                "a_rather_long_field_namf",
+                false,
+            ),
+            ("\u{e9}t\u{e9}", "\u{e9}t\u{e9}", true),
+        ] {
+            assert_eq!(same_name(a, b), same, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn a_projected_decode_keeps_the_same_fields_through_the_scan_and_the_tree() {
+        let json = br#"{"user":"u1","page":"/a","n":3,"pad":"xx","f9":9}"#;
+        let few: std::collections::BTreeSet<Arc<str>> =
+            ["page", "n"].into_iter().map(Arc::from).collect();
+        let many: std::collections::BTreeSet<Arc<str>> =
+            ["page", "n", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8"]
+                .into_iter()
+                .map(Arc::from)
+                .collect();
+        assert!(many.len() > 8, "the tree's path");
+        for fields in [&few, &many] {
+            let v = Val::from_json_fields(json, 32, fields).unwrap();
+            assert_eq!(v.field("page"), Some(&Val::str("/a")));
+            assert_eq!(v.field("n"), Some(&Val::Int(3)));
+            assert_eq!(v.field("user"), None, "not read by the pipeline");
+            assert_eq!(v.field("f9"), None);
+        }
+    }
 
     #[test]
     fn json_round_trips_with_order_and_numbers() {
