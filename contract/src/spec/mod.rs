@@ -348,6 +348,12 @@ pub struct StepSpec {
     /// key or the job reads several topics.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_partition: bool,
+    /// On an `aggregate` step at the end of a stage: write one partial accumulator per key
+    /// and batch for the next stage's aggregate of the same id to merge, instead of results;
+    /// set by `stages::split` (combine before the shuffle), never in a spec.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub combine: bool,
 }
 
 /// A CEL expression, checked when the job loads.
@@ -473,6 +479,11 @@ pub struct KafkaSink {
     #[serde(skip)]
     #[schemars(skip)]
     pub shuffle: bool,
+    /// With `shuffle`: every record is a partial of this aggregation (its name, as the spec
+    /// writes it), marked so in a header; set by the worker, never in a spec.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub partials: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
