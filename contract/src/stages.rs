@@ -94,7 +94,11 @@ pub const PARTIAL_HEADER: &str = "weir-partial";
 /// value.
 pub fn combinable(step: &StepSpec) -> Option<&'static str> {
     let a = step.aggregate.as_ref()?;
-    if step.state.is_some() || a.reduce.is_some() || a.collect.is_some() {
+    if step.combine == Some(false)
+        || step.state.is_some()
+        || a.reduce.is_some()
+        || a.collect.is_some()
+    {
         return None;
     }
     let (name, expr) = match (&a.sum, &a.min, &a.max, &a.avg) {
@@ -167,7 +171,7 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
             steps.push(StepSpec {
                 id: next.id.clone(),
                 aggregate: next.aggregate.clone(),
-                combine: true,
+                partial: true,
                 ..StepSpec::default()
             });
         }
@@ -253,7 +257,7 @@ mod tests {
                     .spec
                     .pipeline
                     .iter()
-                    .map(|p| match p.combine {
+                    .map(|p| match p.partial {
                         true => format!("{}(combine)", p.id),
                         false => p.id.clone(),
                     })
@@ -386,7 +390,7 @@ mod tests {
         assert_eq!(stages[0].writes.as_deref(), Some("wc-shuffle-repartition"));
         // The keyBy, then the count's combine: one partial per key per partition batch.
         assert_eq!(first.pipeline.len(), 2);
-        assert!(first.pipeline[1].combine && first.pipeline[1].id == "n");
+        assert!(first.pipeline[1].partial && first.pipeline[1].id == "n");
         let to_next = first.sink.kafka.as_ref().expect("kafka sink");
         assert!(to_next.shuffle && to_next.topic == "wc-shuffle-repartition");
         assert_eq!(to_next.partials, Some("count"));
@@ -412,7 +416,7 @@ mod tests {
             let stages = split(&job);
             let spec = &stages[0].job.spec;
             let partials = spec.sink.kafka.as_ref().and_then(|k| k.partials);
-            (spec.pipeline.iter().filter(|s| s.combine).count(), partials)
+            (spec.pipeline.iter().filter(|s| s.partial).count(), partials)
         };
         for (agg, want) in [
             ("aggregate: {count: {}}", Some("count")),
@@ -432,6 +436,8 @@ mod tests {
             ("aggregate: {max: timestamp}", None),
             ("aggregate: {min: headers.x}", None),
             ("state: {update: 'size(values)'}", None),
+            // The spec's opt-out: every record goes through the shuffle.
+            ("aggregate: {count: {}}, combine: false", None),
         ] {
             let n = usize::from(want.is_some());
             assert_eq!(first(agg), (n, want), "{agg}");

@@ -284,6 +284,7 @@ impl Engine {
                     }
                     info!(
                         records_in = info.records_in,
+                        partials_in = info.partials_in,
                         records_out = info.records_out,
                         dead_lettered = info.dead_lettered,
                         processing_ms = info.processing_ms,

@@ -348,12 +348,19 @@ pub struct StepSpec {
     /// key or the job reads several topics.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_partition: bool,
+    /// On an `aggregate` step behind a shuffle (automatic or a `repartition` step just
+    /// before it): whether the stage before the shuffle combines each key's records of a
+    /// batch into one partial, so the shuffle carries one record per key and batch of each
+    /// partition instead of every record. Default true for `count`, and for `sum`, `min`,
+    /// `max` and `avg` of `key` and `value`; `false` ships every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combine: Option<bool>,
     /// On an `aggregate` step at the end of a stage: write one partial accumulator per key
     /// and batch for the next stage's aggregate of the same id to merge, instead of results;
     /// set by `stages::split` (combine before the shuffle), never in a spec.
     #[serde(skip)]
     #[schemars(skip)]
-    pub combine: bool,
+    pub partial: bool,
 }
 
 /// A CEL expression, checked when the job loads.

@@ -55,7 +55,7 @@ impl Pipeline {
                 } => Op::KeyBy(Program::compile(x, &vars).map_err(e)?),
                 StepSpec {
                     aggregate: Some(a),
-                    combine: true,
+                    partial: true,
                     ..
                 } => Op::Combine(AggKind::compile(a, &vars).map_err(e)?),
                 StepSpec {
