@@ -30,7 +30,16 @@ pub struct BatchInfo {
     pub batch_time: String,
     pub batch_time_ms: i64,
     pub ranges: Vec<RangeInfo>,
+    /// Records read, partials included (a combined shuffle's: one per key and batch of each
+    /// partition of the stage before).
     pub records_in: u64,
+    /// How many of `records_in` were partials; absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub partials_in: u64,
+    /// The input records of the stage before that `records_in` stand for: a plain record
+    /// counts one, a partial the records it combined; absent when no partial was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub represented_in: Option<u64>,
     pub records_out: u64,
     pub dead_lettered: u64,
     pub scheduling_delay_ms: u64,
@@ -89,4 +98,8 @@ pub fn stall_limit(interval: Duration) -> Duration {
 /// starting worker stalled.
 pub fn startup_grace(interval: Duration) -> Duration {
     stall_limit(interval) * 4
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

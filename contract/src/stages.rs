@@ -12,7 +12,15 @@
 //! Keyed results are global by default (Kafka Streams' rule): [`with_shuffles`] inserts a
 //! repartition step before every keyed step (`aggregate`, windowed or not, and `state`) whose
 //! records may not be partitioned by their key, so all of a key's records meet in one state.
+//!
+//! Combine before the shuffle (Spark's reduceByKey, Flink's local aggregation): when the step
+//! after a repartition is an aggregate that can be computed from parts ([`combinable`]), the
+//! stage before it ends in a copy of that aggregate marked `combine`, which writes one
+//! partial accumulator per key per partition batch instead of every record; the header
+//! [`PARTIAL_HEADER`] tells the next stage's aggregate to merge it rather than add it, so a
+//! topic that still holds plain records (written before an upgrade) reads correctly.
 
+use crate::expr::{Program, Var};
 use crate::spec::{
     Delivery, Format, JobFile, JobSpec, KafkaSink, RepartitionSpec, SinkSpec, StartingOffsets,
     StepSpec,
@@ -72,6 +80,45 @@ pub fn with_shuffles(spec: &JobSpec) -> Vec<StepSpec> {
     steps
 }
 
+/// The header that marks a repartition record as a partial accumulator rather than a record;
+/// its value is the aggregation's name ([`combinable`]), so a partial of another kind (the
+/// job changed while the topic held partials) is refused, not merged.
+pub const PARTIAL_HEADER: &str = "weir-partial";
+
+/// The aggregation (its name) a step's input can be combined by before a shuffle, when it
+/// can: count, sum, min, max and avg, windowed or not, whose expression reads only `key` and
+/// `value` (the other variables would name the repartition record in the next stage, so the
+/// first stage cannot compute them the same). Not `reduce`: the spec does not require its
+/// expression to be associative and commutative, and partials would change its result when
+/// it is not; not `collect`, whose result is every value; not `state` steps, which see every
+/// value.
+pub fn combinable(step: &StepSpec) -> Option<&'static str> {
+    let a = step.aggregate.as_ref()?;
+    if step.combine == Some(false)
+        || step.state.is_some()
+        || a.reduce.is_some()
+        || a.collect.is_some()
+    {
+        return None;
+    }
+    let (name, expr) = match (&a.sum, &a.min, &a.max, &a.avg) {
+        (Some(e), ..) => ("sum", e),
+        (None, Some(e), ..) => ("min", e),
+        (None, None, Some(e), _) => ("max", e),
+        (None, None, None, Some(e)) => ("avg", e),
+        (None, None, None, None) => return Some("count"),
+    };
+    let p = Program::compile(expr, &Var::RECORD).ok()?;
+    let elsewhere = [
+        Var::Partition,
+        Var::Offset,
+        Var::Timestamp,
+        Var::Headers,
+        Var::Topic,
+    ];
+    (!elsewhere.into_iter().any(|v| p.uses(v))).then_some(name)
+}
+
 /// A stage: the job it runs, and the repartition topic it writes for the next stage.
 pub struct Stage {
     /// The repartition step the stage reads after; "input" for the first.
@@ -112,18 +159,29 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
             spec: s,
         }
     };
-    for step in &pipeline {
+    for (j, step) in pipeline.iter().enumerate() {
         if step.repartition.is_none() {
             steps.push(step.clone());
             continue;
         }
         let topic = repartition_topic(&job.name, step);
+        let next = pipeline.get(j + 1);
+        let partials = next.and_then(combinable);
+        if let (Some(next), Some(_)) = (next, partials) {
+            steps.push(StepSpec {
+                id: next.id.clone(),
+                aggregate: next.aggregate.clone(),
+                partial: true,
+                ..StepSpec::default()
+            });
+        }
         let sink = SinkSpec {
             kafka: Some(KafkaSink {
                 topic: topic.clone(),
                 bootstrap_servers: None,
                 delivery,
                 shuffle: true,
+                partials,
             }),
             ..SinkSpec::default()
         };
@@ -194,7 +252,16 @@ mod tests {
         split(&job)
             .iter()
             .map(|s| {
-                let ids: Vec<&str> = s.job.spec.pipeline.iter().map(|p| p.id.as_str()).collect();
+                let ids: Vec<String> = s
+                    .job
+                    .spec
+                    .pipeline
+                    .iter()
+                    .map(|p| match p.partial {
+                        true => format!("{}(combine)", p.id),
+                        false => p.id.clone(),
+                    })
+                    .collect();
                 match ids.as_slice() {
                     [] => format!("{}: -", s.name),
                     _ => format!("{}: {}", s.name, ids.join(" ")),
@@ -210,12 +277,12 @@ mod tests {
         let count = "- {id: n, aggregate: {count: {}}}\n";
         let table: &[(&str, String, &str)] = &[
             // The README's word count: keyBy, then count, on one topic.
-            ("in", format!("{words}{count}"), "input: words by-word | n: n"),
+            ("in", format!("{words}{count}"), "input: words by-word n(combine) | n: n"),
             // Windowed aggregates and state steps are keyed steps too.
             (
                 "in",
                 format!("{words}- {{id: w, window: {{length: 2s}}, aggregate: {{count: {{}}}}}}\n"),
-                "input: words by-word | w: w",
+                "input: words by-word w(combine) | w: w",
             ),
             (
                 "in",
@@ -226,30 +293,30 @@ mod tests {
             ("in", count.to_string(), "input: n"),
             ("in", format!("- {{id: k, keyBy: key}}\n{count}"), "input: k n"),
             // Two topics: the same key in each would be two states.
-            ("a, b", count.to_string(), "input: - | n: n"),
+            ("a, b", count.to_string(), "input: n(combine) | n: n"),
             // Steps that keep the key do not undo a key change.
             (
                 "in",
                 format!("{words}- {{id: f, filter: 'item != \"\"'}}\n{count}"),
-                "input: words by-word f | n: n",
+                "input: words by-word f n(combine) | n: n",
             ),
             // The user's own repartition is the shuffle: no second one.
             (
                 "in",
                 format!("{words}- {{id: shuffle, repartition: {{}}}}\n{count}"),
-                "input: words by-word | shuffle: n",
+                "input: words by-word n(combine) | shuffle: n",
             ),
             // After a shuffle the key is the partitioning, until the next keyBy.
             (
                 "in",
                 format!("{words}{count}- {{id: m, aggregate: {{sum: value}}}}\n- {{id: k2, keyBy: 'string(value)'}}\n- {{id: c2, aggregate: {{count: {{}}}}}}\n"),
-                "input: words by-word | n: n m k2 | c2: c2",
+                "input: words by-word n(combine) | n: n m k2 c2(combine) | c2: c2",
             ),
             // A step that asks for per-partition results gets them, and only that step.
             (
                 "in",
                 format!("{words}- {{id: p, perPartition: true, aggregate: {{count: {{}}}}}}\n- {{id: q, aggregate: {{count: {{}}}}}}\n"),
-                "input: words by-word p | q: q",
+                "input: words by-word p q(combine) | q: q",
             ),
             // No keyed step: nothing to bring together.
             ("a, b", words.to_string(), "input: words by-word"),
@@ -321,9 +388,12 @@ mod tests {
         assert_eq!(stages.len(), 2);
         let (first, second) = (&stages[0].job.spec, &stages[1].job.spec);
         assert_eq!(stages[0].writes.as_deref(), Some("wc-shuffle-repartition"));
-        assert_eq!(first.pipeline.len(), 1);
+        // The keyBy, then the count's combine: one partial per key per partition batch.
+        assert_eq!(first.pipeline.len(), 2);
+        assert!(first.pipeline[1].partial && first.pipeline[1].id == "n");
         let to_next = first.sink.kafka.as_ref().expect("kafka sink");
         assert!(to_next.shuffle && to_next.topic == "wc-shuffle-repartition");
+        assert_eq!(to_next.partials, Some("count"));
         assert_eq!(second.source.kafka.topics, ["wc-shuffle-repartition"]);
         assert_eq!(second.source.kafka.group_id.as_deref(), Some("g-shuffle"));
         assert_eq!(second.source.format, Format::Shuffle);
@@ -333,5 +403,44 @@ mod tests {
             Some("out")
         );
         assert!(stages[1].writes.is_none());
+    }
+
+    #[test]
+    fn only_aggregates_computable_from_parts_of_key_and_value_are_combined() {
+        let first = |agg: &str| {
+            let job = parse_job(
+                &format!("batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}}}\npipeline:\n- {{id: k, keyBy: value.page}}\n- {{id: a, {agg}}}\nsink: {{stdout: {{}}}}\n"),
+                "wc",
+            )
+            .expect("job");
+            let stages = split(&job);
+            let spec = &stages[0].job.spec;
+            let partials = spec.sink.kafka.as_ref().and_then(|k| k.partials);
+            (spec.pipeline.iter().filter(|s| s.partial).count(), partials)
+        };
+        for (agg, want) in [
+            ("aggregate: {count: {}}", Some("count")),
+            ("aggregate: {sum: value.n}", Some("sum")),
+            ("aggregate: {min: 'value.n + size(key)'}", Some("min")),
+            ("aggregate: {max: value.n}", Some("max")),
+            ("aggregate: {avg: value.n}", Some("avg")),
+            (
+                "window: {length: 2s}, aggregate: {sum: value.n}",
+                Some("sum"),
+            ),
+            // Not documented associative and commutative: a partial could change it.
+            ("aggregate: {reduce: 'a + b'}", None),
+            ("aggregate: {collect: value}", None),
+            // These would name the repartition record in the next stage.
+            ("aggregate: {sum: partition}", None),
+            ("aggregate: {max: timestamp}", None),
+            ("aggregate: {min: headers.x}", None),
+            ("state: {update: 'size(values)'}", None),
+            // The spec's opt-out: every record goes through the shuffle.
+            ("aggregate: {count: {}}, combine: false", None),
+        ] {
+            let n = usize::from(want.is_some());
+            assert_eq!(first(agg), (n, want), "{agg}");
+        }
     }
 }

@@ -564,6 +564,8 @@ mod job_tests {
                 lag: Some(2),
             }],
             records_in: 10,
+            partials_in: 0,
+            represented_in: None,
             records_out: 9,
             dead_lettered: 1,
             scheduling_delay_ms: 1,

@@ -17,7 +17,7 @@ use crate::client::Identity;
 use crate::commit::Commit;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Class, Error, Result};
-use crate::expr::Val;
+use crate::expr::{Val, ValueNeeds};
 use crate::memory::Budget;
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
 use crate::plan::{OffsetRange, Planner, RateEstimator, TopicPartition};
@@ -26,13 +26,37 @@ use crate::record::{decode_key_as, decode_value, Record};
 use crate::sink::Sink;
 use crate::source::{RawRecord, Source, Taken};
 use crate::spec::{Format, JobFile};
+use weir_contract::stages::PARTIAL_HEADER;
 
 /// One source lane's share of a batch.
 struct LaneWork<'p> {
     /// Indexed like the source's partitions; only this lane's are set.
     runs: Vec<Option<PartitionRun<'p>>>,
     dead: Vec<DeadLetter>,
-    records_in: u64,
+    read: Read,
+}
+
+/// What a batch read: its records, and of them the partials of a combined shuffle with the
+/// records they stand for.
+#[derive(Clone, Copy, Debug, Default)]
+struct Read {
+    records: u64,
+    partials: u64,
+    represented: u64,
+}
+
+impl Read {
+    fn add(&mut self, other: Read) {
+        self.records += other.records;
+        self.partials += other.partials;
+        self.represented += other.represented;
+    }
+
+    /// The records of the stage before that this batch's records stand for, when it read
+    /// partials: each plain record one, each partial the records it combined.
+    fn represented_in(&self) -> Option<u64> {
+        (self.partials > 0).then(|| self.records - self.partials + self.represented)
+    }
 }
 
 /// How a run ends early, and what its batches may hold.
@@ -260,6 +284,7 @@ impl Engine {
                     }
                     info!(
                         records_in = info.records_in,
+                        partials_in = info.partials_in,
                         records_out = info.records_out,
                         dead_lettered = info.dead_lettered,
                         processing_ms = info.processing_ms,
@@ -366,6 +391,8 @@ impl Engine {
                 })
                 .collect(),
             records_in: 0,
+            partials_in: 0,
+            represented_in: None,
             records_out: 0,
             dead_lettered: 0,
             scheduling_delay_ms,
@@ -425,7 +452,7 @@ impl Engine {
         }
         self.progress
             .held(budget, taken.bytes, taken.records, capped);
-        let (outputs, dead, records_in) = finish(&owned, work, time);
+        let (outputs, dead, read) = finish(&owned, work, time);
         // A replay of this batch recomputes its changes: taking them here loses nothing.
         let changes: Vec<Vec<StateChange>> = self
             .states
@@ -460,7 +487,9 @@ impl Engine {
             lag: Some(range_info.iter().filter_map(|r| r.lag).sum()),
             source_error: None,
             ranges: range_info,
-            records_in,
+            records_in: read.records,
+            partials_in: read.partials,
+            represented_in: read.represented_in(),
             records_out,
             dead_lettered: dead.len() as u64,
             scheduling_delay_ms,
@@ -489,20 +518,22 @@ fn read_and_run<'p>(
     budget: Budget,
 ) -> Result<(Vec<LaneWork<'p>>, Taken)> {
     let needs = pipeline.needs();
+    // Only a repartition topic can hold partials, and only the stage's first step merges them.
+    let partial_header = (format == Format::Shuffle).then_some(PARTIAL_HEADER);
     // Each lane of the source runs the pipeline for its own partitions.
     let lanes = source.lanes();
     let mut work: Vec<LaneWork<'_>> = (0..lanes)
         .map(|_| LaneWork {
             runs: (0..owned.len()).map(|_| None).collect(),
             dead: Vec::new(),
-            records_in: 0,
+            read: Read::default(),
         })
         .collect();
     for (i, state) in states.iter_mut().enumerate() {
         work[i % lanes].runs[i] = Some(pipeline.start(state));
     }
     let on_record = |w: &mut LaneWork<'_>, raw: RawRecord<'_>| {
-        w.records_in += 1;
+        w.read.records += 1;
         let tp = &owned[raw.index];
         let letter = |step, error: String| DeadLetter {
             topic: tp.topic.clone(),
@@ -514,6 +545,27 @@ fn read_and_run<'p>(
             step,
             error,
         };
+        // A combined shuffle's partial: merged into the aggregate it was combined for. Plain
+        // records of the same topic (written before combining) are added as records below.
+        if let Some(header) = partial_header {
+            if let Some(kind) = raw.header(header) {
+                w.read.partials += 1;
+                let merged = decode_key_as(format, raw.key)
+                    .and_then(|k| Ok((k, decode_value(format, raw.payload, &ValueNeeds::Whole)?)))
+                    .map_err(|e| (None, e.to_string()))
+                    .and_then(|(key, value)| match w.runs[raw.index].as_mut() {
+                        Some(run) => run
+                            .push_partial(kind, key, &value)
+                            .map_err(|f| (Some(f.step), f.error.0)),
+                        None => Ok(0),
+                    });
+                match merged {
+                    Ok(n) => w.read.represented += n,
+                    Err((step, error)) => w.dead.push(letter(step, error)),
+                }
+                return;
+            }
+        }
         let value = match decode_value(format, raw.payload, &needs.value) {
             Ok(v) => v,
             Err(e) => return w.dead.push(letter(None, e.to_string())),
@@ -557,12 +609,12 @@ fn finish(
     owned: &[TopicPartition],
     work: Vec<LaneWork<'_>>,
     time: i64,
-) -> (Vec<Vec<Output>>, Vec<DeadLetter>, u64) {
+) -> (Vec<Vec<Output>>, Vec<DeadLetter>, Read) {
     let mut dead: Vec<DeadLetter> = Vec::new();
-    let mut records_in = 0u64;
+    let mut read = Read::default();
     let mut runs: Vec<Option<PartitionRun<'_>>> = (0..owned.len()).map(|_| None).collect();
     for w in work {
-        records_in += w.records_in;
+        read.add(w.read);
         dead.extend(w.dead);
         for (i, run) in w.runs.into_iter().enumerate() {
             if run.is_some() {
@@ -592,7 +644,7 @@ fn finish(
         }
         outputs.push(out);
     }
-    (outputs, dead, records_in)
+    (outputs, dead, read)
 }
 
 /// Progress: each range read, with its partition's high watermark and the lag left.

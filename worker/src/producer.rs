@@ -231,6 +231,21 @@ impl KafkaWriter {
         key: &Val,
         value: Option<&Val>,
     ) -> Result<()> {
+        self.send_encoded_with(topic, partition, key, value, None)
+    }
+
+    /// [`KafkaWriter::send_encoded`] with one header, `(name, value)`.
+    ///
+    /// # Errors
+    /// As [`KafkaWriter::send_encoded`].
+    pub fn send_encoded_with(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &Val,
+        value: Option<&Val>,
+        header: Option<(&str, &str)>,
+    ) -> Result<()> {
         self.key.clear();
         self.value.clear();
         codec::encode(key, &mut self.key);
@@ -244,7 +259,12 @@ impl KafkaWriter {
             partition,
             Some(&self.key),
             payload,
-            None,
+            header.map(|(name, v)| {
+                OwnedHeaders::new().insert(rdkafka::message::Header {
+                    key: name,
+                    value: Some(v),
+                })
+            }),
         )
     }
 

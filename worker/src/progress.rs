@@ -90,7 +90,16 @@ pub struct StageSnapshot {
     pub stage: String,
     pub group: String,
     pub batches_completed: u64,
+    /// Records read from the repartition topic, partials included: with a combined shuffle
+    /// (see the README) one partial per key and batch of each partition of the stage before.
     pub records_in: u64,
+    /// How many of `records_in` were partials; absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub partials_in: u64,
+    /// The input records of the stage before that `records_in` stand for (a plain record
+    /// one, a partial the records it combined); absent when no partial was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub represented_in: Option<u64>,
     pub records_out: u64,
     pub dead_lettered: u64,
     /// Most recent last; the ranges are of the stage's repartition topic.
@@ -104,6 +113,8 @@ struct State {
     batches: VecDeque<BatchInfo>,
     completed: u64,
     records_in: u64,
+    partials_in: u64,
+    represented_in: u64,
     records_out: u64,
     dead_lettered: u64,
     last_completed: Option<Instant>,
@@ -336,6 +347,8 @@ impl Progress {
         let Ok(mut s) = self.state.lock() else { return };
         s.completed += 1;
         s.records_in += b.records_in;
+        s.partials_in += b.partials_in;
+        s.represented_in += b.represented_in.unwrap_or(b.records_in);
         s.records_out += b.records_out;
         s.dead_lettered += b.dead_lettered;
         s.last_completed = Some(Instant::now());
@@ -460,6 +473,8 @@ impl Progress {
             group: self.group.clone(),
             batches_completed: s.completed,
             records_in: s.records_in,
+            partials_in: s.partials_in,
+            represented_in: (s.partials_in > 0).then_some(s.represented_in),
             records_out: s.records_out,
             dead_lettered: s.dead_lettered,
             batches: s.batches.iter().rev().take(last).rev().cloned().collect(),
@@ -580,6 +595,8 @@ mod tests {
             batch_time_ms: 0,
             ranges: Vec::new(),
             records_in: 1,
+            partials_in: 0,
+            represented_in: None,
             records_out: 1,
             dead_lettered: 0,
             scheduling_delay_ms: 0,
@@ -827,6 +844,8 @@ mod metric_tests {
                 batch_time_ms: 0,
                 ranges: Vec::new(),
                 records_in: 1,
+                partials_in: 0,
+                represented_in: None,
                 records_out: 1,
                 dead_lettered: 0,
                 scheduling_delay_ms: 1,
@@ -850,4 +869,8 @@ mod metric_tests {
         assert!(text.contains("\nweir_worker_offset_lag{"), "{text}");
         assert!(!text.contains("weir_offset_lag_total"), "{text}");
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -146,7 +146,8 @@ sink: {kafka: {topic: out}}
 fn the_shuffle_stage_holds_no_more_than_its_part_of_the_budget() {
     // keyBy + count runs as two stages joined by a repartition topic; the worker's budget of
     // 200 KB is shared, 100 KB each. The first stage meets a backlog of 1.2 MB of 1000-byte
-    // records, the second what the first writes to the shuffle (the same records, re-keyed).
+    // records, the second what the first writes to the shuffle (the same records, re-keyed:
+    // `combine: false`, or the shuffle would carry one partial per key instead).
     let broker = Broker::in_process();
     for (t, n) in [("in", 4), ("out", 4), ("t-counts-repartition", 4)] {
         broker.create_topic(t, n);
@@ -162,7 +163,7 @@ source:
   kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-shuffle, backpressure: {enabled: false}}
 pipeline:
   - {id: by-k, keyBy: "value.k"}
-  - {id: counts, aggregate: {count: {}}}
+  - {id: counts, aggregate: {count: {}}, combine: false}
 sink: {kafka: {topic: out}}
 "#;
     let budget = weir_worker::memory::Budget {

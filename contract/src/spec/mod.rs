@@ -348,6 +348,19 @@ pub struct StepSpec {
     /// key or the job reads several topics.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_partition: bool,
+    /// On an `aggregate` step behind a shuffle (automatic or a `repartition` step just
+    /// before it): whether the stage before the shuffle combines each key's records of a
+    /// batch into one partial, so the shuffle carries one record per key and batch of each
+    /// partition instead of every record. Default true for `count`, and for `sum`, `min`,
+    /// `max` and `avg` of `key` and `value`; `false` ships every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combine: Option<bool>,
+    /// On an `aggregate` step at the end of a stage: write one partial accumulator per key
+    /// and batch for the next stage's aggregate of the same id to merge, instead of results;
+    /// set by `stages::split` (combine before the shuffle), never in a spec.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub partial: bool,
 }
 
 /// A CEL expression, checked when the job loads.
@@ -473,6 +486,11 @@ pub struct KafkaSink {
     #[serde(skip)]
     #[schemars(skip)]
     pub shuffle: bool,
+    /// With `shuffle`: every record is a partial of this aggregation (its name, as the spec
+    /// writes it), marked so in a header; set by the worker, never in a spec.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub partials: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -413,6 +413,9 @@ impl JobSpec {
                     "applies to an aggregate or state step, the steps that group by key; remove it here",
                 );
             }
+            if let Some(on) = step.combine {
+                combine_check(c, &at, step, on);
+            }
             if let Some(r) = &step.repartition {
                 if let Some(t) = &r.topic {
                     c.topic(format!("{at}.repartition.topic"), t);
@@ -560,6 +563,54 @@ fn is_dns_label(s: &str) -> bool {
 fn round_up(ms: u128, interval: u128) -> super::Duration {
     let n = ms.div_ceil(interval).max(1) * interval;
     super::Duration::from_millis(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+/// `combine` applies to an aggregate, and `combine: true` only to one whose partials the next
+/// stage can merge into the same result (see `stages::combinable`, which this mirrors).
+fn combine_check(c: &mut Checker, at: &str, step: &StepSpec, on: bool) {
+    let Some(a) = &step.aggregate else {
+        c.err(
+            format!("{at}.combine"),
+            "applies to an aggregate step, the one a shuffle can combine for; remove it here",
+        );
+        return;
+    };
+    if !on {
+        return;
+    }
+    if a.reduce.is_some() || a.collect.is_some() {
+        c.err(
+            format!("{at}.combine"),
+            "cannot be true for a reduce (its expression need not be associative and commutative, so partials could change its result) or a collect (its result is every value); remove combine",
+        );
+        return;
+    }
+    let Some(e) = [&a.sum, &a.min, &a.max, &a.avg]
+        .into_iter()
+        .flatten()
+        .next()
+    else {
+        return;
+    };
+    let Ok(p) = expr::Program::compile(e, &expr::Var::RECORD) else {
+        return;
+    };
+    let elsewhere = [
+        expr::Var::Partition,
+        expr::Var::Offset,
+        expr::Var::Timestamp,
+        expr::Var::Headers,
+        expr::Var::Topic,
+    ];
+    if let Some(v) = elsewhere.into_iter().find(|v| p.uses(*v)) {
+        c.err(
+            format!("{at}.combine"),
+            format!(
+                "cannot be true: the aggregate reads `{}`, which after the shuffle names the repartition record, so a combine before it would compute something else; use an expression of key and value, or remove combine",
+                v.name()
+            ),
+        );
+    }
 }
 
 #[cfg(test)]

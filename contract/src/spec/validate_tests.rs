@@ -77,3 +77,30 @@ fn the_retry_bound_is_every_attempt_and_every_wait_between_them() {
     let last = long.waits().last().expect("a wait");
     assert_eq!(last, Duration::from_secs(3));
 }
+
+#[test]
+fn combine_applies_to_aggregates_whose_partials_merge_to_the_same_result() {
+    let e = errors("- {id: f, filter: 'true', combine: false}\n");
+    assert!(
+        e.contains("pipeline[0].combine") && e.contains("applies to an aggregate step"),
+        "{e}"
+    );
+    let e =
+        errors("- {id: k, keyBy: value}\n- {id: r, aggregate: {reduce: 'a + b'}, combine: true}\n");
+    assert!(
+        e.contains("pipeline[1].combine") && e.contains("associative and commutative"),
+        "{e}"
+    );
+    let e = errors("- {id: k, keyBy: value}\n- {id: s, aggregate: {sum: offset}, combine: true}\n");
+    assert!(
+        e.contains("pipeline[1].combine") && e.contains("`offset`"),
+        "{e}"
+    );
+    for ok in [
+        "- {id: k, keyBy: value}\n- {id: n, aggregate: {count: {}}, combine: false}\n",
+        "- {id: k, keyBy: value}\n- {id: n, aggregate: {sum: value}, combine: true}\n",
+        "- {id: k, keyBy: value}\n- {id: r, aggregate: {reduce: 'a + b'}, combine: false}\n",
+    ] {
+        assert_eq!(errors(ok), "", "{ok}");
+    }
+}

@@ -42,6 +42,8 @@ pub(super) fn batch(
             lag: Some(1000 - i64::try_from(records).unwrap()),
         }],
         records_in: records,
+        partials_in: 0,
+        represented_in: None,
         records_out: records,
         dead_lettered: 0,
         scheduling_delay_ms: processing / 2,

@@ -56,10 +56,15 @@ impl AggKind {
 
     /// The value a record contributes, checked so that accumulating it cannot fail.
     pub(crate) fn input(&self, rec: &crate::record::Record) -> Result<Val, EvalError> {
+        self.input_of(rec, rec.output())
+    }
+
+    /// [`AggKind::input`] of what `vars` names, whose result (what a reduce folds) is `output`.
+    pub(crate) fn input_of(&self, vars: &dyn Vars, output: &Val) -> Result<Val, EvalError> {
         match self {
             AggKind::Count => Ok(Val::Null),
             AggKind::Sum(p) | AggKind::Avg(p) => {
-                let v = p.eval(rec)?.into_owned();
+                let v = p.eval(vars)?.into_owned();
                 match v {
                     Val::Int(_) | Val::UInt(_) | Val::Float(_) => Ok(v),
                     other => Err(EvalError(format!(
@@ -69,9 +74,9 @@ impl AggKind {
                 }
             }
             AggKind::Min(p) | AggKind::Max(p) | AggKind::Collect(p) => {
-                Ok(p.eval(rec)?.into_owned())
+                Ok(p.eval(vars)?.into_owned())
             }
-            AggKind::Reduce(_) => Ok(rec.output().clone()),
+            AggKind::Reduce(_) => Ok(output.clone()),
         }
     }
 }
@@ -175,7 +180,15 @@ impl Acc {
 /// Accumulators of one aggregate step for one partition's batch.
 #[derive(Debug, Default)]
 pub struct Accumulators {
-    pub(crate) keys: HashMap<Val, Acc>,
+    keys: HashMap<Val, Part>,
+}
+
+/// One key's accumulator, and how many input records it stands for: a combined shuffle
+/// carries the count with each partial, so the next stage can say what its partials mean.
+#[derive(Debug)]
+struct Part {
+    acc: Acc,
+    records: u64,
 }
 
 struct ReduceVars<'a> {
@@ -200,66 +213,90 @@ impl Accumulators {
     /// its previous value.
     pub fn add(&mut self, kind: &AggKind, key: Val, input: Val) -> Result<(), EvalError> {
         use std::collections::hash_map::Entry;
-        match (kind, self.keys.entry(key)) {
-            (AggKind::Count, Entry::Occupied(mut e)) => {
-                if let Acc::Count(n) = e.get_mut() {
-                    *n += 1;
+        let mut e = match self.keys.entry(key) {
+            Entry::Vacant(e) => {
+                let acc = match kind {
+                    AggKind::Count => Acc::Count(1),
+                    AggKind::Sum(_) => Acc::Sum { sum: input, n: 1 },
+                    AggKind::Avg(_) => Acc::Avg {
+                        sum: crate::value::num(&input).map_or(0.0, |n| n.as_f64()),
+                        n: 1,
+                    },
+                    AggKind::Collect(_) => Acc::Value(Val::List(std::sync::Arc::new(vec![input]))),
+                    AggKind::Min(_) | AggKind::Max(_) | AggKind::Reduce(_) => Acc::Value(input),
+                };
+                e.insert(Part { acc, records: 1 });
+                return Ok(());
+            }
+            Entry::Occupied(e) => e,
+        };
+        if let AggKind::Reduce(p) = kind {
+            let key = e.key().clone();
+            let part = e.get_mut();
+            if let Acc::Value(cur) = &mut part.acc {
+                *cur = p
+                    .eval(&ReduceVars {
+                        a: cur,
+                        b: &input,
+                        key: &key,
+                    })?
+                    .into_owned();
+            }
+            part.records += 1;
+            return Ok(());
+        }
+        match (kind, &mut e.get_mut().acc) {
+            (AggKind::Count, Acc::Count(n)) => *n += 1,
+            (AggKind::Sum(_), Acc::Sum { sum, n }) => {
+                *sum = add_numbers(sum, &input);
+                *n += 1;
+            }
+            (AggKind::Avg(_), Acc::Avg { sum, n }) => {
+                *sum += crate::value::num(&input).map_or(0.0, |n| n.as_f64());
+                *n += 1;
+            }
+            (AggKind::Collect(_), Acc::Value(Val::List(items))) => {
+                // The list is this key's alone until the batch ends: no copy.
+                std::sync::Arc::make_mut(items).push(input);
+            }
+            // As std's min_by and max_by: the earlier value wins a tie for min, the later for max.
+            (AggKind::Min(_), Acc::Value(cur)) => {
+                if total_order(&input, cur).is_lt() {
+                    *cur = input;
                 }
             }
-            (AggKind::Count, Entry::Vacant(e)) => {
-                e.insert(Acc::Count(1));
-            }
-            (AggKind::Sum(_), Entry::Vacant(e)) => {
-                e.insert(Acc::Sum { sum: input, n: 1 });
-            }
-            (AggKind::Sum(_), Entry::Occupied(mut e)) => {
-                if let Acc::Sum { sum, n } = e.get_mut() {
-                    *sum = add_numbers(sum, &input);
-                    *n += 1;
+            (AggKind::Max(_), Acc::Value(cur)) => {
+                if !total_order(&input, cur).is_lt() {
+                    *cur = input;
                 }
             }
-            (AggKind::Avg(_), e) => {
-                let x = crate::value::num(&input).map_or(0.0, |n| n.as_f64());
-                match e.or_insert(Acc::Avg { sum: 0.0, n: 0 }) {
-                    Acc::Avg { sum, n } => {
-                        *sum += x;
-                        *n += 1;
-                    }
-                    other => *other = Acc::Avg { sum: x, n: 1 },
-                }
+            // Parts of one step always have one shape; a mismatch cannot come from records.
+            _ => return Ok(()),
+        }
+        e.get_mut().records += 1;
+        Ok(())
+    }
+
+    /// Merges a partial accumulator of the same aggregation, standing for `records` input
+    /// records (a combined shuffle's). Only a user's reduce expression can fail here; the key
+    /// then keeps its previous value.
+    pub fn merge_part(
+        &mut self,
+        kind: &AggKind,
+        key: Val,
+        acc: Acc,
+        records: u64,
+    ) -> Result<(), EvalError> {
+        use std::collections::hash_map::Entry;
+        match self.keys.entry(key) {
+            Entry::Vacant(e) => {
+                e.insert(Part { acc, records });
             }
-            (AggKind::Collect(_), Entry::Vacant(e)) => {
-                e.insert(Acc::Value(Val::List(std::sync::Arc::new(vec![input]))));
-            }
-            (AggKind::Collect(_), Entry::Occupied(mut e)) => {
-                if let Acc::Value(Val::List(items)) = e.get_mut() {
-                    // The list is this key's alone until the batch ends: no copy.
-                    std::sync::Arc::make_mut(items).push(input);
-                }
-            }
-            (_, Entry::Vacant(e)) => {
-                e.insert(Acc::Value(input));
-            }
-            (kind, Entry::Occupied(mut e)) => {
+            Entry::Occupied(mut e) => {
                 let key = e.key().clone();
-                let Acc::Value(cur) = e.get_mut() else {
-                    return Ok(());
-                };
-                let next = match kind {
-                    AggKind::Min(_) => std::cmp::min_by(cur.clone(), input, total_order),
-                    AggKind::Max(_) => std::cmp::max_by(cur.clone(), input, total_order),
-                    AggKind::Reduce(p) => p
-                        .eval(&ReduceVars {
-                            a: cur,
-                            b: &input,
-                            key: &key,
-                        })?
-                        .into_owned(),
-                    AggKind::Count | AggKind::Sum(_) | AggKind::Avg(_) | AggKind::Collect(_) => {
-                        return Ok(())
-                    }
-                };
-                *cur = next;
+                let part = e.get_mut();
+                part.acc.merge(kind, &key, &acc)?;
+                part.records += records;
             }
         }
         Ok(())
@@ -282,7 +319,19 @@ impl Accumulators {
     /// The batch's accumulators, ordered by key: a window folds them in a fixed order, so
     /// floating-point totals are the same when a batch is replayed.
     pub fn drain_parts(&mut self) -> Vec<(Val, Acc)> {
-        let mut out: Vec<(Val, Acc)> = self.keys.drain().collect();
+        self.drain_counted()
+            .into_iter()
+            .map(|(k, acc, _)| (k, acc))
+            .collect()
+    }
+
+    /// The batch's accumulators with the input records each stands for, ordered by key.
+    pub fn drain_counted(&mut self) -> Vec<(Val, Acc, u64)> {
+        let mut out: Vec<(Val, Acc, u64)> = self
+            .keys
+            .drain()
+            .map(|(k, p)| (k, p.acc, p.records))
+            .collect();
         out.sort_by(|a, b| total_order(&a.0, &b.0));
         out
     }

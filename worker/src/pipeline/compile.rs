@@ -55,6 +55,11 @@ impl Pipeline {
                 } => Op::KeyBy(Program::compile(x, &vars).map_err(e)?),
                 StepSpec {
                     aggregate: Some(a),
+                    partial: true,
+                    ..
+                } => Op::Combine(AggKind::compile(a, &vars).map_err(e)?),
+                StepSpec {
+                    aggregate: Some(a),
                     window: Some(w),
                     ..
                 } => {

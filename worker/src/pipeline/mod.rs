@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 mod change;
+pub mod combine;
 mod compile;
 pub mod keyed;
 mod needs;
@@ -36,6 +37,9 @@ enum Op {
     FlatMap(Program),
     KeyBy(Program),
     Aggregate(AggKind),
+    /// An aggregate's first half, at the end of a stage: one partial per key and batch for
+    /// the next stage's aggregate of the same id to merge ([`combine`]).
+    Combine(AggKind),
     Window(WindowOp),
     State(StateOp),
 }
@@ -169,7 +173,7 @@ fn accumulate(
     input: Val,
 ) -> Result<(), StepFailure> {
     let r = match (&steps[step].op, &mut pending[step]) {
-        (Op::Aggregate(kind), Pending::Agg(accs)) => accs.add(kind, key, input),
+        (Op::Aggregate(kind) | Op::Combine(kind), Pending::Agg(accs)) => accs.add(kind, key, input),
         (Op::Window(w), Pending::Agg(accs)) => accs.add(&w.kind, key, input),
         (Op::State(_), Pending::Values(values)) => {
             values.entry(key).or_default().push(input);
@@ -213,6 +217,49 @@ impl PartitionRun<'_> {
         result
     }
 
+    /// Merges a partial of aggregation `kind` (a combine's, from the stage before) into the
+    /// first step, the aggregate it was combined for. Returns the input records it stands for.
+    ///
+    /// # Errors
+    /// The first step is not an aggregate of that kind (the job changed while its
+    /// repartition topic held partials), the partial is malformed, or a reduce failed.
+    pub fn push_partial(&mut self, kind: &[u8], key: Val, value: &Val) -> Result<u64, StepFailure> {
+        let steps = &self.pipeline.steps;
+        let Some(first) = steps.first() else {
+            return Err(StepFailure {
+                step: Arc::from("input"),
+                error: EvalError(format!(
+                    "a partial of a {} aggregate reached a stage with no steps; the job changed while its repartition topic held partials",
+                    String::from_utf8_lossy(kind)
+                )),
+            });
+        };
+        let fail = |error| StepFailure {
+            step: first.id.clone(),
+            error,
+        };
+        let agg = match &first.op {
+            Op::Aggregate(k) | Op::Window(WindowOp { kind: k, .. })
+                if k.name().as_bytes() == kind =>
+            {
+                k
+            }
+            _ => {
+                return Err(fail(EvalError(format!(
+                    "a partial of a {} aggregate reached step {:?}, which is not that aggregate; the job changed while its repartition topic held partials",
+                    String::from_utf8_lossy(kind),
+                    first.id
+                ))))
+            }
+        };
+        let (acc, records) = combine::decode(agg, value).map_err(fail)?;
+        match &mut self.pending[0] {
+            Pending::Agg(accs) => accs.merge_part(agg, key, acc, records).map_err(fail)?,
+            Pending::Values(_) => {}
+        }
+        Ok(records)
+    }
+
     /// Ends the batch at `batch_time_ms`: applies it to the partition's state, and flushes
     /// barrier results through the steps after them. Returns the outputs and the failures of
     /// barrier results (in their own step or a later one). The state changes are then in
@@ -249,6 +296,11 @@ impl PartitionRun<'_> {
             let results: Vec<(Val, Val)> = match (&steps[i].op, pending, &mut self.state.steps[i].1)
             {
                 (Op::Aggregate(_), Pending::Agg(mut accs), _) => accs.drain_sorted(),
+                (Op::Combine(_), Pending::Agg(mut accs), _) => accs
+                    .drain_counted()
+                    .into_iter()
+                    .map(|(k, acc, records)| (k, combine::encode(&acc, records)))
+                    .collect(),
                 (Op::Window(w), Pending::Agg(mut accs), StepState::Window(ws)) => ws
                     .apply(w, batch_time_ms, accs.drain_parts(), &mut up)
                     .into_iter()
@@ -376,6 +428,20 @@ fn run(
                 });
                 return Ok(());
             }
+            Op::Combine(kind) => {
+                let output = rec.output();
+                let view = combine::Shuffled {
+                    key: &rec.key,
+                    value: output,
+                };
+                let input = kind.input_of(&view, output).map_err(fail)?;
+                effects.push(Effect::Accumulate {
+                    step: i,
+                    key: rec.key,
+                    input,
+                });
+                return Ok(());
+            }
             Op::State(_) => {
                 let input = rec.output().clone();
                 effects.push(Effect::Accumulate {
@@ -400,6 +466,8 @@ fn run(
     Ok(())
 }
 
+#[cfg(test)]
+mod combine_tests;
 #[cfg(test)]
 mod keyed_tests;
 #[cfg(test)]

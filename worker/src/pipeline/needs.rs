@@ -73,6 +73,18 @@ pub(super) fn record_needs(steps: &[Step]) -> RecordNeeds {
                 n.key |= own_key;
                 return n;
             }
+            Op::Combine(kind) => {
+                // Its expression reads the record's result as `value`: after a flatMap that is
+                // the item, which needs nothing more of the record.
+                if let AggKind::Sum(p) | AggKind::Min(p) | AggKind::Max(p) | AggKind::Avg(p) = kind
+                {
+                    if !item_is_output {
+                        read(&mut n, p, own_value, own_key);
+                    }
+                }
+                n.key |= own_key;
+                return n;
+            }
             Op::State(_) => {
                 // `values` are the records' results.
                 if own_value && !item_is_output {

@@ -34,6 +34,7 @@ pub struct ExactlyOnceSink {
     group_meta: ConsumerGroupMetadata,
     topic: Arc<str>,
     shuffle: bool,
+    partials: Option<&'static str>,
     dead_topic: Option<String>,
     /// How state changes become changelog records, when the pipeline keeps state.
     changelog: Option<Arc<LogFormat>>,
@@ -74,6 +75,7 @@ impl ExactlyOnceSink {
         topic: &str,
         bootstrap: &str,
         shuffle: bool,
+        partials: Option<&'static str>,
     ) -> Result<Self> {
         let group = spec.group_id(&id.namespace, &id.job);
         let consumer: BaseConsumer = client::consumer(&spec.source.kafka, id, &group)
@@ -90,6 +92,7 @@ impl ExactlyOnceSink {
             group_meta,
             topic: Arc::from(topic),
             shuffle,
+            partials,
             dead_topic: spec.dead_letter.as_ref().map(|d| d.topic.clone()),
             changelog: None,
             owned: Vec::new(),
@@ -118,7 +121,14 @@ impl ExactlyOnceSink {
             w.begin()?;
             open.push(i);
             for o in part.outputs {
-                send_output(w, &self.topic, self.shuffle, &o.key, &o.value)?;
+                send_output(
+                    w,
+                    &self.topic,
+                    self.shuffle,
+                    self.partials,
+                    &o.key,
+                    &o.value,
+                )?;
             }
             if let Some(log) = &self.changelog {
                 log.send_partition(w, tp, part, batch.batch_time_ms)?;

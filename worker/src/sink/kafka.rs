@@ -15,28 +15,39 @@ pub struct KafkaSink {
     topic: Arc<str>,
     /// Records for the job's next stage, in the worker's own encoding.
     shuffle: bool,
+    /// With `shuffle`: the records are partials of this aggregation.
+    partials: Option<&'static str>,
 }
 
 impl KafkaSink {
-    pub fn new(writer: KafkaWriter, topic: Arc<str>, shuffle: bool) -> Self {
+    pub fn new(
+        writer: KafkaWriter,
+        topic: Arc<str>,
+        shuffle: bool,
+        partials: Option<&'static str>,
+    ) -> Self {
         Self {
             writer,
             topic,
             shuffle,
+            partials,
         }
     }
 }
 
-/// Queues one output record, as a sink's readers expect it or for the next stage.
+/// Queues one output record, as a sink's readers expect it or for the next stage (a
+/// partial of aggregation `partials` carries its name in the contract's partial header).
 pub(super) fn send_output(
     w: &mut KafkaWriter,
     topic: &str,
     shuffle: bool,
+    partials: Option<&str>,
     key: &Val,
     value: &Val,
 ) -> Result<()> {
     if shuffle {
-        w.send_encoded(topic, None, key, Some(value))
+        let header = partials.map(|kind| (weir_contract::stages::PARTIAL_HEADER, kind));
+        w.send_encoded_with(topic, None, key, Some(value), header)
     } else {
         w.send(topic, key, value)
     }
@@ -50,6 +61,7 @@ impl Sink for KafkaSink {
                     &mut self.writer,
                     &self.topic,
                     self.shuffle,
+                    self.partials,
                     &o.key,
                     &o.value,
                 )?;

@@ -91,12 +91,13 @@ pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dy
             .unwrap_or(&spec.source.kafka.bootstrap_servers);
         match k.delivery {
             crate::spec::Delivery::ExactlyOnce => Box::new(ExactlyOnceSink::new(
-                spec, id, &k.topic, bootstrap, k.shuffle,
+                spec, id, &k.topic, bootstrap, k.shuffle, k.partials,
             )?),
             crate::spec::Delivery::AtLeastOnce => Box::new(KafkaSink::new(
                 KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?,
                 Arc::from(k.topic.as_str()),
                 k.shuffle,
+                k.partials,
             )),
         }
     } else if let Some(f) = &s.file {

@@ -57,6 +57,19 @@ impl<'a> RawRecord<'a> {
         }
     }
 
+    /// The value of the record's first header named `name`: no allocation, and none of the
+    /// work of [`RawRecord::headers`] for a record without headers.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        fn find<'h, H: Headers>(h: &'h H, name: &str) -> Option<&'h [u8]> {
+            h.iter().find(|x| x.key == name).and_then(|x| x.value)
+        }
+        match self.headers {
+            None => None,
+            Some(HeaderRef::Borrowed(h)) => find(h, name),
+            Some(HeaderRef::Owned(h)) => find(h, name),
+        }
+    }
+
     /// The record's headers as they came, for a dead letter to keep.
     pub fn header_pairs(&self) -> Vec<(String, Option<Vec<u8>>)> {
         fn pairs<H: Headers>(h: &H) -> Vec<(String, Option<Vec<u8>>)> {
