@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod kafka;
 pub mod net;
+#[cfg(feature = "pg")]
 pub mod pg;
 pub mod process;
 pub mod tools;

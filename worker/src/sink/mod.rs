@@ -4,6 +4,7 @@
 mod exactly_once;
 mod file;
 mod kafka;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 mod stdout;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 pub use exactly_once::ExactlyOnceSink;
 pub use file::FileSink;
 pub use kafka::KafkaSink;
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresSink;
 pub use stdout::StdoutSink;
 
@@ -103,7 +105,7 @@ pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dy
     } else if let Some(f) = &s.file {
         Box::new(FileSink::new(f.path.clone().into())?)
     } else if s.postgres.is_some() {
-        Box::new(PostgresSink::new(spec, id)?)
+        postgres_sink(spec, id)?
     } else {
         return Err(crate::error::Error::Fatal(
             "the job has no sink; set sink.stdout, sink.kafka, sink.file or sink.postgres".into(),
@@ -115,6 +117,20 @@ pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dy
         }
         _ => main,
     })
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_sink(spec: &JobSpec, id: &Identity) -> Result<Box<dyn Sink>> {
+    Ok(Box::new(PostgresSink::new(spec, id)?))
+}
+
+/// A worker built without the PostgreSQL sink (only the operator's tests build it so) refuses
+/// a job that writes to PostgreSQL rather than dropping its output.
+#[cfg(not(feature = "postgres"))]
+fn postgres_sink(_spec: &JobSpec, _id: &Identity) -> Result<Box<dyn Sink>> {
+    Err(crate::error::Error::Fatal(
+        "this weir-worker was built without the PostgreSQL sink (cargo feature `postgres`); run a worker built with default features".into(),
+    ))
 }
 
 struct Tee(Box<dyn Sink>, StdoutSink<std::io::Stdout>);
