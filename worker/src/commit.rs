@@ -13,6 +13,11 @@
 //!   database transaction and is where a restart resumes; dead letters go first, as at least
 //!   once, and the group commit again only mirrors the offsets.
 //!
+//! A batch too large for its memory budget is, where the sink allows ([`Sink::writes_parts`]),
+//! written in parts as it is read: each part's dead letters, then its outputs, acknowledged;
+//! the last part is the batch above, with its state changes and offsets. A crash between parts
+//! replays the whole batch from its committed offsets, as at least once allows.
+//!
 //! Which order applies follows from what the sink writes itself: the state changes when it
 //! took the changelog's format ([`Sink::log_state_as`]), the dead letters when it says so
 //! ([`Sink::writes_dead_letters`]).
@@ -50,6 +55,22 @@ impl Commit {
             changelog,
             sink_logs_state,
         }
+    }
+
+    /// Whether a batch may be written in parts ([`Commit::part`]) before its end.
+    pub fn writes_parts(&self) -> bool {
+        self.sink.writes_parts()
+    }
+
+    /// Writes a part of a batch still being read: its dead letters, then its outputs, each
+    /// acknowledged. No state and no offsets: those come with the batch's end.
+    ///
+    /// # Errors
+    /// When a part was not written or acknowledged: the engine then replays the batch.
+    pub fn part(&mut self, part: &BatchOutput<'_>) -> Result<()> {
+        debug_assert!(self.sink.writes_parts() && !self.sink.writes_dead_letters());
+        self.dead.write(part.dead)?;
+        self.sink.write_part(part)
     }
 
     /// Writes the batch (`ranges` are what it read of each owned partition) and commits its

@@ -83,8 +83,10 @@ pub struct Engine {
     estimator: Option<RateEstimator>,
     /// The repartition step whose topic this engine reads ("input" for the job's input).
     stage: Arc<str>,
-    /// What the last batch held.
+    /// What the last batch held (its largest part, when it was read in parts).
     held: Taken,
+    /// The parts the last batch was written in before its end.
+    parts: u64,
 }
 
 impl Engine {
@@ -217,6 +219,7 @@ impl Engine {
             estimator,
             stage: Arc::from("input"),
             held: Taken::default(),
+            parts: 0,
         })
     }
 
@@ -292,6 +295,7 @@ impl Engine {
                         lag = lag.unwrap_or_default(),
                         pending_batches = info.pending_batches,
                         held_bytes = self.held.bytes,
+                        parts = self.parts,
                         "batch completed"
                     );
                 }
@@ -427,31 +431,79 @@ impl Engine {
             .check_log_bounds(&marks)
             .map_err(|e| (e, None))?;
         let highs: Vec<i64> = marks.iter().map(|(_, h)| *h).collect();
-        let planned = self.planner.plan(&self.source.positions(), &highs);
-
+        let target = self.planner.target(&self.source.positions(), &highs);
         let owned = self.source.owned().to_vec();
         let budget = self.planner.budget;
-        let (work, taken) = read_and_run(
-            &mut self.source,
+        // A batch larger than its budget is read a budget at a time, each part's outputs
+        // written before the next is read, for as long as one interval: a backlog then
+        // drains as fast as the worker runs, not one budget per interval. Where the sink or
+        // the pipeline holds the whole batch, the budget ends the batch instead.
+        let in_parts = self.commit.writes_parts() && !self.pipeline.holds_values();
+        let read_for = Duration::from_millis(self.planner.batch_interval_ms);
+        let fail = |e: Error| (e, Some(target.clone()));
+        let mut work = start_work(
+            self.source.lanes(),
             &self.pipeline,
             &mut self.states,
-            self.job.spec.source.format,
-            &owned,
-            &planned,
-            budget,
-        )
-        .map_err(|e| (e, Some(planned.clone())))?;
-        // The budget may have ended ranges before their planned offsets: the batch is what
-        // was read, and its offsets are committed; the next batches read the rest.
-        let ranges = self.source.read_ranges(planned.clone());
-        let capped = ranges.iter().zip(&planned).any(|(r, p)| r.until < p.until);
+            owned.len(),
+        );
+        let mut held = Taken::default();
+        let mut parts = 0u64;
+        let mut parts_out = 0u64;
+        let mut parts_dead = 0u64;
+        let capped = loop {
+            let planned = self
+                .planner
+                .within_budget(&self.source.positions(), &target);
+            let taken = read_and_run(
+                &mut self.source,
+                &self.pipeline,
+                &mut work,
+                self.job.spec.source.format,
+                &owned,
+                &planned,
+                budget,
+            )
+            .map_err(fail)?;
+            held.bytes = held.bytes.max(taken.bytes);
+            held.records = held.records.max(taken.records);
+            if taken.records > 0 {
+                self.planner.bytes_per_record = Some(taken.bytes as f64 / taken.records as f64);
+            }
+            let so_far = self.source.read_ranges(target.clone());
+            // The budget ended this read before its planned offsets.
+            let capped = so_far.iter().zip(&planned).any(|(r, p)| r.until < p.until);
+            let left = so_far.iter().zip(&target).any(|(r, t)| r.until < t.until);
+            if !left || !in_parts || taken.records == 0 || started.elapsed() >= read_for {
+                break capped;
+            }
+            let (outputs, dead) = take_part(&mut work, owned.len());
+            let part = BatchOutput {
+                batch_time_ms: time,
+                dead: &dead,
+                partitions: so_far
+                    .iter()
+                    .zip(&outputs)
+                    .map(|(range, outputs)| PartitionOutput {
+                        range,
+                        outputs,
+                        changes: &[],
+                    })
+                    .collect(),
+            };
+            self.commit.part(&part).map_err(fail)?;
+            parts += 1;
+            parts_out += part.records() as u64;
+            parts_dead += dead.len() as u64;
+        };
+        // What was read, parts and all, is the batch, and its offsets are committed; the
+        // next batches read the rest.
+        let ranges = self.source.read_ranges(target.clone());
         let fail = |e: Error| (e, Some(ranges.clone()));
-        self.held = taken;
-        if taken.records > 0 {
-            self.planner.bytes_per_record = Some(taken.bytes as f64 / taken.records as f64);
-        }
+        self.held = held;
+        self.parts = parts;
         self.progress
-            .held(budget, taken.bytes, taken.records, capped);
+            .held(budget, held.bytes, held.records, capped, parts);
         let (outputs, dead, read) = finish(&owned, work, time);
         // A replay of this batch recomputes its changes: taking them here loses nothing.
         let changes: Vec<Vec<StateChange>> = self
@@ -473,7 +525,7 @@ impl Engine {
                 })
                 .collect(),
         };
-        let records_out = batch.records() as u64;
+        let records_out = parts_out + batch.records() as u64;
         self.commit
             .batch(&owned, &batch, &ranges, &mut self.source, &self.states)
             .map_err(fail)?;
@@ -491,7 +543,7 @@ impl Engine {
             partials_in: read.partials,
             represented_in: read.represented_in(),
             records_out,
-            dead_lettered: dead.len() as u64,
+            dead_lettered: parts_dead + dead.len() as u64,
             scheduling_delay_ms,
             processing_ms,
             total_delay_ms: scheduling_delay_ms + processing_ms,
@@ -501,30 +553,17 @@ impl Engine {
     }
 }
 
-/// Read and run: reads the planned ranges in the source's lanes, each lane decoding its
-/// partitions' records and pushing them through their pipeline runs; a record that cannot be
-/// decoded or fails a step becomes a dead letter. Returns each lane's work and what the batch
-/// took in against its budget.
-///
-/// # Errors
-/// As [`Source::read`].
-fn read_and_run<'p>(
-    source: &mut Source,
+/// Each source lane's share of a batch: the runs of its partitions' pipelines, started over
+/// their state.
+fn start_work<'p>(
+    lanes: usize,
     pipeline: &'p Pipeline,
     states: &'p mut [PartitionState],
-    format: Format,
-    owned: &[TopicPartition],
-    planned: &[OffsetRange],
-    budget: Budget,
-) -> Result<(Vec<LaneWork<'p>>, Taken)> {
-    let needs = pipeline.needs();
-    // Only a repartition topic can hold partials, and only the stage's first step merges them.
-    let partial_header = (format == Format::Shuffle).then_some(PARTIAL_HEADER);
-    // Each lane of the source runs the pipeline for its own partitions.
-    let lanes = source.lanes();
+    owned: usize,
+) -> Vec<LaneWork<'p>> {
     let mut work: Vec<LaneWork<'_>> = (0..lanes)
         .map(|_| LaneWork {
-            runs: (0..owned.len()).map(|_| None).collect(),
+            runs: (0..owned).map(|_| None).collect(),
             dead: Vec::new(),
             read: Read::default(),
         })
@@ -532,6 +571,44 @@ fn read_and_run<'p>(
     for (i, state) in states.iter_mut().enumerate() {
         work[i % lanes].runs[i] = Some(pipeline.start(state));
     }
+    work
+}
+
+/// A part of a batch read so far: per owned partition the outputs of its records that passed
+/// every step, and the dead letters; taken, so that the batch no longer holds them.
+fn take_part(work: &mut [LaneWork<'_>], owned: usize) -> (Vec<Vec<Output>>, Vec<DeadLetter>) {
+    let mut outputs: Vec<Vec<Output>> = (0..owned).map(|_| Vec::new()).collect();
+    let mut dead = Vec::new();
+    for w in work {
+        dead.append(&mut w.dead);
+        for (i, run) in w.runs.iter_mut().enumerate() {
+            if let Some(run) = run {
+                outputs[i] = run.take_outputs();
+            }
+        }
+    }
+    (outputs, dead)
+}
+
+/// Read and run: reads the planned ranges in the source's lanes, each lane decoding its
+/// partitions' records and pushing them through their pipeline runs in `work`; a record that
+/// cannot be decoded or fails a step becomes a dead letter. Returns what the read took in
+/// against its budget.
+///
+/// # Errors
+/// As [`Source::read`].
+fn read_and_run(
+    source: &mut Source,
+    pipeline: &Pipeline,
+    work: &mut [LaneWork<'_>],
+    format: Format,
+    owned: &[TopicPartition],
+    planned: &[OffsetRange],
+    budget: Budget,
+) -> Result<Taken> {
+    let needs = pipeline.needs();
+    // Only a repartition topic can hold partials, and only the stage's first step merges them.
+    let partial_header = (format == Format::Shuffle).then_some(PARTIAL_HEADER);
     let on_record = |w: &mut LaneWork<'_>, raw: RawRecord<'_>| {
         w.read.records += 1;
         let tp = &owned[raw.index];
@@ -598,8 +675,7 @@ fn read_and_run<'p>(
             }
         }
     };
-    let taken = source.read(planned, budget, &mut work, &on_record)?;
-    Ok((work, taken))
+    source.read(planned, budget, work, &on_record)
 }
 
 /// Finish: ends every partition's run at batch `time` (aggregates, windows and state steps

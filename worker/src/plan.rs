@@ -136,17 +136,46 @@ pub struct Planner {
 
 impl Planner {
     /// Ranges for one batch. `positions` are each partition's next offset; `ends` the high
-    /// watermarks, in the same order.
+    /// watermarks, in the same order. The batch's [`target`](Self::target) within its budget.
     pub fn plan(&self, positions: &[(TopicPartition, i64)], ends: &[i64]) -> Vec<OffsetRange> {
+        let target = self.target(positions, ends);
+        self.within_budget(positions, &target)
+    }
+
+    /// What a batch reads if memory allows: each partition up to its high watermark, capped by
+    /// the rate limits, not by the budget. A batch read in parts reads toward it, a budget's
+    /// worth at a time.
+    pub fn target(&self, positions: &[(TopicPartition, i64)], ends: &[i64]) -> Vec<OffsetRange> {
         let caps = self.max_per_partition(positions, ends);
-        let mut counts: Vec<i64> = positions
+        positions
             .iter()
             .zip(ends)
             .enumerate()
-            .map(|(i, ((_, from), end))| {
+            .map(|(i, ((tp, from), end))| {
                 let lag = (end - from).max(0);
-                caps.as_ref().map_or(lag, |c| c[i].min(lag))
+                let n = caps.as_ref().map_or(lag, |c| c[i].min(lag));
+                OffsetRange {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    from: *from,
+                    until: from.saturating_add(n),
+                }
             })
+            .collect()
+    }
+
+    /// The part of `target` (as from [`target`](Self::target)) that one budget holds, read
+    /// from `positions`: the budget shared over the partitions in proportion to what each
+    /// has left to read.
+    pub fn within_budget(
+        &self,
+        positions: &[(TopicPartition, i64)],
+        target: &[OffsetRange],
+    ) -> Vec<OffsetRange> {
+        let mut counts: Vec<i64> = positions
+            .iter()
+            .zip(target)
+            .map(|((_, from), t)| (t.until - from).max(0))
             .collect();
         share_within(&mut counts, self.records_allowed());
         positions
@@ -334,6 +363,38 @@ mod tests {
         p.max_rate_per_partition = Some(1);
         let r = p.plan(&[(tp(0), 0), (tp(1), 0)], &[100, 100]);
         assert_eq!(r.iter().map(OffsetRange::count).collect::<Vec<_>>(), [2, 2]);
+    }
+
+    #[test]
+    fn a_batch_read_in_parts_reaches_its_target_a_budget_at_a_time_and_no_further() {
+        let mut p = planner(Some(400));
+        p.budget.records = 300;
+        let ends = [10_000, 100, 0];
+        let mut positions = vec![(tp(0), 0), (tp(1), 0), (tp(2), 0)];
+        // The rate cap (400/s x 2 s) bounds the target; the budget does not.
+        let target = p.target(&positions, &ends);
+        assert_eq!(
+            target.iter().map(OffsetRange::count).collect::<Vec<_>>(),
+            [800, 100, 0]
+        );
+        let mut parts = Vec::new();
+        loop {
+            let part = p.within_budget(&positions, &target);
+            let n: i64 = part.iter().map(OffsetRange::count).sum();
+            if n == 0 {
+                break;
+            }
+            assert!(n <= 300, "a part within the budget: {n}");
+            for (pos, r) in positions.iter_mut().zip(&part) {
+                pos.1 = r.until;
+            }
+            parts.push(n);
+        }
+        assert_eq!(parts, [300, 300, 300]);
+        assert_eq!(
+            positions.iter().map(|(_, at)| *at).collect::<Vec<_>>(),
+            [800, 100, 0]
+        );
     }
 
     #[test]

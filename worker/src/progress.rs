@@ -42,12 +42,17 @@ pub struct InFlight {
     pub budget: Budget,
     pub last_bytes: u64,
     pub last_records: u64,
-    /// The most one batch held since the worker started.
+    /// The most one batch held since the worker started (a batch read in parts holds one
+    /// part at a time).
     pub peak_bytes: u64,
     pub peak_records: u64,
     /// Batches that ended before their planned offsets because the budget was spent; the
     /// next batches read on from there (the lag says how much waits).
     pub capped_batches: u64,
+    /// Batches larger than the budget that were read and written in parts, a budget at a
+    /// time, and the parts the last one took before its end.
+    pub parted_batches: u64,
+    pub last_parts: u64,
 }
 
 /// The body of `GET /progress`.
@@ -368,7 +373,7 @@ impl Progress {
 
     /// Records what a batch held (`bytes`, `records`) against its `budget`; `capped` when
     /// the budget ended it before its planned offsets.
-    pub fn held(&self, budget: Budget, bytes: u64, records: u64, capped: bool) {
+    pub fn held(&self, budget: Budget, bytes: u64, records: u64, capped: bool, parts: u64) {
         let mut s = self
             .state
             .lock()
@@ -380,6 +385,8 @@ impl Progress {
         f.peak_bytes = f.peak_bytes.max(bytes);
         f.peak_records = f.peak_records.max(records);
         f.capped_batches += u64::from(capped);
+        f.parted_batches += u64::from(parts > 0);
+        f.last_parts = parts;
     }
 
     pub fn snapshot(&self, last: usize) -> Snapshot {

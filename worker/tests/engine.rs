@@ -64,32 +64,60 @@ fn sized_records(first: u64, n: u64, size: usize) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_batch_never_holds_more_than_its_budget_and_the_rest_waits_for_the_next_batches() {
-    // A backlog of 4 x 300 records of 1000 bytes (1.2 MB) against a budget of 100 KB: no
-    // rate limit and no backpressure, so only the budget keeps a batch from reading it all.
-    let broker = Broker::in_process();
-    broker.create_topic("in", 4);
-    broker.create_topic("out", 4);
-    const SIZE: usize = 1000;
+/// 4 x 300 records of exactly `SIZE` bytes (1.2 MB) in partitions 0-3 of `topic`, numbered
+/// 0..1200, keys `k0`-`k2`.
+fn sized_backlog(broker: &Broker, topic: &str) {
     for p in 0..4 {
         let records = sized_records(p * 300, 300, SIZE);
         let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
-        produce_raw(&broker, "in", p as i32, &refs);
+        produce_raw(broker, topic, p as i32, &refs);
     }
-    let job = r#"
+}
+
+const SIZE: usize = 1000;
+
+/// The values a file sink wrote (one JSON line per output record), sorted.
+fn file_values(dir: &std::path::Path) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("sink dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).expect("file").lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            out.push(v["value"].as_u64().expect("value"));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn a_batch_never_holds_more_than_its_budget_and_the_rest_waits_for_the_next_batches() {
+    // A backlog of 1.2 MB against a budget of 100 KB: no rate limit and no backpressure, so
+    // only the budget keeps a batch from reading it all. The file sink writes a batch as one
+    // file per partition, so it takes batches whole and the budget ends each batch.
+    let broker = Broker::in_process();
+    broker.create_topic("in", 4);
+    sized_backlog(&broker, "in");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = format!(
+        r#"
 batchInterval: 100ms
 source:
-  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-budget, backpressure: {enabled: false}}
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-budget, backpressure: {{enabled: false}}}}
 pipeline:
-  - {id: n, map: "value.n"}
-sink: {kafka: {topic: out}}
-"#;
+  - {{id: n, map: "value.n"}}
+sink: {{file: {{path: "{}"}}}}
+"#,
+        dir.path().display()
+    );
     let budget = weir_worker::memory::Budget {
         bytes: 100_000,
         records: 10_000,
     };
-    let snap = run_within(&broker, job, 16, budget);
+    let snap = run_within(&broker, &job, 16, budget);
     let busy: Vec<_> = snap.batches.iter().filter(|b| b.records_in > 0).collect();
     for b in &busy {
         // What the batch held, from its offsets and the records' known size, not from the
@@ -125,10 +153,68 @@ sink: {kafka: {topic: out}}
     // The first batch was planned before any record's size was known and ended at the budget;
     // the next ones were planned within it from the bytes per record it saw.
     assert_eq!(held.capped_batches, 1, "{held:?}");
+    assert_eq!(held.parted_batches, 0, "a file sink takes batches whole");
     // Capped batches lose nothing and repeat nothing: each record once, offsets at the end.
     assert_eq!(snap.records_in, 1200);
     assert_eq!(snap.batches.last().and_then(|b| b.lag), Some(0));
     assert_eq!(committed(&broker, "g-budget", "in", 4), vec![300; 4]);
+    assert_eq!(file_values(dir.path()), (0..1200).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_backlog_larger_than_the_budget_is_read_in_parts_each_within_the_budget_in_one_batch() {
+    // The same 1.2 MB against the same 100 KB, into Kafka without transactions, which takes a
+    // batch in parts: the first batch reads a budget at a time, writes each part's outputs
+    // and reads on, for up to its interval (2 s; the mock cluster serves 1.2 MB in
+    // milliseconds), then commits once. A per-batch count over the parts is still one count
+    // per key and partition.
+    let broker = Broker::in_process();
+    for (t, n) in [("in", 4), ("out", 4), ("counts", 4)] {
+        broker.create_topic(t, n);
+    }
+    sized_backlog(&broker, "in");
+    let job = |group: &str, steps: &str, out: &str| {
+        format!(
+            r#"
+batchInterval: 2s
+source:
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: {group}, backpressure: {{enabled: false}}}}
+pipeline:
+{steps}
+sink: {{kafka: {{topic: {out}}}}}
+"#
+        )
+    };
+    let budget = weir_worker::memory::Budget {
+        bytes: 100_000,
+        records: 10_000,
+    };
+    let snap = run_within(
+        &broker,
+        &job("g-parts", r#"  - {id: n, map: "value.n"}"#, "out"),
+        1,
+        budget,
+    );
+    let batch = &snap.batches[0];
+    assert_eq!(
+        batch.records_in, 1200,
+        "the one batch read the whole backlog"
+    );
+    assert_eq!(batch.lag, Some(0));
+    assert_eq!(
+        batch.records_out, 1200,
+        "the parts' outputs count with the batch's"
+    );
+    let held = snap.in_flight.as_ref().expect("the batches' budget report");
+    assert!(
+        held.peak_bytes <= 100_000 && held.peak_bytes >= 90 * SIZE as u64,
+        "no part held more than the budget: peak {} bytes",
+        held.peak_bytes
+    );
+    assert_eq!(held.parted_batches, 1, "{held:?}");
+    // 12 reads of 100 KB: each but the last is written as a part before the batch's end.
+    assert!(held.last_parts >= 11, "{held:?}");
+    assert_eq!(committed(&broker, "g-parts", "in", 4), vec![300; 4]);
     let mut out: Vec<u64> = read_all(&broker, "out")
         .iter()
         .map(|r| {
@@ -139,7 +225,31 @@ sink: {kafka: {topic: out}}
         })
         .collect();
     out.sort_unstable();
-    assert_eq!(out, (0..1200).collect::<Vec<_>>());
+    assert_eq!(out, (0..1200).collect::<Vec<_>>(), "each record once");
+
+    // An aggregate holds one accumulator per key, not the records: read in parts too, and
+    // still one count per key and partition for the batch.
+    let counted = job(
+        "g-parts-count",
+        "  - {id: by-k, keyBy: \"value.k\"}\n  - {id: c, aggregate: {count: {}}, perPartition: true}",
+        "counts",
+    );
+    let snap = run_within(&broker, &counted, 1, budget);
+    let held = snap.in_flight.as_ref().expect("the batches' budget report");
+    assert_eq!(held.parted_batches, 1, "{held:?}");
+    assert_eq!(snap.batches[0].records_in, 1200);
+    let counts = read_all(&broker, "counts");
+    assert_eq!(counts.len(), 12, "3 keys in each of 4 partitions, once");
+    let total: u64 = counts
+        .iter()
+        .map(|r| {
+            std::str::from_utf8(&r.value)
+                .expect("utf-8")
+                .parse::<u64>()
+                .expect("count")
+        })
+        .sum();
+    assert_eq!(total, 1200);
 }
 
 #[test]
@@ -152,11 +262,7 @@ fn the_shuffle_stage_holds_no_more_than_its_part_of_the_budget() {
     for (t, n) in [("in", 4), ("out", 4), ("t-counts-repartition", 4)] {
         broker.create_topic(t, n);
     }
-    for p in 0..4 {
-        let records = sized_records(p * 300, 300, 1000);
-        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
-        produce_raw(&broker, "in", p as i32, &refs);
-    }
+    sized_backlog(&broker, "in");
     let job = r#"
 batchInterval: 100ms
 source:
@@ -183,8 +289,9 @@ sink: {kafka: {topic: out}}
             held.peak_bytes > 0 && held.peak_bytes <= part.bytes,
             "{stage}: {held:?}"
         );
+        // Read in parts within a batch, or (when its interval ran out first) capped.
         assert!(
-            held.capped_batches >= 1,
+            held.parted_batches + held.capped_batches >= 1,
             "{stage} met a backlog over its budget: {held:?}"
         );
     }
@@ -215,11 +322,12 @@ fn a_budget_of_records_caps_batches_too_and_a_record_larger_than_the_budget_is_r
     let broker = Broker::in_process();
     broker.create_topic("in", 2);
     broker.create_topic("big", 1);
-    broker.create_topic("out", 1);
     produce_numbered(&broker, "in", 2, 0, 100);
     let records = sized_records(0, 3, 5_000);
     let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
     produce_raw(&broker, "big", 0, &refs);
+    // A file sink takes batches whole, so the budget ends each batch.
+    let dir = tempfile::tempdir().expect("tempdir");
     let job = |topic: &str, group: &str| {
         format!(
             r#"
@@ -228,8 +336,9 @@ source:
   kafka: {{bootstrapServers: BOOTSTRAP, topics: [{topic}], startingOffsets: earliest, groupId: {group}, backpressure: {{enabled: false}}}}
 pipeline:
   - {{id: n, map: "value.n"}}
-sink: {{kafka: {{topic: out}}}}
-"#
+sink: {{file: {{path: "{}"}}}}
+"#,
+            dir.path().display()
         )
     };
     let by_records = weir_worker::memory::Budget {

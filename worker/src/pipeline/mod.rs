@@ -81,6 +81,25 @@ impl Pipeline {
         &self.needs
     }
 
+    /// Whether a batch's barrier steps hold every value they are given until the batch ends
+    /// (a state step's values per key, a `collect`): then what a batch holds grows with the
+    /// records it reads, and it cannot be read in parts. Other barriers hold one accumulator
+    /// per key, whatever the number of records.
+    pub fn holds_values(&self) -> bool {
+        self.steps.iter().any(|s| {
+            matches!(
+                &s.op,
+                Op::State(_)
+                    | Op::Aggregate(AggKind::Collect(_))
+                    | Op::Combine(AggKind::Collect(_))
+                    | Op::Window(WindowOp {
+                        kind: AggKind::Collect(_),
+                        ..
+                    })
+            )
+        })
+    }
+
     /// Empty keyed state for one partition; create it once per partition and keep it.
     pub fn new_state(&self) -> PartitionState {
         PartitionState::new(
@@ -215,6 +234,13 @@ impl PartitionRun<'_> {
         }
         self.scratch = effects;
         result
+    }
+
+    /// Takes the outputs of the records pushed so far that passed every step (barrier
+    /// results come at [`finish`](Self::finish)): a batch read in parts writes them before it
+    /// reads on, so that they are not held to its end.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
     }
 
     /// Merges a partial of aggregation `kind` (a combine's, from the stage before) into the

@@ -69,4 +69,9 @@ impl Sink for KafkaSink {
         }
         self.writer.flush()
     }
+
+    // Each write is its records' sends and their acks, nothing that spans the batch.
+    fn writes_parts(&self) -> bool {
+        true
+    }
 }

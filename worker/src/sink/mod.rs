@@ -33,6 +33,24 @@ pub trait Sink: Send {
     /// When any part of the batch was not written; the engine then replays the batch.
     fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()>;
 
+    /// Whether the sink may take a batch in parts ([`Sink::write_part`] for each part as the
+    /// batch is read, then `write` with its last part, its barrier results and its state
+    /// changes; then the offsets). True only where a batch's writes are independent
+    /// acknowledged sends (Kafka without transactions, stdout); a sink whose batch is one
+    /// transaction or one file takes it whole, and the budget caps the batch instead.
+    fn writes_parts(&self) -> bool {
+        false
+    }
+
+    /// Writes a part of a batch still being read and returns once it is durable; the batch's
+    /// end comes through `write`. Only called when [`Sink::writes_parts`].
+    ///
+    /// # Errors
+    /// As `write`.
+    fn write_part(&mut self, part: &BatchOutput<'_>) -> Result<()> {
+        self.write(part)
+    }
+
     /// Whether `write` also stores the batch's state changes, in the same transaction as its
     /// output; the engine's changelog writer then leaves them to it.
     fn logs_state(&self) -> bool {
@@ -139,6 +157,15 @@ impl Sink for Tee {
     fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()> {
         self.0.write(batch)?;
         self.1.write(batch)
+    }
+
+    fn writes_parts(&self) -> bool {
+        self.0.writes_parts() && self.1.writes_parts()
+    }
+
+    fn write_part(&mut self, part: &BatchOutput<'_>) -> Result<()> {
+        self.0.write_part(part)?;
+        self.1.write_part(part)
     }
 
     // The printed copy must not hide that the main sink is the record of offsets and state.
