@@ -87,6 +87,8 @@ pub struct Engine {
     held: Taken,
     /// The parts the last batch was written in before its end.
     parts: u64,
+    /// Whether a batch larger than its budget is read in parts (else the budget caps it).
+    in_parts: bool,
 }
 
 impl Engine {
@@ -208,11 +210,13 @@ impl Engine {
                 })
                 .collect(),
         );
+        let commit = Commit::new(sink, dead, changelog);
+        let in_parts = commit.writes_parts() && !pipeline.holds_values();
         Ok(Engine {
             job,
             pipeline,
             states,
-            commit: Commit::new(sink, dead, changelog),
+            commit,
             source,
             progress,
             planner,
@@ -220,7 +224,22 @@ impl Engine {
             stage: Arc::from("input"),
             held: Taken::default(),
             parts: 0,
+            in_parts,
         })
+    }
+
+    /// Whether a batch larger than the budget is read in parts rather than capped: the sink
+    /// takes parts and the pipeline holds no batch's values.
+    pub fn reads_in_parts(&self) -> bool {
+        self.in_parts
+    }
+
+    /// Caps batches by the budget rather than reading them in parts: the stage after this one
+    /// takes its batches whole, and this one reading on would only fill the repartition topic
+    /// between them faster than that stage drains it (as far as the topic's retention, on a
+    /// broker that bounds it by size).
+    pub fn read_whole_batches(&mut self) {
+        self.in_parts = false;
     }
 
     /// Names the stage in the engine's logs: the repartition step it reads after.
@@ -438,7 +457,7 @@ impl Engine {
         // written before the next is read, for as long as one interval: a backlog then
         // drains as fast as the worker runs, not one budget per interval. Where the sink or
         // the pipeline holds the whole batch, the budget ends the batch instead.
-        let in_parts = self.commit.writes_parts() && !self.pipeline.holds_values();
+        let in_parts = self.in_parts;
         let read_for = Duration::from_millis(self.planner.batch_interval_ms);
         let fail = |e: Error| (e, Some(target.clone()));
         let mut work = start_work(

@@ -87,6 +87,16 @@ pub fn connect(
         }
         engines.push(engine);
     }
+    // A stage reads in parts only when every stage after it does: a later stage that takes
+    // its batches whole drains one budget per interval, and the stages before it keep pace.
+    let mut later_in_parts = true;
+    for engine in engines.iter_mut().rev() {
+        let own = engine.reads_in_parts();
+        if !later_in_parts {
+            engine.read_whole_batches();
+        }
+        later_in_parts &= own;
+    }
     Ok(engines)
 }
 

@@ -64,17 +64,36 @@ fn sized_records(first: u64, n: u64, size: usize) -> Vec<String> {
         .collect()
 }
 
-/// 4 x 300 records of exactly `SIZE` bytes (1.2 MB) in partitions 0-3 of `topic`, numbered
-/// 0..1200, keys `k0`-`k2`.
-fn sized_backlog(broker: &Broker, topic: &str) {
+const SIZE: usize = 1000;
+
+/// A broker with `topics` and a backlog of 1.2 MB in topic "in": 4 partitions x 300 records of
+/// exactly `SIZE` bytes, numbered 0..1200, keys `k0`-`k2`.
+fn broker_with_backlog(topics: &[(&str, i32)]) -> Broker {
+    let broker = Broker::in_process();
+    broker.create_topic("in", 4);
+    for (t, n) in topics {
+        broker.create_topic(t, *n);
+    }
     for p in 0..4 {
         let records = sized_records(p * 300, 300, SIZE);
         let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
-        produce_raw(broker, topic, p as i32, &refs);
+        produce_raw(&broker, "in", p as i32, &refs);
     }
+    broker
 }
 
-const SIZE: usize = 1000;
+/// The values of `topic`, each a number written as text (a map to `value.n`, a count).
+fn numbers(broker: &Broker, topic: &str) -> Vec<u64> {
+    read_all(broker, topic)
+        .iter()
+        .map(|r| {
+            std::str::from_utf8(&r.value)
+                .expect("utf-8")
+                .parse()
+                .expect("a number")
+        })
+        .collect()
+}
 
 /// The values a file sink wrote (one JSON line per output record), sorted.
 fn file_values(dir: &std::path::Path) -> Vec<u64> {
@@ -98,9 +117,7 @@ fn a_batch_never_holds_more_than_its_budget_and_the_rest_waits_for_the_next_batc
     // A backlog of 1.2 MB against a budget of 100 KB: no rate limit and no backpressure, so
     // only the budget keeps a batch from reading it all. The file sink writes a batch as one
     // file per partition, so it takes batches whole and the budget ends each batch.
-    let broker = Broker::in_process();
-    broker.create_topic("in", 4);
-    sized_backlog(&broker, "in");
+    let broker = broker_with_backlog(&[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let job = format!(
         r#"
@@ -168,11 +185,7 @@ fn a_backlog_larger_than_the_budget_is_read_in_parts_each_within_the_budget_in_o
     // and reads on, for up to its interval (2 s; the mock cluster serves 1.2 MB in
     // milliseconds), then commits once. A per-batch count over the parts is still one count
     // per key and partition.
-    let broker = Broker::in_process();
-    for (t, n) in [("in", 4), ("out", 4), ("counts", 4)] {
-        broker.create_topic(t, n);
-    }
-    sized_backlog(&broker, "in");
+    let broker = broker_with_backlog(&[("out", 4), ("counts", 4)]);
     let job = |group: &str, steps: &str, out: &str| {
         format!(
             r#"
@@ -215,15 +228,7 @@ sink: {{kafka: {{topic: {out}}}}}
     // 12 reads of 100 KB: each but the last is written as a part before the batch's end.
     assert!(held.last_parts >= 11, "{held:?}");
     assert_eq!(committed(&broker, "g-parts", "in", 4), vec![300; 4]);
-    let mut out: Vec<u64> = read_all(&broker, "out")
-        .iter()
-        .map(|r| {
-            std::str::from_utf8(&r.value)
-                .expect("utf-8")
-                .parse()
-                .expect("n")
-        })
-        .collect();
+    let mut out = numbers(&broker, "out");
     out.sort_unstable();
     assert_eq!(out, (0..1200).collect::<Vec<_>>(), "each record once");
 
@@ -238,18 +243,9 @@ sink: {{kafka: {{topic: {out}}}}}
     let held = snap.in_flight.as_ref().expect("the batches' budget report");
     assert_eq!(held.parted_batches, 1, "{held:?}");
     assert_eq!(snap.batches[0].records_in, 1200);
-    let counts = read_all(&broker, "counts");
+    let counts = numbers(&broker, "counts");
     assert_eq!(counts.len(), 12, "3 keys in each of 4 partitions, once");
-    let total: u64 = counts
-        .iter()
-        .map(|r| {
-            std::str::from_utf8(&r.value)
-                .expect("utf-8")
-                .parse::<u64>()
-                .expect("count")
-        })
-        .sum();
-    assert_eq!(total, 1200);
+    assert_eq!(counts.iter().sum::<u64>(), 1200);
 }
 
 #[test]
@@ -258,11 +254,7 @@ fn the_shuffle_stage_holds_no_more_than_its_part_of_the_budget() {
     // 200 KB is shared, 100 KB each. The first stage meets a backlog of 1.2 MB of 1000-byte
     // records, the second what the first writes to the shuffle (the same records, re-keyed:
     // `combine: false`, or the shuffle would carry one partial per key instead).
-    let broker = Broker::in_process();
-    for (t, n) in [("in", 4), ("out", 4), ("t-counts-repartition", 4)] {
-        broker.create_topic(t, n);
-    }
-    sized_backlog(&broker, "in");
+    let broker = broker_with_backlog(&[("out", 4), ("t-counts-repartition", 4)]);
     let job = r#"
 batchInterval: 100ms
 source:
@@ -301,20 +293,45 @@ sink: {kafka: {topic: out}}
         "the shuffle stage read every record once"
     );
     // Per-batch counts of the three keys add up to the input, whatever the batches were.
-    let total: u64 = read_all(&broker, "out")
-        .iter()
-        .map(|r| {
-            std::str::from_utf8(&r.value)
-                .expect("utf-8")
-                .parse::<u64>()
-                .expect("count")
-        })
-        .sum();
-    assert_eq!(total, 1200);
+    assert_eq!(numbers(&broker, "out").iter().sum::<u64>(), 1200);
     assert_eq!(
         committed(&broker, "g-shuffle-counts", "t-counts-repartition", 4),
         high_watermarks(&broker, "t-counts-repartition", 4)
     );
+}
+
+#[test]
+fn a_stage_before_one_that_takes_batches_whole_takes_its_own_whole_too() {
+    // keyBy + a state step: the state step holds every value of its batch, so its stage is
+    // capped by its part of the budget; the first stage, which alone could read in parts,
+    // is capped too, so that it does not fill the repartition topic faster than the state
+    // stage drains it. Both still read every record once.
+    let broker = broker_with_backlog(&[("out", 4), ("t-total-repartition", 4)]);
+    let job = r#"
+batchInterval: 100ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-whole, backpressure: {enabled: false}}
+pipeline:
+  - {id: by-k, keyBy: "value.k"}
+  - {id: total, state: {initial: "0", update: "state + size(values)"}}
+sink: {kafka: {topic: out}}
+"#;
+    let budget = weir_worker::memory::Budget {
+        bytes: 200_000,
+        records: 100_000,
+    };
+    let snap = run_stages_within(&broker, job, 40, budget);
+    let first = snap.in_flight.as_ref().expect("the first stage's report");
+    let state = snap.stages[0]
+        .in_flight
+        .as_ref()
+        .expect("the state stage's report");
+    for (stage, held) in [("input", first), ("total", state)] {
+        assert_eq!(held.parted_batches, 0, "{stage}: {held:?}");
+        assert!(held.capped_batches >= 1, "{stage}: {held:?}");
+    }
+    assert_eq!(snap.records_in, 1200);
+    assert_eq!(snap.stages[0].records_in, 1200);
 }
 
 #[test]
