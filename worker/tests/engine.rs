@@ -248,6 +248,29 @@ sink: {{kafka: {{topic: {out}}}}}
     assert_eq!(counts.iter().sum::<u64>(), 1200);
 }
 
+/// The budget of [`run_two_stages`]: 200 KB, 100 KB for each stage.
+const TWO_STAGE_BUDGET: weir_worker::memory::Budget = weir_worker::memory::Budget {
+    bytes: 200_000,
+    records: 100_000,
+};
+
+/// Runs a job of two stages over "in" for 40 batches of 100 ms within [`TWO_STAGE_BUDGET`]:
+/// keyBy `value.k`, then `step` behind the shuffle, into "out".
+fn run_two_stages(broker: &Broker, group: &str, step: &str) -> weir_worker::progress::Snapshot {
+    let job = format!(
+        r#"
+batchInterval: 100ms
+source:
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: {group}, backpressure: {{enabled: false}}}}
+pipeline:
+  - {{id: by-k, keyBy: "value.k"}}
+  - {step}
+sink: {{kafka: {{topic: out}}}}
+"#
+    );
+    run_stages_within(broker, &job, 40, TWO_STAGE_BUDGET)
+}
+
 #[test]
 fn the_shuffle_stage_holds_no_more_than_its_part_of_the_budget() {
     // keyBy + count runs as two stages joined by a repartition topic; the worker's budget of
@@ -255,21 +278,12 @@ fn the_shuffle_stage_holds_no_more_than_its_part_of_the_budget() {
     // records, the second what the first writes to the shuffle (the same records, re-keyed:
     // `combine: false`, or the shuffle would carry one partial per key instead).
     let broker = broker_with_backlog(&[("out", 4), ("t-counts-repartition", 4)]);
-    let job = r#"
-batchInterval: 100ms
-source:
-  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-shuffle, backpressure: {enabled: false}}
-pipeline:
-  - {id: by-k, keyBy: "value.k"}
-  - {id: counts, aggregate: {count: {}}, combine: false}
-sink: {kafka: {topic: out}}
-"#;
-    let budget = weir_worker::memory::Budget {
-        bytes: 200_000,
-        records: 100_000,
-    };
-    let snap = run_stages_within(&broker, job, 40, budget);
-    let part = budget.split(2);
+    let snap = run_two_stages(
+        &broker,
+        "g-shuffle",
+        "{id: counts, aggregate: {count: {}}, combine: false}",
+    );
+    let part = TWO_STAGE_BUDGET.split(2);
     let first = snap.in_flight.as_ref().expect("the first stage's report");
     let shuffle = snap.stages[0]
         .in_flight
@@ -307,20 +321,11 @@ fn a_stage_before_one_that_takes_batches_whole_takes_its_own_whole_too() {
     // is capped too, so that it does not fill the repartition topic faster than the state
     // stage drains it. Both still read every record once.
     let broker = broker_with_backlog(&[("out", 4), ("t-total-repartition", 4)]);
-    let job = r#"
-batchInterval: 100ms
-source:
-  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-whole, backpressure: {enabled: false}}
-pipeline:
-  - {id: by-k, keyBy: "value.k"}
-  - {id: total, state: {initial: "0", update: "state + size(values)"}}
-sink: {kafka: {topic: out}}
-"#;
-    let budget = weir_worker::memory::Budget {
-        bytes: 200_000,
-        records: 100_000,
-    };
-    let snap = run_stages_within(&broker, job, 40, budget);
+    let snap = run_two_stages(
+        &broker,
+        "g-whole",
+        r#"{id: total, state: {initial: "0", update: "state + size(values)"}}"#,
+    );
     let first = snap.in_flight.as_ref().expect("the first stage's report");
     let state = snap.stages[0]
         .in_flight
