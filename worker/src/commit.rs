@@ -73,6 +73,12 @@ impl Commit {
         self.sink.write_part(part)
     }
 
+    /// The batch failed and runs again from its start: the sink drops what its parts left
+    /// unfinished.
+    pub fn abandon(&mut self) {
+        self.sink.abandon();
+    }
+
     /// Writes the batch (`ranges` are what it read of each owned partition) and commits its
     /// offsets, in the delivery mode's order; then lets the changelog note the batch (and
     /// write its local snapshots when one is due).

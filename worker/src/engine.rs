@@ -352,6 +352,8 @@ impl Engine {
             match self.batch(seq, time, pending) {
                 Ok(info) => return Ok(Some(info)),
                 Err((e, ranges)) => {
+                    // Whatever is done next, the batch runs again from its start, if at all.
+                    self.commit.abandon();
                     if let Some(r) = &ranges {
                         self.source.rewind(r);
                     }

@@ -95,46 +95,26 @@ fn numbers(broker: &Broker, topic: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The values a file sink wrote (one JSON line per output record), sorted.
-fn file_values(dir: &std::path::Path) -> Vec<u64> {
-    let mut out: Vec<u64> = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("sink dir") {
-        let path = entry.expect("entry").path();
-        if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).expect("file").lines() {
-            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
-            out.push(v["value"].as_u64().expect("value"));
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
 #[test]
 fn a_batch_never_holds_more_than_its_budget_and_the_rest_waits_for_the_next_batches() {
     // A backlog of 1.2 MB against a budget of 100 KB: no rate limit and no backpressure, so
-    // only the budget keeps a batch from reading it all. The file sink writes a batch as one
-    // file per partition, so it takes batches whole and the budget ends each batch.
-    let broker = broker_with_backlog(&[]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let job = format!(
-        r#"
+    // only the budget keeps a batch from reading it all. The exactly-once sink writes a
+    // partition's batch as one transaction, so it takes batches whole and the budget ends
+    // each batch.
+    let broker = broker_with_backlog(&[("out", 4)]);
+    let job = r#"
 batchInterval: 100ms
 source:
-  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-budget, backpressure: {{enabled: false}}}}
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-budget, backpressure: {enabled: false}}
 pipeline:
-  - {{id: n, map: "value.n"}}
-sink: {{file: {{path: "{}"}}}}
-"#,
-        dir.path().display()
-    );
+  - {id: n, map: "value.n"}
+sink: {kafka: {topic: out, delivery: exactlyOnce}}
+"#;
     let budget = weir_worker::memory::Budget {
         bytes: 100_000,
         records: 10_000,
     };
-    let snap = run_within(&broker, &job, 16, budget);
+    let snap = run_within(&broker, job, 16, budget);
     let busy: Vec<_> = snap.batches.iter().filter(|b| b.records_in > 0).collect();
     for b in &busy {
         // What the batch held, from its offsets and the records' known size, not from the
@@ -170,12 +150,17 @@ sink: {{file: {{path: "{}"}}}}
     // The first batch was planned before any record's size was known and ended at the budget;
     // the next ones were planned within it from the bytes per record it saw.
     assert_eq!(held.capped_batches, 1, "{held:?}");
-    assert_eq!(held.parted_batches, 0, "a file sink takes batches whole");
+    assert_eq!(
+        held.parted_batches, 0,
+        "the exactly-once sink takes batches whole"
+    );
     // Capped batches lose nothing and repeat nothing: each record once, offsets at the end.
     assert_eq!(snap.records_in, 1200);
     assert_eq!(snap.batches.last().and_then(|b| b.lag), Some(0));
     assert_eq!(committed(&broker, "g-budget", "in", 4), vec![300; 4]);
-    assert_eq!(file_values(dir.path()), (0..1200).collect::<Vec<_>>());
+    let mut out = numbers(&broker, "out");
+    out.sort_unstable();
+    assert_eq!(out, (0..1200).collect::<Vec<_>>());
 }
 
 #[test]
@@ -246,6 +231,51 @@ sink: {{kafka: {{topic: {out}}}}}
     let counts = numbers(&broker, "counts");
     assert_eq!(counts.len(), 12, "3 keys in each of 4 partitions, once");
     assert_eq!(counts.iter().sum::<u64>(), 1200);
+
+    // A file sink takes the parts into one file per partition, renamed into place at the end.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let to_files = format!(
+        r#"
+batchInterval: 2s
+source:
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g-parts-file, backpressure: {{enabled: false}}}}
+pipeline:
+  - {{id: n, map: "value.n"}}
+sink: {{file: {{path: "{}"}}}}
+"#,
+        dir.path().display()
+    );
+    let snap = run_within(&broker, &to_files, 1, budget);
+    let held = snap.in_flight.as_ref().expect("the batches' budget report");
+    assert_eq!(held.parted_batches, 1, "{held:?}");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("sink dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        (0..4)
+            .map(|p| format!("in-{p}-{:020}.jsonl", 0))
+            .collect::<Vec<_>>(),
+        "one file per partition, no temporary left"
+    );
+    let mut values: Vec<u64> = names
+        .iter()
+        .flat_map(|n| {
+            std::fs::read_to_string(dir.path().join(n))
+                .expect("file")
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).expect("json line")["value"]
+                        .as_u64()
+                        .expect("value")
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..1200).collect::<Vec<_>>());
 }
 
 /// The budget of [`run_two_stages`]: 200 KB, 100 KB for each stage.
@@ -344,12 +374,12 @@ fn a_budget_of_records_caps_batches_too_and_a_record_larger_than_the_budget_is_r
     let broker = Broker::in_process();
     broker.create_topic("in", 2);
     broker.create_topic("big", 1);
+    broker.create_topic("out", 1);
     produce_numbered(&broker, "in", 2, 0, 100);
     let records = sized_records(0, 3, 5_000);
     let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
     produce_raw(&broker, "big", 0, &refs);
-    // A file sink takes batches whole, so the budget ends each batch.
-    let dir = tempfile::tempdir().expect("tempdir");
+    // The exactly-once sink takes batches whole, so the budget ends each batch.
     let job = |topic: &str, group: &str| {
         format!(
             r#"
@@ -358,9 +388,8 @@ source:
   kafka: {{bootstrapServers: BOOTSTRAP, topics: [{topic}], startingOffsets: earliest, groupId: {group}, backpressure: {{enabled: false}}}}
 pipeline:
   - {{id: n, map: "value.n"}}
-sink: {{file: {{path: "{}"}}}}
-"#,
-            dir.path().display()
+sink: {{kafka: {{topic: out, delivery: exactlyOnce}}}}
+"#
         )
     };
     let by_records = weir_worker::memory::Budget {

@@ -1,5 +1,7 @@
 //! Files named by partition and first offset: a replayed batch starts at the same offset, so it
-//! overwrites its own file instead of adding a duplicate.
+//! overwrites its own file instead of adding a duplicate. A batch written in parts appends each
+//! part to its partition's temporary file, renamed into place when the batch ends, so a batch
+//! is still one file and a reader never sees part of one.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,6 +13,15 @@ use crate::error::{Error, Result};
 pub struct FileSink {
     dir: PathBuf,
     buf: Vec<u8>,
+    /// The files of the batch being written, until it ends.
+    open: Vec<Open>,
+}
+
+/// One partition's file of the batch being written: its lines so far, in a temporary file.
+struct Open {
+    name: String,
+    tmp: PathBuf,
+    file: std::fs::File,
 }
 
 impl FileSink {
@@ -26,6 +37,7 @@ impl FileSink {
         Ok(Self {
             dir,
             buf: Vec::new(),
+            open: Vec::new(),
         })
     }
 
@@ -46,11 +58,19 @@ impl FileSink {
             format!("{topic}-{partition}-{from:020}-t{batch_time}.jsonl")
         }
     }
-}
 
-impl Sink for FileSink {
-    fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()> {
+    /// Appends the outputs of `batch` (or of its next part) to their partitions' temporary
+    /// files, created empty by a batch's first part; at the batch's `end`, syncs each file
+    /// and renames it into place.
+    fn append(&mut self, batch: &BatchOutput<'_>, end: bool) -> Result<()> {
         for p in &batch.partitions {
+            let name = Self::file_name(
+                &p.range.topic,
+                p.range.partition,
+                p.range.from,
+                p.range.until,
+                batch.batch_time_ms,
+            );
             if p.outputs.is_empty() {
                 continue;
             }
@@ -61,22 +81,54 @@ impl Sink for FileSink {
                     .map_err(|e| Error::Sink(e.to_string()))?;
                 self.buf.push(b'\n');
             }
-            let name = Self::file_name(
-                &p.range.topic,
-                p.range.partition,
-                p.range.from,
-                p.range.until,
-                batch.batch_time_ms,
-            );
-            let path = self.dir.join(&name);
-            let tmp = self.dir.join(format!(".{name}.tmp"));
-            let io = |e: std::io::Error| Error::Sink(format!("writing {}: {e}", path.display()));
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&self.buf).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)?;
+            let at = match self.open.iter().position(|o| o.name == name) {
+                Some(at) => at,
+                None => {
+                    let tmp = self.dir.join(format!(".{name}.tmp"));
+                    let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+                    self.open.push(Open { name, tmp, file });
+                    self.open.len() - 1
+                }
+            };
+            let o = &mut self.open[at];
+            o.file.write_all(&self.buf).map_err(|e| io(&o.tmp, e))?;
+        }
+        if end {
+            for o in std::mem::take(&mut self.open) {
+                let path = self.dir.join(&o.name);
+                o.file.sync_all().map_err(|e| io(&path, e))?;
+                std::fs::rename(&o.tmp, &path).map_err(|e| io(&path, e))?;
+            }
         }
         Ok(())
+    }
+}
+
+fn io(path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Sink(format!("writing {}: {e}", path.display()))
+}
+
+impl Sink for FileSink {
+    fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()> {
+        self.append(batch, true)
+    }
+
+    // A part goes to the batch's temporary files, which only its end renames into place.
+    fn writes_parts(&self) -> bool {
+        true
+    }
+
+    fn write_part(&mut self, part: &BatchOutput<'_>) -> Result<()> {
+        self.append(part, false)
+    }
+
+    // The replay's first part creates its files afresh; the abandoned ones are removed (a
+    // temporary file left by a crash is overwritten the same way).
+    fn abandon(&mut self) {
+        for o in std::mem::take(&mut self.open) {
+            drop(o.file);
+            let _ = std::fs::remove_file(&o.tmp);
+        }
     }
 }
 
@@ -143,6 +195,84 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(&files[0])).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(text.contains(r#""value":41"#));
+    }
+
+    fn part<'a>(range: &'a OffsetRange, outputs: &'a [Output]) -> BatchOutput<'a> {
+        BatchOutput {
+            batch_time_ms: 1_000,
+            dead: &[],
+            partitions: vec![PartitionOutput {
+                range,
+                outputs,
+                changes: &[],
+            }],
+        }
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn values(path: &std::path::Path) -> Vec<i64> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn range(until: i64) -> OffsetRange {
+        OffsetRange {
+            topic: Arc::from("in"),
+            partition: 2,
+            from: 40,
+            until,
+        }
+    }
+
+    #[test]
+    fn a_batch_in_parts_is_one_file_renamed_into_place_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::new(dir.path().to_path_buf()).unwrap();
+        sink.write_part(&part(&range(42), &[out(40), out(41)]))
+            .unwrap();
+        sink.write_part(&part(&range(44), &[out(42), out(43)]))
+            .unwrap();
+        // Until the batch ends, no reader sees its file.
+        assert_eq!(names(dir.path()), [".in-2-00000000000000000040.jsonl.tmp"]);
+        sink.write(&part(&range(45), &[out(44)])).unwrap();
+        assert_eq!(names(dir.path()), ["in-2-00000000000000000040.jsonl"]);
+        assert_eq!(
+            values(&dir.path().join("in-2-00000000000000000040.jsonl")),
+            [40, 41, 42, 43, 44]
+        );
+    }
+
+    #[test]
+    fn an_abandoned_batch_leaves_nothing_and_its_replay_writes_its_file_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::new(dir.path().to_path_buf()).unwrap();
+        sink.write_part(&part(&range(42), &[out(40), out(41)]))
+            .unwrap();
+        sink.abandon();
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+        // The replay reads from the same offset, in other parts.
+        sink.write_part(&part(&range(41), &[out(40)])).unwrap();
+        sink.write(&part(&range(43), &[out(41), out(42)])).unwrap();
+        assert_eq!(
+            values(&dir.path().join("in-2-00000000000000000040.jsonl")),
+            [40, 41, 42],
+            "each record once"
+        );
     }
 
     #[test]

@@ -36,8 +36,9 @@ pub trait Sink: Send {
     /// Whether the sink may take a batch in parts ([`Sink::write_part`] for each part as the
     /// batch is read, then `write` with its last part, its barrier results and its state
     /// changes; then the offsets). True only where a batch's writes are independent
-    /// acknowledged sends (Kafka without transactions, stdout); a sink whose batch is one
-    /// transaction or one file takes it whole, and the budget caps the batch instead.
+    /// acknowledged sends (Kafka without transactions, stdout) or one file per partition that is
+    /// renamed into place at the batch's end; a sink whose batch is one transaction takes it
+    /// whole, and the budget caps the batch instead.
     fn writes_parts(&self) -> bool {
         false
     }
@@ -50,6 +51,11 @@ pub trait Sink: Send {
     fn write_part(&mut self, part: &BatchOutput<'_>) -> Result<()> {
         self.write(part)
     }
+
+    /// The batch whose parts were being written failed and runs again from its start: drops
+    /// what its parts left unfinished (a file not yet renamed, a printed batch's count), so the
+    /// replay does not add to it.
+    fn abandon(&mut self) {}
 
     /// Whether `write` also stores the batch's state changes, in the same transaction as its
     /// output; the engine's changelog writer then leaves them to it.
@@ -166,6 +172,11 @@ impl Sink for Tee {
     fn write_part(&mut self, part: &BatchOutput<'_>) -> Result<()> {
         self.0.write_part(part)?;
         self.1.write_part(part)
+    }
+
+    fn abandon(&mut self) {
+        self.0.abandon();
+        self.1.abandon();
     }
 
     // The printed copy must not hide that the main sink is the record of offsets and state.

@@ -87,6 +87,11 @@ impl<W: Write + Send> Sink for StdoutSink<W> {
     fn write_part(&mut self, part: &BatchOutput<'_>) -> Result<()> {
         self.show(part, false)
     }
+
+    // The replay prints the batch again, under its own header.
+    fn abandon(&mut self) {
+        self.open = None;
+    }
 }
 
 #[cfg(test)]
