@@ -24,7 +24,7 @@
 
 use crate::batch::BatchOutput;
 use crate::changelog::Changelog;
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::Result;
 use crate::pipeline::PartitionState;
 use crate::plan::{OffsetRange, TopicPartition};
@@ -68,9 +68,17 @@ impl Commit {
     /// # Errors
     /// When a part was not written or acknowledged: the engine then replays the batch.
     pub fn part(&mut self, part: &BatchOutput<'_>) -> Result<()> {
-        debug_assert!(self.sink.writes_parts() && !self.sink.writes_dead_letters());
-        self.dead.write(part.dead)?;
+        self.dead_letters_first(part.dead)?;
         self.sink.write_part(part)
+    }
+
+    /// At least once, dead letters go before the outputs (see the module's orders); a sink
+    /// that writes them in its own transactions keeps them.
+    fn dead_letters_first(&mut self, dead: &[DeadLetter]) -> Result<()> {
+        if !self.sink.writes_dead_letters() {
+            self.dead.write(dead)?;
+        }
+        Ok(())
     }
 
     /// The batch failed and runs again from its start: the sink drops what its parts left
@@ -94,9 +102,7 @@ impl Commit {
         source: &mut Source,
         states: &[PartitionState],
     ) -> Result<()> {
-        if !self.sink.writes_dead_letters() {
-            self.dead.write(batch.dead)?;
-        }
+        self.dead_letters_first(batch.dead)?;
         self.sink.write(batch)?;
         if !self.sink_logs_state {
             if let Some(log) = &mut self.changelog {

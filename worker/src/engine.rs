@@ -459,7 +459,6 @@ impl Engine {
         // written before the next is read, for as long as one interval: a backlog then
         // drains as fast as the worker runs, not one budget per interval. Where the sink or
         // the pipeline holds the whole batch, the budget ends the batch instead.
-        let in_parts = self.in_parts;
         let read_for = Duration::from_millis(self.planner.batch_interval_ms);
         let fail = |e: Error| (e, Some(target.clone()));
         let mut work = start_work(
@@ -472,7 +471,7 @@ impl Engine {
         let mut parts = 0u64;
         let mut parts_out = 0u64;
         let mut parts_dead = 0u64;
-        let capped = loop {
+        let (capped, ranges) = loop {
             let planned = self
                 .planner
                 .within_budget(&self.source.positions(), &target);
@@ -495,8 +494,10 @@ impl Engine {
             // The budget ended this read before its planned offsets.
             let capped = so_far.iter().zip(&planned).any(|(r, p)| r.until < p.until);
             let left = so_far.iter().zip(&target).any(|(r, t)| r.until < t.until);
-            if !left || !in_parts || taken.records == 0 || started.elapsed() >= read_for {
-                break capped;
+            if !left || !self.in_parts || taken.records == 0 || started.elapsed() >= read_for {
+                // What was read, parts and all, is the batch, and its offsets are committed;
+                // the next batches read the rest.
+                break (capped, so_far);
             }
             let (outputs, dead) = take_part(&mut work, owned.len());
             let part = BatchOutput {
@@ -517,9 +518,6 @@ impl Engine {
             parts_out += part.records() as u64;
             parts_dead += dead.len() as u64;
         };
-        // What was read, parts and all, is the batch, and its offsets are committed; the
-        // next batches read the rest.
-        let ranges = self.source.read_ranges(target.clone());
         let fail = |e: Error| (e, Some(ranges.clone()));
         self.held = held;
         self.parts = parts;

@@ -64,6 +64,9 @@ impl FileSink {
     /// and renames it into place.
     fn append(&mut self, batch: &BatchOutput<'_>, end: bool) -> Result<()> {
         for p in &batch.partitions {
+            if p.outputs.is_empty() {
+                continue;
+            }
             let name = Self::file_name(
                 &p.range.topic,
                 p.range.partition,
@@ -71,9 +74,6 @@ impl FileSink {
                 p.range.until,
                 batch.batch_time_ms,
             );
-            if p.outputs.is_empty() {
-                continue;
-            }
             self.buf.clear();
             for o in p.outputs {
                 let line = serde_json::json!({"key": o.key, "value": o.value, "batchTime": batch.batch_time_ms});
