@@ -56,6 +56,35 @@ pub struct BatchInfo {
     /// Records/s the backpressure estimator allowed, when it limited the batch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<f64>,
+    /// Event time, when the job has a watermark: where it stands after this batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<EventTimeInfo>,
+}
+
+/// A stage's event time after a batch: its watermark, each partition's, and the records that
+/// came behind their windows.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventTimeInfo {
+    /// The least watermark of the partitions that are not idle (RFC 3339); windows close when
+    /// it passes their end. `null` until every such partition has read a record.
+    pub watermark: Option<String>,
+    pub watermark_ms: Option<i64>,
+    pub partitions: Vec<PartitionWatermark>,
+    /// Records of this batch behind every window they fall in (per the window's `late`).
+    pub late_records: u64,
+}
+
+/// One input partition's watermark: the largest event time read from it minus the delay.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionWatermark {
+    pub topic: String,
+    pub partition: i32,
+    pub watermark: Option<String>,
+    pub watermark_ms: Option<i64>,
+    /// No record for `idleAfter`: the partition does not hold the stage's watermark back.
+    pub idle: bool,
 }
 
 /// Where the worker's first stage began reading one of its input partitions when it started:

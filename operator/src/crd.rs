@@ -26,14 +26,26 @@ const JOB_RULES: &str = r#"[
     "reason": "FieldValueInvalid"
   },
   {
-    "rule": "duration(self.batchInterval).getMilliseconds() == 0 || !has(self.pipeline) || self.pipeline.all(s, !has(s.window) || duration(s.window.length).getMilliseconds() % duration(self.batchInterval).getMilliseconds() == 0)",
-    "message": "pipeline[].window.length must be a multiple of batchInterval; set it to e.g. 6 x batchInterval",
+    "rule": "duration(self.batchInterval).getMilliseconds() == 0 || !has(self.pipeline) || self.pipeline.all(s, !has(s.window) || (has(s.window.time) && s.window.time == 'event') || !has(s.window.length) || duration(s.window.length).getMilliseconds() % duration(self.batchInterval).getMilliseconds() == 0)",
+    "message": "pipeline[].window.length of a batch-time window must be a multiple of batchInterval; set it to e.g. 6 x batchInterval",
     "fieldPath": ".pipeline",
     "reason": "FieldValueInvalid"
   },
   {
-    "rule": "duration(self.batchInterval).getMilliseconds() == 0 || !has(self.pipeline) || self.pipeline.all(s, !has(s.window) || !has(s.window.slide) || duration(s.window.slide).getMilliseconds() % duration(self.batchInterval).getMilliseconds() == 0)",
-    "message": "pipeline[].window.slide must be a multiple of batchInterval; set it to batchInterval or a multiple of it",
+    "rule": "duration(self.batchInterval).getMilliseconds() == 0 || !has(self.pipeline) || self.pipeline.all(s, !has(s.window) || (has(s.window.time) && s.window.time == 'event') || !has(s.window.slide) || duration(s.window.slide).getMilliseconds() % duration(self.batchInterval).getMilliseconds() == 0)",
+    "message": "pipeline[].window.slide of a batch-time window must be a multiple of batchInterval; set it to batchInterval or a multiple of it",
+    "fieldPath": ".pipeline",
+    "reason": "FieldValueInvalid"
+  },
+  {
+    "rule": "!has(self.pipeline) || has(self.source.watermark) || self.pipeline.all(s, !has(s.window) || !has(s.window.time) || s.window.time != 'event')",
+    "message": "a window with time: event needs source.watermark (how far records may come out of order), e.g. watermark: {delay: 10s}",
+    "fieldPath": ".source",
+    "reason": "FieldRequired"
+  },
+  {
+    "rule": "!has(self.pipeline) || self.pipeline.all(s, !has(s.window) || [has(s.window.length), has(s.window.gap)].filter(x, x).size() == 1)",
+    "message": "pipeline[].window sets exactly one of length (tumbling or sliding) and gap (session, event time only)",
     "fieldPath": ".pipeline",
     "reason": "FieldValueInvalid"
   },

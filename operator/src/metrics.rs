@@ -575,6 +575,7 @@ mod job_tests {
             lag: Some(2),
             source_error: None,
             rate_limit: None,
+            event_time: None,
         });
         let text = p.metrics_text();
         let queried = dashboard_metrics(|name| {

@@ -58,6 +58,8 @@ fn record(i: u64, value: Val) -> Record {
         headers: Val::Null,
         item: Val::Null,
         item_is_output: false,
+        event_time: None,
+        late_against: i64::MIN,
     }
 }
 
@@ -72,7 +74,7 @@ fn pass(
     let mut changes = Vec::with_capacity(keys as usize);
     let started = Instant::now();
     for b in 0..keys.div_ceil(batch) {
-        let mut run = p.start(st);
+        let mut run = p.start(st, *time);
         for k in b * batch..((b + 1) * batch).min(keys) {
             let key = Val::Str(Arc::from(format!("key-{k:08}").as_str()));
             if let Err(e) = run.push(record(k, key)) {
@@ -80,7 +82,7 @@ fn pass(
             }
         }
         *time += 1_000;
-        let (out, failures) = run.finish(&Arc::from("in"), 0, *time);
+        let (out, failures) = run.finish(&Arc::from("in"), 0, None);
         assert!(failures.is_empty());
         drop(out);
         changes.extend(st.take_changes());

@@ -21,11 +21,12 @@ use crate::expr::{Val, ValueNeeds};
 use crate::memory::Budget;
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
 use crate::plan::{OffsetRange, Planner, RateEstimator, TopicPartition};
-use crate::progress::{now_ms, rfc3339, BatchInfo, Progress, RangeInfo, ResumedAt};
+use crate::progress::{now_ms, rfc3339, BatchInfo, EventTimeInfo, Progress, RangeInfo, ResumedAt};
 use crate::record::{decode_key_as, decode_value, Record};
 use crate::sink::Sink;
 use crate::source::{RawRecord, Source, Taken};
 use crate::spec::{Format, JobFile};
+use crate::watermark::StageClock;
 use weir_contract::stages::PARTIAL_HEADER;
 
 /// One source lane's share of a batch.
@@ -89,6 +90,8 @@ pub struct Engine {
     parts: u64,
     /// Whether a batch larger than its budget is read in parts (else the budget caps it).
     in_parts: bool,
+    /// The stage's watermark over its partitions, when the job has one.
+    clock: Option<StageClock>,
 }
 
 impl Engine {
@@ -211,6 +214,7 @@ impl Engine {
                 .collect(),
         );
         let commit = Commit::new(sink, dead, changelog);
+        let clock = StageClock::new(&job.spec, source.owned().len(), now_ms());
         let in_parts = commit.writes_parts() && !pipeline.holds_values();
         Ok(Engine {
             job,
@@ -225,6 +229,7 @@ impl Engine {
             held: Taken::default(),
             parts: 0,
             in_parts,
+            clock,
         })
     }
 
@@ -427,6 +432,7 @@ impl Engine {
             lag: None,
             rate_limit: None,
             source_error: Some(why.to_string()),
+            event_time: None,
         }
     }
 
@@ -466,6 +472,7 @@ impl Engine {
             &self.pipeline,
             &mut self.states,
             owned.len(),
+            time,
         );
         let mut held = Taken::default();
         let mut parts = 0u64;
@@ -523,7 +530,8 @@ impl Engine {
         self.parts = parts;
         self.progress
             .held(budget, held.bytes, held.records, capped, parts);
-        let (outputs, dead, read) = finish(&owned, work, time);
+        let (outputs, dead, read, event_time) =
+            finish(&owned, work, time, &ranges, &highs, self.clock.as_mut());
         // A replay of this batch recomputes its changes: taking them here loses nothing.
         let changes: Vec<Vec<StateChange>> = self
             .states
@@ -568,6 +576,7 @@ impl Engine {
             total_delay_ms: scheduling_delay_ms + processing_ms,
             pending_batches: pending,
             rate_limit: self.planner.estimated_rate,
+            event_time,
         })
     }
 }
@@ -579,6 +588,7 @@ fn start_work<'p>(
     pipeline: &'p Pipeline,
     states: &'p mut [PartitionState],
     owned: usize,
+    time: i64,
 ) -> Vec<LaneWork<'p>> {
     let mut work: Vec<LaneWork<'_>> = (0..lanes)
         .map(|_| LaneWork {
@@ -588,7 +598,7 @@ fn start_work<'p>(
         })
         .collect();
     for (i, state) in states.iter_mut().enumerate() {
-        work[i % lanes].runs[i] = Some(pipeline.start(state));
+        work[i % lanes].runs[i] = Some(pipeline.start(state, time));
     }
     work
 }
@@ -687,6 +697,8 @@ fn read_and_run(
             },
             item: Val::Null,
             item_is_output: false,
+            event_time: None,
+            late_against: i64::MIN,
         };
         if let Some(run) = w.runs[raw.index].as_mut() {
             if let Err(f) = run.push(rec) {
@@ -698,13 +710,22 @@ fn read_and_run(
 }
 
 /// Finish: ends every partition's run at batch `time` (aggregates, windows and state steps
-/// emit here), with the lanes' dead letters and those of the barrier steps. Returns the
-/// outputs per owned partition, the dead letters and the records read.
+/// emit here; event-time windows close at the stage's watermark, moved by the `ranges` read),
+/// with the lanes' dead letters and those of the barrier steps. Returns the outputs per owned
+/// partition, the dead letters, the records read and where event time stands.
 fn finish(
     owned: &[TopicPartition],
     work: Vec<LaneWork<'_>>,
     time: i64,
-) -> (Vec<Vec<Output>>, Vec<DeadLetter>, Read) {
+    ranges: &[OffsetRange],
+    highs: &[i64],
+    clock: Option<&mut StageClock>,
+) -> (
+    Vec<Vec<Output>>,
+    Vec<DeadLetter>,
+    Read,
+    Option<EventTimeInfo>,
+) {
     let mut dead: Vec<DeadLetter> = Vec::new();
     let mut read = Read::default();
     let mut runs: Vec<Option<PartitionRun<'_>>> = (0..owned.len()).map(|_| None).collect();
@@ -718,13 +739,25 @@ fn finish(
         }
     }
 
+    let (watermark, event_time) = match clock {
+        Some(clock) => {
+            let own: Vec<Option<i64>> = runs
+                .iter()
+                .map(|r| r.as_ref().and_then(PartitionRun::watermark))
+                .collect();
+            let late = runs.iter().flatten().map(PartitionRun::late).sum();
+            let (w, info) = clock.advance(time, owned, ranges, highs, &own, late);
+            (w, Some(info))
+        }
+        None => (None, None),
+    };
     let mut outputs: Vec<Vec<Output>> = Vec::with_capacity(owned.len());
     for (tp, run) in owned.iter().zip(runs) {
         let Some(run) = run else {
             outputs.push(Vec::new());
             continue;
         };
-        let (out, failures) = run.finish(&tp.topic, tp.partition, time);
+        let (out, failures) = run.finish(&tp.topic, tp.partition, watermark);
         for (o, f) in failures {
             dead.push(DeadLetter {
                 topic: tp.topic.clone(),
@@ -739,7 +772,7 @@ fn finish(
         }
         outputs.push(out);
     }
-    (outputs, dead, read)
+    (outputs, dead, read, event_time)
 }
 
 /// Progress: each range read, with its partition's high watermark and the lag left.

@@ -18,7 +18,8 @@
 //!   start; `producer`: the Kafka writer all of them produce with.
 //! - `commit`: the commit step, one order per delivery mode (offsets last, or inside the
 //!   transaction).
-//! - [`engine`]: the batch loop (plan, read and run, finish, commit, progress).
+//! - [`engine`]: the batch loop (plan, read and run, finish, commit, progress);
+//!   `watermark`: a stage's event-time watermark over its partitions.
 //! - [`progress`]: BatchInfo, metrics; [`http`]: `/progress`, `/healthz`, `/metrics`.
 //! - [`app`]: `weir-worker run` wiring and signals; `shutdown`: waits that SIGTERM ends;
 //!   [`embedded`]: the in-process mock cluster.
@@ -50,6 +51,7 @@ pub mod sink;
 mod source;
 pub mod stages;
 mod topics;
+mod watermark;
 
 // The contract shared with the operator, under the paths the engine has always used.
 pub use weir_contract::{credentials, expr, limits, spec, value};

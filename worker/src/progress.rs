@@ -13,7 +13,8 @@ use crate::client::Identity;
 use crate::memory::Budget;
 // What the operator reads back (and the grace it gives a starting worker) is the contract's.
 pub use weir_contract::progress::{
-    stall_limit, startup_grace, BatchInfo, RangeInfo, ResumedAt, Retrying,
+    stall_limit, startup_grace, BatchInfo, EventTimeInfo, PartitionWatermark, RangeInfo, ResumedAt,
+    Retrying,
 };
 
 /// Batches kept for `GET /progress`.
@@ -612,6 +613,7 @@ mod tests {
             pending_batches: 0,
             lag: Some(lag),
             rate_limit: None,
+            event_time: None,
             source_error: None,
         }
     }
@@ -861,6 +863,7 @@ mod metric_tests {
                 pending_batches: 0,
                 lag: Some(0),
                 rate_limit: None,
+                event_time: None,
                 source_error: None,
             });
         }

@@ -25,6 +25,11 @@ pub struct Record {
     /// Whether the record's result is `item` (after a flatMap) rather than `value` (after a
     /// map or select, or with no flatMap).
     pub item_is_output: bool,
+    /// The record's event time (ms since the epoch), when the job has a watermark.
+    pub event_time: Option<i64>,
+    /// The watermark the record is judged late against: its partition's before it was read,
+    /// or the one windows were closed at when that is further. `i64::MIN` without one.
+    pub late_against: i64,
 }
 
 impl Record {

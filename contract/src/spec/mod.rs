@@ -7,6 +7,7 @@
 
 mod duration;
 mod load;
+mod time;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError, DURATION_PATTERN};
 pub use load::{load_job_file, parse_job, JobFile, LoadError, KUBERNETES_ONLY_FIELDS};
+pub use time::{EmitMode, LatePolicy, WatermarkSpec, WindowTime, MAX_WINDOWS_PER_RECORD};
 pub use validate::{FieldError, ValidationErrors, SECRET_PROPERTIES};
 
 /// A streaming job: where records come from, what happens to them, where results go.
@@ -46,6 +48,16 @@ pub struct SourceSpec {
     /// How record values are decoded.
     #[serde(default)]
     pub format: Format,
+    /// Each record's event time, for windows with `time: event`: a CEL expression over the
+    /// record giving milliseconds since the epoch or an RFC 3339 timestamp (`value.ts`,
+    /// `timestamp(value.ts)`, `int(value.epochSeconds) * 1000`). Default: the Kafka record's
+    /// timestamp. A record whose time cannot be computed is a dead letter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub event_time: Option<Expr>,
+    /// The out-of-orderness bound that closes event-time windows; needed by them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<WatermarkSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -402,11 +414,36 @@ pub struct Empty {}
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WindowSpec {
-    /// Multiple of the batch interval.
-    pub length: Duration,
-    /// Multiple of the batch interval; default: the batch interval.
+    /// `batch` (the default: windows of batches) or `event` (windows of the records' own
+    /// time, closed by `source.watermark`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub time: WindowTime,
+    /// The window's length: for batch time a multiple of the batch interval. A tumbling or
+    /// sliding window has a length; a session window (event time only) has a `gap` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<Duration>,
+    /// How far apart windows start; default: the batch interval for batch time, the length for
+    /// event time (tumbling windows). For event time the length is a multiple of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slide: Option<Duration>,
+    /// Event time only: a session window per key, closed after this long without a record;
+    /// a record within the gap of two sessions joins them into one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Duration>,
+    /// Event time only: how long after the watermark passes a window's end it still takes
+    /// records (and is written). Default 0s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_lateness: Option<Duration>,
+    /// Event time only: what becomes of records behind a closed window. Default: drop, counted.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub late: LatePolicy,
+    /// Event time only: `onClose` (the default) or `everyBatch` (early updates too).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub emit: EmitMode,
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
 }
 
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]

@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 use std::fmt;
 
+mod time;
+
 use super::{JobSpec, StepSpec};
 use crate::expr;
 
@@ -60,19 +62,19 @@ const RESERVED_PROPERTIES: &[&str] = &[
 /// The smallest batch interval: below it, broker round trips dominate every batch.
 pub const MIN_BATCH_INTERVAL_MS: u128 = 10;
 
-struct Checker {
+pub(super) struct Checker {
     errors: Vec<FieldError>,
 }
 
 impl Checker {
-    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError {
             field: field.into(),
             message: message.into(),
         });
     }
 
-    fn expr(&mut self, field: String, source: &str, vars: &[&str]) {
+    pub(super) fn expr(&mut self, field: String, source: &str, vars: &[&str]) {
         if let Err(e) = expr::check(source, vars) {
             self.err(field, e.to_string());
         }
@@ -243,6 +245,7 @@ impl JobSpec {
         }
 
         self.validate_pipeline(&mut c, interval);
+        time::source(&mut c, self);
         self.validate_sink(&mut c);
 
         if let Some(d) = &self.dead_letter {
@@ -349,44 +352,7 @@ impl JobSpec {
                 }
             }
             if let Some(w) = &step.window {
-                if step.aggregate.is_none() {
-                    c.err(
-                        format!("{at}.window"),
-                        "applies to an aggregate; add aggregate to this step",
-                    );
-                }
-                let len = w.length.as_millis();
-                let slide = w.slide.map_or(interval, |s| s.as_millis());
-                if interval > 0 {
-                    if len == 0 || len % interval != 0 {
-                        c.err(
-                            format!("{at}.window.length"),
-                            format!("{} is not a multiple of batchInterval {}; set it to a multiple such as {}", w.length, self.batch_interval, round_up(len, interval)),
-                        );
-                    }
-                    if slide == 0 || slide % interval != 0 {
-                        c.err(
-                            format!("{at}.window.slide"),
-                            format!("{} is not a multiple of batchInterval {}; set it to a multiple such as {}", w.slide.unwrap_or_default(), self.batch_interval, round_up(slide, interval)),
-                        );
-                    }
-                }
-                let batches = len / interval.max(1);
-                if batches > crate::limits::MAX_WINDOW_BATCHES as u128 {
-                    c.err(
-                        format!("{at}.window.length"),
-                        format!(
-                            "{} is {batches} batches of {}; at most {} are kept, set a longer batchInterval or a shorter window",
-                            w.length,
-                            self.batch_interval,
-                            crate::limits::MAX_WINDOW_BATCHES
-                        ),
-                    );
-                }
-                // A zero length already has its error; the default slide is not "longer" then.
-                if len > 0 && slide > len {
-                    c.err(format!("{at}.window.slide"), "is longer than the window length; records between windows would be skipped, set slide <= length");
-                }
+                time::window(c, self, &at, step, w, interval);
             }
             if let Some(s) = &step.state {
                 let state_vars = ["key", "values", "state", "timingOut", "removing"];

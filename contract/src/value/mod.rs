@@ -458,6 +458,10 @@ pub(crate) fn from_cel(v: &cel::Value) -> Result<Val, String> {
             out.sort_by(|a, b| a.0.cmp(&b.0));
             Val::Map(Arc::new(out))
         }
+        // A record holds times as RFC 3339 text, as JSON does; `source.eventTime` reads it back.
+        cel::Value::Timestamp(t) => {
+            Val::str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        }
         other => {
             return Err(format!(
                 "a result of type {:?} cannot be stored in a record",

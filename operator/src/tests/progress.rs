@@ -52,6 +52,7 @@ pub(super) fn batch(
         pending_batches: pending,
         lag: Some(1000 - i64::try_from(records).unwrap()),
         rate_limit: None,
+        event_time: None,
         source_error: None,
     }
 }

@@ -46,6 +46,8 @@ fn record(topic: &str, partition: i32, offset: i64, key: Val, value: Val) -> Rec
         headers: Val::Null,
         item: Val::Null,
         item_is_output: false,
+        event_time: None,
+        late_against: i64::MIN,
     }
 }
 
@@ -112,7 +114,7 @@ fn partials_of_each_kind_merge_to_the_brute_force_result_even_mixed_with_plain_r
         let (plain, combined) = data.split_at(data.len() / 4);
         for p in 0..partitions {
             let mut st = first.new_state();
-            let mut run = first.start(&mut st);
+            let mut run = first.start(&mut st, 1_000);
             let mine: Vec<&(String, i64)> = combined
                 .iter()
                 .enumerate()
@@ -123,7 +125,7 @@ fn partials_of_each_kind_merge_to_the_brute_force_result_even_mixed_with_plain_r
                 run.push(record("in", p, i as i64, Val::Null, json(page, *n)))
                     .unwrap();
             }
-            let (out, failures) = run.finish(&Arc::from("in"), p, 1_000);
+            let (out, failures) = run.finish(&Arc::from("in"), p, None);
             assert!(failures.is_empty(), "{failures:?}");
             let keys: std::collections::HashSet<&str> =
                 mine.iter().map(|(k, _)| k.as_str()).collect();
@@ -131,7 +133,7 @@ fn partials_of_each_kind_merge_to_the_brute_force_result_even_mixed_with_plain_r
             partials.extend(out);
         }
         let mut st = second.new_state();
-        let mut run = second.start(&mut st);
+        let mut run = second.start(&mut st, 1_000);
         let mut represented = 0;
         for (i, (page, n)) in plain.iter().enumerate() {
             let r = record("rp", 0, i as i64, Val::str(page), json(page, *n));
@@ -141,7 +143,7 @@ fn partials_of_each_kind_merge_to_the_brute_force_result_even_mixed_with_plain_r
             represented += run.push_partial(kind.as_bytes(), o.key, &o.value).unwrap();
         }
         assert_eq!(represented as usize, combined.len(), "{name}");
-        let (out, failures) = run.finish(&Arc::from("rp"), 0, 1_000);
+        let (out, failures) = run.finish(&Arc::from("rp"), 0, None);
         assert!(failures.is_empty(), "{failures:?}");
         let got: BTreeMap<String, String> = out
             .into_iter()
@@ -162,17 +164,17 @@ fn a_windowed_aggregate_merges_partials_and_subtracts_leaving_batches() {
         let (mut st1, mut st2) = (first.new_state(), second.new_state());
         for (b, batch) in batches.iter().enumerate() {
             let time = (b as i64 + 1) * 1_000;
-            let mut run = first.start(&mut st1);
+            let mut run = first.start(&mut st1, time);
             for (i, (page, n)) in batch.iter().enumerate() {
                 run.push(record("in", 0, i as i64, Val::Null, json(page, *n)))
                     .unwrap();
             }
-            let (partials, _) = run.finish(&Arc::from("in"), 0, time);
-            let mut run = second.start(&mut st2);
+            let (partials, _) = run.finish(&Arc::from("in"), 0, None);
+            let mut run = second.start(&mut st2, time);
             for o in partials {
                 run.push_partial(kind.as_bytes(), o.key, &o.value).unwrap();
             }
-            let (out, failures) = run.finish(&Arc::from("rp"), 0, time);
+            let (out, failures) = run.finish(&Arc::from("rp"), 0, None);
             assert!(failures.is_empty(), "{failures:?}");
             let got: BTreeMap<String, String> = out
                 .into_iter()
@@ -193,7 +195,7 @@ fn a_record_that_fails_the_combine_fails_under_the_aggregates_id_as_before() {
     // it failed the aggregate before: the engine makes it a dead letter with the reason.
     let (first, _, _) = stages("aggregate: {sum: value.n}");
     let mut st = first.new_state();
-    let mut run = first.start(&mut st);
+    let mut run = first.start(&mut st, 1_000);
     let bad = Val::Map(Arc::new(vec![
         (Arc::from("page"), Val::str("a")),
         (Arc::from("n"), Val::str("x")),
@@ -207,7 +209,7 @@ fn a_record_that_fails_the_combine_fails_under_the_aggregates_id_as_before() {
     );
     run.push(record("in", 0, 1, Val::Null, json("a", 2)))
         .unwrap();
-    let (out, _) = run.finish(&Arc::from("in"), 0, 1_000);
+    let (out, _) = run.finish(&Arc::from("in"), 0, None);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].value.to_string(), "[{\"sum\":2,\"n\":1},1]");
 }
@@ -216,7 +218,7 @@ fn a_record_that_fails_the_combine_fails_under_the_aggregates_id_as_before() {
 fn a_partial_of_another_aggregation_or_malformed_is_refused_with_the_reason() {
     let (_, second, _) = stages("aggregate: {sum: value.n}");
     let mut st = second.new_state();
-    let mut run = second.start(&mut st);
+    let mut run = second.start(&mut st, 1_000);
     let f = run
         .push_partial(
             b"count",
@@ -242,6 +244,6 @@ fn a_partial_of_another_aggregation_or_malformed_is_refused_with_the_reason() {
         "{}",
         f.error.0
     );
-    let (out, _) = run.finish(&Arc::from("rp"), 0, 1_000);
+    let (out, _) = run.finish(&Arc::from("rp"), 0, None);
     assert!(out.is_empty());
 }

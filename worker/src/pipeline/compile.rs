@@ -3,11 +3,13 @@
 use std::sync::Arc;
 
 use super::aggregate::AggKind;
+use super::event_time::EventTime;
+use super::event_window::{EventWindowOp, Shape};
 use super::keyed::StateOp;
 use super::window::{WindowOp, MAX_WINDOW_BATCHES};
 use super::{Op, Pipeline, PipelineError, Step};
 use crate::expr::{ExprError, Program, Var};
-use crate::spec::{JobSpec, StateStepSpec, StepSpec, WindowSpec};
+use crate::spec::{Format, JobSpec, StateStepSpec, StepSpec, WindowSpec, WindowTime};
 
 impl Pipeline {
     /// Compiles the spec's steps.
@@ -62,6 +64,14 @@ impl Pipeline {
                     aggregate: Some(a),
                     window: Some(w),
                     ..
+                } if w.time == WindowTime::Event => {
+                    let kind = AggKind::compile(a, &vars).map_err(e)?;
+                    Op::EventWindow(event_window_op(spec, s, w, kind)?)
+                }
+                StepSpec {
+                    aggregate: Some(a),
+                    window: Some(w),
+                    ..
                 } => {
                     let kind = AggKind::compile(a, &vars).map_err(e)?;
                     Op::Window(window_op(spec, s, w, kind)?)
@@ -90,9 +100,76 @@ impl Pipeline {
                 op,
             });
         }
-        let needs = super::needs::record_needs(&steps);
-        Ok(Pipeline { steps, needs })
+        let mut needs = super::needs::record_needs(&steps);
+        let event = match &spec.source.watermark {
+            None => None,
+            Some(w) => {
+                let program = spec
+                    .source
+                    .event_time
+                    .as_deref()
+                    .map(|x| Program::compile(x, &Var::RECORD))
+                    .transpose()
+                    .map_err(|source| PipelineError::Expr {
+                        step: "source.eventTime".into(),
+                        source,
+                    })?;
+                if let Some(p) = &program {
+                    super::needs::add_program(&mut needs, p);
+                }
+                Some(EventTime {
+                    program,
+                    delay: i64::try_from(w.delay.as_millis()).unwrap_or(i64::MAX),
+                })
+            }
+        };
+        Ok(Pipeline {
+            steps,
+            needs,
+            event,
+        })
     }
+}
+
+/// An event-time window; the spec's validation already says what to fix.
+fn event_window_op(
+    spec: &JobSpec,
+    s: &StepSpec,
+    w: &WindowSpec,
+    kind: AggKind,
+) -> Result<EventWindowOp, PipelineError> {
+    let ms = |d: crate::spec::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let bad = |reason: &str| PipelineError::Invalid {
+        step: s.id.clone(),
+        reason: reason.into(),
+    };
+    if spec.source.watermark.is_none() {
+        return Err(bad("an event-time window needs source.watermark"));
+    }
+    // A stage after a shuffle reads records of every input partition: its watermark would be
+    // the least of theirs, which the shuffle does not carry yet.
+    if spec.source.format == Format::Shuffle {
+        return Err(bad("an event-time window after a repartition (a keyBy that changes the key, or several input topics) is not supported yet; key the input topic's records by what the window groups on and drop the keyBy, or set perPartition: true on the step"));
+    }
+    let shape = match (w.length, w.gap) {
+        (Some(length), None) => {
+            let length = ms(length);
+            let slide = w.slide.map_or(length, ms);
+            if length <= 0 || slide <= 0 || slide > length || length % slide != 0 {
+                return Err(bad("window length and slide must be positive, slide <= length, and length a multiple of slide"));
+            }
+            Shape::Fixed { length, slide }
+        }
+        (None, Some(gap)) if ms(gap) > 0 => Shape::Session { gap: ms(gap) },
+        _ => return Err(bad("an event-time window has a length or a positive gap")),
+    };
+    Ok(EventWindowOp {
+        kind,
+        shape,
+        lateness: w.allowed_lateness.map_or(0, ms),
+        late: w.late,
+        every_batch: w.emit == crate::spec::EmitMode::EveryBatch,
+    })
 }
 
 fn state_op(st: &StateStepSpec) -> Result<StateOp, ExprError> {
@@ -134,7 +211,7 @@ fn window_op(
 ) -> Result<WindowOp, PipelineError> {
     let ms = |d: crate::spec::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let interval = ms(spec.batch_interval);
-    let length = ms(w.length);
+    let length = w.length.map_or(0, ms);
     let slide = w.slide.map_or(interval, ms);
     let bad = |reason: String| PipelineError::Invalid {
         step: s.id.clone(),
@@ -144,13 +221,14 @@ fn window_op(
     {
         return Err(bad(format!(
             "window length {} and slide must be positive multiples of batchInterval {}",
-            w.length, spec.batch_interval
+            w.length.unwrap_or_default(),
+            spec.batch_interval
         )));
     }
     if length / interval > MAX_WINDOW_BATCHES {
         return Err(bad(format!(
             "window length {} is {} batches; at most {MAX_WINDOW_BATCHES} are kept, use a longer batchInterval",
-            w.length,
+            w.length.unwrap_or_default(),
             length / interval
         )));
     }

@@ -6,11 +6,11 @@ use crate::spec::Format;
 
 /// Runs one batch of text lines at batch time `t` (ms) and returns "key=value" strings.
 fn batch(p: &Pipeline, st: &mut PartitionState, t: i64, lines: &[&str]) -> Vec<String> {
-    let mut run = p.start(st);
+    let mut run = p.start(st, t);
     for (i, line) in lines.iter().enumerate() {
         run.push(rec(i as i64, Format::Text, line)).unwrap();
     }
-    let (out, failures) = run.finish(&Arc::from("in"), 0, t);
+    let (out, failures) = run.finish(&Arc::from("in"), 0, None);
     assert!(failures.is_empty(), "{failures:?}");
     out.iter()
         .map(|o| format!("{}={}", o.key, o.value))
@@ -173,9 +173,9 @@ fn a_failing_update_keeps_the_key_state_and_names_the_step() {
     let p = words("{initial: '0', update: 'values[0] == \"bad\" ? state / 0 : state + 1'}");
     let mut st = p.new_state();
     batch(&p, &mut st, 1_000, &["ok"]);
-    let mut run = p.start(&mut st);
+    let mut run = p.start(&mut st, 2_000);
     run.push(rec(0, Format::Text, "bad ok")).unwrap();
-    let (out, failures) = run.finish(&Arc::from("in"), 0, 2_000);
+    let (out, failures) = run.finish(&Arc::from("in"), 0, None);
     assert_eq!(out.len(), 1);
     assert_eq!(failures.len(), 1);
     assert_eq!(&*failures[0].1.step, "counts");

@@ -10,6 +10,8 @@ pub mod aggregate;
 mod change;
 pub mod combine;
 mod compile;
+pub mod event_time;
+pub mod event_window;
 pub mod keyed;
 mod needs;
 mod restore;
@@ -25,6 +27,8 @@ use crate::record::Record;
 use aggregate::{Accumulators, AggKind};
 pub use change::StateChange;
 use change::StepUpdate;
+use event_time::EventTime;
+use event_window::{window_value, EventWindowOp, EventWindowState};
 use keyed::{KeyedState, StateOp};
 pub use restore::RestoreError;
 pub use store::{PartitionState, StepState};
@@ -41,6 +45,8 @@ enum Op {
     /// the next stage's aggregate of the same id to merge ([`combine`]).
     Combine(AggKind),
     Window(WindowOp),
+    /// A window over the records' event time, closed by the watermark.
+    EventWindow(EventWindowOp),
     State(StateOp),
 }
 
@@ -73,6 +79,8 @@ pub use needs::RecordNeeds;
 pub struct Pipeline {
     steps: Vec<Step>,
     needs: RecordNeeds,
+    /// Each record's event time and the watermark's delay, when the job has a watermark.
+    event: Option<EventTime>,
 }
 
 impl Pipeline {
@@ -96,6 +104,10 @@ impl Pipeline {
                         kind: AggKind::Collect(_),
                         ..
                     })
+                    | Op::EventWindow(EventWindowOp {
+                        kind: AggKind::Collect(_),
+                        ..
+                    })
             )
         })
     }
@@ -110,8 +122,26 @@ impl Pipeline {
         )
     }
 
-    /// A run of one partition's batch over that partition's state.
-    pub fn start<'p>(&'p self, state: &'p mut PartitionState) -> PartitionRun<'p> {
+    /// The watermark's delay in milliseconds, when the job has a watermark.
+    pub fn watermark_delay(&self) -> Option<i64> {
+        self.event.as_ref().map(|e| e.delay)
+    }
+
+    /// The step id of the event-time window, whose state holds the partition's clock.
+    fn clock_step(&self) -> Option<&Arc<str>> {
+        self.steps
+            .iter()
+            .find(|s| matches!(s.op, Op::EventWindow(_)))
+            .map(|s| &s.id)
+    }
+
+    /// A run of one partition's batch at `batch_time_ms` over that partition's state. Starting
+    /// the same batch time again replays that batch: the state first takes it back.
+    pub fn start<'p>(
+        &'p self,
+        state: &'p mut PartitionState,
+        batch_time_ms: i64,
+    ) -> PartitionRun<'p> {
         // State made for another pipeline would put one step's state under another's id.
         let fits = state.steps.len() == self.steps.len()
             && state.steps.iter().zip(&self.steps).all(|((id, st), s)| {
@@ -119,12 +149,14 @@ impl Pipeline {
                     && match &s.op {
                         Op::Window(_) => matches!(st, StepState::Window(_)),
                         Op::State(_) => matches!(st, StepState::Keyed(_)),
+                        Op::EventWindow(_) => matches!(st, StepState::EventWindow(_)),
                         _ => matches!(st, StepState::None),
                     }
             });
         if !fits {
             *state = self.new_state();
         }
+        state.begin(batch_time_ms);
         PartitionRun {
             pipeline: self,
             pending: self
@@ -138,6 +170,10 @@ impl Pipeline {
             state,
             out: Vec::new(),
             scratch: Vec::new(),
+            batch_time_ms,
+            seen: None,
+            late: 0,
+            late_parts: Accumulators::default(),
         }
     }
 }
@@ -146,6 +182,7 @@ fn fresh_state(op: &Op) -> StepState {
     match op {
         Op::Window(w) => StepState::Window(WindowState::new(w.length)),
         Op::State(_) => StepState::Keyed(KeyedState::default()),
+        Op::EventWindow(_) => StepState::EventWindow(EventWindowState::default()),
         _ => StepState::None,
     }
 }
@@ -163,7 +200,19 @@ pub struct Output {
 /// step: a failing record then changes nothing.
 enum Effect {
     Emit(Output),
-    Accumulate { step: usize, key: Val, input: Val },
+    Accumulate {
+        step: usize,
+        key: Val,
+        input: Val,
+    },
+    /// A record behind every window it falls in, at event window `step`.
+    Late {
+        step: usize,
+        key: Val,
+        input: Val,
+        time: i64,
+        against: i64,
+    },
 }
 
 /// A barrier step's share of the batch so far.
@@ -181,6 +230,13 @@ pub struct PartitionRun<'p> {
     state: &'p mut PartitionState,
     out: Vec<Output>,
     scratch: Vec<Effect>,
+    batch_time_ms: i64,
+    /// The largest event time read in this batch so far.
+    seen: Option<i64>,
+    /// Records behind their windows in this batch.
+    late: u64,
+    /// With `late: update`: the late records' aggregate per `[start, end, key]`.
+    late_parts: Accumulators,
 }
 
 /// Adds a staged contribution to its barrier step.
@@ -194,6 +250,7 @@ fn accumulate(
     let r = match (&steps[step].op, &mut pending[step]) {
         (Op::Aggregate(kind) | Op::Combine(kind), Pending::Agg(accs)) => accs.add(kind, key, input),
         (Op::Window(w), Pending::Agg(accs)) => accs.add(&w.kind, key, input),
+        (Op::EventWindow(w), Pending::Agg(accs)) => accs.add(&w.kind, key, input),
         (Op::State(_), Pending::Values(values)) => {
             values.entry(key).or_default().push(input);
             Ok(())
@@ -211,7 +268,17 @@ impl PartitionRun<'_> {
     ///
     /// # Errors
     /// The step that failed and its CEL error.
-    pub fn push(&mut self, rec: Record) -> Result<(), StepFailure> {
+    pub fn push(&mut self, mut rec: Record) -> Result<(), StepFailure> {
+        if let Some(ev) = &self.pipeline.event {
+            let t = ev.of(&rec).map_err(|error| StepFailure {
+                step: Arc::from("eventTime"),
+                error,
+            })?;
+            rec.late_against = self.state.clock.late_against(self.seen, ev.delay);
+            rec.event_time = Some(t);
+            // The watermark follows every record read, whatever becomes of it later.
+            self.seen = self.seen.max(Some(t));
+        }
         let mut effects = std::mem::take(&mut self.scratch);
         let r = run(&self.pipeline.steps, 0, rec, &mut effects);
         if let Err(e) = r {
@@ -230,10 +297,76 @@ impl PartitionRun<'_> {
                         result = Err(f);
                     }
                 }
+                Effect::Late {
+                    step,
+                    key,
+                    input,
+                    time,
+                    against,
+                } => {
+                    if let Err(f) = self.late_record(step, key, input, time, against) {
+                        result = Err(f);
+                    }
+                }
             }
         }
         self.scratch = effects;
         result
+    }
+
+    /// A record behind every window it falls in: counted, and then what the step's policy
+    /// says (dropped, a dead letter, or added to a late update of its windows).
+    fn late_record(
+        &mut self,
+        step: usize,
+        key: Val,
+        input: Val,
+        time: i64,
+        against: i64,
+    ) -> Result<(), StepFailure> {
+        self.late += 1;
+        let s = &self.pipeline.steps[step];
+        let Op::EventWindow(w) = &s.op else {
+            return Ok(());
+        };
+        let fail = |error| StepFailure {
+            step: s.id.clone(),
+            error,
+        };
+        match w.late {
+            crate::spec::LatePolicy::Drop => Ok(()),
+            crate::spec::LatePolicy::DeadLetter => Err(fail(EvalError(format!(
+                "late: event time {} is behind the windows it falls in, closed at watermark {}",
+                event_window::time_text(time),
+                event_window::time_text(against)
+            )))),
+            crate::spec::LatePolicy::Update => {
+                let mut r = Ok(());
+                let parts = &mut self.late_parts;
+                w.each_window(time, i64::MIN, |start, end| {
+                    let k = Val::List(Arc::new(vec![Val::Int(start), Val::Int(end), key.clone()]));
+                    if let Err(e) = parts.add(&w.kind, k, input.clone()) {
+                        r = Err(fail(e));
+                    }
+                });
+                r
+            }
+        }
+    }
+
+    /// Records read in this batch that were behind their windows.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// The partition's watermark with this batch's records read so far.
+    pub fn watermark(&self) -> Option<i64> {
+        let delay = self.pipeline.event.as_ref()?.delay;
+        self.state
+            .clock
+            .max_event
+            .max(self.seen)
+            .map(|m| m.saturating_sub(delay))
     }
 
     /// Takes the outputs of the records pushed so far that passed every step (barrier
@@ -286,20 +419,23 @@ impl PartitionRun<'_> {
         Ok(records)
     }
 
-    /// Ends the batch at `batch_time_ms`: applies it to the partition's state, and flushes
-    /// barrier results through the steps after them. Returns the outputs and the failures of
-    /// barrier results (in their own step or a later one). The state changes are then in
-    /// [`PartitionState::changes`]. Finishing the same batch time again replays that batch.
+    /// Ends the batch: applies it to the partition's state, closes the event-time windows the
+    /// `watermark` (the stage's, over its partitions) has passed, and flushes barrier results
+    /// through the steps after them. Returns the outputs and the failures of barrier results
+    /// (in their own step or a later one). The state changes are then in
+    /// [`PartitionState::changes`].
     pub fn finish(
         mut self,
         topic: &Arc<str>,
         partition: i32,
-        batch_time_ms: i64,
+        watermark: Option<i64>,
     ) -> (Vec<Output>, Vec<(Output, StepFailure)>) {
         let pipeline = self.pipeline;
         let steps = &pipeline.steps;
+        let batch_time_ms = self.batch_time_ms;
         let mut failures = Vec::new();
-        self.state.begin(batch_time_ms);
+        let clock_before = self.state.clock;
+        self.state.clock.max_event = self.state.clock.max_event.max(self.seen);
         for i in 0..steps.len() {
             let fail = |key: Val, value: Val, error| {
                 (
@@ -343,6 +479,45 @@ impl PartitionRun<'_> {
                     failures.extend(o.failures.into_iter().map(|(k, v, e)| fail(k, v, e)));
                     o.records
                 }
+                (Op::EventWindow(w), Pending::Agg(mut accs), StepState::EventWindow(ws)) => {
+                    let parts = accs
+                        .drain_parts()
+                        .into_iter()
+                        .filter_map(|(k, acc)| match k {
+                            Val::List(l) => match l.as_slice() {
+                                [Val::Int(start), key] => Some((key.clone(), *start, acc)),
+                                _ => None,
+                            },
+                            _ => None,
+                        })
+                        .collect();
+                    let (touched, failed) = ws.apply(w, parts, &mut up);
+                    failures.extend(failed.into_iter().map(|(k, e)| fail(k, Val::Null, e)));
+                    let mut emitted = Vec::new();
+                    if let Some(wm) = watermark {
+                        emitted.extend(ws.close(w, wm, &mut up).into_iter().map(|f| (f, "final")));
+                        self.state.clock.closed = self.state.clock.closed.max(Some(wm));
+                    }
+                    if w.every_batch {
+                        emitted.extend(ws.peek(&touched).into_iter().map(|f| (f, "early")));
+                    }
+                    for (k, acc) in self.late_parts.drain_parts() {
+                        if let Val::List(l) = &k {
+                            if let [Val::Int(start), Val::Int(end), key] = l.as_slice() {
+                                emitted
+                                    .push(((key.clone(), *start, *end, Ok(acc.result())), "late"));
+                            }
+                        }
+                    }
+                    let mut results = Vec::with_capacity(emitted.len());
+                    for ((key, start, end, r), emit) in emitted {
+                        match r {
+                            Ok(v) => results.push((key, window_value(start, end, v, emit))),
+                            Err(e) => failures.push(fail(key, Val::Null, e)),
+                        }
+                    }
+                    results
+                }
                 _ => continue,
             };
             for (key, value) in results {
@@ -356,6 +531,8 @@ impl PartitionRun<'_> {
                     headers: Val::Null,
                     item: Val::Null,
                     item_is_output: false,
+                    event_time: None,
+                    late_against: i64::MIN,
                 };
                 let mut effects = std::mem::take(&mut self.scratch);
                 let failed = |f| {
@@ -380,6 +557,9 @@ impl PartitionRun<'_> {
                                         failures.push(failed(f));
                                     }
                                 }
+                                // Validation keeps event-time windows before every other
+                                // barrier: a barrier's result is never late.
+                                Effect::Late { .. } => {}
                             }
                         }
                     }
@@ -389,6 +569,12 @@ impl PartitionRun<'_> {
                     }
                 }
                 self.scratch = effects;
+            }
+        }
+        self.state.applied(batch_time_ms);
+        if let Some(step) = pipeline.clock_step() {
+            if self.state.clock != clock_before {
+                self.state.changes.push(self.state.clock.change(step));
             }
         }
         (self.out, failures)
@@ -454,6 +640,29 @@ fn run(
                 });
                 return Ok(());
             }
+            Op::EventWindow(w) => {
+                let input = w.kind.input(&rec).map_err(fail)?;
+                // The pipeline sets an event time on every record when it has an event window.
+                let time = rec.event_time.unwrap_or(i64::MIN);
+                let key = &rec.key;
+                let on_time = w.each_window(time, rec.late_against, |start, _| {
+                    effects.push(Effect::Accumulate {
+                        step: i,
+                        key: Val::List(Arc::new(vec![Val::Int(start), key.clone()])),
+                        input: input.clone(),
+                    });
+                });
+                if !on_time {
+                    effects.push(Effect::Late {
+                        step: i,
+                        key: rec.key,
+                        input,
+                        time,
+                        against: rec.late_against,
+                    });
+                }
+                return Ok(());
+            }
             Op::Combine(kind) => {
                 let output = rec.output();
                 let view = combine::Shuffled {
@@ -494,6 +703,8 @@ fn run(
 
 #[cfg(test)]
 mod combine_tests;
+#[cfg(test)]
+mod event_window_tests;
 #[cfg(test)]
 mod keyed_tests;
 #[cfg(test)]

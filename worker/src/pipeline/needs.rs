@@ -21,6 +21,11 @@ fn read(n: &mut RecordNeeds, p: &Program, own_value: bool, own_key: bool) {
     n.headers |= p.uses(Var::Headers);
 }
 
+/// Adds what an expression over the record as read (`source.eventTime`) needs of it.
+pub(super) fn add_program(n: &mut RecordNeeds, p: &Program) {
+    read(n, p, true, true);
+}
+
 /// Follows the steps while `value` and `key` still mean the record's own: a map or select
 /// replaces the value, a keyBy the key, and a barrier (aggregate, window, state) ends the
 /// records' path. What reaches the sink is needed too.
@@ -56,7 +61,9 @@ pub(super) fn record_needs(steps: &[Step]) -> RecordNeeds {
                 read(&mut n, p, own_value, own_key);
                 own_key = false;
             }
-            Op::Aggregate(kind) | Op::Window(super::window::WindowOp { kind, .. }) => {
+            Op::Aggregate(kind)
+            | Op::Window(super::window::WindowOp { kind, .. })
+            | Op::EventWindow(super::event_window::EventWindowOp { kind, .. }) => {
                 match kind {
                     AggKind::Count => {}
                     AggKind::Sum(p)

@@ -8,6 +8,8 @@
 use std::sync::Arc;
 
 use super::aggregate::{Acc, AggKind};
+use super::event_time::{Clock, CLOCK_KEY};
+use super::event_window::{EventWindowOp, EventWindowState, Shape};
 use super::keyed::{Entry, KeyedState};
 use super::window::{WindowOp, WindowState};
 use super::{Op, PartitionState, Pipeline, StateChange, StepState};
@@ -39,6 +41,16 @@ impl Pipeline {
                         w.slide
                     ),
                     Op::State(_) => "state".to_string(),
+                    Op::EventWindow(w) => format!(
+                        "eventWindow({}, {}, lateness {} ms)",
+                        w.kind.name(),
+                        match w.shape {
+                            Shape::Fixed { length, slide } =>
+                                format!("{length} ms sliding {slide} ms"),
+                            Shape::Session { gap } => format!("sessions of gap {gap} ms"),
+                        },
+                        w.lateness
+                    ),
                     _ => return None,
                 };
                 Some((s.id.clone(), ty))
@@ -70,6 +82,15 @@ impl Pipeline {
                 }
                 (Op::State(_), StepState::Keyed(ks)) => {
                     ks.restore(&c.key, c.value.as_ref()).map_err(err)?;
+                }
+                (Op::EventWindow(_), _) if c.key == Val::str(CLOCK_KEY) => {
+                    state.clock = match &c.value {
+                        Some(v) => Clock::from_val(v).map_err(err)?,
+                        None => Clock::default(),
+                    };
+                }
+                (Op::EventWindow(w), StepState::EventWindow(ws)) => {
+                    ws.restore(w, &c.key, c.value.as_ref()).map_err(err)?;
                 }
                 _ => return Err(err("the step keeps no state")),
             }
@@ -134,6 +155,35 @@ impl WindowState {
             )),
         };
         self.restore_part(slot, key, value)
+    }
+}
+
+impl EventWindowState {
+    fn restore(
+        &mut self,
+        op: &EventWindowOp,
+        key: &Val,
+        value: Option<&Val>,
+    ) -> Result<(), &'static str> {
+        let Val::List(parts) = key else {
+            return Err("an event window key is not [start, key]");
+        };
+        let [start, key] = parts.as_slice() else {
+            return Err("an event window key is not [start, key]");
+        };
+        let start = int(Some(start))?;
+        let win = match value {
+            None => None,
+            Some(v) => Some((
+                int(v.field("end"))?,
+                acc_from_val(
+                    &op.kind,
+                    v.field("acc").ok_or("a window's aggregate is missing")?,
+                )?,
+            )),
+        };
+        self.restore_win(key, start, win);
+        Ok(())
     }
 }
 

@@ -9,11 +9,11 @@ use super::*;
 use crate::spec::Format;
 
 fn run_batch(p: &Pipeline, st: &mut PartitionState, t: i64, payloads: &[String]) -> Vec<Output> {
-    let mut run = p.start(st);
+    let mut run = p.start(st, t);
     for (i, payload) in payloads.iter().enumerate() {
         run.push(rec(i as i64, Format::Json, payload)).unwrap();
     }
-    let (out, failures) = run.finish(&Arc::from("in"), 0, t);
+    let (out, failures) = run.finish(&Arc::from("in"), 0, None);
     assert!(failures.is_empty(), "{failures:?}");
     out
 }

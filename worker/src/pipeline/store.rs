@@ -11,6 +11,8 @@
 use std::sync::Arc;
 
 use super::change::StateChange;
+use super::event_time::Clock;
+use super::event_window::EventWindowState;
 use super::keyed::KeyedState;
 use super::window::WindowState;
 
@@ -21,6 +23,7 @@ pub enum StepState {
     #[default]
     None,
     Window(WindowState),
+    EventWindow(EventWindowState),
     Keyed(KeyedState),
 }
 
@@ -32,6 +35,9 @@ pub struct PartitionState {
     pub(crate) changes: Vec<StateChange>,
     /// Batch time of the last batch applied.
     last_batch: Option<i64>,
+    /// The partition's event-time clock, and what it was before the last batch.
+    pub(crate) clock: Clock,
+    clock_before: Clock,
 }
 
 impl PartitionState {
@@ -40,6 +46,8 @@ impl PartitionState {
             steps,
             changes: Vec::new(),
             last_batch: None,
+            clock: Clock::default(),
+            clock_before: Clock::default(),
         }
     }
 
@@ -61,10 +69,19 @@ impl PartitionState {
             match s {
                 StepState::Window(w) => w.dump(id, &mut out),
                 StepState::Keyed(k) => k.dump(id, &mut out),
+                StepState::EventWindow(w) => {
+                    w.dump(id, &mut out);
+                    out.push(self.clock.change(id));
+                }
                 StepState::None => {}
             }
         }
         out
+    }
+
+    /// The partition's event-time clock.
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     /// The state of the step with this id.
@@ -72,18 +89,30 @@ impl PartitionState {
         self.steps.iter().find(|(s, _)| &**s == id).map(|(_, s)| s)
     }
 
-    /// Starts applying batch `time`: a replay of the last batch first takes it back.
+    /// Starts batch `time`, before its first record: a replay of the last batch first takes
+    /// it back, so that its records are read against the state they were read against before.
     pub(crate) fn begin(&mut self, time: i64) {
         self.changes.clear();
-        if self.last_batch == Some(time) {
-            for (_, s) in &mut self.steps {
-                match s {
-                    StepState::Window(w) => w.rollback(),
-                    StepState::Keyed(k) => k.rollback(),
-                    StepState::None => {}
-                }
+        let replay = self.last_batch == Some(time);
+        if replay {
+            self.clock = self.clock_before;
+        }
+        for (_, s) in &mut self.steps {
+            match s {
+                StepState::Window(w) if replay => w.rollback(),
+                StepState::Keyed(k) if replay => k.rollback(),
+                StepState::EventWindow(w) if replay => w.rollback(),
+                _ => {}
+            }
+            if let StepState::EventWindow(w) = s {
+                w.begin();
             }
         }
+        self.clock_before = self.clock;
+    }
+
+    /// Ends batch `time`: the state now holds it, and starting that batch again replays it.
+    pub(crate) fn applied(&mut self, time: i64) {
         self.last_batch = Some(time);
     }
 }

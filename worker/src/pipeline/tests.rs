@@ -31,6 +31,8 @@ pub(super) fn rec(offset: i64, format: Format, payload: &str) -> Record {
         headers: Val::Null,
         item: Val::Null,
         item_is_output: false,
+        event_time: None,
+        late_against: i64::MIN,
     }
 }
 
@@ -40,11 +42,11 @@ const WORD_COUNT: &str = "- {id: words, flatMap: \"value.split(' ')\"}\n- {id: n
 fn word_count_per_batch() {
     let p = Pipeline::compile(&job(WORD_COUNT, "text")).unwrap();
     let mut st = p.new_state();
-    let mut run = p.start(&mut st);
+    let mut run = p.start(&mut st, 5_000);
     for (i, line) in ["the cat", "the  dog", "a cat the"].iter().enumerate() {
         run.push(rec(i as i64, Format::Text, line)).unwrap();
     }
-    let (out, failures) = run.finish(&Arc::from("in"), 0, 5_000);
+    let (out, failures) = run.finish(&Arc::from("in"), 0, None);
     assert!(failures.is_empty());
     let got: Vec<(String, Val)> = out
         .into_iter()
@@ -66,12 +68,12 @@ fn stateless_steps_keep_offsets_and_items_become_output() {
     let steps = "- {id: big, filter: 'value.n > 1'}\n- {id: shape, select: {n: 'value.n', page: 'value.page'}}\n- {id: k, keyBy: 'value.page'}\n";
     let p = Pipeline::compile(&job(steps, "json")).unwrap();
     let mut st = p.new_state();
-    let mut run = p.start(&mut st);
+    let mut run = p.start(&mut st, 0);
     run.push(rec(7, Format::Json, r#"{"n":1,"page":"a"}"#))
         .unwrap();
     run.push(rec(8, Format::Json, r#"{"n":5,"page":"b","x":0}"#))
         .unwrap();
-    let (out, _) = run.finish(&Arc::from("in"), 0, 0);
+    let (out, _) = run.finish(&Arc::from("in"), 0, None);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].key, Val::str("b"));
     assert_eq!(out[0].source_offset, Some(8));
@@ -79,10 +81,10 @@ fn stateless_steps_keep_offsets_and_items_become_output() {
 
     let p = Pipeline::compile(&job("- {id: tags, flatMap: 'value.tags'}\n", "json")).unwrap();
     let mut st = p.new_state();
-    let mut run = p.start(&mut st);
+    let mut run = p.start(&mut st, 0);
     run.push(rec(1, Format::Json, r#"{"tags":["x","y"]}"#))
         .unwrap();
-    let (out, _) = run.finish(&Arc::from("in"), 0, 0);
+    let (out, _) = run.finish(&Arc::from("in"), 0, None);
     assert_eq!(
         out.iter().map(|o| o.value.to_string()).collect::<Vec<_>>(),
         ["x", "y"]
@@ -94,7 +96,7 @@ fn a_failing_record_changes_nothing_and_names_the_step() {
     let steps = "- {id: words, flatMap: 'value.words'}\n- {id: lengths, map: 'size(item) * value.factor'}\n- {id: total, aggregate: {sum: value}}\n";
     let p = Pipeline::compile(&job(steps, "json")).unwrap();
     let mut st = p.new_state();
-    let mut run = p.start(&mut st);
+    let mut run = p.start(&mut st, 0);
     run.push(rec(0, Format::Json, r#"{"words":["ab","c"],"factor":2}"#))
         .unwrap();
     // The second word fails (factor is a string): the first word's contribution must not count.
@@ -102,7 +104,7 @@ fn a_failing_record_changes_nothing_and_names_the_step() {
         .push(rec(1, Format::Json, r#"{"words":["abc", 5],"factor":1}"#))
         .unwrap_err();
     assert_eq!(&*f.step, "lengths");
-    let (out, _) = run.finish(&Arc::from("in"), 0, 0);
+    let (out, _) = run.finish(&Arc::from("in"), 0, None);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].value, Val::Int(6));
 }
@@ -127,12 +129,12 @@ fn aggregates_sum_min_max_avg_reduce_collect() {
         let steps = format!("- {{id: k, keyBy: \"'all'\"}}\n- {{id: agg, aggregate: {agg}}}\n");
         let p = Pipeline::compile(&job(&steps, "json")).unwrap();
         let mut st = p.new_state();
-        let mut run = p.start(&mut st);
+        let mut run = p.start(&mut st, 0);
         for (i, n) in [3, 1, 5].iter().enumerate() {
             run.push(rec(i as i64, Format::Json, &format!(r#"{{"n":{n}}}"#)))
                 .unwrap();
         }
-        let (out, _) = run.finish(&Arc::from("in"), 0, 0);
+        let (out, _) = run.finish(&Arc::from("in"), 0, None);
         assert_eq!(out.len(), 1, "{agg}");
         assert_eq!(out[0].value, want, "{agg}");
     }

@@ -12,11 +12,11 @@ const INTERVAL_MS: i64 = 5_000;
 
 /// Runs one batch of JSON payloads at batch index `b` and returns (key, value) pairs.
 fn batch(p: &Pipeline, st: &mut PartitionState, b: i64, payloads: &[String]) -> Vec<(Val, Val)> {
-    let mut run = p.start(st);
+    let mut run = p.start(st, b * INTERVAL_MS);
     for (i, payload) in payloads.iter().enumerate() {
         run.push(rec(i as i64, Format::Json, payload)).unwrap();
     }
-    let (out, failures) = run.finish(&Arc::from("in"), 0, b * INTERVAL_MS);
+    let (out, failures) = run.finish(&Arc::from("in"), 0, None);
     assert!(failures.is_empty(), "{failures:?}");
     out.into_iter().map(|o| (o.key, o.value)).collect()
 }
