@@ -85,6 +85,16 @@ pub fn with_shuffles(spec: &JobSpec) -> Vec<StepSpec> {
 /// job changed while the topic held partials) is refused, not merged.
 pub const PARTIAL_HEADER: &str = "weir-partial";
 
+/// The header of a repartition record that carries its event time and the watermark its input
+/// partition had before it, as `<event ms>:<watermark ms>`: the next stage judges lateness
+/// by them, as the first stage would have.
+pub const EVENT_TIME_HEADER: &str = "weir-event-time";
+
+/// The header of a repartition record that is no record but an input partition's watermark
+/// (key: the partition as `topic/partition`; value: `{watermark, idle, partitions}`), written to
+/// every partition of the topic: the next stage's watermark is the least of its inputs'.
+pub const WATERMARK_HEADER: &str = "weir-watermark";
+
 /// The aggregation (its name) a step's input can be combined by before a shuffle, when it
 /// can: count, sum, min, max and avg, windowed or not, whose expression reads only `key` and
 /// `value` (the other variables would name the repartition record in the next stage, so the
@@ -94,7 +104,13 @@ pub const PARTIAL_HEADER: &str = "weir-partial";
 /// value.
 pub fn combinable(step: &StepSpec) -> Option<&'static str> {
     let a = step.aggregate.as_ref()?;
+    // An event-time window judges every record by its own time: partials have none.
+    let event_time = step
+        .window
+        .as_ref()
+        .is_some_and(|w| w.time == crate::spec::WindowTime::Event);
     if step.combine == Some(false)
+        || event_time
         || step.state.is_some()
         || a.reduce.is_some()
         || a.collect.is_some()

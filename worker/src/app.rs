@@ -48,7 +48,10 @@ pub struct RunConfig {
 /// [`Error::Load`] or [`Error::Pipeline`]: the job itself is wrong.
 pub fn check_job(file: &std::path::Path) -> Result<crate::spec::JobFile> {
     let job = load_job_file(file)?;
-    crate::pipeline::Pipeline::compile(&job.spec)?;
+    // Each stage as it runs: a repartition step ends one stage's pipeline and starts the next.
+    for stage in crate::stages::split(&job) {
+        crate::pipeline::Pipeline::compile(&stage.job.spec)?;
+    }
     Ok(job)
 }
 

@@ -3,6 +3,7 @@
 //! changelog write, and what the commit step then makes final.
 
 use crate::dead_letter::DeadLetter;
+use crate::expr::Val;
 use crate::pipeline::{Output, StateChange};
 use crate::plan::OffsetRange;
 
@@ -12,6 +13,9 @@ pub struct PartitionOutput<'a> {
     pub outputs: &'a [Output],
     /// The partition's keyed-state changes in the batch, in order (none for a stateless job).
     pub changes: &'a [StateChange],
+    /// In the stage before a shuffle with event time: the partition's watermark record (key,
+    /// value), for every partition of the repartition topic, when it changed.
+    pub marker: Option<&'a (Val, Val)>,
 }
 
 /// A batch's results.

@@ -19,6 +19,7 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Class, Error, Result};
 use crate::expr::{Val, ValueNeeds};
 use crate::memory::Budget;
+use crate::pipeline::event_time::{mark_from_val, mark_val, Mark};
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
 use crate::plan::{OffsetRange, Planner, RateEstimator, TopicPartition};
 use crate::progress::{now_ms, rfc3339, BatchInfo, EventTimeInfo, Progress, RangeInfo, ResumedAt};
@@ -27,7 +28,7 @@ use crate::sink::Sink;
 use crate::source::{RawRecord, Source, Taken};
 use crate::spec::{Format, JobFile};
 use crate::watermark::StageClock;
-use weir_contract::stages::PARTIAL_HEADER;
+use weir_contract::stages::{EVENT_TIME_HEADER, PARTIAL_HEADER, WATERMARK_HEADER};
 
 /// One source lane's share of a batch.
 struct LaneWork<'p> {
@@ -92,6 +93,8 @@ pub struct Engine {
     in_parts: bool,
     /// The stage's watermark over its partitions, when the job has one.
     clock: Option<StageClock>,
+    /// Before a shuffle: the watermark records last written per owned partition.
+    sent_marks: Vec<Option<(Val, Val)>>,
 }
 
 impl Engine {
@@ -230,6 +233,7 @@ impl Engine {
             parts: 0,
             in_parts,
             clock,
+            sent_marks: Vec::new(),
         })
     }
 
@@ -517,6 +521,7 @@ impl Engine {
                         range,
                         outputs,
                         changes: &[],
+                        marker: None,
                     })
                     .collect(),
             };
@@ -538,6 +543,18 @@ impl Engine {
             .iter_mut()
             .map(PartitionState::take_changes)
             .collect();
+        // Before a shuffle, each partition's watermark goes to the next stage when it moved.
+        let marks: Vec<(Val, Val)> = match &event_time {
+            Some(info) if self.pipeline.reports_watermarks() => {
+                let inputs = self
+                    .source
+                    .partition_counts()
+                    .iter()
+                    .map(|(_, n)| *n as usize);
+                markers(info, inputs.sum())
+            }
+            _ => Vec::new(),
+        };
         let batch = BatchOutput {
             batch_time_ms: time,
             dead: &dead,
@@ -545,10 +562,16 @@ impl Engine {
                 .iter()
                 .zip(&outputs)
                 .zip(&changes)
-                .map(|((range, outputs), changes)| PartitionOutput {
+                .enumerate()
+                .map(|(i, ((range, outputs), changes))| PartitionOutput {
                     range,
                     outputs,
                     changes,
+                    marker: marks.get(i).filter(|m| {
+                        self.sent_marks
+                            .get(i)
+                            .is_none_or(|s| s.as_ref() != Some(*m))
+                    }),
                 })
                 .collect(),
         };
@@ -556,6 +579,9 @@ impl Engine {
         self.commit
             .batch(&owned, &batch, &ranges, &mut self.source, &self.states)
             .map_err(fail)?;
+        if !marks.is_empty() {
+            self.sent_marks = marks.into_iter().map(Some).collect();
+        }
 
         let processing_ms = started.elapsed().as_millis() as u64;
         let range_info = range_info(&ranges, &highs);
@@ -638,6 +664,7 @@ fn read_and_run(
     let needs = pipeline.needs();
     // Only a repartition topic can hold partials, and only the stage's first step merges them.
     let partial_header = (format == Format::Shuffle).then_some(PARTIAL_HEADER);
+    let shuffle = format == Format::Shuffle;
     let on_record = |w: &mut LaneWork<'_>, raw: RawRecord<'_>| {
         w.read.records += 1;
         let tp = &owned[raw.index];
@@ -651,6 +678,33 @@ fn read_and_run(
             step,
             error,
         };
+        // The stage before's watermark of one of its input partitions: no record, but what
+        // closes this stage's event-time windows.
+        if shuffle && raw.header(WATERMARK_HEADER).is_some() {
+            let mark = decode_key_as(format, raw.key)
+                .and_then(|k| Ok((k, decode_value(format, raw.payload, &ValueNeeds::Whole)?)))
+                .map_err(|e| e.to_string())
+                .and_then(|(key, value)| {
+                    let Val::Str(id) = key else {
+                        return Err("a watermark record's key is not a partition".to_string());
+                    };
+                    let mark = mark_from_val(&value).map_err(str::to_string)?;
+                    let n = match value.field("partitions") {
+                        Some(Val::Int(n)) if *n > 0 => *n as usize,
+                        _ => return Err("a watermark record has no partition count".to_string()),
+                    };
+                    Ok((id, mark, n))
+                });
+            match mark {
+                Ok((id, mark, n)) => {
+                    if let Some(run) = w.runs[raw.index].as_mut() {
+                        run.mark(id, mark, n);
+                    }
+                }
+                Err(e) => w.dead.push(letter(None, e)),
+            }
+            return;
+        }
         // A combined shuffle's partial: merged into the aggregate it was combined for. Plain
         // records of the same topic (written before combining) are added as records below.
         if let Some(header) = partial_header {
@@ -676,7 +730,22 @@ fn read_and_run(
             Ok(v) => v,
             Err(e) => return w.dead.push(letter(None, e.to_string())),
         };
-        let rec = Record {
+        let (event_time, late_against) = match shuffle
+            .then(|| raw.header(EVENT_TIME_HEADER))
+            .flatten()
+        {
+            None => (None, i64::MIN),
+            Some(h) => match parse_event_header(h) {
+                Some(t) => (Some(t.0), t.1),
+                None => {
+                    return w.dead.push(letter(
+                        None,
+                        format!("the {EVENT_TIME_HEADER} header is not <event ms>:<watermark ms>"),
+                    ))
+                }
+            },
+        };
+        let mut rec = Record {
             topic: tp.topic.clone(),
             partition: tp.partition,
             offset: raw.offset,
@@ -700,6 +769,8 @@ fn read_and_run(
             event_time: None,
             late_against: i64::MIN,
         };
+        rec.event_time = event_time;
+        rec.late_against = late_against;
         if let Some(run) = w.runs[raw.index].as_mut() {
             if let Err(f) = run.push(rec) {
                 w.dead.push(letter(Some(f.step), f.error.0));
@@ -773,6 +844,35 @@ fn finish(
         outputs.push(out);
     }
     (outputs, dead, read, event_time)
+}
+
+/// The event-time header's `<event ms>:<watermark ms>`.
+fn parse_event_header(h: &[u8]) -> Option<(i64, i64)> {
+    let s = std::str::from_utf8(h).ok()?;
+    let (t, w) = s.split_once(':')?;
+    Some((t.parse().ok()?, w.parse().ok()?))
+}
+
+/// Each owned partition's watermark record for the stage after a shuffle: key
+/// `topic/partition`, value its mark and the number of input partitions of the stage.
+fn markers(info: &EventTimeInfo, partitions: usize) -> Vec<(Val, Val)> {
+    info.partitions
+        .iter()
+        .map(|p| {
+            let mut v = match mark_val(Mark {
+                watermark: p.watermark_ms,
+                idle: p.idle,
+            }) {
+                Val::Map(m) => (*m).clone(),
+                _ => Vec::new(),
+            };
+            v.push((Arc::from("partitions"), Val::Int(partitions as i64)));
+            (
+                Val::str(&format!("{}/{}", p.topic, p.partition)),
+                Val::Map(Arc::new(v)),
+            )
+        })
+        .collect()
 }
 
 /// Progress: each range read, with its partition's high watermark and the lag left.

@@ -152,6 +152,29 @@ impl KafkaWriter {
         })
     }
 
+    /// The number of partitions of `topic`.
+    ///
+    /// # Errors
+    /// The brokers did not answer, or do not have the topic.
+    pub fn partitions(&self, topic: &str) -> Result<i32> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), weir_contract::client::REQUEST_TIMEOUT)
+            .map_err(Error::kafka("reading a topic's partitions"))?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len());
+        if n == 0 {
+            return Err(Error::Fatal(format!(
+                "topic {topic:?} has no partitions the worker can see; it was deleted while the job ran"
+            )));
+        }
+        Ok(i32::try_from(n).unwrap_or(i32::MAX))
+    }
+
     /// Queues a result record: strings and bytes as they are, other values as JSON.
     ///
     /// # Errors

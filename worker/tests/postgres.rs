@@ -252,6 +252,7 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
             key: Val::str(&format!("k{i}")),
             value: Val::Int(i),
             source_offset: Some(i),
+            event: None,
         })
         .collect();
     let range = |from, until| OffsetRange {
@@ -268,6 +269,7 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
             range: r,
             outputs: &outputs,
             changes: &[],
+            marker: None,
         }],
     };
     sink.write(&batch(&first)).expect("write");
@@ -323,6 +325,7 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
             key: Val::str(&format!("k{i}")),
             value: Val::Int(i),
             source_offset: Some(i),
+            event: None,
         })
         .collect();
     let write = |sink: &mut Box<dyn weir_worker::sink::Sink>, from, until| {
@@ -339,6 +342,7 @@ sink: {{postgres: {{table: events, mode: insert, url: "{}"}}}}
                 range: &range,
                 outputs: &outputs,
                 changes: &[],
+                marker: None,
             }],
         })
     };

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::aggregate::AggKind;
-use super::event_time::EventTime;
+use super::event_time::{EventTime, CLOCK_STEP};
 use super::event_window::{EventWindowOp, Shape};
 use super::keyed::StateOp;
 use super::window::{WindowOp, MAX_WINDOW_BATCHES};
@@ -101,6 +101,8 @@ impl Pipeline {
             });
         }
         let mut needs = super::needs::record_needs(&steps);
+        let has_window = steps.iter().any(|s| matches!(s.op, Op::EventWindow(_)));
+        let writes_shuffle = spec.sink.kafka.as_ref().is_some_and(|k| k.shuffle);
         let event = match &spec.source.watermark {
             None => None,
             Some(w) => {
@@ -120,13 +122,25 @@ impl Pipeline {
                 Some(EventTime {
                     program,
                     delay: i64::try_from(w.delay.as_millis()).unwrap_or(i64::MAX),
+                    from_shuffle: spec.source.format == Format::Shuffle,
+                    logs_clock: !has_window && writes_shuffle,
                 })
             }
+        };
+        // The clock is logged with the event-time window's state, or on its own in the stage
+        // before a shuffle: each partition's watermark there is what the next stage closes by.
+        let clock_step = match steps.iter().find(|s| matches!(s.op, Op::EventWindow(_))) {
+            Some(s) => Some(s.id.clone()),
+            None => event
+                .as_ref()
+                .filter(|e| e.logs_clock)
+                .map(|_| Arc::from(CLOCK_STEP)),
         };
         Ok(Pipeline {
             steps,
             needs,
             event,
+            clock_step,
         })
     }
 }
@@ -145,11 +159,6 @@ fn event_window_op(
     };
     if spec.source.watermark.is_none() {
         return Err(bad("an event-time window needs source.watermark"));
-    }
-    // A stage after a shuffle reads records of every input partition: its watermark would be
-    // the least of theirs, which the shuffle does not carry yet.
-    if spec.source.format == Format::Shuffle {
-        return Err(bad("an event-time window after a repartition (a keyBy that changes the key, or several input topics) is not supported yet; key the input topic's records by what the window groups on and drop the keyBy, or set perPartition: true on the step"));
     }
     let shape = match (w.length, w.gap) {
         (Some(length), None) => {

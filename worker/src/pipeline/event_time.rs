@@ -2,6 +2,7 @@
 //! minus the out-of-orderness bound. Kept with the partition's state, and logged with it, so
 //! that a restart neither reopens closed windows nor calls a record on time that was late.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::change::StateChange;
@@ -14,6 +15,12 @@ pub struct EventTime {
     pub program: Option<Program>,
     /// `source.watermark.delay`, in milliseconds.
     pub delay: i64,
+    /// The stage reads a repartition topic: records carry their time from the stage before,
+    /// and the watermark is the least of that stage's partitions'.
+    pub from_shuffle: bool,
+    /// The stage logs its clock as state of its own (it has no event-time window, and writes
+    /// a repartition topic for one).
+    pub logs_clock: bool,
 }
 
 impl EventTime {
@@ -49,13 +56,49 @@ impl EventTime {
     }
 }
 
+/// An input partition's watermark, as the stage before a shuffle reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub watermark: Option<i64>,
+    /// The partition has read nothing for `idleAfter`: it holds nothing back.
+    pub idle: bool,
+}
+
+/// What the stage before a shuffle reported of each of its input partitions, as a stage after
+/// it reads them from one of its partitions.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Input partitions of the stage before (`topic/partition`) and their last mark.
+    pub marks: BTreeMap<Arc<str>, Mark>,
+    /// How many input partitions the stage before has.
+    pub partitions: usize,
+}
+
+impl Upstream {
+    /// The least watermark of the partitions that are not idle, once every one has reported;
+    /// the largest when all are idle (as Flink's idleness: a stream that stopped closes its
+    /// last windows).
+    pub fn watermark(&self) -> Option<i64> {
+        if self.partitions == 0 || self.marks.len() < self.partitions {
+            return None;
+        }
+        let mut active = self.marks.values().filter(|m| !m.idle).peekable();
+        if active.peek().is_none() {
+            return self.marks.values().filter_map(|m| m.watermark).max();
+        }
+        active.map(|m| m.watermark).min().flatten()
+    }
+}
+
 /// A partition's event-time clock.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Clock {
     /// The largest event time read, in the partition's order.
     pub max_event: Option<i64>,
     /// The watermark windows were last closed at.
     pub closed: Option<i64>,
+    /// In a stage after a shuffle: the marks of the stage before's partitions.
+    pub upstream: Upstream,
 }
 
 impl Clock {
@@ -72,32 +115,84 @@ impl Clock {
         own.max(self.closed).unwrap_or(i64::MIN)
     }
 
-    /// The clock as a changelog entry under the event-time window step `step`.
+    /// The clock as a changelog entry under step `step`.
     pub(crate) fn change(&self, step: &Arc<str>) -> StateChange {
         let opt = |v: Option<i64>| v.map_or(Val::Null, Val::Int);
+        let marks = self
+            .upstream
+            .marks
+            .iter()
+            .map(|(id, m)| (id.clone(), mark_val(*m)))
+            .collect();
         StateChange {
             step: step.clone(),
             key: Val::str(CLOCK_KEY),
             value: Some(Val::Map(Arc::new(vec![
                 (Arc::from("maxEvent"), opt(self.max_event)),
                 (Arc::from("closed"), opt(self.closed)),
+                (Arc::from("upstream"), Val::Map(Arc::new(marks))),
+                (
+                    Arc::from("partitions"),
+                    Val::Int(self.upstream.partitions as i64),
+                ),
             ]))),
         }
     }
 
     /// The clock from its changelog entry.
     pub(crate) fn from_val(v: &Val) -> Result<Clock, &'static str> {
-        let get = |name| match v.field(name) {
+        let get = |v: &Val, name| match v.field(name) {
             None | Some(Val::Null) => Ok(None),
             Some(Val::Int(i)) => Ok(Some(*i)),
             _ => Err("the watermark clock is not numbers"),
         };
+        let mut upstream = Upstream {
+            marks: BTreeMap::new(),
+            partitions: usize::try_from(get(v, "partitions")?.unwrap_or(0))
+                .map_err(|_| "a partition count is negative")?,
+        };
+        if let Some(Val::Map(marks)) = v.field("upstream") {
+            for (id, m) in marks.iter() {
+                upstream.marks.insert(id.clone(), mark_from_val(m)?);
+            }
+        }
         Ok(Clock {
-            max_event: get("maxEvent")?,
-            closed: get("closed")?,
+            max_event: get(v, "maxEvent")?,
+            closed: get(v, "closed")?,
+            upstream,
         })
     }
 }
 
+/// A mark as the value of a repartition topic's watermark record (and of the changelog).
+pub fn mark_val(m: Mark) -> Val {
+    Val::Map(Arc::new(vec![
+        (
+            Arc::from("watermark"),
+            m.watermark.map_or(Val::Null, Val::Int),
+        ),
+        (Arc::from("idle"), Val::Bool(m.idle)),
+    ]))
+}
+
+/// The inverse of [`mark_val`].
+///
+/// # Errors
+/// A value that is not a mark.
+pub fn mark_from_val(v: &Val) -> Result<Mark, &'static str> {
+    Ok(Mark {
+        watermark: match v.field("watermark") {
+            None | Some(Val::Null) => None,
+            Some(Val::Int(i)) => Some(*i),
+            _ => return Err("a watermark is not a number"),
+        },
+        idle: matches!(v.field("idle"), Some(Val::Bool(true))),
+    })
+}
+
 /// The changelog key of the clock, beside the window entries (which are lists).
 pub(crate) const CLOCK_KEY: &str = "watermark";
+
+/// The step id the clock is logged under in a stage without an event-time window (the stage
+/// before a shuffle): no step id can start with `@`.
+pub const CLOCK_STEP: &str = "@watermark";

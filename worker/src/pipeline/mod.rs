@@ -27,7 +27,7 @@ use crate::record::Record;
 use aggregate::{Accumulators, AggKind};
 pub use change::StateChange;
 use change::StepUpdate;
-use event_time::EventTime;
+use event_time::{EventTime, Mark, Upstream};
 use event_window::{window_value, EventWindowOp, EventWindowState};
 use keyed::{KeyedState, StateOp};
 pub use restore::RestoreError;
@@ -81,6 +81,8 @@ pub struct Pipeline {
     needs: RecordNeeds,
     /// Each record's event time and the watermark's delay, when the job has a watermark.
     event: Option<EventTime>,
+    /// The step the partition's event-time clock is logged under, when it is logged.
+    clock_step: Option<Arc<str>>,
 }
 
 impl Pipeline {
@@ -119,6 +121,7 @@ impl Pipeline {
                 .iter()
                 .map(|s| (s.id.clone(), fresh_state(&s.op)))
                 .collect(),
+            self.clock_step.clone(),
         )
     }
 
@@ -127,12 +130,9 @@ impl Pipeline {
         self.event.as_ref().map(|e| e.delay)
     }
 
-    /// The step id of the event-time window, whose state holds the partition's clock.
-    fn clock_step(&self) -> Option<&Arc<str>> {
-        self.steps
-            .iter()
-            .find(|s| matches!(s.op, Op::EventWindow(_)))
-            .map(|s| &s.id)
+    /// Whether the stage writes each input partition's watermark for the stage after it.
+    pub fn reports_watermarks(&self) -> bool {
+        self.event.as_ref().is_some_and(|e| e.logs_clock)
     }
 
     /// A run of one partition's batch at `batch_time_ms` over that partition's state. Starting
@@ -174,6 +174,7 @@ impl Pipeline {
             seen: None,
             late: 0,
             late_parts: Accumulators::default(),
+            marks: Vec::new(),
         }
     }
 }
@@ -194,6 +195,9 @@ pub struct Output {
     pub value: Val,
     /// Source offset of the record it came from; `None` for aggregate and state results.
     pub source_offset: Option<i64>,
+    /// The record's event time and the watermark it is judged late against, when the job has
+    /// a watermark: what a repartition record carries to the next stage.
+    pub event: Option<(i64, i64)>,
 }
 
 /// What a record contributes to the first barrier step, staged until the record passes every
@@ -237,6 +241,18 @@ pub struct PartitionRun<'p> {
     late: u64,
     /// With `late: update`: the late records' aggregate per `[start, end, key]`.
     late_parts: Accumulators,
+    /// Watermarks of the stage before's partitions read in this batch.
+    marks: Vec<(Arc<str>, Mark, usize)>,
+}
+
+fn merge_marks(up: &mut Upstream, marks: &[(Arc<str>, Mark, usize)]) {
+    for (id, m, n) in marks {
+        up.partitions = *n;
+        // A replayed mark of the stage before never takes its watermark back.
+        let e = up.marks.entry(id.clone()).or_insert(*m);
+        e.watermark = e.watermark.max(m.watermark);
+        e.idle = m.idle;
+    }
 }
 
 /// Adds a staged contribution to its barrier step.
@@ -270,14 +286,28 @@ impl PartitionRun<'_> {
     /// The step that failed and its CEL error.
     pub fn push(&mut self, mut rec: Record) -> Result<(), StepFailure> {
         if let Some(ev) = &self.pipeline.event {
-            let t = ev.of(&rec).map_err(|error| StepFailure {
-                step: Arc::from("eventTime"),
-                error,
-            })?;
-            rec.late_against = self.state.clock.late_against(self.seen, ev.delay);
-            rec.event_time = Some(t);
-            // The watermark follows every record read, whatever becomes of it later.
-            self.seen = self.seen.max(Some(t));
+            if ev.from_shuffle {
+                // The stage before judged the record by its input partition's watermark; windows
+                // closed here since then make it late too.
+                if rec.event_time.is_none() {
+                    return Err(StepFailure {
+                        step: Arc::from("eventTime"),
+                        error: EvalError("a record of the repartition topic carries no event time: it was written before the job had a watermark; it cannot be placed in an event-time window".into()),
+                    });
+                }
+                rec.late_against = rec
+                    .late_against
+                    .max(self.state.clock.closed.unwrap_or(i64::MIN));
+            } else {
+                let t = ev.of(&rec).map_err(|error| StepFailure {
+                    step: Arc::from("eventTime"),
+                    error,
+                })?;
+                rec.late_against = self.state.clock.late_against(self.seen, ev.delay);
+                rec.event_time = Some(t);
+                // The watermark follows every record read, whatever becomes of it later.
+                self.seen = self.seen.max(Some(t));
+            }
         }
         let mut effects = std::mem::take(&mut self.scratch);
         let r = run(&self.pipeline.steps, 0, rec, &mut effects);
@@ -359,14 +389,26 @@ impl PartitionRun<'_> {
         self.late
     }
 
-    /// The partition's watermark with this batch's records read so far.
+    /// The partition's watermark with this batch's records read so far: after a shuffle, the
+    /// least of the stage before's partitions' as marked so far.
     pub fn watermark(&self) -> Option<i64> {
-        let delay = self.pipeline.event.as_ref()?.delay;
+        let ev = self.pipeline.event.as_ref()?;
+        if ev.from_shuffle {
+            let mut up = self.state.clock.upstream.clone();
+            merge_marks(&mut up, &self.marks);
+            return up.watermark();
+        }
         self.state
             .clock
             .max_event
             .max(self.seen)
-            .map(|m| m.saturating_sub(delay))
+            .map(|m| m.saturating_sub(ev.delay))
+    }
+
+    /// A watermark the stage before wrote for its input partition `id` (of `partitions`):
+    /// taken at the batch's end, so that a batch read again reads its marks again.
+    pub fn mark(&mut self, id: Arc<str>, mark: Mark, partitions: usize) {
+        self.marks.push((id, mark, partitions));
     }
 
     /// Takes the outputs of the records pushed so far that passed every step (barrier
@@ -434,8 +476,9 @@ impl PartitionRun<'_> {
         let steps = &pipeline.steps;
         let batch_time_ms = self.batch_time_ms;
         let mut failures = Vec::new();
-        let clock_before = self.state.clock;
+        let clock_before = self.state.clock.clone();
         self.state.clock.max_event = self.state.clock.max_event.max(self.seen);
+        merge_marks(&mut self.state.clock.upstream, &self.marks);
         for i in 0..steps.len() {
             let fail = |key: Val, value: Val, error| {
                 (
@@ -443,6 +486,7 @@ impl PartitionRun<'_> {
                         key,
                         value,
                         source_offset: None,
+                        event: None,
                     },
                     StepFailure {
                         step: steps[i].id.clone(),
@@ -541,6 +585,7 @@ impl PartitionRun<'_> {
                             key: key.clone(),
                             value: value.clone(),
                             source_offset: None,
+                            event: None,
                         },
                         f,
                     )
@@ -572,7 +617,7 @@ impl PartitionRun<'_> {
             }
         }
         self.state.applied(batch_time_ms);
-        if let Some(step) = pipeline.clock_step() {
+        if let Some(step) = &pipeline.clock_step {
             if self.state.clock != clock_before {
                 self.state.changes.push(self.state.clock.change(step));
             }
@@ -697,6 +742,7 @@ fn run(
         key: rec.key,
         value,
         source_offset: Some(rec.offset),
+        event: rec.event_time.map(|t| (t, rec.late_against)),
     }));
     Ok(())
 }

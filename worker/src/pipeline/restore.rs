@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::aggregate::{Acc, AggKind};
-use super::event_time::{Clock, CLOCK_KEY};
+use super::event_time::{Clock, CLOCK_KEY, CLOCK_STEP};
 use super::event_window::{EventWindowOp, EventWindowState, Shape};
 use super::keyed::{Entry, KeyedState};
 use super::window::{WindowOp, WindowState};
@@ -55,6 +55,12 @@ impl Pipeline {
                 };
                 Some((s.id.clone(), ty))
             })
+            .chain(
+                self.clock_step
+                    .as_ref()
+                    .filter(|s| &***s == CLOCK_STEP)
+                    .map(|s| (s.clone(), "clock".to_string())),
+            )
             .collect()
     }
 
@@ -73,6 +79,13 @@ impl Pipeline {
                 key: c.key.to_string(),
                 reason: reason.to_string(),
             };
+            if &*c.step == CLOCK_STEP && self.clock_step.as_ref() == Some(&c.step) {
+                state.clock = match &c.value {
+                    Some(v) => Clock::from_val(v).map_err(err)?,
+                    None => Clock::default(),
+                };
+                continue;
+            }
             let Some(i) = self.steps.iter().position(|s| s.id == c.step) else {
                 return Err(err("no step has this id"));
             };

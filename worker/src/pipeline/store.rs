@@ -38,16 +38,22 @@ pub struct PartitionState {
     /// The partition's event-time clock, and what it was before the last batch.
     pub(crate) clock: Clock,
     clock_before: Clock,
+    /// The step the clock is logged under, when it is.
+    pub(crate) clock_step: Option<Arc<str>>,
 }
 
 impl PartitionState {
-    pub(crate) fn new(steps: Vec<(Arc<str>, StepState)>) -> PartitionState {
+    pub(crate) fn new(
+        steps: Vec<(Arc<str>, StepState)>,
+        clock_step: Option<Arc<str>>,
+    ) -> PartitionState {
         PartitionState {
             steps,
             changes: Vec::new(),
             last_batch: None,
             clock: Clock::default(),
             clock_before: Clock::default(),
+            clock_step,
         }
     }
 
@@ -69,19 +75,19 @@ impl PartitionState {
             match s {
                 StepState::Window(w) => w.dump(id, &mut out),
                 StepState::Keyed(k) => k.dump(id, &mut out),
-                StepState::EventWindow(w) => {
-                    w.dump(id, &mut out);
-                    out.push(self.clock.change(id));
-                }
+                StepState::EventWindow(w) => w.dump(id, &mut out),
                 StepState::None => {}
             }
+        }
+        if let Some(step) = &self.clock_step {
+            out.push(self.clock.change(step));
         }
         out
     }
 
     /// The partition's event-time clock.
-    pub fn clock(&self) -> Clock {
-        self.clock
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The state of the step with this id.
@@ -95,7 +101,7 @@ impl PartitionState {
         self.changes.clear();
         let replay = self.last_batch == Some(time);
         if replay {
-            self.clock = self.clock_before;
+            self.clock = self.clock_before.clone();
         }
         for (_, s) in &mut self.steps {
             match s {
@@ -108,7 +114,7 @@ impl PartitionState {
                 w.begin();
             }
         }
-        self.clock_before = self.clock;
+        self.clock_before = self.clock.clone();
     }
 
     /// Ends batch `time`: the state now holds it, and starting that batch again replays it.

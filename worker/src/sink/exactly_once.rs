@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use super::kafka::send_output;
+use super::kafka::{send_marker, send_output};
 use super::{Recovery, Sink};
 use crate::batch::BatchOutput;
 use crate::changelog::LogFormat;
@@ -42,6 +42,8 @@ pub struct ExactlyOnceSink {
     owned: Vec<TopicPartition>,
     txn_timeout: std::time::Duration,
     producers: Vec<KafkaWriter>,
+    /// The topic's partition count, once a watermark record needed it.
+    partitions: Option<i32>,
 }
 
 /// Transactional calls made at once, by [`ExactlyOnceSink::take_over`] (starting producers)
@@ -98,6 +100,7 @@ impl ExactlyOnceSink {
             owned: Vec::new(),
             txn_timeout: transaction_timeout(spec.batch_interval.as_std()),
             producers: Vec::new(),
+            partitions: None,
         })
     }
 
@@ -111,6 +114,7 @@ impl ExactlyOnceSink {
                 .filter(|d| d.partition == tp.partition && d.topic == tp.topic)
                 .collect();
             let idle = part.outputs.is_empty()
+                && part.marker.is_none()
                 && part.changes.is_empty()
                 && dead.is_empty()
                 && part.range.until == part.range.from;
@@ -121,14 +125,10 @@ impl ExactlyOnceSink {
             w.begin()?;
             open.push(i);
             for o in part.outputs {
-                send_output(
-                    w,
-                    &self.topic,
-                    self.shuffle,
-                    self.partials,
-                    &o.key,
-                    &o.value,
-                )?;
+                send_output(w, &self.topic, self.shuffle, self.partials, o)?;
+            }
+            if let Some(m) = part.marker {
+                send_marker(w, &self.topic, &mut self.partitions, m)?;
             }
             if let Some(log) = &self.changelog {
                 log.send_partition(w, tp, part, batch.batch_time_ms)?;

@@ -147,6 +147,7 @@ mod tests {
             key: Val::str("k"),
             value: Val::Int(n),
             source_offset: Some(n),
+            event: None,
         }
     }
 
@@ -168,6 +169,7 @@ mod tests {
                 range: &range,
                 outputs: &first,
                 changes: &[],
+                marker: None,
             }],
         })
         .unwrap();
@@ -184,6 +186,7 @@ mod tests {
                 range: &longer,
                 outputs: &replay,
                 changes: &[],
+                marker: None,
             }],
         })
         .unwrap();
@@ -205,6 +208,7 @@ mod tests {
                 range,
                 outputs,
                 changes: &[],
+                marker: None,
             }],
         }
     }
@@ -294,6 +298,7 @@ mod tests {
                     range: &idle,
                     outputs: &[out(t)],
                     changes: &[],
+                    marker: None,
                 }],
             })
             .unwrap();

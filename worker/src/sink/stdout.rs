@@ -110,6 +110,7 @@ mod tests {
                 key: Val::str("k"),
                 value: Val::Int(i),
                 source_offset: Some(i),
+                event: None,
             })
             .collect()
     }
@@ -128,6 +129,7 @@ mod tests {
                 range: &range,
                 outputs: outs,
                 changes: &[],
+                marker: None,
             }],
         };
         if end {
