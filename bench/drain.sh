@@ -2,7 +2,7 @@
 # Drain benchmark: how fast a worker drains a backlog, next to a raw librdkafka consumer.
 #
 #   bench/drain.sh [RECORDS] [--bootstrap HOST:PORT]
-#                  [--job stateless|windowed|keyed|stateful|exactly-once]
+#                  [--job stateless|windowed|event-time|keyed|stateful|exactly-once]
 #                  [--bin DIR] [-- WORKER_RUN_FLAGS...]
 #
 # Without --bootstrap it hosts librdkafka's mock cluster on a loopback port, with enough
@@ -11,6 +11,8 @@
 # same fetch settings, counting only) and once with a worker running a job of one kind:
 #   stateless     filter + map, nothing kept (the per-record path);
 #   windowed      filter + keyBy + a 10 s window count per input partition (no shuffle);
+#   event-time    the same window over the records' own time (their Kafka timestamps, a 5 s
+#                 watermark delay): tumbling, closed by the watermark;
 #   keyed         filter + keyBy + count per batch, keys meeting across partitions (through the
 #                 shuffle: two stages);
 #   stateful      a running count per page (a state step, its changelog, a Kafka sink at least
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$records" in ''|*[!0-9]*) echo "RECORDS must be a number, got '$records'" >&2; exit 2 ;; esac
-case "$job" in stateless|windowed|keyed|stateful|exactly-once) ;; *) echo "--job must be stateless, windowed, keyed, stateful or exactly-once, got '$job'" >&2; exit 2 ;; esac
+case "$job" in stateless|windowed|event-time|keyed|stateful|exactly-once) ;; *) echo "--job must be stateless, windowed, event-time, keyed, stateful or exactly-once, got '$job'" >&2; exit 2 ;; esac
 
 if [ -z "$bin" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
@@ -111,6 +113,9 @@ esac
 case "$job" in
   stateless) printf '%s\n' "  - {id: page, map: \"{'page': value.page}\"}" 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
   windowed) printf '%s\n' '  - {id: views, perPartition: true, window: {length: 10s}, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
+  event-time)
+    sed -i 's/^pipeline:$/  watermark: {delay: 5s}\npipeline:/' "$work/job.yaml"
+    printf '%s\n' '  - {id: views, perPartition: true, window: {time: event, length: 10s}, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
   keyed) printf '%s\n' '  - {id: views, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
   stateful) printf '%s\n' "  - {id: views, state: {initial: '0', update: 'state + size(values)'}}" "sink: {kafka: {topic: $topic-out}}" >> "$work/job.yaml" ;;
   exactly-once) printf '%s\n' "  - {id: views, state: {initial: '0', update: 'state + size(values)'}}" "sink: {kafka: {topic: $topic-out, delivery: exactlyOnce}}" >> "$work/job.yaml" ;;

@@ -126,6 +126,13 @@ fn job_rules(schema: &mut schemars::Schema) {
         description = "Time of the job's most recent batch"
     ),
     printcolumn(
+        name = "Watermark",
+        type_ = "string",
+        json_path = ".status.eventTime.watermark",
+        priority = "1",
+        description = "The job's event-time watermark: windows up to it are closed"
+    ),
+    printcolumn(
         name = "Observed",
         type_ = "date",
         json_path = ".status.observedAt",
@@ -416,6 +423,10 @@ pub struct StreamingJobStatus {
     pub batch_lag: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_batch: Option<LastBatchStatus>,
+    /// Event time, for a job with a watermark: the least of the workers' watermarks.
+    // Null, not left out, when cleared (the job no longer has a watermark): a merge patch.
+    #[serde(default)]
+    pub event_time: Option<EventTimeStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsets: Option<OffsetsStatus>,
     /// Worker ordinals whose `/progress` did not answer at the last observation.
@@ -625,6 +636,17 @@ pub struct LastBatchStatus {
     pub processing_millis: u64,
     /// The longest wait of a worker between the batch time and the batch's start.
     pub scheduling_delay_millis: u64,
+}
+
+/// The job's event-time watermark as the workers last reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventTimeStatus {
+    /// RFC 3339: event-time windows ending at or before it (plus their allowed lateness) are
+    /// closed and written.
+    pub watermark: String,
+    /// Seconds between the observation and the watermark: how far results lag behind now.
+    pub lag_seconds: i64,
 }
 
 /// Per-partition offsets, laggiest first, capped so the object stays small.

@@ -106,6 +106,40 @@ pub struct WorkerBatch {
     pub processing_ms: u64,
     pub scheduling_delay_ms: u64,
     pub pending_batches: u64,
+    /// Where event time stands after the batch, when the job has a watermark.
+    #[serde(default)]
+    pub event_time: Option<WorkerEventTime>,
+}
+
+/// The part of a batch's `eventTime` the operator reads.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerEventTime {
+    /// The stage's watermark (ms since the epoch); `null` until every partition has one.
+    #[serde(default)]
+    pub watermark_ms: Option<i64>,
+}
+
+/// The least of the workers' watermarks, each from the latest batch of its last stage that
+/// reports event time; `None` when no worker reports one, or one does not know it yet.
+fn job_watermark(snapshots: &[&WorkerSnapshot]) -> Option<i64> {
+    let mut least: Option<Option<i64>> = None;
+    for s in snapshots {
+        let latest = s
+            .stages
+            .iter()
+            .rev()
+            .filter_map(|st| st.batches.last())
+            .chain(s.batches.last())
+            .find_map(|b| b.event_time.as_ref());
+        if let Some(et) = latest {
+            least = Some(match least {
+                None => et.watermark_ms,
+                Some(w) => w.zip(et.watermark_ms).map(|(a, b)| a.min(b)),
+            });
+        }
+    }
+    least.flatten()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +194,9 @@ pub struct ProgressSummary {
     /// Pending batches summed over the workers that answered; `None`: no batch seen yet.
     pub batch_lag: Option<u64>,
     pub last_batch: Option<LastBatchStatus>,
+    /// The job's event-time watermark: the least of the workers' (each its last stage's, the
+    /// one whose windows close by it); `None` without event time, or while one is unknown.
+    pub watermark_ms: Option<i64>,
     /// Ordinals that did not answer, ascending.
     pub unreachable: Vec<u32>,
     /// The workers that answered, by ordinal.
@@ -217,6 +254,7 @@ pub fn fold<E>(answers: &[(u32, Result<WorkerSnapshot, E>)]) -> ProgressSummary 
                 .unwrap_or(0),
         }
     });
+    let watermark_ms = job_watermark(&snapshots);
     let mut reports: Vec<WorkerReport> = answers
         .iter()
         .filter_map(|(i, a)| a.as_ref().ok().map(|s| (*i, s)))
@@ -232,6 +270,7 @@ pub fn fold<E>(answers: &[(u32, Result<WorkerSnapshot, E>)]) -> ProgressSummary 
     ProgressSummary {
         batch_lag,
         last_batch,
+        watermark_ms,
         unreachable,
         reports,
     }

@@ -343,7 +343,7 @@ fn status_of(
     new.observed_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         pass.observed_at,
     ));
-    new = status::with_progress(new, &pass.workers);
+    new = status::with_progress(new, &pass.workers, pass.observed_at);
     if pass.rewound.is_some() {
         new.rewind = pass.rewound;
     }

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use weir_contract::spec::FieldError;
 
-use crate::crd::{Phase, StreamingJobStatus, WorkersStatus};
+use crate::crd::{EventTimeStatus, Phase, StreamingJobStatus, WorkersStatus};
 use crate::lag::LagSummary;
 use crate::progress::ProgressSummary;
 
@@ -270,12 +270,20 @@ pub(crate) fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition)
 pub fn with_progress(
     mut status: StreamingJobStatus,
     progress: &ProgressSummary,
+    observed_at: Timestamp,
 ) -> StreamingJobStatus {
     if progress.batch_lag.is_some() {
         status.batch_lag = progress.batch_lag;
     }
     if progress.last_batch.is_some() {
         status.last_batch = progress.last_batch.clone();
+        status.event_time = progress.watermark_ms.and_then(|w| {
+            let at = k8s_openapi::jiff::Timestamp::from_millisecond(w).ok()?;
+            Some(EventTimeStatus {
+                watermark: at.to_string(),
+                lag_seconds: (observed_at.as_millisecond() - w) / 1000,
+            })
+        });
     }
     status.unreachable_workers =
         (!progress.unreachable.is_empty()).then(|| progress.unreachable.clone());

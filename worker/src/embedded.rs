@@ -121,7 +121,9 @@ impl Drop for Embedded {
     }
 }
 
-/// One sample record; about one in 500 is malformed, to show the dead-letter path.
+/// One sample record; about one in 500 is malformed, to show the dead-letter path. A JSON
+/// sample carries its own time (`ts`, RFC 3339): up to 3 s before now, so records come out of
+/// order, and one in 40 from 20 to 60 s before, late for a watermark of a few seconds.
 fn sample(rng: &mut impl Rng, format: Format, n: u64) -> Vec<u8> {
     let broken = n % 500 == 499;
     match format {
@@ -139,11 +141,22 @@ fn sample(rng: &mut impl Rng, format: Format, n: u64) -> Vec<u8> {
             "page": PAGES.choose(rng).unwrap_or(&"/"),
             "user": format!("u{}", rng.random_range(0..50)),
             "ms": rng.random_range(5..900),
+            "ts": sample_time(rng),
         })
         .to_string()
         .into_bytes(),
         Format::Bytes | Format::Shuffle => (0..16).map(|_| rng.random()).collect(),
     }
+}
+
+fn sample_time(rng: &mut impl Rng) -> String {
+    let behind = if rng.random_range(0..40) == 0 {
+        rng.random_range(20_000..60_000)
+    } else {
+        rng.random_range(0..3_000)
+    };
+    let t = chrono::Utc::now() - chrono::Duration::milliseconds(behind);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn generate(producer: &BaseProducer, topics: &[String], format: Format, stop: &AtomicBool) {

@@ -155,6 +155,8 @@ struct Instruments {
     total_delay: Histogram<f64>,
     batches: Counter<u64>,
     source_up: Gauge<u64>,
+    watermark_lag: Gauge<f64>,
+    late_records: Counter<u64>,
 }
 
 /// Progress of this worker, shared between the engine and the HTTP server.
@@ -260,6 +262,19 @@ impl Progress {
                     "1 when the last batch got the input's watermarks from the brokers, 0 when they did not answer",
                 )
                 .build(),
+            watermark_lag: m
+                .f64_gauge("weir_watermark_lag")
+                .with_unit("s")
+                .with_description(
+                    "Wall time minus the stage's event-time watermark after its last batch: how far windows lag behind now",
+                )
+                .build(),
+            late_records: m
+                .u64_counter("weir_late_records")
+                .with_description(
+                    "Records behind every event-time window they fall in (dropped, dead-lettered or late updates, per the window's late policy)",
+                )
+                .build(),
         };
         Self {
             id,
@@ -336,6 +351,14 @@ impl Progress {
         }
         i.source_up
             .record(u64::from(b.source_error.is_none()), stage);
+        if let Some(et) = &b.event_time {
+            i.late_records.add(et.late_records, stage);
+            // Absent until the watermark is known, never a made-up lag.
+            if let Some(w) = et.watermark_ms {
+                i.watermark_lag
+                    .record((now_ms() - w) as f64 / 1000.0, stage);
+            }
+        }
         i.batch_lag.record(b.pending_batches, stage);
         if b.processing_ms > 0 {
             i.rate

@@ -397,6 +397,52 @@ fn promtool_finds_the_live_metrics_clean() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    promtool_check(&promtool, &metrics);
+}
+
+#[test]
+fn the_event_time_example_runs_embedded_and_shows_its_watermark() {
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/page-views-by-minute.yaml");
+    let mut w = WorkerProc::spawn(&example, &["--embedded", "--max-batches", "100"]);
+    eventually("two batches of each stage", Duration::from_secs(60), || {
+        w.count_logs("batch completed") >= 4
+    });
+    let progress = w.progress().expect("progress");
+    let metrics = w.get("/metrics").expect("GET /metrics").1;
+    w.signal("TERM");
+    assert!(w
+        .wait_exit(Duration::from_secs(30))
+        .expect("exit")
+        .success());
+    // The first stage's watermark: each partition's latest view time less 5 s, the least.
+    let et = &progress["batches"][progress["batches"].as_array().expect("batches").len() - 1]
+        ["eventTime"];
+    let wm = chrono::DateTime::parse_from_rfc3339(et["watermark"].as_str().expect("watermark"))
+        .expect("RFC 3339");
+    let behind = chrono::Utc::now().signed_duration_since(wm).num_seconds();
+    assert!(
+        (4..60).contains(&behind),
+        "watermark {wm}, {behind} s behind: {et}"
+    );
+    assert_eq!(
+        et["partitions"].as_array().expect("partitions").len(),
+        4,
+        "{et}"
+    );
+    // The windows' stage reads its watermark from the first stage's.
+    let windows = &progress["stages"][0];
+    assert_eq!(windows["stage"], "views");
+    for name in ["weir_watermark_lag_seconds", "weir_late_records_total"] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    if let Some(promtool) = weir_testkit::tools::promtool() {
+        promtool_check(&promtool, &metrics);
+    }
+}
+
+/// `promtool check metrics` finds nothing to say of `metrics`.
+fn promtool_check(promtool: &Path, metrics: &str) {
     let mut check = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

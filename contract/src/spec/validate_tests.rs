@@ -104,3 +104,123 @@ fn combine_applies_to_aggregates_whose_partials_merge_to_the_same_result() {
         assert_eq!(errors(ok), "", "{ok}");
     }
 }
+
+/// The validation errors of a job with a watermark (when `watermark` is set), event time
+/// `value.ts` and these steps.
+fn event_errors(watermark: &str, steps: &str) -> String {
+    let yaml = format!(
+        "batchInterval: 5s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}, eventTime: value.ts{watermark}}}\npipeline:\n{steps}sink: {{stdout: {{}}}}\n"
+    );
+    match parse_job(&yaml, "t") {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+const WATERMARK: &str = ", watermark: {delay: 10s}";
+
+#[test]
+fn an_event_time_window_needs_a_watermark_and_says_how_to_add_one() {
+    let step = "- {id: w, aggregate: {count: {}}, window: {time: event, length: 1m}}\n";
+    let e = event_errors("", step);
+    assert!(
+        e.contains("pipeline[0].window.time") && e.contains("source.watermark: {delay: 10s}"),
+        "{e}"
+    );
+    assert_eq!(event_errors(WATERMARK, step), "");
+    // Event-time lengths need not be multiples of the batch interval.
+    let odd = "- {id: w, aggregate: {count: {}}, window: {time: event, length: 7s}}\n";
+    assert_eq!(event_errors(WATERMARK, odd), "");
+}
+
+#[test]
+fn event_time_windows_refuse_shapes_that_make_no_sense_naming_the_field() {
+    for (window, field, words) in [
+        (
+            "{time: event}",
+            "pipeline[0].window",
+            "neither length nor gap",
+        ),
+        (
+            "{time: event, length: 1m, gap: 5m}",
+            "pipeline[0].window",
+            "both length and gap",
+        ),
+        (
+            "{time: event, length: 1m, slide: 2m}",
+            "pipeline[0].window.slide",
+            "longer than",
+        ),
+        (
+            "{time: event, length: 1m, slide: 7s}",
+            "pipeline[0].window.length",
+            "multiple of slide",
+        ),
+        (
+            "{time: event, length: 10m, slide: 1s}",
+            "pipeline[0].window.slide",
+            "600 windows",
+        ),
+        (
+            "{time: event, gap: 0s}",
+            "pipeline[0].window.gap",
+            "longer than 0s",
+        ),
+        (
+            "{time: event, gap: 1m, slide: 10s}",
+            "pipeline[0].window.slide",
+            "session",
+        ),
+        (
+            "{time: event, length: 1m, late: deadLetter}",
+            "pipeline[0].window.late",
+            "deadLetter topic",
+        ),
+        (
+            "{length: 10s, gap: 1m}",
+            "pipeline[0].window.gap",
+            "time: event",
+        ),
+        (
+            "{length: 10s, allowedLateness: 1m}",
+            "pipeline[0].window.allowedLateness",
+            "time: event",
+        ),
+        ("{gap: 1m}", "pipeline[0].window.length", "is missing"),
+    ] {
+        let step = format!("- {{id: w, aggregate: {{count: {{}}}}, window: {window}}}\n");
+        let e = event_errors(WATERMARK, &step);
+        assert!(e.contains(field) && e.contains(words), "{window}: {e}");
+    }
+}
+
+#[test]
+fn one_event_time_window_per_job_and_before_any_other_barrier() {
+    let w = "window: {time: event, length: 1m}, aggregate: {count: {}}";
+    let e = event_errors(WATERMARK, &format!("- {{id: a, {w}}}\n- {{id: b, {w}}}\n"));
+    assert!(
+        e.contains("pipeline[1].window.time") && e.contains("at most one"),
+        "{e}"
+    );
+    let e = event_errors(
+        WATERMARK,
+        &format!("- {{id: s, aggregate: {{count: {{}}}}}}\n- {{id: b, {w}}}\n"),
+    );
+    assert!(
+        e.contains("pipeline[1].window.time") && e.contains("before any aggregate"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_event_time_expression_and_idle_after_are_checked_at_load() {
+    let e = event_errors(WATERMARK, "").replace("eventTime: value.ts", "");
+    assert_eq!(e, "");
+    let yaml = "batchInterval: 5s\nsource: {kafka: {bootstrapServers: 'k:9092', topics: [in]}, eventTime: 'value.ts +', watermark: {delay: 1s, idleAfter: 1s}}\nsink: {stdout: {}}\n";
+    let e = parse_job(yaml, "t").unwrap_err().to_string();
+    assert!(e.contains("source.eventTime"), "{e}");
+    assert!(
+        e.contains("source.watermark.idleAfter") && e.contains("shorter than batchInterval"),
+        "{e}"
+    );
+}

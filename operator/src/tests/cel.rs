@@ -67,13 +67,35 @@ fn window_length_and_slide_must_be_multiples_of_the_batch_interval() {
     let errors = broken(spec.clone());
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        errors[0].contains("window.length must be a multiple of batchInterval"),
+        errors[0]
+            .contains("window.length of a batch-time window must be a multiple of batchInterval"),
         "{errors:?}"
     );
     spec["pipeline"][2]["window"] = json!({"length": "10s", "slide": "3s"});
     let errors = broken(spec);
     assert!(
-        errors.len() == 1 && errors[0].contains("window.slide must be a multiple"),
+        errors.len() == 1
+            && errors[0].contains("window.slide of a batch-time window must be a multiple"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn an_event_time_window_needs_a_watermark_and_one_of_length_and_gap() {
+    let mut spec = fixtures::spec();
+    // Event-time lengths are the records' time, not batches: 7 s is fine with a watermark.
+    spec["pipeline"][2]["window"] = json!({"time": "event", "length": "7s"});
+    let errors = broken(spec.clone());
+    assert!(
+        errors.len() == 1 && errors[0].contains("needs source.watermark"),
+        "{errors:?}"
+    );
+    spec["source"]["watermark"] = json!({"delay": "10s"});
+    assert_eq!(broken(spec.clone()), Vec::<String>::new());
+    spec["pipeline"][2]["window"] = json!({"time": "event", "length": "1m", "gap": "5m"});
+    let errors = broken(spec);
+    assert!(
+        errors.len() == 1 && errors[0].contains("exactly one of length"),
         "{errors:?}"
     );
 }

@@ -361,12 +361,13 @@ async fn kubectl_waits_gets_and_describes_a_job_as_the_readme_says() {
         got.stdout
     );
 
-    // -o wide adds the columns of priority 1: Desired, and Observed (an age).
+    // -o wide adds the columns of priority 1: Desired, Watermark (empty: this job has no
+    // event time) and Observed (an age).
     let wide = kubectl.run(&["get", "sj", "-o", "wide"]).await;
     assert!(wide.ok, "{}", wide.stderr);
     assert_eq!(
         squeeze(wide.stdout.lines().next().unwrap_or_default()),
-        "NAME PHASE PROGRESS WORKERS DESIRED LAG LAG SECONDS BATCH LAG LAST BATCH OBSERVED AGE",
+        "NAME PHASE PROGRESS WORKERS DESIRED LAG LAG SECONDS BATCH LAG LAST BATCH WATERMARK OBSERVED AGE",
         "{}",
         wide.stdout
     );

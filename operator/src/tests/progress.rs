@@ -65,7 +65,50 @@ fn wb(time_ms: i64, records: u64, processing: u64, pending: u64) -> WorkerBatch 
         processing_ms: processing,
         scheduling_delay_ms: processing / 2,
         pending_batches: pending,
+        event_time: None,
     }
+}
+
+/// A batch of a job with a watermark at `watermark_ms` (`None`: not yet known).
+fn with_watermark(mut b: BatchInfo, watermark_ms: Option<i64>) -> BatchInfo {
+    b.event_time = Some(weir_contract::progress::EventTimeInfo {
+        watermark: None,
+        watermark_ms,
+        partitions: vec![],
+        late_records: 0,
+    });
+    b
+}
+
+#[test]
+fn the_jobs_watermark_is_the_least_of_its_workers_last_stages() {
+    let snapshot = |p: &Progress| -> WorkerSnapshot {
+        serde_json::from_slice(&serde_json::to_vec(&p.snapshot(LAST_BATCHES)).unwrap()).unwrap()
+    };
+    // Worker 0: the first stage is far ahead; its windows' stage is at 9 s. Worker 1: 7 s.
+    let w0 = worker(0, 2);
+    w0.record(with_watermark(batch(1, 5000, 10, 40, 0), Some(60_000)));
+    w0.stage("w", "g-w".into())
+        .record(with_watermark(batch(1, 5000, 10, 40, 0), Some(9_000)));
+    let w1 = worker(1, 2);
+    w1.record(with_watermark(batch(1, 5000, 10, 40, 0), Some(60_000)));
+    w1.stage("w", "g-w".into())
+        .record(with_watermark(batch(1, 5000, 10, 40, 0), Some(7_000)));
+    let answers: Vec<(u32, Result<WorkerSnapshot, ()>)> =
+        vec![(0, Ok(snapshot(&w0))), (1, Ok(snapshot(&w1)))];
+    assert_eq!(fold(&answers).watermark_ms, Some(7_000));
+    // One worker that does not know its watermark yet leaves the job's unknown, never the
+    // other worker's as if it were the job's.
+    let w2 = worker(2, 3);
+    w2.record(with_watermark(batch(1, 5000, 10, 40, 0), None));
+    let mut answers = answers;
+    answers.push((2, Ok(snapshot(&w2))));
+    assert_eq!(fold(&answers).watermark_ms, None);
+    // A job without event time has none.
+    let plain = worker(0, 1);
+    plain.record(batch(1, 5000, 10, 40, 0));
+    let answers: Vec<(u32, Result<WorkerSnapshot, ()>)> = vec![(0, Ok(snapshot(&plain)))];
+    assert_eq!(fold(&answers).watermark_ms, None);
 }
 
 #[test]
