@@ -277,16 +277,6 @@ fn an_aggregate_that_opts_out_ships_every_record_through_the_shuffle() {
 }
 
 /// The completed batches of `stage` in a worker's log.
-fn completed(w: &WorkerProc, stage: &str) -> usize {
-    let stage = format!("\"stage\":\"{stage}\"");
-    w.logs
-        .lock()
-        .expect("logs")
-        .iter()
-        .filter(|l| l.contains("batch completed") && l.contains(&stage))
-        .count()
-}
-
 #[test]
 fn a_killed_and_restarted_worker_ends_with_the_brute_force_totals_under_exactly_once() {
     let broker = mock_process_with(&[
@@ -314,8 +304,8 @@ fn a_killed_and_restarted_worker_ends_with_the_brute_force_totals_under_exactly_
         // What the kill tests is the restart: state, offsets and partials from where the
         // last committed transactions left them.
         eventually("two batches of each stage", Duration::from_secs(60), || {
-            let first = completed(&w, "input");
-            first >= 2 && completed(&w, "a") >= first
+            let first = w.completed("input");
+            first >= 2 && w.completed("a") >= first
         });
         w.signal("KILL");
         w.wait_exit(Duration::from_secs(10))
@@ -328,9 +318,9 @@ fn a_killed_and_restarted_worker_ends_with_the_brute_force_totals_under_exactly_
     });
     // The repartition topic's end counts transaction markers, which no reader reaches: the
     // second stage has merged everything once it completed batches after the first's last.
-    let merged = completed(&last, "a") + 2;
+    let merged = last.completed("a") + 2;
     eventually("the partials merged", Duration::from_secs(30), || {
-        completed(&last, "a") >= merged
+        last.completed("a") >= merged
     });
     last.signal("TERM");
     assert!(last

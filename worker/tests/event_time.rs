@@ -173,16 +173,6 @@ fn assert_windows(broker: &Broker, topic: &str, want: &BTreeSet<Window>) {
     );
 }
 
-fn completed(w: &WorkerProc, stage: &str) -> usize {
-    let stage = format!("\"stage\":\"{stage}\"");
-    w.logs
-        .lock()
-        .expect("logs")
-        .iter()
-        .filter(|l| l.contains("batch completed") && l.contains(&stage))
-        .count()
-}
-
 #[test]
 fn event_time_windows_are_the_same_read_live_as_one_backlog_and_with_kills() {
     let mut all = vec![("in".to_string(), PARTITIONS)];
@@ -249,7 +239,7 @@ fn event_time_windows_are_the_same_read_live_as_one_backlog_and_with_kills() {
         // show its aborted output here although Kafka hides it. What the kill tests is the
         // restart: windows, watermarks and offsets from where the last transactions left them.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !(completed(&w, "input") >= 2 && completed(&w, "sh") >= completed(&w, "input")) {
+        while !(w.completed("input") >= 2 && w.completed("sh") >= w.completed("input")) {
             assert!(
                 Instant::now() < deadline,
                 "two batches of each stage: {}",

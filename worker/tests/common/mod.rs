@@ -131,6 +131,17 @@ impl WorkerProc {
         }
     }
 
+    /// Batches completed by the stage named `stage` ("input", or a repartition step's id).
+    pub fn completed(&self, stage: &str) -> usize {
+        let stage = format!("\"stage\":\"{stage}\"");
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .filter(|l| l.contains("batch completed") && l.contains(&stage))
+            .count()
+    }
+
     pub fn count_logs(&self, needle: &str) -> usize {
         self.logs
             .lock()
