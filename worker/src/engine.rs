@@ -328,6 +328,14 @@ impl Engine {
                     );
                 }
             }
+            if let Some(et) = info.event_time.as_ref().filter(|e| e.late_records > 0) {
+                // Never silently: the window's `late` policy says where they went.
+                info!(
+                    late_records = et.late_records,
+                    watermark = et.watermark.as_deref().unwrap_or("unknown"),
+                    "records behind every event-time window they fall in: dropped, dead-lettered or written as late updates, per the window's late policy"
+                );
+            }
             if let (Some(est), None) = (&mut self.estimator, &info.source_error) {
                 if let Some(rate) = est.compute(
                     now_ms(),
