@@ -321,6 +321,39 @@ mod tests {
     }
 
     #[test]
+    fn the_watermark_shows_with_its_lag_and_goes_when_the_job_has_none() {
+        let progress = ProgressSummary {
+            last_batch: Some(crate::crd::LastBatchStatus::default()),
+            watermark_ms: Some(1_767_225_600_000),
+            ..ProgressSummary::default()
+        };
+        let s = with_progress(
+            StreamingJobStatus::default(),
+            &progress,
+            t(1_767_225_600 + 42),
+        );
+        assert_eq!(
+            s.event_time,
+            Some(EventTimeStatus {
+                watermark: "2026-01-01T00:00:00Z".into(),
+                lag_seconds: 42,
+            })
+        );
+        // A report without event time clears it, and the merge patch carries the null.
+        let none = ProgressSummary {
+            watermark_ms: None,
+            ..progress
+        };
+        let s = with_progress(s, &none, t(1_767_225_700));
+        assert_eq!(s.event_time, None);
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(
+            json["eventTime"].is_null() && json.get("eventTime").is_some(),
+            "{json}"
+        );
+    }
+
+    #[test]
     fn phase_follows_the_statefulset() {
         let phase = |o| compute(None, Some(1), &o, t(0)).phase.unwrap();
         assert_eq!(phase(applied(3, 3, 3)), Phase::Running);
