@@ -19,7 +19,7 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Class, Error, Result};
 use crate::expr::{Val, ValueNeeds};
 use crate::memory::Budget;
-use crate::pipeline::event_time::{mark_from_val, mark_val, Mark};
+use crate::pipeline::event_time::{marker, read_event_header, read_marker, Mark};
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
 use crate::plan::{OffsetRange, Planner, RateEstimator, TopicPartition};
 use crate::progress::{now_ms, rfc3339, BatchInfo, EventTimeInfo, Progress, RangeInfo, ResumedAt};
@@ -692,17 +692,7 @@ fn read_and_run(
             let mark = decode_key_as(format, raw.key)
                 .and_then(|k| Ok((k, decode_value(format, raw.payload, &ValueNeeds::Whole)?)))
                 .map_err(|e| e.to_string())
-                .and_then(|(key, value)| {
-                    let Val::Str(id) = key else {
-                        return Err("a watermark record's key is not a partition".to_string());
-                    };
-                    let mark = mark_from_val(&value).map_err(str::to_string)?;
-                    let n = match value.field("partitions") {
-                        Some(Val::Int(n)) if *n > 0 => *n as usize,
-                        _ => return Err("a watermark record has no partition count".to_string()),
-                    };
-                    Ok((id, mark, n))
-                });
+                .and_then(|(key, value)| read_marker(key, &value).map_err(str::to_string));
             match mark {
                 Ok((id, mark, n)) => {
                     if let Some(run) = w.runs[raw.index].as_mut() {
@@ -743,7 +733,7 @@ fn read_and_run(
             .flatten()
         {
             None => (None, i64::MIN),
-            Some(h) => match parse_event_header(h) {
+            Some(h) => match read_event_header(h) {
                 Some(t) => (Some(t.0), t.1),
                 None => {
                     return w.dead.push(letter(
@@ -854,31 +844,16 @@ fn finish(
     (outputs, dead, read, event_time)
 }
 
-/// The event-time header's `<event ms>:<watermark ms>`.
-fn parse_event_header(h: &[u8]) -> Option<(i64, i64)> {
-    let s = std::str::from_utf8(h).ok()?;
-    let (t, w) = s.split_once(':')?;
-    Some((t.parse().ok()?, w.parse().ok()?))
-}
-
-/// Each owned partition's watermark record for the stage after a shuffle: key
-/// `topic/partition`, value its mark and the number of input partitions of the stage.
+/// Each owned partition's watermark record for the stage after a shuffle.
 fn markers(info: &EventTimeInfo, partitions: usize) -> Vec<(Val, Val)> {
     info.partitions
         .iter()
         .map(|p| {
-            let mut v = match mark_val(Mark {
+            let mark = Mark {
                 watermark: p.watermark_ms,
                 idle: p.idle,
-            }) {
-                Val::Map(m) => (*m).clone(),
-                _ => Vec::new(),
             };
-            v.push((Arc::from("partitions"), Val::Int(partitions as i64)));
-            (
-                Val::str(&format!("{}/{}", p.topic, p.partition)),
-                Val::Map(Arc::new(v)),
-            )
+            marker(&p.topic, p.partition, mark, partitions)
         })
         .collect()
 }

@@ -102,11 +102,6 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// The partition's own watermark: the largest event time read minus `delay`.
-    pub fn watermark(&self, delay: i64) -> Option<i64> {
-        self.max_event.map(|m| m.saturating_sub(delay))
-    }
-
     /// What a record is judged late against: the partition's watermark before it, or the
     /// watermark windows closed at when that is further (windows may close past a partition's
     /// own watermark while it is idle).
@@ -166,13 +161,17 @@ impl Clock {
 
 /// A mark as the value of a repartition topic's watermark record (and of the changelog).
 pub fn mark_val(m: Mark) -> Val {
-    Val::Map(Arc::new(vec![
+    Val::Map(Arc::new(mark_fields(m)))
+}
+
+fn mark_fields(m: Mark) -> Vec<(Arc<str>, Val)> {
+    vec![
         (
             Arc::from("watermark"),
             m.watermark.map_or(Val::Null, Val::Int),
         ),
         (Arc::from("idle"), Val::Bool(m.idle)),
-    ]))
+    ]
 }
 
 /// The inverse of [`mark_val`].
@@ -188,6 +187,46 @@ pub fn mark_from_val(v: &Val) -> Result<Mark, &'static str> {
         },
         idle: matches!(v.field("idle"), Some(Val::Bool(true))),
     })
+}
+
+/// A partition's watermark record for the stage after a shuffle: key `topic/partition`, value
+/// its mark and the number of input partitions of the stage before.
+pub fn marker(topic: &str, partition: i32, mark: Mark, partitions: usize) -> (Val, Val) {
+    let mut v = mark_fields(mark);
+    v.push((Arc::from("partitions"), Val::Int(partitions as i64)));
+    (
+        Val::str(&format!("{topic}/{partition}")),
+        Val::Map(Arc::new(v)),
+    )
+}
+
+/// The inverse of [`marker`]: the partition, its mark, and the partition count.
+///
+/// # Errors
+/// A record that is not a watermark record.
+pub fn read_marker(key: Val, value: &Val) -> Result<(Arc<str>, Mark, usize), &'static str> {
+    let Val::Str(id) = key else {
+        return Err("a watermark record's key is not a partition");
+    };
+    let n = match value.field("partitions") {
+        Some(Val::Int(n)) if *n > 0 => {
+            usize::try_from(*n).map_err(|_| "a partition count is out of range")?
+        }
+        _ => return Err("a watermark record has no partition count"),
+    };
+    Ok((id, mark_from_val(value)?, n))
+}
+
+/// The event-time header of a repartition record: `<event ms>:<watermark ms>`.
+pub fn event_header(time: i64, against: i64) -> String {
+    format!("{time}:{against}")
+}
+
+/// The inverse of [`event_header`].
+pub fn read_event_header(h: &[u8]) -> Option<(i64, i64)> {
+    let s = std::str::from_utf8(h).ok()?;
+    let (t, w) = s.split_once(':')?;
+    Some((t.parse().ok()?, w.parse().ok()?))
 }
 
 /// The changelog key of the clock, beside the window entries (which are lists).

@@ -97,11 +97,14 @@ enum Undo {
     Closed(i64, Vec<(Val, i64)>),
 }
 
+/// A part whose reduce failed: its key and the error.
+pub(crate) type Failed = (Val, EvalError);
+
 /// A window a batch changed: its key and start.
 pub(crate) type Touched = (Val, i64);
 
 /// A window result: key, start, end and the aggregate's result.
-pub(crate) type Fired = (Val, i64, i64, Result<Val, EvalError>);
+pub(crate) type Fired = (Val, i64, i64, Val);
 
 /// One event-time window step's state in one partition.
 #[derive(Debug, Default)]
@@ -115,11 +118,6 @@ pub struct EventWindowState {
 }
 
 impl EventWindowState {
-    /// Windows open, of all keys.
-    pub fn open_windows(&self) -> usize {
-        self.open.values().map(Vec::len).sum()
-    }
-
     /// Takes back the last batch (before it is applied again).
     pub(crate) fn rollback(&mut self) {
         for u in std::mem::take(&mut self.undo).into_iter().rev() {
@@ -163,7 +161,7 @@ impl EventWindowState {
         let old = self.get(key, start).cloned();
         up.changes.push(StateChange {
             step: up.step.clone(),
-            key: win_key(start, key),
+            key: part_key(start, key),
             value: win.as_ref().map(win_val),
         });
         if let Some(w) = &win {
@@ -193,7 +191,7 @@ impl EventWindowState {
         op: &EventWindowOp,
         parts: Vec<(Val, i64, Acc)>,
         up: &mut StepUpdate<'_>,
-    ) -> (Vec<Touched>, Vec<(Val, EvalError)>) {
+    ) -> (Vec<Touched>, Vec<Failed>) {
         let mut touched = Vec::with_capacity(parts.len());
         let mut failed = Vec::new();
         for (key, start, part) in parts {
@@ -305,7 +303,7 @@ impl EventWindowState {
             for (key, start) in &entries {
                 if let Some(w) = self.get(key, *start).filter(|w| w.end == end).cloned() {
                     self.set(key, *start, None, up);
-                    closed.push((key.clone(), w.start, w.end, Ok(w.acc.result())));
+                    closed.push((key.clone(), w.start, w.end, w.acc.result()));
                 }
             }
             self.undo.push(Undo::Closed(end, entries));
@@ -322,7 +320,7 @@ impl EventWindowState {
         for (key, start) in touched {
             if let Some(w) = self.get(key, *start) {
                 if seen.insert((key.clone(), *start)) {
-                    out.push((key.clone(), w.start, w.end, Ok(w.acc.result())));
+                    out.push((key.clone(), w.start, w.end, w.acc.result()));
                 }
             }
         }
@@ -334,13 +332,58 @@ impl EventWindowState {
         out
     }
 
+    /// Ends a batch: adds its on-time parts (keyed by [`part_key`]), closes the windows
+    /// `watermark` passed, and returns what to write, as (key, window value): the closed
+    /// windows (`final`), with `every_batch` the open windows the batch changed (`early`), and
+    /// the batch's late records' aggregates (keyed by [`late_key`], `late`). A part whose
+    /// reduce fails is returned with its key instead.
+    pub(crate) fn end_batch(
+        &mut self,
+        op: &EventWindowOp,
+        parts: Vec<(Val, Acc)>,
+        late: Vec<(Val, Acc)>,
+        watermark: Option<i64>,
+        up: &mut StepUpdate<'_>,
+    ) -> (Vec<(Val, Val)>, Vec<Failed>) {
+        let parts = parts
+            .into_iter()
+            .filter_map(|(k, acc)| match k {
+                Val::List(l) => match l.as_slice() {
+                    [Val::Int(start), key] => Some((key.clone(), *start, acc)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        let (touched, failed) = self.apply(op, parts, up);
+        let mut emitted: Vec<(Fired, &'static str)> = Vec::new();
+        if let Some(wm) = watermark {
+            emitted.extend(self.close(op, wm, up).into_iter().map(|f| (f, "final")));
+        }
+        if op.every_batch {
+            emitted.extend(self.peek(&touched).into_iter().map(|f| (f, "early")));
+        }
+        for (k, acc) in late {
+            if let Val::List(l) = &k {
+                if let [Val::Int(start), Val::Int(end), key] = l.as_slice() {
+                    emitted.push(((key.clone(), *start, *end, acc.result()), "late"));
+                }
+            }
+        }
+        let results = emitted
+            .into_iter()
+            .map(|((key, start, end, v), emit)| (key, window_value(start, end, v, emit)))
+            .collect();
+        (results, failed)
+    }
+
     /// Every open window, as the changes that would rebuild it (a snapshot).
     pub(crate) fn dump(&self, step: &Arc<str>, out: &mut Vec<StateChange>) {
         for (key, wins) in &self.open {
             for w in wins {
                 out.push(StateChange {
                     step: step.clone(),
-                    key: win_key(w.start, key),
+                    key: part_key(w.start, key),
                     value: Some(win_val(w)),
                 });
             }
@@ -359,11 +402,6 @@ impl EventWindowState {
     }
 }
 
-/// Changelog key of a window: its start and the record key.
-fn win_key(start: i64, key: &Val) -> Val {
-    Val::List(Arc::new(vec![Val::Int(start), key.clone()]))
-}
-
 fn win_val(w: &Win) -> Val {
     Val::Map(Arc::new(vec![
         (Arc::from("end"), Val::Int(w.end)),
@@ -371,9 +409,21 @@ fn win_val(w: &Win) -> Val {
     ]))
 }
 
+/// The key a record's part of a window accumulates under in a batch, and the window's key in
+/// the changelog: the window's start and the record's key (a session's start is the record's
+/// time).
+pub(crate) fn part_key(start: i64, key: &Val) -> Val {
+    Val::List(Arc::new(vec![Val::Int(start), key.clone()]))
+}
+
+/// The key a late record accumulates under, for a late update: its window and key.
+pub(crate) fn late_key(start: i64, end: i64, key: &Val) -> Val {
+    Val::List(Arc::new(vec![Val::Int(start), Val::Int(end), key.clone()]))
+}
+
 /// The output value of a window: its bounds (RFC 3339), the result, and which emission it is
 /// (`final` when it closes, `early` before, `late` for late records after).
-pub(crate) fn window_value(start: i64, end: i64, result: Val, emit: &'static str) -> Val {
+fn window_value(start: i64, end: i64, result: Val, emit: &'static str) -> Val {
     Val::Map(Arc::new(vec![
         (
             Arc::from("window"),

@@ -28,7 +28,7 @@ use aggregate::{Accumulators, AggKind};
 pub use change::StateChange;
 use change::StepUpdate;
 use event_time::{EventTime, Mark, Upstream};
-use event_window::{window_value, EventWindowOp, EventWindowState};
+use event_window::{late_key, part_key, EventWindowOp, EventWindowState};
 use keyed::{KeyedState, StateOp};
 pub use restore::RestoreError;
 pub use store::{PartitionState, StepState};
@@ -123,11 +123,6 @@ impl Pipeline {
                 .collect(),
             self.clock_step.clone(),
         )
-    }
-
-    /// The watermark's delay in milliseconds, when the job has a watermark.
-    pub fn watermark_delay(&self) -> Option<i64> {
-        self.event.as_ref().map(|e| e.delay)
     }
 
     /// Whether the stage writes each input partition's watermark for the stage after it.
@@ -374,8 +369,7 @@ impl PartitionRun<'_> {
                 let mut r = Ok(());
                 let parts = &mut self.late_parts;
                 w.each_window(time, i64::MIN, |start, end| {
-                    let k = Val::List(Arc::new(vec![Val::Int(start), Val::Int(end), key.clone()]));
-                    if let Err(e) = parts.add(&w.kind, k, input.clone()) {
+                    if let Err(e) = parts.add(&w.kind, late_key(start, end, &key), input.clone()) {
                         r = Err(fail(e));
                     }
                 });
@@ -524,42 +518,13 @@ impl PartitionRun<'_> {
                     o.records
                 }
                 (Op::EventWindow(w), Pending::Agg(mut accs), StepState::EventWindow(ws)) => {
-                    let parts = accs
-                        .drain_parts()
-                        .into_iter()
-                        .filter_map(|(k, acc)| match k {
-                            Val::List(l) => match l.as_slice() {
-                                [Val::Int(start), key] => Some((key.clone(), *start, acc)),
-                                _ => None,
-                            },
-                            _ => None,
-                        })
-                        .collect();
-                    let (touched, failed) = ws.apply(w, parts, &mut up);
+                    let late = self.late_parts.drain_parts();
+                    let (results, failed) =
+                        ws.end_batch(w, accs.drain_parts(), late, watermark, &mut up);
+                    if watermark.is_some() {
+                        self.state.clock.closed = self.state.clock.closed.max(watermark);
+                    }
                     failures.extend(failed.into_iter().map(|(k, e)| fail(k, Val::Null, e)));
-                    let mut emitted = Vec::new();
-                    if let Some(wm) = watermark {
-                        emitted.extend(ws.close(w, wm, &mut up).into_iter().map(|f| (f, "final")));
-                        self.state.clock.closed = self.state.clock.closed.max(Some(wm));
-                    }
-                    if w.every_batch {
-                        emitted.extend(ws.peek(&touched).into_iter().map(|f| (f, "early")));
-                    }
-                    for (k, acc) in self.late_parts.drain_parts() {
-                        if let Val::List(l) = &k {
-                            if let [Val::Int(start), Val::Int(end), key] = l.as_slice() {
-                                emitted
-                                    .push(((key.clone(), *start, *end, Ok(acc.result())), "late"));
-                            }
-                        }
-                    }
-                    let mut results = Vec::with_capacity(emitted.len());
-                    for ((key, start, end, r), emit) in emitted {
-                        match r {
-                            Ok(v) => results.push((key, window_value(start, end, v, emit))),
-                            Err(e) => failures.push(fail(key, Val::Null, e)),
-                        }
-                    }
                     results
                 }
                 _ => continue,
@@ -693,7 +658,7 @@ fn run(
                 let on_time = w.each_window(time, rec.late_against, |start, _| {
                     effects.push(Effect::Accumulate {
                         step: i,
-                        key: Val::List(Arc::new(vec![Val::Int(start), key.clone()])),
+                        key: part_key(start, key),
                         input: input.clone(),
                     });
                 });

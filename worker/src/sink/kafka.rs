@@ -7,6 +7,7 @@ use super::Sink;
 use crate::batch::BatchOutput;
 use crate::error::Result;
 use crate::expr::Val;
+use crate::pipeline::event_time::event_header;
 use crate::pipeline::Output;
 use crate::producer::KafkaWriter;
 use weir_contract::stages::{EVENT_TIME_HEADER, PARTIAL_HEADER, WATERMARK_HEADER};
@@ -56,7 +57,7 @@ pub(super) fn send_output(
     let text;
     let header = match o.event {
         Some((time, against)) => {
-            text = format!("{time}:{against}");
+            text = event_header(time, against);
             Some((EVENT_TIME_HEADER, text.as_str()))
         }
         None => partials.map(|kind| (PARTIAL_HEADER, kind)),
