@@ -316,7 +316,7 @@ impl Compiler {
 
     /// A subtree the closures do not cover: evaluated by the interpreter with the record's
     /// variables it names.
-    fn interpret(&mut self, e: &IdedExpr) -> Node {
+    pub(super) fn interpret(&mut self, e: &IdedExpr) -> Node {
         self.interpreted += 1;
         let expr = e.clone();
         let env = self.env.clone();

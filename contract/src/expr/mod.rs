@@ -176,6 +176,21 @@ const FUNCTIONS: &[&str] = &[
     "min",
 ];
 
+/// The functions that make or read timestamps and durations.
+const TIME_FUNCTIONS: &[&str] = &[
+    "duration",
+    "timestamp",
+    "getFullYear",
+    "getMonth",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getDayOfYear",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+];
+
 fn env() -> Arc<cel::Env> {
     static ENV: OnceLock<Arc<cel::Env>> = OnceLock::new();
     ENV.get_or_init(|| {
@@ -239,7 +254,20 @@ impl Program {
             env: env(),
             interpreted: 0,
         };
-        let root = c.compile(&ast);
+        // Timestamps and durations have no record value of their own (a stored one is text):
+        // an expression that makes them runs whole in the interpreter, so `timestamp(a) >
+        // timestamp(b)` compares times, never the texts of two separately run halves.
+        let mut times = false;
+        walk(&ast, &mut Vec::new(), &mut |e, _| {
+            if let Expr::Call(call) = &e.expr {
+                times |= TIME_FUNCTIONS.contains(&call.func_name.as_str());
+            }
+        });
+        let root = if times {
+            c.interpret(&ast)
+        } else {
+            c.compile(&ast)
+        };
         let mut uses: Vec<Var> = free_vars(&ast)
             .into_iter()
             .filter_map(Var::from_name)

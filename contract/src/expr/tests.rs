@@ -330,3 +330,39 @@ fn calls_on_constants_that_always_fail_are_refused_at_load() {
     check("value.n / 0", &["value"]).unwrap();
     check("[1, 2].map(x, x / 1)", &[]).unwrap();
 }
+
+#[test]
+fn timestamps_and_durations_evaluate_and_a_stored_timestamp_is_rfc_3339_text() {
+    let json = r#"{"ts":"2026-11-01T12:00:00+01:00"}"#;
+    assert_eq!(
+        eval("timestamp(value.ts)", json).unwrap(),
+        Val::str("2026-11-01T12:00:00+01:00")
+    );
+    assert_eq!(
+        eval(
+            "timestamp(value.ts) - timestamp('2026-11-01T10:00:00Z') == duration('1h')",
+            json
+        )
+        .unwrap(),
+        Val::Bool(true)
+    );
+    assert_eq!(
+        eval("timestamp(value.ts).getHours('UTC')", json).unwrap(),
+        Val::Int(11)
+    );
+}
+
+#[test]
+fn times_compare_as_times_not_as_their_texts() {
+    // Lexically "12:00+01:00" > "11:30Z", but 11:00 UTC is before 11:30 UTC.
+    let json = r#"{"ts":"2026-11-01T12:00:00+01:00"}"#;
+    assert_eq!(
+        eval(
+            "timestamp(value.ts) > timestamp('2026-11-01T11:30:00Z')",
+            json
+        )
+        .unwrap(),
+        Val::Bool(false)
+    );
+    assert_eq!(eval("duration('90s')", json).unwrap(), Val::str("90s"));
+}

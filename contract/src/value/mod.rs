@@ -462,6 +462,15 @@ pub(crate) fn from_cel(v: &cel::Value) -> Result<Val, String> {
         cel::Value::Timestamp(t) => {
             Val::str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         }
+        // As CEL's string(duration) writes it: seconds, with a fraction when there is one.
+        cel::Value::Duration(d) => {
+            let ms = d.num_milliseconds();
+            if ms % 1000 == 0 {
+                Val::str(&format!("{}s", ms / 1000))
+            } else {
+                Val::str(&format!("{:.3}s", ms as f64 / 1000.0))
+            }
+        }
         other => {
             return Err(format!(
                 "a result of type {:?} cannot be stored in a record",
