@@ -9,7 +9,7 @@ use cel::parser::Parser;
 
 use super::{
     compile, env, free_vars, walk, EvalError, ExprError, Var, Vars, FUNCTIONS, MAX_DEPTH,
-    MAX_ITERATIONS, MAX_SOURCE_BYTES, RECORD_LIST_LEN,
+    MAX_ITERATIONS, MAX_SOURCE_BYTES, RECORD_LIST_LEN, TIME_FUNCTIONS,
 };
 use crate::value::Val;
 
@@ -107,7 +107,8 @@ pub(super) fn parse_checked(source: &str, vars: &[&str]) -> Result<IdedExpr, Exp
                     && !call.func_name.starts_with('@')
                     && !call.func_name.starts_with('!')
                     && !call.func_name.starts_with('-')
-                    && !FUNCTIONS.contains(&call.func_name.as_str()) =>
+                    && !FUNCTIONS.contains(&call.func_name.as_str())
+                    && !TIME_FUNCTIONS.contains(&call.func_name.as_str()) =>
             {
                 // The parser places a call at its '('; point at the name instead.
                 let (l, c) = position(e.id);

@@ -161,22 +161,12 @@ const FUNCTIONS: &[&str] = &[
     "exists_one",
     "map",
     "filter",
-    "duration",
-    "timestamp",
-    "getFullYear",
-    "getMonth",
-    "getDayOfMonth",
-    "getDayOfWeek",
-    "getDayOfYear",
-    "getHours",
-    "getMinutes",
-    "getSeconds",
-    "getMilliseconds",
     "max",
     "min",
 ];
 
-/// The functions that make or read timestamps and durations.
+/// The functions that make or read timestamps and durations, callable too (besides
+/// [`FUNCTIONS`]).
 const TIME_FUNCTIONS: &[&str] = &[
     "duration",
     "timestamp",
