@@ -670,9 +670,16 @@ fn read_and_run(
     budget: Budget,
 ) -> Result<Taken> {
     let needs = pipeline.needs();
-    // Only a repartition topic can hold partials, and only the stage's first step merges them.
-    let partial_header = (format == Format::Shuffle).then_some(PARTIAL_HEADER);
+    // Only a repartition topic holds partials and watermark records, and carries event times;
+    // only the stage's first step merges partials.
     let shuffle = format == Format::Shuffle;
+    // A partial or a watermark record: key and value in the worker's own encoding, whole.
+    let decode_whole = |raw: &RawRecord<'_>| {
+        Ok::<_, crate::record::DecodeError>((
+            decode_key_as(format, raw.key)?,
+            decode_value(format, raw.payload, &ValueNeeds::Whole)?,
+        ))
+    };
     let on_record = |w: &mut LaneWork<'_>, raw: RawRecord<'_>| {
         w.read.records += 1;
         let tp = &owned[raw.index];
@@ -689,8 +696,7 @@ fn read_and_run(
         // The stage before's watermark of one of its input partitions: no record, but what
         // closes this stage's event-time windows.
         if shuffle && raw.header(WATERMARK_HEADER).is_some() {
-            let mark = decode_key_as(format, raw.key)
-                .and_then(|k| Ok((k, decode_value(format, raw.payload, &ValueNeeds::Whole)?)))
+            let mark = decode_whole(&raw)
                 .map_err(|e| e.to_string())
                 .and_then(|(key, value)| read_marker(key, &value).map_err(str::to_string));
             match mark {
@@ -705,11 +711,10 @@ fn read_and_run(
         }
         // A combined shuffle's partial: merged into the aggregate it was combined for. Plain
         // records of the same topic (written before combining) are added as records below.
-        if let Some(header) = partial_header {
-            if let Some(kind) = raw.header(header) {
+        if shuffle {
+            if let Some(kind) = raw.header(PARTIAL_HEADER) {
                 w.read.partials += 1;
-                let merged = decode_key_as(format, raw.key)
-                    .and_then(|k| Ok((k, decode_value(format, raw.payload, &ValueNeeds::Whole)?)))
+                let merged = decode_whole(&raw)
                     .map_err(|e| (None, e.to_string()))
                     .and_then(|(key, value)| match w.runs[raw.index].as_mut() {
                         Some(run) => run
@@ -743,7 +748,7 @@ fn read_and_run(
                 }
             },
         };
-        let mut rec = Record {
+        let rec = Record {
             topic: tp.topic.clone(),
             partition: tp.partition,
             offset: raw.offset,
@@ -764,11 +769,9 @@ fn read_and_run(
             },
             item: Val::Null,
             item_is_output: false,
-            event_time: None,
-            late_against: i64::MIN,
+            event_time,
+            late_against,
         };
-        rec.event_time = event_time;
-        rec.late_against = late_against;
         if let Some(run) = w.runs[raw.index].as_mut() {
             if let Err(f) = run.push(rec) {
                 w.dead.push(letter(Some(f.step), f.error.0));

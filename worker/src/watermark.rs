@@ -2,6 +2,7 @@
 //! idle, so that a slow partition holds windows open (none of its records is then late) and a
 //! silent one does not hold them forever. It never goes back.
 
+use crate::pipeline::event_time::{least_active, Mark};
 use crate::pipeline::event_window::time_text;
 use crate::plan::{OffsetRange, TopicPartition};
 use crate::progress::{EventTimeInfo, PartitionWatermark};
@@ -20,9 +21,7 @@ impl StageClock {
     pub fn new(spec: &JobSpec, partitions: usize, now_ms: i64) -> Option<StageClock> {
         let w = spec.source.watermark.as_ref()?;
         Some(StageClock {
-            idle_after_ms: w
-                .idle_after
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            idle_after_ms: w.idle_after.map(crate::spec::Duration::as_millis_i64),
             last_active: vec![now_ms; partitions],
             watermark: None,
         })
@@ -50,22 +49,11 @@ impl StageClock {
                     .is_some_and(|after| time.saturating_sub(self.last_active[i]) >= after),
             );
         }
-        let active: Vec<Option<i64>> = own
-            .iter()
-            .zip(&idle)
-            .filter(|(_, idle)| !**idle)
-            .map(|(w, _)| *w)
-            .collect();
-        let now = if active.is_empty() {
-            // Every partition is silent: nothing holds the watermark back but what was read.
-            own.iter().copied().max().flatten()
-        } else if active.iter().any(Option::is_none) {
-            // A partition that is not idle and has read nothing yet could still be behind.
-            None
-        } else {
-            active.into_iter().min().flatten()
-        };
-        self.watermark = self.watermark.max(now);
+        let marks = own.iter().zip(&idle).map(|(w, idle)| Mark {
+            watermark: *w,
+            idle: *idle,
+        });
+        self.watermark = self.watermark.max(least_active(marks));
         let info = EventTimeInfo {
             watermark: self.watermark.map(time_text),
             watermark_ms: self.watermark,

@@ -42,6 +42,12 @@ impl Duration {
         self.0.as_millis()
     }
 
+    /// Milliseconds as the worker's times count them, saturating (a spec bounds durations
+    /// far below `i64::MAX` ms anyway).
+    pub fn as_millis_i64(self) -> i64 {
+        i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
+    }
+
     /// Parses "1h2m3s4ms" or "1.5s": a number (with an optional fraction) then a unit,
     /// repeated. Fractions below a nanosecond are dropped, as Go drops them.
     ///

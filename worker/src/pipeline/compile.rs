@@ -121,7 +121,7 @@ impl Pipeline {
                 }
                 Some(EventTime {
                     program,
-                    delay: i64::try_from(w.delay.as_millis()).unwrap_or(i64::MAX),
+                    delay: w.delay.as_millis_i64(),
                     from_shuffle: spec.source.format == Format::Shuffle,
                     logs_clock: !has_window && writes_shuffle,
                 })
@@ -152,7 +152,7 @@ fn event_window_op(
     w: &WindowSpec,
     kind: AggKind,
 ) -> Result<EventWindowOp, PipelineError> {
-    let ms = |d: crate::spec::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let ms = crate::spec::Duration::as_millis_i64;
     let bad = |reason: &str| PipelineError::Invalid {
         step: s.id.clone(),
         reason: reason.into(),
@@ -203,9 +203,7 @@ fn state_op(st: &StateStepSpec) -> Result<StateOp, ExprError> {
             .as_deref()
             .map(|x| Program::compile(x, &[Var::Key, Var::State]))
             .transpose()?,
-        timeout_ms: st
-            .timeout
-            .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)),
+        timeout_ms: st.timeout.map(|t| t.as_millis_i64().max(1)),
         snapshots: st.snapshots,
     })
 }
@@ -218,7 +216,7 @@ fn window_op(
     w: &WindowSpec,
     kind: AggKind,
 ) -> Result<WindowOp, PipelineError> {
-    let ms = |d: crate::spec::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let ms = crate::spec::Duration::as_millis_i64;
     let interval = ms(spec.batch_interval);
     let length = w.length.map_or(0, ms);
     let slide = w.slide.map_or(interval, ms);

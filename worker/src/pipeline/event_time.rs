@@ -82,11 +82,28 @@ impl Upstream {
         if self.partitions == 0 || self.marks.len() < self.partitions {
             return None;
         }
-        let mut active = self.marks.values().filter(|m| !m.idle).peekable();
-        if active.peek().is_none() {
-            return self.marks.values().filter_map(|m| m.watermark).max();
+        least_active(self.marks.values().copied())
+    }
+}
+
+/// The watermark over partitions: the least of the ones that are not idle, `None` while one of
+/// those has none (it could still be behind); when every one is idle, the largest (as Flink's
+/// idleness: a stream that stopped closes its last windows).
+pub fn least_active(marks: impl Iterator<Item = Mark>) -> Option<i64> {
+    let mut active = false;
+    let mut least = Some(i64::MAX);
+    let mut largest = None;
+    for m in marks {
+        largest = largest.max(m.watermark);
+        if !m.idle {
+            active = true;
+            least = least.zip(m.watermark).map(|(a, b)| a.min(b));
         }
-        active.map(|m| m.watermark).min().flatten()
+    }
+    if active {
+        least
+    } else {
+        largest
     }
 }
 
@@ -106,8 +123,13 @@ impl Clock {
     /// watermark windows closed at when that is further (windows may close past a partition's
     /// own watermark while it is idle).
     pub fn late_against(&self, seen: Option<i64>, delay: i64) -> i64 {
-        let own = self.max_event.max(seen).map(|m| m.saturating_sub(delay));
-        own.max(self.closed).unwrap_or(i64::MIN)
+        self.own(seen, delay).max(self.closed).unwrap_or(i64::MIN)
+    }
+
+    /// The partition's own watermark, with `seen` the largest event time read since the clock
+    /// last moved: the largest event time read minus `delay`.
+    pub fn own(&self, seen: Option<i64>, delay: i64) -> Option<i64> {
+        self.max_event.max(seen).map(|m| m.saturating_sub(delay))
     }
 
     /// The clock as a changelog entry under step `step`.

@@ -244,7 +244,7 @@ impl EventWindowState {
         up: &mut StepUpdate<'_>,
     ) -> Result<i64, EvalError> {
         let end = t.saturating_add(gap);
-        let overlapping: Vec<Win> = self
+        let mut pieces: Vec<Win> = self
             .open
             .get(key)
             .map(|wins| {
@@ -254,26 +254,26 @@ impl EventWindowState {
                     .collect()
             })
             .unwrap_or_default();
-        let mut merged = Win {
+        let joined: Vec<i64> = pieces.iter().map(|w| w.start).collect();
+        let own = Win {
             start: t,
             end,
             acc: part,
         };
-        let mut pieces = overlapping.clone();
-        pieces.push(merged.clone());
-        pieces.sort_by_key(|w| w.start);
+        // Sorted by start, the first piece's start is the session's.
+        let at = pieces.partition_point(|w| w.start <= t);
+        pieces.insert(at, own);
         let mut pieces = pieces.into_iter();
-        if let Some(first) = pieces.next() {
-            merged = first;
-            for w in pieces {
-                merged.acc.merge(&op.kind, key, &w.acc)?;
-                merged.start = merged.start.min(w.start);
-                merged.end = merged.end.max(w.end);
-            }
+        let Some(mut merged) = pieces.next() else {
+            return Ok(t);
+        };
+        for w in pieces {
+            merged.acc.merge(&op.kind, key, &w.acc)?;
+            merged.end = merged.end.max(w.end);
         }
-        for w in &overlapping {
-            if w.start != merged.start {
-                self.set(key, w.start, None, up);
+        for s in joined {
+            if s != merged.start {
+                self.set(key, s, None, up);
             }
         }
         let start = merged.start;

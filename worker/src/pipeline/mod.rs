@@ -392,11 +392,7 @@ impl PartitionRun<'_> {
             merge_marks(&mut up, &self.marks);
             return up.watermark();
         }
-        self.state
-            .clock
-            .max_event
-            .max(self.seen)
-            .map(|m| m.saturating_sub(ev.delay))
+        self.state.clock.own(self.seen, ev.delay)
     }
 
     /// A watermark the stage before wrote for its input partition `id` (of `partitions`):
@@ -470,7 +466,6 @@ impl PartitionRun<'_> {
         let steps = &pipeline.steps;
         let batch_time_ms = self.batch_time_ms;
         let mut failures = Vec::new();
-        let clock_before = self.state.clock.clone();
         self.state.clock.max_event = self.state.clock.max_event.max(self.seen);
         merge_marks(&mut self.state.clock.upstream, &self.marks);
         for i in 0..steps.len() {
@@ -583,7 +578,7 @@ impl PartitionRun<'_> {
         }
         self.state.applied(batch_time_ms);
         if let Some(step) = &pipeline.clock_step {
-            if self.state.clock != clock_before {
+            if self.state.clock_moved() {
                 self.state.changes.push(self.state.clock.change(step));
             }
         }

@@ -85,6 +85,11 @@ impl PartitionState {
         out
     }
 
+    /// Whether the clock moved since the batch began.
+    pub(crate) fn clock_moved(&self) -> bool {
+        self.clock != self.clock_before
+    }
+
     /// The partition's event-time clock.
     pub fn clock(&self) -> &Clock {
         &self.clock
