@@ -94,7 +94,7 @@ pub struct Engine {
     /// The stage's watermark over its partitions, when the job has one.
     clock: Option<StageClock>,
     /// Before a shuffle: the watermark records last written per owned partition.
-    sent_marks: Vec<Option<(Val, Val)>>,
+    sent_marks: Vec<(Val, Val)>,
 }
 
 impl Engine {
@@ -575,11 +575,7 @@ impl Engine {
                     range,
                     outputs,
                     changes,
-                    marker: marks.get(i).filter(|m| {
-                        self.sent_marks
-                            .get(i)
-                            .is_none_or(|s| s.as_ref() != Some(*m))
-                    }),
+                    marker: marks.get(i).filter(|m| self.sent_marks.get(i) != Some(*m)),
                 })
                 .collect(),
         };
@@ -588,7 +584,7 @@ impl Engine {
             .batch(&owned, &batch, &ranges, &mut self.source, &self.states)
             .map_err(fail)?;
         if !marks.is_empty() {
-            self.sent_marks = marks.into_iter().map(Some).collect();
+            self.sent_marks = marks;
         }
 
         let processing_ms = started.elapsed().as_millis() as u64;

@@ -79,7 +79,8 @@ impl Pipeline {
                 key: c.key.to_string(),
                 reason: reason.to_string(),
             };
-            if &*c.step == CLOCK_STEP && self.clock_step.as_ref() == Some(&c.step) {
+            // The clock, under the event-time window's id or its own (`@watermark`).
+            if self.clock_step.as_ref() == Some(&c.step) && c.key == Val::str(CLOCK_KEY) {
                 state.clock = match &c.value {
                     Some(v) => Clock::from_val(v).map_err(err)?,
                     None => Clock::default(),
@@ -95,12 +96,6 @@ impl Pipeline {
                 }
                 (Op::State(_), StepState::Keyed(ks)) => {
                     ks.restore(&c.key, c.value.as_ref()).map_err(err)?;
-                }
-                (Op::EventWindow(_), _) if c.key == Val::str(CLOCK_KEY) => {
-                    state.clock = match &c.value {
-                        Some(v) => Clock::from_val(v).map_err(err)?,
-                        None => Clock::default(),
-                    };
                 }
                 (Op::EventWindow(w), StepState::EventWindow(ws)) => {
                     ws.restore(w, &c.key, c.value.as_ref()).map_err(err)?;
