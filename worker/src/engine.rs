@@ -729,21 +729,14 @@ fn read_and_run(
             Ok(v) => v,
             Err(e) => return w.dead.push(letter(None, e.to_string())),
         };
-        let (event_time, late_against) = match shuffle
-            .then(|| raw.header(EVENT_TIME_HEADER))
-            .flatten()
-        {
-            None => (None, i64::MIN),
-            Some(h) => match read_event_header(h) {
-                Some(t) => (Some(t.0), t.1),
-                None => {
-                    return w.dead.push(letter(
-                        None,
-                        format!("the {EVENT_TIME_HEADER} header is not <event ms>:<watermark ms>"),
-                    ))
-                }
-            },
-        };
+        let (event_time, late_against) =
+            match shuffle.then(|| raw.header(EVENT_TIME_HEADER)).flatten() {
+                None => (None, i64::MIN),
+                Some(h) => match read_event_header(h) {
+                    Ok((time, against)) => (Some(time), against),
+                    Err(e) => return w.dead.push(letter(None, e)),
+                },
+            };
         let rec = Record {
             topic: tp.topic.clone(),
             partition: tp.partition,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::change::StateChange;
 use crate::expr::{EvalError, Program, Val};
 use crate::record::Record;
+use weir_contract::stages::EVENT_TIME_HEADER;
 
 /// How a record's event time is found, and how far behind it the watermark runs.
 pub struct EventTime {
@@ -245,10 +246,15 @@ pub fn event_header(time: i64, against: i64) -> String {
 }
 
 /// The inverse of [`event_header`].
-pub fn read_event_header(h: &[u8]) -> Option<(i64, i64)> {
-    let s = std::str::from_utf8(h).ok()?;
-    let (t, w) = s.split_once(':')?;
-    Some((t.parse().ok()?, w.parse().ok()?))
+///
+/// # Errors
+/// A header that is not `<event ms>:<watermark ms>`, with what it should be.
+pub fn read_event_header(h: &[u8]) -> Result<(i64, i64), String> {
+    let parsed = std::str::from_utf8(h).ok().and_then(|s| {
+        let (t, w) = s.split_once(':')?;
+        Some((t.parse().ok()?, w.parse().ok()?))
+    });
+    parsed.ok_or_else(|| format!("the {EVENT_TIME_HEADER} header is not <event ms>:<watermark ms>"))
 }
 
 /// The changelog key of the clock, beside the window entries (which are lists).
