@@ -33,7 +33,12 @@ pub const KEYS: &[(&str, &str)] = &[
     ("ssl.ca.location", "ssl.ca.location"),
     ("ssl.certificate.location", "ssl.certificate.location"),
     ("ssl.key.location", "ssl.key.location"),
+    // Not librdkafka's: the Schema Registry's basic auth, `user:password`.
+    (REGISTRY_USER_INFO, REGISTRY_USER_INFO),
 ];
+
+/// The credentials key of a Schema Registry's basic auth (Confluent's client property name).
+pub const REGISTRY_USER_INFO: &str = "schema.registry.basic.auth.user.info";
 
 /// The `security.protocol` values Weir accepts; the build serves each (a test creates a client
 /// with every one).
@@ -245,11 +250,19 @@ impl Credentials {
         self.settings.keys().copied()
     }
 
-    /// Sets these credentials on a client configuration, over anything set before.
+    /// Sets these credentials on a client configuration, over anything set before (all but
+    /// the registry's, which are not the Kafka client's).
     pub fn apply(&self, c: &mut ClientConfig) {
         for (k, v) in &self.settings {
-            c.set(*k, v.expose());
+            if *k != REGISTRY_USER_INFO {
+                c.set(*k, v.expose());
+            }
         }
+    }
+
+    /// The Schema Registry's `user:password`, when given.
+    pub fn registry_user_info(&self) -> Option<&str> {
+        self.settings.get(REGISTRY_USER_INFO).map(Secret::expose)
     }
 }
 

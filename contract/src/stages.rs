@@ -64,7 +64,7 @@ pub fn with_shuffles(spec: &JobSpec) -> Vec<StepSpec> {
             rekeyed = false;
         } else if step.key_by.as_deref().is_some_and(|e| e.trim() != "key") {
             rekeyed = true;
-        } else if (step.aggregate.is_some() || step.state.is_some())
+        } else if (step.aggregate.is_some() || step.state.is_some() || step.interval_join.is_some())
             && rekeyed
             && !step.per_partition
         {
@@ -196,6 +196,7 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
                 topic: topic.clone(),
                 bootstrap_servers: None,
                 delivery,
+                avro: None,
                 shuffle: true,
                 partials,
             }),

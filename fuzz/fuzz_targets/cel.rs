@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         headers: Val::Map(Arc::new(vec![(Arc::from("h"), Val::str("v"))])),
         item: Val::Null,
         item_is_output: false,
+        table: Val::Null,
         event_time: None,
         late_against: i64::MIN,
     };

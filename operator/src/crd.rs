@@ -20,8 +20,8 @@ use weir_contract::spec::{Duration, JobSpec};
 /// stays free of Kubernetes; `fieldPath` points `kubectl` users at the field to fix.
 const JOB_RULES: &str = r#"[
   {
-    "rule": "!has(self.pipeline) || self.pipeline.all(s, [has(s.filter), has(s.map), has(s.select), has(s.flatMap), has(s.keyBy), has(s.aggregate), has(s.state), has(s.repartition)].filter(x, x).size() == 1)",
-    "message": "each pipeline step sets exactly one of filter, map, select, flatMap, keyBy, aggregate, state, repartition; split a step that does several things",
+    "rule": "!has(self.pipeline) || self.pipeline.all(s, [has(s.filter), has(s.map), has(s.select), has(s.flatMap), has(s.keyBy), has(s.aggregate), has(s.state), has(s.repartition), has(s.join), has(s.intervalJoin), has(s.sql)].filter(x, x).size() == 1)",
+    "message": "each pipeline step sets exactly one of filter, map, select, flatMap, keyBy, aggregate, state, repartition, join, intervalJoin, sql; split a step that does several things",
     "fieldPath": ".pipeline",
     "reason": "FieldValueInvalid"
   },

@@ -390,6 +390,7 @@ fn stateful_set(
     if let Some(secret) = &job.spec.job.source.kafka.credentials_secret {
         mount_credentials(&mut pod, secret);
     }
+    mount_tables(&mut pod, &job.spec.job);
     // Local state snapshots go to the pod's emptyDir: it outlives a crashed container (the
     // restart in the same pod replays little), not the pod. The snapshot is only a cache, and
     // a volume claim template, immutable on a StatefulSet, would pin the choice for good.
@@ -460,6 +461,45 @@ fn mount_credentials(pod: &mut PodSpec, secret: &str) {
                 read_only: Some(true),
                 ..VolumeMount::default()
             });
+    }
+}
+
+/// Mounts each ConfigMap the job reads (join tables, Avro schemas), read-only, at `<TABLES_DIR>/<name>`, where the
+/// worker reads its key. The kubelet swaps in a changed ConfigMap's files; the worker rereads
+/// a changed file before its next batch. (A `subPath` mount would never see a change.)
+fn mount_tables(pod: &mut PodSpec, spec: &weir_contract::spec::JobSpec) {
+    let mut names: Vec<&str> = spec
+        .config_maps()
+        .into_iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        // A volume name is a DNS label: a ConfigMap name may be longer, or hold dots.
+        let volume = format!("table-{}", &fnv1a_hex(name)[..12]);
+        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: volume.clone(),
+            // Optional: a missing ConfigMap (or key) then stops the worker with the path and
+            // the reason, in its termination message, rather than holding the pod in
+            // ContainerCreating where nothing reports it.
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.to_string(),
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        for c in &mut pod.containers {
+            c.volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(VolumeMount {
+                    name: volume.clone(),
+                    mount_path: format!("{}/{name}", weir_contract::env::TABLES_DIR),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
+        }
     }
 }
 

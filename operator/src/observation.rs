@@ -35,7 +35,12 @@ impl KafkaTarget {
         let file = weir_contract::spec::JobFile {
             name: name.to_string(),
             namespace: namespace.to_string(),
-            spec: job.spec.job.clone(),
+            // A spec whose SQL does not compile has no stages to observe; reconcile reports why.
+            spec: job
+                .spec
+                .job
+                .expand_sql()
+                .unwrap_or_else(|_| job.spec.job.clone()),
         };
         let stages = weir_contract::stages::split(&file)
             .into_iter()

@@ -16,6 +16,7 @@ pub mod net;
 #[cfg(feature = "pg")]
 pub mod pg;
 pub mod process;
+pub mod random;
 pub mod tools;
 
 pub use broker::Broker;

@@ -58,6 +58,7 @@ fn record(i: u64, value: Val) -> Record {
         headers: Val::Null,
         item: Val::Null,
         item_is_output: false,
+        table: Val::Null,
         event_time: None,
         late_against: i64::MIN,
     }

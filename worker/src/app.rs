@@ -52,6 +52,19 @@ pub fn check_job(file: &std::path::Path) -> Result<crate::spec::JobFile> {
     for stage in crate::stages::split(&job) {
         crate::pipeline::Pipeline::compile(&stage.job.spec)?;
     }
+    let spec = &job.spec;
+    let schemas = [
+        ("source.avro", spec.source.avro.as_ref()),
+        (
+            "sink.kafka.avro",
+            spec.sink.kafka.as_ref().and_then(|k| k.avro.as_ref()),
+        ),
+    ];
+    for (field, avro) in schemas {
+        if let Some(a) = avro {
+            crate::avro::check(a).map_err(|why| Error::Settings(format!("{field}: {why}")))?;
+        }
+    }
     Ok(job)
 }
 

@@ -71,6 +71,14 @@ impl Embedded {
         if let Some(d) = &job.spec.dead_letter {
             create(&d.topic, 1)?;
         }
+        let mut tables = Vec::new();
+        for j in job.spec.pipeline.iter_mut().filter_map(|s| s.join.as_mut()) {
+            if let Some(t) = &j.table.topic {
+                create(t, PARTITIONS)?;
+                tables.push(t.clone());
+                j.table.bootstrap_servers = None;
+            }
+        }
         // The topics workers create for themselves: this cluster cannot create topics through
         // the admin API.
         for stage in crate::stages::split(job) {
@@ -95,6 +103,9 @@ impl Embedded {
             .set("linger.ms", "5")
             .create()
             .map_err(Error::kafka("creating the sample producer"))?;
+        for t in &tables {
+            write_users(&producer, t)?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let topics = spec.source.kafka.topics.clone();
         let format = spec.source.format;
@@ -121,6 +132,28 @@ impl Drop for Embedded {
     }
 }
 
+/// Plans of the sample users, for a join table.
+const PLANS: &[&str] = &["free", "pro", "team"];
+
+/// A join table's sample rows: the generator's users `u0`..`u39` (`u40`..`u49` have no row)
+/// with a name and a plan, written an hour ago so that views of any sample time find them.
+fn write_users(producer: &BaseProducer, topic: &str) -> Result<()> {
+    let at = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    for u in 0..40 {
+        let key = format!("u{u}");
+        let row = serde_json::json!({"name": format!("User {u}"), "plan": PLANS[u % PLANS.len()]})
+            .to_string();
+        producer
+            .send(BaseRecord::to(topic).key(&key).payload(&row).timestamp(at))
+            .map_err(|(e, _)| Error::kafka("writing sample table rows")(e))?;
+    }
+    producer
+        .flush(Duration::from_secs(10))
+        .map_err(Error::kafka("writing sample table rows"))?;
+    info!(topic, rows = 40, "sample join table written");
+    Ok(())
+}
+
 /// One sample record; about one in 500 is malformed, to show the dead-letter path. A JSON
 /// sample carries its own time (`ts`, RFC 3339): up to 3 s before now, so records come out of
 /// order, and one in 40 from 20 to 60 s before, late for a watermark of a few seconds.
@@ -145,7 +178,7 @@ fn sample(rng: &mut impl Rng, format: Format, n: u64) -> Vec<u8> {
         })
         .to_string()
         .into_bytes(),
-        Format::Bytes | Format::Shuffle => (0..16).map(|_| rng.random()).collect(),
+        Format::Bytes | Format::Avro | Format::Shuffle => (0..16).map(|_| rng.random()).collect(),
     }
 }
 

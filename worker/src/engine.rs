@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
 
+use crate::avro::AvroCodec;
 use crate::batch::{BatchOutput, PartitionOutput};
 use crate::changelog::Changelog;
 use crate::client::Identity;
@@ -23,10 +24,11 @@ use crate::pipeline::event_time::{marker, read_event_header, read_marker, Mark};
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
 use crate::plan::{OffsetRange, Planner, RateEstimator, TopicPartition};
 use crate::progress::{now_ms, rfc3339, BatchInfo, EventTimeInfo, Progress, RangeInfo, ResumedAt};
-use crate::record::{decode_key_as, decode_value, Record};
+use crate::record::{decode_avro, decode_key_as, decode_value, DecodeError, Record};
 use crate::sink::Sink;
 use crate::source::{RawRecord, Source, Taken};
 use crate::spec::{Format, JobFile};
+use crate::table::Tables;
 use crate::watermark::StageClock;
 use weir_contract::stages::{EVENT_TIME_HEADER, PARTIAL_HEADER, WATERMARK_HEADER};
 
@@ -36,6 +38,9 @@ struct LaneWork<'p> {
     runs: Vec<Option<PartitionRun<'p>>>,
     dead: Vec<DeadLetter>,
     read: Read,
+    /// A failure that is no record's fault (the schema registry did not answer): the batch
+    /// is tried again rather than any record dead-lettered.
+    failed: Option<Error>,
 }
 
 /// What a batch read: its records, and of them the partials of a combined shuffle with the
@@ -95,6 +100,10 @@ pub struct Engine {
     clock: Option<StageClock>,
     /// Before a shuffle: the watermark records last written per owned partition.
     sent_marks: Vec<(Val, Val)>,
+    /// The join steps' tables, followed before every batch.
+    tables: Tables,
+    /// The source's Avro schemas and registry, with `format: avro`.
+    avro: Option<Arc<AvroCodec>>,
 }
 
 impl Engine {
@@ -127,6 +136,14 @@ impl Engine {
         // more. Offsets read before that could be overtaken by the older worker's last batches,
         // whose records would then be counted again.
         let recovered = sink.take_over(source.owned())?;
+        let tables = Tables::open(&job.spec, id, &group, &pipeline)?;
+        let avro = match &job.spec.source.avro {
+            Some(a) if job.spec.source.format == Format::Avro => Some(Arc::new(
+                AvroCodec::for_source(a, &job.spec.source.kafka.credentials)
+                    .map_err(Error::Settings)?,
+            )),
+            _ => None,
+        };
         source.resume(&job.spec.source.kafka)?;
         let dead = DeadLetters::new(&job.spec, id)?;
         let k = &job.spec.source.kafka;
@@ -234,6 +251,8 @@ impl Engine {
             in_parts,
             clock,
             sent_marks: Vec::new(),
+            tables,
+            avro,
         })
     }
 
@@ -469,6 +488,14 @@ impl Engine {
         self.source
             .check_log_bounds(&marks)
             .map_err(|e| (e, None))?;
+        // Every row written before the batch was planned, for its records to see.
+        match self.tables.catch_up() {
+            Ok(()) => {}
+            Err(e) if e.class() == Class::Retriable => {
+                return Ok(self.unplanned(seq, time, pending, scheduling_delay_ms, &e));
+            }
+            Err(e) => return Err((e, None)),
+        }
         let highs: Vec<i64> = marks.iter().map(|(_, h)| *h).collect();
         let target = self.planner.target(&self.source.positions(), &highs);
         let owned = self.source.owned().to_vec();
@@ -499,6 +526,7 @@ impl Engine {
                 &self.pipeline,
                 &mut work,
                 self.job.spec.source.format,
+                self.avro.as_deref(),
                 &owned,
                 &planned,
                 budget,
@@ -625,6 +653,7 @@ fn start_work<'p>(
             runs: (0..owned).map(|_| None).collect(),
             dead: Vec::new(),
             read: Read::default(),
+            failed: None,
         })
         .collect();
     for (i, state) in states.iter_mut().enumerate() {
@@ -656,11 +685,13 @@ fn take_part(work: &mut [LaneWork<'_>], owned: usize) -> (Vec<Vec<Output>>, Vec<
 ///
 /// # Errors
 /// As [`Source::read`].
+#[allow(clippy::too_many_arguments)]
 fn read_and_run(
     source: &mut Source,
     pipeline: &Pipeline,
     work: &mut [LaneWork<'_>],
     format: Format,
+    avro: Option<&AvroCodec>,
     owned: &[TopicPartition],
     planned: &[OffsetRange],
     budget: Budget,
@@ -725,8 +756,16 @@ fn read_and_run(
                 return;
             }
         }
-        let value = match decode_value(format, raw.payload, &needs.value) {
+        let decoded = match avro {
+            Some(codec) => decode_avro(codec, raw.payload),
+            None => decode_value(format, raw.payload, &needs.value),
+        };
+        let value = match decoded {
             Ok(v) => v,
+            Err(DecodeError::Unavailable(why)) => {
+                w.failed.get_or_insert(Error::Unavailable(why));
+                return;
+            }
             Err(e) => return w.dead.push(letter(None, e.to_string())),
         };
         let (event_time, late_against) =
@@ -758,6 +797,7 @@ fn read_and_run(
             },
             item: Val::Null,
             item_is_output: false,
+            table: Val::Null,
             event_time,
             late_against,
         };
@@ -767,7 +807,11 @@ fn read_and_run(
             }
         }
     };
-    source.read(planned, budget, work, &on_record)
+    let taken = source.read(planned, budget, work, &on_record)?;
+    match work.iter_mut().find_map(|w| w.failed.take()) {
+        Some(e) => Err(e),
+        None => Ok(taken),
+    }
 }
 
 /// Finish: ends every partition's run at batch `time` (aggregates, windows and state steps

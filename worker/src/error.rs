@@ -60,6 +60,10 @@ pub enum Error {
     /// worker stops at once and says what to check.
     #[error("{0}")]
     Auth(String),
+    /// A service a batch needs besides Kafka (the schema registry) did not answer: the batch
+    /// is tried again, as after a broker outage.
+    #[error("{0}")]
+    Unavailable(String),
     /// The worker was asked to stop while waiting to retry.
     #[error("stopped while retrying")]
     Cancelled,
@@ -73,7 +77,9 @@ impl Error {
     pub fn class(&self) -> Class {
         match self {
             Error::Kafka { source, .. } if auth_kind(source).is_some() => Class::Fatal,
-            Error::Kafka { .. } | Error::Unreachable { .. } => Class::Retriable,
+            Error::Kafka { .. } | Error::Unreachable { .. } | Error::Unavailable(_) => {
+                Class::Retriable
+            }
             Error::ReadTimeout(_) | Error::Sink(_) => Class::Abortable,
             Error::Load(_)
             | Error::Pipeline(_)

@@ -31,6 +31,7 @@
 //! that run a job ([`stages::connect`], [`stages::run`]), [`Progress`] and the errors.
 
 pub mod app;
+pub mod avro;
 pub mod batch;
 pub mod changelog;
 pub mod client;
@@ -39,6 +40,7 @@ pub mod dead_letter;
 pub mod embedded;
 pub mod engine;
 pub mod error;
+pub mod explain;
 pub mod http;
 pub mod memory;
 pub mod pipeline;
@@ -50,6 +52,7 @@ mod shutdown;
 pub mod sink;
 mod source;
 pub mod stages;
+mod table;
 mod topics;
 mod watermark;
 

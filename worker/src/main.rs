@@ -36,6 +36,9 @@ enum Command {
         #[arg(long, env = "WEIR_KAFKA_CREDENTIALS")]
         kafka_credentials: Option<PathBuf>,
     },
+    /// Print the steps a job file runs, as the worker runs them: SQL steps compiled, the
+    /// shuffles inserted, each stage's input, group and output. Exit 2 when the job is refused.
+    Explain { file: PathBuf },
     /// Print the JSON schema of the job spec.
     Schema,
     /// Host librdkafka's mock cluster on a loopback port until stdin closes (for tests and
@@ -206,6 +209,16 @@ fn main() -> ExitCode {
                     job.name,
                     job.spec.pipeline.len()
                 );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", file.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Explain { file } => match app::check_job(&file) {
+            Ok(job) => {
+                print!("{}", weir_worker::explain::explain(&job));
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -3,7 +3,7 @@
 //! transactional (one per input partition) for exactly-once delivery.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -14,6 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
 
+use crate::avro::AvroCodec;
 use crate::client::{self, Identity};
 use crate::error::{Error, Result};
 use crate::expr::Val;
@@ -107,6 +108,8 @@ pub struct KafkaWriter {
     value: Vec<u8>,
     /// Empty unless the producer is transactional.
     txn_id: String,
+    /// A sink's Avro schema: values are written as Avro, not JSON.
+    avro: Option<Arc<AvroCodec>>,
 }
 
 impl KafkaWriter {
@@ -149,6 +152,7 @@ impl KafkaWriter {
             key: Vec::new(),
             value: Vec::new(),
             txn_id: String::new(),
+            avro: None,
         })
     }
 
@@ -183,9 +187,27 @@ impl KafkaWriter {
         self.key.clear();
         self.value.clear();
         key.write_payload(&mut self.key);
-        value.write_payload(&mut self.value);
+        match &self.avro {
+            // A value that does not fit the schema is the pipeline's fault, not the record's:
+            // the batch stops with the reason rather than writing something else.
+            Some(codec) => {
+                self.value = codec.encode(value).map_err(|why| {
+                    Error::Fatal(format!(
+                        "{why}; fix the pipeline's output or the schema (value: {})",
+                        value.to_string().chars().take(300).collect::<String>()
+                    ))
+                })?;
+            }
+            None => value.write_payload(&mut self.value),
+        }
         let key = (!matches!(key, Val::Null)).then_some(self.key.as_slice());
         produce(&self.producer, topic, None, key, Some(&self.value), None)
+    }
+
+    /// Writes values as Avro with `codec` (a sink's schema).
+    pub fn with_avro(mut self, codec: Option<Arc<AvroCodec>>) -> Self {
+        self.avro = codec;
+        self
     }
 
     /// Queues a record as raw bytes (dead letters keep the original bytes).
@@ -383,6 +405,7 @@ impl KafkaWriter {
             key: Vec::new(),
             value: Vec::new(),
             txn_id: transactional_id.to_string(),
+            avro: None,
         })
     }
 

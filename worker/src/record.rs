@@ -25,6 +25,9 @@ pub struct Record {
     /// Whether the record's result is `item` (after a flatMap) rather than `value` (after a
     /// map or select, or with no flatMap).
     pub item_is_output: bool,
+    /// The table row a join step found for the record; null before any (and after a left
+    /// join that found none).
+    pub table: Val,
     /// The record's event time (ms since the epoch), when the job has a watermark.
     pub event_time: Option<i64>,
     /// The watermark the record is judged late against: its partition's before it was read,
@@ -49,6 +52,7 @@ impl Vars for Record {
             Var::Key => Cow::Borrowed(&self.key),
             Var::Value => Cow::Borrowed(&self.value),
             Var::Item => Cow::Borrowed(&self.item),
+            Var::Table => Cow::Borrowed(&self.table),
             Var::Headers => Cow::Borrowed(&self.headers),
             Var::Partition => Cow::Owned(Val::Int(i64::from(self.partition))),
             Var::Offset => Cow::Owned(Val::Int(self.offset)),
@@ -77,6 +81,32 @@ pub enum DecodeError {
     Utf8(String),
     #[error("record of a repartition topic is not in the worker's encoding: {0}")]
     Shuffle(String),
+    #[error("{0}")]
+    Avro(String),
+    /// The value's schema could not be fetched: no fault of the record's.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Decodes an Avro record value with the source's schemas; an absent value is null.
+///
+/// # Errors
+/// A value too large or not Avro of its schema; [`DecodeError::Unavailable`] when the schema
+/// registry did not answer.
+pub fn decode_avro(
+    codec: &crate::avro::AvroCodec,
+    payload: Option<&[u8]>,
+) -> Result<Val, DecodeError> {
+    let Some(bytes) = payload else {
+        return Ok(Val::Null);
+    };
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    codec.decode(bytes).map_err(|e| match e {
+        crate::avro::AvroError::Record(why) => DecodeError::Avro(why),
+        e @ crate::avro::AvroError::Unavailable(_) => DecodeError::Unavailable(e.to_string()),
+    })
 }
 
 /// Decodes a record value per the source format, keeping what the pipeline reads of a JSON
@@ -115,6 +145,10 @@ pub fn decode_value(
             .map(Val::str)
             .map_err(|e| DecodeError::Utf8(e.to_string())),
         Format::Bytes => Ok(Val::Bytes(Arc::from(bytes))),
+        // The engine decodes Avro with the source's schemas (decode_avro).
+        Format::Avro => Err(DecodeError::Avro(
+            "an Avro value is read with its schema, not by its format alone".into(),
+        )),
         Format::Shuffle => {
             crate::value::codec::decode(bytes).map_err(|e| DecodeError::Shuffle(e.to_string()))
         }

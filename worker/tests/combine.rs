@@ -17,14 +17,8 @@ const REPARTITION: &str = "t-a-repartition";
 
 /// `n` records `(partition, page, amount)` over `keys` pages, from a fixed seed.
 fn random_input(n: usize, keys: u64, seed: u64) -> Vec<(i32, String, i64)> {
-    let mut x = seed;
-    let mut next = move || {
-        // A 64-bit LCG: deterministic, and spread enough for the test.
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        x >> 33
-    };
+    let mut rng = weir_testkit::random::Lcg::new(seed);
+    let mut next = move || rng.bits();
     (0..n)
         .map(|_| {
             let p = (next() % PARTITIONS as u64) as i32;

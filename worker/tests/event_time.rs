@@ -18,13 +18,8 @@ const BASE: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 /// Per partition, in offset order: (key, event time). Times rise 40 ms a record with up to
 /// 800 ms of disorder, and one record in 25 comes 3 to 8 s behind (late).
 fn random_input(per_partition: usize, seed: u64) -> Vec<Vec<(String, i64)>> {
-    let mut x = seed;
-    let mut next = move |m: u64| {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (x >> 33) % m
-    };
+    let mut rng = weir_testkit::random::Lcg::new(seed);
+    let mut next = move |m: u64| rng.below(m);
     (0..PARTITIONS)
         .map(|_| {
             (0..per_partition)

@@ -288,7 +288,22 @@ fn every_refusal_of_run_before_the_first_record_is_a_refusal_of_validate_exit_2(
             format!("{head}}}}}\npipeline:\n  - {{id: m, map: 'value.n / (1 / 0)'}}\nsink: {{stdout: {{}}}}\n"),
             "division by zero",
         ),
+        (
+            "sql",
+            format!("{head}}}}}\npipeline:\n  - {{id: q, sql: 'SELECT page FROM input LIMIT 5'}}\nsink: {{stdout: {{}}}}\n"),
+            "pipeline[0].sql: line 1, column 30: LIMIT is not supported",
+        ),
+        (
+            "avro-schema",
+            format!("{head}}}, format: avro, avro: {{schema: {{file: {}}}}}}}\nsink: {{stdout: {{}}}}\n", dir.path().join("not-a-schema.avsc").display()),
+            "not-a-schema.avsc is not a schema",
+        ),
     ];
+    std::fs::write(
+        dir.path().join("not-a-schema.avsc"),
+        "{\"type\": \"recrod\"}",
+    )
+    .expect("write");
     for (name, yaml, why) in cases {
         let path = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, yaml).expect("write job");
@@ -467,4 +482,84 @@ fn promtool_check(promtool: &Path, metrics: &str) {
         out.status.success() && said.trim().is_empty(),
         "promtool check metrics:\n{said}\n{metrics}"
     );
+}
+
+#[test]
+fn the_sql_example_runs_embedded_and_writes_closed_windows() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/page-stats-sql.yaml");
+    let mut w = WorkerProc::spawn(&example, &["--embedded", "--max-batches", "200"]);
+    // Ten-second windows of the views' own time, closed 5 s after they end.
+    let written = || {
+        w.all_logs()
+            .lines()
+            .filter(|l| l.contains("batch completed") && l.contains("\"stage\":\"stats\""))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["fields"]["records_out"].as_u64())
+            .sum::<u64>()
+    };
+    eventually("the first windows written", Duration::from_secs(90), || {
+        written() > 0
+    });
+    w.signal("TERM");
+    assert!(w
+        .wait_exit(Duration::from_secs(30))
+        .expect("exit")
+        .success());
+}
+
+#[test]
+fn explain_prints_the_compiled_steps_and_refuses_a_bad_query_with_its_position() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/page-stats-sql.yaml");
+    let out = std::process::Command::new(WORKER)
+        .arg("explain")
+        .arg(&example)
+        .output()
+        .expect("weir-worker explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "event time: value.ts",
+        "stats-where   filter: ((value.page != \"/health\") && (value.ms > 0))",
+        "stats-key     keyBy: value.page",
+        "-> page-stats-sql-stats-repartition (repartition topic: every record, atLeastOnce)",
+        "stage stats: reads page-stats-sql-stats-repartition",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = job_file(
+        dir.path(),
+        "batchInterval: 1s\nsource: {kafka: {bootstrapServers: 'k:9092', topics: [in]}}\nsink: {stdout: {}}\npipeline:\n- id: q\n  sql: |\n    SELECT page, COUNT(*) AS n\n    FROM input ORDER BY page\n",
+    );
+    for command in ["explain", "validate"] {
+        let (code, err) = worker(&[command.as_ref(), job.as_os_str()]);
+        assert_eq!(code, Some(2), "{command}: {err}");
+        assert!(
+            err.contains("pipeline[0].sql: line 2, column 21: ORDER BY is not supported"),
+            "{command}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_join_example_runs_embedded_against_its_sample_table() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/views-by-plan.yaml");
+    let mut w = WorkerProc::spawn(&example, &["--embedded", "--max-batches", "200"]);
+    eventually(
+        "a batch of the per-plan counts",
+        Duration::from_secs(60),
+        || w.completed("views") >= 1,
+    );
+    let loaded = w
+        .wait_log("join table loaded", Duration::from_secs(5))
+        .expect("the table's load is logged");
+    let line: serde_json::Value = serde_json::from_str(&loaded).expect("a JSON log line");
+    assert_eq!(line["fields"]["rows"], 40, "{loaded}");
+    assert_eq!(line["fields"]["step"], "with-user", "{loaded}");
+    w.signal("TERM");
+    assert!(w
+        .wait_exit(Duration::from_secs(30))
+        .expect("exit")
+        .success());
 }

@@ -638,12 +638,10 @@ sink: {{file: {{path: "{}"}}}}
         let stop = stop.clone();
         std::thread::spawn(move || {
             let p: rdkafka::producer::BaseProducer = client.create().expect("producer");
-            let mut x: u64 = 42;
+            let mut rng = weir_testkit::random::Lcg::new(42);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for _ in 0..20 {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
+                    let x = rng.raw();
                     let payload =
                         format!(r#"{{"k":"k{}","v":{}}}"#, (x >> 33) % 6, (x >> 40) % 100);
                     let part = ((x >> 20) % PARTITIONS as u64) as i32;

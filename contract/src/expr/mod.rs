@@ -48,6 +48,8 @@ pub enum Var {
     Headers,
     Topic,
     Item,
+    /// The table row a join step found (null when a left join found none).
+    Table,
     Values,
     State,
     /// True in a state step's update when the key is timing out (Spark's `isTimingOut`).
@@ -71,8 +73,9 @@ impl Var {
     ];
 
     /// The variables particular steps add.
-    const STEP: [Var; 7] = [
+    const STEP: [Var; 8] = [
         Var::Item,
+        Var::Table,
         Var::Values,
         Var::State,
         Var::TimingOut,
@@ -91,6 +94,7 @@ impl Var {
             Var::Headers => "headers",
             Var::Topic => "topic",
             Var::Item => "item",
+            Var::Table => "table",
             Var::Values => "values",
             Var::State => "state",
             Var::TimingOut => "timingOut",
@@ -161,8 +165,6 @@ const FUNCTIONS: &[&str] = &[
     "exists_one",
     "map",
     "filter",
-    "max",
-    "min",
 ];
 
 /// The functions that make or read timestamps and durations, callable too (besides

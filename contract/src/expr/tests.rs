@@ -366,3 +366,69 @@ fn times_compare_as_times_not_as_their_texts() {
     );
     assert_eq!(eval("duration('90s')", json).unwrap(), Val::str("90s"));
 }
+
+#[test]
+fn every_function_the_checker_allows_runs() {
+    // The checker's lists name what a spec may call; each must be one the interpreter (or the
+    // compiled closures) can run, or a job passes validation and fails on every record.
+    let json = r#"{"s":"Hello","tags":["b","a"],"n":7,"ts":"2026-01-01T10:20:30.400Z"}"#;
+    let calls: &[(&str, &str)] = &[
+        ("size", "size(value.s) == 5"),
+        ("int", "int('7') == 7"),
+        ("uint", "uint(7) == 7u"),
+        ("double", "double(7) == 7.0"),
+        ("string", "string(7) == '7'"),
+        ("bytes", "bytes('a') == b'a'"),
+        ("bool", "bool('true')"),
+        ("type", "type(1) == type(2) && type(1) != type('a')"),
+        ("dyn", "dyn(1) == 1"),
+        ("contains", "value.s.contains('ell')"),
+        ("startsWith", "value.s.startsWith('He')"),
+        ("endsWith", "value.s.endsWith('lo')"),
+        (
+            "matches",
+            "value.s.matches('^H.l+o$') && !value.s.matches('^x')",
+        ),
+        ("split", "value.s.split('l') == ['He', '', 'o']"),
+        ("lowerAscii", "value.s.lowerAscii() == 'hello'"),
+        ("upperAscii", "value.s.upperAscii() == 'HELLO'"),
+        ("trim", "' a '.trim() == 'a'"),
+        ("replace", "value.s.replace('l', 'L') == 'HeLLo'"),
+        ("join", "value.tags.join('-') == 'b-a'"),
+        ("substring", "value.s.substring(1, 3) == 'el'"),
+        ("indexOf", "value.s.indexOf('l') == 2"),
+        ("lastIndexOf", "value.s.lastIndexOf('l') == 3"),
+        ("charAt", "value.s.charAt(1) == 'e'"),
+        ("reverse", "value.s.reverse() == 'olleH'"),
+        ("has", "has(value.s)"),
+        ("all", "value.tags.all(t, size(t) == 1)"),
+        ("exists", "value.tags.exists(t, t == 'a')"),
+        ("exists_one", "value.tags.exists_one(t, t == 'a')"),
+        ("map", "value.tags.map(t, t + t) == ['bb', 'aa']"),
+        ("filter", "value.tags.filter(t, t == 'a') == ['a']"),
+        ("duration", "duration('90s') == duration('1m30s')"),
+        (
+            "timestamp",
+            "timestamp(value.ts) > timestamp('2025-01-01T00:00:00Z')",
+        ),
+        ("getFullYear", "timestamp(value.ts).getFullYear() == 2026"),
+        ("getMonth", "timestamp(value.ts).getMonth() == 0"),
+        ("getDayOfMonth", "timestamp(value.ts).getDayOfMonth() == 0"),
+        ("getDayOfWeek", "timestamp(value.ts).getDayOfWeek() == 4"),
+        ("getDayOfYear", "timestamp(value.ts).getDayOfYear() == 0"),
+        ("getHours", "timestamp(value.ts).getHours() == 10"),
+        ("getMinutes", "timestamp(value.ts).getMinutes() == 20"),
+        ("getSeconds", "timestamp(value.ts).getSeconds() == 30"),
+        (
+            "getMilliseconds",
+            "timestamp(value.ts).getMilliseconds() == 400",
+        ),
+    ];
+    let named: std::collections::BTreeSet<&str> = calls.iter().map(|(f, _)| *f).collect();
+    let allowed: std::collections::BTreeSet<&str> =
+        FUNCTIONS.iter().chain(TIME_FUNCTIONS).copied().collect();
+    assert_eq!(named, allowed, "a call for every allowed function");
+    for (f, src) in calls {
+        assert_eq!(eval(src, json), Ok(Val::Bool(true)), "{f}: {src}");
+    }
+}

@@ -69,7 +69,8 @@ pub fn load_job_file(path: &Path) -> Result<JobFile, LoadError> {
     parse_job(&text, &stem)
 }
 
-/// Parses and validates a job from YAML text.
+/// Parses and validates a job from YAML text; SQL steps come back compiled to the steps they
+/// stand for.
 ///
 /// # Errors
 /// As [`load_job_file`].
@@ -155,6 +156,7 @@ pub fn parse_job(text: &str, default_name: &str) -> Result<JobFile, LoadError> {
         }
     };
     spec.validate()?;
+    let spec = spec.expand_sql()?;
     Ok(JobFile {
         name,
         namespace,

@@ -5,8 +5,11 @@
 //! thing (`sink`, a pipeline step) are structs of optional members with exactly one set, because
 //! that is the shape Kubernetes structural schemas and `kubectl explain` handle well.
 
+mod avro;
 mod duration;
+mod join;
 mod load;
+mod sql;
 mod time;
 mod validate;
 
@@ -15,7 +18,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use avro::{AvroSpec, RegistrySpec, SchemaFile};
 pub use duration::{Duration, DurationError, DURATION_PATTERN};
+pub use join::{ConfigMapKey, IntervalJoinKind, IntervalJoinSpec, JoinKind, JoinSpec, TableSpec};
 pub use load::{load_job_file, parse_job, JobFile, LoadError, KUBERNETES_ONLY_FIELDS};
 pub use time::{EmitMode, LatePolicy, WatermarkSpec, WindowTime, MAX_WINDOWS_PER_RECORD};
 pub use validate::{FieldError, ValidationErrors, SECRET_PROPERTIES};
@@ -58,6 +63,9 @@ pub struct SourceSpec {
     /// The out-of-orderness bound that closes event-time windows; needed by them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<WatermarkSpec>,
+    /// With `format: avro`: the schema and the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avro: Option<AvroSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -306,6 +314,10 @@ pub enum Format {
     Text,
     /// Raw bytes; `value` is bytes.
     Bytes,
+    /// Avro (`source.avro`: a schema, or the Confluent wire format with a Schema Registry);
+    /// `value` is the decoded record, with its types (records and maps as objects, longs and
+    /// timestamps as integers).
+    Avro,
     /// The worker's own encoding of keys and values between the stages of a job (a
     /// repartition topic); set by the worker, never in a spec.
     #[serde(skip)]
@@ -351,6 +363,22 @@ pub struct StepSpec {
     /// Per-key state updated every batch (mapWithState).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateStepSpec>,
+    /// Join each record with a table row by a key: the row is `table` to the steps after it
+    /// (within the stage: select what a later stage needs into the value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinSpec>,
+    /// Join this stream's two sides in event time within a bound, per key: each pair as
+    /// `{"left": value, "right": value}`, keyed by the key. Needs `source.watermark`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_join: Option<IntervalJoinSpec>,
+    /// A SQL query over the records that reach the step (`FROM input`), compiled when the job
+    /// loads to the steps above: WHERE a filter, GROUP BY a keyBy and an aggregate (windowed by
+    /// `TUMBLE`, `HOP` or `SESSION` over event time), HAVING a filter, the select list a select.
+    /// Columns are the value's fields; `_key`, `_timestamp` and their kin the record's parts.
+    /// `weir-worker explain` prints what it compiles to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16384))]
+    pub sql: Option<String>,
     /// Re-key through a Kafka topic so that keyed steps after it see every record of a key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repartition: Option<RepartitionSpec>,
@@ -518,6 +546,9 @@ pub struct KafkaSink {
     pub bootstrap_servers: Option<String>,
     #[serde(default)]
     pub delivery: Delivery,
+    /// Write values as Avro with this schema (and the registry's framing), instead of JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avro: Option<AvroSpec>,
     /// Write keys and values in the worker's own encoding, for the next stage of the job;
     /// set by the worker for a repartition topic, never in a spec.
     #[serde(skip)]
@@ -633,6 +664,23 @@ fn default_print_limit() -> u32 {
 }
 
 impl JobSpec {
+    /// Every ConfigMap key the job reads (join tables, Avro schemas), for the operator to
+    /// mount.
+    pub fn config_maps(&self) -> Vec<&ConfigMapKey> {
+        let tables = self
+            .pipeline
+            .iter()
+            .filter_map(|s| s.join.as_ref()?.table.config_map.as_ref());
+        let schemas = [
+            self.source.avro.as_ref(),
+            self.sink.kafka.as_ref().and_then(|k| k.avro.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.schema.as_ref()?.config_map.as_ref());
+        tables.chain(schemas).collect()
+    }
+
     /// The consumer group that holds this job's offsets.
     pub fn group_id(&self, namespace: &str, job: &str) -> String {
         self.source

@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 use std::fmt;
 
+mod avro;
+mod join;
 mod time;
 
 use super::{JobSpec, StepSpec};
@@ -80,6 +82,34 @@ impl Checker {
         }
     }
 
+    /// A ConfigMap key's name and key, as Kubernetes accepts them.
+    pub(super) fn config_map(&mut self, at: &str, cm: &super::ConfigMapKey) {
+        if !is_dns_subdomain(&cm.name) {
+            self.err(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is not a ConfigMap name (lower-case letters, digits, '-' and '.')",
+                    cm.name
+                ),
+            );
+        }
+        let key_ok = !cm.key.is_empty()
+            && cm.key.len() <= 253
+            && cm
+                .key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+        if !key_ok || cm.key == "." || cm.key == ".." {
+            self.err(
+                format!("{at}.key"),
+                format!(
+                    "{:?} is not a ConfigMap key (letters, digits, '-', '.' and '_')",
+                    cm.key
+                ),
+            );
+        }
+    }
+
     fn topic(&mut self, field: String, topic: &str) {
         if let Err(why) = check_topic_name(topic) {
             self.err(field, why);
@@ -106,7 +136,7 @@ pub fn check_client_property(key: &str, value: &str) -> Result<(), String> {
 }
 
 /// Kubernetes' rule for Secret (and most object) names: a DNS-1123 subdomain.
-fn is_dns_subdomain(name: &str) -> bool {
+pub(super) fn is_dns_subdomain(name: &str) -> bool {
     let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     name.len() <= 253
         && ok_end(name.chars().next())
@@ -141,6 +171,17 @@ impl JobSpec {
     /// # Errors
     /// Every problem found, each naming its field and what to set.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
+        if !self.has_sql() {
+            return self.check();
+        }
+        let (expanded, origin) = super::sql::expand(self)?;
+        expanded
+            .check()
+            .map_err(|e| super::sql::remap(e, &origin, self, &expanded))
+    }
+
+    /// Checks a spec without SQL steps.
+    fn check(&self) -> Result<(), ValidationErrors> {
         let mut c = Checker { errors: Vec::new() };
         let interval = self.batch_interval.as_millis();
         if interval < MIN_BATCH_INTERVAL_MS {
@@ -247,6 +288,7 @@ impl JobSpec {
         self.validate_pipeline(&mut c, interval);
         time::source(&mut c, self);
         self.validate_sink(&mut c);
+        avro::check(&mut c, self);
 
         if let Some(d) = &self.dead_letter {
             c.topic("deadLetter.topic".into(), &d.topic);
@@ -277,6 +319,7 @@ impl JobSpec {
     fn validate_pipeline(&self, c: &mut Checker, interval: u128) {
         let mut ids = HashSet::new();
         let mut item = false;
+        let mut table = false;
         for (i, step) in self.pipeline.iter().enumerate() {
             let at = format!("pipeline[{i}]");
             if !is_dns_label(&step.id) {
@@ -296,13 +339,28 @@ impl JobSpec {
             }
             let ops = step_operations(step);
             match ops.as_slice() {
-                [] => c.err(&at, "has no operation; set one of filter, map, select, flatMap, keyBy, aggregate, state, repartition"),
+                [] => c.err(&at, "has no operation; set one of filter, map, select, flatMap, keyBy, aggregate, state, repartition, join, intervalJoin, sql"),
                 [_] => {}
                 many => c.err(&at, format!("sets {}; a step does exactly one thing, split it into several steps", many.join(" and "))),
             }
             let mut vars: Vec<&str> = expr::Var::RECORD.iter().map(|v| v.name()).collect();
             if item {
                 vars.push("item");
+            }
+            // A join's row travels with the record to the steps after it, but not through a
+            // shuffle, which a keyed step may follow.
+            if step.aggregate.is_some() || step.state.is_some() || step.repartition.is_some() {
+                table = false;
+            }
+            if table {
+                vars.push("table");
+            }
+            if let Some(j) = &step.join {
+                join::check(c, &at, j, &vars);
+                table = true;
+            }
+            if let Some(j) = &step.interval_join {
+                join::interval(c, self, &at, j);
             }
             if let Some(e) = &step.filter {
                 c.expr(format!("{at}.filter"), e, &vars);
@@ -510,13 +568,16 @@ pub fn step_operations(step: &StepSpec) -> Vec<&'static str> {
         ("aggregate", step.aggregate.is_some()),
         ("state", step.state.is_some()),
         ("repartition", step.repartition.is_some()),
+        ("join", step.join.is_some()),
+        ("intervalJoin", step.interval_join.is_some()),
+        ("sql", step.sql.is_some()),
     ]
     .into_iter()
     .filter_map(|(n, set)| set.then_some(n))
     .collect()
 }
 
-fn is_dns_label(s: &str) -> bool {
+pub(super) fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63

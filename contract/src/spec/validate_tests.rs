@@ -224,3 +224,96 @@ fn an_event_time_expression_and_idle_after_are_checked_at_load() {
         "{e}"
     );
 }
+
+#[test]
+fn a_join_names_one_table_and_its_row_is_visible_to_the_steps_after_it() {
+    let ok = errors(
+        "- {id: j, join: {table: {topic: users}, on: value.user, kind: left}}\n- {id: s, select: {name: 'table == null ? \"\" : table.name'}}\n",
+    );
+    assert_eq!(ok, "");
+    let e = errors("- {id: j, join: {table: {topic: users, file: /x}}}\n");
+    assert!(
+        e.contains("pipeline[0].join.table: sets exactly one of topic"),
+        "{e}"
+    );
+    let e = errors("- {id: j, join: {table: {file: /x, history: 1m}}}\n");
+    assert!(
+        e.contains("pipeline[0].join.table.history: belongs to a table read from a topic"),
+        "{e}"
+    );
+    let e = errors("- {id: j, join: {table: {configMap: {name: Bad_Name, key: 'a/b'}}}}\n");
+    assert!(
+        e.contains("configMap.name: \"Bad_Name\" is not a ConfigMap name"),
+        "{e}"
+    );
+    assert!(
+        e.contains("configMap.key: \"a/b\" is not a ConfigMap key"),
+        "{e}"
+    );
+    // Before the join, and in a keyed step that may run behind a shuffle, there is no row.
+    let e =
+        errors("- {id: f, filter: 'table != null'}\n- {id: j, join: {table: {topic: users}}}\n");
+    assert!(
+        e.contains("pipeline[0].filter") && e.contains("'table'"),
+        "{e}"
+    );
+    let e = errors(
+        "- {id: j, join: {table: {topic: users}}}\n- {id: k, keyBy: value.page}\n- {id: a, aggregate: {sum: table.n}}\n",
+    );
+    assert!(
+        e.contains("pipeline[2].aggregate") && e.contains("'table'"),
+        "{e}"
+    );
+}
+
+#[test]
+fn avro_needs_a_schema_or_a_registry_and_a_sink_needs_its_schema() {
+    let job = |source: &str, sink: &str| {
+        let yaml = format!(
+            "batchInterval: 5s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}{source}}}\nsink: {{kafka: {{topic: out{sink}}}}}\n"
+        );
+        match parse_job(&yaml, "t") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert_eq!(
+        job(
+            ", format: avro, avro: {registry: {url: 'http://r:8081'}}",
+            ""
+        ),
+        ""
+    );
+    assert_eq!(
+        job(
+            ", format: avro, avro: {schema: {configMap: {name: schemas, key: v.avsc}}}",
+            ", avro: {schema: {file: /s/out.avsc}}"
+        ),
+        ""
+    );
+    let e = job(", format: avro", "");
+    assert!(
+        e.contains("source.avro: format avro needs the schema"),
+        "{e}"
+    );
+    let e = job(", avro: {registry: {url: 'http://r:8081'}}", "");
+    assert!(
+        e.contains("source.avro: is set but format is not avro"),
+        "{e}"
+    );
+    let e = job(", format: avro, avro: {registry: {url: 'r:8081'}}", "");
+    assert!(
+        e.contains("source.avro.registry.url: \"r:8081\" is not an http"),
+        "{e}"
+    );
+    let e = job("", ", avro: {registry: {url: 'http://r:8081'}}");
+    assert!(e.contains("sink.kafka.avro.schema: is missing"), "{e}");
+    let e = job(
+        ", format: avro, avro: {schema: {file: /a, configMap: {name: s, key: k}}}",
+        "",
+    );
+    assert!(
+        e.contains("source.avro.schema: sets exactly one of file and configMap"),
+        "{e}"
+    );
+}

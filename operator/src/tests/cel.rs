@@ -110,6 +110,10 @@ fn a_step_does_exactly_one_thing() {
         "{errors:?}"
     );
     spec["pipeline"][0] = json!({"id": "nothing"});
+    assert_eq!(broken(spec.clone()).len(), 1);
+    spec["pipeline"][0] = json!({"id": "q", "sql": "SELECT * FROM input"});
+    assert_eq!(broken(spec.clone()), Vec::<String>::new());
+    spec["pipeline"][0]["filter"] = json!("true");
     assert_eq!(broken(spec).len(), 1);
 }
 

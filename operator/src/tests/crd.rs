@@ -375,3 +375,35 @@ fn the_scripted_api_refuses_a_crd_with_a_format_kubernetes_does_not_know() {
     assert!(refused.contains("uint32"), "{refused}");
     assert_eq!(crate::fixtures::install_crd(&crd_json()), Ok(()));
 }
+
+#[test]
+fn a_sql_step_is_checked_and_observed_as_the_steps_it_compiles_to() {
+    let mut spec = crate::fixtures::spec();
+    spec["source"]["format"] = "json".into();
+    spec["pipeline"] = serde_json::json!([
+        {"id": "views", "sql": "SELECT page, COUNT(*) AS n FROM input GROUP BY page"}
+    ]);
+    let job: StreamingJob =
+        serde_json::from_value(crate::fixtures::job("wc", 1, spec.clone())).unwrap();
+    assert!(crate::reconcile::validate(&job).is_empty());
+    // The compiled keyBy changes the key: the aggregate's stage is observed like any.
+    let target = crate::observation::KafkaTarget::of(&job, "default", "wc");
+    let stages: Vec<(&str, &str)> = target
+        .stages
+        .iter()
+        .map(|s| (s.stage.as_str(), s.topic.as_str()))
+        .collect();
+    assert_eq!(stages, [("views", "wc-views-repartition")]);
+
+    spec["pipeline"][0]["sql"] = "SELECT page FROM input LIMIT 3".into();
+    let job: StreamingJob = serde_json::from_value(crate::fixtures::job("wc", 1, spec)).unwrap();
+    let errors = crate::reconcile::validate(&job);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "pipeline[0].sql");
+    assert!(
+        errors[0]
+            .message
+            .contains("line 1, column 30: LIMIT is not supported"),
+        "{errors:?}"
+    );
+}

@@ -263,3 +263,52 @@ fn a_job_with_snapshots_keeps_them_in_the_pods_writable_scratch_volume() {
         .flatten()
         .any(|m| dir.starts_with(&m.mount_path) && m.read_only != Some(true)));
 }
+
+#[test]
+fn a_config_map_table_is_mounted_where_the_worker_reads_it() {
+    let mut spec = fixtures::spec();
+    spec["source"]["format"] = json!("json");
+    let table = json!({"configMap": {"name": "blocked.users", "key": "list.txt"}});
+    spec["pipeline"] = json!([
+        {"id": "blocked", "join": {"table": table, "on": "value.user", "kind": "left"}},
+        {"id": "again", "join": {"table": table}},
+        {"id": "allowed", "filter": "table == null"}
+    ]);
+    let c = build(spec.clone());
+    let pod = c.stateful_set.spec.clone().unwrap().template.spec.unwrap();
+    let volumes: Vec<_> = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.name.starts_with("table-"))
+        .collect();
+    assert_eq!(volumes.len(), 1, "one volume per ConfigMap");
+    assert_eq!(
+        volumes[0].config_map.as_ref().unwrap().name,
+        "blocked.users"
+    );
+    let mount = worker(&c)
+        .volume_mounts
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == volumes[0].name)
+        .expect("mounted");
+    assert_eq!(mount.read_only, Some(true));
+    assert!(
+        mount.sub_path.is_none(),
+        "a subPath mount never sees a change"
+    );
+    // The worker reads the key under the mount.
+    let parsed: JobSpec = serde_json::from_value(spec).unwrap();
+    let path = parsed.pipeline[0]
+        .join
+        .as_ref()
+        .unwrap()
+        .table
+        .file_path()
+        .unwrap();
+    assert_eq!(
+        path,
+        std::path::Path::new(&mount.mount_path).join("list.txt")
+    );
+}

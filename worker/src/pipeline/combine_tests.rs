@@ -46,6 +46,7 @@ fn record(topic: &str, partition: i32, offset: i64, key: Val, value: Val) -> Rec
         headers: Val::Null,
         item: Val::Null,
         item_is_output: false,
+        table: Val::Null,
         event_time: None,
         late_against: i64::MIN,
     }
@@ -53,14 +54,8 @@ fn record(topic: &str, partition: i32, offset: i64, key: Val, value: Val) -> Rec
 
 /// `n` records over `keys` pages with integer amounts, from a fixed seed.
 fn input(n: usize, keys: u64, seed: u64) -> Vec<(String, i64)> {
-    let mut x = seed;
-    let mut next = move || {
-        // A 64-bit LCG: deterministic, and enough spread for the test's purpose.
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        x >> 33
-    };
+    let mut rng = weir_testkit::random::Lcg::new(seed);
+    let mut next = move || rng.bits();
     (0..n)
         .map(|_| (format!("p{}", next() % keys), (next() % 201) as i64 - 100))
         .collect()

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::aggregate::AggKind;
 use super::event_time::{EventTime, CLOCK_STEP};
 use super::event_window::{EventWindowOp, Shape};
+use super::join::JoinOp;
 use super::keyed::StateOp;
 use super::window::{WindowOp, MAX_WINDOW_BATCHES};
 use super::{Op, Pipeline, PipelineError, Step};
@@ -55,6 +56,18 @@ impl Pipeline {
                 StepSpec {
                     key_by: Some(x), ..
                 } => Op::KeyBy(Program::compile(x, &vars).map_err(e)?),
+                StepSpec { join: Some(j), .. } => {
+                    let on = j.on.as_deref().map(|x| Program::compile(x, &vars));
+                    let op = Op::Join(JoinOp {
+                        on: on.transpose().map_err(e)?,
+                        kind: j.kind,
+                        table: Arc::default(),
+                    });
+                    if !vars.contains(&Var::Table) {
+                        vars.push(Var::Table);
+                    }
+                    op
+                }
                 StepSpec {
                     aggregate: Some(a),
                     partial: true,

@@ -12,6 +12,7 @@ pub mod combine;
 mod compile;
 pub mod event_time;
 pub mod event_window;
+pub mod join;
 pub mod keyed;
 mod needs;
 mod restore;
@@ -40,6 +41,8 @@ enum Op {
     Select(Vec<(Arc<str>, Program)>),
     FlatMap(Program),
     KeyBy(Program),
+    /// A lookup of the record's row in a table.
+    Join(join::JoinOp),
     Aggregate(AggKind),
     /// An aggregate's first half, at the end of a stage: one partial per key and batch for
     /// the next stage's aggregate of the same id to merge ([`combine`]).
@@ -86,6 +89,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The tables of the join steps, by step id, for the engine to fill.
+    pub fn tables(&self) -> Vec<(Arc<str>, Arc<join::Table>)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.op {
+                Op::Join(j) => Some((s.id.clone(), j.table.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// What the source must decode of each record.
     pub fn needs(&self) -> &RecordNeeds {
         &self.needs
@@ -535,6 +549,7 @@ impl PartitionRun<'_> {
                     headers: Val::Null,
                     item: Val::Null,
                     item_is_output: false,
+                    table: Val::Null,
                     event_time: None,
                     late_against: i64::MIN,
                 };
@@ -617,6 +632,22 @@ fn run(
                 rec.item_is_output = false;
             }
             Op::KeyBy(p) => rec.key = p.eval(&rec).map_err(fail)?.into_owned(),
+            Op::Join(j) => {
+                // The row as of the record's own time; a record without one sees the latest.
+                let at = rec.event_time.or(rec.timestamp).unwrap_or(i64::MAX);
+                let row = {
+                    let on = match &j.on {
+                        Some(p) => p.eval(&rec).map_err(fail)?,
+                        None => std::borrow::Cow::Borrowed(&rec.key),
+                    };
+                    join::key_text(&on).and_then(|k| j.table.lookup(&k, at))
+                };
+                match (row, j.kind) {
+                    (Some(row), _) => rec.table = row,
+                    (None, crate::spec::JoinKind::Left) => rec.table = Val::Null,
+                    (None, crate::spec::JoinKind::Inner) => return Ok(()),
+                }
+            }
             Op::FlatMap(p) => {
                 let items = match p.eval(&rec).map_err(fail)?.into_owned() {
                     Val::List(items) => items,

@@ -61,6 +61,10 @@ pub(super) fn record_needs(steps: &[Step]) -> RecordNeeds {
                 read(&mut n, p, own_value, own_key);
                 own_key = false;
             }
+            Op::Join(j) => match &j.on {
+                Some(p) => read(&mut n, p, own_value, own_key),
+                None => n.key |= own_key,
+            },
             Op::Aggregate(kind)
             | Op::Window(super::window::WindowOp { kind, .. })
             | Op::EventWindow(super::event_window::EventWindowOp { kind, .. }) => {

@@ -31,6 +31,7 @@ pub(super) fn rec(offset: i64, format: Format, payload: &str) -> Record {
         headers: Val::Null,
         item: Val::Null,
         item_is_output: false,
+        table: Val::Null,
         event_time: None,
         late_against: i64::MIN,
     }

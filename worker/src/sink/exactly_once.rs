@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::kafka::{send_marker, send_output};
 use super::{Recovery, Sink};
+use crate::avro::AvroCodec;
 use crate::batch::BatchOutput;
 use crate::changelog::LogFormat;
 use crate::client::{self, Identity};
@@ -38,6 +39,8 @@ pub struct ExactlyOnceSink {
     dead_topic: Option<String>,
     /// How state changes become changelog records, when the pipeline keeps state.
     changelog: Option<Arc<LogFormat>>,
+    /// The sink's Avro schema, for every producer's values.
+    avro: Option<Arc<AvroCodec>>,
     /// Parallel to `owned`; made when the engine says which partitions the worker owns.
     owned: Vec<TopicPartition>,
     txn_timeout: std::time::Duration,
@@ -78,6 +81,7 @@ impl ExactlyOnceSink {
         bootstrap: &str,
         shuffle: bool,
         partials: Option<&'static str>,
+        avro: Option<Arc<AvroCodec>>,
     ) -> Result<Self> {
         let group = spec.group_id(&id.namespace, &id.job);
         let consumer: BaseConsumer = client::consumer(&spec.source.kafka, id, &group)
@@ -97,6 +101,7 @@ impl ExactlyOnceSink {
             partials,
             dead_topic: spec.dead_letter.as_ref().map(|d| d.topic.clone()),
             changelog: None,
+            avro,
             owned: Vec::new(),
             txn_timeout: transaction_timeout(spec.batch_interval.as_std()),
             producers: Vec::new(),
@@ -266,7 +271,7 @@ impl Sink for ExactlyOnceSink {
                     .collect()
             });
             for p in made {
-                producers.push(p?);
+                producers.push(p?.with_avro(self.avro.clone()));
             }
         }
         self.producers = producers;

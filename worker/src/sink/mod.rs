@@ -17,6 +17,7 @@ pub use kafka::KafkaSink;
 pub use postgres::PostgresSink;
 pub use stdout::StdoutSink;
 
+use crate::avro::AvroCodec;
 use crate::batch::BatchOutput;
 use crate::changelog::LogFormat;
 use crate::client::Identity;
@@ -115,12 +116,19 @@ pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dy
             .bootstrap_servers
             .as_deref()
             .unwrap_or(&spec.source.kafka.bootstrap_servers);
+        let avro = match &k.avro {
+            Some(a) => Some(Arc::new(
+                AvroCodec::for_sink(a, &k.topic, &spec.source.kafka.credentials)
+                    .map_err(crate::error::Error::Settings)?,
+            )),
+            None => None,
+        };
         match k.delivery {
             crate::spec::Delivery::ExactlyOnce => Box::new(ExactlyOnceSink::new(
-                spec, id, &k.topic, bootstrap, k.shuffle, k.partials,
+                spec, id, &k.topic, bootstrap, k.shuffle, k.partials, avro,
             )?),
             crate::spec::Delivery::AtLeastOnce => Box::new(KafkaSink::new(
-                KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?,
+                KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?.with_avro(avro),
                 Arc::from(k.topic.as_str()),
                 k.shuffle,
                 k.partials,

@@ -27,34 +27,39 @@ pub(super) fn source(c: &mut Checker, spec: &JobSpec) {
             }
         }
     }
-    let event_windows: Vec<usize> = spec
+    // The steps that read the records' own times: event-time windows and interval joins.
+    let event_steps: Vec<(usize, &str)> = spec
         .pipeline
         .iter()
         .enumerate()
-        .filter(|(_, s)| {
-            s.window
+        .filter_map(|(i, s)| {
+            if s.window
                 .as_ref()
                 .is_some_and(|w| w.time == WindowTime::Event)
+            {
+                Some((i, "window.time"))
+            } else {
+                s.interval_join.as_ref().map(|_| (i, "intervalJoin"))
+            }
         })
-        .map(|(i, _)| i)
         .collect();
-    if let Some(&i) = event_windows.first() {
+    if let Some(&(i, field)) = event_steps.first() {
         if let Some(j) = spec.pipeline[..i]
             .iter()
             .position(|s| s.aggregate.is_some() || s.state.is_some())
         {
             c.err(
-                format!("pipeline[{i}].window.time"),
-                format!("is event, after the barrier step pipeline[{j}] ({:?}); an event-time window reads the records' own times, so it comes before any aggregate or state step", spec.pipeline[j].id),
+                format!("pipeline[{i}].{field}"),
+                format!("reads the records' own times, after the barrier step pipeline[{j}] ({:?}); an event-time window or interval join comes before any aggregate or state step", spec.pipeline[j].id),
             );
         }
     }
-    if event_windows.len() > 1 {
+    if let Some(&(i, field)) = event_steps.get(1) {
         c.err(
-            format!("pipeline[{}].window.time", event_windows[1]),
+            format!("pipeline[{i}].{field}"),
             format!(
-                "is a second event-time window (pipeline[{}] is the first); a job has at most one, so split the job in two",
-                event_windows[0]
+                "is a second event-time step (pipeline[{}] is the first); a job has at most one event-time window or interval join, so split the job in two",
+                event_steps[0].0
             ),
         );
     }

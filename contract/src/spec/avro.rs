@@ -1,0 +1,54 @@
+//! Avro values: a schema from a file or a ConfigMap, and the Confluent wire format with a
+//! Schema Registry (magic byte 0, the 4-byte schema id, then the Avro datum).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::ConfigMapKey;
+
+/// How Avro values are read (a source with `format: avro`) or written (a Kafka sink).
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AvroSpec {
+    /// The schema (`.avsc` JSON). A source resolves every record to it (schema evolution: a
+    /// field the writer lacks takes the field's default); without a registry it is also the
+    /// schema records were written with. A sink writes its values with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaFile>,
+    /// Values in the Confluent wire format: a source fetches each record's writer schema by
+    /// its id (and caches it), and a record whose schema the registry does not have goes to
+    /// the dead-letter topic; a sink registers its schema under `<topic>-value` and writes
+    /// its id. Credentials, when the registry needs them: the key
+    /// `schema.registry.basic.auth.user.info` (`user:password`) of the credentials Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySpec>,
+}
+
+/// A schema's file: exactly one of `file` and `configMap`.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub file: Option<String>,
+    /// A key of a ConfigMap the operator mounts into the workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapKey>,
+}
+
+impl SchemaFile {
+    pub fn path(&self) -> Option<std::path::PathBuf> {
+        match (&self.file, &self.config_map) {
+            (Some(f), _) => Some(f.into()),
+            (None, c) => c.as_ref().map(ConfigMapKey::path),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// The registry's base URL, `http://` or `https://`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+}
