@@ -10,8 +10,9 @@
 //! exactly-once, and at least once otherwise.
 //!
 //! Keyed results are global by default (Kafka Streams' rule): [`with_shuffles`] inserts a
-//! repartition step before every keyed step (`aggregate`, windowed or not, and `state`) whose
-//! records may not be partitioned by their key, so all of a key's records meet in one state.
+//! repartition step before every keyed step (`aggregate`, windowed or not, `state` and
+//! `intervalJoin`) whose records may not be partitioned by their key, so all of a key's
+//! records meet in one state.
 //!
 //! Combine before the shuffle (Spark's reduceByKey, Flink's local aggregation): when the step
 //! after a repartition is an aggregate that can be computed from parts ([`combinable`]), the

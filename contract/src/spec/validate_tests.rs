@@ -317,3 +317,36 @@ fn avro_needs_a_schema_or_a_registry_and_a_sink_needs_its_schema() {
         "{e}"
     );
 }
+
+#[test]
+fn an_interval_join_needs_a_watermark_and_tells_its_sides_apart_by_the_value() {
+    let job = |watermark: &str, join: &str| {
+        let yaml = format!(
+            "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [a, b]}}{watermark}}}\npipeline:\n- {{id: k, keyBy: value.user}}\n- {{id: j, intervalJoin: {join}}}\nsink: {{stdout: {{}}}}\n"
+        );
+        match parse_job(&yaml, "t") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let wm = ", watermark: {delay: 1s}";
+    assert_eq!(
+        job(wm, "{left: 'has(value.viewId)', after: 10m, kind: outer}"),
+        ""
+    );
+    let e = job("", "{left: 'has(value.viewId)'}");
+    assert!(
+        e.contains("pipeline[1].intervalJoin: joins in event time: set source.watermark"),
+        "{e}"
+    );
+    let e = job(wm, "{left: \"topic == 'views'\"}");
+    assert!(e.contains("pipeline[1].intervalJoin.left: "), "{e}");
+    assert!(e.contains("the repartition record's"), "{e}");
+    let e = job(wm, "{left: 'true', late: update}");
+    assert!(
+        e.contains("intervalJoin.late: update applies to windows"),
+        "{e}"
+    );
+    let e = job(wm, "{left: 'true', late: deadLetter}");
+    assert!(e.contains("has no deadLetter topic"), "{e}");
+}

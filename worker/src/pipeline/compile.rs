@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::aggregate::AggKind;
 use super::event_time::{EventTime, CLOCK_STEP};
 use super::event_window::{EventWindowOp, Shape};
+use super::interval_join::IntervalJoinOp;
 use super::join::JoinOp;
 use super::keyed::StateOp;
 use super::window::{WindowOp, MAX_WINDOW_BATCHES};
@@ -96,6 +97,16 @@ impl Pipeline {
                     state: Some(st), ..
                 } => Op::State(state_op(st).map_err(e)?),
                 StepSpec {
+                    interval_join: Some(j),
+                    ..
+                } => Op::IntervalJoin(IntervalJoinOp {
+                    left: Program::compile(&j.left, &[Var::Key, Var::Value]).map_err(e)?,
+                    before: j.before.map_or(0, |d| d.as_millis_i64()),
+                    after: j.after.map_or(0, |d| d.as_millis_i64()),
+                    kind: j.kind,
+                    late: j.late,
+                }),
+                StepSpec {
                     repartition: Some(_),
                     ..
                 } => {
@@ -114,7 +125,8 @@ impl Pipeline {
             });
         }
         let mut needs = super::needs::record_needs(&steps);
-        let has_window = steps.iter().any(|s| matches!(s.op, Op::EventWindow(_)));
+        let event_step = |op: &Op| matches!(op, Op::EventWindow(_) | Op::IntervalJoin(_));
+        let has_window = steps.iter().any(|s| event_step(&s.op));
         let writes_shuffle = spec.sink.kafka.as_ref().is_some_and(|k| k.shuffle);
         let event = match &spec.source.watermark {
             None => None,
@@ -142,7 +154,7 @@ impl Pipeline {
         };
         // The clock is logged with the event-time window's state, or on its own in the stage
         // before a shuffle: each partition's watermark there is what the next stage closes by.
-        let clock_step = match steps.iter().find(|s| matches!(s.op, Op::EventWindow(_))) {
+        let clock_step = match steps.iter().find(|s| event_step(&s.op)) {
             Some(s) => Some(s.id.clone()),
             None => event
                 .as_ref()

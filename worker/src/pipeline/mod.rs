@@ -12,6 +12,7 @@ pub mod combine;
 mod compile;
 pub mod event_time;
 pub mod event_window;
+pub mod interval_join;
 pub mod join;
 pub mod keyed;
 mod needs;
@@ -50,6 +51,8 @@ enum Op {
     Window(WindowOp),
     /// A window over the records' event time, closed by the watermark.
     EventWindow(EventWindowOp),
+    /// Two streams joined in event time within a bound, per key.
+    IntervalJoin(interval_join::IntervalJoinOp),
     State(StateOp),
 }
 
@@ -114,6 +117,7 @@ impl Pipeline {
             matches!(
                 &s.op,
                 Op::State(_)
+                    | Op::IntervalJoin(_)
                     | Op::Aggregate(AggKind::Collect(_))
                     | Op::Combine(AggKind::Collect(_))
                     | Op::Window(WindowOp {
@@ -159,6 +163,7 @@ impl Pipeline {
                         Op::Window(_) => matches!(st, StepState::Window(_)),
                         Op::State(_) => matches!(st, StepState::Keyed(_)),
                         Op::EventWindow(_) => matches!(st, StepState::EventWindow(_)),
+                        Op::IntervalJoin(_) => matches!(st, StepState::IntervalJoin(_)),
                         _ => matches!(st, StepState::None),
                     }
             });
@@ -172,7 +177,7 @@ impl Pipeline {
                 .steps
                 .iter()
                 .map(|s| match s.op {
-                    Op::State(_) => Pending::Values(HashMap::new()),
+                    Op::State(_) | Op::IntervalJoin(_) => Pending::Values(HashMap::new()),
                     _ => Pending::Agg(Accumulators::default()),
                 })
                 .collect(),
@@ -193,6 +198,7 @@ fn fresh_state(op: &Op) -> StepState {
         Op::Window(w) => StepState::Window(WindowState::new(w.length)),
         Op::State(_) => StepState::Keyed(KeyedState::default()),
         Op::EventWindow(_) => StepState::EventWindow(EventWindowState::default()),
+        Op::IntervalJoin(_) => StepState::IntervalJoin(Default::default()),
         _ => StepState::None,
     }
 }
@@ -276,7 +282,7 @@ fn accumulate(
         (Op::Aggregate(kind) | Op::Combine(kind), Pending::Agg(accs)) => accs.add(kind, key, input),
         (Op::Window(w), Pending::Agg(accs)) => accs.add(&w.kind, key, input),
         (Op::EventWindow(w), Pending::Agg(accs)) => accs.add(&w.kind, key, input),
-        (Op::State(_), Pending::Values(values)) => {
+        (Op::State(_) | Op::IntervalJoin(_), Pending::Values(values)) => {
             values.entry(key).or_default().push(input);
             Ok(())
         }
@@ -365,12 +371,23 @@ impl PartitionRun<'_> {
     ) -> Result<(), StepFailure> {
         self.late += 1;
         let s = &self.pipeline.steps[step];
-        let Op::EventWindow(w) = &s.op else {
-            return Ok(());
-        };
         let fail = |error| StepFailure {
             step: s.id.clone(),
             error,
+        };
+        let w = match &s.op {
+            Op::EventWindow(w) => w,
+            Op::IntervalJoin(j) => {
+                return match j.late {
+                    crate::spec::LatePolicy::DeadLetter => Err(fail(EvalError(format!(
+                        "late: event time {} is at or behind the watermark {} the join had reached; the partners it could have met may be gone",
+                        event_window::time_text(time),
+                        event_window::time_text(against)
+                    )))),
+                    _ => Ok(()),
+                };
+            }
+            _ => return Ok(()),
         };
         match w.late {
             crate::spec::LatePolicy::Drop => Ok(()),
@@ -525,6 +542,14 @@ impl PartitionRun<'_> {
                     let o = ks.apply(op, batch_time_ms, values, &mut up);
                     failures.extend(o.failures.into_iter().map(|(k, v, e)| fail(k, v, e)));
                     o.records
+                }
+                (Op::IntervalJoin(j), Pending::Values(values), StepState::IntervalJoin(js)) => {
+                    let arrivals = interval_join::arrivals(values);
+                    let results = js.end_batch(j, arrivals, watermark, &mut up);
+                    if watermark.is_some() {
+                        self.state.clock.closed = self.state.clock.closed.max(watermark);
+                    }
+                    results
                 }
                 (Op::EventWindow(w), Pending::Agg(mut accs), StepState::EventWindow(ws)) => {
                     let late = self.late_parts.drain_parts();
@@ -699,6 +724,28 @@ fn run(
                 }
                 return Ok(());
             }
+            Op::IntervalJoin(j) => {
+                let left = j.left.eval_bool(&rec).map_err(fail)?;
+                // The pipeline sets an event time on every record when the job has a watermark.
+                let time = rec.event_time.unwrap_or(i64::MIN);
+                let input = interval_join::arrival_val(left, time, rec.output().clone());
+                if time <= rec.late_against {
+                    effects.push(Effect::Late {
+                        step: i,
+                        key: rec.key,
+                        input,
+                        time,
+                        against: rec.late_against,
+                    });
+                } else {
+                    effects.push(Effect::Accumulate {
+                        step: i,
+                        key: rec.key,
+                        input,
+                    });
+                }
+                return Ok(());
+            }
             Op::Combine(kind) => {
                 let output = rec.output();
                 let view = combine::Shuffled {
@@ -742,6 +789,8 @@ fn run(
 mod combine_tests;
 #[cfg(test)]
 mod event_window_tests;
+#[cfg(test)]
+mod interval_join_tests;
 #[cfg(test)]
 mod keyed_tests;
 #[cfg(test)]

@@ -96,6 +96,15 @@ pub(super) fn record_needs(steps: &[Step]) -> RecordNeeds {
                 n.key |= own_key;
                 return n;
             }
+            Op::IntervalJoin(j) => {
+                // It holds and writes the records' results, and tests their values for the side.
+                read(&mut n, &j.left, own_value, own_key);
+                if own_value && !item_is_output {
+                    n.value = ValueNeeds::Whole;
+                }
+                n.key |= own_key;
+                return n;
+            }
             Op::State(_) => {
                 // `values` are the records' results.
                 if own_value && !item_is_output {

@@ -51,6 +51,10 @@ impl Pipeline {
                         },
                         w.lateness
                     ),
+                    Op::IntervalJoin(j) => format!(
+                        "intervalJoin({} ms before, {} ms after, {:?})",
+                        j.before, j.after, j.kind
+                    ),
                     _ => return None,
                 };
                 Some((s.id.clone(), ty))
@@ -99,6 +103,9 @@ impl Pipeline {
                 }
                 (Op::EventWindow(w), StepState::EventWindow(ws)) => {
                     ws.restore(w, &c.key, c.value.as_ref()).map_err(err)?;
+                }
+                (Op::IntervalJoin(_), StepState::IntervalJoin(js)) => {
+                    js.restore(&c.key, c.value.as_ref()).map_err(err)?;
                 }
                 _ => return Err(err("the step keeps no state")),
             }

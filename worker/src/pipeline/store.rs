@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::change::StateChange;
 use super::event_time::Clock;
 use super::event_window::EventWindowState;
+use super::interval_join::IntervalJoinState;
 use super::keyed::KeyedState;
 use super::window::WindowState;
 
@@ -24,6 +25,7 @@ pub enum StepState {
     None,
     Window(WindowState),
     EventWindow(EventWindowState),
+    IntervalJoin(IntervalJoinState),
     Keyed(KeyedState),
 }
 
@@ -76,6 +78,7 @@ impl PartitionState {
                 StepState::Window(w) => w.dump(id, &mut out),
                 StepState::Keyed(k) => k.dump(id, &mut out),
                 StepState::EventWindow(w) => w.dump(id, &mut out),
+                StepState::IntervalJoin(j) => j.dump(id, &mut out),
                 StepState::None => {}
             }
         }
@@ -113,10 +116,13 @@ impl PartitionState {
                 StepState::Window(w) if replay => w.rollback(),
                 StepState::Keyed(k) if replay => k.rollback(),
                 StepState::EventWindow(w) if replay => w.rollback(),
+                StepState::IntervalJoin(j) if replay => j.rollback(),
                 _ => {}
             }
-            if let StepState::EventWindow(w) = s {
-                w.begin();
+            match s {
+                StepState::EventWindow(w) => w.begin(),
+                StepState::IntervalJoin(j) => j.begin(),
+                _ => {}
             }
         }
         self.clock_before = self.clock.clone();
