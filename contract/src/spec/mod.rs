@@ -549,6 +549,11 @@ pub struct KafkaSink {
     /// Write values as Avro with this schema (and the registry's framing), instead of JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avro: Option<AvroSpec>,
+    /// More outputs: each result goes to every route whose `when` holds, and to `topic` when
+    /// none does. All in the same transaction under exactly-once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub routes: Vec<RouteSpec>,
     /// Write keys and values in the worker's own encoding, for the next stage of the job;
     /// set by the worker for a repartition topic, never in a spec.
     #[serde(skip)]
@@ -559,6 +564,17 @@ pub struct KafkaSink {
     #[serde(skip)]
     #[schemars(skip)]
     pub partials: Option<&'static str>,
+}
+
+/// One more output of a Kafka sink.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    /// CEL of `key` and `value` (the result): true to write the result to `topic`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub when: Expr,
+    #[schemars(length(min = 1, max = 249))]
+    pub topic: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

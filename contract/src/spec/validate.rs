@@ -496,6 +496,20 @@ impl JobSpec {
                     ),
                 );
             }
+            for (i, r) in k.routes.iter().enumerate() {
+                let at = format!("sink.kafka.routes[{i}]");
+                c.topic(format!("{at}.topic"), &r.topic);
+                if self.source.kafka.topics.contains(&r.topic) {
+                    c.err(
+                        format!("{at}.topic"),
+                        format!(
+                            "{:?} is also an input topic; the job would read its own output",
+                            r.topic
+                        ),
+                    );
+                }
+                c.expr(format!("{at}.when"), &r.when, &["key", "value"]);
+            }
         }
         if let Some(f) = &s.file {
             if f.path.trim().is_empty() {

@@ -350,3 +350,26 @@ fn an_interval_join_needs_a_watermark_and_tells_its_sides_apart_by_the_value() {
     let e = job(wm, "{left: 'true', late: deadLetter}");
     assert!(e.contains("has no deadLetter topic"), "{e}");
 }
+
+#[test]
+fn a_route_names_a_topic_that_is_no_input_and_a_condition_of_the_result() {
+    let job = |routes: &str| {
+        let yaml = format!(
+            "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}}}\nsink: {{kafka: {{topic: out, routes: [{routes}]}}}}\n"
+        );
+        match parse_job(&yaml, "t") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert_eq!(job("{when: 'value.n > 1', topic: big}"), "");
+    let e = job("{when: 'value.n > 1', topic: in}");
+    assert!(
+        e.contains("sink.kafka.routes[0].topic: \"in\" is also an input topic"),
+        "{e}"
+    );
+    let e = job("{when: 'offset > 1', topic: big}");
+    assert!(e.contains("sink.kafka.routes[0].when"), "{e}");
+    let e = job("{when: 'true', topic: 'bad topic'}");
+    assert!(e.contains("sink.kafka.routes[0].topic"), "{e}");
+}

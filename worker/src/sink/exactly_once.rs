@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use super::kafka::{send_marker, send_output};
+use super::kafka::{send_marker, send_output, Routes};
 use super::{Recovery, Sink};
 use crate::avro::AvroCodec;
 use crate::batch::BatchOutput;
@@ -33,7 +33,8 @@ pub struct ExactlyOnceSink {
     id: Identity,
     group: String,
     group_meta: ConsumerGroupMetadata,
-    topic: Arc<str>,
+    /// Where each result goes (the sink's topic, and its routes).
+    routes: Routes,
     shuffle: bool,
     partials: Option<&'static str>,
     dead_topic: Option<String>,
@@ -77,7 +78,7 @@ impl ExactlyOnceSink {
     pub fn new(
         spec: &JobSpec,
         id: &Identity,
-        topic: &str,
+        routes: Routes,
         bootstrap: &str,
         shuffle: bool,
         partials: Option<&'static str>,
@@ -96,7 +97,7 @@ impl ExactlyOnceSink {
             id: id.clone(),
             group,
             group_meta,
-            topic: Arc::from(topic),
+            routes,
             shuffle,
             partials,
             dead_topic: spec.dead_letter.as_ref().map(|d| d.topic.clone()),
@@ -130,10 +131,10 @@ impl ExactlyOnceSink {
             w.begin()?;
             open.push(i);
             for o in part.outputs {
-                send_output(w, &self.topic, self.shuffle, self.partials, o)?;
+                send_output(w, &self.routes, self.shuffle, self.partials, o)?;
             }
             if let Some(m) = part.marker {
-                send_marker(w, &self.topic, &mut self.partitions, m)?;
+                send_marker(w, self.routes.topic(), &mut self.partitions, m)?;
             }
             if let Some(log) = &self.changelog {
                 log.send_partition(w, tp, part, batch.batch_time_ms)?;
@@ -294,8 +295,12 @@ impl Sink for ExactlyOnceSink {
         let started = std::time::Instant::now();
         let mut open = Vec::new();
         if let Err(e) = self.send_all(batch, &mut open) {
+            // The batch's own error is what stops it; an abort that fails too is logged (the
+            // next producer of the partition aborts what is left open when it fences).
             if !matches!(e, Error::Fenced(_)) {
-                self.abort(&open, batch.batch_time_ms)?;
+                if let Err(a) = self.abort(&open, batch.batch_time_ms) {
+                    warn!(error = %a, cause = %e, "aborting the batch's transactions failed");
+                }
             }
             return Err(e);
         }

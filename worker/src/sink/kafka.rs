@@ -5,17 +5,95 @@ use std::sync::Arc;
 
 use super::Sink;
 use crate::batch::BatchOutput;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::expr::Val;
+use crate::expr::{Program, Var, Vars};
 use crate::pipeline::event_time::event_header;
 use crate::pipeline::Output;
 use crate::producer::KafkaWriter;
 use weir_contract::stages::{EVENT_TIME_HEADER, PARTIAL_HEADER, WATERMARK_HEADER};
 
+/// Where each result goes: every route whose condition holds, else the sink's topic.
+pub struct Routes {
+    topic: Arc<str>,
+    routes: Vec<(Program, Arc<str>)>,
+}
+
+/// What a route's condition sees of a result.
+struct ResultVars<'a>(&'a Output);
+
+impl Vars for ResultVars<'_> {
+    fn var(&self, v: Var) -> Option<std::borrow::Cow<'_, Val>> {
+        match v {
+            Var::Key => Some(std::borrow::Cow::Borrowed(&self.0.key)),
+            Var::Value => Some(std::borrow::Cow::Borrowed(&self.0.value)),
+            _ => None,
+        }
+    }
+}
+
+impl Routes {
+    /// The sink's topic alone (a repartition topic).
+    pub fn only(topic: &str) -> Routes {
+        Routes {
+            topic: Arc::from(topic),
+            routes: Vec::new(),
+        }
+    }
+
+    /// # Errors
+    /// A condition that does not compile (validation checked it).
+    pub fn new(k: &crate::spec::KafkaSink) -> Result<Routes> {
+        let routes = k
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Program::compile(&r.when, &[Var::Key, Var::Value])
+                    .map(|p| (p, Arc::from(r.topic.as_str())))
+                    .map_err(|e| Error::Fatal(format!("sink.kafka.routes[{i}].when: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Routes {
+            topic: Arc::from(k.topic.as_str()),
+            routes,
+        })
+    }
+
+    /// The sink's own topic, where repartition and watermark records go.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Calls `f` with every topic `o` goes to.
+    fn each(&self, o: &Output, mut f: impl FnMut(&str) -> Result<()>) -> Result<()> {
+        let mut routed = false;
+        for (i, (when, topic)) in self.routes.iter().enumerate() {
+            // A condition that fails on a result cannot say where it goes: the batch stops
+            // with the reason rather than write it to the wrong place.
+            let take = when.eval_bool(&ResultVars(o)).map_err(|e| {
+                Error::Fatal(format!(
+                    "sink.kafka.routes[{i}].when failed on the result with key {}: {}; make the condition total (e.g. has(value.x) && ...)",
+                    o.key, e.0
+                ))
+            })?;
+            if take {
+                routed = true;
+                f(topic)?;
+            }
+        }
+        if routed {
+            Ok(())
+        } else {
+            f(&self.topic)
+        }
+    }
+}
+
 /// The Kafka sink (at-least-once): results are produced, then acked, then offsets commit.
 pub struct KafkaSink {
     writer: KafkaWriter,
-    topic: Arc<str>,
+    routes: Routes,
     /// Records for the job's next stage, in the worker's own encoding.
     shuffle: bool,
     /// With `shuffle`: the records are partials of this aggregation.
@@ -27,13 +105,13 @@ pub struct KafkaSink {
 impl KafkaSink {
     pub fn new(
         writer: KafkaWriter,
-        topic: Arc<str>,
+        routes: Routes,
         shuffle: bool,
         partials: Option<&'static str>,
     ) -> Self {
         Self {
             writer,
-            topic,
+            routes,
             shuffle,
             partials,
             partitions: None,
@@ -46,14 +124,15 @@ impl KafkaSink {
 /// record with an event time that time and its watermark in the event-time header).
 pub(super) fn send_output(
     w: &mut KafkaWriter,
-    topic: &str,
+    routes: &Routes,
     shuffle: bool,
     partials: Option<&str>,
     o: &Output,
 ) -> Result<()> {
     if !shuffle {
-        return w.send(topic, &o.key, &o.value);
+        return routes.each(o, |topic| w.send(topic, &o.key, &o.value));
     }
+    let topic = routes.topic();
     let text;
     let header = match o.event {
         Some((time, against)) => {
@@ -99,14 +178,19 @@ impl Sink for KafkaSink {
             for o in p.outputs {
                 send_output(
                     &mut self.writer,
-                    &self.topic,
+                    &self.routes,
                     self.shuffle,
                     self.partials,
                     o,
                 )?;
             }
             if let Some(m) = p.marker {
-                send_marker(&mut self.writer, &self.topic, &mut self.partitions, m)?;
+                send_marker(
+                    &mut self.writer,
+                    self.routes.topic(),
+                    &mut self.partitions,
+                    m,
+                )?;
             }
         }
         self.writer.flush()

@@ -123,13 +123,14 @@ pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dy
             )),
             None => None,
         };
+        let routes = kafka::Routes::new(k)?;
         match k.delivery {
             crate::spec::Delivery::ExactlyOnce => Box::new(ExactlyOnceSink::new(
-                spec, id, &k.topic, bootstrap, k.shuffle, k.partials, avro,
+                spec, id, routes, bootstrap, k.shuffle, k.partials, avro,
             )?),
             crate::spec::Delivery::AtLeastOnce => Box::new(KafkaSink::new(
                 KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?.with_avro(avro),
-                Arc::from(k.topic.as_str()),
+                routes,
                 k.shuffle,
                 k.partials,
             )),
