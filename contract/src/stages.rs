@@ -198,6 +198,7 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
                 bootstrap_servers: None,
                 delivery,
                 avro: None,
+                protobuf: None,
                 routes: Vec::new(),
                 shuffle: true,
                 partials,

@@ -52,17 +52,28 @@ pub fn check_job(file: &std::path::Path) -> Result<crate::spec::JobFile> {
     for stage in crate::stages::split(&job) {
         crate::pipeline::Pipeline::compile(&stage.job.spec)?;
     }
+    // Schemas, read and parsed (nothing is contacted: a sink registers its schema at start).
     let spec = &job.spec;
-    let schemas = [
+    let sink = spec.sink.kafka.as_ref();
+    let settings =
+        |field: &'static str| move |why: String| Error::Settings(format!("{field}: {why}"));
+    for (field, avro) in [
         ("source.avro", spec.source.avro.as_ref()),
-        (
-            "sink.kafka.avro",
-            spec.sink.kafka.as_ref().and_then(|k| k.avro.as_ref()),
-        ),
-    ];
-    for (field, avro) in schemas {
+        ("sink.kafka.avro", sink.and_then(|k| k.avro.as_ref())),
+    ] {
         if let Some(a) = avro {
-            crate::avro::check(a).map_err(|why| Error::Settings(format!("{field}: {why}")))?;
+            crate::avro::check(a).map_err(settings(field))?;
+        }
+    }
+    for (field, proto) in [
+        ("source.protobuf", spec.source.protobuf.as_ref()),
+        (
+            "sink.kafka.protobuf",
+            sink.and_then(|k| k.protobuf.as_ref()),
+        ),
+    ] {
+        if let Some(p) = proto {
+            crate::protobuf::ProtobufCodec::load(p).map_err(settings(field))?;
         }
     }
     Ok(job)

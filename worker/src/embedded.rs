@@ -178,7 +178,9 @@ fn sample(rng: &mut impl Rng, format: Format, n: u64) -> Vec<u8> {
         })
         .to_string()
         .into_bytes(),
-        Format::Bytes | Format::Avro | Format::Shuffle => (0..16).map(|_| rng.random()).collect(),
+        Format::Bytes | Format::Avro | Format::Protobuf | Format::Shuffle => {
+            (0..16).map(|_| rng.random()).collect()
+        }
     }
 }
 

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
 
-use crate::avro::AvroCodec;
 use crate::batch::{BatchOutput, PartitionOutput};
 use crate::changelog::Changelog;
 use crate::client::Identity;
@@ -24,7 +23,7 @@ use crate::pipeline::event_time::{marker, read_event_header, read_marker, Mark};
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
 use crate::plan::{OffsetRange, Planner, RateEstimator, TopicPartition};
 use crate::progress::{now_ms, rfc3339, BatchInfo, EventTimeInfo, Progress, RangeInfo, ResumedAt};
-use crate::record::{decode_avro, decode_key_as, decode_value, DecodeError, Record};
+use crate::record::{decode_key_as, decode_value, DecodeError, Record, ValueCodec};
 use crate::sink::Sink;
 use crate::source::{RawRecord, Source, Taken};
 use crate::spec::{Format, JobFile};
@@ -102,8 +101,8 @@ pub struct Engine {
     sent_marks: Vec<(Val, Val)>,
     /// The join steps' tables, followed before every batch.
     tables: Tables,
-    /// The source's Avro schemas and registry, with `format: avro`.
-    avro: Option<Arc<AvroCodec>>,
+    /// The source's schemas, with `format: avro` or `protobuf`.
+    codec: Option<Arc<ValueCodec>>,
 }
 
 impl Engine {
@@ -137,13 +136,9 @@ impl Engine {
         // whose records would then be counted again.
         let recovered = sink.take_over(source.owned())?;
         let tables = Tables::open(&job.spec, id, &group, &pipeline)?;
-        let avro = match &job.spec.source.avro {
-            Some(a) if job.spec.source.format == Format::Avro => Some(Arc::new(
-                AvroCodec::for_source(a, &job.spec.source.kafka.credentials)
-                    .map_err(Error::Settings)?,
-            )),
-            _ => None,
-        };
+        let codec = ValueCodec::for_source(&job.spec.source)
+            .map_err(Error::Settings)?
+            .map(Arc::new);
         source.resume(&job.spec.source.kafka)?;
         let dead = DeadLetters::new(&job.spec, id)?;
         let k = &job.spec.source.kafka;
@@ -252,7 +247,7 @@ impl Engine {
             clock,
             sent_marks: Vec::new(),
             tables,
-            avro,
+            codec,
         })
     }
 
@@ -526,7 +521,7 @@ impl Engine {
                 &self.pipeline,
                 &mut work,
                 self.job.spec.source.format,
-                self.avro.as_deref(),
+                self.codec.as_deref(),
                 &owned,
                 &planned,
                 budget,
@@ -691,7 +686,7 @@ fn read_and_run(
     pipeline: &Pipeline,
     work: &mut [LaneWork<'_>],
     format: Format,
-    avro: Option<&AvroCodec>,
+    codec: Option<&ValueCodec>,
     owned: &[TopicPartition],
     planned: &[OffsetRange],
     budget: Budget,
@@ -756,8 +751,8 @@ fn read_and_run(
                 return;
             }
         }
-        let decoded = match avro {
-            Some(codec) => decode_avro(codec, raw.payload),
+        let decoded = match codec {
+            Some(codec) => codec.decode(raw.payload),
             None => decode_value(format, raw.payload, &needs.value),
         };
         let value = match decoded {

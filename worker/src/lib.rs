@@ -47,6 +47,7 @@ pub mod pipeline;
 pub mod plan;
 mod producer;
 pub mod progress;
+pub mod protobuf;
 pub mod record;
 mod shutdown;
 pub mod sink;

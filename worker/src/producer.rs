@@ -14,10 +14,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
 
-use crate::avro::AvroCodec;
 use crate::client::{self, Identity};
 use crate::error::{Error, Result};
 use crate::expr::Val;
+use crate::record::ValueCodec;
 use crate::spec::KafkaSource;
 use crate::value::codec;
 
@@ -108,8 +108,8 @@ pub struct KafkaWriter {
     value: Vec<u8>,
     /// Empty unless the producer is transactional.
     txn_id: String,
-    /// A sink's Avro schema: values are written as Avro, not JSON.
-    avro: Option<Arc<AvroCodec>>,
+    /// A sink's schema'd format (Avro, Protobuf): values are written in it, not as JSON.
+    codec: Option<Arc<ValueCodec>>,
 }
 
 impl KafkaWriter {
@@ -152,7 +152,7 @@ impl KafkaWriter {
             key: Vec::new(),
             value: Vec::new(),
             txn_id: String::new(),
-            avro: None,
+            codec: None,
         })
     }
 
@@ -187,7 +187,7 @@ impl KafkaWriter {
         self.key.clear();
         self.value.clear();
         key.write_payload(&mut self.key);
-        match &self.avro {
+        match &self.codec {
             // A value that does not fit the schema is the pipeline's fault, not the record's:
             // the batch stops with the reason rather than writing something else.
             Some(codec) => {
@@ -204,9 +204,9 @@ impl KafkaWriter {
         produce(&self.producer, topic, None, key, Some(&self.value), None)
     }
 
-    /// Writes values as Avro with `codec` (a sink's schema).
-    pub fn with_avro(mut self, codec: Option<Arc<AvroCodec>>) -> Self {
-        self.avro = codec;
+    /// Writes values with `codec` (a sink's schema'd format).
+    pub fn with_codec(mut self, codec: Option<Arc<ValueCodec>>) -> Self {
+        self.codec = codec;
         self
     }
 
@@ -405,7 +405,7 @@ impl KafkaWriter {
             key: Vec::new(),
             value: Vec::new(),
             txn_id: transactional_id.to_string(),
-            avro: None,
+            codec: None,
         })
     }
 

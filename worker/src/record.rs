@@ -81,32 +81,90 @@ pub enum DecodeError {
     Utf8(String),
     #[error("record of a repartition topic is not in the worker's encoding: {0}")]
     Shuffle(String),
+    /// Not a value of its schema (Avro, Protobuf).
     #[error("{0}")]
-    Avro(String),
+    Schema(String),
     /// The value's schema could not be fetched: no fault of the record's.
     #[error("{0}")]
     Unavailable(String),
 }
 
-/// Decodes an Avro record value with the source's schemas; an absent value is null.
-///
-/// # Errors
-/// A value too large or not Avro of its schema; [`DecodeError::Unavailable`] when the schema
-/// registry did not answer.
-pub fn decode_avro(
-    codec: &crate::avro::AvroCodec,
-    payload: Option<&[u8]>,
-) -> Result<Val, DecodeError> {
-    let Some(bytes) = payload else {
-        return Ok(Val::Null);
-    };
-    if bytes.len() > MAX_RECORD_BYTES {
-        return Err(DecodeError::TooLarge(bytes.len()));
+/// The values of a schema'd format (Avro, Protobuf) with their schemas loaded: a source
+/// decodes with it, a Kafka sink encodes with it.
+pub enum ValueCodec {
+    Avro(Box<crate::avro::AvroCodec>),
+    Protobuf(crate::protobuf::ProtobufCodec),
+}
+
+impl ValueCodec {
+    /// The source's codec, for `format: avro` or `protobuf`.
+    ///
+    /// # Errors
+    /// A schema that cannot be read.
+    pub fn for_source(source: &crate::spec::SourceSpec) -> Result<Option<ValueCodec>, String> {
+        Ok(match (source.format, &source.avro, &source.protobuf) {
+            (Format::Avro, Some(a), _) => Some(ValueCodec::Avro(Box::new(
+                crate::avro::AvroCodec::for_source(a, &source.kafka.credentials)?,
+            ))),
+            (Format::Protobuf, _, Some(p)) => Some(ValueCodec::Protobuf(
+                crate::protobuf::ProtobufCodec::load(p)?,
+            )),
+            _ => None,
+        })
     }
-    codec.decode(bytes).map_err(|e| match e {
-        crate::avro::AvroError::Record(why) => DecodeError::Avro(why),
-        e @ crate::avro::AvroError::Unavailable(_) => DecodeError::Unavailable(e.to_string()),
-    })
+
+    /// A Kafka sink's codec, when it writes Avro (registering its schema) or Protobuf.
+    ///
+    /// # Errors
+    /// A schema that cannot be read, or a registry that refuses it.
+    pub fn for_sink(
+        k: &crate::spec::KafkaSink,
+        credentials: &crate::credentials::Credentials,
+    ) -> Result<Option<ValueCodec>, String> {
+        Ok(match (&k.avro, &k.protobuf) {
+            (Some(a), _) => Some(ValueCodec::Avro(Box::new(
+                crate::avro::AvroCodec::for_sink(a, &k.topic, credentials)?,
+            ))),
+            (None, Some(p)) => Some(ValueCodec::Protobuf(crate::protobuf::ProtobufCodec::load(
+                p,
+            )?)),
+            (None, None) => None,
+        })
+    }
+
+    /// A record value; an absent value is null.
+    ///
+    /// # Errors
+    /// A value too large or not of its schema; [`DecodeError::Unavailable`] when the schema
+    /// registry did not answer.
+    pub fn decode(&self, payload: Option<&[u8]>) -> Result<Val, DecodeError> {
+        let Some(bytes) = payload else {
+            return Ok(Val::Null);
+        };
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        match self {
+            ValueCodec::Avro(c) => c.decode(bytes).map_err(|e| match e {
+                crate::avro::AvroError::Record(why) => DecodeError::Schema(why),
+                e @ crate::avro::AvroError::Unavailable(_) => {
+                    DecodeError::Unavailable(e.to_string())
+                }
+            }),
+            ValueCodec::Protobuf(c) => c.decode(bytes).map_err(DecodeError::Schema),
+        }
+    }
+
+    /// A result's value in the format.
+    ///
+    /// # Errors
+    /// A value that does not fit the schema, with the reason.
+    pub fn encode(&self, v: &Val) -> Result<Vec<u8>, String> {
+        match self {
+            ValueCodec::Avro(c) => c.encode(v),
+            ValueCodec::Protobuf(c) => c.encode(v),
+        }
+    }
 }
 
 /// Decodes a record value per the source format, keeping what the pipeline reads of a JSON
@@ -145,9 +203,9 @@ pub fn decode_value(
             .map(Val::str)
             .map_err(|e| DecodeError::Utf8(e.to_string())),
         Format::Bytes => Ok(Val::Bytes(Arc::from(bytes))),
-        // The engine decodes Avro with the source's schemas (decode_avro).
-        Format::Avro => Err(DecodeError::Avro(
-            "an Avro value is read with its schema, not by its format alone".into(),
+        // The engine decodes these with the source's schemas (ValueCodec).
+        Format::Avro | Format::Protobuf => Err(DecodeError::Schema(
+            "a value of a schema'd format is read with its schema, not by its format alone".into(),
         )),
         Format::Shuffle => {
             crate::value::codec::decode(bytes).map_err(|e| DecodeError::Shuffle(e.to_string()))

@@ -1,5 +1,6 @@
-//! Avro values: a schema from a file or a ConfigMap, and the Confluent wire format with a
-//! Schema Registry (magic byte 0, the 4-byte schema id, then the Avro datum).
+//! Schema'd value formats: Avro (a schema from a file or a ConfigMap, and the Confluent wire
+//! format with a Schema Registry: magic byte 0, the 4-byte schema id, then the Avro datum) and
+//! Protobuf (a message type of a `.proto` file or a descriptor set).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -51,4 +52,16 @@ pub struct RegistrySpec {
     /// The registry's base URL, `http://` or `https://`.
     #[schemars(length(min = 1, max = 2048))]
     pub url: String,
+}
+
+/// How Protobuf values are read (a source with `format: protobuf`) or written (a Kafka sink):
+/// messages of one type, described by a `.proto` file (compiled when the worker starts) or a
+/// descriptor set (`protoc --descriptor_set_out`, `.desc` or `.binpb`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtobufSpec {
+    pub schema: SchemaFile,
+    /// The message type, with its package: `shop.v1.View`.
+    #[schemars(length(min = 1, max = 512))]
+    pub message: String,
 }

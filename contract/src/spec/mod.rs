@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use avro::{AvroSpec, RegistrySpec, SchemaFile};
+pub use avro::{AvroSpec, ProtobufSpec, RegistrySpec, SchemaFile};
 pub use duration::{Duration, DurationError, DURATION_PATTERN};
 pub use join::{ConfigMapKey, IntervalJoinKind, IntervalJoinSpec, JoinKind, JoinSpec, TableSpec};
 pub use load::{load_job_file, parse_job, JobFile, LoadError, KUBERNETES_ONLY_FIELDS};
@@ -66,6 +66,9 @@ pub struct SourceSpec {
     /// With `format: avro`: the schema and the registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avro: Option<AvroSpec>,
+    /// With `format: protobuf`: the schema and the message type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protobuf: Option<ProtobufSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -318,6 +321,9 @@ pub enum Format {
     /// `value` is the decoded record, with its types (records and maps as objects, longs and
     /// timestamps as integers).
     Avro,
+    /// Protobuf messages of one type (`source.protobuf`); `value` is the message with every
+    /// field (unset ones at their defaults), enums as their names.
+    Protobuf,
     /// The worker's own encoding of keys and values between the stages of a job (a
     /// repartition topic); set by the worker, never in a spec.
     #[serde(skip)]
@@ -549,6 +555,9 @@ pub struct KafkaSink {
     /// Write values as Avro with this schema (and the registry's framing), instead of JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avro: Option<AvroSpec>,
+    /// Write values as Protobuf messages of this type, instead of JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protobuf: Option<ProtobufSpec>,
     /// More outputs: each result goes to every route whose `when` holds, and to `topic` when
     /// none does. All in the same transaction under exactly-once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -687,13 +696,16 @@ impl JobSpec {
             .pipeline
             .iter()
             .filter_map(|s| s.join.as_ref()?.table.config_map.as_ref());
+        let sink = self.sink.kafka.as_ref();
         let schemas = [
-            self.source.avro.as_ref(),
-            self.sink.kafka.as_ref().and_then(|k| k.avro.as_ref()),
+            self.source.avro.as_ref().and_then(|a| a.schema.as_ref()),
+            sink.and_then(|k| k.avro.as_ref()?.schema.as_ref()),
+            self.source.protobuf.as_ref().map(|p| &p.schema),
+            sink.and_then(|k| k.protobuf.as_ref()).map(|p| &p.schema),
         ]
         .into_iter()
         .flatten()
-        .filter_map(|a| a.schema.as_ref()?.config_map.as_ref());
+        .filter_map(|s| s.config_map.as_ref());
         tables.chain(schemas).collect()
     }
 

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-mod avro;
+mod formats;
 mod join;
 mod time;
 
@@ -288,7 +288,7 @@ impl JobSpec {
         self.validate_pipeline(&mut c, interval);
         time::source(&mut c, self);
         self.validate_sink(&mut c);
-        avro::check(&mut c, self);
+        formats::check(&mut c, self);
 
         if let Some(d) = &self.dead_letter {
             c.topic("deadLetter.topic".into(), &d.topic);

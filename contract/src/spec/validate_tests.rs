@@ -373,3 +373,36 @@ fn a_route_names_a_topic_that_is_no_input_and_a_condition_of_the_result() {
     let e = job("{when: 'true', topic: 'bad topic'}");
     assert!(e.contains("sink.kafka.routes[0].topic"), "{e}");
 }
+
+#[test]
+fn protobuf_needs_its_schema_and_a_message_type_with_its_package() {
+    let job = |source: &str, sink: &str| {
+        let yaml = format!(
+            "batchInterval: 5s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}{source}}}\nsink: {{kafka: {{topic: out{sink}}}}}\n"
+        );
+        match parse_job(&yaml, "t") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let p = "protobuf: {schema: {file: /s/v.proto}, message: shop.v1.View}";
+    assert_eq!(
+        job(&format!(", format: protobuf, {p}"), &format!(", {p}")),
+        ""
+    );
+    let e = job(", format: protobuf", "");
+    assert!(
+        e.contains("source.protobuf: format protobuf needs the schema"),
+        "{e}"
+    );
+    let e = job(
+        ", format: protobuf, protobuf: {schema: {file: /s/v.proto}, message: 'shop..View'}",
+        "",
+    );
+    assert!(
+        e.contains("source.protobuf.message: \"shop..View\" is not a message type name"),
+        "{e}"
+    );
+    let e = job("", &format!(", {p}, avro: {{schema: {{file: /a.avsc}}}}"));
+    assert!(e.contains("sink.kafka: sets both avro and protobuf"), "{e}");
+}

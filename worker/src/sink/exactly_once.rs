@@ -17,7 +17,6 @@ use tracing::{debug, info, warn};
 
 use super::kafka::{send_marker, send_output, Routes};
 use super::{Recovery, Sink};
-use crate::avro::AvroCodec;
 use crate::batch::BatchOutput;
 use crate::changelog::LogFormat;
 use crate::client::{self, Identity};
@@ -25,6 +24,7 @@ use crate::dead_letter::{self, DeadLetter};
 use crate::error::{Error, Result};
 use crate::plan::TopicPartition;
 use crate::producer::{KafkaWriter, TxnTimes};
+use crate::record::ValueCodec;
 use crate::spec::{JobSpec, KafkaSource};
 
 pub struct ExactlyOnceSink {
@@ -40,8 +40,8 @@ pub struct ExactlyOnceSink {
     dead_topic: Option<String>,
     /// How state changes become changelog records, when the pipeline keeps state.
     changelog: Option<Arc<LogFormat>>,
-    /// The sink's Avro schema, for every producer's values.
-    avro: Option<Arc<AvroCodec>>,
+    /// The sink's schema'd format, for every producer's values.
+    codec: Option<Arc<ValueCodec>>,
     /// Parallel to `owned`; made when the engine says which partitions the worker owns.
     owned: Vec<TopicPartition>,
     txn_timeout: std::time::Duration,
@@ -82,7 +82,7 @@ impl ExactlyOnceSink {
         bootstrap: &str,
         shuffle: bool,
         partials: Option<&'static str>,
-        avro: Option<Arc<AvroCodec>>,
+        codec: Option<Arc<ValueCodec>>,
     ) -> Result<Self> {
         let group = spec.group_id(&id.namespace, &id.job);
         let consumer: BaseConsumer = client::consumer(&spec.source.kafka, id, &group)
@@ -102,7 +102,7 @@ impl ExactlyOnceSink {
             partials,
             dead_topic: spec.dead_letter.as_ref().map(|d| d.topic.clone()),
             changelog: None,
-            avro,
+            codec,
             owned: Vec::new(),
             txn_timeout: transaction_timeout(spec.batch_interval.as_std()),
             producers: Vec::new(),
@@ -272,7 +272,7 @@ impl Sink for ExactlyOnceSink {
                     .collect()
             });
             for p in made {
-                producers.push(p?.with_avro(self.avro.clone()));
+                producers.push(p?.with_codec(self.codec.clone()));
             }
         }
         self.producers = producers;

@@ -17,7 +17,6 @@ pub use kafka::KafkaSink;
 pub use postgres::PostgresSink;
 pub use stdout::StdoutSink;
 
-use crate::avro::AvroCodec;
 use crate::batch::BatchOutput;
 use crate::changelog::LogFormat;
 use crate::client::Identity;
@@ -116,20 +115,16 @@ pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dy
             .bootstrap_servers
             .as_deref()
             .unwrap_or(&spec.source.kafka.bootstrap_servers);
-        let avro = match &k.avro {
-            Some(a) => Some(Arc::new(
-                AvroCodec::for_sink(a, &k.topic, &spec.source.kafka.credentials)
-                    .map_err(crate::error::Error::Settings)?,
-            )),
-            None => None,
-        };
+        let codec = crate::record::ValueCodec::for_sink(k, &spec.source.kafka.credentials)
+            .map_err(crate::error::Error::Settings)?
+            .map(Arc::new);
         let routes = kafka::Routes::new(k)?;
         match k.delivery {
             crate::spec::Delivery::ExactlyOnce => Box::new(ExactlyOnceSink::new(
-                spec, id, routes, bootstrap, k.shuffle, k.partials, avro,
+                spec, id, routes, bootstrap, k.shuffle, k.partials, codec,
             )?),
             crate::spec::Delivery::AtLeastOnce => Box::new(KafkaSink::new(
-                KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?.with_avro(avro),
+                KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?.with_codec(codec),
                 routes,
                 k.shuffle,
                 k.partials,

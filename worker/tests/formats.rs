@@ -1,8 +1,10 @@
-//! Avro values through the engine on a real broker (librdkafka's mock cluster): records in the
-//! Confluent wire format read against a scripted Schema Registry (a Confluent registry is a
-//! JVM service this machine cannot run), resolved to the job's schema (a field added with a
-//! default), written back as Avro; bad bytes and unknown schemas dead-lettered with the
-//! reason; a registry that does not answer holds the batch rather than losing records.
+//! Schema'd value formats through the engine on a real broker (librdkafka's mock cluster).
+//! Avro: records in the Confluent wire format read against a scripted Schema Registry (a
+//! Confluent registry is a JVM service this machine cannot run), resolved to the job's schema
+//! (a field added with a default), written back as Avro; bad bytes and unknown schemas
+//! dead-lettered with the reason; a registry that does not answer holds the batch rather than
+//! losing records. Protobuf: messages of a `.proto` file's type read, reshaped and written as
+//! another type, a record written before a field was added read with its default.
 
 mod common;
 
@@ -283,4 +285,86 @@ fn a_registry_that_does_not_answer_holds_the_batch_and_dead_letters_nothing() {
         output(&broker),
         vec![("waiting".into(), "unknown".into(), 0.3)]
     );
+}
+
+const VIEW_PROTO: &str = "syntax = \"proto3\";\npackage shop.v1;\nmessage View { string user = 1; int64 ms = 2; string referrer = 3; }\nmessage Slow { string user = 1; double seconds = 2; string referrer = 3; }\n";
+const OLD_VIEW_PROTO: &str =
+    "syntax = \"proto3\";\npackage shop.v1;\nmessage View { string user = 1; int64 ms = 2; }\n";
+
+fn proto_codec(
+    dir: &std::path::Path,
+    file: &str,
+    text: &str,
+    message: &str,
+) -> weir_worker::protobuf::ProtobufCodec {
+    let path = dir.join(file);
+    std::fs::write(&path, text).expect("proto");
+    weir_worker::protobuf::ProtobufCodec::load(&weir_worker::spec::ProtobufSpec {
+        schema: weir_worker::spec::SchemaFile {
+            file: Some(path.display().to_string()),
+            config_map: None,
+        },
+        message: message.into(),
+    })
+    .expect("codec")
+}
+
+#[test]
+fn protobuf_messages_are_read_reshaped_and_written_as_another_type() {
+    let broker = broker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = proto_codec(dir.path(), "old.proto", OLD_VIEW_PROTO, "shop.v1.View");
+    let new = proto_codec(dir.path(), "view.proto", VIEW_PROTO, "shop.v1.View");
+    let json = |s: &str| weir_worker::expr::Val::from_json(s.as_bytes(), 8).expect("json");
+    let values = [
+        old.encode(&json(r#"{"user": "before-the-field", "ms": 250}"#))
+            .expect("encode"),
+        new.encode(&json(
+            r#"{"user": "with-it", "ms": 1500, "referrer": "ads"}"#,
+        ))
+        .expect("encode"),
+        new.encode(&json(r#"{"user": "fast", "ms": 20}"#))
+            .expect("encode"),
+        vec![0x0a, 0xff, 0x01],
+    ];
+    let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+    produce_raw(&broker, "in", 0, &refs);
+    let proto = dir.path().join("view.proto").display().to_string();
+    let yaml = format!(
+        r#"
+batchInterval: 100ms
+source:
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: g, backpressure: {{enabled: false}}}}
+  format: protobuf
+  protobuf: {{schema: {{file: {proto}}}, message: shop.v1.View}}
+pipeline:
+  - {{id: slow, filter: "value.ms >= 100"}}
+  - {{id: shape, select: {{user: value.user, seconds: "double(value.ms) / 1000.0", referrer: value.referrer}}}}
+sink:
+  kafka: {{topic: out, protobuf: {{schema: {{file: {proto}}}, message: shop.v1.Slow}}}}
+deadLetter: {{topic: dlq}}
+"#
+    );
+    run(&broker, &yaml, 2);
+    let slow = proto_codec(dir.path(), "view.proto", VIEW_PROTO, "shop.v1.Slow");
+    let out: Vec<String> = read_all(&broker, "out")
+        .iter()
+        .map(|r| slow.decode(&r.value).expect("a Slow message").to_string())
+        .collect();
+    assert_eq!(
+        out,
+        vec![
+            r#"{"user":"before-the-field","seconds":0.25,"referrer":""}"#.to_string(),
+            r#"{"user":"with-it","seconds":1.5,"referrer":"ads"}"#.to_string(),
+        ]
+    );
+    let dlq = read_all(&broker, "dlq");
+    assert_eq!(dlq.len(), 1);
+    let why = dlq[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "weir.error")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(why.contains("not a Protobuf shop.v1.View message"), "{why}");
 }
