@@ -2,7 +2,8 @@
 # Drain benchmark: how fast a worker drains a backlog, next to a raw librdkafka consumer.
 #
 #   bench/drain.sh [RECORDS] [--bootstrap HOST:PORT]
-#                  [--job stateless|windowed|event-time|keyed|stateful|exactly-once]
+#                  [--job stateless|windowed|event-time|keyed|stateful|exactly-once|
+#                         table-join|sql-keyed|event-time-keyed|sql-windowed]
 #                  [--bin DIR] [-- WORKER_RUN_FLAGS...]
 #
 # Without --bootstrap it hosts librdkafka's mock cluster on a loopback port, with enough
@@ -19,7 +20,12 @@
 #                 once, through the shuffle);
 #   exactly-once  the same with the exactly-once Kafka sink (a transaction per partition and
 #                 batch); it also prints where its transactions' time went (produce and acks,
-#                 the offsets sent to the transaction, EndTxn).
+#                 the offsets sent to the transaction, EndTxn);
+#   table-join    each record joined with its user's row of an 800-row file table (a left
+#                 join), then reshaped: next to stateless, what the lookup costs;
+#   sql-keyed     `SELECT page, COUNT(*) ... GROUP BY page`: next to keyed, what SQL costs;
+#   event-time-keyed  a 10 s event-time window count per page through the shuffle, by hand;
+#   sql-windowed  the same as SQL (GROUP BY TUMBLE(_timestamp, ...), page).
 # It prints both rates and `ratio=<worker/raw>`, where the worker's rate is the first stage's
 # records over its batches' processing time, and `wall_ratio`, from the worker's start until
 # every stage has read everything the stage before it wrote: what a user waits for.
@@ -47,7 +53,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$records" in ''|*[!0-9]*) echo "RECORDS must be a number, got '$records'" >&2; exit 2 ;; esac
-case "$job" in stateless|windowed|event-time|keyed|stateful|exactly-once) ;; *) echo "--job must be stateless, windowed, event-time, keyed, stateful or exactly-once, got '$job'" >&2; exit 2 ;; esac
+case "$job" in stateless|windowed|event-time|keyed|stateful|exactly-once|table-join|sql-keyed|event-time-keyed|sql-windowed) ;; *) echo "--job must be stateless, windowed, event-time, keyed, stateful, exactly-once, table-join, sql-keyed, event-time-keyed or sql-windowed, got '$job'" >&2; exit 2 ;; esac
 
 if [ -z "$bin" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
@@ -107,15 +113,26 @@ pipeline:
   - {id: valid, filter: "has(value.page) && value.page != ''"}
 JOB
 case "$job" in
-  stateless) ;;
+  stateless|table-join|sql-*) ;;
   *) echo '  - {id: by-page, keyBy: "value.page"}' >> "$work/job.yaml" ;;
+esac
+case "$job" in
+  event-time*|sql-windowed) sed -i 's/^pipeline:$/  watermark: {delay: 5s}\npipeline:/' "$work/job.yaml" ;;
 esac
 case "$job" in
   stateless) printf '%s\n' "  - {id: page, map: \"{'page': value.page}\"}" 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
   windowed) printf '%s\n' '  - {id: views, perPartition: true, window: {length: 10s}, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
   event-time)
-    sed -i 's/^pipeline:$/  watermark: {delay: 5s}\npipeline:/' "$work/job.yaml"
     printf '%s\n' '  - {id: views, perPartition: true, window: {time: event, length: 10s}, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
+  # The same count per page and 10 s of the records' own time, through the shuffle: by hand,
+  # and as SQL (which compiles to these steps and a select).
+  event-time-keyed) printf '%s\n' '  - {id: views, window: {time: event, length: 10s}, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
+  sql-windowed) printf '%s\n' "  - {id: views, sql: \"SELECT page, window_start, COUNT(*) AS views FROM input GROUP BY TUMBLE(_timestamp, INTERVAL '10' SECOND), page\"}" 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
+  sql-keyed) printf '%s\n' '  - {id: views, sql: "SELECT page, COUNT(*) AS views FROM input GROUP BY page"}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
+  # Each record joined with its user's row of an 800-row table (users u0..u799 of 1000), left.
+  table-join)
+    python3 -c 'import json; print(json.dumps({f"u{i}": {"plan": ["free", "pro", "team"][i % 3]} for i in range(800)}))' > "$work/users.json"
+    printf '%s\n' "  - {id: with-user, join: {table: {file: $work/users.json}, on: value.user, kind: left}}" "  - {id: page, select: {page: value.page, plan: \"table == null ? 'none' : table.plan\"}}" 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
   keyed) printf '%s\n' '  - {id: views, aggregate: {count: {}}}' 'sink: {stdout: {limit: 0}}' >> "$work/job.yaml" ;;
   stateful) printf '%s\n' "  - {id: views, state: {initial: '0', update: 'state + size(values)'}}" "sink: {kafka: {topic: $topic-out}}" >> "$work/job.yaml" ;;
   exactly-once) printf '%s\n' "  - {id: views, state: {initial: '0', update: 'state + size(values)'}}" "sink: {kafka: {topic: $topic-out, delivery: exactlyOnce}}" >> "$work/job.yaml" ;;

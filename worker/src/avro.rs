@@ -51,7 +51,7 @@ impl AvroCodec {
     pub fn for_source(spec: &AvroSpec, credentials: &Credentials) -> Result<AvroCodec, String> {
         // A length in hostile bytes must not make the decoder allocate more than a record can
         // hold (the crate's default is 512 MiB; the first call sets it for the process).
-        apache_avro::util::max_allocation_bytes(crate::record::MAX_RECORD_BYTES);
+        apache_avro::util::max_allocation_bytes(crate::limits::MAX_RECORD_BYTES);
         Ok(AvroCodec {
             schema: load_schema(spec)?,
             registry: spec

@@ -227,25 +227,7 @@ fn event_time_windows_are_the_same_read_live_as_one_backlog_and_with_kills() {
         .replace("batchInterval: 100ms", "batchInterval: 1s");
     let file = dir.path().join("t.yaml");
     std::fs::write(&file, yaml).expect("job file");
-    for _ in 0..3 {
-        let mut w = WorkerProc::spawn(&file, &[]);
-        // Killed once both stages finished a tick's batch: the mock cluster shows aborted
-        // records to read_committed readers (DESIGN.md), so a kill inside a transaction would
-        // show its aborted output here although Kafka hides it. What the kill tests is the
-        // restart: windows, watermarks and offsets from where the last transactions left them.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !(w.completed("input") >= 2 && w.completed("sh") >= w.completed("input")) {
-            assert!(
-                Instant::now() < deadline,
-                "two batches of each stage: {}",
-                w.all_logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        w.signal("KILL");
-        w.wait_exit(Duration::from_secs(10))
-            .expect("killed worker exits");
-    }
+    WorkerProc::kill_between_batches(&file, "sh", 3);
     let mut last = WorkerProc::spawn(&file, &[]);
     assert_windows(&broker, "out-killed", &want);
     last.signal("TERM");

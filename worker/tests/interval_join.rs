@@ -234,19 +234,7 @@ fn an_interval_join_is_the_same_read_live_as_one_backlog_and_with_kills() {
         .replace("batchInterval: 100ms", "batchInterval: 1s");
     let file = dir.path().join("t.yaml");
     std::fs::write(&file, yaml).expect("job file");
-    for _ in 0..3 {
-        let mut w = WorkerProc::spawn(&file, &[]);
-        // Killed between transactions (see event_time.rs: the mock cluster shows aborted
-        // records to read_committed readers).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !(w.completed("input") >= 2 && w.completed("sh") >= w.completed("input")) {
-            assert!(Instant::now() < deadline, "two batches: {}", w.all_logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        w.signal("KILL");
-        w.wait_exit(Duration::from_secs(10))
-            .expect("killed worker exits");
-    }
+    WorkerProc::kill_between_batches(&file, "sh", 3);
     let mut last = WorkerProc::spawn(&file, &[]);
     let deadline = Instant::now() + Duration::from_secs(90);
     while written(&broker, "out-killed").len() < want.len() {

@@ -2,10 +2,14 @@ use crate::spec::parse_job;
 
 /// The validation errors of a job with these pipeline steps, as "field: message" lines.
 fn errors(steps: &str) -> String {
-    let yaml = format!(
+    refusal(&format!(
         "batchInterval: 5s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}}}\npipeline:\n{steps}sink: {{stdout: {{}}}}\n"
-    );
-    match parse_job(&yaml, "t") {
+    ))
+}
+
+/// Why a job file is refused; empty when it loads.
+fn refusal(yaml: &str) -> String {
+    match parse_job(yaml, "t") {
         Ok(_) => String::new(),
         Err(e) => e.to_string(),
     }
@@ -108,13 +112,9 @@ fn combine_applies_to_aggregates_whose_partials_merge_to_the_same_result() {
 /// The validation errors of a job with a watermark (when `watermark` is set), event time
 /// `value.ts` and these steps.
 fn event_errors(watermark: &str, steps: &str) -> String {
-    let yaml = format!(
+    refusal(&format!(
         "batchInterval: 5s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}, eventTime: value.ts{watermark}}}\npipeline:\n{steps}sink: {{stdout: {{}}}}\n"
-    );
-    match parse_job(&yaml, "t") {
-        Ok(_) => String::new(),
-        Err(e) => e.to_string(),
-    }
+    ))
 }
 
 const WATERMARK: &str = ", watermark: {delay: 10s}";
@@ -269,13 +269,9 @@ fn a_join_names_one_table_and_its_row_is_visible_to_the_steps_after_it() {
 #[test]
 fn avro_needs_a_schema_or_a_registry_and_a_sink_needs_its_schema() {
     let job = |source: &str, sink: &str| {
-        let yaml = format!(
+        refusal(&format!(
             "batchInterval: 5s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}{source}}}\nsink: {{kafka: {{topic: out{sink}}}}}\n"
-        );
-        match parse_job(&yaml, "t") {
-            Ok(_) => String::new(),
-            Err(e) => e.to_string(),
-        }
+        ))
     };
     assert_eq!(
         job(
@@ -324,10 +320,7 @@ fn an_interval_join_needs_a_watermark_and_tells_its_sides_apart_by_the_value() {
         let yaml = format!(
             "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [a, b]}}{watermark}}}\npipeline:\n- {{id: k, keyBy: value.user}}\n- {{id: j, intervalJoin: {join}}}\nsink: {{stdout: {{}}}}\n"
         );
-        match parse_job(&yaml, "t") {
-            Ok(_) => String::new(),
-            Err(e) => e.to_string(),
-        }
+        refusal(&yaml)
     };
     let wm = ", watermark: {delay: 1s}";
     assert_eq!(
@@ -357,10 +350,7 @@ fn a_route_names_a_topic_that_is_no_input_and_a_condition_of_the_result() {
         let yaml = format!(
             "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}}}\nsink: {{kafka: {{topic: out, routes: [{routes}]}}}}\n"
         );
-        match parse_job(&yaml, "t") {
-            Ok(_) => String::new(),
-            Err(e) => e.to_string(),
-        }
+        refusal(&yaml)
     };
     assert_eq!(job("{when: 'value.n > 1', topic: big}"), "");
     let e = job("{when: 'value.n > 1', topic: in}");
@@ -377,13 +367,9 @@ fn a_route_names_a_topic_that_is_no_input_and_a_condition_of_the_result() {
 #[test]
 fn protobuf_needs_its_schema_and_a_message_type_with_its_package() {
     let job = |source: &str, sink: &str| {
-        let yaml = format!(
+        refusal(&format!(
             "batchInterval: 5s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}{source}}}\nsink: {{kafka: {{topic: out{sink}}}}}\n"
-        );
-        match parse_job(&yaml, "t") {
-            Ok(_) => String::new(),
-            Err(e) => e.to_string(),
-        }
+        ))
     };
     let p = "protobuf: {schema: {file: /s/v.proto}, message: shop.v1.View}";
     assert_eq!(

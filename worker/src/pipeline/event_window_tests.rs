@@ -47,10 +47,7 @@ fn emitted(out: Vec<Output>) -> Vec<Emitted> {
         .collect()
 }
 
-/// Runs the records in batches of the given sizes, as the engine does with one partition
-/// (the partition's watermark is the stage's), and returns what was written and the late
-/// count. With `replay`, every batch is run twice, the first attempt thrown away; with
-/// `restart_every`, the state is rebuilt from its snapshot that often.
+/// [`super::tests::drive`] over the records' payloads.
 fn drive(
     p: &Pipeline,
     input: &[In],
@@ -58,36 +55,9 @@ fn drive(
     replay: bool,
     restart_every: Option<usize>,
 ) -> (Vec<Emitted>, u64) {
-    let mut st = p.new_state();
-    let mut out = Vec::new();
-    let mut late = 0;
-    let mut at = 0;
-    let mut batch = 0;
-    while at < input.len() {
-        let n = sizes.next().unwrap_or(1).max(1).min(input.len() - at);
-        let chunk = &input[at..at + n];
-        let attempts = if replay { 2 } else { 1 };
-        for attempt in 0..attempts {
-            let mut run = p.start(&mut st, 1_000 * batch);
-            for (i, r) in chunk.iter().enumerate() {
-                let _ = run.push(rec((at + i) as i64, Format::Json, &payload(r)));
-            }
-            let wm = run.watermark();
-            let this_late = run.late();
-            let (o, failures) = run.finish(&Arc::from("in"), 0, wm);
-            assert!(failures.is_empty(), "{failures:?}");
-            if attempt + 1 == attempts {
-                out.extend(emitted(o));
-                late += this_late;
-            }
-        }
-        at += n;
-        batch += 1;
-        if restart_every.is_some_and(|e| (batch as usize).is_multiple_of(e)) {
-            st = p.restore(st.dump()).unwrap();
-        }
-    }
-    (out, late)
+    let payloads: Vec<String> = input.iter().map(payload).collect();
+    let (out, late) = super::tests::drive(p, &payloads, sizes, replay, restart_every);
+    (emitted(out), late)
 }
 
 /// Mostly rising times with jitter inside the delay, and now and then a record far behind.

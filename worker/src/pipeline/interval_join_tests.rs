@@ -59,9 +59,7 @@ fn pairs(out: Vec<Output>) -> Vec<Pair> {
     p
 }
 
-/// Runs the records in batches of the given sizes as the engine does with one partition; with
-/// `replay` every batch runs twice, the first attempt thrown away; with `restart_every` the
-/// state is rebuilt from its snapshot that often. Returns the pairs and the late count.
+/// [`super::tests::drive`] over the records' payloads.
 fn drive(
     p: &Pipeline,
     input: &[In],
@@ -69,31 +67,8 @@ fn drive(
     replay: bool,
     restart_every: Option<usize>,
 ) -> (Vec<Pair>, u64) {
-    let mut st = p.new_state();
-    let (mut out, mut late, mut at, mut batch) = (Vec::new(), 0, 0, 0);
-    while at < input.len() {
-        let n = sizes.next().unwrap_or(1).max(1).min(input.len() - at);
-        let attempts = if replay { 2 } else { 1 };
-        for attempt in 0..attempts {
-            let mut run = p.start(&mut st, 1_000 * batch);
-            for (i, r) in input[at..at + n].iter().enumerate() {
-                let _ = run.push(rec((at + i) as i64, Format::Json, &payload(r)));
-            }
-            let wm = run.watermark();
-            let this_late = run.late();
-            let (o, failures) = run.finish(&Arc::from("in"), 0, wm);
-            assert!(failures.is_empty(), "{failures:?}");
-            if attempt + 1 == attempts {
-                out.extend(o);
-                late += this_late;
-            }
-        }
-        at += n;
-        batch += 1;
-        if restart_every.is_some_and(|e| (batch as usize).is_multiple_of(e)) {
-            st = p.restore(st.dump()).unwrap();
-        }
-    }
+    let payloads: Vec<String> = input.iter().map(payload).collect();
+    let (out, late) = super::tests::drive(p, &payloads, sizes, replay, restart_every);
     (pairs(out), late)
 }
 

@@ -37,6 +37,45 @@ pub(super) fn rec(offset: i64, format: Format, payload: &str) -> Record {
     }
 }
 
+/// Runs JSON payloads through `p` in batches of the given sizes, as the engine does with one
+/// partition (whose watermark is the stage's). With `replay`, every batch is run twice, the
+/// first attempt thrown away; with `restart_every`, the state is rebuilt from its snapshot
+/// that often. Returns the outputs and the late count.
+pub(super) fn drive(
+    p: &Pipeline,
+    payloads: &[String],
+    sizes: &mut dyn Iterator<Item = usize>,
+    replay: bool,
+    restart_every: Option<usize>,
+) -> (Vec<Output>, u64) {
+    let mut st = p.new_state();
+    let (mut out, mut late, mut at, mut batch) = (Vec::new(), 0, 0, 0);
+    while at < payloads.len() {
+        let n = sizes.next().unwrap_or(1).max(1).min(payloads.len() - at);
+        let attempts = if replay { 2 } else { 1 };
+        for attempt in 0..attempts {
+            let mut run = p.start(&mut st, 1_000 * batch);
+            for (i, payload) in payloads[at..at + n].iter().enumerate() {
+                let _ = run.push(rec((at + i) as i64, Format::Json, payload));
+            }
+            let wm = run.watermark();
+            let this_late = run.late();
+            let (o, failures) = run.finish(&Arc::from("in"), 0, wm);
+            assert!(failures.is_empty(), "{failures:?}");
+            if attempt + 1 == attempts {
+                out.extend(o);
+                late += this_late;
+            }
+        }
+        at += n;
+        batch += 1;
+        if restart_every.is_some_and(|e| (batch as usize).is_multiple_of(e)) {
+            st = p.restore(st.dump()).unwrap();
+        }
+    }
+    (out, late)
+}
+
 const WORD_COUNT: &str = "- {id: words, flatMap: \"value.split(' ')\"}\n- {id: non-empty, filter: \"item != ''\"}\n- {id: by-word, keyBy: item}\n- {id: counts, aggregate: {count: {}}}\n";
 
 #[test]
