@@ -147,7 +147,7 @@ fn broker() -> Broker {
     let broker = Broker::in_process();
     broker.create_topic("in", 2);
     broker.create_topic("users", 3);
-    for t in ["live", "backlog", "restarted", "inner"] {
+    for t in ["live", "backlog", "restarted", "inner", "sql"] {
         broker.create_topic(t, 2);
     }
     broker
@@ -208,6 +208,15 @@ fn a_changing_table_gives_each_record_the_row_as_of_its_time_live_backlog_and_re
     // row of its own time.
     run(&broker, &job("g-backlog", "backlog", "left"), 3);
     assert_rows(output(&broker, "backlog"), &expected, "backlog");
+
+    // The same join written as SQL compiles to the same steps and writes the same rows.
+    let sql = job("g-sql", "sql", "left").replace(
+        "  - id: with-user\n    join: {table: {topic: users}, on: value.user, kind: left}\n  - id: shape\n    select: {user: value.user, at: value.at, name: \"table == null ? null : table.name\"}\n",
+        "  - id: q\n    sql: \"SELECT v.user, v.at, u.name FROM input AS v LEFT JOIN users AS u ON v.user = u._key\"\n",
+    );
+    assert!(sql.contains("sql: "), "{sql}");
+    run(&broker, &sql, 3);
+    assert_rows(output(&broker, "sql"), &expected, "sql");
 
     // An inner join keeps only the views that found a row.
     run(&broker, &job("g-inner", "inner", "inner"), 3);

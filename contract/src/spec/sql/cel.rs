@@ -2,7 +2,8 @@
 //! hand-written step would carry, so a SQL step runs on the same evaluator as every other step.
 //!
 //! A column `page` is the record value's field (`value.page`); `_key`, `_value`, `_topic`,
-//! `_partition`, `_offset` and `_timestamp` are the record's own parts. After GROUP BY (the
+//! `_partition`, `_offset` and `_timestamp` are the record's own parts; `t.col` of a joined
+//! table `t` is the row's column (`table.col`). After GROUP BY (the
 //! grouped scope) a column must be a grouping key (it becomes the record's key), inside an
 //! aggregate, or the window's bounds.
 
@@ -84,15 +85,23 @@ impl Grouped {
     }
 }
 
+/// What a query's columns may be qualified by.
+pub(super) struct Names {
+    /// The input: `input`, and its alias.
+    pub input: Vec<String>,
+    /// A joined table's name and alias, and whether the join is a left join (its columns are
+    /// then NULL for a record without a row).
+    pub table: Option<(Vec<String>, bool)>,
+}
+
 /// Translates SQL expressions of one query.
 pub(super) struct Translator<'a> {
-    /// The names the input may be qualified by (`input`, and its alias).
-    pub tables: &'a [String],
+    pub tables: &'a Names,
     pub grouped: Option<&'a mut Grouped>,
 }
 
 impl Translator<'_> {
-    pub(super) fn row(tables: &[String]) -> Translator<'_> {
+    pub(super) fn row(tables: &Names) -> Translator<'_> {
         Translator {
             tables,
             grouped: None,
@@ -285,13 +294,30 @@ impl Translator<'_> {
     /// A column: a field of the record's value (a path for `a.b`), or one of its own parts.
     fn column(&mut self, parts: &[Ident], e: &Sql) -> Result<String, SqlError> {
         let mut parts = parts;
-        if parts.len() > 1
-            && self
-                .tables
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(&parts[0].value))
-        {
+        let named =
+            |names: &[String], p: &Ident| names.iter().any(|t| t.eq_ignore_ascii_case(&p.value));
+        if parts.len() > 1 && named(&self.tables.input, &parts[0]) {
             parts = &parts[1..];
+        }
+        if let Some((names, left)) = &self.tables.table {
+            if parts.len() > 1 && named(names, &parts[0]) && self.grouped.is_none() {
+                if parts[1].value.eq_ignore_ascii_case("_key") {
+                    return Err(at(
+                        e,
+                        "the table's _key is the join key: select the input's side of ON instead",
+                    ));
+                }
+                let mut path = "table".to_string();
+                for p in &parts[1..] {
+                    path = field(&path, &p.value);
+                }
+                // A left join's record without a row has no table: its columns are NULL.
+                return Ok(if *left {
+                    format!("(table == null ? null : {path})")
+                } else {
+                    path
+                });
+            }
         }
         let first = &parts[0].value;
         if let Some(g) = self.grouped.as_deref() {

@@ -1,19 +1,21 @@
 //! A query's plan: the steps a SQL step compiles to, in the order a hand-written pipeline
-//! would hold them (WHERE a filter; GROUP BY a keyBy, the aggregate, windowed when a window
-//! groups it; HAVING a filter; the select list a select).
+//! would hold them (a JOIN of a table a join step; WHERE a filter; GROUP BY a keyBy, the
+//! aggregate, windowed when a window groups it; HAVING a filter; the select list a select).
 
 use std::collections::BTreeMap;
 
 use sqlparser::ast::{
-    Expr as Sql, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Query, Select,
-    SelectItem, SetExpr, Statement, TableFactor,
+    BinaryOperator, Expr as Sql, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+    JoinConstraint, JoinOperator, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
-use super::cel::{Agg, Grouped, Translator};
+use super::cel::{Agg, Grouped, Names, Translator};
 use super::{at, interval, Compiled, SqlError, TimeColumn};
-use crate::spec::{AggregateSpec, Duration, Empty, StepSpec, WindowSpec, WindowTime};
+use crate::spec::{
+    AggregateSpec, Duration, Empty, JoinKind, JoinSpec, StepSpec, TableSpec, WindowSpec, WindowTime,
+};
 
 /// Nesting the parser follows before it refuses a query: deep enough for any real query,
 /// shallow enough that a hostile one cannot exhaust the stack.
@@ -45,7 +47,7 @@ pub fn compile(sql: &str, id: &str) -> Result<Compiled, SqlError> {
         }
     };
     let select = plain_select(query)?;
-    let tables = input_names(select)?;
+    let (tables, join) = sources(select)?;
     let mut steps = Vec::new();
     let step = |suffix: &str| StepSpec {
         id: if suffix.is_empty() {
@@ -55,6 +57,12 @@ pub fn compile(sql: &str, id: &str) -> Result<Compiled, SqlError> {
         },
         ..StepSpec::default()
     };
+    if let Some(j) = join {
+        steps.push(StepSpec {
+            join: Some(j),
+            ..step("join")
+        });
+    }
     if let Some(w) = &select.selection {
         steps.push(StepSpec {
             filter: Some(Translator::row(&tables).expr(w)?),
@@ -255,41 +263,121 @@ fn plain_select(query: &Query) -> Result<&Select, SqlError> {
     Ok(select)
 }
 
-/// The names the input may be called by: `input` and the alias the query gives it.
-fn input_names(select: &Select) -> Result<Vec<String>, SqlError> {
+/// What the query reads: `input` (and its alias), and at most one table joined to it, `JOIN
+/// <topic> [AS t] ON <input expression> = t._key` (a `join` step with that topic as its table).
+fn sources(select: &Select) -> Result<(Names, Option<JoinSpec>), SqlError> {
     let [from] = select.from.as_slice() else {
         return Err(match select.from.get(1) {
             Some(second) => at(
                 &second.relation,
-                "a SQL step reads one input: FROM input (joins are not supported yet)",
+                "a SQL step reads one input: FROM input, and at most one table joined to it",
             ),
             None => at(select, "the query has no FROM; write FROM input"),
         });
     };
-    if let Some(j) = from.joins.first() {
-        return Err(at(j, "JOIN is not supported in a SQL step yet"));
-    }
-    let TableFactor::Table {
-        name, alias, args, ..
-    } = &from.relation
-    else {
+    let input = table_names(&from.relation, true)?;
+    let [join] = from.joins.as_slice() else {
+        if let Some(second) = from.joins.get(1) {
+            return Err(at(second, "a SQL step joins one table at most"));
+        }
+        return Ok((Names { input, table: None }, None));
+    };
+    let (constraint, kind) = match &join.join_operator {
+        JoinOperator::Join(c) | JoinOperator::Inner(c) => (c, JoinKind::Inner),
+        JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (c, JoinKind::Left),
+        _ => {
+            return Err(at(
+                join,
+                "only JOIN and LEFT JOIN of a table are supported (a stream-stream join is an intervalJoin step)",
+            ))
+        }
+    };
+    let table = table_names(&join.relation, false)?;
+    let topic = table[0].clone();
+    let JoinConstraint::On(on) = constraint else {
         return Err(at(
-            &from.relation,
-            "FROM names the step's input: write FROM input",
+            join,
+            format!("join the table with ON <input column> = {topic}._key"),
         ));
     };
-    if args.is_some() || !name.to_string().eq_ignore_ascii_case("input") {
+    let is_table_key = |e: &Sql| match e {
+        Sql::CompoundIdentifier(p) => {
+            p.len() == 2
+                && table.iter().any(|t| t.eq_ignore_ascii_case(&p[0].value))
+                && p[1].value.eq_ignore_ascii_case("_key")
+        }
+        _ => false,
+    };
+    let input_side = match on {
+        Sql::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } if is_table_key(right) => left,
+        Sql::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } if is_table_key(left) => right,
+        _ => {
+            return Err(at(
+                on,
+                format!(
+                    "a table is joined by its key: ON <input expression> = {}._key",
+                    table.last().unwrap_or(&topic)
+                ),
+            ))
+        }
+    };
+    let names = Names {
+        input: input.clone(),
+        table: None,
+    };
+    let on = Translator::row(&names).expr(input_side)?;
+    let spec = JoinSpec {
+        table: TableSpec {
+            topic: Some(topic),
+            ..TableSpec::default()
+        },
+        on: Some(on),
+        kind,
+    };
+    let names = Names {
+        input,
+        table: Some((table, kind == JoinKind::Left)),
+    };
+    Ok((names, Some(spec)))
+}
+
+/// A FROM or JOIN relation's names: its own and its alias. The input is called `input`.
+fn table_names(relation: &TableFactor, input: bool) -> Result<Vec<String>, SqlError> {
+    let TableFactor::Table {
+        name, alias, args, ..
+    } = relation
+    else {
         return Err(at(
-            &from.relation,
+            relation,
+            "FROM names the step's input, and JOIN a table topic, by name",
+        ));
+    };
+    if args.is_some() || (input && !name.to_string().eq_ignore_ascii_case("input")) {
+        return Err(at(
+            relation,
             format!("FROM {name}: a SQL step reads the records that reach it, called input; write FROM input"),
         ));
     }
-    let mut names = vec!["input".to_string()];
+    if !input && name.to_string().eq_ignore_ascii_case("input") {
+        return Err(at(
+            relation,
+            "JOIN names a table topic; the input cannot be joined with itself",
+        ));
+    }
+    let mut names = vec![name.to_string()];
     if let Some(a) = alias {
         if !a.columns.is_empty() {
             return Err(at(
-                &from.relation,
-                "column aliases on input are not supported",
+                relation,
+                "column aliases on a FROM or JOIN name are not supported",
             ));
         }
         names.push(a.name.value.clone());
@@ -348,7 +436,7 @@ fn projection(
 /// SESSION(time, gap), over event time.
 fn window_of(
     g: &Sql,
-    tables: &[String],
+    tables: &Names,
 ) -> Result<Option<(&'static str, WindowSpec, TimeColumn)>, SqlError> {
     let Sql::Function(f) = g else {
         return Ok(None);

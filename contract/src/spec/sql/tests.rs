@@ -198,7 +198,10 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("SELECT page FROM input; SELECT 1 FROM input", "line 1, column 25", "one query"),
     ("INSERT INTO t VALUES (1)", "line 1, column 1", "only a SELECT query"),
     ("SELECT page FROM pages", "line 1, column 18", "FROM pages"),
-    ("SELECT page FROM input JOIN users ON input.u = users.id", "line 1, column 29", "JOIN is not supported"),
+    ("SELECT page FROM input JOIN users ON input.u = users.id", "line 1, column 38", "a table is joined by its key: ON <input expression> = users._key"),
+    ("SELECT page FROM input RIGHT JOIN users ON input.u = users._key", "line 1, column 35", "only JOIN and LEFT JOIN of a table"),
+    ("SELECT page FROM input JOIN input AS again ON page = again._key", "line 1, column 29", "the input cannot be joined with itself"),
+    ("SELECT u._key FROM input JOIN users AS u ON page = u._key", "line 1, column 8", "the table's _key is the join key"),
     ("SELECT page FROM input ORDER BY page", "line 1, column 33", "ORDER BY is not supported"),
     ("SELECT page FROM input LIMIT 10", "line 1, column 30", "LIMIT is not supported"),
     ("SELECT DISTINCT page FROM input", "line 1, column 1", "DISTINCT is not supported"),
@@ -277,4 +280,41 @@ fn every_compiled_expression_passes_the_checks_of_hand_written_steps() {
         let s = steps(q);
         assert!(!s.is_empty(), "{q}");
     }
+}
+
+#[test]
+fn a_join_with_a_table_is_a_join_step_and_its_columns_are_the_row() {
+    let s = steps(
+        "SELECT v.page, u.plan FROM input AS v LEFT JOIN users AS u ON v.user = u._key WHERE u.plan <> 'free'",
+    );
+    let ids: Vec<&str> = s.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["q-join", "q-where", "q-select"]);
+    let j = s[0].join.as_ref().unwrap();
+    assert_eq!(j.table.topic.as_deref(), Some("users"));
+    assert_eq!(j.on.as_deref(), Some("value.user"));
+    assert_eq!(j.kind, crate::spec::JoinKind::Left);
+    assert_eq!(
+        s[1].filter.as_deref(),
+        Some("((table == null ? null : table.plan) != \"free\")")
+    );
+    assert_eq!(
+        s[2].select.clone().unwrap(),
+        fields(&[
+            ("page", "value.page"),
+            ("plan", "(table == null ? null : table.plan)")
+        ])
+    );
+    // Grouped by a table column: the key is the row's column, before the shuffle.
+    let s = steps("SELECT u.plan, COUNT(*) AS n FROM input JOIN users u ON input.user = u._key GROUP BY u.plan");
+    let ids: Vec<&str> = s.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["q-join", "q-key", "q", "q-select"]);
+    assert_eq!(
+        s[0].join.as_ref().unwrap().kind,
+        crate::spec::JoinKind::Inner
+    );
+    assert_eq!(s[1].key_by.as_deref(), Some("table.plan"));
+    assert_eq!(
+        s[3].select.clone().unwrap(),
+        fields(&[("n", "value"), ("plan", "key")])
+    );
 }
