@@ -92,8 +92,18 @@ fn message_val(m: &DynamicMessage) -> Val {
         .descriptor()
         .fields()
         .map(|f| {
-            let v = m.get_field(&f);
-            (Arc::from(f.name()), value_val(&f.kind(), &v))
+            // An unset message field is null, not its default message: a message type that
+            // holds itself would otherwise have no end (found by fuzzing).
+            let unset_message = matches!(f.kind(), Kind::Message(_))
+                && !f.is_list()
+                && !f.is_map()
+                && !m.has_field(&f);
+            let v = if unset_message {
+                Val::Null
+            } else {
+                value_val(&f.kind(), &m.get_field(&f))
+            };
+            (Arc::from(f.name()), v)
         })
         .collect();
     Val::Map(Arc::new(fields))
@@ -327,6 +337,31 @@ mod tests {
             older.field("kind"),
             Some(&Val::str("PAGE")),
             "defaults for unset fields"
+        );
+    }
+
+    #[test]
+    fn a_message_type_that_holds_itself_reads_an_unset_field_as_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tree.proto");
+        std::fs::write(
+            &path,
+            "syntax = \"proto3\";\nmessage Node { string name = 1; Node child = 2; }\n",
+        )
+        .unwrap();
+        let c = ProtobufCodec::load(&ProtobufSpec {
+            schema: crate::spec::SchemaFile {
+                file: Some(path.display().to_string()),
+                config_map: None,
+            },
+            message: "Node".into(),
+        })
+        .unwrap();
+        let v = json(r#"{"name": "a", "child": {"name": "b"}}"#);
+        let back = c.decode(&c.encode(&v).unwrap()).unwrap();
+        assert_eq!(
+            back,
+            json(r#"{"name": "a", "child": {"name": "b", "child": null}}"#)
         );
     }
 

@@ -322,7 +322,7 @@ pub enum Format {
     /// timestamps as integers).
     Avro,
     /// Protobuf messages of one type (`source.protobuf`); `value` is the message with every
-    /// field (unset ones at their defaults), enums as their names.
+    /// field (unset scalars at their defaults, unset messages null), enums as their names.
     Protobuf,
     /// The worker's own encoding of keys and values between the stages of a job (a
     /// repartition topic); set by the worker, never in a spec.
