@@ -409,6 +409,40 @@ pub struct StepSpec {
     pub partial: bool,
 }
 
+impl StepSpec {
+    /// The operations the step sets, by their field names (a valid step sets one).
+    pub fn operations(&self) -> Vec<&'static str> {
+        [
+            ("filter", self.filter.is_some()),
+            ("map", self.map.is_some()),
+            ("select", self.select.is_some()),
+            ("flatMap", self.flat_map.is_some()),
+            ("keyBy", self.key_by.is_some()),
+            ("aggregate", self.aggregate.is_some()),
+            ("state", self.state.is_some()),
+            ("repartition", self.repartition.is_some()),
+            ("join", self.join.is_some()),
+            ("intervalJoin", self.interval_join.is_some()),
+            ("sql", self.sql.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, set)| set.then_some(n))
+        .collect()
+    }
+}
+
+/// A Kubernetes label (and step id): lower-case letters, digits and '-', 1 to 63 characters,
+/// starting and ending with a letter or digit.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
 /// A CEL expression, checked when the job loads.
 pub type Expr = String;
 

@@ -10,7 +10,7 @@ mod formats;
 mod join;
 mod time;
 
-use super::{JobSpec, StepSpec};
+use super::{is_dns_label, JobSpec, StepSpec};
 use crate::expr;
 
 /// One problem in a spec.
@@ -337,7 +337,7 @@ impl JobSpec {
                     ),
                 );
             }
-            let ops = step_operations(step);
+            let ops = step.operations();
             match ops.as_slice() {
                 [] => c.err(&at, "has no operation; set one of filter, map, select, flatMap, keyBy, aggregate, state, repartition, join, intervalJoin, sql"),
                 [_] => {}
@@ -569,36 +569,6 @@ pub fn check_url_has_no_password(url: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
-}
-
-/// The operations a step sets, by their field names.
-pub fn step_operations(step: &StepSpec) -> Vec<&'static str> {
-    [
-        ("filter", step.filter.is_some()),
-        ("map", step.map.is_some()),
-        ("select", step.select.is_some()),
-        ("flatMap", step.flat_map.is_some()),
-        ("keyBy", step.key_by.is_some()),
-        ("aggregate", step.aggregate.is_some()),
-        ("state", step.state.is_some()),
-        ("repartition", step.repartition.is_some()),
-        ("join", step.join.is_some()),
-        ("intervalJoin", step.interval_join.is_some()),
-        ("sql", step.sql.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(n, set)| set.then_some(n))
-    .collect()
-}
-
-pub(super) fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
 }
 
 fn round_up(ms: u128, interval: u128) -> super::Duration {

@@ -15,8 +15,7 @@ use std::fmt;
 
 use sqlparser::ast::{Expr as Sql, Spanned, Value};
 
-use super::validate::{is_dns_label, step_operations};
-use super::{Duration, FieldError, JobSpec, StepSpec, ValidationErrors};
+use super::{is_dns_label, Duration, FieldError, JobSpec, StepSpec, ValidationErrors};
 
 /// The longest query a SQL step holds (the CRD's `maxLength` says the same).
 pub const MAX_SQL_BYTES: usize = 16 * 1024;
@@ -116,7 +115,7 @@ pub(super) fn expand(spec: &JobSpec) -> Result<(JobSpec, Vec<usize>), Validation
                 message,
             })
         };
-        let ops = step_operations(step);
+        let ops = step.operations();
         if ops.len() > 1 || step.window.is_some() {
             refuse(format!(
                 "a SQL step holds only its query (and id, combine, perPartition); move {} into the query or a step of its own",
