@@ -155,8 +155,7 @@ pub fn parse_job(text: &str, default_name: &str) -> Result<JobFile, LoadError> {
             )));
         }
     };
-    spec.validate()?;
-    let spec = spec.expand_sql()?;
+    let spec = spec.validated()?;
     Ok(JobFile {
         name,
         namespace,

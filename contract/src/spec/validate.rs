@@ -174,10 +174,20 @@ impl JobSpec {
         if !self.has_sql() {
             return self.check();
         }
+        self.validated().map(|_| ())
+    }
+
+    /// Checks the spec and returns the spec that runs: SQL steps compiled to theirs (problems
+    /// of a compiled step are named by its SQL step).
+    ///
+    /// # Errors
+    /// As [`JobSpec::validate`].
+    pub(super) fn validated(&self) -> Result<JobSpec, ValidationErrors> {
         let (expanded, origin) = super::sql::expand(self)?;
         expanded
             .check()
-            .map_err(|e| super::sql::remap(e, &origin, self, &expanded))
+            .map_err(|e| super::sql::remap(e, &origin, self, &expanded))?;
+        Ok(expanded)
     }
 
     /// Checks a spec without SQL steps.
