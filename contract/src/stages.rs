@@ -65,6 +65,20 @@ pub fn with_shuffles(spec: &JobSpec) -> Vec<StepSpec> {
             rekeyed = false;
         } else if step.key_by.as_deref().is_some_and(|e| e.trim() != "key") {
             rekeyed = true;
+        } else if step.join.as_ref().is_some_and(|j| j.table.partitioned) {
+            // The join meets the table partition by partition: the records go to the table's
+            // partitioning first, and are not partitioned by their own key after it.
+            if steps
+                .last()
+                .is_none_or(|s: &StepSpec| s.repartition.is_none())
+            {
+                steps.push(StepSpec {
+                    id: step.id.clone(),
+                    repartition: Some(RepartitionSpec::default()),
+                    ..StepSpec::default()
+                });
+            }
+            rekeyed = true;
         } else if (step.aggregate.is_some() || step.state.is_some() || step.interval_join.is_some())
             && rekeyed
             && !step.per_partition
@@ -184,6 +198,13 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
         let topic = repartition_topic(&job.name, step);
         let next = pipeline.get(j + 1);
         let partials = next.and_then(combinable);
+        let partition_by = next.and_then(|n| n.join.as_ref()?.partition_by());
+        // The next stage's steps: a join among them looks rows up as of each record's time,
+        // which without event time is its Kafka timestamp, lost in the repartition record.
+        let joins_after = pipeline[j + 1..]
+            .iter()
+            .take_while(|s| s.repartition.is_none())
+            .any(|s| s.join.is_some());
         if let (Some(next), Some(_)) = (next, partials) {
             steps.push(StepSpec {
                 id: next.id.clone(),
@@ -202,6 +223,8 @@ pub fn split(job: &JobFile) -> Vec<Stage> {
                 routes: Vec::new(),
                 shuffle: true,
                 partials,
+                partition_by,
+                keeps_time: joins_after && spec.source.watermark.is_none(),
             }),
             ..SinkSpec::default()
         };
@@ -289,6 +312,41 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join(" | ")
+    }
+
+    #[test]
+    fn a_partitioned_table_join_runs_behind_a_shuffle_to_the_tables_partitioning() {
+        let join = |partitioned: &str| {
+            format!("- {{id: f, filter: 'value.ok'}}\n- {{id: j, join: {{table: {{topic: users{partitioned}}}, on: value.user}}}}\n- {{id: n, aggregate: {{count: {{}}}}}}\n")
+        };
+        // A global table needs no shuffle; the count after it counts per input key in place.
+        assert_eq!(stages_of("in", &join("")), "input: f j n");
+        // A partitioned one: the records go to the table's partitioning, by the join key, and
+        // a keyed step after the join shuffles again (they are no longer by their own key).
+        assert_eq!(
+            stages_of("in", &join(", partitioned: true")),
+            "input: f | j: j n(combine) | n: n"
+        );
+        let yaml = format!(
+            "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}}}\npipeline:\n{}sink: {{stdout: {{}}}}\n",
+            join(", partitioned: true, partitioner: crc32")
+        );
+        let stages = split(&parse_job(&yaml, "j").expect("job"));
+        let to_join = stages[0].job.spec.sink.kafka.as_ref().expect("shuffle");
+        let by = to_join
+            .partition_by
+            .as_ref()
+            .expect("partitioned by the join key");
+        assert_eq!(
+            (by.on.as_deref(), by.partitioner, by.table.as_str()),
+            (Some("value.user"), crate::spec::Partitioner::Crc32, "users")
+        );
+        assert!(
+            to_join.keeps_time,
+            "the join after it looks rows up by record time"
+        );
+        let to_count = stages[1].job.spec.sink.kafka.as_ref().expect("shuffle");
+        assert!(to_count.partition_by.is_none() && !to_count.keeps_time);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use weir_worker::avro::AvroCodec;
 use weir_worker::credentials::Credentials;
 use weir_worker::expr::ValueNeeds;
 use weir_worker::protobuf::ProtobufCodec;
-use weir_worker::record::{decode_key, decode_value, ValueCodec};
+use weir_worker::record::{decode_key, decode_value, SchemaCodec};
 use weir_worker::spec::{AvroSpec, Format, ProtobufSpec, SchemaFile};
 
 const AVSC: &str = r#"{"type": "record", "name": "E", "fields": [
@@ -22,9 +22,9 @@ const AVSC: &str = r#"{"type": "record", "name": "E", "fields": [
 const PROTO: &str = "syntax = \"proto3\";\nmessage E { int64 id = 1; repeated string tags = 2; map<string, double> attrs = 3; enum K { A = 0; B = 1; } K kind = 4; E inner = 5; bytes note = 6; }\n";
 
 /// A source reading `format` with the schemas above, written once to a temporary directory.
-fn codec(format: Format) -> &'static Option<ValueCodec> {
-    static AVRO: OnceLock<Option<ValueCodec>> = OnceLock::new();
-    static PROTOBUF: OnceLock<Option<ValueCodec>> = OnceLock::new();
+fn codec(format: Format) -> &'static Option<SchemaCodec> {
+    static AVRO: OnceLock<Option<SchemaCodec>> = OnceLock::new();
+    static PROTOBUF: OnceLock<Option<SchemaCodec>> = OnceLock::new();
     let cell = if format == Format::Avro {
         &AVRO
     } else {
@@ -43,16 +43,19 @@ fn codec(format: Format) -> &'static Option<ValueCodec> {
             let spec = AvroSpec {
                 schema: Some(file("e.avsc")),
                 registry: None,
+                key: None,
             };
-            ValueCodec::Avro(Box::new(
+            SchemaCodec::Avro(Box::new(
                 AvroCodec::for_source(&spec, &Credentials::default()).ok()?,
             ))
         } else {
             let spec = ProtobufSpec {
                 schema: file("e.proto"),
                 message: "E".into(),
+                key_message: None,
+                registry: None,
             };
-            ValueCodec::Protobuf(ProtobufCodec::load(&spec).ok()?)
+            SchemaCodec::Protobuf(ProtobufCodec::load(&spec).ok()?)
         })
     })
 }

@@ -50,10 +50,16 @@ const JOB_RULES: &str = r#"[
     "reason": "FieldValueInvalid"
   },
   {
-    "rule": "[has(self.sink.stdout), has(self.sink.kafka), has(self.sink.file), has(self.sink.postgres)].filter(x, x).size() == 1",
-    "message": "sink sets exactly one of stdout, kafka, file, postgres",
+    "rule": "[has(self.sink.stdout), has(self.sink.kafka), has(self.sink.file), has(self.sink.postgres)].filter(x, x).size() >= 1",
+    "message": "sink sets at least one of stdout, kafka, file, postgres",
     "fieldPath": ".sink",
     "reason": "FieldValueInvalid"
+  },
+  {
+    "rule": "!has(self.sink.postgres) || !has(self.sink.kafka) || !has(self.sink.kafka.delivery) || self.sink.kafka.delivery != 'exactlyOnce'",
+    "message": "sink.kafka.delivery exactlyOnce cannot hold beside sink.postgres (two transactions, none spanning both); set delivery: atLeastOnce or write to one of them",
+    "fieldPath": ".sink.kafka.delivery",
+    "reason": "FieldValueForbidden"
   }
 ]"#;
 

@@ -79,6 +79,8 @@ pub struct ReadRecord {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<String>,
+    /// The key as it was written (`key` is it as text, lossily).
+    pub key_bytes: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub headers: Vec<(String, String)>,
 }
@@ -131,6 +133,7 @@ pub fn read_all(client: &ClientConfig, topic: &str) -> Result<Vec<ReadRecord>> {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key_bytes: m.key().map(<[u8]>::to_vec),
             value: m.payload().unwrap_or_default().to_vec(),
             headers: m
                 .headers()

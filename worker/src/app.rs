@@ -63,6 +63,9 @@ pub fn check_job(file: &std::path::Path) -> Result<crate::spec::JobFile> {
     ] {
         if let Some(a) = avro {
             crate::avro::check(a).map_err(settings(field))?;
+            if let Some(keys) = a.keys() {
+                crate::avro::check(&keys).map_err(settings(field))?;
+            }
         }
     }
     for (field, proto) in [
@@ -73,7 +76,7 @@ pub fn check_job(file: &std::path::Path) -> Result<crate::spec::JobFile> {
         ),
     ] {
         if let Some(p) = proto {
-            crate::protobuf::ProtobufCodec::load(p).map_err(settings(field))?;
+            crate::protobuf::ProtobufCodec::load_with_key(p).map_err(settings(field))?;
         }
     }
     Ok(job)

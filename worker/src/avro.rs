@@ -3,41 +3,25 @@
 //! framing) and resolved to the spec's schema, so a field added with a default reads as its
 //! default from records written before it. A sink encodes its values with its schema.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 
 use crate::credentials::Credentials;
 use crate::expr::Val;
+use crate::registry::{frame, framed, Registry};
 use crate::spec::AvroSpec;
 
-/// The Confluent wire format's first byte.
-const MAGIC: u8 = 0;
-const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest registry answer read: a schema is small.
-const MAX_ANSWER_BYTES: u64 = 4 << 20;
-
-/// Why a value could not be read or written.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum AvroError {
-    /// This record is not readable (a dead letter).
-    #[error("{0}")]
-    Record(String),
-    /// The registry did not answer: the batch is tried again, nothing is dead-lettered.
-    #[error("the schema registry did not answer: {0}")]
-    Unavailable(String),
-}
+/// Why a value could not be read: the registry's error, shared by the schema'd formats.
+pub use crate::registry::SchemaError as AvroError;
 
 /// A source's or a sink's Avro settings, loaded.
 pub struct AvroCodec {
     /// The spec's schema: what records are resolved to, and the writer's schema without a
     /// registry; a sink's values are written with it.
     schema: Option<Schema>,
-    registry: Option<Registry>,
+    registry: Option<Registry<Schema>>,
     /// A sink's schema id in the registry, written in each value's framing.
     sink_id: Option<u32>,
 }
@@ -57,27 +41,29 @@ impl AvroCodec {
             registry: spec
                 .registry
                 .as_ref()
-                .map(|r| Registry::new(&r.url, credentials)),
+                .map(|r| registry(&r.url, credentials)),
             sink_id: None,
         })
     }
 
-    /// Loads the schema and, with a registry, registers it under `<topic>-value`.
+    /// Loads the schema and, with a registry, registers it under `subject` (`<topic>-value`
+    /// or `<topic>-key`).
     ///
     /// # Errors
     /// A schema that cannot be read, or a registry that refuses it or does not answer.
     pub fn for_sink(
         spec: &AvroSpec,
-        topic: &str,
+        subject: &str,
         credentials: &Credentials,
     ) -> Result<AvroCodec, String> {
-        let schema = load_schema(spec)?.ok_or("sink.kafka.avro.schema is missing")?;
+        let schema = load_schema(spec)?
+            .ok_or_else(|| format!("the sink's Avro schema for {subject} is missing"))?;
         let registry = spec
             .registry
             .as_ref()
-            .map(|r| Registry::new(&r.url, credentials));
+            .map(|r| registry(&r.url, credentials));
         let sink_id = match &registry {
-            Some(r) => Some(r.register(&format!("{topic}-value"), &schema)?),
+            Some(r) => Some(r.register(subject, &schema.canonical_form())?),
             None => None,
         };
         Ok(AvroCodec {
@@ -99,7 +85,7 @@ impl AvroCodec {
         };
         let value = match &self.registry {
             Some(r) => {
-                let (id, mut datum) = framed(bytes)?;
+                let (id, mut datum) = framed(bytes, "Avro datum")?;
                 let writer = r.schema(id)?;
                 let v = apache_avro::from_avro_datum(&writer, &mut datum, self.schema.as_ref())
                     .map_err(bad)?;
@@ -132,13 +118,7 @@ impl AvroCodec {
         let datum = apache_avro::to_avro_datum(schema, value)
             .map_err(|e| format!("the value does not fit the sink's Avro schema: {e}"))?;
         Ok(match self.sink_id {
-            Some(id) => {
-                let mut out = Vec::with_capacity(datum.len() + 5);
-                out.push(MAGIC);
-                out.extend_from_slice(&id.to_be_bytes());
-                out.extend_from_slice(&datum);
-                out
-            }
+            Some(id) => frame(id, &datum),
             None => datum,
         })
     }
@@ -163,15 +143,11 @@ fn load_schema(spec: &AvroSpec) -> Result<Option<Schema>, String> {
         .map_err(|e| format!("the Avro schema {} is not a schema: {e}", path.display()))
 }
 
-/// A Confluent-framed value's schema id and datum.
-fn framed(bytes: &[u8]) -> Result<(u32, &[u8]), AvroError> {
-    match bytes {
-        [MAGIC, a, b, c, d, rest @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
-        _ => Err(AvroError::Record(
-            "not in the Confluent wire format (magic byte 0, a 4-byte schema id, the Avro datum)"
-                .into(),
-        )),
-    }
+/// A registry of Avro schemas.
+fn registry(url: &str, credentials: &Credentials) -> Registry<Schema> {
+    Registry::new(url, credentials, "AVRO", |text| {
+        Schema::parse_str(text).map_err(|e| format!("not an Avro schema: {e}"))
+    })
 }
 
 /// Bytes after the value mean it was not written with this schema.
@@ -251,138 +227,6 @@ fn from_val(v: &Val) -> Avro {
     }
 }
 
-/// A Confluent Schema Registry client: writer schemas by id, cached for the worker's life
-/// (an id's schema never changes).
-struct Registry {
-    base: String,
-    auth: Option<String>,
-    agent: ureq::Agent,
-    schemas: Mutex<HashMap<u32, Arc<Schema>>>,
-}
-
-impl Registry {
-    fn new(url: &str, credentials: &Credentials) -> Registry {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(REGISTRY_TIMEOUT))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Registry {
-            base: url.trim().trim_end_matches('/').to_string(),
-            auth: credentials.registry_user_info().map(|u| {
-                use base64::Engine;
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(u)
-                )
-            }),
-            agent,
-            schemas: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn schema(&self, id: u32) -> Result<Arc<Schema>, AvroError> {
-        if let Some(s) = self
-            .schemas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-        {
-            return Ok(s.clone());
-        }
-        let url = format!("{}/schemas/ids/{id}", self.base);
-        let mut req = self.agent.get(&url);
-        if let Some(a) = &self.auth {
-            req = req.header("Authorization", a);
-        }
-        let mut resp = req
-            .call()
-            .map_err(|e| AvroError::Unavailable(format!("GET {url}: {e}")))?;
-        let status = resp.status().as_u16();
-        let body = read_body(resp.body_mut().as_reader())
-            .map_err(|e| AvroError::Unavailable(format!("GET {url}: {e}")))?;
-        match status {
-            200 => {}
-            404 => {
-                return Err(AvroError::Record(format!(
-                    "the schema registry has no schema {id} (the record names it)"
-                )))
-            }
-            s if s >= 500 || s == 429 => {
-                return Err(AvroError::Unavailable(format!("GET {url}: status {s}")))
-            }
-            s => {
-                return Err(AvroError::Record(format!(
-                    "the schema registry refused schema {id}: status {s}: {}",
-                    body.chars().take(200).collect::<String>()
-                )))
-            }
-        }
-        let answer: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
-            AvroError::Record(format!(
-                "the registry's answer for schema {id} is not JSON: {e}"
-            ))
-        })?;
-        if let Some(kind) = answer["schemaType"].as_str().filter(|k| *k != "AVRO") {
-            return Err(AvroError::Record(format!(
-                "schema {id} is {kind}, not Avro"
-            )));
-        }
-        let text = answer["schema"].as_str().ok_or_else(|| {
-            AvroError::Record(format!(
-                "the registry's answer for schema {id} has no schema"
-            ))
-        })?;
-        let schema = Arc::new(Schema::parse_str(text).map_err(|e| {
-            AvroError::Record(format!(
-                "schema {id} from the registry is not an Avro schema: {e}"
-            ))
-        })?);
-        self.schemas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, schema.clone());
-        Ok(schema)
-    }
-
-    /// Registers `schema` under `subject` (the registry answers with the existing id when it
-    /// already has it).
-    fn register(&self, subject: &str, schema: &Schema) -> Result<u32, String> {
-        let url = format!("{}/subjects/{subject}/versions", self.base);
-        let body = serde_json::json!({"schema": schema.canonical_form()}).to_string();
-        let mut req = self
-            .agent
-            .post(&url)
-            .header("Content-Type", "application/vnd.schemaregistry.v1+json");
-        if let Some(a) = &self.auth {
-            req = req.header("Authorization", a);
-        }
-        let mut resp = req
-            .send(body.as_str())
-            .map_err(|e| format!("registering the sink's schema: POST {url}: {e}"))?;
-        let status = resp.status().as_u16();
-        let answer = read_body(resp.body_mut().as_reader())
-            .map_err(|e| format!("registering the sink's schema: POST {url}: {e}"))?;
-        if status != 200 {
-            return Err(format!(
-                "the schema registry refused the sink's schema under {subject}: status {status}: {}",
-                answer.chars().take(300).collect::<String>()
-            ));
-        }
-        serde_json::from_str::<serde_json::Value>(&answer)
-            .ok()
-            .and_then(|v| v["id"].as_u64())
-            .and_then(|id| u32::try_from(id).ok())
-            .ok_or_else(|| format!("the schema registry's answer has no schema id: {answer}"))
-    }
-}
-
-fn read_body(r: impl Read) -> std::io::Result<String> {
-    let mut s = String::new();
-    r.take(MAX_ANSWER_BYTES).read_to_string(&mut s)?;
-    Ok(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +248,7 @@ mod tests {
                 config_map: None,
             }),
             registry: None,
+            key: None,
         };
         AvroCodec::for_source(&spec, &Credentials::default()).unwrap()
     }

@@ -23,7 +23,7 @@ use crate::pipeline::event_time::{marker, read_event_header, read_marker, Mark};
 use crate::pipeline::{Output, PartitionRun, PartitionState, Pipeline, StateChange};
 use crate::plan::{OffsetRange, Planner, RateEstimator, TopicPartition};
 use crate::progress::{now_ms, rfc3339, BatchInfo, EventTimeInfo, Progress, RangeInfo, ResumedAt};
-use crate::record::{decode_key_as, decode_value, DecodeError, Record, ValueCodec};
+use crate::record::{decode_key_as, decode_value, Codecs, DecodeError, Record};
 use crate::sink::Sink;
 use crate::source::{RawRecord, Source, Taken};
 use crate::spec::{Format, JobFile};
@@ -102,7 +102,7 @@ pub struct Engine {
     /// The join steps' tables, followed before every batch.
     tables: Tables,
     /// The source's schemas, with `format: avro` or `protobuf`.
-    codec: Option<Arc<ValueCodec>>,
+    codecs: Codecs,
 }
 
 impl Engine {
@@ -135,10 +135,8 @@ impl Engine {
         // more. Offsets read before that could be overtaken by the older worker's last batches,
         // whose records would then be counted again.
         let recovered = sink.take_over(source.owned())?;
-        let tables = Tables::open(&job.spec, id, &group, &pipeline)?;
-        let codec = ValueCodec::for_source(&job.spec.source)
-            .map_err(Error::Settings)?
-            .map(Arc::new);
+        let tables = Tables::open(&job.spec, id, &group, &pipeline, source.owned())?;
+        let codecs = Codecs::for_source(&job.spec.source).map_err(Error::Settings)?;
         source.resume(&job.spec.source.kafka)?;
         let dead = DeadLetters::new(&job.spec, id)?;
         let k = &job.spec.source.kafka;
@@ -247,7 +245,7 @@ impl Engine {
             clock,
             sent_marks: Vec::new(),
             tables,
-            codec,
+            codecs,
         })
     }
 
@@ -521,7 +519,7 @@ impl Engine {
                 &self.pipeline,
                 &mut work,
                 self.job.spec.source.format,
-                self.codec.as_deref(),
+                &self.codecs,
                 &owned,
                 &planned,
                 budget,
@@ -686,7 +684,7 @@ fn read_and_run(
     pipeline: &Pipeline,
     work: &mut [LaneWork<'_>],
     format: Format,
-    codec: Option<&ValueCodec>,
+    codecs: &Codecs,
     owned: &[TopicPartition],
     planned: &[OffsetRange],
     budget: Budget,
@@ -751,12 +749,20 @@ fn read_and_run(
                 return;
             }
         }
-        let decoded = match codec {
+        let decoded = match &codecs.value {
             Some(codec) => codec.decode(raw.payload),
             None => decode_value(format, raw.payload, &needs.value),
         };
-        let value = match decoded {
-            Ok(v) => v,
+        let key = match (&codecs.key, needs.key) {
+            (_, false) => Ok(Val::Null),
+            (Some(codec), true) => codec.decode(raw.key).map_err(|e| match e {
+                e @ DecodeError::Unavailable(_) => e,
+                e => DecodeError::Schema(format!("the key: {e}")),
+            }),
+            (None, true) => decode_key_as(format, raw.key),
+        };
+        let (key, value) = match key.and_then(|k| Ok((k, decoded?))) {
+            Ok(kv) => kv,
             Err(DecodeError::Unavailable(why)) => {
                 w.failed.get_or_insert(Error::Unavailable(why));
                 return;
@@ -776,14 +782,7 @@ fn read_and_run(
             partition: tp.partition,
             offset: raw.offset,
             timestamp: raw.timestamp,
-            key: if needs.key {
-                match decode_key_as(format, raw.key) {
-                    Ok(k) => k,
-                    Err(e) => return w.dead.push(letter(None, e.to_string())),
-                }
-            } else {
-                Val::Null
-            },
+            key,
             value,
             headers: if needs.headers {
                 raw.headers()

@@ -36,9 +36,15 @@ pub fn explain(job: &JobFile) -> String {
         }
         match (&stage.writes, &s.sink.kafka) {
             (Some(topic), Some(k)) => {
-                let what = match k.partials {
-                    Some(agg) => format!("one {agg} partial per key and batch"),
-                    None => "every record".into(),
+                let what = match (k.partials, &k.partition_by) {
+                    (Some(agg), _) => format!("one {agg} partial per key and batch"),
+                    (None, Some(by)) => format!(
+                        "every record, in the partition of table {} that holds its join key {} ({})",
+                        by.table,
+                        by.on.as_deref().unwrap_or("key"),
+                        by.partitioner
+                    ),
+                    (None, None) => "every record".into(),
                 };
                 let delivery = name(&k.delivery).unwrap_or_default();
                 let _ = writeln!(out, "  -> {topic} (repartition topic: {what}, {delivery})");

@@ -24,7 +24,8 @@
 //! - [`app`]: `weir-worker run` wiring and signals; `shutdown`: waits that SIGTERM ends;
 //!   [`embedded`]: the in-process mock cluster.
 //! - [`stages`]: a job with `repartition` steps runs as stages joined by Kafka topics;
-//!   `topics`: the changelog and repartition topics workers create.
+//!   `topics`: the changelog and repartition topics workers create; [`partitioner`]: the
+//!   Kafka clients' key hashes, for shuffles to a partitioned join table's partitioning.
 //! - [`error`]: errors classified retriable, abortable (replay the batch) or fatal.
 //!
 //! The engine's API is re-exported at the root: [`Engine`] with its [`Options`], the stages
@@ -43,12 +44,14 @@ pub mod error;
 pub mod explain;
 pub mod http;
 pub mod memory;
+pub mod partitioner;
 pub mod pipeline;
 pub mod plan;
 mod producer;
 pub mod progress;
 pub mod protobuf;
 pub mod record;
+pub mod registry;
 mod shutdown;
 pub mod sink;
 mod source;

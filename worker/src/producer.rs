@@ -3,7 +3,7 @@
 //! transactional (one per input partition) for exactly-once delivery.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -17,7 +17,7 @@ use rdkafka::TopicPartitionList;
 use crate::client::{self, Identity};
 use crate::error::{Error, Result};
 use crate::expr::Val;
-use crate::record::ValueCodec;
+use crate::record::{Codecs, SchemaCodec};
 use crate::spec::KafkaSource;
 use crate::value::codec;
 
@@ -108,8 +108,9 @@ pub struct KafkaWriter {
     value: Vec<u8>,
     /// Empty unless the producer is transactional.
     txn_id: String,
-    /// A sink's schema'd format (Avro, Protobuf): values are written in it, not as JSON.
-    codec: Option<Arc<ValueCodec>>,
+    /// A sink's schema'd formats (Avro, Protobuf): keys and values are written in them, not
+    /// as text and JSON.
+    codecs: Codecs,
 }
 
 impl KafkaWriter {
@@ -152,7 +153,7 @@ impl KafkaWriter {
             key: Vec::new(),
             value: Vec::new(),
             txn_id: String::new(),
-            codec: None,
+            codecs: Codecs::default(),
         })
     }
 
@@ -179,34 +180,44 @@ impl KafkaWriter {
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
     }
 
-    /// Queues a result record: strings and bytes as they are, other values as JSON.
+    /// Queues a result record: strings and bytes as they are, other values as JSON (or in
+    /// the sink's schema'd formats).
     ///
     /// # Errors
     /// When the record is refused (for example, too large).
     pub fn send(&mut self, topic: &str, key: &Val, value: &Val) -> Result<()> {
-        self.key.clear();
-        self.value.clear();
-        key.write_payload(&mut self.key);
-        match &self.codec {
-            // A value that does not fit the schema is the pipeline's fault, not the record's:
-            // the batch stops with the reason rather than writing something else.
-            Some(codec) => {
-                self.value = codec.encode(value).map_err(|why| {
-                    Error::Fatal(format!(
-                        "{why}; fix the pipeline's output or the schema (value: {})",
-                        value.to_string().chars().take(300).collect::<String>()
-                    ))
-                })?;
+        // A key or a value that does not fit the schema is the pipeline's fault, not the
+        // record's: the batch stops with the reason rather than writing something else.
+        let encode = |codec: &SchemaCodec, v: &Val, what: &str| {
+            codec.encode(v).map_err(|why| {
+                Error::Fatal(format!(
+                    "{why}; fix the pipeline's output or the schema ({what}: {})",
+                    v.to_string().chars().take(300).collect::<String>()
+                ))
+            })
+        };
+        match (&self.codecs.key, key) {
+            (_, Val::Null) => self.key.clear(),
+            (Some(codec), k) => self.key = encode(codec, k, "key")?,
+            (None, k) => {
+                self.key.clear();
+                k.write_payload(&mut self.key);
             }
-            None => value.write_payload(&mut self.value),
+        }
+        match &self.codecs.value {
+            Some(codec) => self.value = encode(codec, value, "value")?,
+            None => {
+                self.value.clear();
+                value.write_payload(&mut self.value);
+            }
         }
         let key = (!matches!(key, Val::Null)).then_some(self.key.as_slice());
         produce(&self.producer, topic, None, key, Some(&self.value), None)
     }
 
-    /// Writes values with `codec` (a sink's schema'd format).
-    pub fn with_codec(mut self, codec: Option<Arc<ValueCodec>>) -> Self {
-        self.codec = codec;
+    /// Writes keys and values with `codecs` (a sink's schema'd formats).
+    pub fn with_codecs(mut self, codecs: Codecs) -> Self {
+        self.codecs = codecs;
         self
     }
 
@@ -405,7 +416,7 @@ impl KafkaWriter {
             key: Vec::new(),
             value: Vec::new(),
             txn_id: transactional_id.to_string(),
-            codec: None,
+            codecs: Codecs::default(),
         })
     }
 

@@ -89,50 +89,91 @@ pub enum DecodeError {
     Unavailable(String),
 }
 
-/// The values of a schema'd format (Avro, Protobuf) with their schemas loaded: a source
-/// decodes with it, a Kafka sink encodes with it.
-pub enum ValueCodec {
+/// The values (or keys) of a schema'd format (Avro, Protobuf) with their schemas loaded: a
+/// source decodes with it, a Kafka sink encodes with it.
+pub enum SchemaCodec {
     Avro(Box<crate::avro::AvroCodec>),
     Protobuf(crate::protobuf::ProtobufCodec),
 }
 
-impl ValueCodec {
-    /// The source's codec, for `format: avro` or `protobuf`.
+/// A source's or a Kafka sink's codecs of keys and values; `None` where they are plain (text
+/// keys; values per the source's format, a sink's as JSON).
+#[derive(Clone, Default)]
+pub struct Codecs {
+    pub key: Option<Arc<SchemaCodec>>,
+    pub value: Option<Arc<SchemaCodec>>,
+}
+
+impl Codecs {
+    /// The source's codecs, for `format: avro` or `protobuf`.
     ///
     /// # Errors
     /// A schema that cannot be read.
-    pub fn for_source(source: &crate::spec::SourceSpec) -> Result<Option<ValueCodec>, String> {
+    pub fn for_source(source: &crate::spec::SourceSpec) -> Result<Codecs, String> {
+        let credentials = &source.kafka.credentials;
+        let avro = |a: &crate::spec::AvroSpec| {
+            crate::avro::AvroCodec::for_source(a, credentials)
+                .map(|c| Arc::new(SchemaCodec::Avro(Box::new(c))))
+        };
         Ok(match (source.format, &source.avro, &source.protobuf) {
-            (Format::Avro, Some(a), _) => Some(ValueCodec::Avro(Box::new(
-                crate::avro::AvroCodec::for_source(a, &source.kafka.credentials)?,
-            ))),
-            (Format::Protobuf, _, Some(p)) => Some(ValueCodec::Protobuf(
-                crate::protobuf::ProtobufCodec::load(p)?,
-            )),
-            _ => None,
+            (Format::Avro, Some(a), _) => Codecs {
+                key: a.keys().as_ref().map(avro).transpose()?,
+                value: Some(avro(a)?),
+            },
+            (Format::Protobuf, _, Some(p)) => Codecs::protobuf(p, credentials, None)?,
+            _ => Codecs::default(),
         })
     }
 
-    /// A Kafka sink's codec, when it writes Avro (registering its schema) or Protobuf.
+    /// A Kafka sink's codecs, when it writes Avro (registering its schemas) or Protobuf.
     ///
     /// # Errors
     /// A schema that cannot be read, or a registry that refuses it.
     pub fn for_sink(
         k: &crate::spec::KafkaSink,
         credentials: &crate::credentials::Credentials,
-    ) -> Result<Option<ValueCodec>, String> {
+    ) -> Result<Codecs, String> {
+        let avro = |a: &crate::spec::AvroSpec, part: &str| {
+            crate::avro::AvroCodec::for_sink(a, &format!("{}-{part}", k.topic), credentials)
+                .map(|c| Arc::new(SchemaCodec::Avro(Box::new(c))))
+        };
         Ok(match (&k.avro, &k.protobuf) {
-            (Some(a), _) => Some(ValueCodec::Avro(Box::new(
-                crate::avro::AvroCodec::for_sink(a, &k.topic, credentials)?,
-            ))),
-            (None, Some(p)) => Some(ValueCodec::Protobuf(crate::protobuf::ProtobufCodec::load(
-                p,
-            )?)),
-            (None, None) => None,
+            (Some(a), _) => Codecs {
+                key: a.keys().map(|keys| avro(&keys, "key")).transpose()?,
+                value: Some(avro(a, "value")?),
+            },
+            (None, Some(p)) => Codecs::protobuf(p, credentials, Some(&k.topic))?,
+            (None, None) => Codecs::default(),
         })
     }
 
-    /// A record value; an absent value is null.
+    /// A source's Protobuf codecs (`sink` None), or a sink's, which registers its schema
+    /// under `<sink>-value` (and `-key`) when there is a registry.
+    fn protobuf(
+        p: &crate::spec::ProtobufSpec,
+        credentials: &crate::credentials::Credentials,
+        sink: Option<&str>,
+    ) -> Result<Codecs, String> {
+        let (value, key) = crate::protobuf::ProtobufCodec::load_with_key(p)?;
+        let registry = p
+            .registry
+            .as_ref()
+            .map(|r| crate::protobuf::registry(&r.url, credentials));
+        let frame = |c: crate::protobuf::ProtobufCodec, part: &str| match (&registry, sink) {
+            (None, _) => Ok(c),
+            (Some(r), None) => Ok(c.framed_by(r.clone())),
+            (Some(r), Some(topic)) => c.registered(r.clone(), &format!("{topic}-{part}")),
+        };
+        let wrap = |c| Arc::new(SchemaCodec::Protobuf(c));
+        Ok(Codecs {
+            key: key.map(|k| frame(k, "key")).transpose()?.map(wrap),
+            value: Some(wrap(frame(value, "value")?)),
+        })
+    }
+}
+
+impl SchemaCodec {
+    /// A record's value or key; an absent one is null.
     ///
     /// # Errors
     /// A value too large or not of its schema; [`DecodeError::Unavailable`] when the schema
@@ -145,14 +186,15 @@ impl ValueCodec {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
         match self {
-            ValueCodec::Avro(c) => c.decode(bytes).map_err(|e| match e {
-                crate::avro::AvroError::Record(why) => DecodeError::Schema(why),
-                e @ crate::avro::AvroError::Unavailable(_) => {
-                    DecodeError::Unavailable(e.to_string())
-                }
-            }),
-            ValueCodec::Protobuf(c) => c.decode(bytes).map_err(DecodeError::Schema),
+            SchemaCodec::Avro(c) => c.decode(bytes),
+            SchemaCodec::Protobuf(c) => c.decode(bytes),
         }
+        .map_err(|e| match e {
+            crate::registry::SchemaError::Record(why) => DecodeError::Schema(why),
+            e @ crate::registry::SchemaError::Unavailable(_) => {
+                DecodeError::Unavailable(e.to_string())
+            }
+        })
     }
 
     /// A result's value in the format.
@@ -161,8 +203,8 @@ impl ValueCodec {
     /// A value that does not fit the schema, with the reason.
     pub fn encode(&self, v: &Val) -> Result<Vec<u8>, String> {
         match self {
-            ValueCodec::Avro(c) => c.encode(v),
-            ValueCodec::Protobuf(c) => c.encode(v),
+            SchemaCodec::Avro(c) => c.encode(v),
+            SchemaCodec::Protobuf(c) => c.encode(v),
         }
     }
 }
@@ -203,7 +245,7 @@ pub fn decode_value(
             .map(Val::str)
             .map_err(|e| DecodeError::Utf8(e.to_string())),
         Format::Bytes => Ok(Val::Bytes(Arc::from(bytes))),
-        // The engine decodes these with the source's schemas (ValueCodec).
+        // The engine decodes these with the source's schemas (Codecs).
         Format::Avro | Format::Protobuf => Err(DecodeError::Schema(
             "a value of a schema'd format is read with its schema, not by its format alone".into(),
         )),

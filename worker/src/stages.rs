@@ -81,9 +81,25 @@ pub fn connect(
         let mut engine = Engine::connect(stage.job, id, sink, progress, cancel)?;
         engine.set_stage(&stage.name);
         if let Some(topic) = &stage.writes {
-            let partitions = engine.input_partitions();
-            crate::topics::ensure(&spec, topic, partitions, false)?;
-            info!(stage = i, topic = %topic, partitions, "repartition topic ready");
+            // A shuffle to a partitioned join table copies the table's partitioning.
+            let by = spec
+                .sink
+                .kafka
+                .as_ref()
+                .and_then(|k| k.partition_by.as_ref());
+            let needs = match by {
+                Some(b) => {
+                    let n = crate::topics::partition_count(
+                        &spec,
+                        &b.table,
+                        b.bootstrap_servers.as_deref(),
+                    )?;
+                    crate::topics::Partitions::Like(n, &b.table)
+                }
+                None => crate::topics::Partitions::AtLeast(engine.input_partitions()),
+            };
+            crate::topics::ensure(&spec, topic, needs, false)?;
+            info!(stage = i, topic = %topic, ?needs, "repartition topic ready");
         }
         engines.push(engine);
     }

@@ -19,8 +19,9 @@ use crate::error::{Error, Result};
 use crate::expr::Val;
 use crate::pipeline::join::{key_text, Table, ALWAYS};
 use crate::pipeline::Pipeline;
+use crate::plan::TopicPartition;
 use crate::record::MAX_JSON_DEPTH;
-use crate::spec::{JobSpec, TableSpec};
+use crate::spec::{JobSpec, Partitioner, TableSpec};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a catch-up waits for the table's records before the batch is not planned (and
@@ -48,6 +49,9 @@ enum From {
         /// The next offset to read, per partition.
         next: HashMap<i32, i64>,
         history_ms: i64,
+        /// A partitioned table's partitioner and partition count: every row read must be in
+        /// the partition it puts the row's key in, as the shuffle before the join assumes.
+        check: Option<(Partitioner, i32)>,
     },
     File {
         path: PathBuf,
@@ -57,12 +61,20 @@ enum From {
 }
 
 impl Tables {
-    /// Opens every join step's table and reads it whole.
+    /// Opens every join step's table and reads it whole: a partitioned table only in the
+    /// partitions the worker owns of its input (the repartition topic that copies the table's
+    /// partitioning).
     ///
     /// # Errors
-    /// A table topic that does not exist or cannot be read, a table file that cannot be read
-    /// or parsed.
-    pub fn open(spec: &JobSpec, id: &Identity, group: &str, pipeline: &Pipeline) -> Result<Tables> {
+    /// A table topic that does not exist or cannot be read, or whose partition count is not
+    /// its repartition topic's; a table file that cannot be read or parsed.
+    pub fn open(
+        spec: &JobSpec,
+        id: &Identity,
+        group: &str,
+        pipeline: &Pipeline,
+        owned: &[TopicPartition],
+    ) -> Result<Tables> {
         let mut loaders = Vec::new();
         for (step, table) in pipeline.tables() {
             let Some(t) = spec
@@ -75,13 +87,24 @@ impl Tables {
                 continue;
             };
             let from = match (&t.topic, t.file_path()) {
-                (Some(topic), _) => open_topic(spec, t, topic, id, group, &step)?,
+                (Some(topic), _) => open_topic(spec, t, topic, id, group, &step, owned)?,
                 (None, Some(path)) => From::File { path, seen: None },
                 (None, None) => continue,
             };
             let mut loader = Loader { step, table, from };
             loader.catch_up(true)?;
-            info!(step = %loader.step, rows = loader.table.len(), "join table loaded");
+            match &loader.from {
+                From::Topic {
+                    next,
+                    check: Some(_),
+                    ..
+                } => {
+                    let mut held: Vec<i32> = next.keys().copied().collect();
+                    held.sort_unstable();
+                    info!(step = %loader.step, rows = loader.table.len(), partitions = ?held, "join table loaded (its partitions of this worker)");
+                }
+                _ => info!(step = %loader.step, rows = loader.table.len(), "join table loaded"),
+            }
             loaders.push(loader);
         }
         Ok(Tables { loaders })
@@ -103,6 +126,7 @@ fn open_topic(
     id: &Identity,
     group: &str,
     step: &str,
+    owned: &[TopicPartition],
 ) -> Result<From> {
     let mut config = client::consumer(&spec.source.kafka, id, &format!("{group}-{step}-table"));
     config.set("client.id", id.client_id("table"));
@@ -126,6 +150,24 @@ fn open_topic(
             "pipeline step {step:?}: the join table's topic {topic:?} does not exist; create it (a compacted topic whose records are the table's rows)"
         )));
     }
+    let count = i32::try_from(partitions.len()).unwrap_or(i32::MAX);
+    let check = t
+        .partitioned
+        .then(|| (t.partitioner.unwrap_or_default(), count));
+    let partitions = if t.partitioned {
+        // The stage reads only the repartition topic, whose partition p holds the records
+        // whose join keys the table keeps in its partition p.
+        let shuffled = spec.source.kafka.topics.first().map_or("", String::as_str);
+        let shuffled_count = crate::topics::partition_count(spec, shuffled, None)?;
+        if shuffled_count != count {
+            return Err(Error::Fatal(format!(
+                "pipeline step {step:?}: the join table {topic:?} has {count} partitions but the repartition topic {shuffled:?} before the join has {shuffled_count}: a partitioned join needs the same count on both sides (did the table gain partitions?); with the job stopped and {shuffled:?} read to its end, delete it (the job recreates it with the table's count)"
+            )));
+        }
+        owned.iter().map(|tp| tp.partition).collect()
+    } else {
+        partitions
+    };
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -139,6 +181,7 @@ fn open_topic(
         topic: topic.to_string(),
         next: partitions.iter().map(|&p| (p, 0)).collect(),
         history_ms: t.history.map_or(DEFAULT_HISTORY_MS, |h| h.as_millis_i64()),
+        check,
     })
 }
 
@@ -150,6 +193,7 @@ impl Loader {
                 topic,
                 next,
                 history_ms,
+                check,
             } => {
                 let mut ends = HashMap::new();
                 for (&p, &at) in next.iter() {
@@ -160,7 +204,8 @@ impl Loader {
                         ends.insert(p, high);
                     }
                 }
-                let (read, skipped) = follow(consumer, topic, next, ends, &self.table)?;
+                let (read, skipped) =
+                    follow(consumer, topic, next, ends, &self.table, *check, &self.step)?;
                 if skipped > 0 {
                     warn!(step = %self.step, topic = %topic, skipped, "join table records skipped: a key that is not UTF-8 text or a value that is not JSON");
                 }
@@ -213,6 +258,8 @@ fn follow(
     next: &mut HashMap<i32, i64>,
     mut ends: HashMap<i32, i64>,
     table: &Table,
+    check: Option<(Partitioner, i32)>,
+    step: &str,
 ) -> Result<(u64, u64)> {
     let (mut read, mut skipped) = (0u64, 0u64);
     let mut last = Instant::now();
@@ -255,6 +302,14 @@ fn follow(
             skipped += 1;
             continue;
         };
+        if let Some((partitioner, n)) = check {
+            let want = crate::partitioner::partition(partitioner, key.as_bytes(), n);
+            if want != p {
+                return Err(Error::Fatal(format!(
+                    "pipeline step {step:?}: partition {p} of the join table {topic:?} holds key {key:?} (offset {offset}), which the {partitioner} partitioner puts in partition {want}: the table was not written with that partitioner, so a record could miss its row; set join.table.partitioner to the one its producers use (murmur2 for Java clients and Kafka Streams, crc32 for librdkafka's default), or remove partitioned to hold the table whole on every worker"
+                )));
+            }
+        }
         let at = m.timestamp().to_millis().unwrap_or(ALWAYS);
         match m.payload() {
             None => table.put(key, at, None),

@@ -14,20 +14,37 @@ use crate::spec::JobSpec;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Creates `topic` with `partitions` (compacted when `compact`) if it is missing; checks an
-/// existing one has at least that many partitions.
+/// How many partitions a topic of the job needs.
+#[derive(Clone, Copy, Debug)]
+pub enum Partitions<'a> {
+    /// As many as the job's input, or more.
+    AtLeast(i32),
+    /// Exactly as many as a partitioned join table (named), whose partitioning it copies.
+    Like(i32, &'a str),
+}
+
+/// Creates `topic` with the partitions it needs (compacted when `compact`) if it is missing;
+/// checks an existing one has them.
 ///
 /// # Errors
-/// When the topic is missing and cannot be created, or has too few partitions; the message
-/// says how to create it by hand.
-pub fn ensure(spec: &JobSpec, topic: &str, partitions: i32, compact: bool) -> Result<()> {
+/// When the topic is missing and cannot be created, or has a partition count it cannot have;
+/// the message says how to create it by hand.
+pub fn ensure(spec: &JobSpec, topic: &str, needs: Partitions<'_>, compact: bool) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         client::base(&spec.source.kafka.bootstrap_servers, &spec.source.kafka)
             .create()
             .map_err(Error::kafka("creating an admin client"))?;
     let policy = if compact { "compact" } else { "delete" };
-    let how =
-        format!("create it with at least {partitions} partitions and cleanup.policy={policy}");
+    let (partitions, how) = match needs {
+        Partitions::AtLeast(n) => (
+            n,
+            format!("create it with at least {n} partitions and cleanup.policy={policy}"),
+        ),
+        Partitions::Like(n, _) => (
+            n,
+            format!("create it with exactly {n} partitions and cleanup.policy={policy}"),
+        ),
+    };
     let existing = admin
         .inner()
         .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
@@ -38,12 +55,15 @@ pub fn ensure(spec: &JobSpec, topic: &str, partitions: i32, compact: bool) -> Re
         .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
     {
         let have = t.partitions().len() as i32;
-        if have < partitions {
-            return Err(Error::Fatal(format!(
-                "topic {topic:?} has {have} partitions but the job's input has {partitions}: add partitions to it ({how})"
-            )));
-        }
-        return Ok(());
+        return match needs {
+            Partitions::AtLeast(n) if have < n => Err(Error::Fatal(format!(
+                "topic {topic:?} has {have} partitions but the job's input has {n}: add partitions to it ({how})"
+            ))),
+            Partitions::Like(n, table) if have != n => Err(Error::Fatal(format!(
+                "topic {topic:?} has {have} partitions but the join table {table:?} has {n}: a partitioned join needs the same count on both sides; with the job stopped and the topic read to its end, delete it (the job recreates it) or {how}"
+            ))),
+            _ => Ok(()),
+        };
     }
     let new =
         NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)).set("cleanup.policy", policy);
@@ -95,4 +115,30 @@ pub fn holds_records(spec: &JobSpec, topic: &str) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// The partition count of `topic` on `bootstrap` (default: the job's brokers).
+///
+/// # Errors
+/// When the brokers cannot be asked, or do not have the topic.
+pub fn partition_count(spec: &JobSpec, topic: &str, bootstrap: Option<&str>) -> Result<i32> {
+    let bootstrap = bootstrap.unwrap_or(&spec.source.kafka.bootstrap_servers);
+    let admin: AdminClient<DefaultClientContext> = client::base(bootstrap, &spec.source.kafka)
+        .create()
+        .map_err(Error::kafka("creating an admin client"))?;
+    let md = admin
+        .inner()
+        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+        .map_err(Error::kafka("metadata"))?;
+    match md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+    {
+        Some(n) if n > 0 => Ok(i32::try_from(n).unwrap_or(i32::MAX)),
+        _ => Err(Error::Fatal(format!(
+            "topic {topic:?} does not exist on {bootstrap}; create it"
+        ))),
+    }
 }

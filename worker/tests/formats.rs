@@ -28,8 +28,13 @@ const OUT: &str = r#"{"type": "record", "name": "Slow", "fields": [
   {"name": "user", "type": "string"}, {"name": "country", "type": "string"},
   {"name": "seconds", "type": "double"}]}"#;
 
-/// A Schema Registry's API as scripted answers: schemas 1 (V1) and 2 (V2) by id, anything
-/// registered gets id 7. Counts the GETs of each id.
+/// The keys' schema.
+const KEY: &str = r#"{"type": "record", "name": "ViewKey", "fields": [
+  {"name": "site", "type": "string"}, {"name": "session", "type": "long"}]}"#;
+
+/// A Schema Registry's API as scripted answers: schemas 1 (V1), 2 (V2) and 3 (KEY) by id, and
+/// 5 (VIEW_PROTO, a Protobuf schema); a value schema registered gets id 7 (9 for Protobuf), a
+/// key schema 8. Counts the GETs of each id.
 struct Registry {
     port: u16,
     gets: Arc<Mutex<BTreeMap<String, usize>>>,
@@ -72,6 +77,12 @@ impl Registry {
                     match path.rsplit('/').next() {
                         Some("1") => (200, serde_json::json!({"schema": V1}).to_string()),
                         Some("2") => (200, serde_json::json!({"schema": V2}).to_string()),
+                        Some("3") => (200, serde_json::json!({"schema": KEY}).to_string()),
+                        Some("5") => (
+                            200,
+                            serde_json::json!({"schemaType": "PROTOBUF", "schema": VIEW_PROTO})
+                                .to_string(),
+                        ),
                         _ => (
                             404,
                             r#"{"error_code":40403,"message":"Schema not found"}"#.into(),
@@ -80,6 +91,13 @@ impl Registry {
                 } else if line.starts_with("POST /subjects/out-value/versions") {
                     r.fetch_add(1, Ordering::SeqCst);
                     (200, r#"{"id":7}"#.to_string())
+                } else if line.starts_with("POST /subjects/out-pb-value/versions") {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    assert!(String::from_utf8_lossy(&body).contains("\"schemaType\":\"PROTOBUF\""));
+                    (200, r#"{"id":9}"#.to_string())
+                } else if line.starts_with("POST /subjects/out-key/versions") {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    (200, r#"{"id":8}"#.to_string())
                 } else {
                     (404, "{}".to_string())
                 };
@@ -159,6 +177,20 @@ fn broker() -> Broker {
     broker
 }
 
+/// Why each record of the dead-letter topic is there (its `weir.error` header), in order.
+fn dead_letter_reasons(broker: &Broker) -> Vec<String> {
+    read_all(broker, "dlq")
+        .iter()
+        .map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "weir.error")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// The output records decoded with the sink's schema, after checking their framing.
 fn output(broker: &Broker) -> Vec<(String, String, f64)> {
     let schema = Schema::parse_str(OUT).expect("schema");
@@ -215,17 +247,7 @@ fn confluent_framed_values_are_resolved_to_the_jobs_schema_and_written_back_as_a
         ],
         "a V1 record reads with V2's default for the field it lacks"
     );
-    let dlq = read_all(&broker, "dlq");
-    let reasons: Vec<String> = dlq
-        .iter()
-        .map(|r| {
-            r.headers
-                .iter()
-                .find(|(k, _)| k == "weir.error")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        })
-        .collect();
+    let reasons = dead_letter_reasons(&broker);
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(
         reasons[0].contains("the schema registry has no schema 99"),
@@ -240,7 +262,8 @@ fn confluent_framed_values_are_resolved_to_the_jobs_schema_and_written_back_as_a
         "{reasons:?}"
     );
     assert_eq!(
-        dlq[1].value, bad[1],
+        read_all(&broker, "dlq")[1].value,
+        bad[1],
         "a dead letter keeps the record's bytes"
     );
     // Each schema fetched once, however many records name it; the sink's schema registered.
@@ -305,6 +328,8 @@ fn proto_codec(
             config_map: None,
         },
         message: message.into(),
+        key_message: None,
+        registry: None,
     })
     .expect("codec")
 }
@@ -358,13 +383,202 @@ deadLetter: {{topic: dlq}}
             r#"{"user":"with-it","seconds":1.5,"referrer":"ads"}"#.to_string(),
         ]
     );
-    let dlq = read_all(&broker, "dlq");
-    assert_eq!(dlq.len(), 1);
-    let why = dlq[0]
-        .headers
+    let why = dead_letter_reasons(&broker);
+    assert!(
+        why.len() == 1 && why[0].contains("not a Protobuf shop.v1.View message"),
+        "{why:?}"
+    );
+}
+
+#[test]
+fn avro_and_protobuf_keys_are_read_typed_and_written_back_in_their_schema() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let broker = broker();
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = |site: &str, session: i64| {
+        framed(
+            3,
+            KEY,
+            vec![
+                ("site", Avro::String(site.into())),
+                ("session", Avro::Long(session)),
+            ],
+        )
+    };
+    let records: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (key("shop", 11), view(1, "ann", 250, None)),
+        (key("blog", 12), view(2, "bob", 400, Some("fr"))),
+        (key("shop", 13), view(2, "cy", 900, Some("de"))),
+        // Not a key of its schema: a dead letter, whatever its value.
+        (vec![0, 0, 0, 0, 3, 0xff], view(1, "bad-key", 300, None)),
+    ];
+    let p: BaseProducer = broker.client().create().expect("producer");
+    for (k, v) in &records {
+        p.send(BaseRecord::to("in").key(k).payload(v).partition(0))
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    p.flush(std::time::Duration::from_secs(10)).expect("flush");
+    std::fs::write(dir.path().join("key.avsc"), KEY).expect("schema");
+    // CEL sees the key's fields with their types; the sink writes keys in their schema, framed
+    // with the id the registry gave `out-key`.
+    let keyed = format!(
+        "out.avsc}}, key: {{schema: {{file: {}/key.avsc}}}}, registry",
+        dir.path().display()
+    );
+    let yaml = job(dir.path(), registry.port, registry.port)
+        .replace("v2.avsc}, registry", "v2.avsc}, key: {}, registry")
+        .replace("out.avsc}, registry", &keyed)
+        .replace(
+            "- {id: slow, filter: \"value.ms >= 100\"}",
+            "- {id: slow, filter: \"value.ms >= 100 && key.site == 'shop' && key.session > 10\"}",
+        );
+    assert!(yaml.contains("key.site"), "{yaml}");
+    run(&broker, &yaml, 2);
+    let schema = Schema::parse_str(KEY).expect("schema");
+    let keys: Vec<String> = read_all(&broker, "out")
         .iter()
-        .find(|(k, _)| k == "weir.error")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    assert!(why.contains("not a Protobuf shop.v1.View message"), "{why}");
+        .map(|r| {
+            let k = r.key_bytes.as_ref().expect("a key");
+            assert_eq!(&k[..5], &[0, 0, 0, 0, 8], "framed with the key's id");
+            let v = apache_avro::from_avro_datum(&schema, &mut &k[5..], None).expect("Avro key");
+            format!("{v:?}")
+        })
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys[0].contains("\"shop\"") && keys[0].contains("Long(11)"),
+        "{keys:?}"
+    );
+    assert!(keys[1].contains("Long(13)"), "{keys:?}");
+    let why = dead_letter_reasons(&broker);
+    assert!(
+        why.len() == 1 && why[0].contains("the key: not an Avro value of its schema"),
+        "{why:?}"
+    );
+
+    // Protobuf keys: a message type of the same schema.
+    let proto_text =
+        format!("{VIEW_PROTO}message ViewKey {{ string site = 1; int64 session = 2; }}\n");
+    let keys = proto_codec(dir.path(), "keyed.proto", &proto_text, "shop.v1.ViewKey");
+    let values = proto_codec(dir.path(), "keyed.proto", &proto_text, "shop.v1.View");
+    let json = |s: &str| weir_worker::expr::Val::from_json(s.as_bytes(), 8).expect("json");
+    broker.create_topic("in-proto", 1);
+    broker.create_topic("out-proto", 1);
+    for (site, session, user) in [("shop", 21, "dee"), ("blog", 22, "eve")] {
+        let k = keys
+            .encode(&json(&format!(
+                r#"{{"site": "{site}", "session": {session}}}"#
+            )))
+            .expect("key");
+        let v = values
+            .encode(&json(&format!(r#"{{"user": "{user}", "ms": 500}}"#)))
+            .expect("value");
+        p.send(BaseRecord::to("in-proto").key(&k).payload(&v).partition(0))
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    p.flush(std::time::Duration::from_secs(10)).expect("flush");
+    let proto = dir.path().join("keyed.proto").display().to_string();
+    let yaml = format!(
+        r#"
+batchInterval: 100ms
+source:
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in-proto], startingOffsets: earliest, groupId: gp, backpressure: {{enabled: false}}}}
+  format: protobuf
+  protobuf: {{schema: {{file: {proto}}}, message: shop.v1.View, keyMessage: shop.v1.ViewKey}}
+pipeline:
+  - {{id: shop, filter: "key.site == 'shop' && key.session == 21"}}
+sink:
+  kafka: {{topic: out-proto, protobuf: {{schema: {{file: {proto}}}, message: shop.v1.View, keyMessage: shop.v1.ViewKey}}}}
+"#
+    );
+    run(&broker, &yaml, 2);
+    let out = read_all(&broker, "out-proto");
+    assert_eq!(out.len(), 1);
+    let k = keys
+        .decode(out[0].key_bytes.as_deref().expect("a key"))
+        .expect("a ViewKey");
+    assert_eq!(k.to_string(), r#"{"site":"shop","session":21}"#);
+    let v = values.decode(&out[0].value).expect("a View");
+    assert!(v.to_string().contains(r#""user":"dee""#), "{v}");
+}
+
+#[test]
+fn confluent_framed_protobuf_is_checked_by_its_writers_message_and_written_framed() {
+    let broker = broker();
+    broker.create_topic("in-pb", 1);
+    broker.create_topic("out-pb", 1);
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let view = proto_codec(dir.path(), "view.proto", VIEW_PROTO, "shop.v1.View");
+    let json = |s: &str| weir_worker::expr::Val::from_json(s.as_bytes(), 8).expect("json");
+    // Magic byte, schema id, message indexes ([0] is one 0 byte; [1] is count 1, index 1,
+    // each a zigzag varint), then the message.
+    let framed = |id: u32, indexes: &[u8], user: &str| {
+        let mut out = vec![0];
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(indexes);
+        out.extend(
+            view.encode(&json(&format!(r#"{{"user": "{user}", "ms": 700}}"#)))
+                .expect("encode"),
+        );
+        out
+    };
+    let values = [
+        framed(5, &[0], "ann"),
+        framed(5, &[2, 2], "written-as-slow"),
+        framed(99, &[0], "unknown-schema"),
+        framed(5, &[0], "bob"),
+    ];
+    let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+    produce_raw(&broker, "in-pb", 0, &refs);
+    let proto = dir.path().join("view.proto").display().to_string();
+    let url = format!("http://127.0.0.1:{}", registry.port);
+    let yaml = format!(
+        r#"
+batchInterval: 100ms
+source:
+  kafka: {{bootstrapServers: BOOTSTRAP, topics: [in-pb], startingOffsets: earliest, groupId: gpb, backpressure: {{enabled: false}}}}
+  format: protobuf
+  protobuf: {{schema: {{file: {proto}}}, message: shop.v1.View, registry: {{url: "{url}"}}}}
+pipeline:
+  - {{id: shape, select: {{user: value.user, seconds: "double(value.ms) / 1000.0", referrer: value.referrer}}}}
+sink:
+  kafka: {{topic: out-pb, protobuf: {{schema: {{file: {proto}}}, message: shop.v1.Slow, registry: {{url: "{url}"}}}}}}
+deadLetter: {{topic: dlq}}
+"#
+    );
+    run(&broker, &yaml, 2);
+    let slow = proto_codec(dir.path(), "view.proto", VIEW_PROTO, "shop.v1.Slow");
+    let out: Vec<String> = read_all(&broker, "out-pb")
+        .iter()
+        .map(|r| {
+            // Framed with the id the registry gave out-pb-value and Slow's indexes, [1].
+            assert_eq!(&r.value[..7], &[0, 0, 0, 0, 9, 2, 2], "{:?}", r.value);
+            slow.decode(&r.value[7..])
+                .expect("a Slow message")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        out,
+        vec![
+            r#"{"user":"ann","seconds":0.7,"referrer":""}"#.to_string(),
+            r#"{"user":"bob","seconds":0.7,"referrer":""}"#.to_string(),
+        ]
+    );
+    let reasons = dead_letter_reasons(&broker);
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].contains("the record is a shop.v1.Slow (schema 5); the job reads shop.v1.View"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("the schema registry has no schema 99"),
+        "{reasons:?}"
+    );
+    let gets = registry.gets.lock().expect("gets").clone();
+    assert_eq!(gets.get("/schemas/ids/5"), Some(&1), "{gets:?}");
 }

@@ -238,11 +238,14 @@ fn an_interval_join_is_the_same_read_live_as_one_backlog_and_with_kills() {
     let mut last = WorkerProc::spawn(&file, &[]);
     let deadline = Instant::now() + Duration::from_secs(90);
     while written(&broker, "out-killed").len() < want.len() {
+        let exited = last.child.try_wait().ok().flatten();
         assert!(
-            Instant::now() < deadline,
-            "{} of {} pairs",
+            Instant::now() < deadline && exited.is_none(),
+            "{} of {} pairs; the worker {}; its logs:\n{}",
             written(&broker, "out-killed").len(),
-            want.len()
+            want.len(),
+            exited.map_or("still runs".to_string(), |s| format!("exited: {s}")),
+            last.all_logs()
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -313,3 +313,120 @@ sink: {{kafka: {{topic: out}}}}
     }
     assert_eq!(counts(read_all(&broker, "out")), expected);
 }
+
+/// The table's changes produced as a client library's default partitioner places them (by
+/// `partitioner`, librdkafka's name: `murmur2_random` is Java's, `consistent_random` its own).
+fn produce_partitioned(broker: &Broker, topic: &str, partitioner: &str, changes: &[Change]) {
+    let p: BaseProducer = broker
+        .client()
+        .set("partitioner", partitioner)
+        .create()
+        .expect("producer");
+    for (ts, user, row) in changes {
+        let text = row.as_ref().map(Value::to_string);
+        let mut r = BaseRecord::<str, str>::to(topic).key(user).timestamp(*ts);
+        if let Some(v) = &text {
+            r = r.payload(v);
+        }
+        p.send(r).map_err(|(e, _)| e).expect("send");
+    }
+    p.flush(Duration::from_secs(10)).expect("flush");
+}
+
+/// The `fields` of a worker's JSON log line containing `needle`.
+fn log_fields(w: &WorkerProc, needle: &str) -> Value {
+    let line = w
+        .wait_log(needle, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no {needle:?} in:\n{}", w.all_logs()));
+    serde_json::from_str::<Value>(&line).expect("a JSON log line")["fields"].clone()
+}
+
+#[test]
+fn a_partitioned_table_is_held_in_parts_and_joins_each_record_as_the_whole_table_does() {
+    let broker = mock_process_with(&[
+        ("in", 2),
+        ("users-j", 3),
+        ("users-c", 3),
+        ("job-with-user-repartition", 3),
+        ("out", 2),
+    ]);
+    let changes = table_changes();
+    produce_partitioned(&broker, "users-j", "murmur2_random", &changes);
+    produce_partitioned(&broker, "users-c", "consistent_random", &changes);
+    // Weir's partitioners put each key where the clients' own did.
+    for (topic, partitioner) in [
+        ("users-j", weir_worker::spec::Partitioner::Murmur2),
+        ("users-c", weir_worker::spec::Partitioner::Crc32),
+    ] {
+        for r in read_all(&broker, topic) {
+            let key = r.key.expect("a keyed row");
+            assert_eq!(
+                weir_worker::partitioner::partition(partitioner, key.as_bytes(), 3),
+                r.partition,
+                "{topic}: key {key}"
+            );
+        }
+    }
+    let views = views();
+    produce_views(&broker, &views);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = job("g-part", "out", "left")
+        .replace("{topic: users}", "{topic: users-j, partitioned: true}")
+        .replace("BOOTSTRAP", &broker.bootstrap());
+    let file = job_file(dir.path(), &yaml);
+    // Two workers: the stage after the shuffle reads partitions 0 and 2 on worker 0, 1 on
+    // worker 1, and each holds only those partitions of the table.
+    let mut workers: Vec<WorkerProc> = (0..2)
+        .map(|i| WorkerProc::spawn(&file, &["--worker", &i.to_string(), "--workers", "2"]))
+        .collect();
+    let mut held = Vec::new();
+    for w in &workers {
+        let f = log_fields(w, "join table loaded (its partitions of this worker)");
+        held.push((
+            f["partitions"].as_str().unwrap_or_default().to_string(),
+            f["rows"].as_u64(),
+        ));
+    }
+    let keys_in = |parts: &[i32]| {
+        let mut keys: Vec<String> = read_all(&broker, "users-j")
+            .into_iter()
+            .filter(|r| parts.contains(&r.partition))
+            .filter_map(|r| r.key)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys.len() as u64
+    };
+    assert_eq!(held[0], ("[0, 2]".to_string(), Some(keys_in(&[0, 2]))));
+    assert_eq!(held[1], ("[1]".to_string(), Some(keys_in(&[1]))));
+    let expected = brute_force(&views, &changes);
+    eventually("every view joined", Duration::from_secs(60), || {
+        read_all(&broker, "out").len() >= expected.len()
+    });
+    for w in &mut workers {
+        w.signal("TERM");
+        assert!(w
+            .wait_exit(Duration::from_secs(20))
+            .expect("exit")
+            .success());
+    }
+    assert_rows(output(&broker, "out"), &expected, "partitioned");
+
+    // A table written by another partitioner than the job says: the worker stops with the row
+    // and the fix rather than let records miss their rows.
+    let yaml = job("g-wrong", "out", "left")
+        .replace("{topic: users}", "{topic: users-c, partitioned: true}")
+        .replace("BOOTSTRAP", &broker.bootstrap());
+    let file = job_file(dir.path(), &yaml);
+    let mut w = WorkerProc::spawn(&file, &[]);
+    let status = w
+        .wait_exit(Duration::from_secs(30))
+        .expect("the worker stops");
+    assert!(!status.success());
+    let logs = w.all_logs();
+    assert!(
+        logs.contains("of the join table \\\"users-c\\\" holds key")
+            && logs.contains("set join.table.partitioner"),
+        "{logs}"
+    );
+}

@@ -454,35 +454,110 @@ fn killed_worker_processes_end_with_each_count_exactly_as_without_kills() {
         .replace("BOOTSTRAP", &broker.bootstrap())
         .replace("{id: counts,", "{id: counts, perPartition: true,");
     let file = job_file(dir.path(), &yaml);
+    let logs = killed_then_drained(&broker, &pg, &file, 4, 37);
+    assert!(
+        logs.contains("read offsets and state from PostgreSQL"),
+        "the last worker resumed from the database"
+    );
+    assert_eq!(table(&pg, "word_counts"), expected);
+    assert_eq!(stored_state(&pg), expected);
+}
 
-    for kill in 0..4u64 {
-        let mut w = WorkerProc::spawn(&file, &[]);
+/// Runs the job file's worker `kills` times, each killed at a varying moment after its first
+/// batch (`step_ms` x the kill's number squared: between batches, or in the middle of one's
+/// transaction), then once more until `weir_offsets` holds every input partition's end, and
+/// stops it; returns the last worker's logs.
+fn killed_then_drained(
+    broker: &Broker,
+    pg: &PgServer,
+    file: &std::path::Path,
+    kills: u64,
+    step_ms: u64,
+) -> String {
+    for kill in 0..kills {
+        let mut w = WorkerProc::spawn(file, &[]);
         eventually("a batch before the kill", Duration::from_secs(60), || {
             w.count_logs("batch completed") >= 1
         });
-        // At a varying moment: between batches, or in the middle of one's transaction.
-        std::thread::sleep(Duration::from_millis(37 * kill * kill));
+        std::thread::sleep(Duration::from_millis(step_ms * kill * kill));
         w.signal("KILL");
         w.wait_exit(Duration::from_secs(10))
             .expect("killed worker exits");
     }
-    let mut last = WorkerProc::spawn(&file, &[]);
-    let ends = high_watermarks(&broker, "in", PARTITIONS);
+    let mut last = WorkerProc::spawn(file, &[]);
+    let ends = high_watermarks(broker, "in", PARTITIONS);
     eventually(
         "the last worker to store every offset",
         Duration::from_secs(120),
-        || stored_offsets(&pg) == ends,
+        || stored_offsets(pg) == ends,
     );
     last.signal("TERM");
     assert!(last
         .wait_exit(Duration::from_secs(20))
         .expect("exit")
         .success());
-    assert!(
-        last.all_logs()
-            .contains("read offsets and state from PostgreSQL"),
-        "the last worker resumed from the database"
-    );
+    last.all_logs()
+}
+
+/// The last value per key of results read in order: what a reader that keeps the latest
+/// record per key holds.
+fn latest(results: impl IntoIterator<Item = (String, i64)>) -> HashMap<String, i64> {
+    results.into_iter().collect()
+}
+
+#[test]
+fn beside_postgres_a_topic_and_files_get_every_result_at_least_once_across_kills() {
+    let Some(pg) = PgServer::start() else { return };
+    let broker = mock_process_with(&[("in", PARTITIONS), ("counts-out", PARTITIONS)]);
+    let mut expected = HashMap::new();
+    produce_lines(&broker, 0, 300, &mut expected);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = dir.path().join("out");
+    // PostgreSQL is the record of offsets and commits each batch last: the Kafka topic and the
+    // files have a batch before the database does, so a kill repeats output there, never
+    // loses it.
+    let yaml = word_count(&pg, ", maxRatePerPartition: 500")
+        .replace("BOOTSTRAP", &broker.bootstrap())
+        .replace("{id: counts,", "{id: counts, perPartition: true,")
+        .replace(
+            "sink: {postgres: {",
+            &format!(
+                "sink: {{kafka: {{topic: counts-out}}, file: {{path: {}}}, postgres: {{",
+                files.display()
+            ),
+        );
+    let file = job_file(dir.path(), &yaml);
+    killed_then_drained(&broker, &pg, &file, 3, 41);
     assert_eq!(table(&pg, "word_counts"), expected);
-    assert_eq!(stored_state(&pg), expected);
+
+    let topic = read_all(&broker, "counts-out").into_iter().map(|r| {
+        let v: i64 = std::str::from_utf8(&r.value)
+            .expect("UTF-8")
+            .parse()
+            .expect("a count");
+        (r.key.expect("a keyed result"), v)
+    });
+    assert_eq!(latest(topic), expected, "the Kafka sink's latest counts");
+
+    // Batch files sort by partition and first offset: in the order they were written.
+    let mut names: Vec<_> = std::fs::read_dir(&files)
+        .expect("the sink's directory")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    names.sort();
+    let lines: Vec<(String, i64)> = names
+        .iter()
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(p).expect("a batch file");
+            text.lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+                    let key = v["key"].as_str().expect("key").to_string();
+                    (key, v["value"].as_i64().expect("count"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(latest(lines), expected, "the files' latest counts");
 }

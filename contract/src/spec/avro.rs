@@ -23,6 +23,31 @@ pub struct AvroSpec {
     /// `schema.registry.basic.auth.user.info` (`user:password`) of the credentials Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistrySpec>,
+    /// Keys in Avro too (otherwise text): a source reads each key with `key.schema` (with a
+    /// registry, by the id in the key's framing, resolved to `key.schema` when it is given); a
+    /// sink writes keys with `key.schema`, registered under `<topic>-key`. A record whose key
+    /// does not decode is a dead letter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<AvroKeySpec>,
+}
+
+/// The schema of Avro keys, with the value's registry.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AvroKeySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaFile>,
+}
+
+impl AvroSpec {
+    /// The keys' settings as a spec of their own: their schema, the values' registry.
+    pub fn keys(&self) -> Option<AvroSpec> {
+        self.key.as_ref().map(|k| AvroSpec {
+            schema: k.schema.clone(),
+            registry: self.registry.clone(),
+            key: None,
+        })
+    }
 }
 
 /// A schema's file: exactly one of `file` and `configMap`.
@@ -64,4 +89,15 @@ pub struct ProtobufSpec {
     /// The message type, with its package: `shop.v1.View`.
     #[schemars(length(min = 1, max = 512))]
     pub message: String,
+    /// Messages in the Confluent wire format (magic byte 0, the schema id, the message
+    /// indexes): a source checks by the writer's schema (fetched by id, cached) that a record
+    /// is of `message` (else it is a dead letter) and reads it with its own schema; a sink
+    /// registers its `.proto` file under `<topic>-value` (and `-key`) and frames each message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySpec>,
+    /// Keys as Protobuf messages of this type of the same schema (otherwise text); a record
+    /// whose key does not decode is a dead letter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub key_message: Option<String>,
 }

@@ -66,6 +66,51 @@ pub struct TableSpec {
     /// Kubernetes the worker reads `$WEIR_TABLES_DIR/<name>/<key>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapKey>,
+    /// With `topic`: each worker holds only the table's partitions that match its own (Kafka
+    /// Streams' KTable; without it every worker holds the whole table, a GlobalKTable). The
+    /// records are first shuffled to the table's partitioning: by the join key (`on`), hashed
+    /// as the table's producers hash keys (`partitioner`), through a repartition topic with
+    /// the table's partition count; a record still sees the row as of its own time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partitioned: bool,
+    /// With `partitioned`: how the table's producers chose a key's partition. `murmur2` (the
+    /// default: Java clients, Kafka Streams, Kafka Connect; librdkafka's `murmur2_random`) or
+    /// `crc32` (librdkafka's default, `consistent_random`). A worker checks every row it
+    /// reads against it and stops, naming the row, on one in another partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitioner: Option<Partitioner>,
+}
+
+/// How a producer picks the partition of a record with a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Partitioner {
+    /// murmur2 of the key's bytes, made positive, modulo the partition count.
+    #[default]
+    Murmur2,
+    /// CRC-32 of the key's bytes modulo the partition count.
+    Crc32,
+}
+
+impl std::fmt::Display for Partitioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Partitioner::Murmur2 => "murmur2",
+            Partitioner::Crc32 => "crc32",
+        })
+    }
+}
+
+/// A shuffle to a partitioned join table's partitioning (set by the worker between stages,
+/// never in a spec): each record goes to the partition the table keeps its join key in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartitionBy {
+    /// The join key over the record's key and value; `None`: the key.
+    pub on: Option<Expr>,
+    pub partitioner: Partitioner,
+    /// The table's topic (whose partition count the repartition topic takes) and brokers.
+    pub table: String,
+    pub bootstrap_servers: Option<String>,
 }
 
 /// One key of a ConfigMap.
@@ -87,6 +132,19 @@ impl ConfigMapKey {
         let dir = std::env::var_os(crate::env::TABLES_DIR_ENV)
             .unwrap_or_else(|| crate::env::TABLES_DIR.into());
         std::path::Path::new(&dir).join(&self.name).join(&self.key)
+    }
+}
+
+impl JoinSpec {
+    /// The shuffle a partitioned table needs before the join; `None` for a global table.
+    pub fn partition_by(&self) -> Option<PartitionBy> {
+        let t = &self.table;
+        Some(PartitionBy {
+            on: self.on.clone(),
+            partitioner: t.partitioner.unwrap_or_default(),
+            table: t.topic.clone().filter(|_| t.partitioned)?,
+            bootstrap_servers: t.bootstrap_servers.clone(),
+        })
     }
 }
 

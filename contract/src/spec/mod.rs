@@ -18,9 +18,12 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use avro::{AvroSpec, ProtobufSpec, RegistrySpec, SchemaFile};
+pub use avro::{AvroKeySpec, AvroSpec, ProtobufSpec, RegistrySpec, SchemaFile};
 pub use duration::{Duration, DurationError, DURATION_PATTERN};
-pub use join::{ConfigMapKey, IntervalJoinKind, IntervalJoinSpec, JoinKind, JoinSpec, TableSpec};
+pub use join::{
+    ConfigMapKey, IntervalJoinKind, IntervalJoinSpec, JoinKind, JoinSpec, PartitionBy, Partitioner,
+    TableSpec,
+};
 pub use load::{load_job_file, parse_job, JobFile, LoadError, KUBERNETES_ONLY_FIELDS};
 pub use time::{EmitMode, LatePolicy, WatermarkSpec, WindowTime, MAX_WINDOWS_PER_RECORD};
 pub use validate::{FieldError, ValidationErrors, SECRET_PROPERTIES};
@@ -544,7 +547,11 @@ pub struct RepartitionSpec {
     pub topic: Option<String>,
 }
 
-/// Where results go: exactly one member set.
+/// Where results go: one or more members set, and each result goes to every one. The sinks
+/// that are not the job's record of offsets (stdout, files, Kafka at least once) write a batch
+/// first; the one that is (Kafka exactly once, or PostgreSQL) commits it last, so a crash in
+/// between repeats the batch in the others rather than losing it there. At most one sink can
+/// be the record: Kafka exactly once and PostgreSQL are refused together.
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SinkSpec {
@@ -607,6 +614,17 @@ pub struct KafkaSink {
     #[serde(skip)]
     #[schemars(skip)]
     pub partials: Option<&'static str>,
+    /// With `shuffle`: each record goes to the partition a partitioned join table keeps its
+    /// join key in; set by the worker, never in a spec.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub partition_by: Option<PartitionBy>,
+    /// With `shuffle`: each record carries its Kafka timestamp as its event time, for a join
+    /// after the shuffle in a job without event time (a repartition record's own timestamp is
+    /// when it was written); set by the worker, never in a spec.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub keeps_time: bool,
 }
 
 /// One more output of a Kafka sink.
@@ -731,9 +749,14 @@ impl JobSpec {
             .iter()
             .filter_map(|s| s.join.as_ref()?.table.config_map.as_ref());
         let sink = self.sink.kafka.as_ref();
+        fn key(a: Option<&AvroSpec>) -> Option<&SchemaFile> {
+            a?.key.as_ref()?.schema.as_ref()
+        }
         let schemas = [
             self.source.avro.as_ref().and_then(|a| a.schema.as_ref()),
             sink.and_then(|k| k.avro.as_ref()?.schema.as_ref()),
+            key(self.source.avro.as_ref()),
+            key(sink.and_then(|k| k.avro.as_ref())),
             self.source.protobuf.as_ref().map(|p| &p.schema),
             sink.and_then(|k| k.protobuf.as_ref()).map(|p| &p.schema),
         ]

@@ -476,8 +476,20 @@ impl JobSpec {
             + usize::from(s.kafka.is_some())
             + usize::from(s.file.is_some())
             + usize::from(s.postgres.is_some());
-        if set != 1 {
-            c.err("sink", "set exactly one of stdout, kafka, file, postgres");
+        if set == 0 {
+            c.err("sink", "set at least one of stdout, kafka, file, postgres");
+        }
+        let exactly_once = s
+            .kafka
+            .as_ref()
+            .is_some_and(|k| k.delivery == super::Delivery::ExactlyOnce);
+        if exactly_once && s.postgres.is_some() {
+            // Each commits a batch in a transaction of its own, and nothing makes the two one:
+            // a crash between them leaves a batch in one and not the other.
+            c.err(
+                "sink.kafka.delivery",
+                "exactlyOnce cannot hold beside sink.postgres: each commits a batch in its own transaction and no transaction spans both, so a crash between them would leave the batch in one only; set delivery: atLeastOnce (PostgreSQL stays exactly-once, its offsets are the job's record) or write to one of them",
+            );
         }
         if let Some(p) = &s.postgres {
             if let Err(e) = check_table_name(&p.table) {

@@ -264,6 +264,28 @@ fn a_join_names_one_table_and_its_row_is_visible_to_the_steps_after_it() {
         e.contains("pipeline[2].aggregate") && e.contains("'table'"),
         "{e}"
     );
+    // A partitioned table is a topic's; its join key is read behind a shuffle.
+    let ok = errors(
+        "- {id: j, join: {table: {topic: users, partitioned: true, partitioner: crc32}, on: value.user}}\n",
+    );
+    assert_eq!(ok, "");
+    let e = errors("- {id: j, join: {table: {file: /x, partitioned: true}}}\n");
+    assert!(
+        e.contains("pipeline[0].join.table.partitioned: applies to a table read from a topic"),
+        "{e}"
+    );
+    let e = errors("- {id: j, join: {table: {topic: users, partitioner: murmur2}}}\n");
+    assert!(
+        e.contains("pipeline[0].join.table.partitioner: says how a partitioned table"),
+        "{e}"
+    );
+    let e = errors(
+        "- {id: j, join: {table: {topic: users, partitioned: true}, on: 'string(partition)'}}\n",
+    );
+    assert!(
+        e.contains("pipeline[0].join.on") && e.contains("partition"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -391,4 +413,70 @@ fn protobuf_needs_its_schema_and_a_message_type_with_its_package() {
     );
     let e = job("", &format!(", {p}, avro: {{schema: {{file: /a.avsc}}}}"));
     assert!(e.contains("sink.kafka: sets both avro and protobuf"), "{e}");
+}
+
+#[test]
+fn several_sinks_load_but_only_one_may_be_the_record_of_offsets() {
+    let job = |sink: &str| {
+        refusal(&format!(
+            "batchInterval: 1s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}}}\nsink: {{{sink}}}\n"
+        ))
+    };
+    let kafka = |delivery: &str| format!("kafka: {{topic: out, delivery: {delivery}}}");
+    let postgres = "postgres: {table: counts}";
+    assert_eq!(
+        job(&format!(
+            "{}, file: {{path: /tmp/o}}, stdout: {{}}",
+            kafka("exactlyOnce")
+        )),
+        ""
+    );
+    assert_eq!(job(&format!("{}, {postgres}", kafka("atLeastOnce"))), "");
+    let e = job(&format!("{}, {postgres}", kafka("exactlyOnce")));
+    assert!(
+        e.contains("sink.kafka.delivery: exactlyOnce cannot hold beside sink.postgres")
+            && e.contains("set delivery: atLeastOnce"),
+        "{e}"
+    );
+    let e = job("");
+    assert!(e.contains("sink: set at least one of stdout, kafka"), "{e}");
+}
+
+#[test]
+fn schemad_keys_need_their_schema_where_nothing_else_says_it() {
+    let job = |source: &str, sink: &str| {
+        refusal(&format!(
+            "batchInterval: 5s\nsource: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}{source}}}\nsink: {{kafka: {{topic: out{sink}}}}}\n"
+        ))
+    };
+    let with_registry = ", format: avro, avro: {registry: {url: 'http://r:8081'}, key: {}}";
+    assert_eq!(
+        job(
+            with_registry,
+            ", avro: {schema: {file: /v}, key: {schema: {file: /k}}}"
+        ),
+        ""
+    );
+    let e = job(", format: avro, avro: {schema: {file: /v}, key: {}}", "");
+    assert!(
+        e.contains("source.avro.key: sets no schema and there is no registry"),
+        "{e}"
+    );
+    let e = job(with_registry, ", avro: {schema: {file: /v}, key: {}}");
+    assert!(e.contains("sink.kafka.avro.key.schema: is missing"), "{e}");
+    let e = job(
+        with_registry,
+        ", avro: {schema: {file: /v}, key: {schema: {file: ''}}}",
+    );
+    assert!(
+        e.contains("sink.kafka.avro.key.schema.file: is empty"),
+        "{e}"
+    );
+    let proto = ", format: protobuf, protobuf: {schema: {file: /p.proto}, message: shop.View, keyMessage: KEY}";
+    assert_eq!(job(&proto.replace("KEY", "shop.ViewKey"), ""), "");
+    let e = job(&proto.replace("KEY", "'shop view'"), "");
+    assert!(
+        e.contains("source.protobuf.keyMessage: \"shop view\" is not a message type name"),
+        "{e}"
+    );
 }

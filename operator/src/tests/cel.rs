@@ -118,16 +118,25 @@ fn a_step_does_exactly_one_thing() {
 }
 
 #[test]
-fn sink_sets_exactly_one_member() {
+fn sink_sets_one_member_or_more_and_one_record_of_offsets_at_most() {
     let mut spec = fixtures::spec();
     spec["sink"]["stdout"] = json!({});
+    spec["sink"]["postgres"] = json!({"table": "counts"});
+    assert_eq!(broken(spec.clone()), Vec::<String>::new());
+    spec["sink"]["kafka"]["delivery"] = json!("exactlyOnce");
     let errors = broken(spec.clone());
     assert!(
-        errors.len() == 1 && errors[0].contains("sink sets exactly one of stdout, kafka, file"),
+        errors.len() == 1 && errors[0].contains("exactlyOnce cannot hold beside sink.postgres"),
         "{errors:?}"
     );
+    spec["sink"].as_object_mut().unwrap().remove("postgres");
+    assert_eq!(broken(spec.clone()), Vec::<String>::new());
     spec["sink"] = json!({});
-    assert_eq!(broken(spec).len(), 1);
+    let errors = broken(spec);
+    assert!(
+        errors.len() == 1 && errors[0].contains("sink sets at least one of stdout, kafka, file"),
+        "{errors:?}"
+    );
 }
 
 #[test]

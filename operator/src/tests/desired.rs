@@ -311,4 +311,20 @@ fn a_config_map_table_is_mounted_where_the_worker_reads_it() {
         path,
         std::path::Path::new(&mount.mount_path).join("list.txt")
     );
+    // An Avro key schema from a ConfigMap is mounted the same way.
+    let mut spec = fixtures::spec();
+    spec["source"]["format"] = json!("avro");
+    spec["source"]["avro"] = json!({
+        "registry": {"url": "http://registry:8081"},
+        "key": {"schema": {"configMap": {"name": "key-schemas", "key": "k.avsc"}}}
+    });
+    let c = build(spec);
+    let pod = c.stateful_set.spec.clone().unwrap().template.spec.unwrap();
+    assert!(
+        pod.volumes.unwrap().iter().any(|v| v
+            .config_map
+            .as_ref()
+            .is_some_and(|m| m.name == "key-schemas")),
+        "the key schema's ConfigMap is mounted"
+    );
 }

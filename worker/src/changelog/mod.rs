@@ -220,7 +220,12 @@ impl Changelog {
         }
         let topic = topic_name(group);
         let needed = inputs.iter().map(|(_, n)| *n).max().unwrap_or(1);
-        crate::topics::ensure(spec, &topic, needed, true)?;
+        crate::topics::ensure(
+            spec,
+            &topic,
+            crate::topics::Partitions::AtLeast(needed),
+            true,
+        )?;
         let writer = KafkaWriter::new(
             &spec.source.kafka.bootstrap_servers,
             &spec.source.kafka,

@@ -161,11 +161,13 @@ impl Pipeline {
                 .filter(|e| e.logs_clock)
                 .map(|_| Arc::from(CLOCK_STEP)),
         };
+        let keeps_time = spec.sink.kafka.as_ref().is_some_and(|k| k.keeps_time);
         Ok(Pipeline {
             steps,
             needs,
             event,
             clock_step,
+            keeps_time,
         })
     }
 }

@@ -89,6 +89,9 @@ pub struct Pipeline {
     event: Option<EventTime>,
     /// The step the partition's event-time clock is logged under, when it is logged.
     clock_step: Option<Arc<str>>,
+    /// Before a shuffle to a join, in a job without event time: each record's Kafka timestamp
+    /// goes along as its event time, the time the join looks its row up at.
+    keeps_time: bool,
 }
 
 impl Pipeline {
@@ -323,6 +326,8 @@ impl PartitionRun<'_> {
                 // The watermark follows every record read, whatever becomes of it later.
                 self.seen = self.seen.max(Some(t));
             }
+        } else if self.pipeline.keeps_time {
+            rec.event_time = rec.event_time.or(rec.timestamp);
         }
         let mut effects = std::mem::take(&mut self.scratch);
         let r = run(&self.pipeline.steps, 0, rec, &mut effects);

@@ -24,7 +24,7 @@ use crate::dead_letter::{self, DeadLetter};
 use crate::error::{Error, Result};
 use crate::plan::TopicPartition;
 use crate::producer::{KafkaWriter, TxnTimes};
-use crate::record::ValueCodec;
+use crate::record::Codecs;
 use crate::spec::{JobSpec, KafkaSource};
 
 pub struct ExactlyOnceSink {
@@ -41,7 +41,7 @@ pub struct ExactlyOnceSink {
     /// How state changes become changelog records, when the pipeline keeps state.
     changelog: Option<Arc<LogFormat>>,
     /// The sink's schema'd format, for every producer's values.
-    codec: Option<Arc<ValueCodec>>,
+    codecs: Codecs,
     /// Parallel to `owned`; made when the engine says which partitions the worker owns.
     owned: Vec<TopicPartition>,
     txn_timeout: std::time::Duration,
@@ -82,7 +82,7 @@ impl ExactlyOnceSink {
         bootstrap: &str,
         shuffle: bool,
         partials: Option<&'static str>,
-        codec: Option<Arc<ValueCodec>>,
+        codecs: Codecs,
     ) -> Result<Self> {
         let group = spec.group_id(&id.namespace, &id.job);
         let consumer: BaseConsumer = client::consumer(&spec.source.kafka, id, &group)
@@ -102,7 +102,7 @@ impl ExactlyOnceSink {
             partials,
             dead_topic: spec.dead_letter.as_ref().map(|d| d.topic.clone()),
             changelog: None,
-            codec,
+            codecs,
             owned: Vec::new(),
             txn_timeout: transaction_timeout(spec.batch_interval.as_std()),
             producers: Vec::new(),
@@ -272,7 +272,7 @@ impl Sink for ExactlyOnceSink {
                     .collect()
             });
             for p in made {
-                producers.push(p?.with_codec(self.codec.clone()));
+                producers.push(p?.with_codecs(self.codecs.clone()));
             }
         }
         self.producers = producers;

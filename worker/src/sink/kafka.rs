@@ -17,6 +17,17 @@ use weir_contract::stages::{EVENT_TIME_HEADER, PARTIAL_HEADER, WATERMARK_HEADER}
 pub struct Routes {
     topic: Arc<str>,
     routes: Vec<(Program, Arc<str>)>,
+    /// A shuffle to a partitioned join table's partitioning.
+    by: Option<By>,
+}
+
+/// The partition of a shuffled record: its join key's, as the table's producers placed it.
+struct By {
+    /// The join key; `None`: the record's key.
+    on: Option<Program>,
+    partitioner: crate::spec::Partitioner,
+    /// The repartition topic's partition count (the table's), once asked.
+    partitions: std::sync::OnceLock<i32>,
 }
 
 /// What a route's condition sees of a result.
@@ -38,6 +49,7 @@ impl Routes {
         Routes {
             topic: Arc::from(topic),
             routes: Vec::new(),
+            by: None,
         }
     }
 
@@ -54,10 +66,55 @@ impl Routes {
                     .map_err(|e| Error::Fatal(format!("sink.kafka.routes[{i}].when: {e}")))
             })
             .collect::<Result<_>>()?;
+        let by = match &k.partition_by {
+            None => None,
+            Some(b) => Some(By {
+                on: b
+                    .on
+                    .as_deref()
+                    .map(|on| Program::compile(on, &[Var::Key, Var::Value]))
+                    .transpose()
+                    .map_err(|e| {
+                        Error::Fatal(format!("the join key of table {:?}: {e}", b.table))
+                    })?,
+                partitioner: b.partitioner,
+                partitions: std::sync::OnceLock::new(),
+            }),
+        };
         Ok(Routes {
             topic: Arc::from(k.topic.as_str()),
             routes,
+            by,
         })
+    }
+
+    /// The partition a shuffled result goes to; `None`: its key's hash picks it. A join key
+    /// that cannot be computed, or is no text, goes anywhere: the join step computes it again
+    /// after the shuffle and treats the record as it treats such a record in any join.
+    fn partition(&self, w: &KafkaWriter, o: &Output) -> Result<Option<i32>> {
+        let Some(by) = &self.by else {
+            return Ok(None);
+        };
+        let n = match by.partitions.get() {
+            Some(&n) => n,
+            None => {
+                let n = w.partitions(&self.topic)?;
+                let _ = by.partitions.set(n);
+                n
+            }
+        };
+        let vars = ResultVars(o);
+        let on = match &by.on {
+            Some(p) => match p.eval(&vars) {
+                Ok(v) => v,
+                Err(_) => return Ok(Some(0)),
+            },
+            None => std::borrow::Cow::Borrowed(&o.key),
+        };
+        Ok(Some(match crate::pipeline::join::key_text(&on) {
+            Some(k) => crate::partitioner::partition(by.partitioner, k.as_bytes(), n),
+            None => 0,
+        }))
     }
 
     /// The sink's own topic, where repartition and watermark records go.
@@ -141,7 +198,8 @@ pub(super) fn send_output(
         }
         None => partials.map(|kind| (PARTIAL_HEADER, kind)),
     };
-    w.send_encoded_with(topic, None, &o.key, Some(&o.value), header)
+    let partition = routes.partition(w, o)?;
+    w.send_encoded_with(topic, partition, &o.key, Some(&o.value), header)
 }
 
 /// Queues an input partition's watermark record to every partition of the repartition topic,

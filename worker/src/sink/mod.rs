@@ -102,49 +102,63 @@ pub struct Recovery {
     pub changes: Vec<Vec<StateChange>>,
 }
 
-/// Builds the job's sink; with `print`, results are also shown on standard output.
+/// Builds the job's sinks, as one; with `print`, results are also shown on standard output.
 ///
 /// # Errors
-/// When the sink's client cannot be created.
+/// When a sink's client cannot be created.
 pub fn build(spec: &JobSpec, id: &Identity, print: Option<u32>) -> Result<Box<dyn Sink>> {
     let s = &spec.sink;
-    let main: Box<dyn Sink> = if let Some(o) = &s.stdout {
-        Box::new(StdoutSink::new(o.limit, std::io::stdout()))
-    } else if let Some(k) = &s.kafka {
+    // The sinks that are not a record of offsets first; the record (Kafka exactly once,
+    // PostgreSQL: validation allows one at most) last, so that it commits a batch only once
+    // every other sink has it.
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut record: Option<Box<dyn Sink>> = None;
+    if let Some(o) = &s.stdout {
+        sinks.push(Box::new(StdoutSink::new(o.limit, std::io::stdout())));
+    } else if let Some(limit) = print {
+        sinks.push(Box::new(StdoutSink::new(limit, std::io::stdout())));
+    }
+    if let Some(f) = &s.file {
+        sinks.push(Box::new(FileSink::new(f.path.clone().into())?));
+    }
+    if let Some(k) = &s.kafka {
         let bootstrap = k
             .bootstrap_servers
             .as_deref()
             .unwrap_or(&spec.source.kafka.bootstrap_servers);
-        let codec = crate::record::ValueCodec::for_sink(k, &spec.source.kafka.credentials)
-            .map_err(crate::error::Error::Settings)?
-            .map(Arc::new);
+        let codecs = crate::record::Codecs::for_sink(k, &spec.source.kafka.credentials)
+            .map_err(crate::error::Error::Settings)?;
         let routes = kafka::Routes::new(k)?;
         match k.delivery {
-            crate::spec::Delivery::ExactlyOnce => Box::new(ExactlyOnceSink::new(
-                spec, id, routes, bootstrap, k.shuffle, k.partials, codec,
-            )?),
-            crate::spec::Delivery::AtLeastOnce => Box::new(KafkaSink::new(
-                KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?.with_codec(codec),
+            crate::spec::Delivery::ExactlyOnce => {
+                record = Some(Box::new(ExactlyOnceSink::new(
+                    spec, id, routes, bootstrap, k.shuffle, k.partials, codecs,
+                )?));
+            }
+            crate::spec::Delivery::AtLeastOnce => sinks.push(Box::new(KafkaSink::new(
+                KafkaWriter::new(bootstrap, &spec.source.kafka, id, "sink")?.with_codecs(codecs),
                 routes,
                 k.shuffle,
                 k.partials,
-            )),
+            ))),
         }
-    } else if let Some(f) = &s.file {
-        Box::new(FileSink::new(f.path.clone().into())?)
-    } else if s.postgres.is_some() {
-        postgres_sink(spec, id)?
-    } else {
-        return Err(crate::error::Error::Fatal(
+    }
+    if s.postgres.is_some() {
+        if record.is_some() {
+            return Err(crate::error::Error::Fatal(
+                "sink.kafka.delivery exactlyOnce cannot hold beside sink.postgres; set delivery: atLeastOnce or write to one of them".into(),
+            ));
+        }
+        record = Some(postgres_sink(spec, id)?);
+    }
+    sinks.extend(record);
+    match sinks.len() {
+        0 => Err(crate::error::Error::Fatal(
             "the job has no sink; set sink.stdout, sink.kafka, sink.file or sink.postgres".into(),
-        ));
-    };
-    Ok(match print {
-        Some(limit) if s.stdout.is_none() => {
-            Box::new(Tee(main, StdoutSink::new(limit, std::io::stdout())))
-        }
-        _ => main,
-    })
+        )),
+        1 => Ok(sinks.remove(0)),
+        _ => Ok(Box::new(Fanout(sinks))),
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -161,42 +175,54 @@ fn postgres_sink(_spec: &JobSpec, _id: &Identity) -> Result<Box<dyn Sink>> {
     ))
 }
 
-struct Tee(Box<dyn Sink>, StdoutSink<std::io::Stdout>);
+/// Several sinks as one: each writes every batch, in order, the record of offsets (if any)
+/// last; a failure in any replays the batch in all.
+struct Fanout(Vec<Box<dyn Sink>>);
 
-impl Sink for Tee {
+impl Sink for Fanout {
     fn write(&mut self, batch: &BatchOutput<'_>) -> Result<()> {
-        self.0.write(batch)?;
-        self.1.write(batch)
+        self.0.iter_mut().try_for_each(|s| s.write(batch))
     }
 
     fn writes_parts(&self) -> bool {
-        self.0.writes_parts() && self.1.writes_parts()
+        self.0.iter().all(|s| s.writes_parts())
     }
 
     fn write_part(&mut self, part: &BatchOutput<'_>) -> Result<()> {
-        self.0.write_part(part)?;
-        self.1.write_part(part)
+        self.0.iter_mut().try_for_each(|s| s.write_part(part))
     }
 
     fn abandon(&mut self) {
-        self.0.abandon();
-        self.1.abandon();
+        self.0.iter_mut().for_each(|s| s.abandon());
     }
 
-    // The printed copy must not hide that the main sink is the record of offsets and state.
+    // Only the record (the last, when there is one) stores state and dead letters with its
+    // batches; the others must not hide that it does.
     fn logs_state(&self) -> bool {
-        self.0.logs_state()
+        self.0.iter().any(|s| s.logs_state())
     }
 
     fn log_state_as(&mut self, format: Arc<LogFormat>) -> bool {
-        self.0.log_state_as(format)
+        // Every sink is offered it (not only until one keeps it): the one that keeps it is the
+        // record, and validation allows one at most.
+        let mut kept = false;
+        for s in &mut self.0 {
+            kept |= s.log_state_as(format.clone());
+        }
+        kept
     }
 
     fn writes_dead_letters(&self) -> bool {
-        self.0.writes_dead_letters()
+        self.0.iter().any(|s| s.writes_dead_letters())
     }
 
     fn take_over(&mut self, owned: &[TopicPartition]) -> Result<Option<Recovery>> {
-        self.0.take_over(owned)
+        let mut recovery = None;
+        for s in &mut self.0 {
+            if let Some(r) = s.take_over(owned)? {
+                recovery = Some(r);
+            }
+        }
+        Ok(recovery)
     }
 }

@@ -39,6 +39,29 @@ pub(super) enum Agg {
     Avg(String),
 }
 
+impl Agg {
+    /// The aggregate's input expression; none for COUNT(*).
+    pub(super) fn input(&self) -> Option<&str> {
+        match self {
+            Agg::Count => None,
+            Agg::CountOf(x) | Agg::Sum(x) | Agg::Min(x) | Agg::Max(x) | Agg::Avg(x) => Some(x),
+        }
+    }
+
+    /// The same aggregate over another input.
+    pub(super) fn over(&self, x: &str) -> Agg {
+        let x = x.to_string();
+        match self {
+            Agg::Count => Agg::Count,
+            Agg::CountOf(_) => Agg::CountOf(x),
+            Agg::Sum(_) => Agg::Sum(x),
+            Agg::Min(_) => Agg::Min(x),
+            Agg::Max(_) => Agg::Max(x),
+            Agg::Avg(_) => Agg::Avg(x),
+        }
+    }
+}
+
 /// What a grouped query's expressions may name besides aggregates: its keys (as their
 /// row-scope CEL) and whether a window groups it.
 pub(super) struct Grouped {

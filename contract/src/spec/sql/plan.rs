@@ -164,7 +164,19 @@ pub fn compile(sql: &str, id: &str) -> Result<Compiled, SqlError> {
             ..AggregateSpec::default()
         }
     } else {
-        native(&grouped.aggs[0].1)
+        let agg = &grouped.aggs[0].1;
+        match agg.input().filter(|x| x.contains("table")) {
+            // The row is not carried through the shuffle before the aggregate: its input is
+            // computed beside the join (a map), and the aggregate adds up the value.
+            Some(x) => {
+                steps.push(StepSpec {
+                    map: Some(x.to_string()),
+                    ..step("fields")
+                });
+                native(&agg.over("value"))
+            }
+            None => native(agg),
+        }
     };
     let (window, time) = match window {
         Some((_, w, time)) => (Some(w), Some(time)),

@@ -317,4 +317,14 @@ fn a_join_with_a_table_is_a_join_step_and_its_columns_are_the_row() {
         s[3].select.clone().unwrap(),
         fields(&[("n", "value"), ("plan", "key")])
     );
+    // An aggregate of a table column: its input is computed beside the join, and the
+    // aggregate (after the shuffle, where the row is not) adds up the value.
+    let s = steps("SELECT page, SUM(u.seats) AS seats FROM input JOIN users u ON input.user = u._key GROUP BY page");
+    let ids: Vec<&str> = s.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["q-join", "q-key", "q-fields", "q", "q-select"]);
+    assert_eq!(s[2].map.as_deref(), Some("table.seats"));
+    assert_eq!(
+        s[3].aggregate.as_ref().and_then(|a| a.sum.as_deref()),
+        Some("value")
+    );
 }

@@ -2,7 +2,7 @@
 //! registry, Protobuf's schema and message type), a sink's.
 
 use super::Checker;
-use crate::spec::{AvroSpec, Format, JobSpec, ProtobufSpec, SchemaFile};
+use crate::spec::{AvroSpec, Format, JobSpec, ProtobufSpec, RegistrySpec, SchemaFile};
 
 pub(super) fn check(c: &mut Checker, spec: &JobSpec) {
     let source = &spec.source;
@@ -17,6 +17,12 @@ pub(super) fn check(c: &mut Checker, spec: &JobSpec) {
                 c.err(
                     "source.avro",
                     "sets neither schema nor registry; set the schema the values were written with, or the registry that has it",
+                );
+            }
+            if a.key.as_ref().is_some_and(|k| k.schema.is_none()) && a.registry.is_none() {
+                c.err(
+                    "source.avro.key",
+                    "sets no schema and there is no registry; set key.schema to the schema the keys were written with",
                 );
             }
             settings(c, "source.avro", a);
@@ -53,27 +59,39 @@ pub(super) fn check(c: &mut Checker, spec: &JobSpec) {
                 "is missing: a sink writes its values with a schema it is given",
             );
         }
+        if a.key.as_ref().is_some_and(|k| k.schema.is_none()) {
+            c.err(
+                "sink.kafka.avro.key.schema",
+                "is missing: a sink writes its keys with a schema it is given",
+            );
+        }
         settings(c, "sink.kafka.avro", a);
     }
 }
 
 fn protobuf(c: &mut Checker, at: &str, p: &ProtobufSpec) {
     schema_file(c, at, &p.schema);
-    let ok = !p.message.is_empty()
-        && p.message.split('.').all(|part| {
-            part.chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        });
-    if !ok {
-        c.err(
-            format!("{at}.message"),
-            format!(
-                "{:?} is not a message type name; write it with its package, e.g. shop.v1.View",
-                p.message
-            ),
-        );
+    if let Some(r) = &p.registry {
+        registry_url(c, at, r);
+    }
+    let named = std::iter::once(("message", &p.message))
+        .chain(p.key_message.iter().map(|k| ("keyMessage", k)));
+    for (field, name) in named {
+        let ok = !name.is_empty()
+            && name.split('.').all(|part| {
+                part.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        if !ok {
+            c.err(
+                format!("{at}.{field}"),
+                format!(
+                    "{name:?} is not a message type name; write it with its package, e.g. shop.v1.View"
+                ),
+            );
+        }
     }
 }
 
@@ -96,13 +114,20 @@ fn settings(c: &mut Checker, at: &str, a: &AvroSpec) {
     if let Some(s) = &a.schema {
         schema_file(c, at, s);
     }
+    if let Some(s) = a.key.as_ref().and_then(|k| k.schema.as_ref()) {
+        schema_file(c, &format!("{at}.key"), s);
+    }
     if let Some(r) = &a.registry {
-        let u = r.url.trim();
-        if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
-            c.err(
-                format!("{at}.registry.url"),
-                format!("{u:?} is not an http:// or https:// URL of a Schema Registry"),
-            );
-        }
+        registry_url(c, at, r);
+    }
+}
+
+fn registry_url(c: &mut Checker, at: &str, r: &RegistrySpec) {
+    let u = r.url.trim();
+    if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+        c.err(
+            format!("{at}.registry.url"),
+            format!("{u:?} is not an http:// or https:// URL of a Schema Registry"),
+        );
     }
 }

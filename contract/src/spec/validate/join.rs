@@ -40,8 +40,24 @@ pub(super) fn check(c: &mut Checker, at: &str, j: &JoinSpec, vars: &[&str]) {
     if t.history.is_some_and(|h| h.as_millis() == 0) {
         c.err(format!("{at}.join.table.history"), "must be longer than 0s");
     }
-    if let Some(e) = &j.on {
-        c.expr(format!("{at}.join.on"), e, vars);
+    if t.partitioned && t.topic.is_none() {
+        c.err(
+            format!("{at}.join.table.partitioned"),
+            "applies to a table read from a topic; a file or ConfigMap table is held whole by every worker",
+        );
+    }
+    if t.partitioner.is_some() && !t.partitioned {
+        c.err(
+            format!("{at}.join.table.partitioner"),
+            "says how a partitioned table's producers placed its keys; set partitioned: true or remove it",
+        );
+    }
+    match &j.on {
+        // A partitioned join runs behind the shuffle to the table's partitioning, where the
+        // record's topic, partition, offset and headers are the repartition record's.
+        Some(e) if t.partitioned => c.expr(format!("{at}.join.on"), e, &["key", "value"]),
+        Some(e) => c.expr(format!("{at}.join.on"), e, vars),
+        None => {}
     }
 }
 

@@ -11,12 +11,38 @@ use prost_reflect::{
     ReflectMessage, Value,
 };
 
+use crate::credentials::Credentials;
 use crate::expr::Val;
+use crate::registry::{framed, Registry, SchemaError};
 use crate::spec::ProtobufSpec;
+
+mod confluent;
+
+pub use confluent::WriterFile;
 
 /// A source's or a sink's message type, loaded.
 pub struct ProtobufCodec {
     message: MessageDescriptor,
+    /// The `.proto` file's text, when the schema is one: what a sink registers.
+    text: Option<Arc<str>>,
+    /// Messages in Confluent's framing, with a registry.
+    framing: Option<Framing>,
+}
+
+struct Framing {
+    registry: Arc<Registry<WriterFile>>,
+    /// A sink's framing of each message: magic byte, its schema's id, the message indexes.
+    prefix: Option<Vec<u8>>,
+}
+
+/// A registry of Protobuf schemas.
+pub fn registry(url: &str, credentials: &Credentials) -> Arc<Registry<WriterFile>> {
+    Arc::new(Registry::new(
+        url,
+        credentials,
+        "PROTOBUF",
+        WriterFile::parse,
+    ))
 }
 
 impl ProtobufCodec {
@@ -25,12 +51,30 @@ impl ProtobufCodec {
     /// # Errors
     /// A file that cannot be read or compiled, or that has no such message.
     pub fn load(spec: &ProtobufSpec) -> Result<ProtobufCodec, String> {
+        Self::load_with_key(spec).map(|(value, _)| value)
+    }
+
+    /// The values' codec and, with `keyMessage`, the keys', from one reading of the schema.
+    ///
+    /// # Errors
+    /// As [`ProtobufCodec::load`], for either type.
+    pub fn load_with_key(
+        spec: &ProtobufSpec,
+    ) -> Result<(ProtobufCodec, Option<ProtobufCodec>), String> {
         let path = spec
             .schema
             .path()
             .ok_or("the Protobuf schema names no file")?;
         let shown = path.display().to_string();
-        let pool = if path.extension().is_some_and(|e| e == "proto") {
+        let is_proto = path.extension().is_some_and(|e| e == "proto");
+        let text: Option<Arc<str>> = if is_proto {
+            let t = std::fs::read_to_string(&path)
+                .map_err(|e| format!("the Protobuf schema {shown}: {e}"))?;
+            Some(Arc::from(t))
+        } else {
+            None
+        };
+        let pool = if is_proto {
             let dir = path
                 .parent()
                 .map(std::path::Path::to_path_buf)
@@ -51,28 +95,103 @@ impl ProtobufCodec {
             DescriptorPool::decode(bytes.as_slice())
                 .map_err(|e| format!("the Protobuf schema {shown} is not a descriptor set: {e}"))?
         };
-        let message = pool.get_message_by_name(&spec.message).ok_or_else(|| {
-            let known: Vec<String> = pool
-                .all_messages()
-                .map(|m| m.full_name().to_string())
-                .take(20)
-                .collect();
-            format!(
-                "the Protobuf schema {shown} has no message {}; it has {}",
-                spec.message,
-                known.join(", ")
-            )
-        })?;
-        Ok(ProtobufCodec { message })
+        let codec = |name: &str| {
+            let message = pool.get_message_by_name(name).ok_or_else(|| {
+                let known: Vec<String> = pool
+                    .all_messages()
+                    .map(|m| m.full_name().to_string())
+                    .take(20)
+                    .collect();
+                format!(
+                    "the Protobuf schema {shown} has no message {name}; it has {}",
+                    known.join(", ")
+                )
+            })?;
+            Ok::<_, String>(ProtobufCodec {
+                message,
+                text: text.clone(),
+                framing: None,
+            })
+        };
+        let key = spec.key_message.as_deref().map(codec).transpose()?;
+        Ok((codec(&spec.message)?, key))
+    }
+
+    /// A source's codec of messages in Confluent's framing: each record's schema, fetched by
+    /// its id, says which message it is, and it must be this codec's.
+    pub fn framed_by(mut self, registry: Arc<Registry<WriterFile>>) -> ProtobufCodec {
+        self.framing = Some(Framing {
+            registry,
+            prefix: None,
+        });
+        self
+    }
+
+    /// A sink's codec that registers its `.proto` file under `subject` and frames each
+    /// message with the id and the message's indexes in the file.
+    ///
+    /// # Errors
+    /// A schema that is not one `.proto` file without imports, or a registry that refuses
+    /// it or does not answer.
+    pub fn registered(
+        mut self,
+        registry: Arc<Registry<WriterFile>>,
+        subject: &str,
+    ) -> Result<ProtobufCodec, String> {
+        let text = self.text.clone().ok_or(
+            "a sink that registers its Protobuf schema needs it as a .proto file (not a descriptor set)",
+        )?;
+        let file = WriterFile::parse(&text)?;
+        if file.has_imports() {
+            return Err(format!(
+                "the sink's .proto file imports others; registering {subject} would need them as schema references, which Weir does not register: put the messages in one file"
+            ));
+        }
+        let name = self.message.full_name().to_string();
+        let path = file
+            .index_path(&name)
+            .ok_or_else(|| format!("the sink's .proto file has no message {name}"))?;
+        let id = registry.register(subject, &text)?;
+        let mut prefix = crate::registry::frame(id, &[]);
+        confluent::write_indexes(&path, &mut prefix);
+        self.framing = Some(Framing {
+            registry,
+            prefix: Some(prefix),
+        });
+        Ok(self)
     }
 
     /// A record's value.
     ///
     /// # Errors
-    /// Bytes that are not a message of the type.
-    pub fn decode(&self, bytes: &[u8]) -> Result<Val, String> {
+    /// [`SchemaError::Record`] for bytes that are not a message of the type (or not framed,
+    /// or of another message type); [`SchemaError::Unavailable`] when the registry does not
+    /// answer.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Val, SchemaError> {
+        let full = self.message.full_name();
+        let bytes = match &self.framing {
+            None => bytes,
+            Some(f) => {
+                let (id, rest) = framed(bytes, "message indexes and the Protobuf message")?;
+                let (path, message) = confluent::read_indexes(rest)?;
+                let writer = f.registry.schema(id)?;
+                match writer.message_name(&path) {
+                    Some(name) if name == full => message,
+                    Some(name) => {
+                        return Err(SchemaError::Record(format!(
+                            "the record is a {name} (schema {id}); the job reads {full}"
+                        )))
+                    }
+                    None => {
+                        return Err(SchemaError::Record(format!(
+                            "schema {id} has no message at the record's indexes {path:?}"
+                        )))
+                    }
+                }
+            }
+        };
         let m = DynamicMessage::decode(self.message.clone(), bytes)
-            .map_err(|e| format!("not a Protobuf {} message: {e}", self.message.full_name()))?;
+            .map_err(|e| SchemaError::Record(format!("not a Protobuf {full} message: {e}")))?;
         Ok(message_val(&m))
     }
 
@@ -83,7 +202,17 @@ impl ProtobufCodec {
     /// A value that does not fit the message, with the field and the reason.
     pub fn encode(&self, v: &Val) -> Result<Vec<u8>, String> {
         let m = to_message(&self.message, v, "")?;
-        Ok(m.encode_to_vec())
+        Ok(
+            match self.framing.as_ref().and_then(|f| f.prefix.as_ref()) {
+                Some(prefix) => {
+                    let mut out = Vec::with_capacity(prefix.len() + m.encoded_len());
+                    out.extend_from_slice(prefix);
+                    m.encode_raw(&mut out);
+                    out
+                }
+                None => m.encode_to_vec(),
+            },
+        )
     }
 }
 
@@ -288,17 +417,23 @@ mod tests {
     /// V1 with a field added: what a newer producer writes, and what a newer job reads with.
     const V2: &str = "syntax = \"proto3\";\npackage shop.v1;\nmessage View {\n  string user = 1;\n  int64 ms = 2;\n  enum Kind { PAGE = 0; API = 1; }\n  Kind kind = 3;\n  repeated string tags = 4;\n  map<string, int32> attrs = 5;\n  Where at = 6;\n  string referrer = 7;\n}\nmessage Where { string country = 1; }\n";
 
-    fn codec(dir: &std::path::Path, name: &str, text: &str) -> ProtobufCodec {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        ProtobufCodec::load(&ProtobufSpec {
+    /// The spec of message type `message` of the file at `path`.
+    fn spec(path: &std::path::Path, message: &str) -> ProtobufSpec {
+        ProtobufSpec {
             schema: crate::spec::SchemaFile {
                 file: Some(path.display().to_string()),
                 config_map: None,
             },
-            message: "shop.v1.View".into(),
-        })
-        .unwrap()
+            message: message.into(),
+            key_message: None,
+            registry: None,
+        }
+    }
+
+    fn codec(dir: &std::path::Path, name: &str, text: &str) -> ProtobufCodec {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        ProtobufCodec::load(&spec(&path, "shop.v1.View")).unwrap()
     }
 
     fn json(s: &str) -> Val {
@@ -349,14 +484,7 @@ mod tests {
             "syntax = \"proto3\";\nmessage Node { string name = 1; Node child = 2; }\n",
         )
         .unwrap();
-        let c = ProtobufCodec::load(&ProtobufSpec {
-            schema: crate::spec::SchemaFile {
-                file: Some(path.display().to_string()),
-                config_map: None,
-            },
-            message: "Node".into(),
-        })
-        .unwrap();
+        let c = ProtobufCodec::load(&spec(&path, "Node")).unwrap();
         let v = json(r#"{"name": "a", "child": {"name": "b"}}"#);
         let back = c.decode(&c.encode(&v).unwrap()).unwrap();
         assert_eq!(
@@ -378,29 +506,15 @@ mod tests {
         );
         let e = c.encode(&json(r#"{"kind": "BATCH"}"#)).unwrap_err();
         assert!(e.contains("has no value BATCH"), "{e}");
-        let e = c.decode(&[0x0a, 0xff, 0x01]).unwrap_err();
+        let e = c.decode(&[0x0a, 0xff, 0x01]).unwrap_err().to_string();
         assert!(e.contains("not a Protobuf shop.v1.View message"), "{e}");
         let path = dir.path().join("broken.proto");
         std::fs::write(&path, "message {").unwrap();
-        let e = ProtobufCodec::load(&ProtobufSpec {
-            schema: crate::spec::SchemaFile {
-                file: Some(path.display().to_string()),
-                config_map: None,
-            },
-            message: "X".into(),
-        })
-        .err()
-        .unwrap();
+        let e = ProtobufCodec::load(&spec(&path, "X")).err().unwrap();
         assert!(e.contains("does not compile"), "{e}");
-        let e = ProtobufCodec::load(&ProtobufSpec {
-            schema: crate::spec::SchemaFile {
-                file: Some(dir.path().join("v1.proto").display().to_string()),
-                config_map: None,
-            },
-            message: "shop.v1.Nope".into(),
-        })
-        .err()
-        .unwrap();
+        let e = ProtobufCodec::load(&spec(&dir.path().join("v1.proto"), "shop.v1.Nope"))
+            .err()
+            .unwrap();
         assert!(
             e.contains("has no message shop.v1.Nope; it has shop.v1.View"),
             "{e}"
