@@ -149,7 +149,7 @@ else
   if [[ -x "$TANSU_BIN" ]]; then
     log "tansu $TANSU_VERSION: built by the other run, at $TANSU_BIN"
   else
-    log "tansu $TANSU_VERSION: building (6-7 minutes on an idle 2-core machine; cached afterwards)"
+    log "tansu $TANSU_VERSION: building (about 10 minutes on a 2-core machine; cached afterwards)"
     # Only the sqlite engine the tests use (libsql): the object-store engine (dynostore) was
     # half of the build. No LTO, no debug info: a test broker, built once, not a product.
     CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=0 \
