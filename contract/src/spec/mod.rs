@@ -2,8 +2,9 @@
 //!
 //! One set of types feeds serde (both the file and the CRD), schemars (the CRD schema) and
 //! validation. Every field has a safe default where one exists; fields that select a kind of
-//! thing (`sink`, a pipeline step) are structs of optional members with exactly one set, because
-//! that is the shape Kubernetes structural schemas and `kubectl explain` handle well.
+//! thing (a pipeline step; `sink`, which may set several) are structs of optional members
+//! (a step sets exactly one), because that is the shape Kubernetes structural schemas and
+//! `kubectl explain` handle well.
 
 mod avro;
 mod duration;
