@@ -10,11 +10,8 @@ use apache_avro::Schema;
 
 use crate::credentials::Credentials;
 use crate::expr::Val;
-use crate::registry::{frame, framed, Registry};
+use crate::registry::{frame, framed, Registry, SchemaError};
 use crate::spec::AvroSpec;
-
-/// Why a value could not be read: the registry's error, shared by the schema'd formats.
-pub use crate::registry::SchemaError as AvroError;
 
 /// A source's or a sink's Avro settings, loaded.
 pub struct AvroCodec {
@@ -76,12 +73,12 @@ impl AvroCodec {
     /// A record's value.
     ///
     /// # Errors
-    /// [`AvroError::Record`] for bytes that are not a value of the schema (or not framed, or
-    /// of a schema the registry does not have); [`AvroError::Unavailable`] when the registry
+    /// [`SchemaError::Record`] for bytes that are not a value of the schema (or not framed, or
+    /// of a schema the registry does not have); [`SchemaError::Unavailable`] when the registry
     /// does not answer.
-    pub fn decode(&self, bytes: &[u8]) -> Result<Val, AvroError> {
+    pub fn decode(&self, bytes: &[u8]) -> Result<Val, SchemaError> {
         let bad = |e: apache_avro::Error| {
-            AvroError::Record(format!("not an Avro value of its schema: {e}"))
+            SchemaError::Record(format!("not an Avro value of its schema: {e}"))
         };
         let value = match &self.registry {
             Some(r) => {
@@ -96,7 +93,7 @@ impl AvroCodec {
                 let schema = self
                     .schema
                     .as_ref()
-                    .ok_or_else(|| AvroError::Record("no schema to read with".into()))?;
+                    .ok_or_else(|| SchemaError::Record("no schema to read with".into()))?;
                 let mut datum = bytes;
                 let v = apache_avro::from_avro_datum(schema, &mut datum, None).map_err(bad)?;
                 ensure_consumed(datum)?;
@@ -151,11 +148,11 @@ fn registry(url: &str, credentials: &Credentials) -> Registry<Schema> {
 }
 
 /// Bytes after the value mean it was not written with this schema.
-fn ensure_consumed(rest: &[u8]) -> Result<(), AvroError> {
+fn ensure_consumed(rest: &[u8]) -> Result<(), SchemaError> {
     if rest.is_empty() {
         Ok(())
     } else {
-        Err(AvroError::Record(format!(
+        Err(SchemaError::Record(format!(
             "{} bytes follow the Avro value: it was not written with this schema",
             rest.len()
         )))
@@ -291,12 +288,12 @@ mod tests {
         let mut bytes = vec![2, 0];
         bytes.extend([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
         match c.decode(&bytes) {
-            Err(AvroError::Record(why)) => assert!(why.contains("not an Avro value"), "{why}"),
+            Err(SchemaError::Record(why)) => assert!(why.contains("not an Avro value"), "{why}"),
             other => panic!("{other:?}"),
         }
         for cut in [&b""[..], &[2u8][..], &[0xff; 20][..]] {
             assert!(
-                matches!(c.decode(cut), Err(AvroError::Record(_))),
+                matches!(c.decode(cut), Err(SchemaError::Record(_))),
                 "{cut:?}"
             );
         }

@@ -66,8 +66,8 @@ impl Tables {
     /// partitioning).
     ///
     /// # Errors
-    /// A table topic that does not exist or cannot be read, or whose partition count is not
-    /// its repartition topic's; a table file that cannot be read or parsed.
+    /// A table topic that does not exist or cannot be read, a table file that cannot be read
+    /// or parsed.
     pub fn open(
         spec: &JobSpec,
         id: &Identity,
@@ -156,14 +156,8 @@ fn open_topic(
         .then(|| (t.partitioner.unwrap_or_default(), count));
     let partitions = if t.partitioned {
         // The stage reads only the repartition topic, whose partition p holds the records
-        // whose join keys the table keeps in its partition p.
-        let shuffled = spec.source.kafka.topics.first().map_or("", String::as_str);
-        let shuffled_count = crate::topics::partition_count(spec, shuffled, None)?;
-        if shuffled_count != count {
-            return Err(Error::Fatal(format!(
-                "pipeline step {step:?}: the join table {topic:?} has {count} partitions but the repartition topic {shuffled:?} before the join has {shuffled_count}: a partitioned join needs the same count on both sides (did the table gain partitions?); with the job stopped and {shuffled:?} read to its end, delete it (the job recreates it with the table's count)"
-            )));
-        }
+        // whose join keys the table keeps in its partition p (the stages checked, just before,
+        // that it has the table's partition count).
         owned.iter().map(|tp| tp.partition).collect()
     } else {
         partitions

@@ -30,10 +30,7 @@ pub enum Partitions<'a> {
 /// When the topic is missing and cannot be created, or has a partition count it cannot have;
 /// the message says how to create it by hand.
 pub fn ensure(spec: &JobSpec, topic: &str, needs: Partitions<'_>, compact: bool) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        client::base(&spec.source.kafka.bootstrap_servers, &spec.source.kafka)
-            .create()
-            .map_err(Error::kafka("creating an admin client"))?;
+    let admin = admin(spec, &spec.source.kafka.bootstrap_servers)?;
     let policy = if compact { "compact" } else { "delete" };
     let (partitions, how) = match needs {
         Partitions::AtLeast(n) => (
@@ -45,16 +42,7 @@ pub fn ensure(spec: &JobSpec, topic: &str, needs: Partitions<'_>, compact: bool)
             format!("create it with exactly {n} partitions and cleanup.policy={policy}"),
         ),
     };
-    let existing = admin
-        .inner()
-        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
-        .map_err(Error::kafka("metadata"))?;
-    if let Some(t) = existing
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-    {
-        let have = t.partitions().len() as i32;
+    if let Some(have) = existing_partitions(&admin, topic)? {
         return match needs {
             Partitions::AtLeast(n) if have < n => Err(Error::Fatal(format!(
                 "topic {topic:?} has {have} partitions but the job's input has {n}: add partitions to it ({how})"
@@ -123,22 +111,31 @@ pub fn holds_records(spec: &JobSpec, topic: &str) -> Result<bool> {
 /// When the brokers cannot be asked, or do not have the topic.
 pub fn partition_count(spec: &JobSpec, topic: &str, bootstrap: Option<&str>) -> Result<i32> {
     let bootstrap = bootstrap.unwrap_or(&spec.source.kafka.bootstrap_servers);
-    let admin: AdminClient<DefaultClientContext> = client::base(bootstrap, &spec.source.kafka)
+    existing_partitions(&admin(spec, bootstrap)?, topic)?.ok_or_else(|| {
+        Error::Fatal(format!(
+            "topic {topic:?} does not exist on {bootstrap}; create it"
+        ))
+    })
+}
+
+fn admin(spec: &JobSpec, bootstrap: &str) -> Result<AdminClient<DefaultClientContext>> {
+    client::base(bootstrap, &spec.source.kafka)
         .create()
-        .map_err(Error::kafka("creating an admin client"))?;
+        .map_err(Error::kafka("creating an admin client"))
+}
+
+/// The partition count of `topic`, when it exists with partitions.
+fn existing_partitions(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<Option<i32>> {
     let md = admin
         .inner()
         .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
         .map_err(Error::kafka("metadata"))?;
-    match md
+    Ok(md
         .topics()
         .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-    {
-        Some(n) if n > 0 => Ok(i32::try_from(n).unwrap_or(i32::MAX)),
-        _ => Err(Error::Fatal(format!(
-            "topic {topic:?} does not exist on {bootstrap}; create it"
-        ))),
-    }
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)))
 }

@@ -13,6 +13,7 @@ use sqlparser::parser::Parser;
 
 use super::cel::{Agg, Grouped, Names, Translator};
 use super::{at, interval, Compiled, SqlError, TimeColumn};
+use crate::expr::{Program, Var};
 use crate::spec::{
     AggregateSpec, Duration, Empty, JoinKind, JoinSpec, StepSpec, TableSpec, WindowSpec, WindowTime,
 };
@@ -165,7 +166,11 @@ pub fn compile(sql: &str, id: &str) -> Result<Compiled, SqlError> {
         }
     } else {
         let agg = &grouped.aggs[0].1;
-        match agg.input().filter(|x| x.contains("table")) {
+        let reads_row = |x: &&str| {
+            let vars = [&Var::RECORD[..], &[Var::Table]].concat();
+            Program::compile(x, &vars).is_ok_and(|p| p.uses(Var::Table))
+        };
+        match agg.input().filter(reads_row) {
             // The row is not carried through the shuffle before the aggregate: its input is
             // computed beside the join (a map), and the aggregate adds up the value.
             Some(x) => {
