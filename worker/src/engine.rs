@@ -378,7 +378,10 @@ impl Engine {
         let mut wait = retries.backoff.as_std();
         let mut attempt = 0;
         loop {
-            match self.batch(seq, time, pending) {
+            let result = self.batch(seq, time, pending);
+            // The batch's records and outputs are gone: what they took goes back.
+            crate::memory::release_freed();
+            match result {
                 Ok(info) => return Ok(Some(info)),
                 Err((e, ranges)) => {
                     // Whatever is done next, the batch runs again from its start, if at all.
@@ -558,6 +561,9 @@ impl Engine {
             parts += 1;
             parts_out += part.records() as u64;
             parts_dead += dead.len() as u64;
+            // The part is written: what its records and outputs took goes back.
+            drop((outputs, dead));
+            crate::memory::release_freed();
         };
         let fail = |e: Error| (e, Some(ranges.clone()));
         self.held = held;

@@ -68,7 +68,8 @@ fn raw(bootstrap: &str, topic: &str) -> Result<()> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "error")
         .set("isolation.level", "read_committed");
-    // The worker's own fetch settings, so both read the backlog the same way.
+    // The worker's own fetch settings, so both read the backlog the same way; not its smaller
+    // prefetch queue (PREFETCH_RECORDS), which bounds its memory: this is the limit.
     for (key, value) in weir_contract::client::CONSUMER_FETCH_DEFAULTS {
         config.set(*key, *value);
     }

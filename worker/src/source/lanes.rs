@@ -371,7 +371,13 @@ impl LaneRead<'_> {
                 // Another lane spent the budget: this lane's ranges end where it is.
                 return Ok(());
             }
-            let Some(next) = self.consumer.poll(Duration::from_millis(100)) else {
+            // A record already queued is taken without a wait: librdkafka reads the clock on
+            // every poll that may wait, which costs more than the poll while records flow.
+            let polled = self
+                .consumer
+                .poll(Duration::ZERO)
+                .or_else(|| self.consumer.poll(Duration::from_millis(100)));
+            let Some(next) = polled else {
                 if Instant::now() > ctx.deadline {
                     return Err(self.timeout(ctx, &todo));
                 }
