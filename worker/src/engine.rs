@@ -379,8 +379,13 @@ impl Engine {
         let mut attempt = 0;
         loop {
             let result = self.batch(seq, time, pending);
-            // The batch's records and outputs are gone: what they took goes back.
-            crate::memory::release_freed();
+            if self.parts > 0 {
+                // A batch read in parts gives back what its last part took, as every part
+                // before it did. A batch taken whole does not: its budget caps it, and with
+                // the pages given back and faulted in again after every one, the
+                // exactly-once benchmark's CPU per record rose (bench/drain.sh).
+                crate::memory::release_freed();
+            }
             match result {
                 Ok(info) => return Ok(Some(info)),
                 Err((e, ranges)) => {
