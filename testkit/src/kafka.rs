@@ -186,3 +186,15 @@ pub fn high_watermarks(client: &ClientConfig, topic: &str, partitions: i32) -> R
         .map(|p| Ok(c.fetch_watermarks(topic, p, TIMEOUT)?.1))
         .collect()
 }
+
+/// Record `i` of the drain benchmark's backlog (`weir-bench produce`): 100 bytes of JSON, 1000
+/// users and 50 pages, padded to size.
+pub fn drain_record(i: u64) -> String {
+    let head = format!(
+        r#"{{"user":"u{}","page":"/p{}","n":{i},"pad":""#,
+        i % 1000,
+        i % 50
+    );
+    let pad = 100usize.saturating_sub(head.len() + 2);
+    format!("{head}{}\"}}", "x".repeat(pad))
+}

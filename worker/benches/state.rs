@@ -48,20 +48,7 @@ sink: {stdout: {}}
 "#;
 
 fn record(i: u64, value: Val) -> Record {
-    Record {
-        topic: Arc::from("in"),
-        partition: 0,
-        offset: i as i64,
-        timestamp: None,
-        key: Val::Null,
-        value,
-        headers: Val::Null,
-        item: Val::Null,
-        item_is_output: false,
-        table: Val::Null,
-        event_time: None,
-        late_against: i64::MIN,
-    }
+    Record::new(Arc::from("in"), 0, i as i64, None, Val::Null, value)
 }
 
 /// One pass over every key in batches; returns the seconds taken and the changes logged.

@@ -36,6 +36,31 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record as read, before any step: no headers, no item, no table row, no event time.
+    pub fn new(
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Val,
+        value: Val,
+    ) -> Record {
+        Record {
+            topic,
+            partition,
+            offset,
+            timestamp,
+            key,
+            value,
+            headers: Val::Null,
+            item: Val::Null,
+            item_is_output: false,
+            table: Val::Null,
+            event_time: None,
+            late_against: i64::MIN,
+        }
+    }
+
     /// The record's result: what an aggregate or a sink takes.
     pub fn output(&self) -> &Val {
         if self.item_is_output {

@@ -324,6 +324,36 @@ fn kept<'f>(fields: &'f std::collections::BTreeSet<Arc<str>>, key: &str) -> Opti
     }
 }
 
+/// An object's key, read in place: the field's name when it is kept (`None` when the decode
+/// skips it). Read as an owned string first (what `Cow<str>` does), every key of every record
+/// cost an allocation, kept or not.
+#[derive(Clone, Copy)]
+struct KeySeed<'f> {
+    fields: Option<&'f std::collections::BTreeSet<Arc<str>>>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<Arc<str>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<Arc<str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, k: &str) -> Result<Self::Value, E> {
+        Ok(match self.fields {
+            None => Some(Arc::from(k)),
+            // A kept field's name comes from the pipeline: keeping it allocates nothing.
+            Some(fields) => kept(fields, k).cloned(),
+        })
+    }
+}
+
 struct ValVisitor<'f> {
     left: usize,
     /// Keep only these fields of an object (the top level of a projected decode).
@@ -377,17 +407,13 @@ impl<'de> Visitor<'de> for ValVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
         let seed = self.deeper()?;
         let mut out: Vec<(Arc<str>, Val)> = Vec::with_capacity(self.fields.map_or(0, |f| f.len()));
-        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let name = match self.fields {
-                None => Arc::from(&*k),
-                // A kept field's name comes from the pipeline: keeping it allocates nothing.
-                Some(fields) => match kept(fields, &k) {
-                    Some(name) => name.clone(),
-                    None => {
-                        map.next_value::<de::IgnoredAny>()?;
-                        continue;
-                    }
-                },
+        let key = KeySeed {
+            fields: self.fields,
+        };
+        while let Some(k) = map.next_key_seed(key)? {
+            let Some(name) = k else {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
             };
             let v = map.next_value_seed(DepthSeed { left: seed.left })?;
             // JSON allows repeated keys; the last one wins, as in most decoders.
@@ -548,6 +574,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.to_string(), r#"{"page":"/a","n":3}"#);
+        // A key written with escapes is the same name, kept or skipped alike.
+        let escaped = Val::from_json_fields(br#"{"pa\u0067e":"/b","\u0078":1}"#, 32, &fields);
+        assert_eq!(escaped.unwrap().to_string(), r#"{"page":"/b"}"#);
+        let whole = Val::from_json(br#"{"pa\u0067e":"/b","n\"":1}"#, 32).unwrap();
+        assert_eq!(whole.to_string(), r#"{"page":"/b","n\"":1}"#);
         assert!(Val::from_json_fields(br#"{"page":"/a","x":[1,}"#, 32, &fields).is_err());
         assert!(Val::from_json_fields(br#"{"page":"/a"} x"#, 32, &fields).is_err());
         assert_eq!(

@@ -19,17 +19,6 @@ fn arg(args: &[String], name: &str) -> Result<String> {
         .with_context(|| format!("missing {name}"))
 }
 
-/// A 100-byte JSON record.
-fn record(i: u64) -> String {
-    let head = format!(
-        r#"{{"user":"u{}","page":"/p{}","n":{i},"pad":""#,
-        i % 1000,
-        i % 50
-    );
-    let pad = 100usize.saturating_sub(head.len() + 2);
-    format!("{head}{}\"}}", "x".repeat(pad))
-}
-
 fn produce(bootstrap: &str, topic: &str, records: u64) -> Result<()> {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -39,7 +28,7 @@ fn produce(bootstrap: &str, topic: &str, records: u64) -> Result<()> {
         .create()?;
     let started = Instant::now();
     for i in 0..records {
-        let v = record(i);
+        let v = weir_testkit::kafka::drain_record(i);
         let k = (i % 1000).to_string();
         loop {
             match p.send(BaseRecord::to(topic).key(&k).payload(&v)) {

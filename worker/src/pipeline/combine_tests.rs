@@ -36,20 +36,7 @@ fn stages(agg: &str) -> (Pipeline, Pipeline, &'static str) {
 }
 
 fn record(topic: &str, partition: i32, offset: i64, key: Val, value: Val) -> Record {
-    Record {
-        topic: Arc::from(topic),
-        partition,
-        offset,
-        timestamp: Some(0),
-        key,
-        value,
-        headers: Val::Null,
-        item: Val::Null,
-        item_is_output: false,
-        table: Val::Null,
-        event_time: None,
-        late_against: i64::MIN,
-    }
+    Record::new(Arc::from(topic), partition, offset, Some(0), key, value)
 }
 
 /// `n` records over `keys` pages with integer amounts, from a fixed seed.

@@ -569,20 +569,14 @@ impl PartitionRun<'_> {
                 _ => continue,
             };
             for (key, value) in results {
-                let rec = Record {
-                    topic: topic.clone(),
+                let rec = Record::new(
+                    topic.clone(),
                     partition,
-                    offset: -1,
-                    timestamp: Some(batch_time_ms),
-                    key: key.clone(),
-                    value: value.clone(),
-                    headers: Val::Null,
-                    item: Val::Null,
-                    item_is_output: false,
-                    table: Val::Null,
-                    event_time: None,
-                    late_against: i64::MIN,
-                };
+                    -1,
+                    Some(batch_time_ms),
+                    key.clone(),
+                    value.clone(),
+                );
                 let mut effects = std::mem::take(&mut self.scratch);
                 let failed = |f| {
                     (

@@ -16,25 +16,13 @@ pub(super) fn job_every(interval: &str, pipeline: &str, format: &str) -> JobSpec
 }
 
 pub(super) fn rec(offset: i64, format: Format, payload: &str) -> Record {
-    Record {
-        topic: Arc::from("in"),
-        partition: 0,
-        offset,
-        timestamp: Some(1_000),
-        key: Val::Null,
-        value: decode_value(
-            format,
-            Some(payload.as_bytes()),
-            &crate::expr::ValueNeeds::Whole,
-        )
-        .unwrap(),
-        headers: Val::Null,
-        item: Val::Null,
-        item_is_output: false,
-        table: Val::Null,
-        event_time: None,
-        late_against: i64::MIN,
-    }
+    let value = decode_value(
+        format,
+        Some(payload.as_bytes()),
+        &crate::expr::ValueNeeds::Whole,
+    )
+    .unwrap();
+    Record::new(Arc::from("in"), 0, offset, Some(1_000), Val::Null, value)
 }
 
 /// Runs JSON payloads through `p` in batches of the given sizes, as the engine does with one
