@@ -379,7 +379,8 @@ impl Engine {
         let mut attempt = 0;
         loop {
             let result = self.batch(seq, time, pending);
-            if self.parts > 0 {
+            // `parts` is the batch's own only once it ran to its end.
+            if result.is_ok() && self.parts > 0 {
                 // A batch read in parts gives back what its last part took, as every part
                 // before it did. A batch taken whole does not: its budget caps it, and with
                 // the pages given back and faulted in again after every one, the
