@@ -73,12 +73,16 @@ pub fn consumer(source: &KafkaSource, id: &Identity, group: &str) -> ClientConfi
     c
 }
 
-/// An idempotent producer: retries never duplicate a record.
+/// An idempotent producer: retries never duplicate a record. Only failed deliveries are
+/// reported: the writers count failures and wait for the queue to empty, and a report per
+/// acknowledged record kept every record of a batch (and its report) in memory until the
+/// batch's flush served them, a million events through the poll loop for a million records.
 pub fn producer(bootstrap: &str, source: &KafkaSource, id: &Identity, role: &str) -> ClientConfig {
     let mut c = base(bootstrap, source);
     c.set("client.id", id.client_id(role))
         .set("enable.idempotence", "true")
-        .set("acks", "all");
+        .set("acks", "all")
+        .set("delivery.report.only.error", "true");
     if !source.properties.contains_key("linger.ms") {
         c.set("linger.ms", "5");
     }
@@ -322,6 +326,25 @@ mod tests {
             .properties
             .insert("queued.min.messages".into(), "500".into());
         assert_eq!(prefetch(&source).as_deref(), Some("500"));
+    }
+
+    #[test]
+    fn producers_report_only_failed_deliveries_whatever_the_job_sets() {
+        let id = Identity {
+            namespace: "ns".into(),
+            job: "j".into(),
+            ordinal: 0,
+            workers: 1,
+        };
+        let mut source: KafkaSource =
+            serde_json::from_str(r#"{"bootstrapServers": "b:9092", "topics": ["t"]}"#)
+                .expect("a source");
+        source
+            .properties
+            .insert("delivery.report.only.error".into(), "false".into());
+        let c = producer("b:9092", &source, &id, "sink");
+        assert_eq!(c.get("delivery.report.only.error"), Some("true"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
     }
 
     #[test]

@@ -818,3 +818,47 @@ fn a_dead_letter_the_broker_refuses_as_too_large_is_written_reduced_and_the_job_
     assert_eq!(committed(&broker, "big", "in", 1), vec![3]);
     assert_eq!(snap.batches_completed, 3);
 }
+
+#[test]
+fn an_output_the_broker_refuses_fails_its_batch_which_is_replayed_and_nothing_is_lost() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let broker = Broker::in_process();
+    for t in ["in", "out"] {
+        broker.create_topic(t, 1);
+    }
+    produce_raw(
+        &broker,
+        "in",
+        0,
+        &[br#"{"n": 1}"#, br#"{"n": 2}"#, br#"{"n": 3}"#],
+    );
+    // Producers report only failed deliveries: the one refusal must still fail the batch
+    // (its offsets uncommitted) rather than pass as acknowledged.
+    let Broker::InProcess(mock) = &broker else {
+        unreachable!()
+    };
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+    );
+    const JOB: &str = r#"
+batchInterval: 200ms
+source:
+  kafka: {bootstrapServers: BOOTSTRAP, topics: [in], startingOffsets: earliest, groupId: refused}
+pipeline:
+  - {id: double, map: "value.n * 2"}
+sink: {kafka: {topic: out}}
+"#;
+    let snap = run(&broker, JOB, 2);
+    let out: Vec<String> = read_all(&broker, "out")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).to_string())
+        .collect();
+    assert_eq!(
+        out,
+        ["2", "4", "6"],
+        "the refused batch was written again, whole"
+    );
+    assert_eq!(committed(&broker, "refused", "in", 1), vec![3]);
+    assert_eq!(snap.batches_completed, 2);
+}
